@@ -1,0 +1,34 @@
+"""Installs the AssembleNet toolkit: model/, preprocessing/, pipelines/, dags/."""
+
+from setuptools import find_packages, setup
+
+CORE = [
+    "numpy>=1.26",
+    "keras>=3.10",
+    "tensorflow>=2.19",  # keras-hub (tensorflow-text) needs the full wheel; two TF wheels would clash
+    "tqdm",
+    "matplotlib",
+]
+EXTRAS = {
+    "all": [
+        "apache-beam>=2.60",
+        "google-crc32c",
+        "apache-airflow>=3.0",
+        "opencv-contrib-python-headless>=4.10",
+        "scikit-video",
+        "keras-hub",
+    ],
+    "dev": ["pytest", "ruff", "scikit-learn", "selenium"],
+    "jax": ["jax[cpu]"],
+}
+
+setup(
+    name="assemblenet",
+    version="0.1.0",
+    description="AssembleNet, AssembleNet++ and AttentionNAS for video activity recognition",
+    python_requires=">=3.11",
+    packages=find_packages(include=["model*", "preprocessing*", "pipelines*", "dags*"]),
+    install_requires=CORE,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["assemblenet=pipelines.cli:main"]},
+)
