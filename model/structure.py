@@ -171,6 +171,14 @@ class Structure:
         level = self.level(index)
         return tuple(n.index for n in self.nodes if n.level < level)
 
+    def live(self) -> set[int]:
+        """Nodes with a path to a top-level block (a pruned graph may leave others unused)."""
+        live = {n.index for n in self.nodes_at(self.top_level)}
+        for n in sorted(self.nodes, key=lambda n: -n.level):
+            if n.index in live and not n.is_stem:
+                live.update(int(j) for j in n.inputs)
+        return live
+
     def cumulative_stride(self) -> dict[int, int]:
         """Spatial down-sampling factor of every node's output relative to the input frames."""
         by_index = self._by_index()

@@ -1,0 +1,131 @@
+"""The AssembleNet / AssembleNet++ model builder: a Structure → a Keras functional model.
+
+Data flow per block i (AssembleNet++ §3.3–3.5):
+  each input x_j is matched to block i's fused shape (max-pool to the smallest spatial size, 1x1 conv
+  to the widest non-object width: AssembleNet §3.1), optionally gated by attention, summed with σ(w_ji)
+  (Eq. 1/3/4), then the block's residual modules run; an AttentionNAS cell may follow (Node.cell).
+The sink (AssembleNet A.5, AssembleNet++ supplementary A.3): per-frame spatial average → average of
+the top-level blocks → per-frame FC logits → temporal max (Charades) or average pooling.
+"""
+
+from collections.abc import Mapping
+
+import keras
+
+from model.blocks import apply_block, apply_stem, conv_bn
+from model.layers import ATTENTION_MODES, ChannelAttention, ConnectionFusion
+from model.structure import Structure, get_structure
+
+INPUT_CHANNELS = {"rgb": 3, "flow": 2}
+TEMPORAL_POOLS = ("max", "avg")
+
+
+def default_peer(structure: Structure, index: int) -> int:
+    """The peer used in `peer` mode when the structure names none: the first live node (one that feeds
+    the output) at the closest lower level, so the default never adds computation for an unused block.
+
+    The papers' tables list no peers (they come from the one-shot search); this is the project's choice.
+    """
+    live = structure.live()
+    candidates = [n for n in structure.nodes if n.level < structure.level(index) and n.index in live]
+    return max(candidates, key=lambda n: (n.level, -n.index)).index
+
+
+def build_inputs(structure: Structure, frames=None, size=None) -> dict:
+    inputs = {}
+    for modality in structure.modalities:
+        if modality == "object":
+            inputs[modality] = keras.Input((frames, size, size), dtype="int32", name="object")
+        else:
+            inputs[modality] = keras.Input((frames, size, size, INPUT_CHANNELS[modality]), name=modality)
+    return inputs
+
+
+def _match_input(x, *, target_stride, source_stride, width, name):
+    """AssembleNet §3.1: max-pool/stride to the block's spatial size, 1x1 conv to its channel width."""
+    factor = target_stride // source_stride
+    if factor > 1:
+        x = keras.layers.MaxPooling3D((1, factor, factor), strides=(1, factor, factor), padding="same",
+                                      name=f"{name}_pool")(x)
+    if x.shape[-1] != width:
+        x = conv_bn(x, width, (1, 1, 1), relu=False, name=f"{name}_proj")
+    return x
+
+
+def build_assemblenet(structure, num_classes: int, *, attention: str = "none", temporal_pool: str = "max",
+                      frames=None, size=None, name=None) -> keras.Model:
+    """Builds the model of `structure` (a Structure, a named structure or a JSON path).
+
+    Inputs: a dict keyed by `structure.modalities` (see docs/CONTRACTS.md); output: logits.
+    `frames` and `size` may stay None (any clip length and resolution whose sides are multiples of 32).
+    """
+    structure = get_structure(structure)
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+    if temporal_pool not in TEMPORAL_POOLS:
+        raise ValueError(f"temporal_pool must be one of {TEMPORAL_POOLS}, got {temporal_pool!r}")
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+
+    inputs = build_inputs(structure, frames, size)
+    strides = structure.cumulative_stride()
+    outputs: dict[int, object] = {}
+    for node in sorted(structure.nodes, key=lambda n: (n.level, n.index)):
+        if node.is_stem:
+            outputs[node.index] = apply_stem(inputs[node.modality], node, name=f"stem{node.index}")
+            continue
+        i = node.index
+        fused_stride = max(strides[j] for j in node.inputs)
+        width = structure.fused_channels(i)
+        matched = [_match_input(outputs[j], target_stride=fused_stride, source_stride=strides[j],
+                                width=width, name=f"block{i}_from{j}") for j in node.inputs]
+        x = _fuse(structure, node, matched, outputs, attention=attention, width=width)
+        x = apply_block(x, node, repeats=structure.repeats[node.level - 1],
+                        width=structure.level_widths[node.level - 1], name=f"block{i}")
+        if node.cell is not None:
+            from model.attention_nas import apply_cell
+
+            x = apply_cell(x, dict(node.cell), name=f"block{i}_cell")
+        outputs[i] = x
+
+    logits = _sink(structure, outputs, num_classes, temporal_pool)
+    return keras.Model(inputs, logits, name=name or structure.name)
+
+
+def _fuse(structure: Structure, node, matched, outputs: Mapping[int, object], *, attention, width):
+    """Eq. 1 (none), Eq. 3 (static/self/peer) or Eq. 4 (search) of AssembleNet++."""
+    i = node.index
+    if attention == "self":
+        # The source of each connection's attention is the connection itself (x_k = x_j).
+        gate = ChannelAttention("self", width, name=f"block{i}_attention")
+        matched = [gate([x]) for x in matched]
+    fused = ConnectionFusion(len(matched), name=f"block{i}_fusion")(matched)
+    if attention in ("none", "self"):
+        return fused
+    # With one attention source per block, A_i(x_k) is the same for every connection (j, i), so
+    # Σ_j σ(w_ji)(A·x_j) = A · Σ_j σ(w_ji) x_j: one gate after the sum (supplementary A.2: one FC per block).
+    if attention == "static":
+        return ChannelAttention("static", width, name=f"block{i}_attention")([fused])
+    if attention == "peer":
+        peer = node.peer if node.peer is not None else default_peer(structure, i)
+        return ChannelAttention("peer", width, name=f"block{i}_attention")([fused, outputs[peer]])
+    peers = structure.peers(i)
+    return ChannelAttention("search", width, num_peers=len(peers), name=f"block{i}_attention")(
+        [fused] + [outputs[p] for p in peers])
+
+
+def _sink(structure: Structure, outputs, num_classes, temporal_pool):
+    tops = [n.index for n in structure.nodes_at(structure.top_level)]
+    pooled = [keras.layers.TimeDistributed(keras.layers.GlobalAveragePooling2D(), name=f"sink_gap{i}")(outputs[i])
+              for i in tops]
+    if len(pooled) > 1:
+        widths = {p.shape[-1] for p in pooled}
+        # Appendix A.5: averaging or concatenating top blocks makes no difference; average needs equal widths.
+        merge = keras.layers.Average if len(widths) == 1 else keras.layers.Concatenate
+        x = merge(name="sink_merge")(pooled)
+    else:
+        x = pooled[0]
+    x = keras.layers.Dense(num_classes, name="sink_logits", dtype="float32")(x)
+    if temporal_pool == "max":
+        return keras.layers.GlobalMaxPooling1D(name="sink_temporal_max", dtype="float32")(x)
+    return keras.layers.GlobalAveragePooling1D(name="sink_temporal_avg", dtype="float32")(x)

@@ -1,0 +1,46 @@
+"""AttentionNAS (Wang et al., ECCV 2020): searched spatiotemporal attention cells.
+
+- `operations`: the attention operation (dimension × type × G₁/G₂/G₃ × φ × reduced width);
+- `cell`: a cell's JSON description, validation, `apply_cell`, `cell_cost`, `insert_cells`;
+- `nonlocal_block`: the non-local block (Wang et al. 2018), the baseline cell;
+- `supernet`: the one-shot supernet cell, its architecture weights and the derived cell.
+The decisions the paper leaves open are the project's own: docs/attention_nas.md.
+"""
+
+from model.attention_nas.cell import (
+    NONLOCAL,
+    NONLOCAL_AS_CELL,
+    apply_cell,
+    cell_cost,
+    dumps,
+    insert_cells,
+    load_cell,
+    normalize_cell,
+)
+from model.attention_nas.nonlocal_block import NonLocalBlock
+from model.attention_nas.operations import AttentionOperation
+from model.attention_nas.supernet import (
+    SupernetCell,
+    architecture_variables,
+    architecture_weights,
+    derive_cell,
+    supernet_cells,
+)
+
+__all__ = [
+    "NONLOCAL",
+    "NONLOCAL_AS_CELL",
+    "AttentionOperation",
+    "NonLocalBlock",
+    "SupernetCell",
+    "apply_cell",
+    "architecture_variables",
+    "architecture_weights",
+    "cell_cost",
+    "derive_cell",
+    "dumps",
+    "insert_cells",
+    "load_cell",
+    "normalize_cell",
+    "supernet_cells",
+]

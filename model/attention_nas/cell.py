@@ -1,0 +1,221 @@
+"""AttentionNAS cells (cell level of the search space): JSON description, validation, builder, cost.
+
+A cell maps x (B, T, H, W, C) to a tensor of the same shape, so it fits after any block (AttentionNAS §3).
+Its JSON description (a dict, like the structure spec):
+
+    {"kind": "cell", "kv_pool": 2, "max_attention_size": 16777216,
+     "operations": [
+        {"inputs": [0], "dimension": "spatiotemporal", "type": "dot", "g1": "conv1x1x1",
+         "g2": "conv1x1x1", "g3": "conv1x1x1", "activation": "softmax", "reduction": 0.5},
+        {"inputs": [0, 1], ...}, ...]}
+
+Input index 0 is the cell input, index i ≥ 1 the output of operation i (1-based), which must come
+earlier. The project's own choices (the paper leaves them open, docs/attention_nas.md):
+- an operation with several inputs takes their sum;
+- combine: the sum of all operations' outputs → BatchNorm with γ initialised to 0 → added to x
+  (the non-local residual), so an inserted cell starts as the identity and a pretrained backbone is
+  undisturbed. With G₃ of width C a one-operation cell costs exactly as many weights as a non-local block.
+Two more kinds share the same entry point `apply_cell`: `{"kind": "nonlocal", "reduction": 0.5, ...}`
+(the baseline, Wang et al. 2018) and `{"kind": "supernet", ...}` (the search's supernet cell).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from model.attention_nas.nonlocal_block import NonLocalBlock, nonlocal_cost
+from model.attention_nas.operations import (
+    ACTIVATIONS,
+    DEFAULT_MAX_ATTENTION_SIZE,
+    DIMENSIONS,
+    G3_CHOICES,
+    G_CHOICES,
+    TYPES,
+    AttentionOperation,
+    operation_cost,
+)
+
+KINDS = ("cell", "nonlocal", "supernet")
+OPERATION_FIELDS = {"dimension": DIMENSIONS, "type": TYPES, "g1": G_CHOICES, "g2": G_CHOICES,
+                    "g3": G3_CHOICES, "activation": ACTIVATIONS}
+OPERATION_DEFAULTS = {"dimension": "spatiotemporal", "type": "dot", "g1": "conv1x1x1", "g2": "conv1x1x1",
+                      "g3": "conv1x1x1", "activation": "softmax", "reduction": 0.5}
+SUPERNET_CANDIDATES = {"dimension": DIMENSIONS, "type": TYPES, "g1": G_CHOICES, "g2": G_CHOICES,
+                       "g3": G3_CHOICES, "activation": ACTIVATIONS, "reduction": (0.25, 0.5)}
+
+# The non-local block written as a one-operation cell: the same weight count; the value path is one
+# C×C map G₃ (+ the BN) where non-local factorises it as g (C→C/2) then W_z (C/2→C).
+NONLOCAL_AS_CELL = {"kind": "cell", "operations": [dict(OPERATION_DEFAULTS, inputs=[0])]}
+NONLOCAL = {"kind": "nonlocal", "reduction": 0.5, "kv_pool": 2}
+
+
+def normalize_cell(config: Mapping[str, Any] | str | Path, *, where: str = "cell") -> dict:
+    """Validates a cell description and returns it with every default filled in (plain JSON types).
+
+    `config` is a dict, a JSON string or a path to a JSON file. Raises ValueError naming the field.
+    """
+    if isinstance(config, Path) or (isinstance(config, str) and not config.lstrip().startswith("{")):
+        where = str(config)
+        config = json.loads(Path(config).read_text())
+    elif isinstance(config, str):
+        config = json.loads(config)
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{where}: a cell description is a JSON object, got {type(config).__name__}")
+    kind = config.get("kind", "cell")
+    if kind not in KINDS:
+        raise ValueError(f"{where}: kind must be one of {KINDS}, got {kind!r}")
+    common = {"kv_pool": _positive_int(config.get("kv_pool", 2), f"{where}.kv_pool"),
+              "max_attention_size": _positive_int(config.get("max_attention_size", DEFAULT_MAX_ATTENTION_SIZE),
+                                                  f"{where}.max_attention_size")}
+    if kind == "nonlocal":
+        _check_keys(config, {"kind", "reduction", "kv_pool", "max_attention_size"}, where)
+        return {"kind": kind, "reduction": _reduction(config.get("reduction", 0.5), f"{where}.reduction"),
+                **common}
+    if kind == "supernet":
+        _check_keys(config, {"kind", "num_operations", "candidates", "kv_pool", "max_attention_size"}, where)
+        candidates = dict(config.get("candidates") or {})
+        _check_keys(candidates, set(SUPERNET_CANDIDATES), f"{where}.candidates")
+        out = {}
+        for field, default in SUPERNET_CANDIDATES.items():
+            values = list(candidates.get(field, default))
+            if not values or len(set(values)) != len(values):
+                raise ValueError(f"{where}.candidates.{field}: needs distinct values, got {values}")
+            for value in values:
+                if field == "reduction":
+                    _reduction(value, f"{where}.candidates.reduction")
+                elif value not in OPERATION_FIELDS[field]:
+                    raise ValueError(f"{where}.candidates.{field}: unknown choice {value!r}; "
+                                     f"expected some of {OPERATION_FIELDS[field]}")
+            out[field] = [float(v) for v in values] if field == "reduction" else values
+        return {"kind": kind, "num_operations": _positive_int(config.get("num_operations", 3),
+                                                              f"{where}.num_operations"),
+                "candidates": out, **common}
+    _check_keys(config, {"kind", "operations", "kv_pool", "max_attention_size"}, where)
+    operations = config.get("operations")
+    if not isinstance(operations, list) or not operations:
+        raise ValueError(f"{where}.operations: needs a non-empty list of operations, got {operations!r}")
+    return {"kind": kind, "operations": [_normalize_operation(op, i, f"{where}.operations[{i - 1}]")
+                                         for i, op in enumerate(operations, start=1)], **common}
+
+
+def _normalize_operation(op, index: int, where: str) -> dict:
+    if not isinstance(op, Mapping):
+        raise ValueError(f"{where}: an operation is a JSON object, got {op!r}")
+    _check_keys(op, {"inputs", *OPERATION_DEFAULTS}, where)
+    inputs = op.get("inputs")
+    if isinstance(inputs, int):
+        inputs = [inputs]
+    if not isinstance(inputs, list) or not inputs:
+        raise ValueError(f"{where}.inputs: needs a non-empty list of input indices, got {inputs!r}")
+    for j in inputs:
+        if isinstance(j, bool) or not isinstance(j, int) or j < 0:
+            raise ValueError(f"{where}.inputs: {j!r} is not an index (0 = cell input, i = operation i)")
+        if j >= index:
+            raise ValueError(f"{where}.inputs: operation {index} cannot take input {j}: only the cell input (0) "
+                             f"and earlier operations (1..{index - 1}) can feed it")
+    if len(set(inputs)) != len(inputs):
+        raise ValueError(f"{where}.inputs: repeated input in {inputs}")
+    out = {"inputs": sorted(int(j) for j in inputs)}
+    for field, default in OPERATION_DEFAULTS.items():
+        value = op.get(field, default)
+        if field == "reduction":
+            out[field] = _reduction(value, f"{where}.reduction")
+        elif value not in OPERATION_FIELDS[field]:
+            raise ValueError(f"{where}.{field}: unknown choice {value!r}; expected one of {OPERATION_FIELDS[field]}")
+        else:
+            out[field] = value
+    return out
+
+
+def _check_keys(config: Mapping, allowed: set, where: str) -> None:
+    unknown = sorted(set(config) - allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; expected some of {sorted(allowed)}")
+
+
+def _positive_int(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where}: needs a positive integer, got {value!r}")
+    return int(value)
+
+
+def _reduction(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) <= 1:
+        raise ValueError(f"{where}: needs a width ratio C'/C in (0, 1], got {value!r}")
+    return float(value)
+
+
+def apply_cell(x, cell_config: Mapping[str, Any], name: str):
+    """Applies the cell described by `cell_config` to x (B, T, H, W, C); returns the same shape."""
+    cell = normalize_cell(cell_config, where=f"cell {name!r}")
+    channels = x.shape[-1]
+    if cell["kind"] == "nonlocal":
+        return NonLocalBlock(channels, reduction=cell["reduction"], kv_pool=cell["kv_pool"],
+                             max_attention_size=cell["max_attention_size"], name=name)(x)
+    if cell["kind"] == "supernet":
+        from model.attention_nas.supernet import SupernetCell
+
+        return SupernetCell(channels, num_operations=cell["num_operations"], candidates=cell["candidates"],
+                            kv_pool=cell["kv_pool"], max_attention_size=cell["max_attention_size"], name=name)(x)
+    outputs = [x]
+    for i, op in enumerate(cell["operations"], start=1):
+        sources = [outputs[j] for j in op["inputs"]]
+        h = sources[0] if len(sources) == 1 else keras.layers.Add(name=f"{name}_op{i}_sum")(sources)
+        outputs.append(AttentionOperation(
+            channels, dimension=op["dimension"], attention_type=op["type"], g1=op["g1"], g2=op["g2"],
+            g3=op["g3"], activation=op["activation"], reduction=op["reduction"], kv_pool=cell["kv_pool"],
+            max_attention_size=cell["max_attention_size"], name=f"{name}_op{i}")(h))
+    y = outputs[1] if len(outputs) == 2 else keras.layers.Add(name=f"{name}_combine")(outputs[1:])
+    y = keras.layers.BatchNormalization(gamma_initializer="zeros", name=f"{name}_bn")(y)
+    return keras.layers.Add(name=f"{name}_residual")([x, y])
+
+
+def cell_cost(cell_config: Mapping[str, Any], input_shape) -> dict:
+    """{"params", "flops"} a cell adds on a (T, H, W, C) or (1, T, H, W, C) input.
+
+    flops = 2 × multiply-adds of the convolutions and attention products (element-wise work excluded);
+    params include BatchNorm's moving statistics, like `keras.Model.count_params`.
+    """
+    cell = normalize_cell(cell_config)
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) == 5:
+        if shape[0] != 1:
+            raise ValueError(f"cell_cost: a 5-D input_shape must have batch 1, got {shape}")
+        shape = shape[1:]
+    if len(shape) != 4:
+        raise ValueError(f"cell_cost: input_shape must be (T, H, W, C) or (1, T, H, W, C), got {input_shape}")
+    if cell["kind"] == "nonlocal":
+        return nonlocal_cost(shape, reduction=cell["reduction"], kv_pool=cell["kv_pool"])
+    if cell["kind"] == "supernet":
+        raise ValueError("cell_cost: a supernet has no fixed cost; derive a cell from it first")
+    costs = [operation_cost(op, shape, kv_pool=cell["kv_pool"]) for op in cell["operations"]]
+    return {"params": sum(c["params"] for c in costs) + 4 * shape[-1],
+            "flops": sum(c["flops"] for c in costs)}
+
+
+def insert_cells(structure, cell_config: Mapping[str, Any], after_levels: Iterable[int] = (2, 3)):
+    """An AssembleNet Structure with `cell_config` set on every block at `after_levels`."""
+    cell = normalize_cell(cell_config)
+    levels = set(int(level) for level in after_levels)
+    present = {n.level for n in structure.blocks}
+    missing = sorted(levels - present)
+    if missing:
+        raise ValueError(f"insert_cells: structure {structure.name!r} has no blocks at level(s) {missing}; "
+                         f"block levels are {sorted(present)}")
+    nodes = tuple(dataclasses.replace(n, cell=cell) if not n.is_stem and n.level in levels else n
+                  for n in structure.nodes)
+    return structure.replace(nodes=nodes)
+
+
+def dumps(cell_config: Mapping[str, Any]) -> str:
+    return json.dumps(normalize_cell(cell_config), indent=2) + "\n"
+
+
+def load_cell(path: str | Path) -> dict:
+    return normalize_cell(Path(path))

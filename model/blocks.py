@@ -1,0 +1,71 @@
+"""Stems and convolutional blocks, as plain functions of stock Keras layers.
+
+AssembleNet Appendix A.2/A.4 and AssembleNet++ supplementary A.1:
+- a '2D module' is 1x1 → 3x3 → 1x1; a '(2+1)D module' is temporal k=3 (dilation r) → 3x3 → 1x1;
+- the 1x1 / temporal convs have C channels, the 3x3 conv has D_v (fixed per level), the last 1x1 has 4C;
+- a block alternates 2D and (2+1)D modules, m repeats (m = 1.5: 2D, (2+1)D, 2D);
+- BN + ReLU after every conv; a block's spatial stride happens at its first 2D (3x3) conv;
+- RGB stem: 7x7/2 conv, temporal k=5 conv with the stem's dilation, 2x2 max pool;
+  Flow stem: 7x7/2 conv, 2x2 max pool; Object stem: max pool of the one-hot class map.
+Per-frame 2D convs are Conv3D with a (1, k, k) kernel; temporal convs have a (k, 1, 1) kernel.
+"""
+
+import keras
+
+from model.layers import PooledOneHot
+from model.structure import Node
+
+
+def conv_bn(x, filters, kernel, *, strides=(1, 1, 1), dilation=(1, 1, 1), relu=True, zero_gamma=False,
+            name):
+    x = keras.layers.Conv3D(filters, kernel, strides=strides, dilation_rate=dilation, padding="same",
+                            use_bias=False, kernel_initializer="he_normal", name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(
+        momentum=0.99, epsilon=1e-3, gamma_initializer="zeros" if zero_gamma else "ones", name=f"{name}_bn")(x)
+    if relu:
+        x = keras.layers.ReLU(name=f"{name}_relu")(x)
+    return x
+
+
+def apply_residual_module(x, *, channels, width, temporal, dilation=1, stride=1, name):
+    """One bottleneck module: (1x1 | temporal k=3) → 3x3 (stride) → 1x1 (4C), plus the shortcut."""
+    shortcut = x
+    if x.shape[-1] != 4 * channels or stride != 1:
+        shortcut = conv_bn(x, 4 * channels, (1, 1, 1), strides=(1, stride, stride), relu=False,
+                           name=f"{name}_shortcut")
+    first_kernel = (3, 1, 1) if temporal else (1, 1, 1)
+    y = conv_bn(x, channels, first_kernel, dilation=(dilation, 1, 1), name=f"{name}_a")
+    y = conv_bn(y, width, (1, 3, 3), strides=(1, stride, stride), name=f"{name}_b")
+    # Zero-initialised last BN: every residual module starts as the identity (Goyal et al. 2017).
+    y = conv_bn(y, 4 * channels, (1, 1, 1), relu=False, zero_gamma=True, name=f"{name}_c")
+    y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
+    return keras.layers.ReLU(name=f"{name}_out")(y)
+
+
+def module_kinds(repeats):
+    """m repeats of (2D, (2+1)D): m = 1.5 → [2D, (2+1)D, 2D]. True marks a (2+1)D module."""
+    return [k % 2 == 1 for k in range(int(round(2 * repeats)))]
+
+
+def apply_block(x, node: Node, *, repeats, width, name):
+    """A convolutional block of AssembleNet Appendix A.4; the stride is at the first (2D) module."""
+    for k, temporal in enumerate(module_kinds(repeats)):
+        x = apply_residual_module(x, channels=node.channels, width=width, temporal=temporal,
+                                  dilation=node.dilation if temporal else 1,
+                                  stride=node.stride if k == 0 else 1, name=f"{name}_m{k}")
+    return x
+
+
+def apply_stem(x, node: Node, *, name):
+    """Stems of AssembleNet §3.1 / AssembleNet++ supplementary A.1; stride 4 = conv/2 then pool/2."""
+    if node.modality == "object":
+        return PooledOneHot(node.channels, pool_size=node.stride, name=f"{name}_onehot")(x)
+    conv_stride = 2 if node.stride >= 2 else 1
+    pool = max(node.stride // conv_stride, 1)
+    x = conv_bn(x, node.channels, (1, 7, 7), strides=(1, conv_stride, conv_stride), name=f"{name}_spatial")
+    if node.modality == "rgb":
+        x = conv_bn(x, node.channels, (5, 1, 1), dilation=(node.dilation, 1, 1), name=f"{name}_temporal")
+    if pool > 1:
+        x = keras.layers.MaxPooling3D((1, pool, pool), strides=(1, pool, pool), padding="same",
+                                      name=f"{name}_pool")(x)
+    return x

@@ -1,0 +1,85 @@
+"""Reading learned connectivity out of a model, and pruning a searched model into a structure.
+
+AssembleNet++ §3.5 and §4.1: after the one-shot search, connections whose σ(w) ≤ 0.2 are dropped and
+only the argmax peer of softmax(h) is kept per block; the result rebuilds as a `peer` model.
+"""
+
+import dataclasses
+
+import keras
+import numpy as np
+
+from model.structure import Structure
+
+DEFAULT_THRESHOLD = 0.2
+
+
+def _layer(model: keras.Model, name: str):
+    try:
+        return model.get_layer(name)
+    except ValueError:
+        return None
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _softmax(x):
+    e = np.exp(x - np.max(x))
+    return e / e.sum()
+
+
+def connection_weights(model: keras.Model, structure: Structure) -> dict[str, dict[str, float]]:
+    """{block: {input: σ(w)}} for every block of `structure` found in `model`."""
+    out = {}
+    for node in structure.blocks:
+        layer = _layer(model, f"block{node.index}_fusion")
+        if layer is None:
+            continue
+        w = _sigmoid(keras.ops.convert_to_numpy(layer.w).astype("float64"))
+        out[str(node.index)] = {str(j): float(v) for j, v in zip(node.inputs, w, strict=True)}
+    return out
+
+
+def attention_weights(model: keras.Model, structure: Structure) -> dict[str, dict[str, float]]:
+    """{block: {peer: softmax(h)}} for the `search` attention layers of `model` (empty otherwise)."""
+    out = {}
+    for node in structure.blocks:
+        layer = _layer(model, f"block{node.index}_attention")
+        if layer is None or getattr(layer, "mode", None) != "search":
+            continue
+        h = _softmax(keras.ops.convert_to_numpy(layer.h).astype("float64"))
+        out[str(node.index)] = {str(p): float(v) for p, v in zip(structure.peers(node.index), h, strict=True)}
+    return out
+
+
+def prune_weights(structure: Structure, weights: dict, attention: dict | None = None,
+                  threshold: float = DEFAULT_THRESHOLD, name: str | None = None) -> Structure:
+    """Keeps edges with σ(w) > threshold (at least the strongest one per block) and sets each block's
+    peer to its argmax softmax(h) peer. `weights`/`attention` are the dicts of the functions above."""
+    nodes = []
+    for node in structure.nodes:
+        if node.is_stem:
+            nodes.append(node)
+            continue
+        gates = weights.get(str(node.index))
+        if gates is None:
+            raise ValueError(f"block {node.index}: no learned connection weights to prune with")
+        kept = tuple(j for j in node.inputs if gates[str(j)] > threshold)
+        if not kept:
+            # A block must keep an input; the strongest one survives (the project's choice).
+            kept = (max(node.inputs, key=lambda j: gates[str(j)]),)
+        peer = node.peer
+        if attention and str(node.index) in attention:
+            mix = attention[str(node.index)]
+            peer = int(max(mix, key=lambda p: mix[p]))
+        nodes.append(dataclasses.replace(node, inputs=kept, peer=peer))
+    return dataclasses.replace(structure, name=name or f"{structure.name}_pruned", nodes=tuple(nodes))
+
+
+def prune(structure: Structure, model: keras.Model, threshold: float = DEFAULT_THRESHOLD,
+          name: str | None = None) -> Structure:
+    """The pruned structure of a trained (search) model: rebuild it with attention='peer'."""
+    return prune_weights(structure, connection_weights(model, structure), attention_weights(model, structure),
+                         threshold=threshold, name=name)

@@ -1,0 +1,40 @@
+"""`assemblenet model summary`: params and FLOPs of a structure."""
+
+import json
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("model", help="inspect a model structure")
+    sub = parser.add_subparsers(dest="model_command", required=True)
+    summary = sub.add_parser("summary", help="params and FLOPs (multiply-adds x2, per clip)")
+    summary.add_argument("--structure", default="assemblenet_plus50", help="a named structure or a JSON path")
+    summary.add_argument("--attention", default="none", choices=["none", "static", "self", "peer", "search"])
+    summary.add_argument("--frames", type=int, default=32)
+    summary.add_argument("--size", type=int, default=224)
+    summary.add_argument("--num-classes", type=int, default=157)
+    summary.add_argument("--cell", default=None,
+                         help="an AttentionNAS cell JSON inserted after the blocks of --cell-levels")
+    summary.add_argument("--cell-levels", default="2,3", help="levels whose blocks get the cell")
+    summary.add_argument("--json", action="store_true", help="print one JSON object")
+    summary.set_defaults(func=summary_command)
+
+
+def summary_command(args):
+    from model.structure import get_structure
+    from model.summary import model_summary
+
+    structure = get_structure(args.structure)
+    if args.cell:
+        from model.attention_nas import insert_cells
+
+        with open(args.cell) as f:
+            cell = json.load(f)
+        levels = tuple(int(v) for v in args.cell_levels.split(","))
+        structure = insert_cells(structure, cell, after_levels=levels)
+    result = model_summary(structure, attention=args.attention, frames=args.frames, size=args.size,
+                           num_classes=args.num_classes)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>12}: {value}")

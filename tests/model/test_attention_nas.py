@@ -1,0 +1,198 @@
+"""AttentionNAS: operations, cells, the non-local block, the supernet (runs under TensorFlow and JAX)."""
+
+import itertools
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from model import structure as structure_lib
+from model.attention_nas import (
+    NONLOCAL,
+    NONLOCAL_AS_CELL,
+    AttentionOperation,
+    NonLocalBlock,
+    SupernetCell,
+    apply_cell,
+    architecture_variables,
+    architecture_weights,
+    cell_cost,
+    derive_cell,
+    insert_cells,
+    normalize_cell,
+)
+from model.attention_nas.operations import ACTIVATIONS, DIMENSIONS, TYPES
+from tests.helpers import run_layer_test
+
+X = np.random.default_rng(7).normal(size=(2, 4, 6, 6, 8)).astype("float32")
+THREE_OPS = {"operations": [
+    {"inputs": [0], "dimension": "temporal", "type": "map", "activation": "sigmoid"},
+    {"inputs": [0, 1], "dimension": "spatial", "type": "dot", "g1": "conv3x3x3", "reduction": 0.25},
+    {"inputs": [2], "dimension": "spatiotemporal", "type": "dot", "g3": "identity", "activation": "relu"},
+]}
+
+
+def np_(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+@pytest.mark.parametrize("case", list(enumerate(itertools.product(DIMENSIONS, TYPES))))
+def test_operation_layer(case):
+    n, (dimension, attention_type) = case
+    kwargs = {"channels": 8, "dimension": dimension, "attention_type": attention_type,
+              "activation": ACTIVATIONS[n % 4], "g1": ("conv1x1x1", "conv3x3x3")[n % 2],
+              "g2": ("conv3x3x3", "conv1x1x1")[n % 2], "g3": ("conv1x1x1", "identity")[n // 3],
+              "reduction": 0.5, "kv_pool": 2}
+    run_layer_test(AttentionOperation, kwargs, X, X.shape)
+
+
+def _conv1x1(layer, x):
+    kernel, bias = (np_(w) for w in layer.weights)
+    return np.einsum("bthwc,cd->bthwd", x, kernel[0, 0, 0]) + bias
+
+
+def test_dot_product_matches_the_formula():
+    """Spatiotemporal dot-product without pooling: softmax(G₁ G₂ᵀ) · G₃ over all T·H·W tokens."""
+    op = AttentionOperation(8, dimension="spatiotemporal", attention_type="dot", activation="softmax",
+                            kv_pool=1)
+    out = np_(op(X))
+    q, k, v = (_conv1x1(layer, X).reshape(2, 4 * 36, -1) for layer in (op.g1_conv, op.g2_conv, op.g3_conv))
+    s = q @ k.transpose(0, 2, 1)
+    a = np.exp(s - s.max(-1, keepdims=True))
+    a /= a.sum(-1, keepdims=True)
+    np.testing.assert_allclose(out, (a @ v).reshape(X.shape), rtol=1e-4, atol=1e-4)
+
+
+def test_temporal_map_matches_the_formula():
+    """Temporal map-based: diag(σ(G₂(AvgPool(G₁(f))))) · G₃(f), one weight per frame."""
+    op = AttentionOperation(8, dimension="temporal", attention_type="map", activation="sigmoid",
+                            g2="conv1x1x1")
+    out = np_(op(X))
+    m = _conv1x1(op.g1_conv, X).mean(axis=(2, 3, 4))  # (B, T)
+    w2, b2 = (np_(w) for w in op.g2_conv.weights)
+    a = 1 / (1 + np.exp(-(m * w2.reshape(()) + b2.reshape(()))))
+    np.testing.assert_allclose(out, a[:, :, None, None, None] * _conv1x1(op.g3_conv, X), rtol=1e-4, atol=1e-4)
+
+
+def test_nonlocal_block_layer_starts_as_identity():
+    layer = run_layer_test(NonLocalBlock, {"channels": 8, "reduction": 0.5, "kv_pool": 2}, X, X.shape)
+    fresh = NonLocalBlock(8)
+    np.testing.assert_allclose(np_(fresh(X)), X, atol=1e-6)  # BN γ = 0: z = x
+    assert not np.allclose(np_(layer(X)), X, atol=1e-4)  # after the fit step γ moved
+
+
+def test_attention_size_cap_fails_clearly():
+    with pytest.raises(ValueError, match=r"spatiotemporal dot-product .*max_attention_size=1,000"):
+        AttentionOperation(8, dimension="spatiotemporal", max_attention_size=1000)(X)
+    # Temporal attention has only T×T scores and passes the same cap.
+    AttentionOperation(8, dimension="temporal", max_attention_size=1000)(X)
+
+
+def test_cell_json_round_trip_and_defaults():
+    cell = normalize_cell(THREE_OPS)
+    assert normalize_cell(json.loads(json.dumps(cell))) == cell
+    assert normalize_cell(json.dumps(cell)) == cell
+    assert cell["operations"][0]["g1"] == "conv1x1x1" and cell["operations"][1]["reduction"] == 0.25
+    assert cell["kv_pool"] == 2
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"operations": [{"inputs": [0], "dimension": "diagonal"}]}, r"operations\[0\]\.dimension: unknown choice"),
+    ({"operations": [{"inputs": [0]}, {"inputs": [2]}]}, r"operation 2 cannot take input 2"),
+    ({"operations": [{"inputs": []}]}, r"inputs: needs a non-empty list"),
+    ({"operations": [{"inputs": [0], "reduction": 2}]}, r"reduction: needs a width ratio"),
+    ({"operations": [{"inputs": [0], "kernel": 3}]}, r"unknown field\(s\) \['kernel'\]"),
+    ({"operations": []}, r"operations: needs a non-empty list"),
+    ({"kind": "transformer"}, r"kind must be one of"),
+    ({"kind": "supernet", "candidates": {"activation": ["gelu"]}}, r"candidates.activation: unknown choice"),
+])
+def test_invalid_cell_descriptions_fail_clearly(bad, message):
+    with pytest.raises(ValueError, match=message):
+        normalize_cell(bad)
+
+
+@pytest.mark.parametrize("config", [THREE_OPS, NONLOCAL, NONLOCAL_AS_CELL])
+def test_cell_keeps_shape_starts_as_identity_and_cost_counts_its_weights(config):
+    inputs = keras.Input(X.shape[1:])
+    model = keras.Model(inputs, apply_cell(inputs, config, name="cell"))
+    np.testing.assert_allclose(np_(model(X)), X, atol=1e-6)  # zero-γ BN: a fresh cell is the identity
+    cost = cell_cost(config, X.shape[1:])
+    assert cost["params"] == model.count_params()
+    assert cost == cell_cost(config, (1, *X.shape[1:]))
+
+
+def test_cell_cost_flops_by_hand():
+    """One spatial dot-product on (T, H, W, C) = (2, 4, 4, 8), C′ = 4, keys pooled to 2x2."""
+    cell = {"operations": [{"inputs": [0], "dimension": "spatial", "type": "dot"}]}
+    convs = 2 * 32 * (8 * 4) * 2 + 2 * 32 * 8 * 8  # G₁, G₂ (8→4), G₃ (8→8) at 32 positions
+    products = 2 * (2 * 16 * 4 * 4 + 2 * 16 * 4 * 8)  # per frame: scores (16×4 keys×C′) and A·V (×C)
+    assert cell_cost(cell, (2, 4, 4, 8))["flops"] == convs + products
+
+
+def test_supernet_layer_and_architecture_gradients():
+    kwargs = {"channels": 8, "num_operations": 2, "candidates": {"type": ["map"], "g1": ["conv1x1x1"]},
+              "kv_pool": 2}
+    run_layer_test(SupernetCell, kwargs, X, X.shape)
+    inputs = keras.Input(X.shape[1:])
+    cell_out = apply_cell(inputs, {"kind": "supernet", "num_operations": 2}, name="search")
+    outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling3D()(cell_out))
+    model = keras.Model(inputs, outputs)
+    arch = architecture_variables(model)
+    assert len(arch) == 2 * 8 and all(v.path.startswith("search/arch_op") for v in arch)
+    before = [np_(v).copy() for v in arch]
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss=keras.losses.SparseCategoricalCrossentropy(True))
+    model.fit(X, np.array([0, 2]), epochs=1, verbose=0)
+    changed = [not np.allclose(b, np_(v)) for b, v in zip(before, arch, strict=True)]
+    assert all(changed), [v.name for v, c in zip(arch, changed, strict=True) if not c]
+    weights = architecture_weights(model)
+    assert weights["cells"] == ["search"]
+    probs = weights["operations"]["op2"]["dimension"]
+    assert abs(sum(probs.values()) - 1) < 1e-6 and len(set(probs.values())) == 3
+    derived = derive_cell(weights)
+    assert len(derived["operations"]) == 2 and derived["operations"][1]["inputs"]
+
+
+def test_derive_cell_takes_argmax_and_strong_edges():
+    def entry(inputs, **best):
+        out = {"inputs": inputs}
+        for choice, candidates in [("dimension", DIMENSIONS), ("type", TYPES), ("g1", ["conv1x1x1", "conv3x3x3"]),
+                                   ("g2", ["conv1x1x1", "conv3x3x3"]), ("g3", ["conv1x1x1", "identity"]),
+                                   ("activation", ACTIVATIONS), ("reduction", ["0.25", "0.5"])]:
+            out[choice] = {c: (0.6 if c == best.get(choice, candidates[0]) else 0.4 / (len(candidates) - 1))
+                           for c in candidates}
+        return out
+
+    weights = {"operations": {"op1": entry([0.3], dimension="temporal", type="map"),
+                              "op2": entry([0.7, 0.9], activation="sigmoid", reduction="0.5"),
+                              "op3": entry([0.2, 0.45, 0.1], g3="identity")}}
+    cell = derive_cell(weights)
+    ops_ = cell["operations"]
+    assert [op["inputs"] for op in ops_] == [[0], [0, 1], [1]]
+    assert (ops_[0]["dimension"], ops_[0]["type"]) == ("temporal", "map")
+    assert (ops_[1]["activation"], ops_[1]["reduction"]) == ("sigmoid", 0.5)
+    assert ops_[2]["g3"] == "identity" and ops_[2]["reduction"] == 0.25
+
+
+def test_insert_cells_into_assemblenet():
+    tiny = structure_lib.tiny()
+    with_cells = insert_cells(tiny, THREE_OPS, after_levels=(2, 3))
+    assert [n.index for n in with_cells.nodes if n.cell is not None] == [5, 6, 7]
+    assert with_cells.node(5).cell == normalize_cell(THREE_OPS)
+    restored = structure_lib.Structure.from_json(json.loads(json.dumps(with_cells.to_json())))
+    assert restored.node(7).cell == with_cells.node(7).cell
+    with pytest.raises(ValueError, match=r"no blocks at level\(s\) \[5\]"):
+        insert_cells(tiny, THREE_OPS, after_levels=(5,))
+
+    from model.assemblenet import build_assemblenet
+
+    plain = build_assemblenet(tiny, 3, frames=4, size=32)
+    model = build_assemblenet(with_cells, 3, frames=4, size=32)
+    added = model.count_params() - plain.count_params()
+    strides = tiny.cumulative_stride()
+    expected = sum(cell_cost(THREE_OPS, (4, 32 // strides[i], 32 // strides[i], tiny.node(i).output_channels))
+                   ["params"] for i in (5, 6, 7))
+    assert added == expected
+    inputs = {"rgb": np.zeros((1, 4, 32, 32, 3), "float32"), "flow": np.zeros((1, 4, 32, 32, 2), "float32"),
+              "object": np.zeros((1, 4, 32, 32), "int32")}
+    assert tuple(model(inputs).shape) == (1, 3)

@@ -1,0 +1,124 @@
+"""TV-L1 in keras.ops (model/tvl1.py): recovers known flows, keeps OpenCV's convention, layer checks."""
+
+import keras
+import numpy as np
+import pytest
+
+from model.tvl1 import TVL1Flow, pyramid_depth, rgb_to_gray, tvl1_flow, warp_bilinear
+from tests.helpers import run_layer_test
+
+# Small settings keep each call well under a second on CPU under both backends.
+FAST = {"scales": 3, "warps": 3, "iterations": 15}
+
+
+def texture(height, width, shift=(0.0, 0.0), displacement=None, seed=0):
+    """A smooth random texture in [0, 255] sampled at x - shift - displacement(x) (analytic, no resampling).
+
+    With frame0 = texture() and frame1 = texture(shift=d), frame1(x + d) = frame0(x): the true flow is d.
+    """
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
+    x, y = cols - shift[0], rows - shift[1]
+    if displacement is not None:
+        x, y = x - displacement[..., 0], y - displacement[..., 1]
+    image = np.zeros((height, width))
+    for _ in range(12):
+        fx, fy = rng.uniform(-0.35, 0.35, size=2)
+        image += rng.uniform(10, 25) * np.sin(fx * x + fy * y + rng.uniform(0, 2 * np.pi))
+    return np.clip(128 + image, 0, 255).astype("float32")
+
+
+def endpoint_error(flow, truth, margin):
+    error = np.sqrt(((flow - truth) ** 2).sum(-1))
+    return float(error[..., margin:-margin, margin:-margin, :].mean() if error.ndim == 4 else
+                 error[..., margin:-margin, margin:-margin].mean())
+
+
+def test_translation_recovered_with_opencv_sign_convention():
+    frame0 = np.stack([texture(48, 48, seed=s) for s in (0, 1)])
+    # Pair 0 moves right/up, pair 1 left/down: also checks the batch does not mix pairs.
+    frame1 = np.stack([texture(48, 48, shift=(2.0, -1.0), seed=0), texture(48, 48, shift=(-1.5, 2.5), seed=1)])
+    flow = keras.ops.convert_to_numpy(tvl1_flow(frame0, frame1, **FAST))
+    assert flow.shape == (2, 48, 48, 2) and flow.dtype == np.float32
+    inner = flow[:, 8:-8, 8:-8, :]
+    np.testing.assert_allclose(np.median(inner[0], axis=(0, 1)), [2.0, -1.0], atol=0.1)
+    np.testing.assert_allclose(np.median(inner[1], axis=(0, 1)), [-1.5, 2.5], atol=0.1)
+
+
+def test_smooth_warp_endpoint_error_is_small():
+    rows, cols = np.mgrid[0:64, 0:64].astype(np.float64)
+    truth = np.stack([2.5 * np.sin(2 * np.pi * rows / 64), 1.5 + 1.5 * np.cos(2 * np.pi * cols / 48)], -1)
+    frame0 = texture(64, 64, seed=3)
+    # frame1(y) = frame0(y - d(y)) with d(y) = truth(y - d(y)) gives frame1(x + truth(x)) = frame0(x);
+    # d is found by fixed-point iteration (converges fast for this gentle field).
+    d = truth.copy()
+    for _ in range(3):
+        d = _interp(truth, d)
+    frame1 = texture(64, 64, displacement=d, seed=3)
+    flow = keras.ops.convert_to_numpy(tvl1_flow(frame0[None], frame1[None], scales=3, warps=5, iterations=20))
+    assert endpoint_error(np.zeros_like(truth), truth, 6) > 2.0
+    assert endpoint_error(flow[0], truth, 6) < 0.3
+
+
+def _interp(field, displacement):
+    """field(y - displacement(y)) by bilinear sampling, for the fixed-point inversion of a warp."""
+    height, width = field.shape[:2]
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
+    x = np.clip(cols - displacement[..., 0], 0, width - 1)
+    y = np.clip(rows - displacement[..., 1], 0, height - 1)
+    x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
+    x1, y1 = np.minimum(x0 + 1, width - 1), np.minimum(y0 + 1, height - 1)
+    wx, wy = (x - x0)[..., None], (y - y0)[..., None]
+    top = field[y0, x0] * (1 - wx) + field[y0, x1] * wx
+    return top * (1 - wy) + (field[y1, x0] * (1 - wx) + field[y1, x1] * wx) * wy
+
+
+def test_identical_frames_give_zero_flow():
+    frame = texture(32, 32, seed=4)[None]
+    flow = keras.ops.convert_to_numpy(tvl1_flow(frame, frame, **FAST))
+    assert np.abs(flow).max() < 1e-3
+
+
+def test_warp_bilinear_matches_known_samples():
+    image = np.arange(4 * 5, dtype="float32").reshape(1, 4, 5, 1)
+    flow = np.zeros((1, 4, 5, 2), "float32")
+    flow[..., 0] = 0.5   # half a column right: mean of neighbours, border column replicated
+    flow[..., 1] = 1.0   # one row down: last row replicated
+    warped = keras.ops.convert_to_numpy(warp_bilinear(image, flow))[0, ..., 0]
+    expected = np.array([[5.5, 6.5, 7.5, 8.5, 9], [10.5, 11.5, 12.5, 13.5, 14], [15.5, 16.5, 17.5, 18.5, 19],
+                         [15.5, 16.5, 17.5, 18.5, 19]])
+    np.testing.assert_allclose(warped, expected, atol=1e-5)
+
+
+def test_rgb_to_gray_uses_opencv_luma():
+    rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255]]], "uint8")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(rgb_to_gray(rgb)), [[76.245, 149.685, 29.07]],
+                               rtol=1e-5)
+
+
+def test_pyramid_depth_stops_at_16_pixels():
+    assert pyramid_depth(224, 224, 4) == 4
+    assert pyramid_depth(224, 224, 10) == 4   # 224, 112, 56, 28 (14 would be too small)
+    assert pyramid_depth(40, 64, 5) == 2      # 40, 20
+    assert pyramid_depth(20, 20, 3) == 1
+
+
+@pytest.mark.parametrize("kwargs", [{"tau": 0.3}, {"scales": 0}, {"iterations": 2.5}, {"theta": 0.0},
+                                    {"smoothing": -1.0}])
+def test_bad_parameters_raise(kwargs):
+    frame = np.zeros((1, 16, 16), "float32")
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        tvl1_flow(frame, frame, **kwargs)
+
+
+def test_tvl1flow_layer():
+    frames = np.stack([texture(32, 32, shift=(t * 1.0, 0.0), seed=5) for t in range(3)])
+    video = np.repeat(frames[None, ..., None], 3, axis=-1) / 127.5 - 1.0  # RGB in [-1, 1]
+    kwargs = {"scales": 2, "warps": 2, "iterations": 10, "smoothing": 0.5, "value_range": [-1.0, 1.0]}
+    layer = run_layer_test(TVL1Flow, kwargs, video.astype("float32"), (1, 2, 32, 32, 2), run_fit=False,
+                           expected_trainable_weights=0)
+    flow = keras.ops.convert_to_numpy(layer(video.astype("float32")))
+    np.testing.assert_allclose(np.median(flow[0, :, 6:-6, 6:-6, 0]), 1.0, atol=0.1)
+    np.testing.assert_allclose(np.median(flow[0, :, 6:-6, 6:-6, 1]), 0.0, atol=0.1)
+    with pytest.raises(ValueError, match="value_range"):
+        TVL1Flow(value_range=(1.0, -1.0))
