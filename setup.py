@@ -6,6 +6,7 @@ CORE = [
     "numpy>=1.26",
     "keras>=3.10",
     "tensorflow>=2.19",  # keras-hub (tensorflow-text) needs the full wheel; two TF wheels would clash
+    "tensorboard",  # the training run's logs/ (Keras TensorBoard callback); TF no longer pulls it in
     "tqdm",
     "matplotlib",
 ]

@@ -7,19 +7,31 @@ AssembleNet Appendix A.2/A.4 and AssembleNet++ supplementary A.1:
 - BN + ReLU after every conv; a block's spatial stride happens at its first 2D (3x3) conv;
 - RGB stem: 7x7/2 conv, temporal k=5 conv with the stem's dilation, 2x2 max pool;
   Flow stem: 7x7/2 conv, 2x2 max pool; Object stem: max pool of the one-hot class map.
-Per-frame 2D convs are Conv3D with a (1, k, k) kernel; temporal convs have a (k, 1, 1) kernel.
+Convs are `VideoConv` layers: (1, k, k) per-frame 2D, (k, 1, 1) temporal or (1, 1, 1) pointwise kernels.
 """
 
 import keras
 
-from model.layers import PooledOneHot
+from model.layers import PooledOneHot, VideoConv
 from model.structure import Node
 
 
-def conv_bn(x, filters, kernel, *, strides=(1, 1, 1), dilation=(1, 1, 1), relu=True, zero_gamma=False,
-            name):
-    x = keras.layers.Conv3D(filters, kernel, strides=strides, dilation_rate=dilation, padding="same",
-                            use_bias=False, kernel_initializer="he_normal", name=f"{name}_conv")(x)
+def conv_bn(x, filters, kernel, *, stride=1, dilation=1, relu=True, zero_gamma=False, name, strides=None):
+    """Conv (no bias) → BN → ReLU. `strides=(1, s, s)` is accepted for Conv3D-style callers.
+
+    Factorised kernels ((1,k,k), (k,1,1), (1,1,1)) run as `VideoConv`; a full (kt, kh, kw) kernel (the
+    I3D stem of model/resnet.py) as Conv3D.
+    """
+    if strides is not None:
+        if strides[0] != 1 or strides[1] != strides[2]:
+            raise ValueError(f"{name}: only equal spatial strides are supported, got {strides}")
+        stride = strides[1]
+    if kernel[0] > 1 and tuple(kernel[1:]) != (1, 1):
+        x = keras.layers.Conv3D(filters, kernel, strides=(1, stride, stride), dilation_rate=(dilation, 1, 1),
+                                padding="same", use_bias=False, kernel_initializer="he_normal",
+                                name=f"{name}_conv")(x)
+    else:
+        x = VideoConv(filters, kernel, strides=stride, dilation_rate=dilation, name=f"{name}_conv")(x)
     x = keras.layers.BatchNormalization(
         momentum=0.99, epsilon=1e-3, gamma_initializer="zeros" if zero_gamma else "ones", name=f"{name}_bn")(x)
     if relu:
@@ -31,11 +43,10 @@ def apply_residual_module(x, *, channels, width, temporal, dilation=1, stride=1,
     """One bottleneck module: (1x1 | temporal k=3) → 3x3 (stride) → 1x1 (4C), plus the shortcut."""
     shortcut = x
     if x.shape[-1] != 4 * channels or stride != 1:
-        shortcut = conv_bn(x, 4 * channels, (1, 1, 1), strides=(1, stride, stride), relu=False,
-                           name=f"{name}_shortcut")
+        shortcut = conv_bn(x, 4 * channels, (1, 1, 1), stride=stride, relu=False, name=f"{name}_shortcut")
     first_kernel = (3, 1, 1) if temporal else (1, 1, 1)
-    y = conv_bn(x, channels, first_kernel, dilation=(dilation, 1, 1), name=f"{name}_a")
-    y = conv_bn(y, width, (1, 3, 3), strides=(1, stride, stride), name=f"{name}_b")
+    y = conv_bn(x, channels, first_kernel, dilation=dilation, name=f"{name}_a")
+    y = conv_bn(y, width, (1, 3, 3), stride=stride, name=f"{name}_b")
     # Zero-initialised last BN: every residual module starts as the identity (Goyal et al. 2017).
     y = conv_bn(y, 4 * channels, (1, 1, 1), relu=False, zero_gamma=True, name=f"{name}_c")
     y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
@@ -62,9 +73,9 @@ def apply_stem(x, node: Node, *, name):
         return PooledOneHot(node.channels, pool_size=node.stride, name=f"{name}_onehot")(x)
     conv_stride = 2 if node.stride >= 2 else 1
     pool = max(node.stride // conv_stride, 1)
-    x = conv_bn(x, node.channels, (1, 7, 7), strides=(1, conv_stride, conv_stride), name=f"{name}_spatial")
+    x = conv_bn(x, node.channels, (1, 7, 7), stride=conv_stride, name=f"{name}_spatial")
     if node.modality == "rgb":
-        x = conv_bn(x, node.channels, (5, 1, 1), dilation=(node.dilation, 1, 1), name=f"{name}_temporal")
+        x = conv_bn(x, node.channels, (5, 1, 1), dilation=node.dilation, name=f"{name}_temporal")
     if pool > 1:
         x = keras.layers.MaxPooling3D((1, pool, pool), strides=(1, pool, pool), padding="same",
                                       name=f"{name}_pool")(x)

@@ -38,8 +38,9 @@ def positions(blocks: Sequence[int]) -> list[str]:
     return [f"{stage}_{b}" for stage, count in zip(STAGES, blocks, strict=True) for b in range(count)]
 
 
-def nonlocal_positions(blocks: Sequence[int] = DEPTHS[50], stages=("res3", "res4"),
-                       counts=(2, 3)) -> tuple[str, ...]:
+def nonlocal_positions(
+    blocks: Sequence[int] = DEPTHS[50], stages=("res3", "res4"), counts=(2, 3)
+) -> tuple[str, ...]:
     """Every other block of res3 and res4, at most 2 and 3 cells (non-local paper §4.1, 5 blocks)."""
     by_stage = dict(zip(STAGES, blocks, strict=True))
     out = []
@@ -52,8 +53,9 @@ def apply_bottleneck(x, *, width, stride, temporal, name):
     """Bottleneck [kt x1x1, 1x3x3, 1x1x1] with a projection shortcut when the shape changes."""
     shortcut = x
     if stride != 1 or x.shape[-1] != 4 * width:
-        shortcut = conv_bn(x, 4 * width, (1, 1, 1), strides=(1, stride, stride), relu=False,
-                           name=f"{name}_shortcut")
+        shortcut = conv_bn(
+            x, 4 * width, (1, 1, 1), strides=(1, stride, stride), relu=False, name=f"{name}_shortcut"
+        )
     y = conv_bn(x, width, (3 if temporal else 1, 1, 1), name=f"{name}_a")
     y = conv_bn(y, width, (1, 3, 3), strides=(1, stride, stride), name=f"{name}_b")
     y = conv_bn(y, 4 * width, (1, 1, 1), relu=False, zero_gamma=True, name=f"{name}_c")
@@ -61,9 +63,18 @@ def apply_bottleneck(x, *, width, stride, temporal, name):
     return keras.layers.ReLU(name=f"{name}_out")(y)
 
 
-def build_resnet3d(num_classes: int, *, depth: int = 50, blocks: Sequence[int] | None = None,
-                   width: int = 64, cells: Mapping[str, Mapping] | None = None, frames=None, size=None,
-                   dropout: float = 0.0, name: str | None = None) -> keras.Model:
+def build_resnet3d(
+    num_classes: int,
+    *,
+    depth: int = 50,
+    blocks: Sequence[int] | None = None,
+    width: int = 64,
+    cells: Mapping[str, Mapping] | None = None,
+    frames=None,
+    size=None,
+    dropout: float = 0.0,
+    name: str | None = None,
+) -> keras.Model:
     """I3D-ResNet (module docstring); input (B, T, H, W, 3) in [-1, 1], output logits (B, num_classes).
 
     `blocks`/`width` give small variants for tests and proxy searches (e.g. blocks=(1, 1, 1, 1), width=8).
@@ -85,8 +96,13 @@ def build_resnet3d(num_classes: int, *, depth: int = 50, blocks: Sequence[int] |
     for s, (stage, count) in enumerate(zip(STAGES, counts, strict=True)):
         for b in range(count):
             position = f"{stage}_{b}"
-            x = apply_bottleneck(x, width=width * 2**s, stride=2 if (s > 0 and b == 0) else 1,
-                                 temporal=b % 2 == 0, name=position)
+            x = apply_bottleneck(
+                x,
+                width=width * 2**s,
+                stride=2 if (s > 0 and b == 0) else 1,
+                temporal=b % 2 == 0,
+                name=position,
+            )
             if position in cells:
                 x = apply_cell(x, cells[position], name=f"{position}_cell")
     x = keras.layers.GlobalAveragePooling3D(name="pool5")(x)

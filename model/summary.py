@@ -10,7 +10,7 @@ import math
 import keras
 
 from model.assemblenet import build_assemblenet
-from model.layers import ChannelAttention
+from model.layers import ChannelAttention, VideoConv
 from model.structure import get_structure
 
 
@@ -28,7 +28,7 @@ def _positions(shape):
 
 def layer_flops(layer) -> int:
     flops = 0
-    if isinstance(layer, keras.layers.Conv3D) or isinstance(layer, keras.layers.Conv2D):
+    if isinstance(layer, (VideoConv, keras.layers.Conv3D, keras.layers.Conv2D)):
         kernel = math.prod(layer.kernel_size)
         for ins, out in _call_shapes(layer):
             flops += 2 * _positions(out) * out[-1] * kernel * ins[0][-1] // layer.groups

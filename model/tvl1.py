@@ -32,9 +32,14 @@ _MIN_PYRAMID_SIDE = 16
 # ITU-R BT.601 luma, the weights of OpenCV's COLOR_RGB2GRAY, so both flow backends see the same image.
 _LUMA = (0.299, 0.587, 0.114)
 
+# Defaults chosen with benchmarks/flow.py (224x224 synthetic smooth warps of real frames): 4 scales,
+# 3 warps, 10 iterations reach an average endpoint error of 0.30 / 0.24 px (seeds 0 / 1) against 0.35 /
+# 0.31 px for OpenCV's DualTVL1 with its defaults, at a third of the cost of 5 warps x 20 iterations
+# (0.30 px: more iterations fit the TV-L1 model more closely, not the true flow). 3 scales (coarsest 56 px)
+# miss the larger motions (0.53 px); 2 warps or fewer iterations lose accuracy quickly (0.40 px, 2 warps).
 DEFAULT_SCALES = 4
-DEFAULT_WARPS = 5
-DEFAULT_ITERATIONS = 20
+DEFAULT_WARPS = 3
+DEFAULT_ITERATIONS = 10
 DEFAULT_SMOOTHING = 0.8
 
 
@@ -224,8 +229,8 @@ def tvl1_flow(frame0, frame1, *, tau=0.25, lambda_=0.15, theta=0.3, scales=DEFAU
       (B, H, W, 2) float32 flow (u, v) in pixels with frame1(x + flow(x)) ≈ frame0(x), as OpenCV.
     """
     _validate(tau, lambda_, theta, scales, warps, iterations, smoothing)
-    frame0 = ops.convert_to_tensor(frame0, "float32")
-    frame1 = ops.convert_to_tensor(frame1, "float32")
+    frame0 = ops.cast(ops.convert_to_tensor(frame0), "float32")
+    frame1 = ops.cast(ops.convert_to_tensor(frame1), "float32")
     if len(frame0.shape) != 3 or tuple(frame0.shape) != tuple(frame1.shape):
         raise ValueError(f"frames must both be (B, H, W) with equal shapes, got {tuple(frame0.shape)} "
                          f"and {tuple(frame1.shape)}")

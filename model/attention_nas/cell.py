@@ -42,12 +42,32 @@ from model.attention_nas.operations import (
 )
 
 KINDS = ("cell", "nonlocal", "supernet")
-OPERATION_FIELDS = {"dimension": DIMENSIONS, "type": TYPES, "g1": G_CHOICES, "g2": G_CHOICES,
-                    "g3": G3_CHOICES, "activation": ACTIVATIONS}
-OPERATION_DEFAULTS = {"dimension": "spatiotemporal", "type": "dot", "g1": "conv1x1x1", "g2": "conv1x1x1",
-                      "g3": "conv1x1x1", "activation": "softmax", "reduction": 0.5}
-SUPERNET_CANDIDATES = {"dimension": DIMENSIONS, "type": TYPES, "g1": G_CHOICES, "g2": G_CHOICES,
-                       "g3": G3_CHOICES, "activation": ACTIVATIONS, "reduction": (0.25, 0.5)}
+OPERATION_FIELDS = {
+    "dimension": DIMENSIONS,
+    "type": TYPES,
+    "g1": G_CHOICES,
+    "g2": G_CHOICES,
+    "g3": G3_CHOICES,
+    "activation": ACTIVATIONS,
+}
+OPERATION_DEFAULTS = {
+    "dimension": "spatiotemporal",
+    "type": "dot",
+    "g1": "conv1x1x1",
+    "g2": "conv1x1x1",
+    "g3": "conv1x1x1",
+    "activation": "softmax",
+    "reduction": 0.5,
+}
+SUPERNET_CANDIDATES = {
+    "dimension": DIMENSIONS,
+    "type": TYPES,
+    "g1": G_CHOICES,
+    "g2": G_CHOICES,
+    "g3": G3_CHOICES,
+    "activation": ACTIVATIONS,
+    "reduction": (0.25, 0.5),
+}
 
 # The non-local block written as a one-operation cell: the same weight count; the value path is one
 # C×C map G₃ (+ the BN) where non-local factorises it as g (C→C/2) then W_z (C/2→C).
@@ -70,13 +90,19 @@ def normalize_cell(config: Mapping[str, Any] | str | Path, *, where: str = "cell
     kind = config.get("kind", "cell")
     if kind not in KINDS:
         raise ValueError(f"{where}: kind must be one of {KINDS}, got {kind!r}")
-    common = {"kv_pool": _positive_int(config.get("kv_pool", 2), f"{where}.kv_pool"),
-              "max_attention_size": _positive_int(config.get("max_attention_size", DEFAULT_MAX_ATTENTION_SIZE),
-                                                  f"{where}.max_attention_size")}
+    common = {
+        "kv_pool": _positive_int(config.get("kv_pool", 2), f"{where}.kv_pool"),
+        "max_attention_size": _positive_int(
+            config.get("max_attention_size", DEFAULT_MAX_ATTENTION_SIZE), f"{where}.max_attention_size"
+        ),
+    }
     if kind == "nonlocal":
         _check_keys(config, {"kind", "reduction", "kv_pool", "max_attention_size"}, where)
-        return {"kind": kind, "reduction": _reduction(config.get("reduction", 0.5), f"{where}.reduction"),
-                **common}
+        return {
+            "kind": kind,
+            "reduction": _reduction(config.get("reduction", 0.5), f"{where}.reduction"),
+            **common,
+        }
     if kind == "supernet":
         _check_keys(config, {"kind", "num_operations", "candidates", "kv_pool", "max_attention_size"}, where)
         candidates = dict(config.get("candidates") or {})
@@ -90,18 +116,29 @@ def normalize_cell(config: Mapping[str, Any] | str | Path, *, where: str = "cell
                 if field == "reduction":
                     _reduction(value, f"{where}.candidates.reduction")
                 elif value not in OPERATION_FIELDS[field]:
-                    raise ValueError(f"{where}.candidates.{field}: unknown choice {value!r}; "
-                                     f"expected some of {OPERATION_FIELDS[field]}")
+                    raise ValueError(
+                        f"{where}.candidates.{field}: unknown choice {value!r}; "
+                        f"expected some of {OPERATION_FIELDS[field]}"
+                    )
             out[field] = [float(v) for v in values] if field == "reduction" else values
-        return {"kind": kind, "num_operations": _positive_int(config.get("num_operations", 3),
-                                                              f"{where}.num_operations"),
-                "candidates": out, **common}
+        return {
+            "kind": kind,
+            "num_operations": _positive_int(config.get("num_operations", 3), f"{where}.num_operations"),
+            "candidates": out,
+            **common,
+        }
     _check_keys(config, {"kind", "operations", "kv_pool", "max_attention_size"}, where)
     operations = config.get("operations")
     if not isinstance(operations, list) or not operations:
         raise ValueError(f"{where}.operations: needs a non-empty list of operations, got {operations!r}")
-    return {"kind": kind, "operations": [_normalize_operation(op, i, f"{where}.operations[{i - 1}]")
-                                         for i, op in enumerate(operations, start=1)], **common}
+    return {
+        "kind": kind,
+        "operations": [
+            _normalize_operation(op, i, f"{where}.operations[{i - 1}]")
+            for i, op in enumerate(operations, start=1)
+        ],
+        **common,
+    }
 
 
 def _normalize_operation(op, index: int, where: str) -> dict:
@@ -117,8 +154,10 @@ def _normalize_operation(op, index: int, where: str) -> dict:
         if isinstance(j, bool) or not isinstance(j, int) or j < 0:
             raise ValueError(f"{where}.inputs: {j!r} is not an index (0 = cell input, i = operation i)")
         if j >= index:
-            raise ValueError(f"{where}.inputs: operation {index} cannot take input {j}: only the cell input (0) "
-                             f"and earlier operations (1..{index - 1}) can feed it")
+            raise ValueError(
+                f"{where}.inputs: operation {index} cannot take input {j}: only the cell input (0) "
+                f"and earlier operations (1..{index - 1}) can feed it"
+            )
     if len(set(inputs)) != len(inputs):
         raise ValueError(f"{where}.inputs: repeated input in {inputs}")
     out = {"inputs": sorted(int(j) for j in inputs)}
@@ -127,7 +166,9 @@ def _normalize_operation(op, index: int, where: str) -> dict:
         if field == "reduction":
             out[field] = _reduction(value, f"{where}.reduction")
         elif value not in OPERATION_FIELDS[field]:
-            raise ValueError(f"{where}.{field}: unknown choice {value!r}; expected one of {OPERATION_FIELDS[field]}")
+            raise ValueError(
+                f"{where}.{field}: unknown choice {value!r}; expected one of {OPERATION_FIELDS[field]}"
+            )
         else:
             out[field] = value
     return out
@@ -156,21 +197,43 @@ def apply_cell(x, cell_config: Mapping[str, Any], name: str):
     cell = normalize_cell(cell_config, where=f"cell {name!r}")
     channels = x.shape[-1]
     if cell["kind"] == "nonlocal":
-        return NonLocalBlock(channels, reduction=cell["reduction"], kv_pool=cell["kv_pool"],
-                             max_attention_size=cell["max_attention_size"], name=name)(x)
+        return NonLocalBlock(
+            channels,
+            reduction=cell["reduction"],
+            kv_pool=cell["kv_pool"],
+            max_attention_size=cell["max_attention_size"],
+            name=name,
+        )(x)
     if cell["kind"] == "supernet":
         from model.attention_nas.supernet import SupernetCell
 
-        return SupernetCell(channels, num_operations=cell["num_operations"], candidates=cell["candidates"],
-                            kv_pool=cell["kv_pool"], max_attention_size=cell["max_attention_size"], name=name)(x)
+        return SupernetCell(
+            channels,
+            num_operations=cell["num_operations"],
+            candidates=cell["candidates"],
+            kv_pool=cell["kv_pool"],
+            max_attention_size=cell["max_attention_size"],
+            name=name,
+        )(x)
     outputs = [x]
     for i, op in enumerate(cell["operations"], start=1):
         sources = [outputs[j] for j in op["inputs"]]
         h = sources[0] if len(sources) == 1 else keras.layers.Add(name=f"{name}_op{i}_sum")(sources)
-        outputs.append(AttentionOperation(
-            channels, dimension=op["dimension"], attention_type=op["type"], g1=op["g1"], g2=op["g2"],
-            g3=op["g3"], activation=op["activation"], reduction=op["reduction"], kv_pool=cell["kv_pool"],
-            max_attention_size=cell["max_attention_size"], name=f"{name}_op{i}")(h))
+        outputs.append(
+            AttentionOperation(
+                channels,
+                dimension=op["dimension"],
+                attention_type=op["type"],
+                g1=op["g1"],
+                g2=op["g2"],
+                g3=op["g3"],
+                activation=op["activation"],
+                reduction=op["reduction"],
+                kv_pool=cell["kv_pool"],
+                max_attention_size=cell["max_attention_size"],
+                name=f"{name}_op{i}",
+            )(h)
+        )
     y = outputs[1] if len(outputs) == 2 else keras.layers.Add(name=f"{name}_combine")(outputs[1:])
     y = keras.layers.BatchNormalization(gamma_initializer="zeros", name=f"{name}_bn")(y)
     return keras.layers.Add(name=f"{name}_residual")([x, y])
@@ -195,8 +258,10 @@ def cell_cost(cell_config: Mapping[str, Any], input_shape) -> dict:
     if cell["kind"] == "supernet":
         raise ValueError("cell_cost: a supernet has no fixed cost; derive a cell from it first")
     costs = [operation_cost(op, shape, kv_pool=cell["kv_pool"]) for op in cell["operations"]]
-    return {"params": sum(c["params"] for c in costs) + 4 * shape[-1],
-            "flops": sum(c["flops"] for c in costs)}
+    return {
+        "params": sum(c["params"] for c in costs) + 4 * shape[-1],
+        "flops": sum(c["flops"] for c in costs),
+    }
 
 
 def insert_cells(structure, cell_config: Mapping[str, Any], after_levels: Iterable[int] = (2, 3)):
@@ -206,10 +271,14 @@ def insert_cells(structure, cell_config: Mapping[str, Any], after_levels: Iterab
     present = {n.level for n in structure.blocks}
     missing = sorted(levels - present)
     if missing:
-        raise ValueError(f"insert_cells: structure {structure.name!r} has no blocks at level(s) {missing}; "
-                         f"block levels are {sorted(present)}")
-    nodes = tuple(dataclasses.replace(n, cell=cell) if not n.is_stem and n.level in levels else n
-                  for n in structure.nodes)
+        raise ValueError(
+            f"insert_cells: structure {structure.name!r} has no blocks at level(s) {missing}; "
+            f"block levels are {sorted(present)}"
+        )
+    nodes = tuple(
+        dataclasses.replace(n, cell=cell) if not n.is_stem and n.level in levels else n
+        for n in structure.nodes
+    )
     return structure.replace(nodes=nodes)
 
 

@@ -22,8 +22,9 @@ from model.attention_nas.operations import (
 class NonLocalBlock(keras.layers.Layer):
     """(B, T, H, W, channels) → same shape; see the module docstring."""
 
-    def __init__(self, channels, reduction=0.5, kv_pool=2, max_attention_size=DEFAULT_MAX_ATTENTION_SIZE,
-                 **kwargs):
+    def __init__(
+        self, channels, reduction=0.5, kv_pool=2, max_attention_size=DEFAULT_MAX_ATTENTION_SIZE, **kwargs
+    ):
         super().__init__(**kwargs)
         if int(channels) < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
@@ -37,19 +38,29 @@ class NonLocalBlock(keras.layers.Layer):
         self.max_attention_size = int(max_attention_size)
         width = reduced_width(self.channels, self.reduction)
         conv = lambda filters, name, bias=True: keras.layers.Conv3D(
-            filters, 1, use_bias=bias, name=name, dtype=self.dtype_policy)
+            filters, 1, use_bias=bias, name=name, dtype=self.dtype_policy
+        )
         self.theta = conv(width, "theta")
         self.phi = conv(width, "phi")
         self.g = conv(width, "g")
         self.w_z = conv(self.channels, "w_z", bias=False)
-        self.bn = keras.layers.BatchNormalization(gamma_initializer="zeros", name="bn", dtype=self.dtype_policy)
+        self.bn = keras.layers.BatchNormalization(
+            gamma_initializer="zeros", name="bn", dtype=self.dtype_policy
+        )
 
     def build(self, input_shape):
         if input_shape[-1] != self.channels:
             raise ValueError(f"{self.name}: input has {input_shape[-1]} channels, expected {self.channels}")
         _, t, h, w, _ = input_shape
-        check_attention_size("spatiotemporal", t, h, w, kv_pool=self.kv_pool,
-                             max_attention_size=self.max_attention_size, where=self.name)
+        check_attention_size(
+            "spatiotemporal",
+            t,
+            h,
+            w,
+            kv_pool=self.kv_pool,
+            max_attention_size=self.max_attention_size,
+            where=self.name,
+        )
         for layer in (self.theta, self.phi, self.g):
             layer.build(input_shape)
         reduced = (*input_shape[:-1], reduced_width(self.channels, self.reduction))
@@ -57,16 +68,27 @@ class NonLocalBlock(keras.layers.Layer):
         self.bn.build(input_shape)
 
     def call(self, x, training=None):
-        y = dot_attention(self.theta(x), self.phi(x), self.g(x), "spatiotemporal",
-                          lambda s: ops.softmax(s, axis=-1), self.kv_pool)
+        y = dot_attention(
+            self.theta(x),
+            self.phi(x),
+            self.g(x),
+            "spatiotemporal",
+            lambda s: ops.softmax(s, axis=-1),
+            self.kv_pool,
+        )
         return x + self.bn(self.w_z(y), training=training)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "channels": self.channels, "reduction": self.reduction,
-                "kv_pool": self.kv_pool, "max_attention_size": self.max_attention_size}
+        return {
+            **super().get_config(),
+            "channels": self.channels,
+            "reduction": self.reduction,
+            "kv_pool": self.kv_pool,
+            "max_attention_size": self.max_attention_size,
+        }
 
 
 def nonlocal_cost(input_shape, *, reduction=0.5, kv_pool=2) -> dict:

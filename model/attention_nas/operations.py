@@ -84,7 +84,8 @@ def check_attention_size(dimension, t, h, w, *, kv_pool, max_attention_size, whe
         raise ValueError(
             f"{where}: {dimension} dot-product attention on a (T, H, W) = ({t}, {h}, {w}) map needs "
             f"{total:,} query×key scores per example (> max_attention_size={max_attention_size:,}); "
-            f"raise kv_pool (now {kv_pool}), choose another dimension or raise max_attention_size")
+            f"raise kv_pool (now {kv_pool}), choose another dimension or raise max_attention_size"
+        )
 
 
 def softmax_over(x, axes):
@@ -169,9 +170,20 @@ class AttentionOperation(keras.layers.Layer):
     Input and output: (B, T, H, W, channels).
     """
 
-    def __init__(self, channels, dimension="spatiotemporal", attention_type="dot", g1="conv1x1x1",
-                 g2="conv1x1x1", g3="conv1x1x1", activation="softmax", reduction=0.5, kv_pool=2,
-                 max_attention_size=DEFAULT_MAX_ATTENTION_SIZE, **kwargs):
+    def __init__(
+        self,
+        channels,
+        dimension="spatiotemporal",
+        attention_type="dot",
+        g1="conv1x1x1",
+        g2="conv1x1x1",
+        g3="conv1x1x1",
+        activation="softmax",
+        reduction=0.5,
+        kv_pool=2,
+        max_attention_size=DEFAULT_MAX_ATTENTION_SIZE,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         _check_choice("dimension", dimension, DIMENSIONS)
         _check_choice("attention_type", attention_type, TYPES)
@@ -200,7 +212,8 @@ class AttentionOperation(keras.layers.Layer):
 
         width = reduced_width(self.channels, self.reduction)
         conv = lambda filters, kernel, name: keras.layers.Conv3D(
-            filters, kernel, padding="same", name=name, dtype=self.dtype_policy)
+            filters, kernel, padding="same", name=name, dtype=self.dtype_policy
+        )
         self.g1_conv = conv(width, g_kernel(g1), "g1")
         if attention_type == "dot":
             self.g2_conv = conv(width, g_kernel(g2), "g2")
@@ -213,8 +226,15 @@ class AttentionOperation(keras.layers.Layer):
             raise ValueError(f"{self.name}: input has {input_shape[-1]} channels, expected {self.channels}")
         _, t, h, w, _ = input_shape
         if self.attention_type == "dot":
-            check_attention_size(self.dimension, t, h, w, kv_pool=self.kv_pool,
-                                 max_attention_size=self.max_attention_size, where=self.name)
+            check_attention_size(
+                self.dimension,
+                t,
+                h,
+                w,
+                kv_pool=self.kv_pool,
+                max_attention_size=self.max_attention_size,
+                where=self.name,
+            )
         self.g1_conv.build(input_shape)
         if self.attention_type == "dot":
             self.g2_conv.build(input_shape)
@@ -236,10 +256,19 @@ class AttentionOperation(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "channels": self.channels, "dimension": self.dimension,
-                "attention_type": self.attention_type, "g1": self.g1, "g2": self.g2, "g3": self.g3,
-                "activation": self.activation, "reduction": self.reduction, "kv_pool": self.kv_pool,
-                "max_attention_size": self.max_attention_size}
+        return {
+            **super().get_config(),
+            "channels": self.channels,
+            "dimension": self.dimension,
+            "attention_type": self.attention_type,
+            "g1": self.g1,
+            "g2": self.g2,
+            "g3": self.g3,
+            "activation": self.activation,
+            "reduction": self.reduction,
+            "kv_pool": self.kv_pool,
+            "max_attention_size": self.max_attention_size,
+        }
 
 
 def _check_choice(field, value, allowed):

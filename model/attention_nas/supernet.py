@@ -32,7 +32,6 @@ from model.attention_nas.operations import (
     map_kernel,
     reduced_width,
     serializable,
-    token_map,
 )
 
 CHOICES = tuple(SUPERNET_CANDIDATES)  # dimension, type, g1, g2, g3, activation, reduction
@@ -42,12 +41,26 @@ CHOICES = tuple(SUPERNET_CANDIDATES)  # dimension, type, g1, g2, g3, activation,
 class SupernetCell(keras.layers.Layer):
     """(B, T, H, W, channels) → same shape; every candidate of every choice, mixed by arch weights."""
 
-    def __init__(self, channels, num_operations=3, candidates=None, kv_pool=2,
-                 max_attention_size=DEFAULT_MAX_ATTENTION_SIZE, **kwargs):
+    def __init__(
+        self,
+        channels,
+        num_operations=3,
+        candidates=None,
+        kv_pool=2,
+        max_attention_size=DEFAULT_MAX_ATTENTION_SIZE,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
-        spec = normalize_cell({"kind": "supernet", "num_operations": num_operations,
-                               "candidates": candidates or {}, "kv_pool": kv_pool,
-                               "max_attention_size": max_attention_size}, where=f"supernet {self.name!r}")
+        spec = normalize_cell(
+            {
+                "kind": "supernet",
+                "num_operations": num_operations,
+                "candidates": candidates or {},
+                "kv_pool": kv_pool,
+                "max_attention_size": max_attention_size,
+            },
+            where=f"supernet {self.name!r}",
+        )
         if int(channels) < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
         self.channels = int(channels)
@@ -60,7 +73,8 @@ class SupernetCell(keras.layers.Layer):
         self.widths = [reduced_width(self.channels, r) for r in cand["reduction"]]
         width = max(self.widths)
         conv = lambda filters, kernel, name: keras.layers.Conv3D(
-            filters, kernel, padding="same", name=name, dtype=self.dtype_policy)
+            filters, kernel, padding="same", name=name, dtype=self.dtype_policy
+        )
         # One flat list (stable names, stable save order) and an index by name.
         self.convs = []
         for i in range(1, self.num_operations + 1):
@@ -88,8 +102,15 @@ class SupernetCell(keras.layers.Layer):
         _, t, h, w, _ = input_shape
         if "dot" in self.candidates["type"]:
             for d in self.candidates["dimension"]:
-                check_attention_size(d, t, h, w, kv_pool=self.kv_pool,
-                                     max_attention_size=self.max_attention_size, where=self.name)
+                check_attention_size(
+                    d,
+                    t,
+                    h,
+                    w,
+                    kv_pool=self.kv_pool,
+                    max_attention_size=self.max_attention_size,
+                    where=self.name,
+                )
         for layer in self.convs:
             if "_map_g2_" in layer.name:
                 temporal = layer.name.split("_map_g2_")[1].startswith("temporal")
@@ -99,11 +120,13 @@ class SupernetCell(keras.layers.Layer):
         self.bn.build(input_shape)
         self.arch = {}
         for i in range(1, self.num_operations + 1):
-            self.arch[f"op{i}_inputs"] = self.add_weight(name=f"arch_op{i}_inputs", shape=(i,),
-                                                         initializer="zeros")
+            self.arch[f"op{i}_inputs"] = self.add_weight(
+                name=f"arch_op{i}_inputs", shape=(i,), initializer="zeros"
+            )
             for choice in CHOICES:
                 self.arch[f"op{i}_{choice}"] = self.add_weight(
-                    name=f"arch_op{i}_{choice}", shape=(len(self.candidates[choice]),), initializer="zeros")
+                    name=f"arch_op{i}_{choice}", shape=(len(self.candidates[choice]),), initializer="zeros"
+                )
 
     def _probs(self, i, choice):
         return ops.cast(ops.softmax(self.arch[f"op{i}_{choice}"]), self.compute_dtype)
@@ -120,13 +143,17 @@ class SupernetCell(keras.layers.Layer):
         for r, width in enumerate(self.widths):
             masks[r, :width] = 1.0
         masks = ops.convert_to_tensor(masks, dtype=self.compute_dtype)
-        inv_widths = ops.convert_to_tensor(1.0 / np.array(self.widths, "float32")[:, None], self.compute_dtype)
+        inv_widths = ops.convert_to_tensor(
+            1.0 / np.array(self.widths, "float32")[:, None], self.compute_dtype
+        )
         outputs = [x]
         for i in range(1, self.num_operations + 1):
             gates = ops.cast(ops.sigmoid(self.arch[f"op{i}_inputs"]), self.compute_dtype)
             h = self._mix(gates, outputs)
             p = {choice: self._probs(i, choice) for choice in CHOICES}
-            v = self._mix(p["g3"], [h if g == "identity" else self._conv(f"op{i}_g3_{g}")(h) for g in cand["g3"]])
+            v = self._mix(
+                p["g3"], [h if g == "identity" else self._conv(f"op{i}_g3_{g}")(h) for g in cand["g3"]]
+            )
             # Reduction by channel masks (module docstring).
             mask = ops.sum(masks * p["reduction"][:, None], axis=0)
             mean_mask = ops.sum(masks * inv_widths * p["reduction"][:, None], axis=0)
@@ -134,9 +161,12 @@ class SupernetCell(keras.layers.Layer):
             if "dot" in cand["type"]:
                 q = self._mix(p["g1"], [self._conv(f"op{i}_dot_g1_{g}")(h) for g in cand["g1"]]) * mask
                 k = self._mix(p["g2"], [self._conv(f"op{i}_dot_g2_{g}")(h) for g in cand["g2"]])
-                scores_fn = lambda s, p=p: self._mix(p["activation"], [activate_scores(s, a)
-                                                                       for a in cand["activation"]])
-                by_type["dot"] = [dot_attention(q, k, v, d, scores_fn, self.kv_pool) for d in cand["dimension"]]
+                scores_fn = lambda s, p=p: self._mix(
+                    p["activation"], [activate_scores(s, a) for a in cand["activation"]]
+                )
+                by_type["dot"] = [
+                    dot_attention(q, k, v, d, scores_fn, self.kv_pool) for d in cand["dimension"]
+                ]
             if "map" in cand["type"]:
                 f1 = self._mix(p["g1"], [self._conv(f"op{i}_map_g1_{g}")(h) for g in cand["g1"]])
                 m_full = ops.sum(f1 * mean_mask, axis=-1, keepdims=True)
@@ -146,8 +176,10 @@ class SupernetCell(keras.layers.Layer):
                     m = self._mix(p["g2"], [self._conv(f"op{i}_map_g2_{d}_{g}")(m) for g in cand["g2"]])
                     a = self._mix(p["activation"], [activate_map(m, act, d) for act in cand["activation"]])
                     by_type["map"].append(a * v)
-            per_dim = [self._mix(p["type"], [by_type[kind][n] for kind in cand["type"]])
-                       for n in range(len(cand["dimension"]))]
+            per_dim = [
+                self._mix(p["type"], [by_type[kind][n] for kind in cand["type"]])
+                for n in range(len(cand["dimension"]))
+            ]
             outputs.append(self._mix(p["dimension"], per_dim))
         y = outputs[1]
         for out in outputs[2:]:
@@ -158,9 +190,14 @@ class SupernetCell(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "channels": self.channels, "num_operations": self.num_operations,
-                "candidates": self.candidates, "kv_pool": self.kv_pool,
-                "max_attention_size": self.max_attention_size}
+        return {
+            **super().get_config(),
+            "channels": self.channels,
+            "num_operations": self.num_operations,
+            "candidates": self.candidates,
+            "kv_pool": self.kv_pool,
+            "max_attention_size": self.max_attention_size,
+        }
 
     def probabilities(self) -> dict:
         """{"op{i}": {"inputs": [σ(β)], choice: {candidate: softmax(α)}}} as plain floats."""
@@ -172,7 +209,9 @@ class SupernetCell(keras.layers.Layer):
                 logits = np.asarray(keras.ops.convert_to_numpy(self.arch[f"op{i}_{choice}"]), "float64")
                 probs = np.exp(logits - logits.max())
                 probs /= probs.sum()
-                entry[choice] = {str(c): float(pr) for c, pr in zip(self.candidates[choice], probs, strict=True)}
+                entry[choice] = {
+                    str(c): float(pr) for c, pr in zip(self.candidates[choice], probs, strict=True)
+                }
             out[f"op{i}"] = entry
         return out
 
@@ -207,17 +246,29 @@ def architecture_weights(model) -> dict:
     first = cells[0]
     for cell in cells[1:]:
         if cell.num_operations != first.num_operations or cell.candidates != first.candidates:
-            raise ValueError(f"architecture_weights: supernet cells {first.name!r} and {cell.name!r} differ "
-                             "in their search space and cannot be averaged")
+            raise ValueError(
+                f"architecture_weights: supernet cells {first.name!r} and {cell.name!r} differ "
+                "in their search space and cannot be averaged"
+            )
     mean = {}
     for op, entry in per_cell[first.name].items():
-        mean[op] = {"inputs": [float(np.mean([per_cell[c.name][op]["inputs"][j] for c in cells]))
-                               for j in range(len(entry["inputs"]))]}
+        mean[op] = {
+            "inputs": [
+                float(np.mean([per_cell[c.name][op]["inputs"][j] for c in cells]))
+                for j in range(len(entry["inputs"]))
+            ]
+        }
         for choice in CHOICES:
-            mean[op][choice] = {k: float(np.mean([per_cell[c.name][op][choice][k] for c in cells]))
-                                for k in entry[choice]}
-    return {"cells": [c.name for c in cells], "operations": mean, "per_cell": per_cell,
-            "kv_pool": first.kv_pool, "max_attention_size": first.max_attention_size}
+            mean[op][choice] = {
+                k: float(np.mean([per_cell[c.name][op][choice][k] for c in cells])) for k in entry[choice]
+            }
+    return {
+        "cells": [c.name for c in cells],
+        "operations": mean,
+        "per_cell": per_cell,
+        "kv_pool": first.kv_pool,
+        "max_attention_size": first.max_attention_size,
+    }
 
 
 def derive_cell(weights: dict, *, edge_threshold: float = 0.5) -> dict:
@@ -232,5 +283,11 @@ def derive_cell(weights: dict, *, edge_threshold: float = 0.5) -> dict:
             best = max(entry[choice].items(), key=lambda kv: kv[1])[0]
             op[choice] = float(best) if choice == "reduction" else best
         operations.append(op)
-    return normalize_cell({"kind": "cell", "operations": operations, "kv_pool": weights.get("kv_pool", 2),
-                           "max_attention_size": weights.get("max_attention_size", DEFAULT_MAX_ATTENTION_SIZE)})
+    return normalize_cell(
+        {
+            "kind": "cell",
+            "operations": operations,
+            "kv_pool": weights.get("kv_pool", 2),
+            "max_attention_size": weights.get("max_attention_size", DEFAULT_MAX_ATTENTION_SIZE),
+        }
+    )

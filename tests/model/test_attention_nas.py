@@ -26,11 +26,13 @@ from model.attention_nas.operations import ACTIVATIONS, DIMENSIONS, TYPES
 from tests.helpers import run_layer_test
 
 X = np.random.default_rng(7).normal(size=(2, 4, 6, 6, 8)).astype("float32")
-THREE_OPS = {"operations": [
-    {"inputs": [0], "dimension": "temporal", "type": "map", "activation": "sigmoid"},
-    {"inputs": [0, 1], "dimension": "spatial", "type": "dot", "g1": "conv3x3x3", "reduction": 0.25},
-    {"inputs": [2], "dimension": "spatiotemporal", "type": "dot", "g3": "identity", "activation": "relu"},
-]}
+THREE_OPS = {
+    "operations": [
+        {"inputs": [0], "dimension": "temporal", "type": "map", "activation": "sigmoid"},
+        {"inputs": [0, 1], "dimension": "spatial", "type": "dot", "g1": "conv3x3x3", "reduction": 0.25},
+        {"inputs": [2], "dimension": "spatiotemporal", "type": "dot", "g3": "identity", "activation": "relu"},
+    ]
+}
 
 
 def np_(x):
@@ -40,10 +42,17 @@ def np_(x):
 @pytest.mark.parametrize("case", list(enumerate(itertools.product(DIMENSIONS, TYPES))))
 def test_operation_layer(case):
     n, (dimension, attention_type) = case
-    kwargs = {"channels": 8, "dimension": dimension, "attention_type": attention_type,
-              "activation": ACTIVATIONS[n % 4], "g1": ("conv1x1x1", "conv3x3x3")[n % 2],
-              "g2": ("conv3x3x3", "conv1x1x1")[n % 2], "g3": ("conv1x1x1", "identity")[n // 3],
-              "reduction": 0.5, "kv_pool": 2}
+    kwargs = {
+        "channels": 8,
+        "dimension": dimension,
+        "attention_type": attention_type,
+        "activation": ACTIVATIONS[n % 4],
+        "g1": ("conv1x1x1", "conv3x3x3")[n % 2],
+        "g2": ("conv3x3x3", "conv1x1x1")[n % 2],
+        "g3": ("conv1x1x1", "identity")[n // 3],
+        "reduction": 0.5,
+        "kv_pool": 2,
+    }
     run_layer_test(AttentionOperation, kwargs, X, X.shape)
 
 
@@ -54,8 +63,9 @@ def _conv1x1(layer, x):
 
 def test_dot_product_matches_the_formula():
     """Spatiotemporal dot-product without pooling: softmax(G₁ G₂ᵀ) · G₃ over all T·H·W tokens."""
-    op = AttentionOperation(8, dimension="spatiotemporal", attention_type="dot", activation="softmax",
-                            kv_pool=1)
+    op = AttentionOperation(
+        8, dimension="spatiotemporal", attention_type="dot", activation="softmax", kv_pool=1
+    )
     out = np_(op(X))
     q, k, v = (_conv1x1(layer, X).reshape(2, 4 * 36, -1) for layer in (op.g1_conv, op.g2_conv, op.g3_conv))
     s = q @ k.transpose(0, 2, 1)
@@ -66,8 +76,9 @@ def test_dot_product_matches_the_formula():
 
 def test_temporal_map_matches_the_formula():
     """Temporal map-based: diag(σ(G₂(AvgPool(G₁(f))))) · G₃(f), one weight per frame."""
-    op = AttentionOperation(8, dimension="temporal", attention_type="map", activation="sigmoid",
-                            g2="conv1x1x1")
+    op = AttentionOperation(
+        8, dimension="temporal", attention_type="map", activation="sigmoid", g2="conv1x1x1"
+    )
     out = np_(op(X))
     m = _conv1x1(op.g1_conv, X).mean(axis=(2, 3, 4))  # (B, T)
     w2, b2 = (np_(w) for w in op.g2_conv.weights)
@@ -97,16 +108,25 @@ def test_cell_json_round_trip_and_defaults():
     assert cell["kv_pool"] == 2
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"operations": [{"inputs": [0], "dimension": "diagonal"}]}, r"operations\[0\]\.dimension: unknown choice"),
-    ({"operations": [{"inputs": [0]}, {"inputs": [2]}]}, r"operation 2 cannot take input 2"),
-    ({"operations": [{"inputs": []}]}, r"inputs: needs a non-empty list"),
-    ({"operations": [{"inputs": [0], "reduction": 2}]}, r"reduction: needs a width ratio"),
-    ({"operations": [{"inputs": [0], "kernel": 3}]}, r"unknown field\(s\) \['kernel'\]"),
-    ({"operations": []}, r"operations: needs a non-empty list"),
-    ({"kind": "transformer"}, r"kind must be one of"),
-    ({"kind": "supernet", "candidates": {"activation": ["gelu"]}}, r"candidates.activation: unknown choice"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (
+            {"operations": [{"inputs": [0], "dimension": "diagonal"}]},
+            r"operations\[0\]\.dimension: unknown choice",
+        ),
+        ({"operations": [{"inputs": [0]}, {"inputs": [2]}]}, r"operation 2 cannot take input 2"),
+        ({"operations": [{"inputs": []}]}, r"inputs: needs a non-empty list"),
+        ({"operations": [{"inputs": [0], "reduction": 2}]}, r"reduction: needs a width ratio"),
+        ({"operations": [{"inputs": [0], "kernel": 3}]}, r"unknown field\(s\) \['kernel'\]"),
+        ({"operations": []}, r"operations: needs a non-empty list"),
+        ({"kind": "transformer"}, r"kind must be one of"),
+        (
+            {"kind": "supernet", "candidates": {"activation": ["gelu"]}},
+            r"candidates.activation: unknown choice",
+        ),
+    ],
+)
 def test_invalid_cell_descriptions_fail_clearly(bad, message):
     with pytest.raises(ValueError, match=message):
         normalize_cell(bad)
@@ -131,8 +151,12 @@ def test_cell_cost_flops_by_hand():
 
 
 def test_supernet_layer_and_architecture_gradients():
-    kwargs = {"channels": 8, "num_operations": 2, "candidates": {"type": ["map"], "g1": ["conv1x1x1"]},
-              "kv_pool": 2}
+    kwargs = {
+        "channels": 8,
+        "num_operations": 2,
+        "candidates": {"type": ["map"], "g1": ["conv1x1x1"]},
+        "kv_pool": 2,
+    }
     run_layer_test(SupernetCell, kwargs, X, X.shape)
     inputs = keras.Input(X.shape[1:])
     cell_out = apply_cell(inputs, {"kind": "supernet", "num_operations": 2}, name="search")
@@ -156,16 +180,28 @@ def test_supernet_layer_and_architecture_gradients():
 def test_derive_cell_takes_argmax_and_strong_edges():
     def entry(inputs, **best):
         out = {"inputs": inputs}
-        for choice, candidates in [("dimension", DIMENSIONS), ("type", TYPES), ("g1", ["conv1x1x1", "conv3x3x3"]),
-                                   ("g2", ["conv1x1x1", "conv3x3x3"]), ("g3", ["conv1x1x1", "identity"]),
-                                   ("activation", ACTIVATIONS), ("reduction", ["0.25", "0.5"])]:
-            out[choice] = {c: (0.6 if c == best.get(choice, candidates[0]) else 0.4 / (len(candidates) - 1))
-                           for c in candidates}
+        for choice, candidates in [
+            ("dimension", DIMENSIONS),
+            ("type", TYPES),
+            ("g1", ["conv1x1x1", "conv3x3x3"]),
+            ("g2", ["conv1x1x1", "conv3x3x3"]),
+            ("g3", ["conv1x1x1", "identity"]),
+            ("activation", ACTIVATIONS),
+            ("reduction", ["0.25", "0.5"]),
+        ]:
+            out[choice] = {
+                c: (0.6 if c == best.get(choice, candidates[0]) else 0.4 / (len(candidates) - 1))
+                for c in candidates
+            }
         return out
 
-    weights = {"operations": {"op1": entry([0.3], dimension="temporal", type="map"),
-                              "op2": entry([0.7, 0.9], activation="sigmoid", reduction="0.5"),
-                              "op3": entry([0.2, 0.45, 0.1], g3="identity")}}
+    weights = {
+        "operations": {
+            "op1": entry([0.3], dimension="temporal", type="map"),
+            "op2": entry([0.7, 0.9], activation="sigmoid", reduction="0.5"),
+            "op3": entry([0.2, 0.45, 0.1], g3="identity"),
+        }
+    }
     cell = derive_cell(weights)
     ops_ = cell["operations"]
     assert [op["inputs"] for op in ops_] == [[0], [0, 1], [1]]
@@ -186,13 +222,16 @@ def test_insert_cells_into_assemblenet():
 
     from model.assemblenet import build_assemblenet
 
-    plain = build_assemblenet(tiny, 3, frames=4, size=32)
     model = build_assemblenet(with_cells, 3, frames=4, size=32)
-    added = model.count_params() - plain.count_params()
     strides = tiny.cumulative_stride()
-    expected = sum(cell_cost(THREE_OPS, (4, 32 // strides[i], 32 // strides[i], tiny.node(i).output_channels))
-                   ["params"] for i in (5, 6, 7))
-    assert added == expected
-    inputs = {"rgb": np.zeros((1, 4, 32, 32, 3), "float32"), "flow": np.zeros((1, 4, 32, 32, 2), "float32"),
-              "object": np.zeros((1, 4, 32, 32), "int32")}
+    for i in (5, 6, 7):
+        added = sum(layer.count_params() for layer in model.layers if layer.name.startswith(f"block{i}_cell"))
+        side = 32 // strides[i]
+        assert added == cell_cost(THREE_OPS, (4, side, side, tiny.node(i).output_channels))["params"]
+    assert not any(layer.name.startswith("block4_cell") for layer in model.layers)
+    inputs = {
+        "rgb": np.zeros((1, 4, 32, 32, 3), "float32"),
+        "flow": np.zeros((1, 4, 32, 32, 2), "float32"),
+        "object": np.zeros((1, 4, 32, 32), "int32"),
+    }
     assert tuple(model(inputs).shape) == (1, 3)

@@ -63,3 +63,23 @@ def test_bad_arguments_raise_clear_errors():
         ChannelAttention("peer", 4, num_peers=3)
     with pytest.raises(ValueError, match="expected 2 inputs, got 1"):
         ConnectionFusion(2)([_video(4)])
+
+
+@pytest.mark.parametrize("kernel, stride, dilation", [((1, 3, 3), 2, 1), ((3, 1, 1), 1, 2), ((1, 1, 1), 2, 1),
+                                                       ((1, 7, 7), 2, 1), ((5, 1, 1), 1, 4),
+                                                       ((3, 1, 1), 1, 3), ((3, 1, 1), 1, 8)])
+def test_video_conv_equals_conv3d(kernel, stride, dilation):
+    import keras
+
+    from model.layers import VideoConv
+
+    x = _video(3, t=8, s=8)
+    conv = VideoConv(5, kernel, strides=stride, dilation_rate=dilation)
+    ref = keras.layers.Conv3D(5, kernel, strides=(1, stride, stride), dilation_rate=(dilation, 1, 1),
+                              padding="same", use_bias=False)
+    out = np.asarray(conv(x))
+    ref(x)
+    ref.set_weights(conv.get_weights())
+    np.testing.assert_allclose(out, np.asarray(ref(x)), rtol=1e-4, atol=1e-4)
+    run_layer_test(VideoConv, {"filters": 5, "kernel_size": kernel, "strides": stride, "dilation_rate": dilation},
+                   x, out.shape)

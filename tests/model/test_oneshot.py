@@ -1,5 +1,6 @@
 """The over-connected one-shot model (AssembleNet++ §3.3, §3.5) and pruning a trained one."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -13,8 +14,8 @@ from model.structure import Structure, tiny
 
 def test_over_connected_has_every_edge_from_a_lower_level():
     layout = evolution.random_structure(evolution.SearchSpace(object_stem=True), np.random.default_rng(0))
-    layout = layout.replace(nodes=tuple(n if n.is_stem else type(n)(**{**n.__dict__, "peer": n.index - 1})
-                                        if n.level == 1 else n for n in layout.nodes))
+    layout = layout.replace(nodes=tuple(dataclasses.replace(n, peer=0) if n.level >= 1 else n
+                                        for n in layout.nodes))
     supernet = over_connected(layout)
     assert set(supernet.edges()) == evolution.possible_edges(layout)
     for node, old in zip(supernet.nodes, layout.nodes, strict=True):
@@ -51,7 +52,7 @@ def test_pruning_a_search_model_keeps_strong_edges_and_the_argmax_peer():
         model.get_layer(f"block{node.index}_attention").h.assign(h)
         expected_peer[node.index] = peers[len(peers) // 2]
     weights = connection_weights(model, supernet)
-    assert weights["8"]["2"] == np.float32(0.9) or abs(weights["8"]["2"] - 0.9) < 1e-6
+    assert abs(weights["8"]["2"] - 0.9) < 1e-6 and abs(weights["8"]["7"] - 0.2) < 1e-6
     mix = attention_weights(model, supernet)
     assert abs(sum(mix["8"].values()) - 1.0) < 1e-6
 
@@ -60,8 +61,5 @@ def test_pruning_a_search_model_keeps_strong_edges_and_the_argmax_peer():
         assert node.inputs == expected_inputs[node.index]
         assert node.peer == expected_peer[node.index]
     assert [n.to_json() for n in final.stems] == [n.to_json() for n in supernet.stems]
-    # The pruned structure round-trips through JSON and builds as a peer-attention model.
-    restored = Structure.from_json(final.to_json())
-    assert restored == final
-    peer_model = build_assemblenet(restored, 4, attention="peer", frames=4, size=32)
-    assert len(connection_weights(peer_model, restored)["8"]) == len(expected_inputs[8])
+    # The pruned structure round-trips through JSON (the end-to-end test trains it with peer attention).
+    assert Structure.from_json(final.to_json()) == final

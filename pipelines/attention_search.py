@@ -1,0 +1,436 @@
+"""AttentionNAS's differentiable one-shot search (the driver), its synthetic proxy task and the cell drawing.
+
+`search(config=..., out_dir=...)` inserts supernet cells (model.attention_nas.SupernetCell) into a small
+backbone (the I3D-ResNet of model/resnet.py at res3/res4, or an AssembleNet structure after levels 2
+and 3), trains it DARTS-style (first-order, alternating):
+  1. network weights: one Adam step on a training batch;
+  2. architecture weights (`arch_*`): one Adam step on a separate held-out batch (DARTS §2.3's
+     validation loss), with their own learning rate, from `arch_start` × steps onwards (a warm-up so
+     the candidate operations have learned something before they are compared — the project's choice);
+and writes to OUT/: cell.json (the derived cell), arch_weights.json (the learned softmax/sigmoid
+weights), cell.png (a drawing of the cell), search.json (config, accuracy of the supernet, losses).
+The training loop uses tf.GradientTape, so the search runs under KERAS_BACKEND=tensorflow.
+
+The synthetic task (no --data): every clip holds a coloured disc doing one of four temporal patterns —
+static, moving on a line, blinking, or jumping between two far places — plus a static distractor disc and
+pixel noise. A single frame cannot tell static / blinking / jumping apart, so the task needs temporal
+(or spatiotemporal) reasoning and the search has a signal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+SYNTHETIC_CLASSES = ("static", "linear", "blink", "jump")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The synthetic proxy task.
+
+
+def synthetic_batch(
+    rng: np.random.Generator, batch: int, *, frames: int, size: int, modalities=("rgb",)
+) -> tuple[dict, np.ndarray]:
+    """(inputs keyed by modality, int labels in 0..3). rgb in [-1, 1]; flow = true disc motion / 20 px;
+    object = 1 on the disc, 2 on the distractor (the contract's formats, docs/CONTRACTS.md)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype("float32")
+    radius = max(1.5, size / 8)
+    rgb = rng.normal(-0.6, 0.1, size=(batch, frames, size, size, 3)).astype("float32")
+    flow = np.zeros((batch, frames, size, size, 2), "float32")
+    objects = np.zeros((batch, frames, size, size), "int32")
+    labels = rng.integers(0, len(SYNTHETIC_CLASSES), size=batch)
+    low, high = radius, size - radius
+
+    def far_pair():
+        while True:
+            a, b = rng.uniform(low, high, 2), rng.uniform(low, high, 2)
+            if np.linalg.norm(a - b) >= size / 3:
+                return a, b
+
+    for n in range(batch):
+        a, b = far_pair()
+        steps = np.arange(frames)
+        visible = np.ones(frames, bool)
+        if labels[n] == 0:
+            path = np.repeat(a[None], frames, 0)
+        elif labels[n] == 1:
+            path = a[None] + (b - a)[None] * (steps / max(1, frames - 1))[:, None]
+        elif labels[n] == 2:
+            period = rng.integers(1, 3)
+            visible = ((steps + rng.integers(0, 2)) // period) % 2 == 0
+            path = np.repeat(a[None], frames, 0)
+        else:
+            period = rng.integers(1, 3)
+            path = np.where((((steps // period) % 2) == 0)[:, None], a[None], b[None])
+        colour = rng.uniform(0.0, 1.0, 3).astype("float32")
+        distractor = rng.uniform(low, high, 2)
+        distractor_mask = (xx - distractor[0]) ** 2 + (yy - distractor[1]) ** 2 <= (0.8 * radius) ** 2
+        distractor_colour = rng.uniform(-0.2, 1.0, 3).astype("float32")
+        for t in range(frames):
+            rgb[n, t][distractor_mask] = distractor_colour
+            objects[n, t][distractor_mask] = 2
+            if not visible[t]:
+                continue
+            mask = (xx - path[t, 0]) ** 2 + (yy - path[t, 1]) ** 2 <= radius**2
+            rgb[n, t][mask] = colour
+            objects[n, t][mask] = 1
+            if t + 1 < frames and visible[t + 1]:
+                flow[n, t][mask] = (path[t + 1] - path[t]) / 20.0
+    np.clip(rgb, -1, 1, out=rgb)
+    available = {"rgb": rgb, "flow": flow, "object": objects}
+    return {m: available[m] for m in modalities}, labels.astype("int32")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Configuration and model.
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    backbone: str = "resnet"  # resnet | assemblenet
+    structure: str = "tiny"  # AssembleNet structure name or JSON path (backbone=assemblenet)
+    steps: int = 200
+    frames: int = 8
+    size: int = 32
+    batch_size: int = 8
+    seed: int = 0
+    lr: float = 3e-3
+    arch_lr: float = 3e-3
+    arch_start: float = 0.25  # fraction of the steps before architecture updates begin
+    num_operations: int = 3
+    candidates: dict | None = None  # restricts the supernet's candidates (see model.attention_nas.cell)
+    width: int = 8  # ResNet base width (proxy backbone)
+    blocks: tuple[int, ...] = (1, 1, 1, 1)  # ResNet blocks per stage (proxy backbone)
+    positions: tuple[str, ...] = ("res3_0", "res4_0")  # ResNet cell positions
+    after_levels: tuple[int, ...] = (2, 3)  # AssembleNet cell levels
+    data: str | None = None  # TFRecord pattern; None = the synthetic task
+    dataset: str = "charades"
+    num_classes: int = len(SYNTHETIC_CLASSES)
+    eval_batches: int = 8
+    eager: bool = (
+        False  # skip tf.function (tracing the supernet costs ~1 min on CPU: worth it past ~50 steps)
+    )
+
+    def __post_init__(self):
+        if self.backbone not in ("resnet", "assemblenet"):
+            raise ValueError(f"backbone must be 'resnet' or 'assemblenet', got {self.backbone!r}")
+        if self.steps < 1 or self.batch_size < 1 or self.frames < 1 or self.size < 1:
+            raise ValueError(f"steps, batch_size, frames and size must be positive: {self}")
+        if not 0 <= self.arch_start < 1:
+            raise ValueError(f"arch_start must be in [0, 1), got {self.arch_start}")
+        if self.data is None and self.num_classes != len(SYNTHETIC_CLASSES):
+            raise ValueError(
+                f"the synthetic task has {len(SYNTHETIC_CLASSES)} classes, got num_classes={self.num_classes}"
+            )
+
+
+def build_backbone(config: SearchConfig, cell_config: dict | None):
+    """(model, modalities): the proxy backbone with `cell_config` at the configured positions."""
+    if config.backbone == "resnet":
+        from model.resnet import build_resnet3d
+
+        cells = {p: cell_config for p in config.positions} if cell_config else None
+        model = build_resnet3d(
+            config.num_classes,
+            blocks=config.blocks,
+            width=config.width,
+            cells=cells,
+            frames=config.frames,
+            size=config.size,
+        )
+        return model, ("rgb",)
+    from model.assemblenet import build_assemblenet
+    from model.attention_nas import insert_cells
+    from model.structure import get_structure
+
+    structure = get_structure(config.structure)
+    if cell_config:
+        structure = insert_cells(structure, cell_config, after_levels=config.after_levels)
+    model = build_assemblenet(structure, config.num_classes, frames=config.frames, size=config.size)
+    return model, structure.modalities
+
+
+def _model_inputs(model, inputs: dict):
+    return inputs["rgb"] if not isinstance(model.input, dict) else inputs
+
+
+def _batches(config: SearchConfig, modalities, seed: int, *, training: bool = True):
+    """Endless (inputs, labels) batches: synthetic, or the TFRecords through preprocessing.dataset."""
+    if config.data is None:
+        rng = np.random.default_rng(seed)
+        while True:
+            yield synthetic_batch(
+                rng, config.batch_size, frames=config.frames, size=config.size, modalities=modalities
+            )
+    try:
+        from preprocessing.dataset import make_dataset
+    except ImportError as err:
+        raise ValueError("--data needs preprocessing.dataset.make_dataset, which is not available") from err
+    dataset = make_dataset(
+        config.data,
+        modalities=modalities,
+        frames=config.frames,
+        size=config.size,
+        training=training,
+        batch_size=config.batch_size,
+        dataset=config.dataset,
+        num_classes=config.num_classes,
+        seed=seed,
+    )
+    while True:
+        for inputs, labels in dataset.as_numpy_iterator():
+            yield inputs, labels
+
+
+def _loss_fn(config: SearchConfig):
+    import keras
+
+    if config.data is None:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if config.dataset == "charades":  # multi-hot
+        return keras.losses.BinaryCrossentropy(from_logits=True)
+    return keras.losses.CategoricalCrossentropy(from_logits=True)
+
+
+def _correct(logits, labels) -> int:
+    predicted = np.argmax(logits, axis=-1)
+    truth = labels if labels.ndim == 1 else np.argmax(labels, axis=-1)
+    return int(np.sum(predicted == truth))
+
+
+def recalibrate_batchnorm(model, batches, num_batches: int = 20) -> None:
+    """Re-estimates every BatchNorm's moving statistics as the plain average over `num_batches` batches.
+
+    After a few hundred steps the moving averages (momentum 0.99) still lag the weights, most of all
+    behind a cell whose zero-initialised γ grows during training; one-shot NAS re-estimates them before
+    evaluating (the project applies it to every compared model alike)."""
+    import keras
+
+    layers = [
+        layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for k in range(1, num_batches + 1):
+            for layer in layers:
+                layer.momentum = 1.0 - 1.0 / k  # running mean over the k batches seen
+            inputs, _ = next(batches)
+            model(_model_inputs(model, inputs), training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+
+
+def evaluate_accuracy(model, config: SearchConfig, modalities, *, seed: int) -> float:
+    """Top-1 accuracy on `eval_batches` batches never used in training (their own seed), after
+    recalibrating BatchNorm on other unseen batches."""
+    recalibrate_batchnorm(model, _batches(config, modalities, seed + 1))
+    batches = _batches(config, modalities, seed, training=False)
+    correct = total = 0
+    for _ in range(config.eval_batches):
+        inputs, labels = next(batches)
+        logits = np.asarray(model.predict_on_batch(_model_inputs(model, inputs)))
+        correct += _correct(logits, labels)
+        total += len(labels)
+    return correct / total
+
+
+# ---------------------------------------------------------------------------------------------------
+# The search.
+
+
+def search(*, config: SearchConfig, out_dir: str | os.PathLike) -> dict:
+    """Runs the one-shot search (module docstring) and writes OUT/; returns the search.json record."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"attention-search trains with tf.GradientTape: run it with KERAS_BACKEND=tensorflow "
+            f"(now {keras.backend.backend()!r})"
+        )
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    from model.attention_nas import architecture_variables, architecture_weights, derive_cell
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+    supernet = {"kind": "supernet", "num_operations": config.num_operations, "candidates": config.candidates}
+    model, modalities = build_backbone(config, supernet)
+    arch_vars = architecture_variables(model)
+    arch_ids = {id(v) for v in arch_vars}
+    weight_vars = [v for v in model.trainable_weights if id(v) not in arch_ids]
+    # DARTS §3.1.1: Adam for α with β₁ = 0.5 and weight decay 1e-3.
+    weight_opt = keras.optimizers.Adam(config.lr)
+    arch_opt = keras.optimizers.Adam(config.arch_lr, beta_1=0.5, weight_decay=1e-3)
+    weight_opt.build(weight_vars)
+    arch_opt.build(arch_vars)
+    loss_fn = _loss_fn(config)
+
+    def make_step(variables, optimizer):
+        def step(x, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+            return loss
+
+        return step if config.eager else tf.function(step)
+
+    weight_step = make_step(weight_vars, weight_opt)
+    # BatchNorm runs in training mode in the architecture step too (batch statistics, as in DARTS).
+    arch_step = make_step(arch_vars, arch_opt)
+    train_batches = _batches(config, modalities, config.seed)
+    heldout_batches = _batches(config, modalities, config.seed + 1)
+    arch_from = int(config.arch_start * config.steps)
+    history = []
+    for step in tqdm(range(config.steps), desc="attention-search", unit="step"):
+        inputs, labels = next(train_batches)
+        loss = float(weight_step(_model_inputs(model, inputs), labels))
+        arch_loss = None
+        if step >= arch_from:
+            inputs, labels = next(heldout_batches)
+            arch_loss = float(arch_step(_model_inputs(model, inputs), labels))
+        history.append({"step": step, "loss": loss, "arch_loss": arch_loss})
+
+    weights = architecture_weights(model)
+    cell = derive_cell(weights)
+    accuracy = evaluate_accuracy(model, config, modalities, seed=config.seed + 1000)
+    (out / "cell.json").write_text(json.dumps(cell, indent=2) + "\n")
+    (out / "arch_weights.json").write_text(json.dumps(weights, indent=2) + "\n")
+    draw_cell(cell, out / "cell.png", weights=weights["operations"])
+    last = history[-max(1, len(history) // 10) :]
+    record = {
+        "config": dataclasses.asdict(config),
+        "supernet_accuracy": accuracy,
+        "final_loss": float(np.mean([h["loss"] for h in last])),
+        "first_loss": history[0]["loss"],
+        "arch_variables": len(arch_vars),
+        "cell": cell,
+        "history": history,
+    }
+    (out / "search.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def train_and_evaluate(
+    config: SearchConfig, cell_config: dict | None, *, steps: int | None = None, seed: int | None = None
+) -> dict:
+    """Trains the backbone with a fixed cell (or none) on the proxy task; backend-agnostic (train_on_batch).
+
+    Same data stream, initial seed and budget for every cell, so cells compare fairly."""
+    import keras
+    from tqdm import tqdm
+
+    seed = config.seed if seed is None else seed
+    keras.utils.set_random_seed(seed)
+    model, modalities = build_backbone(config, cell_config)
+    model.compile(optimizer=keras.optimizers.Adam(config.lr), loss=_loss_fn(config))
+    batches = _batches(config, modalities, seed)
+    losses = []
+    for _ in tqdm(range(steps or config.steps), desc="train", unit="step", leave=False):
+        inputs, labels = next(batches)
+        losses.append(float(np.asarray(model.train_on_batch(_model_inputs(model, inputs), labels))))
+    accuracy = evaluate_accuracy(model, config, modalities, seed=seed + 1000)
+    tail = max(1, len(losses) // 4)
+    return {
+        "model": model,
+        "accuracy": accuracy,
+        "first_loss": float(np.mean(losses[:tail])),
+        "final_loss": float(np.mean(losses[-tail:])),
+        "params": int(model.count_params()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# The drawing.
+
+
+def draw_cell(cell: dict, path: str | os.PathLike, *, weights: dict | None = None) -> Path:
+    """Draws the cell: the input, one box per operation with its choices, the combine node, the edges
+    (labelled with σ(β) when `weights` — architecture_weights(...)["operations"] — are given)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    from model.attention_nas import normalize_cell
+
+    cell = normalize_cell(cell)
+    ops_ = cell["operations"]
+    n = len(ops_)
+    fig, ax = plt.subplots(figsize=(3.2 * (n + 2), 4.2))
+    centers = {0: (0.0, 0.0)}
+    for i in range(1, n + 1):
+        centers[i] = (3.0 * i, 1.2 * (1 if i % 2 else -1) if n > 1 else 0.0)
+    combine = (3.0 * (n + 1), 0.0)
+
+    patches = {}
+
+    def box(key, xy, text, colour, width=2.3, height=1.5):
+        x, y = xy
+        patches[key] = FancyBboxPatch(
+            (x - width / 2, y - height / 2),
+            width,
+            height,
+            boxstyle="round,pad=0.05",
+            fc=colour,
+            ec="black",
+            zorder=2,
+        )
+        ax.add_patch(patches[key])
+        ax.text(x, y, text, ha="center", va="center", fontsize=8.5, zorder=3)
+
+    def arrow(a, b, label=None):
+        ax.annotate(
+            "",
+            xy=centers[b],
+            xytext=centers[a],
+            zorder=1,
+            arrowprops={
+                "arrowstyle": "->",
+                "lw": 1.2,
+                "patchA": patches[a],
+                "patchB": patches[b],
+                "connectionstyle": "arc3,rad=0.08",
+            },
+        )
+        if label:
+            (xa, ya), (xb, yb) = centers[a], centers[b]
+            ax.text(
+                xa + 0.45 * (xb - xa),
+                ya + 0.45 * (yb - ya) + 0.12,
+                label,
+                fontsize=7.5,
+                color="tab:blue",
+                zorder=4,
+            )
+
+    centers["combine"] = combine
+    box(0, centers[0], "cell input x\n(B,T,H,W,C)", "#dddddd", width=1.8)
+    for i, op in enumerate(ops_, start=1):
+        text = (
+            f"op{i}: {op['dimension']}\n{'map-based' if op['type'] == 'map' else 'dot-product'}, "
+            f"φ={op['activation']}\nG₁={op['g1']} G₂={op['g2']}\nG₃={op['g3']}, C′/C={op['reduction']:g}"
+        )
+        box(i, centers[i], text, "#cfe2ff" if op["type"] == "dot" else "#ffe5b4")
+    box("combine", combine, "combine\nΣ ops → BN(γ₀=0)\n+ x (residual)", "#d4edda", width=1.9)
+    for i, op in enumerate(ops_, start=1):
+        for j in op["inputs"]:
+            arrow(j, i, None if weights is None else f"σ={weights[f'op{i}']['inputs'][j]:.2f}")
+        arrow(i, "combine")
+    arrow(0, "combine")
+    ax.set_xlim(-1.3, combine[0] + 1.3)
+    ax.set_ylim(-2.3, 2.3)
+    ax.axis("off")
+    ax.set_title(f"AttentionNAS cell ({n} operations)")
+    path = Path(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -1,0 +1,73 @@
+"""`assemblenet attention-search`: the AttentionNAS cell search (pipelines/attention_search.py)."""
+
+
+def _ints(text):
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def _strs(text):
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def register(subparsers):
+    p = subparsers.add_parser(
+        "attention-search",
+        help="search an AttentionNAS attention cell (one-shot, DARTS-style)",
+        description="Trains a supernet cell inside a small backbone and writes OUT/cell.json, "
+        "OUT/arch_weights.json, OUT/cell.png and OUT/search.json.",
+    )
+    p.add_argument("--backbone", choices=("resnet", "assemblenet"), default="resnet")
+    p.add_argument(
+        "--structure", default="tiny", help="AssembleNet structure name or JSON path (assemblenet)"
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument(
+        "--data", default=None, help="TFRecord pattern; without it the synthetic proxy task is used"
+    )
+    p.add_argument("--dataset", choices=("charades", "toyota"), default="charades")
+    p.add_argument("--num-classes", type=int, default=None, help="classes of --data (synthetic: 4)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=3e-3, help="learning rate of the network weights")
+    p.add_argument("--arch-lr", type=float, default=3e-3, help="learning rate of the architecture weights")
+    p.add_argument("--arch-start", type=float, default=0.25, help="fraction of steps before arch updates")
+    p.add_argument("--num-operations", type=int, default=3)
+    p.add_argument("--width", type=int, default=8, help="ResNet base width")
+    p.add_argument("--blocks", type=_ints, default=(1, 1, 1, 1), help="ResNet blocks per stage, e.g. 1,1,1,1")
+    p.add_argument("--positions", type=_strs, default=("res3_0", "res4_0"), help="ResNet cell positions")
+    p.add_argument("--after-levels", type=_ints, default=(2, 3), help="AssembleNet levels that get a cell")
+    p.add_argument("--eager", action="store_true", help="no tf.function (faster for a few steps)")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from pipelines.attention_search import SYNTHETIC_CLASSES, SearchConfig, search
+
+    num_classes = args.num_classes or len(SYNTHETIC_CLASSES)
+    config = SearchConfig(
+        backbone=args.backbone,
+        structure=args.structure,
+        steps=args.steps,
+        frames=args.frames,
+        size=args.size,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        lr=args.lr,
+        arch_lr=args.arch_lr,
+        arch_start=args.arch_start,
+        num_operations=args.num_operations,
+        width=args.width,
+        blocks=args.blocks,
+        positions=args.positions,
+        after_levels=args.after_levels,
+        data=args.data,
+        dataset=args.dataset,
+        num_classes=num_classes,
+        eager=args.eager,
+    )
+    record = search(config=config, out_dir=args.out)
+    print(f"derived cell: {args.out}/cell.json (supernet accuracy {record['supernet_accuracy']:.3f})")
+    return 0

@@ -1,0 +1,64 @@
+"""`assemblenet synth` (the synthetic dataset) and `assemblenet preprocess` (the Beam job)."""
+
+import argparse
+import json
+
+
+def register(subparsers):
+    synth = subparsers.add_parser("synth", help="write a synthetic dataset in Charades or Toyota format")
+    synth.add_argument("--format", required=True, choices=["charades", "toyota"])
+    synth.add_argument("--out", required=True, help="output directory")
+    synth.add_argument("--videos", type=int, required=True, help="number of videos")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--classes", type=int, default=10, help="number of synthetic action classes (2..12)")
+    synth.add_argument("--height", type=int, default=96)
+    synth.add_argument("--width", type=int, default=128)
+    synth.add_argument("--fps", type=float, default=8.0)
+    synth.set_defaults(func=synth_command)
+
+    pre = subparsers.add_parser(
+        "preprocess", help="videos -> TFRecords (rgb, TV-L1 flow, object masks) with Beam",
+        description="Runs the Beam preprocessing job. Beam pipeline options (e.g. --project, --region, "
+                    "--temp_location, --setup_file ./setup.py for Dataflow) go after `--`.")
+    pre.add_argument("--dataset", required=True, choices=["charades", "toyota"])
+    pre.add_argument("--videos", required=True, help="directory of the .mp4 files (local or gs://)")
+    pre.add_argument("--out", required=True,
+                     help="output directory for shards, dead_letter.jsonl, summary.json")
+    pre.add_argument("--annotations", help="Charades: the split's CSV (Charades_v1_train.csv / _test.csv)")
+    pre.add_argument("--classes", help="Charades: Charades_v1_classes.txt (default: next to the CSV)")
+    splits = ["cs-train", "cs-test", "cv1-train", "cv1-test", "cv2-train", "cv2-test"]
+    pre.add_argument("--split", choices=splits, help="Toyota split (default: every clip)")
+    pre.add_argument("--fps", type=float, default=6.0,
+                     help="target frame rate (AssembleNet A.6: 6 for Charades)")
+    pre.add_argument("--size", type=int, default=256, help="shorter side of the stored frames")
+    pre.add_argument("--flow", default="opencv", choices=["opencv", "tensor", "none"], help="TV-L1 backend")
+    pre.add_argument("--segmenter", default="none",
+                     help="none | oracle[:DIR] | a .keras file | a keras-hub preset name or directory")
+    pre.add_argument("--num-shards", type=int, default=None, help="default: one per 50 videos")
+    pre.add_argument("--max-seconds", type=float, default=None, help="decode at most this much of each video")
+    pre.add_argument("--runner", default=None, help="Beam runner (default: FnApiRunner, in process)")
+    pre.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pre.add_argument("pipeline_args", nargs=argparse.REMAINDER, help="Beam pipeline options, after `--`")
+    pre.set_defaults(func=preprocess_command)
+
+
+def synth_command(args):
+    from preprocessing.synthetic import generate
+
+    result = generate(args.out, format=args.format, videos=args.videos, seed=args.seed,
+                      num_classes=args.classes, height=args.height, width=args.width, fps=args.fps,
+                      progress=True)
+    print(json.dumps({k: v for k, v in result.items() if k != "class_names"}, indent=1))
+
+
+def preprocess_command(args):
+    from pipelines.preprocess import run_preprocess, summary_ok
+
+    extra = [a for a in (args.pipeline_args or []) if a != "--"]
+    summary = run_preprocess(dataset=args.dataset, videos=args.videos, out=args.out,
+                             annotations=args.annotations, classes=args.classes, split=args.split,
+                             fps=args.fps, size=args.size, flow=args.flow, segmenter=args.segmenter,
+                             num_shards=args.num_shards, max_seconds=args.max_seconds, runner=args.runner,
+                             pipeline_args=extra, progress=not args.no_progress)
+    print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}))
+    return 0 if summary_ok(summary) else 1

@@ -1,0 +1,62 @@
+"""`assemblenet evaluate charades|toyota|run`: score a submission, a prediction CSV or a trained run."""
+
+import json
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("evaluate", help="official Charades / Toyota Smarthome metrics")
+    kinds = parser.add_subparsers(dest="kind", required=True)
+
+    charades = kinds.add_parser("charades", help="score an official-format Charades submission file")
+    charades.add_argument("--submission", required=True, help="lines: video id, then one score per class")
+    charades.add_argument("--annotations", required=True, help="Charades_v1_test.csv")
+    charades.add_argument("--classes", help="Charades_v1_classes.txt (default: 157 classes c000..c156)")
+    charades.add_argument("--json", action="store_true", help="print the full result as JSON")
+    charades.set_defaults(func=charades_command)
+
+    toyota = kinds.add_parser("toyota", help="score a Toyota Smarthome `video,prediction` CSV")
+    toyota.add_argument("--predictions", required=True, help="CSV with columns video,prediction")
+    toyota.add_argument("--json", action="store_true", help="print the full result as JSON")
+    toyota.set_defaults(func=toyota_command)
+
+    run = kinds.add_parser("run", help="evaluate RUN_DIR/model.keras on TFRecords (N clips a video)")
+    run.add_argument("run_dir")
+    run.add_argument("--data", required=True, help="TFRecord file pattern of the test split")
+    run.add_argument("--dataset", choices=["charades", "toyota"], help="default: from RUN_DIR/config.json")
+    run.add_argument("--clips", type=int, default=5, help="clips per video (AssembleNet A.7: 5)")
+    run.add_argument("--batch-size", type=int, default=4)
+    run.add_argument("--json", action="store_true", help="print the full result as JSON")
+    run.set_defaults(func=run_command)
+
+
+def _print(result: dict, as_json: bool, keys: tuple[str, ...]) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print("  ".join(f"{k}={result[k]:.4f}" if isinstance(result[k], float) else f"{k}={result[k]}"
+                        for k in keys if k in result))
+
+
+def charades_command(args) -> int:
+    from pipelines.evaluate import evaluate_charades_submission
+
+    result = evaluate_charades_submission(args.submission, args.annotations, args.classes)
+    _print(result, args.json, ("mAP", "wAP", "num_videos"))
+    return 0
+
+
+def toyota_command(args) -> int:
+    from pipelines.evaluate import evaluate_toyota_predictions
+
+    result = evaluate_toyota_predictions(args.predictions)
+    _print(result, args.json, ("accuracy", "mean_per_class_accuracy", "num_videos"))
+    return 0
+
+
+def run_command(args) -> int:
+    from pipelines.evaluate import evaluate_run
+
+    result = evaluate_run(args.run_dir, args.data, dataset=args.dataset, clips=args.clips,
+                          batch_size=args.batch_size)
+    _print(result, args.json, ("mAP", "wAP", "accuracy", "mean_per_class_accuracy", "num_videos"))
+    return 0

@@ -1,0 +1,72 @@
+"""`assemblenet evolve`: connection-learning-guided evolution of AssembleNet structures (§3.2)."""
+
+import json
+
+from pipelines.commands.train import FLAGS as TRAIN_FLAGS
+
+# The proxy training budget of each child: these TrainConfig flags are passed through.
+# (--strategy is the search strategy here; children train with the default distribution strategy.)
+PROXY_FLAGS = ("dataset", "num_classes", "frames", "size", "batch_size", "steps", "steps_per_epoch",
+               "learning_rate", "warmup_steps", "weight_decay", "label_smoothing", "precision", "seed",
+               "temporal_pool")
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "evolve", help="evolve multi-stream structures (AssembleNet §3.2); run again with the same flags "
+                       "to resume")
+    parser.add_argument("--data", required=True,
+                        help="training TFRecords of the proxy task (directory or glob)")
+    parser.add_argument("--eval-data",
+                        help="validation TFRecords the fitness is measured on (default: --data)")
+    parser.add_argument("--out", required=True,
+                        help="search folder: state, children, history, best structure")
+    search = parser.add_argument_group("search")
+    search.add_argument("--population", type=int, default=20, help="population size |P| (paper: 20)")
+    search.add_argument("--rounds", type=int, default=100,
+                        help="children evaluated after the random initial population (paper: ~200)")
+    search.add_argument("--tournament", type=int, default=5, help="tournament subset size (paper: 5)")
+    search.add_argument("--strategy", choices=("guided", "random-edges", "random-search"), default="guided",
+                        help="guided = Eq. 2; the two baselines of Figure 4")
+    search.add_argument("--keep-threshold", default="random",
+                        help="B of Eq. 2: a number in [0, 1], or 'random' for B ~ unif(0, 1) per child")
+    search.add_argument("--search-seed", type=int, default=0, help="seed of the search's random choices")
+    search.add_argument("--workers", type=int, default=1, help="children trained in parallel processes")
+    space = parser.add_argument_group("search space")
+    space.add_argument("--stems", default="2,4", help="stem counts to draw from (paper: 2,4)")
+    space.add_argument("--object-stem", action="store_true", help="add the object stem (AssembleNet++)")
+    space.add_argument("--width-scale", type=int, default=1,
+                       help="divide every channel count by this (tiny proxy searches, e.g. 8 or 16)")
+    space.add_argument("--repeats", default="1.5,2,3,1.5",
+                       help="module repeats m per level (paper: 1.5,2,3,1.5; tiny proxies: 0.5,0.5,0.5,0.5)")
+    proxy = parser.add_argument_group("proxy training of each child (TrainConfig; paper: 10k steps)")
+    for name in PROXY_FLAGS:
+        kind, choices, default, text = TRAIN_FLAGS[name]
+        proxy.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, choices=choices, default=None,
+                           help=f"{text} (default: {default})")
+    parser.set_defaults(func=evolve_command)
+
+
+def configs_from_args(args):
+    """(EvolutionConfig, TrainEvaluator) from the parsed flags."""
+    from model.evolution import SearchSpace
+    from pipelines.evolve import EvolutionConfig, TrainEvaluator
+
+    threshold = None if args.keep_threshold == "random" else float(args.keep_threshold)
+    space = SearchSpace(stem_counts=tuple(int(s) for s in args.stems.split(",")),
+                        object_stem=args.object_stem, width_scale=args.width_scale,
+                        repeats=tuple(float(m) for m in args.repeats.split(",")))
+    config = EvolutionConfig(population_size=args.population, rounds=args.rounds,
+                             tournament_size=args.tournament, strategy=args.strategy,
+                             keep_threshold=threshold, seed=args.search_seed, space=space)
+    train = {name: getattr(args, name) for name in PROXY_FLAGS if getattr(args, name) is not None}
+    return config, TrainEvaluator(data=args.data, eval_data=args.eval_data, train=train)
+
+
+def evolve_command(args) -> int:
+    from pipelines.evolve import run_evolution
+
+    config, evaluator = configs_from_args(args)
+    summary = run_evolution(args.out, config, evaluator=evaluator, workers=args.workers)
+    print(json.dumps({k: v for k, v in summary.items() if k != "population"}, indent=2))
+    return 0

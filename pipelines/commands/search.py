@@ -1,0 +1,41 @@
+"""`assemblenet search`: the one-shot attention search of AssembleNet++ (§3.5) on a block layout."""
+
+import json
+
+from pipelines.commands.train import FLAGS as TRAIN_FLAGS
+
+# Every training flag but --attention (the search model always uses attention="search").
+SEARCH_TRAIN_FLAGS = tuple(name for name in TRAIN_FLAGS if name != "attention")
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "search", help="train the over-connected one-shot attention model of a layout and prune it "
+                       "(AssembleNet++ §3.5)")
+    parser.add_argument("--structure", required=True,
+                        help="block layout: a named structure or a structure JSON (e.g. evolve's "
+                             "best_structure.json)")
+    parser.add_argument("--data", required=True, help="training TFRecords: a directory or a file pattern")
+    parser.add_argument("--eval-data", help="TFRecords evaluated after every epoch")
+    parser.add_argument("--out", required=True,
+                        help="output folder: final_structure.json, search_summary.json, run/")
+    parser.add_argument("--threshold", type=float, default=0.2,
+                        help="connections with sigmoid(w) <= this are pruned (AssembleNet++ §4.1: 0.2)")
+    parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    recipe = parser.add_argument_group("training recipe (TrainConfig)")
+    for name in SEARCH_TRAIN_FLAGS:
+        kind, choices, default, text = TRAIN_FLAGS[name]
+        recipe.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, choices=choices,
+                            default=None, help=f"{text} (default: {default})")
+    parser.set_defaults(func=search_command)
+
+
+def search_command(args) -> int:
+    from pipelines.search import run_search
+
+    train = {name: getattr(args, name) for name in SEARCH_TRAIN_FLAGS if getattr(args, name) is not None}
+    summary = run_search(structure=args.structure, data=args.data, out_dir=args.out, train=train,
+                         eval_data=args.eval_data, threshold=args.threshold,
+                         verbose=2 if args.quiet else "auto")
+    print(json.dumps({k: v for k, v in summary.items() if k != "blocks"}, indent=2))
+    return 0

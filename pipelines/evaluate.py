@@ -1,0 +1,282 @@
+"""Evaluation: official-format Charades submissions, Toyota Smarthome predictions, and trained runs.
+
+- `evaluate_charades_submission` scores a submission file (one line per video: id then one score per
+  class, whitespace-separated, as the official `Charades_v1_classify.m` reads it) against
+  `Charades_v1_test.csv`; a video missing from the submission scores -inf for every class.
+- `evaluate_toyota_predictions` scores a `video,prediction` CSV; the true class is read from the
+  Toyota Smarthome file name `<Activity>_p<subject>_r<take>_v<view>_c<camera>.mp4`.
+The file formats themselves are parsed by `preprocessing.charades` and `preprocessing.toyota`.
+- `evaluate_model` runs a trained RUN_DIR/model.keras on N clips per video (AssembleNet A.7: five
+  clips, max-pooled), scores it and writes RUN_DIR/metrics.json and the predictions.
+
+Bad input never turns into a silent 0: an unknown id, a wrong number of scores, an unknown class
+name, a duplicate video raise a ValueError naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pipelines import metrics
+from preprocessing import charades, toyota
+
+CHARADES_NUM_CLASSES = charades.NUM_CLASSES
+
+
+# ----------------------------------------------------------------------------------------------
+# Charades.
+
+def read_charades_annotations(path: str | Path,
+                              num_classes: int = CHARADES_NUM_CLASSES) -> dict[str, np.ndarray]:
+    """`Charades_v1_test.csv` -> {video id: (num_classes,) multi-hot of its actions}, in file order.
+
+    Parsing (and its file:line errors) is `preprocessing.charades.read_annotations`; a video with
+    an empty `actions` field gets an all-zero row (and is left out by `metrics.charades_map`).
+    """
+    labels: dict[str, np.ndarray] = {}
+    for video in charades.read_annotations(path, num_classes=num_classes):
+        hot = np.zeros(num_classes, dtype=np.int8)
+        hot[[a.label for a in video.actions]] = 1
+        labels[video.id] = hot
+    if not labels:
+        raise ValueError(f"{path}: no video found")
+    return labels
+
+
+def read_charades_submission(path: str | Path, num_classes: int,
+                             known_ids: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """An official-format submission -> {video id: (num_classes,) float64 scores}.
+
+    Each non-empty line is `<id> <score_0> ... <score_{C-1}>`, whitespace-separated. Raises a
+    ValueError naming `path:line` on a wrong number of scores, a non-numeric or NaN score, a
+    duplicate id, or an id not in `known_ids` (when given).
+    """
+    known = None if known_ids is None else set(known_ids)
+    scores: dict[str, np.ndarray] = {}
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            fields = line.split()
+            if not fields:
+                continue
+            video, values = fields[0], fields[1:]
+            where = f"{path}:{number}"
+            if len(values) != num_classes:
+                raise ValueError(f"{where}: video {video!r} has {len(values)} scores, expected {num_classes}")
+            if known is not None and video not in known:
+                raise ValueError(f"{where}: unknown video id {video!r} (not in the annotations)")
+            if video in scores:
+                raise ValueError(f"{where}: duplicate video id {video!r}")
+            try:
+                row = np.array([float(v) for v in values], dtype=np.float64)
+            except ValueError as err:
+                raise ValueError(f"{where}: video {video!r}: non-numeric score ({err})") from None
+            if np.isnan(row).any():
+                column = int(np.argmax(np.isnan(row)))
+                raise ValueError(f"{where}: video {video!r}: NaN score in column {column}")
+            scores[video] = row
+    return scores
+
+
+def score_charades(predictions: dict[str, np.ndarray], annotations: dict[str, np.ndarray],
+                   class_names: Sequence[str] | None = None) -> dict:
+    """Official Charades mAP/wAP of `predictions` against `annotations` (both keyed by video id).
+
+    Videos are ranked in annotation order on ties (the official script's order); a video with no
+    prediction scores -inf for every class.
+    """
+    ids = list(annotations)
+    num_classes = len(next(iter(annotations.values())))
+    missing_row = np.full(num_classes, -np.inf)
+    scores = np.stack([predictions.get(v, missing_row) for v in ids])
+    labels = np.stack([annotations[v] for v in ids])
+    names = list(class_names) if class_names is not None else [f"c{c:03d}" for c in range(num_classes)]
+    result = metrics.charades_map(scores, labels).to_json(names)
+    result["num_missing_predictions"] = sum(v not in predictions for v in ids)
+    return result
+
+
+def evaluate_charades_submission(submission: str | Path, annotations: str | Path,
+                                 classes: str | Path | None = None) -> dict:
+    """`assemblenet evaluate charades`: {"mAP", "wAP", "per_class_ap", "num_videos", "missing_classes"}."""
+    class_list = charades.read_classes(classes) if classes else None
+    num_classes = len(class_list) if class_list else CHARADES_NUM_CLASSES
+    labels = read_charades_annotations(annotations, num_classes)
+    predictions = read_charades_submission(submission, num_classes, known_ids=list(labels))
+    return score_charades(predictions, labels, [c for c, _ in class_list] if class_list else None)
+
+
+def write_charades_submission(path: str | Path, predictions: dict[str, np.ndarray]) -> Path:
+    """Writes {id: scores} in the official submission format (readable by `read_charades_submission`)."""
+    path = Path(path)
+    with open(path, "w") as f:
+        for video, row in predictions.items():
+            f.write(video + " " + " ".join(f"{float(s):.6g}" for s in row) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Toyota Smarthome.
+
+def read_toyota_predictions(path: str | Path) -> list[tuple[str, str, str]]:
+    """A `video,prediction` CSV -> [(video, true activity, predicted activity)].
+
+    The true activity comes from the clip's file name (`preprocessing.toyota.parse_clip_name`; a
+    path is reduced to its name). A duplicate video, a bad file name or a predicted name outside the
+    31 classes raises a ValueError naming path:line.
+    """
+    rows = []
+    seen: dict[str, int] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"video", "prediction"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}:1: missing column(s) {sorted(missing)}; header is {reader.fieldnames}")
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            video, predicted = (row["video"] or "").strip(), (row["prediction"] or "").strip()
+            if not video or not predicted:
+                raise ValueError(f"{where}: empty video or prediction")
+            clip = toyota.parse_clip_name(Path(video).name, where)
+            if clip.id in seen:
+                raise ValueError(f"{where}: duplicate video {video!r} (first on line {seen[clip.id]})")
+            seen[clip.id] = reader.line_num
+            if predicted not in toyota.CLASSES:
+                raise ValueError(f"{where}: predicted class {predicted!r} of {video!r} is not one of the "
+                                 f"{toyota.NUM_CLASSES} Toyota Smarthome classes (preprocessing.toyota)")
+            rows.append((video, clip.activity, predicted))
+    if not rows:
+        raise ValueError(f"{path}: no prediction found")
+    return rows
+
+
+def score_toyota(true: Sequence[str], predicted: Sequence[str], classes: Sequence[str]) -> dict:
+    """Accuracy, mean per-class accuracy (over classes present), per-class accuracy, confusion matrix."""
+    index = {name: i for i, name in enumerate(classes)}
+    for name in list(true) + list(predicted):
+        if name not in index:
+            raise ValueError(f"unknown class {name!r}; known classes: {list(classes)}")
+    t = np.array([index[n] for n in true])
+    p = np.array([index[n] for n in predicted])
+    matrix = metrics.confusion_matrix(t, p, len(classes))
+    per_class = metrics.per_class_accuracy(matrix)
+    return {
+        "accuracy": metrics.accuracy(t, p),
+        "mean_per_class_accuracy": metrics.mean_per_class_accuracy(t, p, len(classes)),
+        "num_videos": int(len(t)),
+        "per_class_accuracy": {classes[c]: float(a) for c, a in enumerate(per_class) if not math.isnan(a)},
+        "classes": list(classes),
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def evaluate_toyota_predictions(predictions: str | Path) -> dict:
+    """`assemblenet evaluate toyota`: {"accuracy", "mean_per_class_accuracy", ...} over the 31 classes."""
+    rows = read_toyota_predictions(predictions)
+    return score_toyota([r[1] for r in rows], [r[2] for r in rows], toyota.CLASSES)
+
+
+# ----------------------------------------------------------------------------------------------
+# Trained runs.
+
+def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int = 5, batch_size: int = 4,
+                   frames: int | None = None, size: int | None = None, num_classes: int | None = None,
+                   class_names: Sequence[str] | None = None, model=None) -> dict:
+    """Scores RUN_DIR/model.keras on the TFRecords `data` (folder or glob); writes RUN_DIR/metrics.json.
+
+    Each test video is seen through `clips` clips (AssembleNet A.7: five, max-pooled), read by
+    `preprocessing.dataset.make_dataset(..., clips_per_video=clips)`. Frames and size default to
+    RUN_DIR/config.json (a TrainConfig), the number of classes to the config or else the data.
+    Writes RUN_DIR/predictions.txt (Charades submission format, re-scorable with `evaluate
+    charades`) or RUN_DIR/predictions.csv (Toyota `video,prediction`). `model` skips loading.
+    """
+    import keras
+
+    from model import assemblenet  # noqa: F401  (registers the custom layers for load_model)
+    from model.structure import Structure
+    from pipelines.train import file_pattern, find_class_names, num_classes_in
+    from preprocessing import dataset as video_dataset
+
+    if dataset not in ("charades", "toyota"):
+        raise ValueError(f"dataset must be 'charades' or 'toyota', got {dataset!r}")
+    if clips <= 0:
+        raise ValueError(f"clips must be positive, got {clips}")
+    run_dir = Path(run_dir)
+    config = _read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
+    frames = frames or _config_value(config, "frames", run_dir)
+    size = size or _config_value(config, "size", run_dir)
+    num_classes = num_classes or config.get("num_classes") or num_classes_in(data)
+    structure = Structure.from_json(run_dir / "structure.json")
+    if model is None:
+        model = keras.models.load_model(run_dir / "model.keras")
+    ds = video_dataset.make_dataset(file_pattern(data), modalities=structure.modalities, frames=frames,
+                                    size=size, training=False, batch_size=batch_size, dataset=dataset,
+                                    num_classes=num_classes, clips_per_video=clips)
+    ids, clip_scores, clip_labels = [], [], []
+    for element in ds:
+        # With one clip per video the dataset yields no ids: its videos come one per row, in file order.
+        inputs, labels = element[:2]
+        batch_ids = (np.asarray(element[2]).reshape(-1) if len(element) == 3
+                     else [f"video{len(ids) + k:06d}" for k in range(len(labels))])
+        clip_scores.append(keras.ops.convert_to_numpy(model(inputs, training=False)))
+        clip_labels.append(np.asarray(labels))
+        ids.extend(v.decode() if isinstance(v, bytes) else str(v) for v in batch_ids)
+    if not ids:
+        raise ValueError(f"{data}: no test clip")
+    videos, scores = metrics.max_pool_clips(ids, np.concatenate(clip_scores))
+    # A video's label is the union of its clips' labels (max-pooled like the scores).
+    _, labels = metrics.max_pool_clips(ids, np.concatenate(clip_labels))
+    if dataset == "charades":
+        names = list(class_names or [f"c{c:03d}" for c in range(num_classes)])
+        # Sigmoid is monotonic, so AP is the same as on logits; the file holds probabilities.
+        predictions = dict(zip(videos, 1.0 / (1.0 + np.exp(-scores)), strict=True))
+        result = score_charades(predictions, dict(zip(videos, labels, strict=True)), names)
+        write_charades_submission(run_dir / "predictions.txt", predictions)
+    else:
+        default = list(toyota.CLASSES) if num_classes == toyota.NUM_CLASSES else None
+        names = list(class_names or default or find_class_names(data, num_classes)
+                     or [str(c) for c in range(num_classes)])
+        true = [names[int(c)] for c in labels.argmax(axis=1)]
+        predicted = [names[int(c)] for c in scores.argmax(axis=1)]
+        result = score_toyota(true, predicted, names)
+        with open(run_dir / "predictions.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["video", "prediction"])
+            writer.writerows(zip(videos, predicted, strict=True))
+    result.update(dataset=dataset, clips=clips, data=str(data))
+    (run_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def evaluate_run(run_dir: str | Path, data: str, *, dataset: str | None = None, clips: int = 5,
+                 batch_size: int = 4, **kwargs) -> dict:
+    """Evaluates a training run directory; the dataset kind defaults to the run's config.json."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "model.keras").exists():
+        raise ValueError(f"{run_dir}: no model.keras (train the run first)")
+    if dataset is None:
+        dataset = _config_value(_read_json(run_dir / "config.json"), "dataset", run_dir)
+    return evaluate_model(run_dir=run_dir, data=data, dataset=dataset, clips=clips, batch_size=batch_size,
+                          **kwargs)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read JSON ({err})") from None
+
+
+def _config_value(config: dict, key: str, run_dir: Path):
+    """A value from config.json, top-level or inside one nested section (e.g. {"data": {"frames": ...}})."""
+    if key in config:
+        return config[key]
+    for value in config.values():
+        if isinstance(value, dict) and key in value:
+            return value[key]
+    raise ValueError(f"{run_dir / 'config.json'}: no {key!r}; pass {key}= explicitly")

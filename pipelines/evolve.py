@@ -1,0 +1,445 @@
+"""The evolution driver (AssembleNet §3.2): a resumable, parallel tournament-selection search.
+
+All search state lives in one folder, so a search killed at any moment resumes without
+repeating a finished evaluation, and an orchestrator can run each evaluation as its own task:
+
+    OUT/state.json                    config, RNG state, population {child: fitness}, pending
+                                      children, history (replaced atomically after every change)
+    OUT/children/<child>/spec.json    the proposed child: structure, parent, what was mutated
+    OUT/children/<child>/result.json  its fitness and learned edge weights (written atomically)
+    OUT/children/<child>/run/         the proxy training run (pipelines.train run directory)
+    OUT/history.json, OUT/best_structure.json, OUT/fitness.png, OUT/evolution_summary.json
+
+The three steps are importable on their own (an Airflow DAG maps `evaluate_child` over the ids
+that `propose_children` returns, then calls `integrate_results`):
+
+    ids = propose_children(out, n)            # writes n child specs (single writer of state.json)
+    evaluate_child(out, child_id)             # trains + scores one child -> result.json (parallel)
+    integrate_results(out)                    # finished children join; the worst members leave
+
+`run_evolution` drives them with `workers` parallel processes. Fitness comes from an injectable
+`evaluate(structure, workdir) -> (fitness, edge_weights)`; `TrainEvaluator` (the default) trains
+the child with `pipelines.train.train` for a proxy budget and scores it (§3.2: top-1 + top-5
+accuracy for single-label data; mAP for multi-label Charades).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model import evolution
+from model.structure import Structure
+
+STATE = "state.json"
+CHILDREN = "children"
+Evaluate = Callable[[Structure, Path], tuple[float, Mapping]]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvolutionConfig:
+    """One search. `rounds` counts the children evaluated after the initial population (whose
+    `population_size` random members are the first rounds, §4.2). `keep_threshold` is B of Eq. 2:
+    a constant, or None for B ~ unif(0, 1) per child."""
+
+    population_size: int = 20
+    rounds: int = 100
+    tournament_size: int = 5
+    strategy: str = "guided"
+    keep_threshold: float | None = None
+    seed: int = 0
+    space: evolution.SearchSpace = evolution.SearchSpace()
+
+    def __post_init__(self):
+        if self.strategy not in evolution.STRATEGIES:
+            raise ValueError(f"EvolutionConfig.strategy={self.strategy!r}: "
+                             f"expected one of {evolution.STRATEGIES}")
+        if self.population_size < 1 or self.rounds < 0 or self.tournament_size < 1:
+            raise ValueError(f"EvolutionConfig: population_size={self.population_size} and tournament_size="
+                             f"{self.tournament_size} must be >= 1, rounds={self.rounds} >= 0")
+        if self.keep_threshold is not None and not 0.0 <= self.keep_threshold <= 1.0:
+            raise ValueError(f"EvolutionConfig.keep_threshold={self.keep_threshold}: expected B in [0, 1] "
+                             "or None (B ~ unif(0, 1))")
+
+    @property
+    def total(self) -> int:
+        return self.population_size + self.rounds
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["space"] = self.space.to_json()
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> EvolutionConfig:
+        data = dict(data)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"EvolutionConfig: unknown fields {sorted(unknown)}; "
+                             f"expected some of {sorted(names)}")
+        if "space" in data:
+            data["space"] = evolution.SearchSpace.from_json(data["space"])
+        return cls(**data)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainEvaluator:
+    """Fitness by proxy training: `pipelines.train.train` on `data` with the TrainConfig fields in
+    `train` (steps, frames, size, batch_size, dataset, ...), then scoring on `eval_data` (the
+    validation subset; the training data when None). Picklable, so workers can run it."""
+
+    data: str
+    eval_data: str | None = None
+    train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    clips: int = 1
+    batch_size: int = 4
+
+    def __post_init__(self):
+        from pipelines.train import TrainConfig
+
+        if "structure" in self.train:
+            raise ValueError("TrainEvaluator.train must not set 'structure': each child sets its own")
+        TrainConfig.from_json(dict(self.train))  # a typo fails now, not after hours of search
+
+    def to_json(self) -> dict[str, Any]:
+        return {"data": self.data, "eval_data": self.eval_data, "train": dict(self.train),
+                "clips": self.clips, "batch_size": self.batch_size}
+
+    def __call__(self, structure: Structure, workdir: Path) -> tuple[float, dict]:
+        import keras
+
+        from pipelines.train import TrainConfig, train
+
+        workdir = Path(workdir)
+        path = structure.save(workdir / "structure.json")
+        config = TrainConfig(**{**self.train, "structure": str(path)})
+        run = workdir / "run"
+        train(config=config, data=self.data, workdir=run, verbose=0)
+        metrics = score_run(run, self.eval_data or self.data, clips=self.clips, batch_size=self.batch_size)
+        weights = json.loads((run / "connection_weights.json").read_text())
+        keras.backend.clear_session()
+        return metrics["fitness"], weights
+
+
+def score_run(run_dir: str | Path, data: str, *, clips: int = 1, batch_size: int = 4) -> dict[str, Any]:
+    """Scores RUN_DIR/model.keras on `data` and writes RUN_DIR/metrics.json with the fitness of §3.2:
+    mAP for multi-label (Charades) runs, top-1 + top-5 accuracy for single-label ones."""
+    import keras
+
+    import model.assemblenet  # noqa: F401  (registers the custom layers for load_model)
+    from pipelines import metrics
+    from pipelines.train import tfrecord_files
+    from preprocessing.dataset import make_dataset
+
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    structure = Structure.from_json(run_dir / "structure.json")
+    model = keras.models.load_model(run_dir / "model.keras")
+    ds = make_dataset(tfrecord_files(data), modalities=structure.modalities, frames=config["frames"],
+                      size=config["size"], training=False, batch_size=batch_size, dataset=config["dataset"],
+                      num_classes=config["num_classes"], clips_per_video=clips)
+    ids, scores, labels = [], [], []
+    for element in ds:  # (inputs, labels), plus the video ids when clips > 1
+        scores.append(keras.ops.convert_to_numpy(model(element[0], training=False)))
+        labels.append(np.asarray(element[1]))
+        if clips > 1:
+            videos = np.asarray(element[2]).reshape(-1)
+            ids += [v.decode() if isinstance(v, bytes) else str(v) for v in videos]
+        else:
+            ids += [f"clip{len(ids) + k}" for k in range(len(labels[-1]))]
+    _, pooled = metrics.max_pool_clips(ids, np.concatenate(scores))
+    _, truth = metrics.max_pool_clips(ids, np.concatenate(labels))
+    if config["dataset"] == "charades":
+        result: dict[str, Any] = {"mAP": metrics.charades_map(pooled, truth).mAP}
+    else:
+        true = truth.argmax(axis=1)
+        top5 = np.argsort(-pooled, axis=1)[:, :5]
+        result = {"top1": float(np.mean(top5[:, 0] == true)),
+                  "top5": float(np.mean((top5 == true[:, None]).any(axis=1)))}
+    result.update(fitness=evolution.fitness_from_metrics(result), num_videos=len(pooled), clips=clips,
+                  data=str(data))
+    _write_json(run_dir / "metrics.json", result)
+    return result
+
+
+# -- state ---------------------------------------------------------------------------------------
+
+def _write_json(path: Path, value: Any) -> None:
+    """Atomic: a reader (or a resumed search) sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the search state ({err})") from None
+
+
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    """propose/integrate read-modify-write state.json: one at a time, even across processes."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _child_dir(state_dir: Path, child: str) -> Path:
+    return Path(state_dir) / CHILDREN / child
+
+
+def load_state(state_dir: str | Path) -> dict[str, Any]:
+    path = Path(state_dir) / STATE
+    if not path.exists():
+        raise ValueError(f"{path}: no search state; start one with `assemblenet evolve` or init_search()")
+    return _read_json(path)
+
+
+def init_search(state_dir: str | Path, config: EvolutionConfig,
+                evaluator: TrainEvaluator | None = None) -> dict[str, Any]:
+    """Creates OUT/state.json, or checks that an existing search has the same config.
+
+    Only `rounds` may differ on resume (to extend or shorten a search)."""
+    state_dir = Path(state_dir)
+    with _locked(state_dir):
+        path = state_dir / STATE
+        if path.exists():
+            state = _read_json(path)
+            old = EvolutionConfig.from_json(state["config"])
+            if dataclasses.replace(old, rounds=config.rounds) != config:
+                changed = {k: (v, config.to_json()[k]) for k, v in old.to_json().items()
+                           if k != "rounds" and config.to_json()[k] != v}
+                raise ValueError(f"{path}: this search was started with another config; changed (old, new): "
+                                 f"{changed}. Use a new --out, or the same flags to resume.")
+            state["config"] = config.to_json()
+            if evaluator is not None:
+                state["evaluator"] = evaluator.to_json()
+        else:
+            state = {"config": config.to_json(), "evaluator": evaluator.to_json() if evaluator else None,
+                     "rng": np.random.default_rng(config.seed).bit_generator.state, "next_child": 0,
+                     "population": {}, "pending": [], "history": []}
+        _write_json(path, state)
+    return state
+
+
+def _rng(state: Mapping[str, Any]) -> np.random.Generator:
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state["rng"]
+    return rng
+
+
+def _load_child(state_dir: Path, child: str) -> tuple[Structure, dict, dict | None]:
+    folder = _child_dir(state_dir, child)
+    spec = _read_json(folder / "spec.json")
+    result = _read_json(folder / "result.json") if (folder / "result.json").exists() else None
+    return Structure.from_json(spec["structure"]), spec, result
+
+
+# -- the three steps -------------------------------------------------------------------------------
+
+def propose_children(state_dir: str | Path, n: int) -> list[str]:
+    """Writes up to `n` new child specs and returns their ids.
+
+    The first `population_size` children are random architectures (§3.2); later ones come from a
+    tournament-selected parent (or are random, for the random-search baseline). Fewer than `n`
+    come back when the budget is spent, or when no member has been scored yet to be a parent."""
+    state_dir = Path(state_dir)
+    with _locked(state_dir):
+        state = load_state(state_dir)
+        config = EvolutionConfig.from_json(state["config"])
+        rng = _rng(state)
+        ids = []
+        while len(ids) < n and state["next_child"] < config.total:
+            number = state["next_child"]
+            child = f"c{number:04d}"
+            parent = None
+            if number < config.population_size or config.strategy == "random-search":
+                phase = "initial" if number < config.population_size else "child"
+                structure = evolution.random_structure(config.space, rng, name=child)
+                info: dict[str, Any] = {"strategy": "random"}
+            else:
+                if not state["population"]:
+                    break
+                phase = "child"
+                parent = evolution.tournament(state["population"], rng, config.tournament_size)
+                parent_structure, _, parent_result = _load_child(state_dir, parent)
+                weights = evolution.parse_edge_weights(parent_result["edge_weights"])
+                structure, info = evolution.make_child(
+                    parent_structure, weights, config.space, rng, strategy=config.strategy,
+                    keep_threshold=config.keep_threshold, name=child)
+            _write_json(_child_dir(state_dir, child) / "spec.json",
+                        {"child": child, "parent": parent, "phase": phase, "info": info,
+                         "structure": structure.to_json()})
+            state["next_child"] = number + 1
+            state["pending"].append(child)
+            ids.append(child)
+        state["rng"] = rng.bit_generator.state
+        _write_json(state_dir / STATE, state)
+    return ids
+
+
+def evaluate_child(state_dir: str | Path, child: str, evaluate: Evaluate | None = None) -> dict[str, Any]:
+    """Trains and scores one proposed child; writes children/<child>/result.json.
+
+    Idempotent: a child with a result is not evaluated again. Without `evaluate`, the search's
+    stored TrainEvaluator is used. Touches nothing but the child's folder, so many run at once."""
+    state_dir = Path(state_dir)
+    folder = _child_dir(state_dir, child)
+    if (folder / "result.json").exists():
+        return _read_json(folder / "result.json")
+    if not (folder / "spec.json").exists():
+        raise ValueError(f"{folder / 'spec.json'}: no such child; propose_children() writes it")
+    if evaluate is None:
+        spec = load_state(state_dir).get("evaluator")
+        if not spec:
+            raise ValueError(f"{state_dir / STATE}: the search has no stored evaluator; pass evaluate=")
+        evaluate = TrainEvaluator(**spec)
+    structure, _, _ = _load_child(state_dir, child)
+    start = time.monotonic()
+    fitness, weights = evaluate(structure, folder)
+    if not np.isfinite(fitness):
+        raise ValueError(f"child {child}: fitness {fitness} is not finite")
+    edges = weights if all(isinstance(k, tuple) for k in weights) else evolution.parse_edge_weights(weights)
+    result = {"child": child, "fitness": float(fitness),
+              "edge_weights": evolution.edge_weights_to_json(edges),
+              "seconds": round(time.monotonic() - start, 3)}
+    _write_json(folder / "result.json", result)
+    return result
+
+
+def integrate_results(state_dir: str | Path) -> list[str]:
+    """Adds every finished pending child to the population, in id order; whenever the population
+    exceeds its size, the least fit member leaves (§3.2). Returns the integrated ids."""
+    state_dir = Path(state_dir)
+    with _locked(state_dir):
+        state = load_state(state_dir)
+        config = EvolutionConfig.from_json(state["config"])
+        done = []
+        for child in sorted(state["pending"]):
+            structure, spec, result = _load_child(state_dir, child)
+            if result is None:
+                continue
+            population = state["population"]
+            population[child] = result["fitness"]
+            removed = evolution.worst(population) if len(population) > config.population_size else None
+            if removed is not None:
+                del population[removed]
+            state["pending"].remove(child)
+            state["history"].append({
+                "round": len(state["history"]) + 1, "child": child, "parent": spec["parent"],
+                "phase": spec["phase"], "fitness": result["fitness"],
+                "top3_mean": evolution.top_mean(list(population.values()), 3), "removed": removed,
+                "seconds": result.get("seconds"), "info": spec["info"], "structure": structure.to_json(),
+                "edge_weights": result["edge_weights"]})
+            done.append(child)
+        if done:
+            _write_json(state_dir / STATE, state)
+    return done
+
+
+def finalize(state_dir: str | Path) -> dict[str, Any]:
+    """Writes history.json, best_structure.json (for `assemblenet train --structure`), fitness.png
+    and evolution_summary.json from the state; returns the summary."""
+    state_dir = Path(state_dir)
+    state = load_state(state_dir)
+    history = state["history"]
+    if not history:
+        raise ValueError(f"{state_dir}: no evaluated child yet; nothing to report")
+    _write_json(state_dir / "history.json", history)
+    best = max(history, key=lambda h: (h["fitness"], -h["round"]))
+    structure = Structure.from_json(best["structure"]).replace(name=f"evolved_{best['child']}")
+    structure.save(state_dir / "best_structure.json")
+    from pipelines.plots import plot_fitness
+
+    plot_fitness(history, state_dir / "fitness.png")  # mean of the top 3 per round (Figure 4)
+    config = state["config"]
+    summary = {"best_child": best["child"], "best_fitness": best["fitness"], "best_round": best["round"],
+               "evaluations": len(history), "strategy": config["strategy"],
+               "population": dict(sorted(state["population"].items())),
+               "top3_mean": history[-1]["top3_mean"]}
+    _write_json(state_dir / "evolution_summary.json", summary)
+    return summary
+
+
+# -- the driver ---------------------------------------------------------------------------------------
+
+def _unfinished(state_dir: Path, state: Mapping[str, Any]) -> list[str]:
+    return [c for c in state["pending"] if not (_child_dir(state_dir, c) / "result.json").exists()]
+
+
+def run_evolution(out_dir: str | Path, config: EvolutionConfig, *, evaluate: Evaluate | None = None,
+                  evaluator: TrainEvaluator | None = None, workers: int = 1,
+                  progress: bool = True) -> dict[str, Any]:
+    """Runs (or resumes) a search in `out_dir` until `config.total` children are evaluated.
+
+    `evaluate` (a picklable callable for workers > 1) overrides the stored `evaluator`. With
+    workers > 1 children are trained in spawned processes, each a fresh one (no state leaks
+    between children); a new child is proposed as soon as one finishes (asynchronous, as the
+    paper's 10 parallel workers)."""
+    from tqdm import tqdm
+
+    if workers < 1:
+        raise ValueError(f"workers={workers}: expected >= 1")
+    if evaluate is None and evaluator is None and not (Path(out_dir) / STATE).exists():
+        raise ValueError("run_evolution: pass evaluate= or evaluator= to start a new search")
+    state_dir = Path(out_dir)
+    init_search(state_dir, config, evaluator)
+    integrate_results(state_dir)  # children finished before an interruption
+    done = len(load_state(state_dir)["history"])
+    bar = tqdm(total=config.total, initial=done, desc="evolution", unit="child", disable=not progress)
+    try:
+        if workers == 1:
+            while True:
+                state = load_state(state_dir)
+                todo = _unfinished(state_dir, state) or propose_children(state_dir, 1)
+                if not todo:
+                    break
+                for child in todo:
+                    evaluate_child(state_dir, child, evaluate)
+                    bar.update(len(integrate_results(state_dir)))
+        else:
+            _run_parallel(state_dir, evaluate, workers, bar)
+    finally:
+        bar.close()
+    return finalize(state_dir)
+
+
+def _run_parallel(state_dir: Path, evaluate: Evaluate | None, workers: int, bar) -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1) as pool:
+        running: dict = {}
+        while True:
+            state = load_state(state_dir)
+            todo = [c for c in _unfinished(state_dir, state) if c not in running.values()]
+            free = workers - len(running) - len(todo)
+            if free > 0:
+                todo += propose_children(state_dir, free)
+            for child in todo[:max(workers - len(running), 0)]:
+                running[pool.submit(evaluate_child, state_dir, child, evaluate)] = child
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                del running[future]
+                future.result()  # a failed child stops the search loudly; resuming retries it
+            bar.update(len(integrate_results(state_dir)))

@@ -1,0 +1,52 @@
+"""Export of a trained run for serving: the Keras file and a TensorFlow SavedModel.
+
+`export(run_dir=..., out_dir=...)` writes
+  OUT/model.keras      the Keras 3 model (reload with keras.models.load_model, any backend);
+  OUT/saved_model/     a TensorFlow SavedModel whose `serve` endpoint (also the
+                       `serving_default` signature) takes the dict of modalities of
+                       docs/CONTRACTS.md and returns logits (TF Serving, tf.saved_model.load);
+  OUT/export.json      the inputs' names, shapes and dtypes and the output, for the serving side;
+and copies the run's classes.json when there is one.
+The SavedModel needs TensorFlow (Keras' `model.export(format="tf_saved_model")`); under the JAX
+backend Keras converts the model with jax2tf, which also needs TensorFlow installed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+def export(*, run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Exports RUN_DIR/model.keras to `out_dir` (default RUN_DIR/export); returns what was written."""
+    import keras
+
+    import model.assemblenet  # noqa: F401  (registers the custom layers for load_model)
+    import pipelines.train  # noqa: F401  (registers the learning-rate schedule held by the optimizer)
+
+    run_dir = Path(run_dir)
+    source = run_dir / "model.keras"
+    if not source.is_file():
+        raise ValueError(f"{run_dir}: no model.keras to export (train the run first)")
+    out_dir = Path(out_dir) if out_dir is not None else run_dir / "export"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trained = keras.models.load_model(source)
+    keras_path = out_dir / "model.keras"
+    # The same graph without the optimizer: serving needs no training state.
+    bare = keras.Model(trained.input, trained.output, name=trained.name)
+    bare.save(str(keras_path))
+    saved_model = out_dir / "saved_model"
+    if saved_model.exists():
+        shutil.rmtree(saved_model)
+    bare.export(str(saved_model), format="tf_saved_model", verbose=False)
+    signature = {
+        "inputs": {name: {"shape": list(t.shape), "dtype": str(t.dtype)} for name, t in bare.input.items()},
+        "output": {"shape": list(bare.outputs[0].shape), "kind": "logits"},
+        "endpoint": "serve",
+    }
+    if (run_dir / "classes.json").exists():
+        shutil.copyfile(run_dir / "classes.json", out_dir / "classes.json")
+    (out_dir / "export.json").write_text(json.dumps(signature, indent=2) + "\n")
+    return {"keras": str(keras_path), "saved_model": str(saved_model), **signature}

@@ -1,0 +1,110 @@
+"""Prediction on one raw video with a trained run: the training data's preprocessing, then top classes.
+
+The video goes through exactly the path of the training data: `pipelines.preprocess.process_video`
+(decode at the run's fps and frame size, TV-L1 flow, the segmenter's object masks, one
+SequenceExample) and `preprocessing.dataset.make_dataset` in evaluation mode (`clips` evenly spaced
+clips, centre crop), so the model sees what it saw in evaluation. Clip scores are max-pooled
+(AssembleNet A.7), then turned into probabilities: sigmoid per class for multi-label Charades,
+softmax for Toyota Smarthome.
+
+The preprocessing settings come from RUN_DIR/preprocess.json, which `train` copies from the
+TFRecords' summary.json; class names from RUN_DIR/classes.json when training found a classes file.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def load_run(run_dir: str | Path) -> dict[str, Any]:
+    """config.json, structure.json, preprocess.json and classes.json of a run (the last two optional)."""
+    from model.structure import Structure
+
+    run_dir = Path(run_dir)
+    for name in ("config.json", "structure.json", "model.keras"):
+        if not (run_dir / name).exists():
+            raise ValueError(f"{run_dir}: no {name}; is this a finished training run directory?")
+    config = json.loads((run_dir / "config.json").read_text())
+    preprocess = run_dir / "preprocess.json"
+    classes = run_dir / "classes.json"
+    return {
+        "config": config,
+        "structure": Structure.from_json(run_dir / "structure.json"),
+        "preprocess": json.loads(preprocess.read_text()) if preprocess.exists() else None,
+        "classes": json.loads(classes.read_text()) if classes.exists() else None,
+    }
+
+
+def predict(*, run_dir: str | Path, video: str | Path, top: int = 5, clips: int = 5,
+            segmenter: str | None = None, fps: float | None = None, size: int | None = None,
+            flow: str | None = None, model=None) -> list[tuple[str, float]]:
+    """The `top` (class name, probability) pairs for `video`, best first.
+
+    `segmenter`, `fps`, `size` and `flow` default to the run's preprocess.json; pass them for a run
+    trained on data without one. `model` skips loading RUN_DIR/model.keras (tests, repeated calls).
+    """
+    scores = video_scores(run_dir=run_dir, video=video, clips=clips, segmenter=segmenter, fps=fps,
+                          size=size, flow=flow, model=model)
+    names = load_run(run_dir)["classes"] or [f"class {i}" for i in range(len(scores))]
+    order = np.argsort(-scores, kind="stable")[:top]
+    return [(names[i], float(scores[i])) for i in order]
+
+
+def video_scores(*, run_dir: str | Path, video: str | Path, clips: int = 5, segmenter: str | None = None,
+                 fps: float | None = None, size: int | None = None, flow: str | None = None,
+                 model=None) -> np.ndarray:
+    """Per-class probabilities (num_classes,) of one video."""
+    import keras
+    import tensorflow as tf
+
+    import model.assemblenet  # noqa: F401  (registers the custom layers for load_model)
+    import pipelines.train  # noqa: F401  (registers the learning-rate schedule in model.keras)
+    from pipelines.preprocess import PreprocessConfig, VideoTask, process_video
+    from preprocessing.dataset import make_dataset
+    from preprocessing.segment import make_segmenter
+
+    run_dir, video = Path(run_dir), Path(video)
+    run = load_run(run_dir)
+    config, structure, stored = run["config"], run["structure"], run["preprocess"] or {}
+    settings = {"fps": fps, "size": size, "flow": flow, "segmenter": segmenter}
+    for key, value in settings.items():
+        if value is None:
+            if key not in stored:
+                raise ValueError(f"{run_dir}/preprocess.json has no {key!r} (the training data had no "
+                                 f"summary.json): pass --{key}")
+            settings[key] = stored[key]
+    if "flow" in structure.modalities and settings["flow"] == "none":
+        raise ValueError(f"{run_dir}: the model takes flow, but flow='none'")
+    if "object" in structure.modalities and settings["segmenter"] in (None, "", "none"):
+        raise ValueError(f"{run_dir}: the model takes object masks: pass a segmenter (--segmenter)")
+    if not video.is_file():
+        raise ValueError(f"{video}: no such video file")
+
+    num_classes = int(config["num_classes"])
+    pre = PreprocessConfig(dataset=config["dataset"], num_classes=num_classes, fps=float(settings["fps"]),
+                           size=int(settings["size"]), flow=settings["flow"], segmenter=settings["segmenter"],
+                           videos_dir=str(video.parent))
+    segment = make_segmenter(pre.segmenter, videos_dir=video.parent) if "object" in structure.modalities \
+        else None
+    task = VideoTask(id=video.stem, path=str(video), labels=(), label_start=(), label_end=())
+    serialized, _ = process_video(task, pre, segment)
+    if model is None:
+        model = keras.models.load_model(run_dir / "model.keras")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "video.tfrecord")
+        with tf.io.TFRecordWriter(path) as writer:
+            writer.write(serialized)
+        ds = make_dataset(path, modalities=structure.modalities, frames=int(config["frames"]),
+                          size=int(config["size"]), training=False, batch_size=clips,
+                          dataset=config["dataset"], num_classes=num_classes, clips_per_video=clips)
+        logits = [keras.ops.convert_to_numpy(model(element[0], training=False)) for element in ds]
+    pooled = np.concatenate(logits).astype("float64").max(axis=0)  # AssembleNet A.7: max over clips
+    if config["dataset"] == "charades":
+        return 1.0 / (1.0 + np.exp(-pooled))
+    shifted = np.exp(pooled - pooled.max())
+    return shifted / shifted.sum()

@@ -1,0 +1,317 @@
+"""`assemblenet report RUN_DIR`: one page about a run, as HTML and Markdown with PNG figures.
+
+Writes RUN_DIR/report/index.html (self-contained: figures embedded as base64 data URIs, so it opens
+from disk or as a mail attachment) and RUN_DIR/report/report.md with the PNGs beside it. Every
+section is built only from the run-directory file it needs (docs/CONTRACTS.md); when that file is
+absent the section says so in one line instead of failing, so a report can be made at any stage.
+
+Inputs (all optional):
+    summary.json, config.json          model summary (params, FLOPs) and the run's settings
+    history.csv                        training curves (Keras CSVLogger)
+    metrics.json                       Charades per-class AP, or Toyota confusion matrix + per-class accuracy
+    structure.json + connection_weights.json   learned connectivity (AssembleNet++ Fig. 4(a))
+    attention_weights.json             peer-attention softmax(h) per block (AssembleNet++ §3.4)
+    evolution/history.json             [{"round", "fitness", ...}]: fitness over rounds (AssembleNet Fig. 4),
+                                       and the best child's graph when entries carry "structure" and
+                                       "edge_weights" (as `pipelines.evolve` writes them); an evolve
+                                       folder's own history.json is read too
+    search/structure.json + search/connection_weights.json   one-shot search's learned connectivity
+    [search/]final_structure.json      the pruned structure of a one-shot search, drawn beside it
+    attention_nas/cell.png             the AttentionNAS cell, embedded as is
+So `assemblenet report` also works on an `assemblenet search --out` or `assemblenet evolve` folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import html
+import json
+import shutil
+from pathlib import Path
+
+from pipelines import plots
+
+
+@dataclasses.dataclass
+class Section:
+    """One titled part of the report: text lines, an optional key/value table, figures."""
+
+    title: str
+    lines: list[str] = dataclasses.field(default_factory=list)
+    table: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    figures: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (file name, caption)
+
+
+def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Writes the report of `run_dir` into `out_dir` (default RUN_DIR/report) and returns index.html."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"{run_dir}: not a run directory")
+    out = Path(out_dir) if out_dir else run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    sections = [
+        _summary_section(run_dir),
+        _training_section(run_dir, out),
+        _evaluation_section(run_dir, out),
+        _connectivity_section(run_dir, out, "", "Learned connectivity",
+                              "Edge darkness is the learned connection weight σ(w) (AssembleNet++ §3.3); "
+                              "edges below 0.2 are faded, edges from the object stem are blue (Fig. 4(a))."),
+        _attention_section(run_dir, out),
+        _evolution_section(run_dir, out),
+        _connectivity_section(run_dir, out, "search", "One-shot search: learned connectivity",
+                              "The one-shot model connects every block to all lower levels and learns the "
+                              "weights (AssembleNet++ §3.5); those above 0.2 are kept when pruning."),
+        _attention_nas_section(run_dir, out),
+    ]
+    title = f"AssembleNet run report: {run_dir.resolve().name}"
+    (out / "report.md").write_text(_markdown(title, sections))
+    index = out / "index.html"
+    index.write_text(_html(title, sections, out))
+    return index
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections.
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+
+
+def _absent(section: Section, *names: str) -> Section:
+    section.lines.append(f"Not available: {' and '.join(names)} absent from the run directory.")
+    return section
+
+
+def _format_count(value) -> str:
+    value = float(value)
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.2f} {unit}"
+    return f"{value:g}"
+
+
+def _summary_section(run_dir: Path) -> Section:
+    section = Section("Model summary")
+    if (run_dir / "summary.json").exists():
+        summary = _read_json(run_dir / "summary.json")
+        for key, value in summary.items():
+            if key == "params":
+                section.table.append(("parameters", f"{_format_count(value)} ({int(value):,})"))
+            elif key == "flops":
+                section.table.append(("FLOPs per clip", f"{_format_count(value)}FLOPs ({int(value):,})"))
+            elif isinstance(value, (str, int, float, bool)):
+                section.table.append((key, str(value)))
+    else:
+        _absent(section, "summary.json")
+    if (run_dir / "metrics.json").exists():
+        metrics = _read_json(run_dir / "metrics.json")
+        for key in ("mAP", "wAP", "accuracy", "mean_per_class_accuracy", "num_videos", "clips"):
+            if key in metrics:
+                value = metrics[key]
+                section.table.append((key, f"{value:.4f}" if isinstance(value, float) else str(value)))
+    if (run_dir / "config.json").exists():
+        config = _read_json(run_dir / "config.json")
+        flat = {k: v for k, v in config.items() if isinstance(v, (str, int, float, bool))}
+        if flat:
+            section.lines.append("Configuration: " + ", ".join(f"{k}={v}" for k, v in flat.items()) + ".")
+    return section
+
+
+def read_history(path: str | Path) -> dict[str, list[float]]:
+    """history.csv (Keras CSVLogger) -> {column: values}, numeric columns only."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    columns: dict[str, list[float]] = {}
+    for name in rows[0]:
+        try:
+            columns[name] = [float(row[name]) for row in rows]
+        except (TypeError, ValueError):
+            continue
+    return columns
+
+
+def _training_section(run_dir: Path, out: Path) -> Section:
+    section = Section("Training curves")
+    path = run_dir / "history.csv"
+    if not path.exists():
+        return _absent(section, "history.csv")
+    history = read_history(path)
+    if len(history) < 2:
+        section.lines.append(f"{path.name} has no numeric epoch rows yet.")
+        return section
+    plots.plot_history(history, out / "training_curves.png")
+    last = {k: v[-1] for k, v in history.items() if k not in ("epoch", "step")}
+    epochs = len(next(iter(history.values())))
+    values = ", ".join(f"{k}={v:.4g}" for k, v in last.items())
+    section.lines.append(f"{epochs} epochs; last epoch: {values}.")
+    section.figures.append(("training_curves.png", "Loss, metrics and learning rate per epoch"))
+    return section
+
+
+def _evaluation_section(run_dir: Path, out: Path) -> Section:
+    section = Section("Evaluation")
+    if not (run_dir / "metrics.json").exists():
+        return _absent(section, "metrics.json")
+    metrics = _read_json(run_dir / "metrics.json")
+    if "per_class_ap" in metrics:
+        section.lines.append(f"Charades mAP {metrics['mAP']:.4f}, weighted AP {metrics['wAP']:.4f} over "
+                             f"{metrics.get('num_videos', '?')} videos (official Charades_v1_classify "
+                             "definition).")
+        missing = metrics.get("missing_classes") or []
+        if missing:
+            listed = ", ".join(missing[:30]) + (" ..." if len(missing) > 30 else "")
+            section.lines.append(f"{len(missing)} class(es) with no positive in the evaluated set, left "
+                                 f"out of the means: {listed}")
+        if metrics["per_class_ap"]:
+            plots.plot_per_class_ap(metrics["per_class_ap"], out / "per_class_ap.png", mean=metrics["mAP"])
+            section.figures.append(("per_class_ap.png", "Per-class average precision, best to worst"))
+    elif "accuracy" in metrics:
+        section.lines.append(f"Toyota Smarthome accuracy {metrics['accuracy']:.4f}, mean per-class "
+                             f"accuracy {metrics['mean_per_class_accuracy']:.4f} over "
+                             f"{metrics.get('num_videos', '?')} videos.")
+        if "confusion_matrix" in metrics and "classes" in metrics:
+            plots.plot_confusion(metrics["confusion_matrix"], metrics["classes"],
+                                 out / "confusion_matrix.png")
+            section.figures.append(("confusion_matrix.png", "Confusion matrix (rows: true class)"))
+        if metrics.get("per_class_accuracy"):
+            plots.plot_per_class_accuracy(metrics["per_class_accuracy"], out / "per_class_accuracy.png",
+                                          mean=metrics["mean_per_class_accuracy"])
+            section.figures.append(("per_class_accuracy.png", "Accuracy of each class present"))
+    else:
+        section.lines.append("metrics.json holds neither Charades (per_class_ap) nor Toyota (accuracy) "
+                             "results.")
+    return section
+
+
+def _connectivity_section(run_dir: Path, out: Path, subdir: str, title: str, explanation: str) -> Section:
+    from model.structure import Structure
+
+    section = Section(title)
+    folder = run_dir / subdir if subdir else run_dir
+    prefix = f"{subdir}/" if subdir else ""
+    if not (folder / "structure.json").exists():
+        return _absent(section, f"{prefix}structure.json")
+    structure = Structure.from_json(folder / "structure.json")
+    weights = None
+    if (folder / "connection_weights.json").exists():
+        weights = _read_json(folder / "connection_weights.json")
+        section.lines.append(explanation)
+    else:
+        _absent(section, f"{prefix}connection_weights.json")
+        section.lines.append("The structure's edges are drawn without learned weights.")
+    name = f"{subdir or 'learned'}_connectivity.png"
+    plots.plot_connectivity(structure, weights, out / name, title=f"{title} ({structure.name})")
+    if (folder / "final_structure.json").exists():
+        pruned = Structure.from_json(folder / "final_structure.json")
+        pruned_name = f"{subdir or 'learned'}_pruned.png"
+        plots.plot_connectivity(pruned, weights, out / pruned_name, title=f"Pruned structure ({pruned.name})")
+        section.figures.append((pruned_name, f"{prefix}final_structure.json: the edges kept after pruning"))
+    caption = (f"{structure.name}: {len(structure.blocks)} blocks, {len(structure.edges())} edges, "
+               f"modalities {', '.join(structure.modalities)}")
+    section.figures.append((name, caption))
+    return section
+
+
+def _attention_section(run_dir: Path, out: Path) -> Section:
+    section = Section("Peer-attention weights")
+    if not (run_dir / "attention_weights.json").exists():
+        return _absent(section, "attention_weights.json")
+    attention = _read_json(run_dir / "attention_weights.json")
+    if not attention:
+        section.lines.append("attention_weights.json is empty.")
+        return section
+    section.lines.append("softmax(h) over each block's candidate peers (AssembleNet++ §3.4–3.5); "
+                         "the arg-max is the peer kept by the attention search.")
+    plots.plot_attention(attention, out / "attention_weights.png")
+    for block in sorted(attention, key=int):
+        if attention[block]:
+            peer = max(attention[block], key=attention[block].get)
+            section.table.append((f"block {block}", f"peer {peer} ({attention[block][peer]:.2f})"))
+    section.figures.append(("attention_weights.png", "Peer-attention weights per block"))
+    return section
+
+
+def _evolution_section(run_dir: Path, out: Path) -> Section:
+    """RUN_DIR/evolution/history.json, or RUN_DIR/history.json for an `assemblenet evolve` folder."""
+    section = Section("Evolution")
+    candidates = [run_dir / "evolution" / "history.json", run_dir / "history.json"]
+    path = next((p for p in candidates if p.exists()), None)
+    if path is None:
+        return _absent(section, "evolution/history.json")
+    history = _read_json(path)
+    if not isinstance(history, list) or not history:
+        section.lines.append(f"{path.relative_to(run_dir)} holds no evaluated child.")
+        return section
+    plots.plot_fitness(history, out / "evolution_fitness.png")
+    best = max(history, key=lambda e: float(e["fitness"]))
+    rounds = len({e["round"] for e in history})
+    section.lines.append(f"{len(history)} models over {rounds} rounds; best fitness "
+                         f"{float(best['fitness']):.4f} at round {best['round']}.")
+    section.figures.append(("evolution_fitness.png", "Fitness of each child and mean of the top 3 per round "
+                                                     "(like AssembleNet Fig. 4)"))
+    if "structure" in best:
+        from model.structure import Structure
+
+        structure = Structure.from_json(best["structure"])
+        plots.plot_connectivity(structure, best.get("edge_weights"), out / "evolution_best.png",
+                                title=f"Best evolved model (round {best['round']})")
+        section.figures.append(("evolution_best.png", "The best child's connectivity and learned weights"))
+    return section
+
+
+def _attention_nas_section(run_dir: Path, out: Path) -> Section:
+    section = Section("AttentionNAS cell")
+    path = run_dir / "attention_nas" / "cell.png"
+    if not path.exists():
+        return _absent(section, "attention_nas/cell.png")
+    shutil.copyfile(path, out / "attention_nas_cell.png")
+    section.figures.append(("attention_nas_cell.png", "The searched attention cell"))
+    return section
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering.
+
+def _markdown(title: str, sections: list[Section]) -> str:
+    parts = [f"# {title}\n"]
+    for s in sections:
+        parts.append(f"## {s.title}\n")
+        parts.extend(f"{line}\n" for line in s.lines)
+        if s.table:
+            parts.append("| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in s.table))
+        parts.extend(f"![{caption}]({name})\n\n*{caption}*\n" for name, caption in s.figures)
+    return "\n".join(parts)
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.8em; }
+table { border-collapse: collapse; } td { border: 1px solid #ddd; padding: .25em .6em; }
+figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; }
+figcaption { color: #555; font-size: .9em; }
+"""
+
+
+def _html(title: str, sections: list[Section], out: Path) -> str:
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for s in sections:
+        body.append(f"<section><h2>{html.escape(s.title)}</h2>")
+        body.extend(f"<p>{html.escape(line)}</p>" for line in s.lines)
+        if s.table:
+            rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in s.table)
+            body.append(f"<table>{rows}</table>")
+        for name, caption in s.figures:
+            data = base64.b64encode((out / name).read_bytes()).decode("ascii")
+            body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        body.append("</section>")
+    head = f'<meta charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style>'
+    content = "\n".join(body)
+    return f'<!DOCTYPE html>\n<html lang="en"><head>{head}</head>\n<body>\n{content}\n</body></html>\n'

@@ -1,0 +1,99 @@
+"""The one-shot attention search of AssembleNet++ (§3.5 and the "approach summary" of §3.6).
+
+1. Take a block layout (a named structure or `assemblenet evolve`'s best_structure.json).
+2. Connect every valid pair L(j) < L(i) (model.oneshot) and give every block attention over all
+   its peers (attention="search", Eq. 4).
+3. Train it with the training stage's recipe (`pipelines.train.train`), learning the connection
+   weights w and the peer weights h with the convolutions.
+4. Prune (model.pruning.prune): connections with σ(w) ≤ 0.2 go, the argmax-h peer stays per block.
+
+Writes to OUT/:
+    structure.json, connection_weights.json, attention_weights.json   the trained one-shot model's
+                                        structure and learned σ(w) / softmax(h) (for the report)
+    run/                                its training run directory (docs/CONTRACTS.md)
+    final_structure.json                the pruned structure; train it with `assemblenet train
+                                        --structure OUT/final_structure.json --attention peer`
+    search_summary.json                 learned w and softmax(h) per block, kept/dropped edges, peers
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from model.oneshot import over_connected
+from model.structure import Structure, get_structure
+
+DEFAULT_THRESHOLD = 0.2  # AssembleNet++ §4.1: edges with weights above 0.2 are kept
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def run_search(*, structure: str | Path | Structure, data: str, out_dir: str | Path,
+               train: Mapping[str, Any] | None = None, eval_data: str | None = None,
+               threshold: float = DEFAULT_THRESHOLD, verbose: int | str = "auto") -> dict[str, Any]:
+    """Trains the one-shot search model of `structure`'s layout on `data` and prunes it.
+
+    `train` holds TrainConfig fields (steps, frames, size, batch_size, dataset, ...); `structure`
+    and `attention` are set here. Running it again with the same arguments resumes the training."""
+    import keras
+
+    import model.assemblenet  # noqa: F401  (registers the custom layers for load_model)
+    from model.pruning import attention_weights, connection_weights, prune
+    from pipelines.train import TrainConfig
+    from pipelines.train import train as train_run
+
+    train = dict(train or {})
+    for field in ("structure", "attention"):
+        if field in train:
+            raise ValueError(f"run_search: train[{field!r}] is set by the search; remove it")
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"run_search: threshold={threshold} must be in [0, 1)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    layout = get_structure(structure)
+    supernet = over_connected(layout)
+    supernet.save(out / "structure.json")
+    config = TrainConfig(**{**train, "structure": str(out / "structure.json"), "attention": "search"})
+    metrics = train_run(config=config, data=data, workdir=out / "run", eval_data=eval_data, verbose=verbose)
+
+    trained = keras.models.load_model(out / "run" / "model.keras")
+    weights = connection_weights(trained, supernet)
+    attention = attention_weights(trained, supernet)
+    final = prune(supernet, trained, threshold=threshold, name=f"{layout.name}_searched")
+    final.save(out / "final_structure.json")
+    _write_json(out / "connection_weights.json", weights)
+    _write_json(out / "attention_weights.json", attention)
+    summary = search_summary(layout, supernet, final, weights, attention, threshold)
+    summary["training"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+    _write_json(out / "search_summary.json", summary)
+    keras.backend.clear_session()
+    return summary
+
+
+def search_summary(layout: Structure, supernet: Structure, final: Structure, weights: Mapping,
+                   attention: Mapping, threshold: float) -> dict[str, Any]:
+    """What the search learned and kept, per block: σ(w) of every connection, softmax(h) over the
+    peers, the edges kept (σ(w) > threshold) and the chosen peer."""
+    blocks = {}
+    for node in final.blocks:
+        key = str(node.index)
+        blocks[key] = {"level": node.level, "connection_weights": weights.get(key, {}),
+                       "attention_weights": attention.get(key, {}), "kept_inputs": list(node.inputs),
+                       "peer": node.peer}
+    objects = {n.index for n in supernet.stems if n.modality == "object"}
+    return {
+        "layout": layout.name, "threshold": threshold, "edges_searched": len(supernet.edges()),
+        "edges_kept": len(final.edges()),
+        "object_edges_kept": sum(1 for j, _ in final.edges() if j in objects),
+        "blocks": blocks,
+        "final_structure": "final_structure.json",
+        "next": "assemblenet train --structure final_structure.json --attention peer",
+    }

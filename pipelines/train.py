@@ -1,0 +1,587 @@
+"""Training: the papers' recipe, a resumable run directory, and the distribution strategies.
+
+`train(*, config, data, workdir)` trains one AssembleNet(++) from the preprocessing TFRecords and
+writes the run directory of docs/CONTRACTS.md. The recipe (AssembleNet A.6, AssembleNet++ §4):
+SGD with momentum 0.9, linear warm-up then cosine decay, optional warm restarts (§4.3 of
+AssembleNet++, SGDR), weight decay 1e-4, label smoothing 0.2, no dropout; sigmoid cross-entropy
+for multi-label Charades, softmax cross-entropy for Toyota Smarthome.
+
+Resuming: every `steps_per_epoch` steps the weights, the optimizer variables (momentum slots and
+the step counter `iterations`) and the epoch number are written to a fresh folder under
+`checkpoints/`, and only then does `checkpoints/latest.json` (replaced atomically) point at it,
+so a SIGKILL at any moment leaves the last good checkpoint intact. Started again with the same
+config, training continues from that epoch (`initial_epoch`) and `history.csv` is cut back to the
+epochs the checkpoint holds, so no epoch is lost or logged twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+ATTENTION_MODES = ("none", "static", "self", "peer", "search")
+DATASETS = ("charades", "toyota")
+PRECISIONS = ("fp32", "bf16")
+STRATEGIES = ("auto", "cpu", "mirrored", "tpu")
+TEMPORAL_POOLS = ("max", "avg")
+CHECKPOINTS = "checkpoints"
+LATEST = "latest.json"
+KEEP_CHECKPOINTS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """One training run. Defaults are the papers' recipe; clip shape and batch are CPU-sized.
+
+    The paper trains Charades with T=128 frames at 224x224, batch 128, 50k steps (A.6); pass those
+    on a TPU/GPU pod. `learning_rate=None` scales the paper's 25.6 at batch 128 linearly with
+    `batch_size` (0.2 per video).
+    """
+
+    structure: str = "tiny"
+    attention: str = "none"
+    dataset: str = "charades"
+    num_classes: int | None = None
+    frames: int = 16
+    size: int = 64
+    batch_size: int = 8
+    steps: int = 1000
+    steps_per_epoch: int = 100
+    momentum: float = 0.9
+    learning_rate: float | None = None
+    warmup_steps: int = 0
+    restarts: int = 0
+    restart_multiplier: float = 1.0
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.2
+    precision: str = "fp32"
+    strategy: str = "auto"
+    tpu: str | None = None
+    seed: int = 0
+    temporal_pool: str = "max"
+
+    def __post_init__(self):
+        for field, allowed in (("attention", ATTENTION_MODES), ("dataset", DATASETS),
+                               ("precision", PRECISIONS), ("strategy", STRATEGIES),
+                               ("temporal_pool", TEMPORAL_POOLS)):
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"TrainConfig.{field}={getattr(self, field)!r}: expected one of {allowed}")
+        for field in ("frames", "size", "batch_size", "steps", "steps_per_epoch"):
+            if int(getattr(self, field)) <= 0:
+                raise ValueError(f"TrainConfig.{field}={getattr(self, field)!r}: must be positive")
+        if self.steps % self.steps_per_epoch:
+            raise ValueError(f"TrainConfig.steps={self.steps} must be a multiple of "
+                             f"steps_per_epoch={self.steps_per_epoch} (one checkpoint per epoch)")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(f"TrainConfig.warmup_steps={self.warmup_steps}: expected "
+                             f"0 <= warmup_steps < steps={self.steps}")
+        if self.restarts < 0 or self.restart_multiplier < 1:
+            raise ValueError(f"TrainConfig.restarts={self.restarts}, "
+                             f"restart_multiplier={self.restart_multiplier}: expected >= 0 and >= 1")
+        if self.num_classes is not None and self.num_classes <= 0:
+            raise ValueError(f"TrainConfig.num_classes={self.num_classes}: must be positive, "
+                             "or None to read it from the data")
+        if self.learning_rate is not None and self.learning_rate <= 0:
+            raise ValueError(f"TrainConfig.learning_rate={self.learning_rate}: must be positive")
+        if not 0 <= self.label_smoothing < 1 or self.weight_decay < 0:
+            raise ValueError(f"TrainConfig: label_smoothing={self.label_smoothing} must be in [0, 1) and "
+                             f"weight_decay={self.weight_decay} non-negative")
+        if self.strategy == "tpu" and not self.tpu:
+            raise ValueError("TrainConfig.strategy='tpu' needs TrainConfig.tpu "
+                             "(a Cloud TPU name or grpc://host:port address)")
+
+    @property
+    def epochs(self) -> int:
+        return self.steps // self.steps_per_epoch
+
+    @property
+    def peak_learning_rate(self) -> float:
+        # AssembleNet A.6: 25.6 for Charades at batch 128 (MiT: 3.2 at batch 512).
+        return self.learning_rate if self.learning_rate is not None else 25.6 / 128 * self.batch_size
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | str | Path) -> TrainConfig:
+        source = "TrainConfig"
+        if isinstance(data, (str, Path)):
+            source = str(data)
+            data = json.loads(Path(data).read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown TrainConfig field(s) {unknown}; "
+                             f"expected some of {sorted(known)}")
+        return cls(**data)
+
+
+def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str | None = None,
+          classes: str | None = None, verbose: int | str = "auto") -> dict[str, Any]:
+    """Trains `config.structure` on the TFRecords `data` (a directory or glob) into `workdir`.
+
+    Running it again with the same config and workdir resumes from the last checkpoint.
+    `eval_data` is scored after every epoch (val_loss, val_pr_auc | val_accuracy). `classes` is a
+    class-names file (see `find_class_names`; default: one found next to the data).
+    Returns the final epoch's logs plus `steps` (the optimizer's step counter), `epochs`,
+    `initial_epoch` (where this call started) and `workdir`.
+    """
+    from model.structure import get_structure
+
+    workdir = Path(workdir)
+    structure = get_structure(config.structure)
+    if config.num_classes is None:
+        config = dataclasses.replace(config, num_classes=num_classes_in(data))
+    _prepare_workdir(workdir, config)
+    structure.save(workdir / "structure.json")
+    class_names = find_class_names(data, config.num_classes, classes)
+    if class_names is not None:
+        _write_json(workdir / "classes.json", class_names)
+    settings = preprocess_settings(data)
+    if settings is not None:  # what `predict` needs to preprocess a raw video the same way
+        _write_json(workdir / "preprocess.json", settings)
+    keras.utils.set_random_seed(config.seed)
+
+    with _precision(config.precision), distribution_scope(config.strategy, config.tpu):
+        schedule = make_schedule(config)
+        model = _build_and_compile(config, structure, schedule)
+        initial_epoch = restore_checkpoint(model, workdir / CHECKPOINTS)
+        _truncate_history(workdir / "history.csv", initial_epoch)
+        train_ds = _dataset(config, structure, data, training=True)
+        val_ds = _dataset(config, structure, eval_data, training=False) if eval_data else None
+        callbacks = [_LearningRateLog(schedule), _History(str(workdir / "history.csv"), append=True),
+                     _Checkpoint(workdir / CHECKPOINTS), *_tensorboard(workdir / "logs")]
+        history = model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch,
+                            steps_per_epoch=config.steps_per_epoch, validation_data=val_ds,
+                            callbacks=callbacks, verbose=verbose)
+        steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        write_final(model, structure, config, workdir)
+    logs = {k: float(v[-1]) for k, v in history.history.items() if v}
+    return {**logs, "steps": steps, "epochs": config.epochs, "initial_epoch": initial_epoch,
+            "workdir": str(workdir)}
+
+
+# -- run directory -------------------------------------------------------------------------
+
+def _prepare_workdir(workdir: Path, config: TrainConfig) -> None:
+    """Writes config.json, or checks that a resumed run uses the same config."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.json"
+    if path.exists():
+        previous = TrainConfig.from_json(path)
+        if previous != config:
+            changed = {k: (v, getattr(config, k)) for k, v in previous.to_json().items()
+                       if getattr(config, k) != v}
+            raise ValueError(f"{path}: this run directory was started with another config; changed fields "
+                             f"(old, new): {changed}. Use a new --workdir or the same flags to resume.")
+        return
+    _write_json(path, config.to_json())
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=_plain) + "\n")
+    os.replace(tmp, path)
+
+
+def _plain(value):
+    """numpy scalars and arrays in JSON (connection weights come back as numpy floats)."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def _truncate_history(path: Path, initial_epoch: int) -> None:
+    """Keeps the header and the complete rows of epochs < initial_epoch (they are in the checkpoint).
+
+    CSVLogger writes its row before the checkpoint callback runs, so a kill between the two leaves
+    a row for an epoch that will be trained again; a kill mid-write leaves a torn last line.
+    """
+    if not path.exists():
+        return
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    header, kept = rows[0], []
+    for row in rows[1:]:
+        if len(row) == len(header) and row[0].isdigit() and int(row[0]) < initial_epoch:
+            kept.append(row)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        csv.writer(f).writerows([header, *kept] if kept or initial_epoch else [])
+    os.replace(tmp, path)
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+
+def save_checkpoint(model, directory: Path, epoch: int) -> Path:
+    """Writes weights + optimizer variables + {epoch, step} for `epoch` completed epochs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"epoch-{epoch:06d}"
+    tmp = directory / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model.save_weights(str(tmp / "model.weights.h5"))
+    optimizer_values = [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
+    with (tmp / "optimizer.npz").open("wb") as f:
+        np.savez(f, *optimizer_values)
+    step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    _write_json(tmp / "state.json", {"epoch": epoch, "step": step})
+    for f in tmp.iterdir():  # the data must be on disk before latest.json points at it
+        _fsync(f)
+    final = directory / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _write_json(directory / LATEST, {"checkpoint": name, "epoch": epoch, "step": step})
+    _fsync(directory / LATEST)
+    for old in sorted(directory.glob("epoch-*"))[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def restore_checkpoint(model, directory: Path) -> int:
+    """Loads the checkpoint `latest.json` names into the compiled `model`; returns its epoch (0 if none)."""
+    latest = directory / LATEST
+    if not latest.exists():
+        return 0
+    state = json.loads(latest.read_text())
+    folder = directory / state["checkpoint"]
+    model.load_weights(str(folder / "model.weights.h5"))
+    optimizer = model.optimizer
+    if not optimizer.built:
+        optimizer.build(model.trainable_variables)
+    with np.load(folder / "optimizer.npz") as saved:
+        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    if len(values) != len(optimizer.variables):
+        raise ValueError(f"{folder}/optimizer.npz holds {len(values)} optimizer variables, the model's "
+                         f"optimizer has {len(optimizer.variables)}: the checkpoint is from another model")
+    for variable, value in zip(optimizer.variables, values, strict=True):
+        variable.assign(value)
+    return int(state["epoch"])
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- model, loss, optimizer ----------------------------------------------------------------
+
+def make_schedule(config: TrainConfig) -> WarmupCosine:
+    return WarmupCosine(config.peak_learning_rate, config.warmup_steps, config.steps,
+                        restarts=config.restarts, multiplier=config.restart_multiplier)
+
+
+def _build_and_compile(config: TrainConfig, structure, schedule):
+    from model.assemblenet import build_assemblenet
+
+    model = build_assemblenet(structure, config.num_classes, attention=config.attention,
+                              temporal_pool=config.temporal_pool, frames=config.frames, size=config.size)
+    # Keras applies weight decay decoupled from the gradient, w -= lr * wd * w each step: for plain
+    # SGD that equals an L2 term (wd/2)||w||^2 in the loss. Only conv/dense kernels are decayed,
+    # not biases, batch-norm scales or the connection weights of §3.3.
+    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum,
+                                     weight_decay=config.weight_decay or None)
+    if config.weight_decay:
+        optimizer.exclude_from_weight_decay(
+            var_list=[v for v in model.trainable_variables if not v.path.endswith("kernel")])
+    if config.dataset == "charades":
+        loss = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
+        metrics = [keras.metrics.AUC(curve="PR", multi_label=True, from_logits=True, name="pr_auc")]
+    else:
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
+        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    optimizer.build(model.trainable_variables)
+    return model
+
+
+@keras.saving.register_keras_serializable(package="assemblenet")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to `peak`, then cosine decay to 0 over the remaining steps.
+
+    With `restarts > 0` the decay phase is split into `restarts + 1` cosine cycles that each
+    start again at `peak` (SGDR warm restarts, used in §4.3 of AssembleNet++: 100k steps as two
+    50k cycles); cycle k lasts `multiplier` times cycle k-1 (SGDR's T_mult).
+    """
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int, *, restarts: int = 0,
+                 multiplier: float = 1.0):
+        self.peak = float(peak)
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(total_steps)
+        self.restarts = int(restarts)
+        self.multiplier = float(multiplier)
+
+    @property
+    def first_cycle(self) -> float:
+        decay, cycles, m = self.total_steps - self.warmup_steps, self.restarts + 1, self.multiplier
+        return decay / cycles if m == 1 else decay * (m - 1) / (m**cycles - 1)
+
+    def __call__(self, step):
+        ops = keras.ops
+        step = ops.cast(step, "float32")
+        warm = max(self.warmup_steps, 1)
+        warmup_lr = self.peak * ops.minimum(step, warm) / warm
+        t = ops.clip(step - self.warmup_steps, 0.0, float(self.total_steps - self.warmup_steps))
+        first, m = self.first_cycle, self.multiplier
+        if m == 1:
+            cycle = ops.minimum(ops.floor(t / first), float(self.restarts))
+            start, length = cycle * first, ops.ones_like(t) * first
+        else:
+            cycle = ops.floor(ops.log(1 + t * (m - 1) / first) / math.log(m))
+            cycle = ops.minimum(cycle, float(self.restarts))
+            start = first * (ops.power(m, cycle) - 1) / (m - 1)
+            length = first * ops.power(m, cycle)
+        progress = ops.clip((t - start) / length, 0.0, 1.0)
+        decay_lr = 0.5 * self.peak * (1 + ops.cos(math.pi * progress))
+        return ops.where(step < self.warmup_steps, warmup_lr, decay_lr)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
+                "restarts": self.restarts, "multiplier": self.multiplier}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+# -- data ----------------------------------------------------------------------------------
+
+def _dataset(config: TrainConfig, structure, pattern: str, *, training: bool):
+    from preprocessing.dataset import make_dataset
+
+    ds = make_dataset(tfrecord_files(pattern), modalities=structure.modalities, frames=config.frames,
+                      size=config.size, training=training, batch_size=config.batch_size,
+                      dataset=config.dataset, num_classes=config.num_classes, seed=config.seed)
+    if not training:
+        return ds
+    # Training runs by steps, not passes (epochs are checkpoint intervals of steps_per_epoch), and
+    # every step gets a full batch: equal gradient scale, and the static shapes TPUs/XLA want.
+    return ds.unbatch().repeat().batch(config.batch_size, drop_remainder=True)
+
+
+def tfrecord_files(data: str) -> list[str]:
+    """The TFRecord files of `data`: a glob, a file, or a directory (its *.tfrecord, *.tfrecord-* files)."""
+    import tensorflow as tf
+
+    path = Path(data)
+    patterns = [str(path / "*.tfrecord"), str(path / "*.tfrecord-*")] if path.is_dir() else [str(data)]
+    files = sorted({f for pattern in patterns for f in tf.io.gfile.glob(pattern) if not f.endswith(".ids")})
+    if not files:
+        raise ValueError(f"--data {data}: no TFRecord files match {patterns}")
+    return files
+
+
+def file_pattern(data: str) -> list[str]:
+    """`data` as make_dataset's `file_pattern` (a list of files is a list of globs)."""
+    return tfrecord_files(data)
+
+
+def _data_folder(data: str) -> Path:
+    return Path(data) if Path(data).is_dir() else Path(data).parent
+
+
+PREPROCESS_KEYS = ("dataset", "num_classes", "fps", "size", "flow", "segmenter")
+
+
+def preprocess_settings(data: str) -> dict[str, Any] | None:
+    """fps, frame size, flow method and segmenter from the preprocessing job's summary.json, if any."""
+    path = _data_folder(data) / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    return {key: summary[key] for key in PREPROCESS_KEYS if key in summary}
+
+
+def num_classes_in(data: str) -> int:
+    """The label-space size stored in the first record (the schema's `num_classes` context key)."""
+    import tensorflow as tf
+
+    from preprocessing.schema import parse_example
+
+    files = tfrecord_files(data)
+    for serialized in tf.data.TFRecordDataset(files[:1]).take(1):
+        return int(parse_example(serialized, [])["num_classes"])
+    raise ValueError(f"{files[0]}: empty TFRecord file; cannot read num_classes")
+
+
+CLASS_FILES = ("classes.json", "classes.txt", "Charades_v1_classes.txt")
+
+
+def find_class_names(data: str, num_classes: int, classes: str | None = None) -> list[str] | None:
+    """Class names from `classes`, else from a classes file in the TFRecords' folder or the two above.
+
+    A `.json` file is a list of names; `Charades_v1_classes.txt` (or any file of `cNNN Name` lines)
+    gives the names without their codes; any other text file is one name per line.
+    """
+    if classes is not None:
+        candidates = [Path(classes)]
+        if not candidates[0].is_file():
+            raise ValueError(f"--classes {classes}: no such file")
+    else:
+        folder = _data_folder(data)
+        candidates = [d / name for d in (folder, folder.parent, folder.parent.parent) for name in CLASS_FILES]
+    for path in candidates:
+        if not path.is_file():
+            continue
+        if path.suffix == ".json":
+            names = [str(n) for n in json.loads(path.read_text())]
+        else:
+            lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+            coded = all(re.match(r"^c\d{3} ", line) for line in lines)
+            names = [line.partition(" ")[2] for line in lines] if coded else lines
+        if len(names) != num_classes:
+            raise ValueError(f"{path}: {len(names)} class names, but the data has {num_classes} classes")
+        return names
+    return None
+
+
+# -- final artifacts -----------------------------------------------------------------------
+
+def write_final(model, structure, config: TrainConfig, workdir: Path) -> None:
+    """model.keras, connection/attention weights and summary.json (docs/CONTRACTS.md run directory)."""
+    from model.pruning import attention_weights, connection_weights
+    from model.summary import model_summary
+
+    tmp = workdir / ".model.tmp.keras"
+    model.save(str(tmp))
+    os.replace(tmp, workdir / "model.keras")
+    _write_json(workdir / "connection_weights.json", connection_weights(model, structure))
+    if config.attention == "search":
+        _write_json(workdir / "attention_weights.json", attention_weights(model, structure))
+    summary = model_summary(structure, attention=config.attention, frames=config.frames, size=config.size,
+                            num_classes=config.num_classes, temporal_pool=config.temporal_pool)
+    _write_json(workdir / "summary.json",
+                {**summary, "structure": structure.name, "attention": config.attention})
+
+
+# -- callbacks -----------------------------------------------------------------------------
+
+class _LearningRateLog(keras.callbacks.Callback):
+    """Adds the step counter and the learning rate of the epoch's last step to its logs (before CSVLogger)."""
+
+    def __init__(self, schedule):
+        super().__init__()
+        self.schedule = schedule
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        logs["step"] = step
+        logs["lr"] = float(keras.ops.convert_to_numpy(self.schedule(step - 1)))
+
+
+class _History(keras.callbacks.CSVLogger):
+    """CSVLogger with exactly this run's columns (Keras pads every key with a `val_` twin otherwise)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.keys is None and logs:
+            self.keys = sorted(logs)
+        super().on_epoch_end(epoch, logs)
+
+
+class _Checkpoint(keras.callbacks.Callback):
+    def __init__(self, directory: Path):
+        super().__init__()
+        self.directory = directory
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_checkpoint(self.model, self.directory, epoch + 1)
+
+
+def _tensorboard(logdir: Path) -> list:
+    try:
+        import tensorflow  # noqa: F401  (Keras' TensorBoard writer needs it)
+    except ImportError:
+        return []
+    return [keras.callbacks.TensorBoard(str(logdir), update_freq="epoch", write_graph=False)]
+
+
+# -- precision and distribution ------------------------------------------------------------
+
+@contextlib.contextmanager
+def _precision(precision: str) -> Iterator[None]:
+    previous = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bf16" else "float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+@contextlib.contextmanager
+def distribution_scope(strategy: str, tpu: str | None = None) -> Iterator[Any]:
+    """Builds, compiles and fits inside this scope.
+
+    TensorFlow backend: `tpu` → TPUStrategy on the TPU `tpu` names (a Cloud TPU name or
+    grpc://host:8470); `mirrored` → MirroredStrategy over the local GPUs; `cpu` → one CPU device;
+    `auto` → TPU if an address is given, else MirroredStrategy with more than one GPU, else the
+    default strategy. JAX backend: data parallelism with keras.distribution.DataParallel over all
+    devices (TPU cores or GPUs) when there is more than one; `cpu` pins JAX to the CPU.
+    Yields the strategy (TensorFlow) or distribution (JAX), or None.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        with _tf_strategy(strategy, tpu) as scope:
+            yield scope
+    elif backend == "jax":
+        with _jax_distribution(strategy) as scope:
+            yield scope
+    else:
+        raise ValueError(f"KERAS_BACKEND={backend!r}: training supports 'tensorflow' and 'jax'")
+
+
+@contextlib.contextmanager
+def _tf_strategy(strategy: str, tpu: str | None):
+    import tensorflow as tf
+
+    if strategy == "tpu" or (strategy == "auto" and tpu):
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        chosen = tf.distribute.TPUStrategy(resolver)
+    elif strategy == "mirrored" or (strategy == "auto" and len(tf.config.list_logical_devices("GPU")) > 1):
+        chosen = tf.distribute.MirroredStrategy()
+    elif strategy == "cpu":
+        chosen = tf.distribute.OneDeviceStrategy("/cpu:0")
+    else:
+        chosen = tf.distribute.get_strategy()
+    with chosen.scope():
+        yield chosen
+
+
+@contextlib.contextmanager
+def _jax_distribution(strategy: str):
+    import jax
+
+    if strategy == "cpu":
+        with jax.default_device(jax.devices("cpu")[0]):
+            yield None
+        return
+    devices = keras.distribution.list_devices()
+    if len(devices) <= 1:
+        yield None
+        return
+    previous = keras.distribution.distribution()
+    distribution = keras.distribution.DataParallel(devices=devices)
+    keras.distribution.set_distribution(distribution)
+    try:
+        yield distribution
+    finally:
+        keras.distribution.set_distribution(previous)

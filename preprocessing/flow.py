@@ -1,0 +1,156 @@
+"""TV-L1 optical flow between consecutive frames, and its Charades-style uint8 storage.
+
+Two interchangeable backends:
+- `opencv`: cv2.optflow.DualTVL1OpticalFlow (Sánchez et al., IPOL 2013), one pair at a time, the reference;
+- `tensor`: `model.tvl1.tvl1_flow` (keras.ops), all pairs of a video batched and compiled once per
+  shape (XLA through `tf.function(jit_compile=True)` under TensorFlow, `jax.jit` under JAX).
+
+Both read the frames as OpenCV's RGB->gray luma and return (u, v) in pixels with
+second(x + flow(x)) ≈ first(x).
+"""
+
+import functools
+
+import numpy as np
+
+METHODS = ("opencv", "tensor")
+# The Charades flow release stores each component clipped to ±20 px and mapped linearly onto 0..255.
+FLOW_CLIP = 20.0
+# Pairs per compiled call of the tensor backend: bounds memory on long videos (224x224: ~1 MB per pair).
+DEFAULT_BATCH_SIZE = 32
+
+
+def _check_frames(frames, name):
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"{name}: expected (N, H, W, 3) RGB frames, got shape {frames.shape}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"{name}: expected uint8 frames, got dtype {frames.dtype}")
+    return frames
+
+
+def _opencv_pairs(first, second, params):
+    import cv2
+
+    # OpenCV's own names for the shared parameters; the others (scales, warps, ...) pass through as
+    # its setters: nscales, warpings, innerIterations, outerIterations, scaleStep, epsilon, medianFiltering.
+    renames = {"lambda_": "lambda", "scales": "scalesNumber", "warps": "warpingsNumber",
+               "iterations": "innerIterations"}
+    solver = cv2.optflow.DualTVL1OpticalFlow_create()
+    for key, value in params.items():
+        setter = "set" + renames.get(key, key)[0].upper() + renames.get(key, key)[1:]
+        if not hasattr(solver, setter):
+            raise ValueError(f"opencv flow: unknown parameter {key!r} (no DualTVL1OpticalFlow.{setter})")
+        getattr(solver, setter)(value)
+    out = np.empty(first.shape[:3] + (2,), np.float32)
+    for i, (a, b) in enumerate(zip(first, second, strict=True)):
+        gray_a = cv2.cvtColor(a, cv2.COLOR_RGB2GRAY)
+        gray_b = cv2.cvtColor(b, cv2.COLOR_RGB2GRAY)
+        out[i] = solver.calc(gray_a, gray_b, None)
+    return out
+
+
+@functools.cache
+def _tvl1_function(params, compiled):
+    """The tensor backend's pair function for one parameter set, compiled for the active Keras backend."""
+    import keras
+
+    from model.tvl1 import rgb_to_gray, tvl1_flow
+
+    def flow_fn(first, second):
+        return tvl1_flow(rgb_to_gray(first), rgb_to_gray(second), **dict(params))
+
+    backend = keras.backend.backend()
+    if not compiled:
+        return flow_fn
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(flow_fn, jit_compile=True, reduce_retracing=False)
+    if backend == "jax":
+        import jax
+
+        return jax.jit(flow_fn)
+    return flow_fn
+
+
+def _tensor_pairs(first, second, params, batch_size, compiled):
+    from keras import ops
+
+    flow_fn = _tvl1_function(tuple(sorted(params.items())), compiled)
+    out = np.empty(first.shape[:3] + (2,), np.float32)
+    # Pad the last chunk of a long video to the batch size, and a short video to the next power of two:
+    # a handful of compiled shapes then serves videos of every length.
+    padded = min(batch_size, 1 << (len(first) - 1).bit_length())
+    for start in range(0, len(first), batch_size):
+        stop = min(start + batch_size, len(first))
+        a, b = first[start:stop], second[start:stop]
+        if compiled and padded > stop - start:
+            pad = padded - (stop - start)
+            a = np.concatenate([a, np.repeat(a[-1:], pad, axis=0)])
+            b = np.concatenate([b, np.repeat(b[-1:], pad, axis=0)])
+        out[start:stop] = ops.convert_to_numpy(flow_fn(a, b))[:stop - start]
+    return out
+
+
+def flow_pairs(first, second, method="opencv", *, batch_size=DEFAULT_BATCH_SIZE, compiled=True, **params):
+    """TV-L1 flow for independent pairs: (N, H, W, 3) uint8 RGB `first` and `second` -> (N, H, W, 2) float32.
+
+    `params` go to the backend: for `tensor` the keywords of `model.tvl1.tvl1_flow` (tau, lambda_, theta,
+    scales, warps, iterations, smoothing); for `opencv` the same names (scales, warps, iterations map to
+    nscales, warpings, innerIterations) or any other DualTVL1OpticalFlow setter name (e.g. epsilon).
+    `compiled=False` runs the tensor backend op by op: compiling costs seconds per new shape on CPU
+    (worth it for a video, not for one pair).
+    """
+    if method not in METHODS:
+        raise ValueError(f"flow method {method!r}: expected one of {METHODS}")
+    first = _check_frames(first, "first frames")
+    second = _check_frames(second, "second frames")
+    if first.shape != second.shape:
+        raise ValueError(f"first frames {first.shape} and second frames {second.shape} differ in shape")
+    if len(first) == 0:
+        return np.zeros(first.shape[:3] + (2,), np.float32)
+    if method == "opencv":
+        return _opencv_pairs(first, second, params)
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: expected >= 1")
+    return _tensor_pairs(first, second, params, batch_size, compiled)
+
+
+def compute_flow(frames_uint8, method="opencv", **params):
+    """TV-L1 flow between consecutive frames: (T, H, W, 3) uint8 RGB -> (T-1, H, W, 2) float32 (u, v) px."""
+    frames = _check_frames(frames_uint8, "frames")
+    return flow_pairs(frames[:-1], frames[1:], method, **params)
+
+
+def quantize_flow(flow):
+    """Float flow in pixels -> uint8, as the Charades flow release: clip to ±20 px, map linearly to 0..255."""
+    flow = np.clip(np.asarray(flow, np.float32), -FLOW_CLIP, FLOW_CLIP)
+    return np.round((flow + FLOW_CLIP) * (255.0 / (2 * FLOW_CLIP))).astype(np.uint8)
+
+
+def dequantize_flow(flow_uint8):
+    """uint8 flow from `quantize_flow` -> float32 pixels (error at most 20/255 px inside the clip)."""
+    flow_uint8 = np.asarray(flow_uint8)
+    if flow_uint8.dtype != np.uint8:
+        raise ValueError(f"dequantize_flow: expected uint8, got dtype {flow_uint8.dtype}")
+    return flow_uint8.astype(np.float32) * np.float32(2 * FLOW_CLIP / 255.0) - np.float32(FLOW_CLIP)
+
+
+def _read_rgb(path):
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"{path}: not a readable image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def flow_image_pair(first, second, out, method="opencv", **params):
+    """Reads two images and writes their (H, W, 2) float32 flow (u, v in px) to the .npy `out`; returns it."""
+    image0, image1 = _read_rgb(first), _read_rgb(second)
+    if image0.shape != image1.shape:
+        raise ValueError(f"{first} is {image0.shape[:2]} but {second} is {image1.shape[:2]}: sizes differ")
+    flow = flow_pairs(image0[None], image1[None], method, compiled=False, **params)[0]
+    np.save(out, flow)
+    return flow

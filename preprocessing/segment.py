@@ -1,0 +1,156 @@
+"""Per-frame semantic segmentation into the 151 ADE20K values of the object modality.
+
+AssembleNet++ §3.2, §3.6: the object input is the class map of a fixed segmentation model trained
+on ADE20K (150 classes + 1 'other'), treated as a black box. Here 0 is 'other' and 1..150 are the
+ADE20K classes (the SceneParsing numbering). A segmenter is chosen by a spec string:
+
+- `none`: no masks (RGB + flow models need none);
+- `oracle` or `oracle:DIR`: the synthetic generator's ground truth, `DIR/<id>.npz` (default DIR:
+  `masks/` next to the videos directory);
+- a path ending in `.keras`: any Keras model file mapping float32 RGB in [0, 255], (B, H, W, 3) to
+  per-pixel scores (B, h, w, 150 or 151);
+- an existing directory: a keras-hub `ImageSegmenter` preset saved there (e.g. a downloaded
+  `segformer_b0_ade20k_512`), with its image converter's resizing and rescaling;
+- anything else: a keras-hub preset name such as `segformer_b0_ade20k_512` (keras-hub fetches it
+  on first use and caches it; offline machines should download once and pass the directory).
+
+Models with 150 output channels are taken to score ADE20K classes 1..150 (argmax + 1); with 151 the
+argmax is the value itself. Frames are resized to the model's input size for inference and the
+class map back to the frame size with nearest-neighbour interpolation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+NUM_VALUES = 151  # ADE20K: 150 classes + 'other'
+
+
+class Segmenter(Protocol):
+    def __call__(self, frames: np.ndarray, times: np.ndarray, video_id: str) -> np.ndarray:
+        """uint8 RGB (T, H, W, 3) frames at `times` (seconds) -> uint8 (T, H, W) class map 0..150."""
+
+
+def scores_to_classes(scores: np.ndarray) -> np.ndarray:
+    """(B, h, w, 150 | 151) scores -> uint8 (B, h, w) values 0..150 (150 channels: ADE20K 1..150)."""
+    channels = scores.shape[-1]
+    if channels not in (NUM_VALUES - 1, NUM_VALUES):
+        raise ValueError(f"segmentation model outputs {channels} channels; expected 150 (ADE20K classes) "
+                         "or 151 (with 'other')")
+    classes = np.argmax(scores, axis=-1)
+    return (classes + (1 if channels == NUM_VALUES - 1 else 0)).astype(np.uint8)
+
+
+def resize_nearest(masks: np.ndarray, height: int, width: int) -> np.ndarray:
+    import cv2
+
+    if masks.shape[1:3] == (height, width):
+        return masks
+    return np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_NEAREST) for m in masks])
+
+
+class OracleSegmenter:
+    """Reads `masks_dir/<id>.npz` (`masks` uint8 (N, H, W) per source frame at `fps`)."""
+
+    def __init__(self, masks_dir):
+        self.masks_dir = Path(masks_dir)
+
+    def __call__(self, frames: np.ndarray, times: np.ndarray, video_id: str) -> np.ndarray:
+        path = self.masks_dir / f"{video_id}.npz"
+        if not path.exists():
+            raise FileNotFoundError(f"oracle segmenter: no ground-truth masks {path}")
+        with np.load(path) as data:
+            masks, fps = data["masks"], float(data["fps"])
+        # The decoder holds the source frame on screen at each time, so does the oracle.
+        index = np.clip(np.floor(np.asarray(times) * fps + 1e-6).astype(int), 0, len(masks) - 1)
+        return resize_nearest(masks[index], frames.shape[1], frames.shape[2])
+
+
+class KerasSegmenter:
+    """Any Keras model (a .keras file or a keras-hub ImageSegmenter preset) run frame-batch by batch."""
+
+    def __init__(self, model, *, image_size=None, converter=None, batch_size: int = 16):
+        self.model = model
+        self.image_size = image_size  # (height, width) the model runs at; None: the frame size
+        self.converter = converter  # keras-hub ImageConverter (rescaling), applied after resizing
+        self.batch_size = batch_size
+
+    def __call__(self, frames: np.ndarray, times: np.ndarray, video_id: str) -> np.ndarray:
+        import cv2
+        from keras import ops
+
+        height, width = frames.shape[1:3]
+        out = []
+        for start in range(0, len(frames), self.batch_size):
+            batch = frames[start:start + self.batch_size]
+            if self.image_size is not None and tuple(self.image_size) != (height, width):
+                h, w = self.image_size
+                batch = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR) for f in batch])
+            x = batch.astype(np.float32)
+            if self.converter is not None:
+                x = self.converter(x)
+            scores = ops.convert_to_numpy(self.model(x, training=False))
+            out.append(resize_nearest(scores_to_classes(scores), height, width))
+        return np.concatenate(out)
+
+
+def _fixed_size(model) -> tuple[int, int] | None:
+    shape = model.inputs[0].shape if getattr(model, "inputs", None) else None
+    if shape is not None and shape[1] is not None and shape[2] is not None:
+        return int(shape[1]), int(shape[2])
+    return None
+
+
+def load_keras_file(path, *, batch_size: int = 16) -> KerasSegmenter:
+    import keras
+
+    try:
+        import keras_hub  # noqa: F401  (registers keras-hub classes a saved model may use)
+    except ImportError:
+        pass
+    model = keras.models.load_model(path, compile=False)
+    return KerasSegmenter(model, image_size=_fixed_size(model), batch_size=batch_size)
+
+
+def load_preset(preset: str, *, batch_size: int = 16) -> KerasSegmenter:
+    """A keras-hub ImageSegmenter preset, by name or local directory."""
+    import keras_hub
+
+    try:
+        task = keras_hub.models.ImageSegmenter.from_preset(preset)
+    except Exception as error:  # keras-hub raises several types for a missing/unreachable preset
+        raise ValueError(f"cannot load keras-hub segmenter preset {preset!r} ({error}); on an offline "
+                         "machine download it once and pass its directory") from error
+    converter = getattr(task.preprocessor, "image_converter", None) if task.preprocessor else None
+    image_size = tuple(converter.image_size) if converter is not None and converter.image_size else None
+    # We resize whole frames ourselves (the converter would crop to its aspect ratio, which would
+    # misalign the class map with the frame) and keep only its rescaling.
+    return KerasSegmenter(task, image_size=image_size or _fixed_size(task), converter=converter,
+                          batch_size=batch_size)
+
+
+def make_segmenter(spec: str, *, videos_dir=None, batch_size: int = 16) -> Segmenter | None:
+    """The segmenter named by `spec` (see the module docstring); None for `none`."""
+    if spec in (None, "", "none"):
+        return None
+    if spec == "oracle" or spec.startswith("oracle:"):
+        if spec.startswith("oracle:"):
+            masks_dir = Path(spec.split(":", 1)[1])
+        elif videos_dir is not None:
+            masks_dir = Path(videos_dir).resolve().parent / "masks"
+        else:
+            raise ValueError("the oracle segmenter needs `oracle:DIR` or a videos directory")
+        if not masks_dir.is_dir():
+            raise ValueError(f"oracle segmenter: masks directory {masks_dir} does not exist")
+        return OracleSegmenter(masks_dir)
+    path = Path(spec)
+    if spec.endswith((".keras", ".h5")):
+        if not path.is_file():
+            raise ValueError(f"segmenter model file {spec} does not exist")
+        return load_keras_file(path, batch_size=batch_size)
+    if path.is_dir():
+        return load_preset(str(path), batch_size=batch_size)
+    return load_preset(spec, batch_size=batch_size)

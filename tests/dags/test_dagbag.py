@@ -1,0 +1,76 @@
+"""Every DAG file imports cleanly and wires exactly the tasks and dependencies it documents."""
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+
+from tests.dags.conftest import DAGS_FOLDER
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    return DagBag(dag_folder=str(DAGS_FOLDER))
+
+
+def _edges(dag) -> dict[str, set[str]]:
+    return {task_id: set(task.downstream_task_ids) for task_id, task in dag.task_dict.items()}
+
+
+def _rounds(count: int, first: str, last: str) -> dict[str, set[str]]:
+    edges: dict[str, set[str]] = {}
+    previous = first
+    for number in range(1, count + 1):
+        group = f"round_{number}"
+        edges.setdefault(previous, set()).update(
+            {f"{group}.next_children", f"{group}.evaluate_child", f"{group}.integrate"})
+        edges[f"{group}.next_children"] = {f"{group}.evaluate_child"}
+        edges[f"{group}.evaluate_child"] = {f"{group}.integrate"}
+        previous = f"{group}.integrate"
+    edges[previous] = {last}
+    return edges
+
+
+def test_every_dag_file_imports_without_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dag_ids) == {"assemblenet_preprocess", "assemblenet_evolution",
+                                   "assemblenet_search_and_train", "assemblenet_end_to_end"}
+
+
+def test_preprocess_dag(dagbag):
+    dag = dagbag.dags["assemblenet_preprocess"]
+    assert _edges(dag) == {"locate_inputs": {"preprocess"}, "preprocess": set()}
+    assert dag.params["runner"] == "FnApiRunner"
+    assert {"project", "region", "temp_location", "setup_file"} <= set(dag.params)
+
+
+def test_evolution_dag_maps_each_rounds_children(dagbag):
+    dag = dagbag.dags["assemblenet_evolution"]
+    expected = {**_rounds(4, "start_evolution", "finish_evolution"), "finish_evolution": set()}
+    assert _edges(dag) == expected
+    for number in range(1, 5):
+        assert dag.get_task(f"round_{number}.evaluate_child").is_mapped
+        assert dag.get_task(f"round_{number}.integrate").trigger_rule == "none_failed"
+
+
+def test_search_and_train_dag(dagbag):
+    dag = dagbag.dags["assemblenet_search_and_train"]
+    assert _edges(dag) == {"one_shot_search": {"train_final"}, "train_final": {"evaluate", "report"},
+                           "evaluate": {"report"}, "report": set()}
+    assert {"structure", "tpu", "strategy", "steps"} <= set(dag.params)
+
+
+def test_end_to_end_dag(dagbag):
+    dag = dagbag.dags["assemblenet_end_to_end"]
+    expected = {
+        "make_synthetic_data": {"preprocess_train", "preprocess_val", "preprocess_test"},
+        "preprocess_train": {"start_evolution", "one_shot_search", "train_final"},
+        "preprocess_val": {"start_evolution", "one_shot_search", "train_final"},
+        "preprocess_test": {"evaluate"},
+        **_rounds(2, "start_evolution", "finish_evolution"),
+        "finish_evolution": {"one_shot_search"},
+        "one_shot_search": {"train_final"},
+        "train_final": {"evaluate", "report"},
+        "evaluate": {"report"},
+        "report": set(),
+    }
+    assert _edges(dag) == expected
+    assert dag.get_task("round_2.evaluate_child").is_mapped
