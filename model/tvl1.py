@@ -6,9 +6,9 @@ Meinhardt-Llopis and Facciolo, "TV-L1 Optical Flow Estimation" (IPOL 2013; the s
 DualTVL1 implements): a coarse-to-fine pyramid (zoom factor 0.5), several warps per scale, and per warp a
 fixed number of iterations of
 
-    thresholding (IPOL Eq. 19)   v = u + TH(rho(u))
-    primal step  (IPOL Eq. 20)   u = v + theta * div(p)
-    dual step    (IPOL Eq. 21)   p = (p + tau/theta * grad(u)) / (1 + tau/theta * |grad(u)|)
+    thresholding   v = u + TH(rho(u))
+    primal step    u = v + theta * div(p)
+    dual step      p = (p + tau/theta * grad(u)) / (1 + tau/theta * |grad(u)|)
 
 with rho(u) = I1(x + u0) + grad I1(x + u0) . (u - u0) - I0(x) the linearised residual. The ε stopping
 test of the reference is replaced by fixed iteration counts so the whole computation has a static
@@ -102,14 +102,14 @@ def _centered_gradient(images):
 
 
 def _forward_gradient(u):
-    """Forward differences of (B, H, W, C) fields, zero on the last column/row (IPOL Eq. 23)."""
+    """Forward differences of (B, H, W, C) fields, zero on the last column/row (as Sánchez et al.)."""
     grad_x = ops.pad(u[:, :, 1:, :] - u[:, :, :-1, :], [[0, 0], [0, 0], [0, 1], [0, 0]])
     grad_y = ops.pad(u[:, 1:, :, :] - u[:, :-1, :, :], [[0, 0], [0, 1], [0, 0], [0, 0]])
     return grad_x, grad_y
 
 
 def _divergence(p_x, p_y):
-    """Backward-difference divergence, the negative adjoint of `_forward_gradient` (IPOL Eq. 24)."""
+    """Backward-difference divergence, the negative adjoint of `_forward_gradient`."""
     div_x = p_x - ops.pad(p_x[:, :, :-1, :], [[0, 0], [0, 0], [1, 0], [0, 0]])
     div_y = p_y - ops.pad(p_y[:, :-1, :, :], [[0, 0], [1, 0], [0, 0], [0, 0]])
     return div_x + div_y
@@ -159,12 +159,12 @@ def _iteration(tau, lambda_, theta):
     def step(_, state):
         u, p_x, p_y, grad_w, inv_grad_sq, rho_c = state
         rho = rho_c + ops.sum(grad_w * u, axis=-1, keepdims=True)
-        # Thresholding TH (IPOL Eq. 19): the three cases rho < -λθ|∇I1|², rho > λθ|∇I1|², else
+        # Thresholding TH of Zach et al.: the three cases rho < -λθ|∇I1|², rho > λθ|∇I1|², else
         # -rho/|∇I1|², folded into one clip of the step length along ∇I1.
         v = u - ops.clip(rho * inv_grad_sq, -lambda_theta, lambda_theta) * grad_w
-        u = v + theta * _divergence(p_x, p_y)  # IPOL Eq. 20
+        u = v + theta * _divergence(p_x, p_y)  # primal step
         u_x, u_y = _forward_gradient(u)
-        norm = 1.0 + tau_theta * ops.sqrt(u_x * u_x + u_y * u_y)  # IPOL Eq. 21
+        norm = 1.0 + tau_theta * ops.sqrt(u_x * u_x + u_y * u_y)  # dual step (and its denominator)
         return u, (p_x + tau_theta * u_x) / norm, (p_y + tau_theta * u_y) / norm, grad_w, inv_grad_sq, rho_c
 
     return step

@@ -112,6 +112,7 @@ class SearchConfig:
     dataset: str = "charades"
     num_classes: int = len(SYNTHETIC_CLASSES)
     eval_batches: int = 8
+    recalibration_batches: int = 20  # BatchNorm re-estimation before evaluating (evaluate_accuracy)
     eager: bool = (
         False  # skip tf.function (tracing the supernet costs ~1 min on CPU: worth it past ~50 steps)
     )
@@ -229,7 +230,7 @@ def recalibrate_batchnorm(model, batches, num_batches: int = 20) -> None:
 def evaluate_accuracy(model, config: SearchConfig, modalities, *, seed: int) -> float:
     """Top-1 accuracy on `eval_batches` batches never used in training (their own seed), after
     recalibrating BatchNorm on other unseen batches."""
-    recalibrate_batchnorm(model, _batches(config, modalities, seed + 1))
+    recalibrate_batchnorm(model, _batches(config, modalities, seed + 1), config.recalibration_batches)
     batches = _batches(config, modalities, seed, training=False)
     correct = total = 0
     for _ in range(config.eval_batches):

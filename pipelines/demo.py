@@ -28,8 +28,10 @@ DAG_ID = "assemblenet_end_to_end"
 MARKER = ".assemblenet-demo"
 OUTPUTS = ("report/index.html", "metrics.json", "evolution/best_structure.json",
            "search/final_structure.json")
-# Airflow's log lines start with a timestamp and a level; everything else is the tasks' own output.
-_AIRFLOW_LOG_PREFIXES = ("20", "[20", "{", "INFO", "WARNING")
+# Airflow's log lines start with a timestamp, TensorFlow's C++ ones with a level and a date; the rest
+# (stage banners, progress bars, Keras epochs) is the tasks' own output.
+_LOG_PREFIXES = ("20", "[20", "{", "INFO", "WARNING", "I0000", "W0000", "E0000", "You might need",
+                 "Run `pip install graphviz`")
 
 
 def fresh_folder(workdir: Path) -> None:
@@ -80,11 +82,14 @@ def run_dag(conf: dict, airflow_home: Path, *, echo: bool = True) -> int:
             return migrate.returncode
         command = [_airflow(), "dags", "test", DAG_ID, "--conf", json.dumps(conf)]
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, cwd=PROJECT_ROOT, bufsize=1)
-        for line in process.stdout:
+                                   cwd=PROJECT_ROOT)
+        # Bytes, split on newlines only: a progress bar's carriage returns redraw it in place.
+        for raw in process.stdout:
+            line = raw.decode(errors="replace")
             out.write(line)
-            if echo and line.strip() and not line.startswith(_AIRFLOW_LOG_PREFIXES):
-                print(line, end="", flush=True)
+            if echo and line.strip() and not line.lstrip("\r").startswith(_LOG_PREFIXES):
+                sys.stdout.write(line)
+                sys.stdout.flush()
         return process.wait()
 
 

@@ -23,8 +23,8 @@ def export(*, run_dir: str | Path, out_dir: str | Path | None = None) -> dict[st
     """Exports RUN_DIR/model.keras to `out_dir` (default RUN_DIR/export); returns what was written."""
     import keras
 
-    import model.assemblenet  # noqa: F401  (registers the custom layers for load_model)
     import pipelines.train  # noqa: F401  (registers the learning-rate schedule held by the optimizer)
+    from model import assemblenet  # noqa: F401  (registers the custom layers for load_model)
 
     run_dir = Path(run_dir)
     source = run_dir / "model.keras"

@@ -62,8 +62,8 @@ def video_scores(*, run_dir: str | Path, video: str | Path, clips: int = 5, segm
     import keras
     import tensorflow as tf
 
-    import model.assemblenet  # noqa: F401  (registers the custom layers for load_model)
     import pipelines.train  # noqa: F401  (registers the learning-rate schedule in model.keras)
+    from model import assemblenet  # noqa: F401  (registers the custom layers for load_model)
     from pipelines.preprocess import PreprocessConfig, VideoTask, process_video
     from preprocessing.dataset import make_dataset
     from preprocessing.segment import make_segmenter

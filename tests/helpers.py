@@ -18,7 +18,7 @@ def run_layer_test(layer_cls, init_kwargs, input_data, expected_output_shape, *,
     """
     layer = layer_cls(**init_kwargs)
     config = layer.get_config()
-    for key, value in init_kwargs.items():
+    for key in init_kwargs:
         assert key in config, f"{layer_cls.__name__}.get_config() misses constructor argument {key!r}"
     restored = layer_cls.from_config(json.loads(json.dumps(config)))
     assert restored.get_config() == json.loads(json.dumps(config)), "config changed in a JSON round-trip"

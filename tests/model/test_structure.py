@@ -2,7 +2,14 @@ import json
 
 import pytest
 
-from model.structure import NAMED_STRUCTURES, Node, Structure, assemblenet50, assemblenet_plus50, get_structure
+from model.structure import (
+    NAMED_STRUCTURES,
+    Node,
+    Structure,
+    assemblenet50,
+    assemblenet_plus50,
+    get_structure,
+)
 
 
 def test_named_structures_match_the_papers_tables():

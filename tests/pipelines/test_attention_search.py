@@ -45,6 +45,7 @@ def test_search_writes_cell_weights_and_drawing(tmp_path):
         candidates=SMALL_SPACE,
         arch_start=0.0,
         eval_batches=1,
+        recalibration_batches=2,
         eager=True,
     )
     record = search(config=config, out_dir=tmp_path)
@@ -104,17 +105,28 @@ def test_end_to_end_search_then_train_the_derived_cell(tmp_path):
         candidates=SMALL_SPACE,
         arch_start=0.0,
         eval_batches=2,
+        recalibration_batches=2,
         eager=True,
     )
     cell = search(config=config, out_dir=tmp_path)["cell"]
     result = train_and_evaluate(
-        SearchConfig(steps=40, batch_size=8, frames=8, size=32, lr=1e-3, eval_batches=2), cell
+        SearchConfig(
+            steps=40, batch_size=8, frames=8, size=32, lr=1e-3, eval_batches=2, recalibration_batches=2
+        ),
+        cell,
     )
     assert result["model"].get_layer("res3_0_cell_op1").__class__.__name__ == "AttentionOperation"
     assert result["final_loss"] < result["first_loss"]
     assert 0.0 <= result["accuracy"] <= 1.0
     tiny = SearchConfig(
-        backbone="assemblenet", structure="tiny", steps=2, batch_size=2, frames=4, size=32, eval_batches=1
+        backbone="assemblenet",
+        structure="tiny",
+        steps=2,
+        batch_size=2,
+        frames=4,
+        size=32,
+        eval_batches=1,
+        recalibration_batches=2,
     )
     model = train_and_evaluate(tiny, cell)["model"]
     assert {"block5_cell_op1", "block7_cell_op2"} <= {layer.name for layer in model.layers}

@@ -3,6 +3,13 @@
 import csv
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,3 +144,171 @@ def test_checkpoint_restores_weights_momentum_and_step_and_ignores_torn_writes(t
     for a, b in zip(saved, restored, strict=True):
         np.testing.assert_array_equal(a, b)
     assert restore_checkpoint(_small_compiled_model(), tmp_path / "none") == 0
+
+
+# -- end to end on synthetic Charades -----------------------------------------------------
+# Shared with test_predict.py / test_export.py: built once per session under pytest's base temp.
+
+SYNTHETIC = dict(videos=100, seed=0, num_classes=10, min_seconds=2.0, max_seconds=3.0, height=48, width=64)
+PREPROCESS = dict(fps=4.0, size=32, flow="opencv", segmenter="oracle")
+RECIPE = TrainConfig(structure="tiny", frames=8, size=32, batch_size=8, steps=200, steps_per_epoch=40,
+                     learning_rate=0.4, warmup_steps=10)
+EVAL_CLIPS = 3
+
+
+def synthetic_charades(base: Path) -> Path:
+    """Synthetic Charades-format videos -> TFRecords (records/train, records/test) via the Beam job."""
+    from pipelines.preprocess import run_preprocess, summary_ok
+    from preprocessing.synthetic import generate
+
+    root = base / "synthetic_charades"
+    if (root / "ready").exists():
+        return root
+    generate(root, format="charades", **SYNTHETIC)
+    for split in ("train", "test"):
+        summary = run_preprocess(dataset="charades", videos=str(root / "videos"),
+                                 out=str(root / "records" / split),
+                                 annotations=str(root / f"Charades_v1_{split}.csv"), progress=False,
+                                 **PREPROCESS)
+        assert summary_ok(summary) and summary["dead_lettered"] == 0, summary
+    (root / "ready").write_text("")
+    return root
+
+
+def trained_run(base: Path) -> Path:
+    """`tiny` trained with RECIPE on the synthetic train split, then evaluated on the test split."""
+    from pipelines.evaluate import evaluate_model
+    from pipelines.train import train
+
+    root = synthetic_charades(base)
+    run = base / "trained_tiny"
+    if (run / "metrics.json").exists():
+        return run
+    train(config=RECIPE, data=str(root / "records" / "train"), workdir=run, verbose=0)
+    evaluate_model(run_dir=run, data=str(root / "records" / "test" / "*.tfrecord"), dataset="charades",
+                   clips=EVAL_CLIPS, batch_size=8)
+    return run
+
+
+def test_labels(root: Path) -> np.ndarray:
+    from preprocessing import charades
+
+    videos = charades.read_annotations(root / "Charades_v1_test.csv", num_classes=SYNTHETIC["num_classes"])
+    labels = np.zeros((len(videos), SYNTHETIC["num_classes"]))
+    for i, video in enumerate(videos):
+        for action in video.actions:
+            labels[i, action.label] = 1
+    return labels
+
+
+test_labels.__test__ = False  # a helper, not a test
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    return synthetic_charades(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    return trained_run(tmp_path_factory.getbasetemp())
+
+
+@pytest.mark.slow
+def test_end_to_end_preprocess_train_evaluate_report(run_dir, synthetic):
+    import keras
+
+    import model.assemblenet  # noqa: F401  (custom layers)
+    from model.structure import get_structure
+    from pipelines.report import build_report
+
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["num_classes"] == SYNTHETIC["num_classes"]  # read from the TFRecords
+    assert TrainConfig.from_json(config) == TrainConfig(**{**RECIPE.to_json(), "num_classes": 10})
+    assert json.loads((run_dir / "structure.json").read_text()) == get_structure("tiny").to_json()
+    lines = (synthetic / "Charades_v1_classes.txt").read_text().splitlines()
+    names = [line.split(" ", 1)[1] for line in lines]
+    assert json.loads((run_dir / "classes.json").read_text()) == names
+    assert json.loads((run_dir / "preprocess.json").read_text())["fps"] == PREPROCESS["fps"]
+
+    with (run_dir / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3, 4]
+    assert [int(float(r["step"])) for r in rows] == [40, 80, 120, 160, 200]
+    lrs = [float(r["lr"]) for r in rows]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] < 1e-3  # cosine decay to ~0
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    assert list((run_dir / "logs").rglob("events.out.tfevents.*")), "no TensorBoard events"
+
+    trained = keras.models.load_model(run_dir / "model.keras")
+    assert int(keras.ops.convert_to_numpy(trained.optimizer.iterations)) == RECIPE.steps
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["params"] == trained.count_params() and summary["flops"] > 0
+    assert summary["structure"] == "tiny" and summary["attention"] == "none"
+    weights = json.loads((run_dir / "connection_weights.json").read_text())
+    structure = get_structure("tiny")
+    assert weights.keys() == {str(n.index) for n in structure.blocks}
+    for node in structure.blocks:
+        assert list(weights[str(node.index)]) == [str(j) for j in node.inputs]
+        assert all(0 < v < 1 for v in weights[str(node.index)].values())
+    assert not (run_dir / "attention_weights.json").exists()  # only search models have one
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["num_videos"] == int(test_labels(synthetic).any(axis=1).sum())
+    html = build_report(run_dir).read_text()
+    assert html.count("<img") >= 2 and "mAP" in html  # training curves, per-class AP, connectivity, ...
+    assert (run_dir / "report" / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_short_training_learns_above_random_scores(run_dir, synthetic):
+    """AssembleNet++ claims aside, the minimum: a short run beats random scores on the same test set."""
+    from pipelines.metrics import charades_map
+
+    achieved = json.loads((run_dir / "metrics.json").read_text())["mAP"]
+    labels = test_labels(synthetic)
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # classes without positives in the small test split
+        random_maps = np.array([charades_map(rng.random(labels.shape), labels).mAP for _ in range(500)])
+    mean, p99 = random_maps.mean(), np.percentile(random_maps, 99)
+    assert achieved > p99 and achieved > mean + 0.1, (
+        f"trained tiny ({RECIPE.steps} steps) mAP {achieved:.3f} vs random scores mAP {mean:.3f} "
+        f"(99th percentile {p99:.3f}) on the same {len(labels)} test videos")
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_loses_and_repeats_no_epoch(synthetic, tmp_path):
+    import keras
+
+    import model.assemblenet  # noqa: F401  (custom layers)
+
+    workdir = tmp_path / "run"
+    command = [sys.executable, "-m", "pipelines.cli", "train", "--structure", "tiny",
+               "--data", str(synthetic / "records" / "train"), "--workdir", str(workdir),
+               "--frames", "8", "--size", "32", "--batch-size", "4", "--steps", "12",
+               "--steps-per-epoch", "3", "--learning-rate", "0.1", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    latest = workdir / "checkpoints" / "latest.json"
+    with (tmp_path / "first.log").open("w") as log:
+        first = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 300
+        while not latest.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert first.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
+    killed_at = json.loads(latest.read_text())["epoch"]
+    assert 1 <= killed_at < 4, f"the kill came after epoch {killed_at}: nothing left to resume"
+
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    result = json.loads(second.stdout[second.stdout.rindex("\n{") + 1:])
+    assert result["initial_epoch"] == killed_at and result["steps"] == 12
+    with (workdir / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3], rows
+    assert [int(float(r["step"])) for r in rows] == [3, 6, 9, 12]
+    trained = keras.models.load_model(workdir / "model.keras")
+    assert int(keras.ops.convert_to_numpy(trained.optimizer.iterations)) == 12
+    assert json.loads(latest.read_text()) == {"checkpoint": "epoch-000004", "epoch": 4, "step": 12}

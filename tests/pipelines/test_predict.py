@@ -1,0 +1,58 @@
+"""Prediction on one raw video: the training data's preprocessing, the run's classes, top-k."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.pipelines.test_train import EVAL_CLIPS, trained_run
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+    return trained_run(tmp_path_factory.getbasetemp())
+
+
+def _submission(path):
+    """Evaluation's predictions.txt (Charades submission format): {video id: probabilities}."""
+    out = {}
+    for line in path.read_text().splitlines():
+        video, *scores = line.split()
+        out[video] = np.array([float(s) for s in scores])
+    return out
+
+
+@pytest.mark.slow
+def test_predict_gives_the_evaluation_scores_of_a_test_video(run_dir, capsys):
+    """Same preprocessing as the TFRecords, same clips: the scores evaluation wrote for that video."""
+    from pipelines import cli
+    from pipelines.predict import predict
+
+    expected = _submission(run_dir / "predictions.txt")
+    video_id = sorted(expected)[0]
+    video = run_dir.parent / "synthetic_charades" / "videos" / f"{video_id}.mp4"
+    names = json.loads((run_dir / "classes.json").read_text())
+
+    top = predict(run_dir=run_dir, video=video, top=len(names), clips=EVAL_CLIPS)
+    scores = dict(top)
+    assert sorted(scores) == sorted(names)
+    np.testing.assert_allclose([scores[n] for n in names], expected[video_id], atol=2e-4)
+    assert [s for _, s in top] == sorted((s for _, s in top), reverse=True)
+
+    assert cli.main(["predict", "--model", str(run_dir), "--video", str(video), "--top", "3",
+                     "--clips", str(EVAL_CLIPS), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [name for name, _ in printed] == [name for name, _ in top[:3]]
+
+
+@pytest.mark.slow
+def test_predict_fails_clearly_without_inputs_the_model_needs(run_dir, tmp_path):
+    from pipelines.predict import predict
+
+    video = next((run_dir.parent / "synthetic_charades" / "videos").glob("*.mp4"))
+    with pytest.raises(ValueError, match="takes object masks"):
+        predict(run_dir=run_dir, video=video, segmenter="none")
+    with pytest.raises(ValueError, match="no such video file"):
+        predict(run_dir=run_dir, video=tmp_path / "missing.mp4")
+    with pytest.raises(ValueError, match="no model.keras"):
+        predict(run_dir=tmp_path, video=video)
