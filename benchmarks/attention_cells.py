@@ -4,15 +4,17 @@ Same small I3D-ResNet, same cell positions (res3_0, res4_0), same training steps
 for every variant; reports top-1 accuracy on held-out synthetic clips, the model's params and the params
 and FLOPs the cells add (model.attention_nas.cell_cost at the cells' input shapes).
 
-    KERAS_BACKEND=tensorflow python benchmarks/attention_cells.py --search-steps 120 --steps 150
-    python benchmarks/attention_cells.py --cell runs/search/cell.json --steps 150   # any backend
+    python benchmarks/attention_cells.py --search-steps 120 --steps 150 --search-seeds 0,1
+    python benchmarks/attention_cells.py --cell runs/search/cell.json --steps 150
 
-The search itself (no --cell) uses tf.GradientTape, so it needs the TensorFlow backend; with --cell
-the benchmark only trains (train_on_batch) and runs under JAX as well.
+Any backend (the search, too, is Keras's own train_on_batch). With several --search-seeds, one search
+per seed: the report says how many of the derived cells' choices agree and how far the architecture
+weights moved from uniform, and each distinct derived cell is trained and evaluated.
 """
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -38,6 +40,38 @@ def cell_input_shapes(config: SearchConfig) -> dict:
     return shapes
 
 
+def decisiveness(operations: dict) -> dict:
+    """How far the softmax weights moved from uniform, over every decision with ≥ 2 candidates: the mean
+    and largest top weight, the mean uniform weight, the mean entropy / log(candidates) (1 = uniform)."""
+    tops, uniforms, entropies = [], [], []
+    for entry in operations.values():
+        for choice, probs in entry.items():
+            values = list(probs) if choice == "inputs" else list(probs.values())
+            if len(values) < 2:
+                continue
+            tops.append(max(values))
+            uniforms.append(1 / len(values))
+            entropies.append(-sum(p * math.log(p) for p in values if p > 0) / math.log(len(values)))
+    return {
+        "mean_top_weight": sum(tops) / len(tops),
+        "max_top_weight": max(tops),
+        "mean_uniform": sum(uniforms) / len(uniforms),
+        "mean_entropy": sum(entropies) / len(entropies),
+    }
+
+
+def agreement(cells: list) -> dict:
+    """How many per-operation decisions (every choice and the input set) all derived cells share."""
+    agree, differ = 0, []
+    for i, ops in enumerate(zip(*(c["operations"] for c in cells), strict=True), start=1):
+        for key in ops[0]:
+            if all(op[key] == ops[0][key] for op in ops):
+                agree += 1
+            else:
+                differ.append(f"op{i}.{key}")
+    return {"agree": agree, "total": agree + len(differ), "differ": differ}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cell", default=None, help="a searched cell.json (skips the search)")
@@ -47,6 +81,9 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
+    parser.add_argument("--search-seeds", default="0", help="comma-separated search seeds")
+    parser.add_argument("--arch-lr", type=float, default=3e-2)
+    parser.add_argument("--final-temperature", type=float, default=1.0)
     parser.add_argument("--out", default="runs/attention_cells")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -60,22 +97,35 @@ def main(argv=None) -> int:
         eval_batches=16,
     )
     started = time.time()
+    searches = []
     if args.cell:
-        searched = load_cell(args.cell)
+        candidates = [("searched", load_cell(args.cell))]
     else:
-        search_config = SearchConfig(
-            steps=args.search_steps,
-            frames=args.frames,
-            size=args.size,
-            batch_size=args.batch_size // 2,
-            lr=1e-3,
-            eval_batches=4,
-        )
-        searched = search(config=search_config, out_dir=out / "search")["cell"]
+        candidates = []
+        for seed in (int(s) for s in args.search_seeds.split(",")):
+            search_config = SearchConfig(
+                steps=args.search_steps,
+                frames=args.frames,
+                size=args.size,
+                batch_size=args.batch_size // 2,
+                lr=1e-3,
+                arch_lr=args.arch_lr,
+                final_temperature=args.final_temperature,
+                seed=seed,
+                eval_batches=4,
+            )
+            record = search(config=search_config, out_dir=out / f"search_seed{seed}")
+            weights = json.loads((out / f"search_seed{seed}" / "arch_weights.json").read_text())
+            searches.append(
+                {"seed": seed, "supernet_accuracy": record["supernet_accuracy"], "cell": record["cell"]}
+                | decisiveness(weights["operations"])
+            )
+            if all(record["cell"] != cell for _, cell in candidates):
+                candidates.append((f"searched (search seed {seed})", record["cell"]))
     search_seconds = time.time() - started
     shapes = cell_input_shapes(config)
     rows = []
-    for name, cell in [("none", None), ("non-local", NONLOCAL), ("searched", searched)]:
+    for name, cell in [("none", None), ("non-local", NONLOCAL), *candidates]:
         accuracies, params = [], None
         for seed in (int(s) for s in args.seeds.split(",")):
             result = train_and_evaluate(config, cell, seed=seed)
@@ -95,7 +145,8 @@ def main(argv=None) -> int:
     report = {
         "config": {k: v for k, v in vars(args).items()},
         "positions": list(config.positions),
-        "searched_cell": searched,
+        "searches": searches,
+        "agreement": agreement([s["cell"] for s in searches]) if len(searches) > 1 else None,
         "search_seconds": search_seconds,
         "total_seconds": time.time() - started,
         "results": rows,
@@ -113,6 +164,15 @@ def main(argv=None) -> int:
             f"| {r['cell']} | {r['accuracy']:.3f} | {r['model_params']:,} | {r['cell_params']:,} | "
             f"{r['cell_flops'] / 1e6:.2f} M |"
         )
+    for s in searches:
+        print(
+            f"search seed {s['seed']}: supernet top-1 {s['supernet_accuracy']:.3f}, mean top softmax weight "
+            f"{s['mean_top_weight']:.2f} (uniform {s['mean_uniform']:.2f}), largest "
+            f"{s['max_top_weight']:.2f}, mean normalised entropy {s['mean_entropy']:.2f}"
+        )
+    if report["agreement"]:
+        a = report["agreement"]
+        print(f"derived cells agree on {a['agree']} of {a['total']} decisions: {', '.join(a['differ']) or '-'}")
     print(f"(search {search_seconds:.0f} s, total {report['total_seconds']:.0f} s; {out / 'results.json'})")
     return 0
 

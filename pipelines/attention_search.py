@@ -6,10 +6,12 @@ and 3), trains it DARTS-style (first-order, alternating):
   1. network weights: one Adam step on a training batch;
   2. architecture weights (`arch_*`): one Adam step on a separate held-out batch (DARTS §2.3's
      validation loss), with their own learning rate, from `arch_start` × steps onwards (a warm-up so
-     the candidate operations have learned something before they are compared — the project's choice);
+     the candidate operations have learned something before they are compared — the project's choice),
+     optionally with the supernet's softmax temperature annealed towards `final_temperature`;
 and writes to OUT/: cell.json (the derived cell), arch_weights.json (the learned softmax/sigmoid
 weights), cell.png (a drawing of the cell), search.json (config, accuracy of the supernet, losses).
-The training loop uses tf.GradientTape, so the search runs under KERAS_BACKEND=tensorflow.
+Both steps are Keras's own `train_on_batch` with one optimiser (model.attention_nas.AlternatingAdam) that
+updates one group of variables per step, so the search runs under any backend (TensorFlow, JAX).
 
 The synthetic task (no --data): every clip holds a coloured disc doing one of four temporal patterns —
 static, moving on a line, blinking, or jumping between two far places — plus a static distractor disc and
@@ -100,8 +102,10 @@ class SearchConfig:
     batch_size: int = 8
     seed: int = 0
     lr: float = 3e-3
-    arch_lr: float = 3e-3
+    arch_lr: float = 3e-2  # Adam on the architecture logits (3e-3 barely moved them in 90 steps)
+    arch_beta_1: float = 0.5  # DARTS §3.1.1
     arch_start: float = 0.25  # fraction of the steps before architecture updates begin
+    final_temperature: float = 1.0  # softmax temperature at the last step (geometric from 1; 1 = none)
     num_operations: int = 3
     candidates: dict | None = None  # restricts the supernet's candidates (see model.attention_nas.cell)
     width: int = 8  # ResNet base width (proxy backbone)
@@ -113,9 +117,7 @@ class SearchConfig:
     num_classes: int = len(SYNTHETIC_CLASSES)
     eval_batches: int = 8
     recalibration_batches: int = 20  # BatchNorm re-estimation before evaluating (evaluate_accuracy)
-    eager: bool = (
-        False  # skip tf.function (tracing the supernet costs ~1 min on CPU: worth it past ~50 steps)
-    )
+    eager: bool = False  # TensorFlow only: run_eagerly (tracing the supernet costs ~1 min on CPU)
 
     def __post_init__(self):
         if self.backbone not in ("resnet", "assemblenet"):
@@ -124,6 +126,8 @@ class SearchConfig:
             raise ValueError(f"steps, batch_size, frames and size must be positive: {self}")
         if not 0 <= self.arch_start < 1:
             raise ValueError(f"arch_start must be in [0, 1), got {self.arch_start}")
+        if not 0 < self.final_temperature <= 1:
+            raise ValueError(f"final_temperature must be in (0, 1], got {self.final_temperature}")
         if self.data is None and self.num_classes != len(SYNTHETIC_CLASSES):
             raise ValueError(
                 f"the synthetic task has {len(SYNTHETIC_CLASSES)} classes, got num_classes={self.num_classes}"
@@ -245,19 +249,30 @@ def evaluate_accuracy(model, config: SearchConfig, modalities, *, seed: int) -> 
 # The search.
 
 
-def search(*, config: SearchConfig, out_dir: str | os.PathLike) -> dict:
-    """Runs the one-shot search (module docstring) and writes OUT/; returns the search.json record."""
-    import keras
+def temperature_at(config: SearchConfig, step: int) -> float:
+    """Softmax temperature of the supernet at `step`: 1 during the warm-up, then geometric from 1 down
+    to `config.final_temperature` at the last step (1 = no annealing)."""
+    arch_from = int(config.arch_start * config.steps)
+    if step <= arch_from or config.steps - 1 <= arch_from:
+        return 1.0
+    fraction = (step - arch_from) / (config.steps - 1 - arch_from)
+    return float(config.final_temperature**fraction)
 
-    if keras.backend.backend() != "tensorflow":
-        raise ValueError(
-            f"attention-search trains with tf.GradientTape: run it with KERAS_BACKEND=tensorflow "
-            f"(now {keras.backend.backend()!r})"
-        )
-    import tensorflow as tf
+
+def search(*, config: SearchConfig, out_dir: str | os.PathLike) -> dict:
+    """Runs the one-shot search (module docstring) and writes OUT/; returns the search.json record.
+
+    Any Keras backend: both kinds of step are `model.train_on_batch` with one `AlternatingAdam`."""
+    import keras
     from tqdm import tqdm
 
-    from model.attention_nas import architecture_variables, architecture_weights, derive_cell
+    from model.attention_nas import (
+        AlternatingAdam,
+        architecture_variables,
+        architecture_weights,
+        derive_cell,
+        supernet_cells,
+    )
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -265,39 +280,32 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike) -> dict:
     supernet = {"kind": "supernet", "num_operations": config.num_operations, "candidates": config.candidates}
     model, modalities = build_backbone(config, supernet)
     arch_vars = architecture_variables(model)
-    arch_ids = {id(v) for v in arch_vars}
-    weight_vars = [v for v in model.trainable_weights if id(v) not in arch_ids]
-    # DARTS §3.1.1: Adam for α with β₁ = 0.5 and weight decay 1e-3.
-    weight_opt = keras.optimizers.Adam(config.lr)
-    arch_opt = keras.optimizers.Adam(config.arch_lr, beta_1=0.5, weight_decay=1e-3)
-    weight_opt.build(weight_vars)
-    arch_opt.build(arch_vars)
-    loss_fn = _loss_fn(config)
-
-    def make_step(variables, optimizer):
-        def step(x, y):
-            with tf.GradientTape() as tape:
-                loss = loss_fn(y, model(x, training=True))
-            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
-            return loss
-
-        return step if config.eager else tf.function(step)
-
-    weight_step = make_step(weight_vars, weight_opt)
+    cells = supernet_cells(model)
+    optimizer = AlternatingAdam(
+        learning_rate=config.lr, arch_learning_rate=config.arch_lr, arch_beta_1=config.arch_beta_1
+    )
     # BatchNorm runs in training mode in the architecture step too (batch statistics, as in DARTS).
-    arch_step = make_step(arch_vars, arch_opt)
+    # `eager` only for TensorFlow: an un-jitted JAX step is ~10x slower than compiling it.
+    eager = config.eager and keras.backend.backend() == "tensorflow"
+    model.compile(optimizer=optimizer, loss=_loss_fn(config), run_eagerly=eager)
+    optimizer.build(model.trainable_variables)
     train_batches = _batches(config, modalities, config.seed)
     heldout_batches = _batches(config, modalities, config.seed + 1)
     arch_from = int(config.arch_start * config.steps)
     history = []
     for step in tqdm(range(config.steps), desc="attention-search", unit="step"):
+        temperature = temperature_at(config, step)
+        for cell in cells:
+            cell.temperature.assign(temperature)
+        optimizer.set_phase("weights")
         inputs, labels = next(train_batches)
-        loss = float(weight_step(_model_inputs(model, inputs), labels))
+        loss = float(np.asarray(model.train_on_batch(_model_inputs(model, inputs), labels)))
         arch_loss = None
         if step >= arch_from:
+            optimizer.set_phase("architecture")
             inputs, labels = next(heldout_batches)
-            arch_loss = float(arch_step(_model_inputs(model, inputs), labels))
-        history.append({"step": step, "loss": loss, "arch_loss": arch_loss})
+            arch_loss = float(np.asarray(model.train_on_batch(_model_inputs(model, inputs), labels)))
+        history.append({"step": step, "loss": loss, "arch_loss": arch_loss, "temperature": temperature})
 
     weights = architecture_weights(model)
     cell = derive_cell(weights)
@@ -354,7 +362,7 @@ def train_and_evaluate(
 
 def draw_cell(cell: dict, path: str | os.PathLike, *, weights: dict | None = None) -> Path:
     """Draws the cell: the input, one box per operation with its choices, the combine node, the edges
-    (labelled with σ(β) when `weights` — architecture_weights(...)["operations"] — are given)."""
+    (labelled with their softmax weight when `weights` — architecture_weights(...)["operations"] — are given)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -424,7 +432,7 @@ def draw_cell(cell: dict, path: str | os.PathLike, *, weights: dict | None = Non
     box("combine", combine, "combine\nΣ ops → BN(γ₀=0)\n+ x (residual)", "#d4edda", width=1.9)
     for i, op in enumerate(ops_, start=1):
         for j in op["inputs"]:
-            arrow(j, i, None if weights is None else f"σ={weights[f'op{i}']['inputs'][j]:.2f}")
+            arrow(j, i, None if weights is None else f"w={weights[f'op{i}']['inputs'][j]:.2f}")
         arrow(i, "combine")
     arrow(0, "combine")
     ax.set_xlim(-1.3, combine[0] + 1.3)

@@ -216,13 +216,10 @@ def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int =
         model = keras.models.load_model(run_dir / "model.keras")
     ds = video_dataset.make_dataset(file_pattern(data), modalities=structure.modalities, frames=frames,
                                     size=size, training=False, batch_size=batch_size, dataset=dataset,
-                                    num_classes=num_classes, clips_per_video=clips)
+                                    num_classes=num_classes, clips_per_video=clips, with_ids=True)
     ids, clip_scores, clip_labels = [], [], []
-    for element in ds:
-        # With one clip per video the dataset yields no ids: its videos come one per row, in file order.
-        inputs, labels = element[:2]
-        batch_ids = (np.asarray(element[2]).reshape(-1) if len(element) == 3
-                     else [f"video{len(ids) + k:06d}" for k in range(len(labels))])
+    for inputs, labels, batch_ids in ds:
+        batch_ids = np.asarray(batch_ids).reshape(-1)
         clip_scores.append(keras.ops.convert_to_numpy(model(inputs, training=False)))
         clip_labels.append(np.asarray(labels))
         ids.extend(v.decode() if isinstance(v, bytes) else str(v) for v in batch_ids)

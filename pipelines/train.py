@@ -159,13 +159,15 @@ def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str
         model = _build_and_compile(config, structure, schedule)
         initial_epoch = restore_checkpoint(model, workdir / CHECKPOINTS)
         _truncate_history(workdir / "history.csv", initial_epoch)
-        train_ds = _dataset(config, structure, data, training=True)
+        # A resumed run draws fresh (still deterministic) clips rather than replaying epoch 0's.
+        keras.utils.set_random_seed(config.seed + initial_epoch)
+        train_ds = _dataset(config, structure, data, training=True, seed=config.seed + initial_epoch)
         val_ds = _dataset(config, structure, eval_data, training=False) if eval_data else None
         callbacks = [_LearningRateLog(schedule), _History(str(workdir / "history.csv"), append=True),
                      _Checkpoint(workdir / CHECKPOINTS), *_tensorboard(workdir / "logs")]
         history = model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch,
                             steps_per_epoch=config.steps_per_epoch, validation_data=val_ds,
-                            callbacks=callbacks, verbose=verbose)
+                            callbacks=callbacks, shuffle=False, verbose=verbose)  # make_dataset shuffles
         steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
         write_final(model, structure, config, workdir)
     logs = {k: float(v[-1]) for k, v in history.history.items() if v}
@@ -362,12 +364,13 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
 # -- data ----------------------------------------------------------------------------------
 
-def _dataset(config: TrainConfig, structure, pattern: str, *, training: bool):
+def _dataset(config: TrainConfig, structure, pattern: str, *, training: bool, seed: int | None = None):
     from preprocessing.dataset import make_dataset
 
     ds = make_dataset(tfrecord_files(pattern), modalities=structure.modalities, frames=config.frames,
                       size=config.size, training=training, batch_size=config.batch_size,
-                      dataset=config.dataset, num_classes=config.num_classes, seed=config.seed)
+                      dataset=config.dataset, num_classes=config.num_classes,
+                      seed=config.seed if seed is None else seed)
     if not training:
         return ds
     # Training runs by steps, not passes (epochs are checkpoint intervals of steps_per_epoch), and

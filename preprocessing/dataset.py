@@ -126,14 +126,15 @@ def make_clip(example, start, seed, *, modalities: Sequence[str], frames: int, s
 
 
 def make_dataset(file_pattern, *, modalities, frames: int, size: int, training: bool, batch_size: int,
-                 dataset: str = "charades", num_classes: int, clips_per_video: int = 1, seed=None):
+                 dataset: str = "charades", num_classes: int, clips_per_video: int = 1, seed=None,
+                 with_ids: bool | None = None):
     """A tf.data.Dataset of batched `(inputs, labels)` clips from TFRecord files.
 
     `file_pattern`: a glob (or a list of globs) of TFRecord shards written by `assemblenet preprocess`.
     Training: files and videos shuffled, one random clip per video per pass (the dataset is finite:
     call `.repeat()` for step-based training). Evaluation (`training=False`): `clips_per_video` evenly
-    spaced clips per video, in file order. With `clips_per_video > 1` each element is
-    `(inputs, labels, video_ids)`, `video_ids` a tf.string (batch,) tensor: consecutive clips of one
+    spaced clips per video, in file order. With `with_ids` (default: `clips_per_video > 1`) each element
+    is `(inputs, labels, video_ids)`, `video_ids` a tf.string (batch,) tensor: consecutive clips of one
     video share an id, so callers max-pool their scores per id (AssembleNet A.7).
     """
     import tensorflow as tf
@@ -145,6 +146,8 @@ def make_dataset(file_pattern, *, modalities, frames: int, size: int, training: 
         if modality not in schema.MODALITY_KEYS:
             raise ValueError(f"unknown modality {modality!r}; expected some of "
                              f"{sorted(schema.MODALITY_KEYS)}")
+    if with_ids is None:
+        with_ids = clips_per_video > 1
     if frames < 1 or size < 1 or batch_size < 1 or clips_per_video < 1:
         raise ValueError(f"frames, size, batch_size, clips_per_video must be >= 1, got "
                          f"{frames}, {size}, {batch_size}, {clips_per_video}")
@@ -174,10 +177,11 @@ def make_dataset(file_pattern, *, modalities, frames: int, size: int, training: 
                              1 if training else clips_per_video, training, seed_pair)
         return tf.data.Dataset.from_tensor_slices(starts).map(
             lambda start: make_clip(example, start, seed_pair, **options)
-            + ((example["video_id"],) if clips_per_video > 1 else ()))
+            + ((example["video_id"],) if with_ids else ()))
 
     if training or clips_per_video == 1:
-        ds = ds.map(lambda example, random: _single_clip(example, random, frames, training, options),
+        ds = ds.map(lambda example, random: _single_clip(example, random, frames, training, options)
+                    + ((example["video_id"],) if with_ids else ()),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
     else:
         ds = ds.flat_map(clips)

@@ -20,6 +20,7 @@ from model.attention_nas.cell import (
 from model.attention_nas.nonlocal_block import NonLocalBlock
 from model.attention_nas.operations import AttentionOperation
 from model.attention_nas.supernet import (
+    AlternatingAdam,
     SupernetCell,
     architecture_variables,
     architecture_weights,
@@ -28,6 +29,7 @@ from model.attention_nas.supernet import (
 )
 
 __all__ = [
+    "AlternatingAdam",
     "NONLOCAL",
     "NONLOCAL_AS_CELL",
     "AttentionOperation",

@@ -10,11 +10,19 @@ published, so this is the project's reconstruction (DARTS-style, docs/attention_
     reduction:   channel masks — (G₁ ⊙ Σ_r p_r 1[c < C′_r]) · G₂ᵀ = Σ_r p_r (first C′_r channels)·ᵀ,
                  and for map-based attention Σ_r p_r · mean of the first C′_r channels;
     activation:  A = Σ_a p_a φ_a(·);  type and dimension: Σ p_type p_dim (A · G₃(f));
-- input edges: operation i takes Σ_j σ(β_ij) h_j over the cell input and earlier operations
-  (`arch_op{i}_inputs`, sigmoids so that several inputs may be kept);
+- input edges: operation i takes Σ_j softmax(β_i)_j h_j over the cell input and earlier operations
+  (`arch_op{i}_inputs`, i ≥ 2; operation 1 has the cell input only). A softmax rather than independent
+  sigmoids: the inputs compete, so the weights can make a decision (sigmoids from 0 all stayed just
+  under 0.5 in 120 steps, BENCHMARKS.md);
+- every softmax divides its logits by the cell's `temperature` (a non-trainable weight, 1 unless the
+  search anneals it);
+- every candidate output (type × dimension) goes through BatchNorm without affine parameters (DARTS);
 - combine: Σ_i h_i → BatchNorm → + x, as in a derived cell but with γ starting at 1 (a zero γ would
   hide every architecture gradient until γ moves; the supernet trains from scratch anyway).
-Deriving the cell: argmax per choice; input edges with σ(β) > 0.5, or the strongest one if none is.
+Deriving the cell: argmax per choice; input edges whose weight is at least `edge_ratio` (0.5) × the
+strongest one's (relative, so it works for any number of inputs).
+`AlternatingAdam` trains network and architecture weights in one Keras `fit`/`train_on_batch` loop, on
+any backend.
 """
 
 import keras
@@ -92,6 +100,18 @@ class SupernetCell(keras.layers.Layer):
                 self.convs.append(conv(self.channels, (1, 1, 1), f"op{i}_g3_conv1x1x1"))
         self._conv_index = {layer.name: k for k, layer in enumerate(self.convs)}
         self.bn = keras.layers.BatchNormalization(name="bn", dtype=self.dtype_policy)
+        # DARTS §2.1/§3.1.1: BatchNorm without affine parameters on every candidate (type × dimension)
+        # output, so the softmax compares candidates of one scale and chained operations cannot explode
+        # (unbounded φ made op3 ∝ x²⁷: the cell's BN variance overflowed to inf in 40 steps).
+        self.candidate_bns = [
+            keras.layers.BatchNormalization(
+                center=False, scale=False, name=f"op{i}_{kind}_{d}_bn", dtype=self.dtype_policy
+            )
+            for i in range(1, self.num_operations + 1)
+            for kind in cand["type"]
+            for d in cand["dimension"]
+        ]
+        self._bn_index = {layer.name: k for k, layer in enumerate(self.candidate_bns)}
 
     def _conv(self, name):
         return self.convs[self._conv_index[name]]
@@ -118,18 +138,25 @@ class SupernetCell(keras.layers.Layer):
             else:
                 layer.build(input_shape)
         self.bn.build(input_shape)
+        for layer in self.candidate_bns:
+            layer.build(input_shape)
+        self.temperature = self.add_weight(name="temperature", shape=(), initializer="ones", trainable=False)
         self.arch = {}
         for i in range(1, self.num_operations + 1):
-            self.arch[f"op{i}_inputs"] = self.add_weight(
-                name=f"arch_op{i}_inputs", shape=(i,), initializer="zeros"
-            )
+            if i > 1:  # operation 1 has one possible input: nothing to choose
+                self.arch[f"op{i}_inputs"] = self.add_weight(
+                    name=f"arch_op{i}_inputs", shape=(i,), initializer="zeros"
+                )
             for choice in CHOICES:
                 self.arch[f"op{i}_{choice}"] = self.add_weight(
                     name=f"arch_op{i}_{choice}", shape=(len(self.candidates[choice]),), initializer="zeros"
                 )
 
     def _probs(self, i, choice):
-        return ops.cast(ops.softmax(self.arch[f"op{i}_{choice}"]), self.compute_dtype)
+        if self.arch[f"op{i}_{choice}"].shape[0] == 1:  # a single candidate: nothing to mix
+            return ops.ones((1,), self.compute_dtype)
+        logits = self.arch[f"op{i}_{choice}"] / ops.cast(self.temperature, self.arch[f"op{i}_{choice}"].dtype)
+        return ops.cast(ops.softmax(logits), self.compute_dtype)
 
     def _mix(self, probs, values):
         out = values[0] * probs[0]
@@ -148,8 +175,7 @@ class SupernetCell(keras.layers.Layer):
         )
         outputs = [x]
         for i in range(1, self.num_operations + 1):
-            gates = ops.cast(ops.sigmoid(self.arch[f"op{i}_inputs"]), self.compute_dtype)
-            h = self._mix(gates, outputs)
+            h = x if i == 1 else self._mix(self._probs(i, "inputs"), outputs)
             p = {choice: self._probs(i, choice) for choice in CHOICES}
             v = self._mix(
                 p["g3"], [h if g == "identity" else self._conv(f"op{i}_g3_{g}")(h) for g in cand["g3"]]
@@ -176,9 +202,12 @@ class SupernetCell(keras.layers.Layer):
                     m = self._mix(p["g2"], [self._conv(f"op{i}_map_g2_{d}_{g}")(m) for g in cand["g2"]])
                     a = self._mix(p["activation"], [activate_map(m, act, d) for act in cand["activation"]])
                     by_type["map"].append(a * v)
+            norm = lambda value, kind, d, i=i: self.candidate_bns[self._bn_index[f"op{i}_{kind}_{d}_bn"]](
+                value, training=training
+            )
             per_dim = [
-                self._mix(p["type"], [by_type[kind][n] for kind in cand["type"]])
-                for n in range(len(cand["dimension"]))
+                self._mix(p["type"], [norm(by_type[kind][n], kind, d) for kind in cand["type"]])
+                for n, d in enumerate(cand["dimension"])
             ]
             outputs.append(self._mix(p["dimension"], per_dim))
         y = outputs[1]
@@ -200,17 +229,21 @@ class SupernetCell(keras.layers.Layer):
         }
 
     def probabilities(self) -> dict:
-        """{"op{i}": {"inputs": [σ(β)], choice: {candidate: softmax(α)}}} as plain floats."""
+        """{"op{i}": {"inputs": [softmax(β)], choice: {candidate: softmax(α)}}} as plain floats, at
+        temperature 1 (the learned preference itself, whatever temperature the search ended at)."""
+
+        def softmax(name):
+            logits = np.asarray(keras.ops.convert_to_numpy(self.arch[name]), "float64")
+            probs = np.exp(logits - logits.max())
+            return probs / probs.sum()
+
         out = {}
         for i in range(1, self.num_operations + 1):
-            gates = 1.0 / (1.0 + np.exp(-np.asarray(keras.ops.convert_to_numpy(self.arch[f"op{i}_inputs"]))))
-            entry = {"inputs": [float(g) for g in gates]}
+            entry = {"inputs": [1.0] if i == 1 else [float(p) for p in softmax(f"op{i}_inputs")]}
             for choice in CHOICES:
-                logits = np.asarray(keras.ops.convert_to_numpy(self.arch[f"op{i}_{choice}"]), "float64")
-                probs = np.exp(logits - logits.max())
-                probs /= probs.sum()
                 entry[choice] = {
-                    str(c): float(pr) for c, pr in zip(self.candidates[choice], probs, strict=True)
+                    str(c): float(pr)
+                    for c, pr in zip(self.candidates[choice], softmax(f"op{i}_{choice}"), strict=True)
                 }
             out[f"op{i}"] = entry
         return out
@@ -271,13 +304,16 @@ def architecture_weights(model) -> dict:
     }
 
 
-def derive_cell(weights: dict, *, edge_threshold: float = 0.5) -> dict:
-    """The final cell from `architecture_weights(...)`: argmax per choice, input edges with
-    σ(β) > edge_threshold (at least the strongest one). Returns a normalised cell description."""
+def derive_cell(weights: dict, *, edge_ratio: float = 0.5) -> dict:
+    """The final cell from `architecture_weights(...)`: argmax per choice; the input edges whose weight
+    is at least `edge_ratio` × the strongest edge's (so the strongest is always kept, and an edge about
+    as strong as it too). Returns a normalised cell description."""
+    if not 0 < edge_ratio <= 1:
+        raise ValueError(f"derive_cell: edge_ratio must be in (0, 1], got {edge_ratio}")
     operations = []
     for _, entry in sorted(weights["operations"].items(), key=lambda kv: int(kv[0][2:])):
         gates = entry["inputs"]
-        inputs = [j for j, g in enumerate(gates) if g > edge_threshold] or [int(np.argmax(gates))]
+        inputs = [j for j, g in enumerate(gates) if g >= edge_ratio * max(gates)]
         op = {"inputs": inputs}
         for choice in CHOICES:
             best = max(entry[choice].items(), key=lambda kv: kv[1])[0]
@@ -291,3 +327,88 @@ def derive_cell(weights: dict, *, edge_threshold: float = 0.5) -> dict:
             "max_attention_size": weights.get("max_attention_size", DEFAULT_MAX_ATTENTION_SIZE),
         }
     )
+
+
+def is_architecture_variable(variable) -> bool:
+    """`arch_*` weights; also for the backend's own variable (a tf.Variable is named by its path)."""
+    return variable.name.split("/")[-1].startswith("arch_")
+
+
+@keras.saving.register_keras_serializable(package="attention_nas")
+class AlternatingAdam(keras.optimizers.Optimizer):
+    """Adam with two parameter groups, for a one-shot search inside Keras's own `train_on_batch`/`fit`
+    (any backend; no GradientTape). The project's own (docs/attention_nas.md).
+
+    `set_phase("weights")` before a step updates only the network weights (learning_rate, beta_1);
+    `set_phase("architecture")` only the architecture weights (names `arch_*`: arch_learning_rate,
+    arch_beta_1 = 0.5 as DARTS §3.1.1). The inactive group's variables and Adam moments stay untouched
+    (its gradients are computed and dropped), and each group counts its own steps for the bias
+    correction, so alternating phases is exactly two Adam optimisers taking turns — DARTS's first-order
+    alternation (§2.3) with both steps run by the same compiled train function."""
+
+    PHASES = ("weights", "architecture")
+
+    def __init__(
+        self,
+        learning_rate=1e-3,
+        arch_learning_rate=3e-2,
+        beta_1=0.9,
+        beta_2=0.999,
+        arch_beta_1=0.5,
+        epsilon=1e-7,
+        name="alternating_adam",
+        **kwargs,
+    ):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.arch_learning_rate = float(arch_learning_rate)
+        self.beta_1 = float(beta_1)
+        self.beta_2 = float(beta_2)
+        self.arch_beta_1 = float(arch_beta_1)
+        self.epsilon = float(epsilon)
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._momentums, self._velocities = self.add_optimizer_variables(var_list, ["momentum", "velocity"])
+        # phase: 0 = network weights, 1 = architecture; per-group step counts for the bias correction.
+        self.phase = self.add_variable((), name="phase")
+        self.group_steps = self.add_variable((2,), name="group_steps")
+
+    def set_phase(self, phase: str) -> None:
+        """Selects the group the next step updates (call between steps, not inside a traced function)."""
+        if phase not in self.PHASES:
+            raise ValueError(f"AlternatingAdam.set_phase: phase must be one of {self.PHASES}, got {phase!r}")
+        if not self.built:
+            raise ValueError("AlternatingAdam.set_phase: build the optimizer (or compile the model) first")
+        k = self.PHASES.index(phase)
+        steps = np.asarray(keras.ops.convert_to_numpy(self.group_steps)).copy()
+        steps[k] += 1
+        self.phase.assign(float(k))
+        self.group_steps.assign(steps)
+
+    def update_step(self, gradient, variable, learning_rate):
+        dtype = variable.dtype
+        arch = is_architecture_variable(variable)
+        phase = ops.cast(self.phase, dtype)
+        active = phase if arch else 1.0 - phase
+        beta_1 = self.arch_beta_1 if arch else self.beta_1
+        lr = ops.cast(self.arch_learning_rate if arch else learning_rate, dtype)
+        step = ops.maximum(ops.cast(self.group_steps[1 if arch else 0], dtype), 1.0)
+        gradient = ops.cast(gradient, dtype)
+        m = self._momentums[self._get_variable_index(variable)]
+        v = self._velocities[self._get_variable_index(variable)]
+        self.assign_add(m, active * (1 - beta_1) * (gradient - m))
+        self.assign_add(v, active * (1 - self.beta_2) * (ops.square(gradient) - v))
+        alpha = active * lr * ops.sqrt(1 - ops.power(self.beta_2, step)) / (1 - ops.power(beta_1, step))
+        self.assign_sub(variable, alpha * m / (ops.sqrt(v) + self.epsilon))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "arch_learning_rate": self.arch_learning_rate,
+            "beta_1": self.beta_1,
+            "beta_2": self.beta_2,
+            "arch_beta_1": self.arch_beta_1,
+            "epsilon": self.epsilon,
+        }

@@ -32,7 +32,7 @@ def register(subparsers):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate of the network weights")
-    p.add_argument("--arch-lr", type=float, default=3e-3, help="learning rate of the architecture weights")
+    p.add_argument("--arch-lr", type=float, default=3e-2, help="learning rate of the architecture weights")
     p.add_argument("--arch-start", type=float, default=0.25, help="fraction of steps before arch updates")
     p.add_argument("--num-operations", type=int, default=3)
     p.add_argument("--width", type=int, default=8, help="ResNet base width")

@@ -16,7 +16,7 @@ from pipelines.demo import run_dag
 
 TINY = {"videos": 8, "min_seconds": 2.5, "max_seconds": 3.5, "fps": 4.0, "frame_size": 32,
         "population": 1, "children_per_round": 1, "proxy_steps": 2, "search_steps": 2, "train_steps": 4,
-        "steps_per_epoch": 2, "clips": 1}
+        "steps_per_epoch": 2, "clips": 2}
 
 
 def _log_tail(tmp_path: Path) -> str:
@@ -59,7 +59,7 @@ def test_end_to_end_dag_runs_to_success_and_again(tmp_path):
     assert (config["structure"], config["attention"], config["steps"]) == (
         str(workdir / "search" / "final_structure.json"), "peer", TINY["train_steps"])
     metrics = json.loads((workdir / "metrics.json").read_text())
-    assert 0.0 <= metrics["mAP"] <= 1.0 and metrics["clips"] == 1
+    assert 0.0 <= metrics["mAP"] <= 1.0 and metrics["clips"] == 2
     predicted = {line.split()[0] for line in (workdir / "predictions.txt").read_text().splitlines()}
     assert predicted == splits["test"]
     report = (workdir / "report" / "index.html").read_text()

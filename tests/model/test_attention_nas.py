@@ -11,6 +11,7 @@ from model import structure as structure_lib
 from model.attention_nas import (
     NONLOCAL,
     NONLOCAL_AS_CELL,
+    AlternatingAdam,
     AttentionOperation,
     NonLocalBlock,
     SupernetCell,
@@ -163,7 +164,7 @@ def test_supernet_layer_and_architecture_gradients():
     outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling3D()(cell_out))
     model = keras.Model(inputs, outputs)
     arch = architecture_variables(model)
-    assert len(arch) == 2 * 8 and all(v.path.startswith("search/arch_op") for v in arch)
+    assert len(arch) == 2 * 8 - 1 and all(v.path.startswith("search/arch_op") for v in arch)
     before = [np_(v).copy() for v in arch]
     model.compile(optimizer=keras.optimizers.SGD(1.0), loss=keras.losses.SparseCategoricalCrossentropy(True))
     model.fit(X, np.array([0, 2]), epochs=1, verbose=0)
@@ -175,6 +176,50 @@ def test_supernet_layer_and_architecture_gradients():
     assert abs(sum(probs.values()) - 1) < 1e-6 and len(set(probs.values())) == 3
     derived = derive_cell(weights)
     assert len(derived["operations"]) == 2 and derived["operations"][1]["inputs"]
+
+
+def test_alternating_adam_updates_one_group_per_phase_exactly_as_adam():
+    """Weights phase = plain Adam on the network weights (arch untouched), architecture phase = Adam with
+    its own rate and β₁ on `arch_*` only (network untouched), each with its own step count."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 5)).astype("float32"), rng.integers(0, 3, 8)
+
+    class Scaled(keras.layers.Layer):
+        def build(self, shape):
+            self.arch = self.add_weight(name="arch_scale", shape=(3,), initializer="zeros")
+
+        def call(self, z):
+            return z * keras.ops.softmax(self.arch)
+
+    def model():
+        keras.utils.set_random_seed(1)
+        inputs = keras.Input((5,))
+        return keras.Model(inputs, Scaled()(keras.layers.Dense(3)(inputs)))
+
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    searched = model()
+    opt = AlternatingAdam(learning_rate=0.01, arch_learning_rate=0.1, arch_beta_1=0.5)
+    searched.compile(optimizer=opt, loss=loss)
+    opt.build(searched.trainable_variables)
+    dense, arch = searched.layers[1], searched.layers[2].arch
+    reference = model()  # plain Adam on the network weights only
+    reference.layers[2].trainable = False
+    reference.compile(optimizer=keras.optimizers.Adam(0.01), loss=loss)
+    for _ in range(2):
+        opt.set_phase("weights")
+        searched.train_on_batch(x, y)
+        reference.train_on_batch(x, y)
+    np.testing.assert_allclose(np_(dense.kernel), np_(reference.layers[1].kernel), atol=2e-5)
+    np.testing.assert_array_equal(np_(arch), np.zeros(3))
+    kernel = np_(dense.kernel).copy()
+    opt.set_phase("architecture")
+    searched.train_on_batch(x, y)
+    np.testing.assert_array_equal(np_(dense.kernel), kernel)
+    # First bias-corrected Adam step: every logit moves by arch_learning_rate (up to ε).
+    np.testing.assert_allclose(np.abs(np_(arch)), 0.1, rtol=1e-3)
+    np.testing.assert_array_equal(np_(opt.group_steps), [2, 1])
+    with pytest.raises(ValueError, match="phase must be one of"):
+        opt.set_phase("both")
 
 
 def test_derive_cell_takes_argmax_and_strong_edges():

@@ -57,7 +57,7 @@ def test_search_writes_cell_weights_and_drawing(tmp_path):
     assert set(probs) == {"temporal", "spatiotemporal"} and abs(sum(probs.values()) - 1) < 1e-6
     assert probs["temporal"] != 0.5  # three architecture steps moved the uniform start
     assert (tmp_path / "cell.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(record["history"]) == 3 and record["arch_variables"] == 2 * 2 * 8
+    assert len(record["history"]) == 3 and record["arch_variables"] == 2 * (2 * 8 - 1)
 
 
 def test_draw_cell_rejects_invalid_cells(tmp_path):

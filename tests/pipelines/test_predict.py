@@ -54,5 +54,5 @@ def test_predict_fails_clearly_without_inputs_the_model_needs(run_dir, tmp_path)
         predict(run_dir=run_dir, video=video, segmenter="none")
     with pytest.raises(ValueError, match="no such video file"):
         predict(run_dir=run_dir, video=tmp_path / "missing.mp4")
-    with pytest.raises(ValueError, match="no model.keras"):
+    with pytest.raises(ValueError, match="no config.json; is this a finished training run"):
         predict(run_dir=tmp_path, video=video)

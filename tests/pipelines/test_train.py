@@ -312,3 +312,22 @@ def test_resume_after_sigkill_loses_and_repeats_no_epoch(synthetic, tmp_path):
     trained = keras.models.load_model(workdir / "model.keras")
     assert int(keras.ops.convert_to_numpy(trained.optimizer.iterations)) == 12
     assert json.loads(latest.read_text()) == {"checkpoint": "epoch-000004", "epoch": 4, "step": 12}
+
+
+@pytest.mark.parametrize("strategy, expected", [("cpu", "OneDeviceStrategy"), ("mirrored", "MirroredStrategy"),
+                                                ("auto", "_DefaultDistributionStrategy")])
+def test_strategies_build_and_fit_inside_their_scope(strategy, expected):
+    """TensorFlow backend (this suite's): the strategy's scope holds the variables and runs fit."""
+    import keras
+    import tensorflow as tf
+
+    from pipelines.train import distribution_scope
+
+    with distribution_scope(strategy) as chosen:
+        assert type(chosen).__name__ == expected
+        model = _small_compiled_model()
+        assert model.distribute_strategy is chosen
+        assert all(chosen.extended.variable_created_in_scope(v.value) for v in model.weights)
+        data = tf.data.Dataset.from_tensor_slices((np.ones((8, 3), "float32"), np.zeros((8, 2), "float32")))
+        model.fit(data.batch(4), epochs=1, verbose=0)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2

@@ -91,3 +91,15 @@ def test_toyota_one_hot_and_no_files(tmp_path):
     with pytest.raises(ValueError, match="no TFRecord files"):
         make_dataset(str(tmp_path / "none*"), modalities=["rgb"], frames=2, size=8, training=False,
                      batch_size=1, num_classes=31)
+
+
+def test_one_clip_evaluation_can_carry_video_ids(tmp_path):
+    for name in ("a", "b", "c"):
+        _write(tmp_path / f"{name}.tfrecord", video_id=name.upper() * 5)
+    ds = make_dataset(str(tmp_path / "*.tfrecord"), modalities=["rgb"], frames=4, size=8, training=False,
+                      batch_size=2, num_classes=4, with_ids=True)
+    seen = [v.decode() for _, _, batch in ds for v in batch.numpy()]
+    assert seen == ["AAAAA", "BBBBB", "CCCCC"]
+    assert all(len(element) == 2 for element in make_dataset(
+        str(tmp_path / "*.tfrecord"), modalities=["rgb"], frames=4, size=8, training=False, batch_size=2,
+        num_classes=4))
