@@ -26,7 +26,6 @@ def predict_command(args) -> int:
     if args.json:
         print(json.dumps([[name, score] for name, score in top]))
     else:
-        width = max(len(name) for name, _ in top)
         for name, score in top:
-            print(f"{score:.4f}  {name:<{width}}")
+            print(f"{score:.4f}  {name}")
     return 0
