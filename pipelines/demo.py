@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
               f"Airflow's log: {airflow_home / 'dags_test.log'}", file=sys.stderr)
         return status or 1
     metrics = json.loads((workdir / "metrics.json").read_text())
-    headline = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("mAP", "wAP") if k in metrics)
+    headline = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("mAP", "wAP", "chance_mAP") if k in metrics)
     print(f"\n==> Demo finished in {minutes:.1f} min. Test {headline}.")
     for name in OUTPUTS:
         print(f"    {workdir / name}")

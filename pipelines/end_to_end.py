@@ -48,7 +48,7 @@ class EndToEndConfig:
 
     workdir: str = _help("run folder (relative paths are taken from the project root); empty: "
                          "runs/<dag id>/<run id>", "")
-    videos: int = _help("synthetic Charades-format videos to generate (train + val + test)", 16)
+    videos: int = _help("synthetic Charades-format videos to generate (train + val + test)", 64)
     min_seconds: float = _help("shortest synthetic video, seconds", 3.0)
     max_seconds: float = _help("longest synthetic video, seconds", 5.0)
     num_classes: int = _help("synthetic action classes", 6)
@@ -65,15 +65,15 @@ class EndToEndConfig:
     children_per_round: int = _help("evolution: children proposed and evaluated (mapped) per later round", 2)
     evolution_strategy: str = _help("evolution: guided | random-edges | random-search", "guided")
     object_stem: bool = _help("evolution: add the object stem (AssembleNet++)", True)
-    proxy_steps: int = _help("evolution: training steps of each child (paper: 10k)", 4)
-    search_steps: int = _help("one-shot search: training steps of the over-connected model", 8)
-    train_steps: int = _help("full training steps of the pruned structure (paper: 50k)", 16)
-    steps_per_epoch: int = _help("steps between checkpoints (divides every step count above)", 4)
+    proxy_steps: int = _help("evolution: training steps of each child (paper: 10k)", 20)
+    search_steps: int = _help("one-shot search: training steps of the over-connected model", 40)
+    train_steps: int = _help("full training steps of the pruned structure (paper: 50k)", 400)
+    steps_per_epoch: int = _help("steps between checkpoints (divides every step count above)", 20)
     frames: int = _help("clip length T of every training (paper: 32..128)", 8)
     size: int = _help("square crop of every training, pixels (paper: 224)", 32)
-    batch_size: int = _help("batch size of every training (paper: 128)", 4)
-    learning_rate: float = _help("peak learning rate of every training", 0.1)
-    clips: int = _help("clips per test video, max-pooled (AssembleNet A.7: 5)", 2)
+    batch_size: int = _help("batch size of every training (paper: 128)", 8)
+    learning_rate: float = _help("peak learning rate of every training", 0.4)
+    clips: int = _help("clips per test video, max-pooled (AssembleNet A.7: 5)", 3)
     threshold: float = _help("one-shot pruning threshold on sigmoid(w) (AssembleNet++ §4.1)", 0.2)
 
     def __post_init__(self):

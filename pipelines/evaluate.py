@@ -233,6 +233,7 @@ def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int =
         # Sigmoid is monotonic, so AP is the same as on logits; the file holds probabilities.
         predictions = dict(zip(videos, 1.0 / (1.0 + np.exp(-scores)), strict=True))
         result = score_charades(predictions, dict(zip(videos, labels, strict=True)), names)
+        result["chance_mAP"] = metrics.chance_map(labels)
         write_charades_submission(run_dir / "predictions.txt", predictions)
     else:
         default = list(toyota.CLASSES) if num_classes == toyota.NUM_CLASSES else None

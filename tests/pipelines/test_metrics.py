@@ -128,3 +128,17 @@ def test_toyota_accuracies_hand_case():
 def test_confusion_matrix_rejects_out_of_range_ids():
     with pytest.raises(ValueError, match="0..1"):
         metrics.confusion_matrix([0, 2], [0, 1], 2)
+
+
+def test_chance_map_matches_the_exact_expectation_of_one_positive():
+    from pipelines.metrics import chance_map
+
+    # Class 0: one positive among n videos at a uniformly random rank k, E[AP] = E[1/k] = H_n / n.
+    # Class 1: every video positive (so none is excluded as unlabelled), AP = 1.
+    n = 5
+    labels = np.zeros((n, 2))
+    labels[2, 0] = 1
+    labels[:, 1] = 1
+    expected = (sum(1 / k for k in range(1, n + 1)) / n + 1) / 2
+    assert abs(chance_map(labels, draws=4000) - expected) < 0.02
+    assert chance_map(np.eye(4)) < 1.0
