@@ -31,11 +31,12 @@ from typing import Any
 import keras
 import numpy as np
 
-ATTENTION_MODES = ("none", "static", "self", "peer", "search")
+from model.assemblenet import TEMPORAL_POOLS
+from model.layers import ATTENTION_MODES
+
 DATASETS = ("charades", "toyota")
 PRECISIONS = ("fp32", "bf16")
 STRATEGIES = ("auto", "cpu", "mirrored", "tpu")
-TEMPORAL_POOLS = ("max", "avg")
 CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"
 KEEP_CHECKPOINTS = 2
