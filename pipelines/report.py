@@ -164,6 +164,9 @@ def _evaluation_section(run_dir: Path, out: Path) -> Section:
         section.lines.append(f"Charades mAP {metrics['mAP']:.4f}, weighted AP {metrics['wAP']:.4f} over "
                              f"{metrics.get('num_videos', '?')} videos (official Charades_v1_classify "
                              "definition).")
+        if "chance_mAP" in metrics:
+            section.lines.append(f"Random scores on the same videos: mAP {metrics['chance_mAP']:.4f} "
+                                 "(the reference to beat).")
         missing = metrics.get("missing_classes") or []
         if missing:
             listed = ", ".join(missing[:30]) + (" ..." if len(missing) > 30 else "")

@@ -46,7 +46,7 @@ def run_dir(tmp_path):
     per_class = {f"c{c:03d}": float(rng.random()) for c in range(12)}
     (run / "metrics.json").write_text(json.dumps({
         "mAP": float(np.mean(list(per_class.values()))), "wAP": 0.41, "per_class_ap": per_class,
-        "num_videos": 30, "missing_classes": ["c012"]}))
+        "num_videos": 30, "missing_classes": ["c012"], "chance_mAP": 0.3125}))
     summary = {"params": 123456, "flops": 2_500_000_000, "structure": "tiny", "attention": "peer"}
     (run / "summary.json").write_text(json.dumps(summary))
     (run / "config.json").write_text(json.dumps({"dataset": "charades", "frames": 8, "size": 64}))
@@ -70,6 +70,7 @@ def test_report_writes_every_section_and_figure(run_dir):
     assert "| parameters | 123.46 k (123,456) |" in markdown
     assert "| FLOPs per clip | 2.50 GFLOPs (2,500,000,000) |" in markdown
     assert "c012" in markdown  # the class without a positive is listed
+    assert "Random scores on the same videos: mAP 0.3125" in markdown
     page = index.read_text()
     assert page.count('src="data:image/png;base64,') == 4
     assert "src=\"http" not in page and "src=\"/" not in page  # self-contained
