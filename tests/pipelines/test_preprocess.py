@@ -4,7 +4,6 @@ from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
-import pytest
 import tensorflow as tf
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing import test_pipeline as beam_testing
@@ -13,17 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipelines import preprocess
 from pipelines.cli import main
 from preprocessing import charades, schema
-from tests.preprocessing.data import make_tiny, write_bad_videos
-
-
-@pytest.fixture(scope="module")
-def tiny_charades(tmp_path_factory):
-    return make_tiny("charades", tmp_path_factory.mktemp("charades"))
-
-
-@pytest.fixture(scope="module")
-def tiny_toyota(tmp_path_factory):
-    return make_tiny("toyota", tmp_path_factory.mktemp("toyota"))
+from tests.preprocessing.data import write_bad_videos
 
 
 def _csv_with_bad_rows(info, directory):
