@@ -2,7 +2,7 @@
 
 FLOPs are multiply-adds × 2 of the convolutions and fully connected layers (the convention of the
 papers' tables); batch norm, pooling and element-wise ops are not counted. An AttentionNAS cell
-reports its own cost (`model.attention_nas.cell_cost`).
+reports its own cost (`model.attention_nas.cell_cost`), included in the total and listed per block.
 """
 
 import math
@@ -67,6 +67,8 @@ def model_summary(structure, *, attention="none", frames=32, size=224, num_class
         block_out = model.get_layer(f"block{node.index}_m{_last_module(structure, node)}_out").output
         cost = cell_cost(dict(node.cell), (1,) + tuple(block_out.shape[1:]))
         cells[str(node.index)] = cost
+        # The walker above sees a cell's operations as opaque layers; the cell reports its own FLOPs.
+        flops += cost["flops"]
     return {
         "structure": structure.name,
         "attention": attention,

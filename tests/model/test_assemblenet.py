@@ -102,3 +102,17 @@ def test_summary_counts_flops_of_the_paper_model():
     assert summary["flops"] > 10 * stem_conv
     peer = model_summary(assemblenet50(), attention="peer", frames=8, size=64, num_classes=10)
     assert 0 < peer["flops"] - summary["flops"] < 0.01 * summary["flops"]
+
+
+def test_summary_reports_what_an_attention_cell_adds():
+    from model.attention_nas import insert_cells
+    from model.attention_nas.nonlocal_block import nonlocal_cost
+
+    plain = model_summary(tiny(), frames=4, size=32, num_classes=K)
+    with_cells = model_summary(insert_cells(tiny(), {"kind": "nonlocal"}, after_levels=(3,)),
+                               frames=4, size=32, num_classes=K)
+    (cost,) = with_cells["cells"].values()
+    # tiny's level-3 block 7 outputs 4 x 16 = 64 channels at stride 16: 4 x 2 x 2 at 32².
+    assert cost == nonlocal_cost((4, 2, 2, 64))
+    assert with_cells["flops"] - plain["flops"] == cost["flops"] > 0
+    assert with_cells["params"] - plain["params"] == cost["params"] > 0
