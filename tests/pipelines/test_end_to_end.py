@@ -44,13 +44,13 @@ def test_beam_pipeline_args():
 
 
 def test_config_rejects_typos_and_uneven_budgets():
-    config = end_to_end.EndToEndConfig.from_params({"videos": 8, "train_steps": 8})
-    assert (config.videos, config.train_steps, config.proxy_steps) == (8, 8, 4)
-    assert config.train_fields()["steps_per_epoch"] == 4
+    config = end_to_end.EndToEndConfig.from_params({"videos": 8, "train_steps": 40})
+    assert (config.videos, config.train_steps, config.proxy_steps) == (8, 40, 20)
+    assert config.train_fields()["steps_per_epoch"] == 20
     with pytest.raises(ValueError, match="unknown parameter.*'vidoes'"):
         end_to_end.EndToEndConfig.from_params({"vidoes": 8})
-    with pytest.raises(ValueError, match="train_steps=6 must be a multiple of steps_per_epoch=4"):
-        end_to_end.EndToEndConfig(train_steps=6)
+    with pytest.raises(ValueError, match="train_steps=30 must be a multiple of steps_per_epoch=20"):
+        end_to_end.EndToEndConfig(train_steps=30)
 
 
 def _fake_evaluate(structure, workdir: Path):
