@@ -10,6 +10,7 @@ import math
 import keras
 
 from model.assemblenet import build_assemblenet
+from model.blocks import module_kinds
 from model.layers import ChannelAttention, VideoConv
 from model.structure import get_structure
 
@@ -41,8 +42,6 @@ def layer_flops(layer) -> int:
             for shape in sources if layer.mode != "static" else []:
                 # One FC per frame on the GAP vector (Eq. 2).
                 flops += 2 * int(shape[1]) * int(shape[-1]) * layer.channels
-    elif isinstance(layer, keras.layers.TimeDistributed):
-        return layer_flops(layer.layer) if layer.layer._inbound_nodes else 0
     return flops
 
 
@@ -85,6 +84,4 @@ def model_summary(structure, *, attention="none", frames=32, size=224, num_class
 
 
 def _last_module(structure, node) -> int:
-    from model.blocks import module_kinds
-
     return len(module_kinds(structure.repeats[node.level - 1])) - 1
