@@ -59,15 +59,7 @@ OPERATION_DEFAULTS = {
     "activation": "softmax",
     "reduction": 0.5,
 }
-SUPERNET_CANDIDATES = {
-    "dimension": DIMENSIONS,
-    "type": TYPES,
-    "g1": G_CHOICES,
-    "g2": G_CHOICES,
-    "g3": G3_CHOICES,
-    "activation": ACTIVATIONS,
-    "reduction": (0.25, 0.5),
-}
+SUPERNET_CANDIDATES = {**OPERATION_FIELDS, "reduction": (0.25, 0.5)}
 
 # The non-local block written as a one-operation cell: the same weight count; the value path is one
 # C×C map G₃ (+ the BN) where non-local factorises it as g (C→C/2) then W_z (C/2→C).

@@ -35,19 +35,14 @@ def test_synthetic_task_is_deterministic_and_needs_time():
     assert (visible_frames[labels == 2] < 6).all() and (visible_frames[labels != 2] == 6).all()
 
 
+
+def _tiny_search(*, steps, eval_batches):
+    """A search small enough for a test: 2 operations over SMALL_SPACE on 4 x 32² clips."""
+    return SearchConfig(steps=steps, batch_size=4, frames=4, size=32, num_operations=2, candidates=SMALL_SPACE,
+                        arch_start=0.0, eval_batches=eval_batches, recalibration_batches=2, eager=True)
+
 def test_search_writes_cell_weights_and_drawing(tmp_path):
-    config = SearchConfig(
-        steps=3,
-        batch_size=4,
-        frames=4,
-        size=32,
-        num_operations=2,
-        candidates=SMALL_SPACE,
-        arch_start=0.0,
-        eval_batches=1,
-        recalibration_batches=2,
-        eager=True,
-    )
+    config = _tiny_search(steps=3, eval_batches=1)
     record = search(config=config, out_dir=tmp_path)
     cell = json.loads((tmp_path / "cell.json").read_text())
     assert normalize_cell(cell) == cell == record["cell"] and len(cell["operations"]) == 2
@@ -96,18 +91,7 @@ def test_cli_parses_into_the_search_function():
 def test_end_to_end_search_then_train_the_derived_cell(tmp_path):
     """Short search on the synthetic task → derived cell inserted into a small ResNet and an AssembleNet
     → short training lowers the loss."""
-    config = SearchConfig(
-        steps=4,
-        batch_size=4,
-        frames=4,
-        size=32,
-        num_operations=2,
-        candidates=SMALL_SPACE,
-        arch_start=0.0,
-        eval_batches=2,
-        recalibration_batches=2,
-        eager=True,
-    )
+    config = _tiny_search(steps=4, eval_batches=2)
     cell = search(config=config, out_dir=tmp_path)["cell"]
     result = train_and_evaluate(
         SearchConfig(
