@@ -44,11 +44,15 @@ def peak_flops(name: str, precision: str) -> float | None:
     return None
 
 
-def bench_assemblenet(args) -> dict:
+def build_step(args):
+    """The jitted AssembleNet training step of `args`, its initial state and device-resident inputs.
+
+    Returns (train_step, state, inputs, labels, forward_flops, structure); `train_step(state, x, y)`
+    returns (state, loss).
+    """
     import jax
     import jax.numpy as jnp
     import keras
-    import numpy as np
 
     from model.assemblenet import build_assemblenet
     from model.structure import get_structure
@@ -94,6 +98,14 @@ def bench_assemblenet(args) -> dict:
 
     state = ([v.value for v in model.trainable_variables], [v.value for v in model.non_trainable_variables],
              [v.value for v in optimizer.variables])
+    return train_step, state, inputs, labels, forward_flops, structure
+
+
+def bench_assemblenet(args) -> dict:
+    import keras
+    import numpy as np
+
+    train_step, state, inputs, labels, forward_flops, structure = build_step(args)
     t0 = time.perf_counter()
     state, loss = train_step(state, inputs, labels)
     loss.block_until_ready()
@@ -163,8 +175,8 @@ def bench_r2plus1d(args) -> dict:
             "mfu": None if peak is None else round(achieved / peak, 4), "final_loss": float(loss)}
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def make_parser(description=None):
+    parser = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
     parser.add_argument("--structure", default="assemblenet50")
     parser.add_argument("--attention", default="none")
     parser.add_argument("--frames", type=int, default=32)
@@ -176,7 +188,11 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--baseline", action="store_true", help="also measure torchvision R(2+1)D-18")
     parser.add_argument("--skip-assemblenet", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    args = make_parser().parse_args(argv)
     if not args.skip_assemblenet:
         print(json.dumps(bench_assemblenet(args)), flush=True)
     if args.baseline:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import keras
 
 from model.blocks import apply_block, apply_stem, conv_bn
-from model.layers import ATTENTION_MODES, ChannelAttention, ConnectionFusion
+from model.layers import ATTENTION_MODES, ChannelAttention, ConnectionFusion, SpatialMaxPool
 from model.structure import Structure, get_structure
 
 INPUT_CHANNELS = {"rgb": 3, "flow": 2}
@@ -45,8 +45,7 @@ def _match_input(x, *, target_stride, source_stride, width, name):
     """AssembleNet §3.1: max-pool/stride to the block's spatial size, 1x1 conv to its channel width."""
     factor = target_stride // source_stride
     if factor > 1:
-        x = keras.layers.MaxPooling3D((1, factor, factor), strides=(1, factor, factor), padding="same",
-                                      name=f"{name}_pool")(x)
+        x = SpatialMaxPool(factor, name=f"{name}_pool")(x)
     if x.shape[-1] != width:
         x = conv_bn(x, width, (1, 1, 1), relu=False, name=f"{name}_proj")
     return x

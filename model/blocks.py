@@ -12,12 +12,13 @@ Convs are `VideoConv` layers: (1, k, k) per-frame 2D, (k, 1, 1) temporal or (1, 
 
 import keras
 
-from model.layers import PooledOneHot, VideoConv
+from model.layers import BatchNorm, PooledOneHot, SpatialMaxPool, VideoConv
 from model.structure import Node
 
 
 def conv_bn(x, filters, kernel, *, stride=1, dilation=1, relu=True, zero_gamma=False, name, strides=None):
-    """Conv (no bias) → BN → ReLU. `strides=(1, s, s)` is accepted for Conv3D-style callers.
+    """Conv (no bias) → BN (+ ReLU, in one `BatchNorm` layer). `strides=(1, s, s)` is accepted for
+    Conv3D-style callers.
 
     Factorised kernels ((1,k,k), (k,1,1), (1,1,1)) run as `VideoConv`; a full (kt, kh, kw) kernel (the
     I3D stem of model/resnet.py) as Conv3D.
@@ -32,11 +33,8 @@ def conv_bn(x, filters, kernel, *, stride=1, dilation=1, relu=True, zero_gamma=F
                                 name=f"{name}_conv")(x)
     else:
         x = VideoConv(filters, kernel, strides=stride, dilation_rate=dilation, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(
-        momentum=0.99, epsilon=1e-3, gamma_initializer="zeros" if zero_gamma else "ones", name=f"{name}_bn")(x)
-    if relu:
-        x = keras.layers.ReLU(name=f"{name}_relu")(x)
-    return x
+    return BatchNorm(relu=relu, momentum=0.99, epsilon=1e-3, gamma_initializer="zeros" if zero_gamma else "ones",
+                     name=f"{name}_bn")(x)
 
 
 def apply_residual_module(x, *, channels, width, temporal, dilation=1, stride=1, name):
@@ -77,6 +75,5 @@ def apply_stem(x, node: Node, *, name):
     if node.modality == "rgb":
         x = conv_bn(x, node.channels, (5, 1, 1), dilation=node.dilation, name=f"{name}_temporal")
     if pool > 1:
-        x = keras.layers.MaxPooling3D((1, pool, pool), strides=(1, pool, pool), padding="same",
-                                      name=f"{name}_pool")(x)
+        x = SpatialMaxPool(pool, name=f"{name}_pool")(x)
     return x

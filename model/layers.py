@@ -7,6 +7,9 @@
   2D convolutions and matrix products accelerators run fastest.
 - `ChannelAttention`: channel-wise attention σ(FC(GAP(x_k))) per frame (AssembleNet++ Eq. 2) in the
   modes static / self / peer / search (Eq. 3–4).
+- `SpatialMaxPool`: a (1, p, p) max pool with stride p, as a reshape and a max where the sides divide.
+- `BatchNorm`: Keras's BatchNormalization with an optional ReLU and a training path that reads and
+  writes fewer bytes (the same function and gradient).
 
 Tensors are channels-last video: (batch, time, height, width, channels).
 """
@@ -15,6 +18,8 @@ import keras
 from keras import ops
 
 ATTENTION_MODES = ("none", "static", "self", "peer", "search")
+# Spatial convolutions on fewer input channels are zero-padded to this many (see `VideoConv`).
+MIN_CONV_CHANNELS = 8
 
 
 def _serializable(cls):
@@ -87,6 +92,42 @@ class ConnectionFusion(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "num_inputs": self.num_inputs}
+
+
+@_serializable
+class SpatialMaxPool(keras.layers.Layer):
+    """Max pool of a (B, T, H, W, C) video over p x p windows with stride p ('same' padding), i.e.
+    `MaxPooling3D((1, p, p), strides=(1, p, p), padding="same")`.
+
+    Where p divides H and W (every AssembleNet connection at 32-multiple sizes) the windows are a
+    reshape and the pool a max over two axes: its gradient is an element-wise mask XLA fuses with its
+    neighbours, where `reduce_window`'s is a scatter kernel of its own. At ties (all-zero windows after
+    a ReLU) the gradient is split between the maxima instead of going to the first one; both are
+    gradients of the max.
+    """
+
+    def __init__(self, pool_size, **kwargs):
+        super().__init__(**kwargs)
+        if int(pool_size) < 1:
+            raise ValueError(f"pool_size must be >= 1, got {pool_size}")
+        self.pool_size = int(pool_size)
+
+    def call(self, inputs):
+        p = self.pool_size
+        h, w = inputs.shape[2], inputs.shape[3]
+        if h is None or w is None or h % p or w % p:
+            return ops.max_pool(inputs, (1, p, p), strides=(1, p, p), padding="same")
+        shape = ops.shape(inputs)
+        windows = ops.reshape(inputs, (shape[0], shape[1], h // p, p, w // p, p, shape[4]))
+        return ops.max(windows, axis=(3, 5))
+
+    def compute_output_shape(self, input_shape):
+        b, t, h, w, c = input_shape
+        p = self.pool_size
+        return (b, t, None if h is None else -(-h // p), None if w is None else -(-w // p), c)
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size}
 
 
 @_serializable
@@ -166,13 +207,65 @@ class ChannelAttention(keras.layers.Layer):
                 "num_peers": self.num_peers}
 
 
+def _pad_channels(frames, kernel, pad):
+    """Zero input channels (and matching zero kernel rows): the convolution is unchanged."""
+    frames = ops.pad(frames, [[0, 0], [0, 0], [0, 0], [0, pad]])
+    return frames, ops.pad(kernel, [[0, 0], [0, 0], [0, pad], [0, 0]])
+
+
+def _space_to_depth_applies(input_shape, kernel_shape):
+    h, w = input_shape[2], input_shape[3]
+    return (h is not None and w is not None and h % 2 == 0 and w % 2 == 0
+            and all(k % 2 == 1 and k >= 3 for k in kernel_shape[:2]))
+
+
+def _space_to_depth_plan(k):
+    """(taps in front, taps behind, block-kernel size, block padding before, after) that turn a 'same'
+    stride-2 convolution with an odd k ≥ 3 over an even side into a stride-1 convolution over 2x2 blocks.
+
+    'Same' pads k - 2 in total, (k - 2) // 2 before, so output o reads input rows 2o - before + j
+    (j < k). A zero tap in front (if `before` is odd) starts every window on a block boundary; one
+    behind (if needed) makes the taps an even number, 2·kb, i.e. kb whole blocks from block
+    o - (before + front) / 2.
+    """
+    before = (k - 2) // 2
+    front = before % 2
+    back = (k + front) % 2
+    kb = (k + front + back) // 2
+    block_before = (before + front) // 2
+    return front, back, kb, block_before, kb - 1 - block_before
+
+
+def _space_to_depth_conv(frames, kernel):
+    """'Same' stride-2 conv of (N, H, W, C) frames with a (kh, kw, C, F) kernel, H and W even, computed as
+    a stride-1 conv of the 2x2 space-to-depth frames (N, H/2, W/2, 4C) with a (kh', kw', 4C, F) kernel
+    (the MLPerf ResNet stem trick): exact, and 4C channels let cuDNN use tensor cores. See
+    `_space_to_depth_plan` for the index arithmetic."""
+    if frames.shape[-1] % (MIN_CONV_CHANNELS // 4):
+        # Pad before the transform so that 4C fills 16 bytes (padding after it trips TF's oneDNN pass).
+        frames, kernel = _pad_channels(frames, kernel, -frames.shape[-1] % (MIN_CONV_CHANNELS // 4))
+    n, h, w, c = ops.shape(frames)
+    kh, kw, _, f = kernel.shape
+    front_h, back_h, kbh, before_h, after_h = _space_to_depth_plan(kh)
+    front_w, back_w, kbw, before_w, after_w = _space_to_depth_plan(kw)
+    kernel = ops.pad(kernel, [[front_h, back_h], [front_w, back_w], [0, 0], [0, 0]])
+    kernel = ops.reshape(kernel, (kbh, 2, kbw, 2, c, f))
+    kernel = ops.reshape(ops.transpose(kernel, (0, 2, 1, 3, 4, 5)), (kbh, kbw, 4 * c, f))
+    blocks = ops.reshape(frames, (n, h // 2, 2, w // 2, 2, c))
+    blocks = ops.reshape(ops.transpose(blocks, (0, 1, 3, 2, 4, 5)), (n, h // 2, w // 2, 4 * c))
+    blocks = ops.pad(blocks, [[0, 0], [before_h, after_h], [before_w, after_w], [0, 0]])
+    return ops.conv(blocks, kernel, strides=1, padding="valid")
+
+
 @_serializable
 class VideoConv(keras.layers.Layer):
     """A (kt, kh, kw) convolution of a (B, T, H, W, C) video where the kernel is 1D in time or 2D in space.
 
     Same weights and result as `Conv3D(padding="same", use_bias=False)`, but (2+1)D networks only ever use
     (1, k, k), (k, 1, 1) and (1, 1, 1) kernels, and each maps onto a faster primitive:
-    - (1, kh, kw): a 2D convolution over the B·T frames (stride and padding in space only);
+    - (1, kh, kw): a 2D convolution over the B·T frames (stride and padding in space only); on fewer than
+      8 input channels (the stems) a stride-2 conv runs on 2x2 space-to-depth blocks, others on
+      zero-padded channels, so that cuDNN can use tensor cores;
     - (kt, 1, 1) with dilation r: a 2D convolution over (T, H·W) with a (kt, 1) kernel (AssembleNet Eq. 1);
     - (1, 1, 1): a matrix product over channels (after spatial striding by slicing).
     cuDNN and XLA's GPU/TPU emitters handle these far better than generic 3D convolutions.
@@ -217,7 +310,15 @@ class VideoConv(keras.layers.Layer):
         b, t, h, w, c = shape[0], shape[1], shape[2], shape[3], shape[4]
         if kt == 1:
             frames = ops.reshape(inputs, (-1, h, w, c))
-            y = ops.conv(frames, kernel[0], strides=s, padding="same")
+            kernel = kernel[0]
+            if inputs.shape[-1] < MIN_CONV_CHANNELS:
+                # RGB (3) / flow (2) stems: cuDNN has tensor-core kernels only for channel counts that fill
+                # 16 bytes and falls back to a ~10x slower one otherwise.
+                if s == 2 and _space_to_depth_applies(inputs.shape, kernel.shape):
+                    y = _space_to_depth_conv(frames, kernel)
+                    return ops.reshape(y, (b, t, ops.shape(y)[1], ops.shape(y)[2], self.filters))
+                frames, kernel = _pad_channels(frames, kernel, MIN_CONV_CHANNELS - inputs.shape[-1])
+            y = ops.conv(frames, kernel, strides=s, padding="same")
             return ops.reshape(y, (b, t, ops.shape(y)[1], ops.shape(y)[2], self.filters))
         # Dilation r (AssembleNet Eq. 1) without a dilated conv kernel (a slow path in cuDNN, ~40x here):
         # frame t = q·r + p only meets frames (q ± 1)·r + p, so fold the r phases p into the space axis
@@ -246,3 +347,76 @@ class VideoConv(keras.layers.Layer):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
                 "strides": self.strides, "dilation_rate": self.dilation_rate,
                 "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+
+
+@_serializable
+class BatchNorm(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` (+ ReLU if `relu`), with a training path that moves fewer bytes.
+
+    Same weights, moving statistics, config and inference path as the Keras layer. In training (channels
+    last, no mask, no renorm), where a (2+1)D network with narrow channels spends more time moving
+    activations than multiplying them:
+    - mean and variance come from one pass, E[x - s] and E[(x - s)²] accumulated in float32 with the
+      shift s = moving mean (no cancellation once it tracks), instead of Keras's two passes over a
+      float32 copy;
+    - the gradient is the closed form of batch norm (Ioffe & Szegedy 2015, §3):
+      dx = γ/σ · (dy - mean(dy) - x̂ · mean(dy · x̂)), dγ = Σ dy · x̂, dβ = Σ dy, from the bf16 input and
+      output alone (one reduction pass and one element-wise pass);
+    - the ReLU's gradient mask is read off the output (z > 0), so no pre-activation tensor is kept.
+    """
+
+    def __init__(self, relu=False, **kwargs):
+        super().__init__(**kwargs)
+        self.relu = bool(relu)
+
+    def call(self, inputs, training=None, mask=None):
+        last = len(inputs.shape) - 1
+        if (not (training and self.trainable) or mask is not None or self.renorm or not self.scale
+                or not self.center or self.axis not in (-1, last)):
+            outputs = super().call(inputs, training=training, mask=mask)
+            return ops.relu(outputs) if self.relu else outputs
+        axes = tuple(range(last))
+        shift = ops.stop_gradient(ops.cast(self.moving_mean, "float32"))
+        centred = ops.cast(inputs, "float32") - shift
+        shifted_mean = ops.mean(centred, axis=axes)
+        variance = ops.maximum(ops.mean(ops.square(centred), axis=axes) - ops.square(shifted_mean), 0.0)
+        mean = ops.stop_gradient(shifted_mean + shift)
+        variance = ops.stop_gradient(variance)
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        outputs = _batch_norm_train(inputs, ops.cast(self.gamma, "float32"), ops.cast(self.beta, "float32"),
+                                    mean, variance, epsilon=self.epsilon, relu=self.relu)
+        return ops.cast(outputs, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "relu": self.relu}
+
+
+def _batch_norm_train(x, gamma, beta, mean, variance, *, epsilon, relu):
+    """z = [ReLU](γ (x - μ)/σ + β) over the last axis with given batch statistics and the closed-form
+    gradient through them (see `BatchNorm`); γ, β, μ, σ² are float32 vectors."""
+    axes = tuple(range(len(x.shape) - 1))
+
+    @ops.custom_gradient
+    def forward(x, gamma, beta, mean, variance):
+        inv = ops.rsqrt(variance + epsilon)
+        scale = gamma * inv
+        z = ops.cast(ops.cast(x, "float32") * scale + (beta - mean * scale), x.dtype)
+        if relu:
+            z = ops.relu(z)
+
+        def grad(*args, upstream=None):
+            dz = args[0] if upstream is None else upstream
+            dy = ops.cast(dz, "float32")
+            if relu:
+                dy = ops.where(z > 0, dy, 0.0)
+            x_hat = (ops.cast(x, "float32") - mean) * inv
+            sum_dy = ops.sum(dy, axis=axes)
+            sum_dy_x_hat = ops.sum(dy * x_hat, axis=axes)
+            count = ops.cast(ops.size(x), "float32") / ops.cast(ops.shape(x)[-1], "float32")
+            dx = scale * (dy - sum_dy / count - x_hat * (sum_dy_x_hat / count))
+            return (ops.cast(dx, x.dtype), sum_dy_x_hat, sum_dy, ops.zeros_like(mean), ops.zeros_like(variance))
+
+        return z, grad
+
+    return forward(x, gamma, beta, mean, variance)

@@ -55,3 +55,23 @@ def run_layer_test(layer_cls, init_kwargs, input_data, expected_output_shape, *,
         after = [keras.ops.convert_to_numpy(w) for w in layer.trainable_weights]
         assert any(not np.allclose(b, a) for b, a in zip(before, after, strict=True)), "fit step changed no weight"
     return layer
+
+
+def gradients(fn, *args):
+    """fn(*args) (a scalar) and its gradients with respect to `args` (arrays), under the active backend."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        value, grads = jax.value_and_grad(fn, argnums=tuple(range(len(args))))(*args)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        args = [tf.convert_to_tensor(a) for a in args]
+        with tf.GradientTape() as tape:
+            tape.watch(args)
+            value = fn(*args)
+        grads = tape.gradient(value, args)
+    else:
+        raise NotImplementedError(f"gradients() does not support backend {backend!r}")
+    return keras.ops.convert_to_numpy(value), [keras.ops.convert_to_numpy(g) for g in grads]

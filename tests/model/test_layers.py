@@ -1,8 +1,9 @@
+import keras
 import numpy as np
 import pytest
 
-from model.layers import ChannelAttention, ConnectionFusion, PooledOneHot
-from tests.helpers import run_layer_test
+from model.layers import BatchNorm, ChannelAttention, ConnectionFusion, PooledOneHot, SpatialMaxPool
+from tests.helpers import gradients, run_layer_test
 
 RNG = np.random.default_rng(0)
 
@@ -65,15 +66,18 @@ def test_bad_arguments_raise_clear_errors():
         ConnectionFusion(2)([_video(4)])
 
 
-@pytest.mark.parametrize("kernel, stride, dilation", [((1, 3, 3), 2, 1), ((3, 1, 1), 1, 2), ((1, 1, 1), 2, 1),
-                                                       ((1, 7, 7), 2, 1), ((5, 1, 1), 1, 4),
-                                                       ((3, 1, 1), 1, 3), ((3, 1, 1), 1, 8)])
-def test_video_conv_equals_conv3d(kernel, stride, dilation):
+@pytest.mark.parametrize("kernel, stride, dilation, channels, size", [
+    ((1, 3, 3), 2, 1, 3, 8), ((3, 1, 1), 1, 2, 3, 8), ((1, 1, 1), 2, 1, 3, 8), ((1, 7, 7), 2, 1, 3, 8),
+    ((5, 1, 1), 1, 4, 3, 8), ((3, 1, 1), 1, 3, 3, 8), ((3, 1, 1), 1, 8, 3, 8),
+    # Stems: space-to-depth for stride 2 on even sides (k = 3, 5, 7: every padding parity), else padding.
+    ((1, 7, 7), 2, 1, 2, 12), ((1, 5, 5), 2, 1, 3, 10), ((1, 5, 3), 2, 1, 1, 6), ((1, 7, 7), 2, 1, 3, 9),
+    ((1, 7, 7), 1, 1, 3, 8), ((1, 3, 3), 2, 1, 8, 8)])
+def test_video_conv_equals_conv3d(kernel, stride, dilation, channels, size):
     import keras
 
     from model.layers import VideoConv
 
-    x = _video(3, t=8, s=8)
+    x = _video(channels, t=8, s=size)
     conv = VideoConv(5, kernel, strides=stride, dilation_rate=dilation)
     ref = keras.layers.Conv3D(5, kernel, strides=(1, stride, stride), dilation_rate=(dilation, 1, 1),
                               padding="same", use_bias=False)
@@ -83,3 +87,60 @@ def test_video_conv_equals_conv3d(kernel, stride, dilation):
     np.testing.assert_allclose(out, np.asarray(ref(x)), rtol=1e-4, atol=1e-4)
     run_layer_test(VideoConv, {"filters": 5, "kernel_size": kernel, "strides": stride, "dilation_rate": dilation},
                    x, out.shape)
+
+
+def test_batch_norm_layer_standard_checks():
+    layer = run_layer_test(BatchNorm, {"relu": True, "momentum": 0.9}, _video(4), (2, 3, 8, 8, 4),
+                           expected_trainable_weights=2)
+    assert layer.get_config()["relu"] is True
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_batch_norm_training_matches_keras_batch_norm_and_its_gradients(relu):
+    """The fast training path computes Keras's function: outputs, moving statistics and the gradients
+    with respect to x, γ and β, on data far from zero mean (where a naive one-pass variance would lose
+    digits) and with some γ = 0 (zero-initialised residual branches)."""
+    rng = np.random.default_rng(0)
+    x = (50.0 + 3.0 * rng.normal(size=(2, 3, 5, 5, 4))).astype("float32")
+    gamma = np.array([1.5, 0.0, -0.7, 1.0], "float32")
+    beta = np.array([0.1, 0.2, -0.3, 0.0], "float32")
+    weights = rng.normal(size=x.shape).astype("float32")
+    ours = BatchNorm(relu=relu, momentum=0.9)
+    ref = keras.layers.BatchNormalization(momentum=0.9)
+    ours.build(x.shape)
+    ref.build(x.shape)
+
+    relu_fn = keras.ops.relu if relu else (lambda y: y)
+
+    def call(layer, x, gamma, beta):
+        # stateless_call: γ, β come in as values (differentiable), moving statistics go out as values.
+        return layer.stateless_call([gamma, beta], [v.value for v in layer.non_trainable_variables], x,
+                                    training=True)
+
+    def loss_of(layer, activation):
+        return lambda x, gamma, beta: keras.ops.sum(activation(call(layer, x, gamma, beta)[0]) * weights)
+
+    value, grads = gradients(loss_of(ours, lambda y: y), x, gamma, beta)
+    ref_value, ref_grads = gradients(loss_of(ref, relu_fn), x, gamma, beta)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-4, atol=1e-3)
+    for g, r, what in zip(grads, ref_grads, ("x", "gamma", "beta"), strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-3, err_msg=what)
+    assert np.abs(grads[0]).max() > 0.1
+    assert np.all(grads[0][..., 1] == 0)
+    for ours_stat, ref_stat in zip(call(ours, x, gamma, beta)[1], call(ref, x, gamma, beta)[1], strict=True):
+        ours_stat, ref_stat = keras.ops.convert_to_numpy(ours_stat), keras.ops.convert_to_numpy(ref_stat)
+        assert not np.allclose(ref_stat, [0.0, 0.0, 0.0, 0.0]) and not np.allclose(ref_stat, 1.0)
+        np.testing.assert_allclose(ours_stat, ref_stat, rtol=1e-4)
+    inference = keras.ops.convert_to_numpy(ours(x, training=False))
+    expected = relu_fn(ref(x, training=False))
+    np.testing.assert_allclose(inference, keras.ops.convert_to_numpy(expected), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("pool, size", [(2, 8), (4, 8), (2, 7), (4, 6)])
+def test_spatial_max_pool_equals_max_pooling3d(pool, size):
+    """Reshape path where the pool divides the sides, reduce_window ('same' padding) elsewhere."""
+    x = _video(3, s=size)
+    ref = keras.layers.MaxPooling3D((1, pool, pool), strides=(1, pool, pool), padding="same")(x)
+    out = run_layer_test(SpatialMaxPool, {"pool_size": pool}, x, tuple(ref.shape))(x)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(out), keras.ops.convert_to_numpy(ref))
+    assert out.shape[2] == -(-size // pool)
