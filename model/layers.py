@@ -81,11 +81,7 @@ class ConnectionFusion(keras.layers.Layer):
         self.w = self.add_weight(name="w", shape=(self.num_inputs,), initializer="zeros")
 
     def call(self, inputs):
-        gates = ops.cast(ops.sigmoid(self.w), self.compute_dtype)
-        out = inputs[0] * gates[0]
-        for j in range(1, self.num_inputs):
-            out = out + inputs[j] * gates[j]
-        return out
+        return _weighted_sum(ops.cast(self.w, "float32"), *inputs)
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]
@@ -128,6 +124,25 @@ class SpatialMaxPool(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "pool_size": self.pool_size}
+
+
+@ops.custom_gradient
+def _weighted_sum(w, *xs):
+    """Σ_j σ(w_j)·x_j with dL/dw_j = σ'(w_j) Σ dL/dout · x_j accumulated in float32: with bf16 activations
+    the default gradient sums tens of millions of products per connection weight in bf16 partials."""
+    gates = ops.sigmoid(w)
+    cast_gates = ops.cast(gates, xs[0].dtype)
+    out = xs[0] * cast_gates[0]
+    for j in range(1, len(xs)):
+        out = out + xs[j] * cast_gates[j]
+
+    def grad(*args, upstream=None):
+        g = args[0] if upstream is None else upstream
+        g32 = ops.cast(g, "float32")
+        sums = ops.stack([ops.sum(g32 * ops.cast(x, "float32")) for x in xs])
+        return (sums * gates * (1.0 - gates), *[g * cast_gates[j] for j in range(len(xs))])
+
+    return out, grad
 
 
 @_serializable

@@ -144,3 +144,23 @@ def test_spatial_max_pool_equals_max_pooling3d(pool, size):
     out = run_layer_test(SpatialMaxPool, {"pool_size": pool}, x, tuple(ref.shape))(x)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(out), keras.ops.convert_to_numpy(ref))
     assert out.shape[2] == -(-size // pool)
+
+
+def test_connection_fusion_gradients_are_those_of_the_weighted_sum():
+    """The custom gradient (float32 accumulation for w) equals the analytic one of Σ σ(w_j) x_j."""
+    layer = ConnectionFusion(3)
+    xs = [_video(4) for _ in range(3)]
+    layer.build([x.shape for x in xs])
+    w = np.array([0.3, -1.2, 2.0], "float32")
+    upstream = RNG.normal(size=xs[0].shape).astype("float32")
+
+    def loss(w, x0, x1, x2):
+        out, _ = layer.stateless_call([w], [], [x0, x1, x2])
+        return keras.ops.sum(out * upstream)
+
+    _, grads = gradients(loss, w, *xs)
+    sigma = 1 / (1 + np.exp(-w))
+    expected_w = [sigma[j] * (1 - sigma[j]) * np.sum(upstream * xs[j]) for j in range(3)]
+    np.testing.assert_allclose(grads[0], expected_w, rtol=1e-4)
+    for j in range(3):
+        np.testing.assert_allclose(grads[1 + j], sigma[j] * upstream, rtol=1e-5)
