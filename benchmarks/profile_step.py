@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from train_step import build_step, gpu_name, make_parser  # noqa: E402
 
 # Layer name suffixes written by model/blocks.py and model/assemblenet.py → the kind of layer.
-LAYER_KINDS = [("_conv", "conv"), ("_bn", "batch norm"), ("_relu", "relu"), ("_out", "relu"), ("_add", "add"),
+LAYER_KINDS = [("_conv", "conv"), ("_bn", "batch norm"), ("_out", "relu"), ("_add", "add"),
                ("_pool", "max pool"), ("_fusion", "connection fusion"), ("_attention", "attention"),
                ("_onehot", "object one-hot"), ("sink_", "sink"), ("sgd", "optimizer")]
 

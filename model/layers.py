@@ -326,14 +326,15 @@ class VideoConv(keras.layers.Layer):
         if kt == 1:
             frames = ops.reshape(inputs, (-1, h, w, c))
             kernel = kernel[0]
-            if inputs.shape[-1] < MIN_CONV_CHANNELS:
-                # RGB (3) / flow (2) stems: cuDNN has tensor-core kernels only for channel counts that fill
-                # 16 bytes and falls back to a ~10x slower one otherwise.
-                if s == 2 and _space_to_depth_applies(inputs.shape, kernel.shape):
-                    y = _space_to_depth_conv(frames, kernel)
-                    return ops.reshape(y, (b, t, ops.shape(y)[1], ops.shape(y)[2], self.filters))
-                frames, kernel = _pad_channels(frames, kernel, MIN_CONV_CHANNELS - inputs.shape[-1])
-            y = ops.conv(frames, kernel, strides=s, padding="same")
+            # RGB (3) / flow (2) stems: cuDNN has tensor-core kernels only for channel counts that fill
+            # 16 bytes and falls back to a ~10x slower one otherwise.
+            narrow = inputs.shape[-1] < MIN_CONV_CHANNELS
+            if narrow and s == 2 and _space_to_depth_applies(inputs.shape, kernel.shape):
+                y = _space_to_depth_conv(frames, kernel)
+            else:
+                if narrow:
+                    frames, kernel = _pad_channels(frames, kernel, MIN_CONV_CHANNELS - inputs.shape[-1])
+                y = ops.conv(frames, kernel, strides=s, padding="same")
             return ops.reshape(y, (b, t, ops.shape(y)[1], ops.shape(y)[2], self.filters))
         # Dilation r (AssembleNet Eq. 1) without a dilated conv kernel (a slow path in cuDNN, ~40x here):
         # frame t = q·r + p only meets frames (q ± 1)·r + p, so fold the r phases p into the space axis

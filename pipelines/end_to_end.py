@@ -30,6 +30,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pipelines.configs import check_fields
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOCAL_RUNNERS = ("", "FnApiRunner", "local", "DirectRunner")
 
@@ -91,11 +93,7 @@ class EndToEndConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> EndToEndConfig:
         """From Airflow params (which also hold nothing else here); unknown keys fail loudly."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - names)
-        if unknown:
-            raise ValueError(f"EndToEndConfig: unknown parameter(s) {unknown}; "
-                             f"expected some of {sorted(names)}")
+        check_fields(cls, params, source="EndToEndConfig", noun="parameter(s)")
         return cls(**params)
 
     def train_fields(self) -> dict[str, Any]:

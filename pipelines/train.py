@@ -33,6 +33,7 @@ import numpy as np
 
 from model.assemblenet import TEMPORAL_POOLS
 from model.layers import ATTENTION_MODES
+from pipelines.configs import check_fields
 
 DATASETS = ("charades", "toyota")
 PRECISIONS = ("fp32", "bf16")
@@ -121,11 +122,7 @@ class TrainConfig:
         if isinstance(data, (str, Path)):
             source = str(data)
             data = json.loads(Path(data).read_text())
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown TrainConfig field(s) {unknown}; "
-                             f"expected some of {sorted(known)}")
+        check_fields(cls, data, source=source, noun="TrainConfig field(s)")
         return cls(**data)
 
 
