@@ -22,17 +22,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
+from preprocessing import clips as clips_lib
 from preprocessing import schema
+from preprocessing.clips import MIN_CROP_FRACTION  # noqa: F401  (re-exported)
 
 FLOW_SCALE = 20.0  # docs/CONTRACTS.md: the model's flow input is pixels / 20
-MIN_CROP_FRACTION = 0.8
 
 
 def _decode(encoded, kind: str):
     import tensorflow as tf
 
     if kind == "jpeg":
-        return tf.map_fn(lambda b: tf.io.decode_jpeg(b, channels=3), encoded,
+        # INTEGER_ACCURATE is libjpeg's ISLOW IDCT, the one OpenCV uses: both readers decode the same
+        # pixels (TensorFlow's default, INTEGER_FAST, differs by up to 3 levels).
+        return tf.map_fn(lambda b: tf.io.decode_jpeg(b, channels=3, dct_method="INTEGER_ACCURATE"), encoded,
                          fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
     return tf.map_fn(lambda b: tf.io.decode_png(b, channels=1)[..., 0], encoded,
                      fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
@@ -45,17 +50,27 @@ def dequantize(flow_uint8):
     return tf.cast(flow_uint8, tf.float32) * (40.0 / 255.0) - 20.0
 
 
-def clip_starts(num_frames, frames: int, clips: int, training: bool, seed):
-    """Start indices (int32, (clips,)): random when training, else evenly spaced (one: centred)."""
+def decisions(example, *, frames: int, clips: int, training: bool, seed: int, epoch, eval_starts: str):
+    """`preprocessing.clips.decide` for one parsed example, as tensors (starts (clips,), y0, x0, side, flip).
+
+    The numpy function is the one the TensorFlow-free reader calls, so both cut the same clips.
+    """
     import tensorflow as tf
 
-    room = tf.maximum(num_frames - frames, 0)
-    if training:
-        return tf.random.stateless_uniform([clips], seed, 0, room + 1, dtype=tf.int32)
-    if clips == 1:
-        return tf.reshape(room // 2, [1])
-    steps = tf.cast(tf.range(clips), tf.float32) * tf.cast(room, tf.float32) / float(clips - 1)
-    return tf.cast(tf.round(steps), tf.int32)
+    def decide(num_frames, height, width, video_id, epoch):
+        d = clips_lib.decide(num_frames=num_frames, height=height, width=width, frames=frames, clips=clips,
+                             training=training, seed=seed, epoch=int(epoch), video_id=bytes(video_id),
+                             eval_starts=eval_starts)
+        return d.starts, np.int32(d.y0), np.int32(d.x0), np.int32(d.side), np.bool_(d.flip)
+
+    starts, y0, x0, side, flip = tf.numpy_function(
+        decide, [example["num_frames"], example["height"], example["width"], example["video_id"],
+                 tf.cast(epoch, tf.int64)],
+        [tf.int32, tf.int32, tf.int32, tf.int32, tf.bool], stateful=False)
+    starts.set_shape([clips])
+    for scalar in (y0, x0, side, flip):
+        scalar.set_shape([])
+    return starts, (y0, x0, side, flip)
 
 
 def clip_labels(example, start, frames: int, *, dataset: str, num_classes: int, whole_video: bool):
@@ -72,26 +87,15 @@ def clip_labels(example, start, frames: int, *, dataset: str, num_classes: int, 
     return tf.reduce_max(tf.concat([tf.zeros([1, num_classes]), hot], axis=0), axis=0)
 
 
-def make_clip(example, start, seed, *, modalities: Sequence[str], frames: int, size: int, training: bool,
-              dataset: str, num_classes: int, whole_video_labels: bool):
-    """One clip of `frames` frames from `start`: ({modality: tensor}, labels)."""
+def make_clip(example, start, window, *, modalities: Sequence[str], frames: int, size: int, dataset: str,
+              num_classes: int, whole_video_labels: bool):
+    """One clip of `frames` frames from `start`, cropped to `window` = (y0, x0, side, flip):
+    ({modality: tensor}, labels)."""
     import tensorflow as tf
 
     num_frames = tf.cast(example["num_frames"], tf.int32)
     index = tf.minimum(start + tf.range(frames), num_frames - 1)  # short videos repeat their last frame
-    height = tf.cast(example["height"], tf.int32)
-    width = tf.cast(example["width"], tf.int32)
-    short = tf.minimum(height, width)
-    if training:
-        fraction = tf.random.stateless_uniform([], seed + [0, 1], MIN_CROP_FRACTION, 1.0)
-        side = tf.maximum(tf.cast(tf.cast(short, tf.float32) * fraction, tf.int32), 1)
-        y0 = tf.random.stateless_uniform([], seed + [0, 2], 0, height - side + 1, dtype=tf.int32)
-        x0 = tf.random.stateless_uniform([], seed + [0, 3], 0, width - side + 1, dtype=tf.int32)
-        flip = tf.random.stateless_uniform([], seed + [0, 4]) < 0.5
-    else:
-        side = short
-        y0, x0 = (height - side) // 2, (width - side) // 2
-        flip = tf.constant(False)
+    y0, x0, side, flip = window
 
     def crop(x):
         return x[:, y0:y0 + side, x0:x0 + side]
@@ -127,15 +131,24 @@ def make_clip(example, start, seed, *, modalities: Sequence[str], frames: int, s
 
 def make_dataset(file_pattern, *, modalities, frames: int, size: int, training: bool, batch_size: int,
                  dataset: str = "charades", num_classes: int, clips_per_video: int = 1, seed=None,
-                 with_ids: bool | None = None):
+                 with_ids: bool | None = None, epoch: int = 0, repeat: bool = False,
+                 eval_starts: str = "even", shard_index: int = 0, num_shards: int = 1):
     """A tf.data.Dataset of batched `(inputs, labels)` clips from TFRecord files.
 
     `file_pattern`: a glob (or a list of globs) of TFRecord shards written by `assemblenet preprocess`.
-    Training: files and videos shuffled, one random clip per video per pass (the dataset is finite:
-    call `.repeat()` for step-based training). Evaluation (`training=False`): `clips_per_video` evenly
-    spaced clips per video, in file order. With `with_ids` (default: `clips_per_video > 1`) each element
-    is `(inputs, labels, video_ids)`, `video_ids` a tf.string (batch,) tensor: consecutive clips of one
-    video share an id, so callers max-pool their scores per id (AssembleNet A.7).
+    Training: files and videos shuffled, one clip per video per pass; the pass is `epoch` (with
+    `repeat`: passes epoch, epoch + 1, ... without end, batches of exactly `batch_size` running across
+    passes). Each video's start, crop and flip are `preprocessing.clips.decide(seed, pass, video id)`:
+    the TensorFlow-free reader (`preprocessing.loader`) takes the same decisions. Evaluation
+    (`training=False`): `clips_per_video` clips per video, in file order, evenly spaced
+    (`eval_starts="even"`) or random from `seed` (`"random"`, AssembleNet A.7). With `with_ids`
+    (default: `clips_per_video > 1`) each element is `(inputs, labels, video_ids)`, `video_ids` a
+    tf.string (batch,) tensor: consecutive clips of one video share an id, so callers max-pool their
+    scores per id (AssembleNet A.7).
+
+    Sharding (multi-process training): process `shard_index` of `num_shards` reads a disjoint part of
+    the records: whole files (files[shard_index::num_shards] of the sorted list) when there are at least
+    `num_shards` files, else every `num_shards`-th record of the files read in sorted order.
     """
     import tensorflow as tf
 
@@ -151,46 +164,55 @@ def make_dataset(file_pattern, *, modalities, frames: int, size: int, training: 
     if frames < 1 or size < 1 or batch_size < 1 or clips_per_video < 1:
         raise ValueError(f"frames, size, batch_size, clips_per_video must be >= 1, got "
                          f"{frames}, {size}, {batch_size}, {clips_per_video}")
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index={shard_index} must be in 0..num_shards-1 (num_shards={num_shards})")
     patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
     files = sorted({f for pattern in patterns for f in tf.io.gfile.glob(pattern)})
     if not files:
         raise ValueError(f"no TFRecord files match {file_pattern!r}")
-
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if training:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
-                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
-    if training:
-        ds = ds.shuffle(256, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(lambda s: schema.parse_example(s, modalities), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=not training)
-    # One random int64 per video seeds its stateless crop/flip (new values on every pass).
-    randoms = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    ds = tf.data.Dataset.zip(ds, randoms)
-    options = dict(modalities=modalities, frames=frames, size=size, training=training, dataset=dataset,
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**31))
+    seed = int(seed)
+    by_record = num_shards > 1 and len(files) < num_shards
+    if num_shards > 1 and not by_record:
+        files = files[shard_index::num_shards]
+    clips = 1 if training else clips_per_video
+    options = dict(modalities=modalities, frames=frames, size=size, dataset=dataset,
                    num_classes=num_classes, whole_video_labels=not training)
 
-    def clips(example, random):
-        seed_pair = tf.stack([random, tf.constant(0, tf.int64)])
-        starts = clip_starts(tf.cast(example["num_frames"], tf.int32), frames,
-                             1 if training else clips_per_video, training, seed_pair)
-        return tf.data.Dataset.from_tensor_slices(starts).map(
-            lambda start: make_clip(example, start, seed_pair, **options)
-            + ((example["video_id"],) if with_ids else ()))
+    def one_pass(pass_index):
+        names = tf.constant(files)
+        if training and not by_record:
+            names = tf.random.experimental.stateless_shuffle(
+                names, seed=tf.stack([tf.constant(seed, tf.int64), pass_index]))
+        ds = tf.data.Dataset.from_tensor_slices(names)
+        if by_record:  # one ordered stream, so every process sees the same record numbers
+            ds = tf.data.TFRecordDataset(ds).shard(num_shards, shard_index)
+        else:
+            ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
+                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+        if training:
+            ds = ds.shuffle(256, seed=seed + 1)
+        ds = ds.map(lambda s: schema.parse_example(s, modalities), num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=not training)
 
-    if training or clips_per_video == 1:
-        ds = ds.map(lambda example, random: _single_clip(example, random, frames, training, options)
-                    + ((example["video_id"],) if with_ids else ()),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
-    else:
-        ds = ds.flat_map(clips)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+        def video_clips(example):
+            starts, window = decisions(example, frames=frames, clips=clips, training=training, seed=seed,
+                                       epoch=pass_index, eval_starts=eval_starts)
+            return tf.data.Dataset.from_tensor_slices(starts).map(
+                lambda start: make_clip(example, start, window, **options)
+                + ((example["video_id"],) if with_ids else ()))
 
+        if clips == 1:
+            def single(example):
+                starts, window = decisions(example, frames=frames, clips=1, training=training, seed=seed,
+                                           epoch=pass_index, eval_starts=eval_starts)
+                return make_clip(example, starts[0], window, **options) + (
+                    (example["video_id"],) if with_ids else ())
+            return ds.map(single, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+        return ds.flat_map(video_clips)
 
-def _single_clip(example, random, frames: int, training: bool, options: dict):
-    import tensorflow as tf
-
-    seed_pair = tf.stack([random, tf.constant(0, tf.int64)])
-    start = clip_starts(tf.cast(example["num_frames"], tf.int32), frames, 1, training, seed_pair)[0]
-    return make_clip(example, start, seed_pair, **options)
+    if repeat:
+        ds = tf.data.Dataset.range(epoch, 2**62).flat_map(one_pass)
+        return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return one_pass(tf.constant(epoch, tf.int64)).batch(batch_size).prefetch(tf.data.AUTOTUNE)

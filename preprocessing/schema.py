@@ -23,6 +23,14 @@ Feature lists (T entries each; a modality the job did not compute is absent):
                 still regions (value ~128) into spurious motion.
   flow_y        as flow_x, vertical component
   object        PNG, uint8 gray: ADE20K class map, 0 = other, 1..150 = ADE20K classes (151 values)
+
+No TensorFlow needed: the messages are TensorFlow's `tensorflow/core/example/{feature,example}.proto`
+(field numbers, packing and names as there), built with `protobuf` alone in a descriptor pool of
+their own (`messages()`). A private pool rather than the default one, because the default pool
+refuses a second definition of `tensorflow.SequenceExample`: importing TensorFlow after a module that
+registers these names there (e.g. the `tfrecord` package's example_pb2) fails with
+"duplicate symbol 'tensorflow.BytesList'". The bytes written are identical to what TensorFlow's
+classes write (tests/preprocessing/test_loader.py checks it).
 """
 
 from __future__ import annotations
@@ -59,6 +67,66 @@ def validate_video_id(video_id: str, where: str = "") -> str:
     return video_id
 
 
+def _build_messages() -> dict:
+    """TensorFlow's Example protos (feature.proto + example.proto, proto3) in a private pool."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    F = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="assemblenet/tensorflow_example.proto",
+                                               package="tensorflow", syntax="proto3")
+
+    def message(name, *fields, nested=(), oneof=None):
+        msg = proto.message_type.add(name=name)
+        if oneof:
+            msg.oneof_decl.add(name=oneof)
+        for number, (field, label, kind, type_name, packed) in enumerate(fields, start=1):
+            f = msg.field.add(name=field, number=number, label=label, type=kind)
+            if type_name:
+                f.type_name = type_name
+            if packed:
+                f.options.packed = True
+            if oneof:
+                f.oneof_index = 0
+        for entry_name, value_type in nested:  # map<string, value_type>
+            entry = msg.nested_type.add(name=entry_name)
+            entry.options.map_entry = True
+            entry.field.add(name="key", number=1, label=F.LABEL_OPTIONAL, type=F.TYPE_STRING)
+            entry.field.add(name="value", number=2, label=F.LABEL_OPTIONAL, type=F.TYPE_MESSAGE,
+                            type_name=value_type)
+        return msg
+
+    rep, opt = F.LABEL_REPEATED, F.LABEL_OPTIONAL
+    message("BytesList", ("value", rep, F.TYPE_BYTES, None, False))
+    message("FloatList", ("value", rep, F.TYPE_FLOAT, None, True))
+    message("Int64List", ("value", rep, F.TYPE_INT64, None, True))
+    message("Feature", ("bytes_list", opt, F.TYPE_MESSAGE, ".tensorflow.BytesList", False),
+            ("float_list", opt, F.TYPE_MESSAGE, ".tensorflow.FloatList", False),
+            ("int64_list", opt, F.TYPE_MESSAGE, ".tensorflow.Int64List", False), oneof="kind")
+    message("Features", ("feature", rep, F.TYPE_MESSAGE, ".tensorflow.Features.FeatureEntry", False),
+            nested=[("FeatureEntry", ".tensorflow.Feature")])
+    message("FeatureList", ("feature", rep, F.TYPE_MESSAGE, ".tensorflow.Feature", False))
+    message("FeatureLists",
+            ("feature_list", rep, F.TYPE_MESSAGE, ".tensorflow.FeatureLists.FeatureListEntry", False),
+            nested=[("FeatureListEntry", ".tensorflow.FeatureList")])
+    message("SequenceExample", ("context", opt, F.TYPE_MESSAGE, ".tensorflow.Features", False),
+            ("feature_lists", opt, F.TYPE_MESSAGE, ".tensorflow.FeatureLists", False))
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.{name}"))
+            for name in ("BytesList", "Feature", "SequenceExample")}
+
+
+_MESSAGES: dict | None = None
+
+
+def messages() -> dict:
+    """{"SequenceExample", "Feature", "BytesList"}: message classes, wire-compatible with TensorFlow's."""
+    global _MESSAGES
+    if _MESSAGES is None:
+        _MESSAGES = _build_messages()
+    return _MESSAGES
+
+
 def encode_png(image: np.ndarray) -> bytes:
     import cv2
 
@@ -86,8 +154,7 @@ def encode_example(*, video_id: str, dataset: str, fps: float, rgb: np.ndarray, 
     rgb: uint8 (T, H, W, 3); flow: uint8 (T-1 or T, H, W, 2), already quantised (a T-1 flow gets its
     last frame repeated); objects: uint8 (T, H, W) class map. Returns the serialized SequenceExample.
     """
-    from tensorflow.core.example import example_pb2, feature_pb2
-
+    proto = messages()
     validate_video_id(video_id)
     rgb = np.asarray(rgb)
     if rgb.ndim != 4 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
@@ -98,7 +165,7 @@ def encode_example(*, video_id: str, dataset: str, fps: float, rgb: np.ndarray, 
     if any(not 0 <= int(c) < num_classes for c in labels):
         raise ValueError(f"{video_id}: labels {list(labels)} outside 0..{num_classes - 1}")
 
-    example = example_pb2.SequenceExample()
+    example = proto["SequenceExample"]()
     ctx = example.context.feature
     ctx["video_id"].bytes_list.value.append(video_id.encode())
     ctx["dataset"].bytes_list.value.append(dataset.encode())
@@ -114,7 +181,7 @@ def encode_example(*, video_id: str, dataset: str, fps: float, rgb: np.ndarray, 
     def add(key: str, encoded: list[bytes]) -> None:
         feature_list = lists[key]
         for data in encoded:
-            feature_list.feature.append(feature_pb2.Feature(bytes_list=feature_pb2.BytesList(value=[data])))
+            feature_list.feature.append(proto["Feature"](bytes_list=proto["BytesList"](value=[data])))
 
     add("rgb", [encode_jpeg(frame) for frame in rgb])
     if flow is not None:
@@ -137,9 +204,7 @@ def encode_example(*, video_id: str, dataset: str, fps: float, rgb: np.ndarray, 
 
 def read_video_id(serialized: bytes) -> str:
     """The `video_id` of a serialized example, without decoding its frames."""
-    from tensorflow.core.example import example_pb2
-
-    example = example_pb2.SequenceExample.FromString(serialized)
+    example = messages()["SequenceExample"].FromString(serialized)
     return example.context.feature["video_id"].bytes_list.value[0].decode()
 
 
@@ -150,9 +215,8 @@ def decode_example(serialized: bytes) -> dict:
     (T,H,W,2) uint8 (still quantised) and `object` (T,H,W) for the modalities present.
     """
     import cv2
-    from tensorflow.core.example import example_pb2
 
-    example = example_pb2.SequenceExample.FromString(serialized)
+    example = messages()["SequenceExample"].FromString(serialized)
     ctx = example.context.feature
     out: dict = {
         "video_id": ctx["video_id"].bytes_list.value[0].decode(),
@@ -215,4 +279,37 @@ def parse_example(serialized, modalities: Sequence[str]) -> dict:
     for key in ("labels", "label_start", "label_end"):
         out[key] = tf.sparse.to_dense(context[key])
     out.update(sequence)
+    return out
+
+
+def parse_native(serialized: bytes, modalities: Sequence[str], where: str = "") -> dict:
+    """TensorFlow-free twin of `parse_example`: context values as python scalars / numpy arrays, and
+    each needed feature list as the protobuf's repeated field (`[i].bytes_list.value[0]` is frame i's
+    encoded image; nothing is decoded here). Missing keys raise a ValueError naming `where`."""
+    example = messages()["SequenceExample"].FromString(serialized)
+    ctx = example.context.feature
+    prefix = f"{where}: " if where else ""
+    for key in CONTEXT_KEYS:
+        if key not in ctx and key not in ("labels", "label_start", "label_end"):
+            raise ValueError(f"{prefix}a record lacks the context key {key!r} (not written by "
+                             "`assemblenet preprocess`?)")
+    out: dict = {
+        "video_id": ctx["video_id"].bytes_list.value[0],
+        "dataset": ctx["dataset"].bytes_list.value[0],
+        "fps": np.float32(ctx["fps"].float_list.value[0]),
+        "labels": np.asarray(ctx["labels"].int64_list.value, np.int64),
+        "label_start": np.asarray(ctx["label_start"].float_list.value, np.float32),
+        "label_end": np.asarray(ctx["label_end"].float_list.value, np.float32),
+    }
+    for key in ("num_frames", "height", "width", "num_classes"):
+        out[key] = int(ctx[key].int64_list.value[0])
+    lists = example.feature_lists.feature_list
+    for modality in modalities:
+        if modality not in MODALITY_KEYS:
+            raise ValueError(f"unknown modality {modality!r}; expected one of {sorted(MODALITY_KEYS)}")
+        for key in MODALITY_KEYS[modality]:
+            if key not in lists or len(lists[key].feature) != out["num_frames"]:
+                raise ValueError(f"{prefix}video {out['video_id'].decode()!r} lacks the '{key}' frames the "
+                                 "model needs (preprocess with that modality)")
+            out[key] = lists[key].feature
     return out
