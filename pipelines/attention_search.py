@@ -172,11 +172,9 @@ def _batches(config: SearchConfig, modalities, seed: int, *, training: bool = Tr
             yield synthetic_batch(
                 rng, config.batch_size, frames=config.frames, size=config.size, modalities=modalities
             )
-    try:
-        from preprocessing.dataset import make_dataset
-    except ImportError as err:
-        raise ValueError("--data needs preprocessing.dataset.make_dataset, which is not available") from err
-    dataset = make_dataset(
+    from preprocessing.loader import make_reader, to_numpy
+
+    dataset = make_reader(
         config.data,
         modalities=modalities,
         frames=config.frames,
@@ -188,8 +186,8 @@ def _batches(config: SearchConfig, modalities, seed: int, *, training: bool = Tr
         seed=seed,
     )
     while True:
-        for inputs, labels in dataset.as_numpy_iterator():
-            yield inputs, labels
+        for inputs, labels in dataset:
+            yield {k: np.array(to_numpy(v)) for k, v in inputs.items()}, np.array(to_numpy(labels))
 
 
 def _loss_fn(config: SearchConfig):

@@ -184,14 +184,34 @@ def evaluate_toyota_predictions(predictions: str | Path) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Trained runs.
 
+CHARADES_TEST_SIZE = 256  # AssembleNet A.7: "the spatial resolution used for the testing is 256x256"
+CHARADES_TRAIN_SIZE = 224  # ... for a network trained at 224x224 (A.6)
+CLIP_STARTS = ("random", "even")
+
+
+def default_test_size(dataset: str, train_size: int) -> int:
+    """Charades: 256 for the paper's 224 training, i.e. the training size scaled by 256/224 (A.7; the
+    model is fully convolutional, so it runs at a size other than its training size). Toyota: the
+    training size (AssembleNet++ §4 gives no other test resolution)."""
+    if dataset == "charades":
+        return int(round(train_size * CHARADES_TEST_SIZE / CHARADES_TRAIN_SIZE))
+    return int(train_size)
+
+
 def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int = 5, batch_size: int = 4,
                    frames: int | None = None, size: int | None = None, num_classes: int | None = None,
-                   class_names: Sequence[str] | None = None, model=None) -> dict:
+                   class_names: Sequence[str] | None = None, model=None, clip_starts: str | None = None,
+                   seed: int = 0, input_pipeline: str = "auto", input_workers: int | None = None) -> dict:
     """Scores RUN_DIR/model.keras on the TFRecords `data` (folder or glob); writes RUN_DIR/metrics.json.
 
-    Each test video is seen through `clips` clips (AssembleNet A.7: five, max-pooled), read by
-    `preprocessing.dataset.make_dataset(..., clips_per_video=clips)`. Frames and size default to
-    RUN_DIR/config.json (a TrainConfig), the number of classes to the config or else the data.
+    Each test video is seen through `clips` clips, max-pooled (AssembleNet A.7). Charades defaults to
+    A.7's protocol: "five random 128 frame crops" -- random starts drawn from `seed` (fixed, so the
+    result repeats) -- at "256x256" (`default_test_size`: 256 x train size / 224). Toyota defaults to
+    evenly spaced clips at the training size. `clip_starts` ('random' | 'even') and `size` override.
+    Clips are read by `preprocessing.dataset.make_dataset` or the TensorFlow-free
+    `preprocessing.loader.NativeReader` (`input_pipeline`, as in `pipelines.train._dataset`).
+    Frames and the training size come from RUN_DIR/config.json (a TrainConfig), the number of classes
+    from the config or else the data.
     Writes RUN_DIR/predictions.txt (Charades submission format, re-scorable with `evaluate
     charades`) or RUN_DIR/predictions.csv (Toyota `video,prediction`). `model` skips loading.
     """
@@ -199,29 +219,34 @@ def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int =
 
     from model import assemblenet  # noqa: F401  (registers the custom layers for load_model)
     from model.structure import Structure
-    from pipelines.train import file_pattern, find_class_names, num_classes_in
-    from preprocessing import dataset as video_dataset
+    from pipelines.train import find_class_names, num_classes_in, tfrecord_files
+    from preprocessing import loader
 
     if dataset not in ("charades", "toyota"):
         raise ValueError(f"dataset must be 'charades' or 'toyota', got {dataset!r}")
     if clips <= 0:
         raise ValueError(f"clips must be positive, got {clips}")
+    if clip_starts is None:
+        clip_starts = "random" if dataset == "charades" else "even"
+    if clip_starts not in CLIP_STARTS:
+        raise ValueError(f"clip_starts={clip_starts!r}: expected one of {CLIP_STARTS}")
     run_dir = Path(run_dir)
     config = _read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
     frames = frames or _config_value(config, "frames", run_dir)
-    size = size or _config_value(config, "size", run_dir)
+    size = size or default_test_size(dataset, _config_value(config, "size", run_dir))
     num_classes = num_classes or config.get("num_classes") or num_classes_in(data)
     structure = Structure.from_json(run_dir / "structure.json")
     if model is None:
         model = keras.models.load_model(run_dir / "model.keras")
-    ds = video_dataset.make_dataset(file_pattern(data), modalities=structure.modalities, frames=frames,
-                                    size=size, training=False, batch_size=batch_size, dataset=dataset,
-                                    num_classes=num_classes, clips_per_video=clips, with_ids=True)
+    ds = loader.make_reader(tfrecord_files(data), pipeline=input_pipeline, workers=input_workers,
+                            modalities=structure.modalities, frames=frames, size=size, training=False,
+                            batch_size=batch_size, dataset=dataset, num_classes=num_classes,
+                            clips_per_video=clips, with_ids=True, eval_starts=clip_starts, seed=seed)
     ids, clip_scores, clip_labels = [], [], []
     for inputs, labels, batch_ids in ds:
-        batch_ids = np.asarray(batch_ids).reshape(-1)
-        clip_scores.append(keras.ops.convert_to_numpy(model(inputs, training=False)))
-        clip_labels.append(np.asarray(labels))
+        batch_ids = loader.to_numpy(batch_ids).reshape(-1)
+        clip_scores.append(np.array(keras.ops.convert_to_numpy(model(inputs, training=False))))
+        clip_labels.append(np.array(loader.to_numpy(labels)))
         ids.extend(v.decode() if isinstance(v, bytes) else str(v) for v in batch_ids)
     if not ids:
         raise ValueError(f"{data}: no test clip")
@@ -246,7 +271,8 @@ def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int =
             writer = csv.writer(f)
             writer.writerow(["video", "prediction"])
             writer.writerows(zip(videos, predicted, strict=True))
-    result.update(dataset=dataset, clips=clips, data=str(data))
+    result.update(dataset=dataset, clips=clips, clip_starts=clip_starts, seed=seed, size=size,
+                  frames=frames, data=str(data))
     (run_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 

@@ -140,21 +140,21 @@ def score_run(run_dir: str | Path, data: str, *, clips: int = 1, batch_size: int
     import model.assemblenet  # noqa: F401  (registers the custom layers for load_model)
     from pipelines import metrics
     from pipelines.train import tfrecord_files
-    from preprocessing.dataset import make_dataset
+    from preprocessing.loader import make_reader, to_numpy
 
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     structure = Structure.from_json(run_dir / "structure.json")
     model = keras.models.load_model(run_dir / "model.keras")
-    ds = make_dataset(tfrecord_files(data), modalities=structure.modalities, frames=config["frames"],
+    ds = make_reader(tfrecord_files(data), modalities=structure.modalities, frames=config["frames"],
                       size=config["size"], training=False, batch_size=batch_size, dataset=config["dataset"],
                       num_classes=config["num_classes"], clips_per_video=clips)
     ids, scores, labels = [], [], []
     for element in ds:  # (inputs, labels), plus the video ids when clips > 1
         scores.append(keras.ops.convert_to_numpy(model(element[0], training=False)))
-        labels.append(np.asarray(element[1]))
+        labels.append(np.array(to_numpy(element[1])))
         if clips > 1:
-            videos = np.asarray(element[2]).reshape(-1)
+            videos = to_numpy(element[2]).reshape(-1)
             ids += [v.decode() if isinstance(v, bytes) else str(v) for v in videos]
         else:
             ids += [f"clip{len(ids) + k}" for k in range(len(labels[-1]))]

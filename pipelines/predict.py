@@ -60,12 +60,11 @@ def video_scores(*, run_dir: str | Path, video: str | Path, clips: int = 5, segm
                  model=None) -> np.ndarray:
     """Per-class probabilities (num_classes,) of one video."""
     import keras
-    import tensorflow as tf
 
     import pipelines.train  # noqa: F401  (registers the learning-rate schedule in model.keras)
     from model import assemblenet  # noqa: F401  (registers the custom layers for load_model)
     from pipelines.preprocess import PreprocessConfig, VideoTask, process_video
-    from preprocessing.dataset import make_dataset
+    from preprocessing.loader import make_reader, to_numpy, write_records
     from preprocessing.segment import make_segmenter
 
     run_dir, video = Path(run_dir), Path(video)
@@ -97,12 +96,12 @@ def video_scores(*, run_dir: str | Path, video: str | Path, clips: int = 5, segm
         model = keras.models.load_model(run_dir / "model.keras")
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "video.tfrecord")
-        with tf.io.TFRecordWriter(path) as writer:
-            writer.write(serialized)
-        ds = make_dataset(path, modalities=structure.modalities, frames=int(config["frames"]),
-                          size=int(config["size"]), training=False, batch_size=clips,
-                          dataset=config["dataset"], num_classes=num_classes, clips_per_video=clips)
-        logits = [keras.ops.convert_to_numpy(model(element[0], training=False)) for element in ds]
+        write_records(path, [serialized])
+        ds = make_reader(path, modalities=structure.modalities, frames=int(config["frames"]),
+                         size=int(config["size"]), training=False, batch_size=clips, workers=0,
+                         dataset=config["dataset"], num_classes=num_classes, clips_per_video=clips)
+        logits = [np.array(keras.ops.convert_to_numpy(model({k: to_numpy(v) for k, v in element[0].items()},
+                                                            training=False))) for element in ds]
     pooled = np.concatenate(logits).astype("float64").max(axis=0)  # AssembleNet A.7: max over clips
     if config["dataset"] == "charades":
         return 1.0 / (1.0 + np.exp(-pooled))

@@ -127,14 +127,17 @@ class TrainConfig:
 
 
 def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str | None = None,
-          classes: str | None = None, verbose: int | str = "auto") -> dict[str, Any]:
+          classes: str | None = None, verbose: int | str = "auto", input_pipeline: str = "auto",
+          input_workers: int | None = None) -> dict[str, Any]:
     """Trains `config.structure` on the TFRecords `data` (a directory or glob) into `workdir`.
 
     Running it again with the same config and workdir resumes from the last checkpoint.
     `eval_data` is scored after every epoch (val_loss, val_pr_auc | val_accuracy). `classes` is a
     class-names file (see `find_class_names`; default: one found next to the data).
     Returns the final epoch's logs plus `steps` (the optimizer's step counter), `epochs`,
-    `initial_epoch` (where this call started) and `workdir`.
+    `initial_epoch` (where this call started) and `workdir`. `input_pipeline` ('auto', 'tfdata',
+    'native') and `input_workers` choose the reader (`_dataset`); neither changes the clips, so a run
+    may resume with the other one.
     """
     from model.structure import get_structure
 
@@ -159,8 +162,9 @@ def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str
         _truncate_history(workdir / "history.csv", initial_epoch)
         # A resumed run draws fresh (still deterministic) clips rather than replaying epoch 0's.
         keras.utils.set_random_seed(config.seed + initial_epoch)
-        train_ds = _dataset(config, structure, data, training=True, seed=config.seed + initial_epoch)
-        val_ds = _dataset(config, structure, eval_data, training=False) if eval_data else None
+        reader = dict(input_pipeline=input_pipeline, input_workers=input_workers)
+        train_ds = _dataset(config, structure, data, training=True, seed=config.seed + initial_epoch, **reader)
+        val_ds = _dataset(config, structure, eval_data, training=False, **reader) if eval_data else None
         callbacks = [_LearningRateLog(schedule), _History(str(workdir / "history.csv"), append=True),
                      _Checkpoint(workdir / CHECKPOINTS), *_tensorboard(workdir / "logs")]
         history = model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch,
@@ -362,27 +366,45 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
 # -- data ----------------------------------------------------------------------------------
 
-def _dataset(config: TrainConfig, structure, pattern: str, *, training: bool, seed: int | None = None):
-    from preprocessing.dataset import make_dataset
+def _dataset(config: TrainConfig, structure, pattern: str, *, training: bool, seed: int | None = None,
+             input_pipeline: str = "auto", input_workers: int | None = None, shard_index: int = 0,
+             num_shards: int = 1):
+    """Training: endless batches of exactly `batch_size` clips (runs are counted in steps; epochs are
+    checkpoint intervals, and TPUs/XLA want static shapes). Evaluation: one pass.
 
-    ds = make_dataset(tfrecord_files(pattern), modalities=structure.modalities, frames=config.frames,
-                      size=config.size, training=training, batch_size=config.batch_size,
-                      dataset=config.dataset, num_classes=config.num_classes,
-                      seed=config.seed if seed is None else seed)
-    if not training:
-        return ds
-    # Training runs by steps, not passes (epochs are checkpoint intervals of steps_per_epoch), and
-    # every step gets a full batch: equal gradient scale, and the static shapes TPUs/XLA want.
-    return ds.unbatch().repeat().batch(config.batch_size, drop_remainder=True)
+    `input_pipeline`: 'tfdata' (`preprocessing.dataset`), 'native' (`preprocessing.loader`, no
+    TensorFlow), or 'auto' (`preprocessing.loader.select_pipeline`). Both cut the same clips.
+    `shard_index`/`num_shards`: this process's disjoint part of the records (multi-process training).
+    """
+    from preprocessing import loader
+
+    options = dict(modalities=structure.modalities, frames=config.frames, size=config.size,
+                   training=training, batch_size=config.batch_size, dataset=config.dataset,
+                   num_classes=config.num_classes, seed=config.seed if seed is None else seed,
+                   repeat=training, shard_index=shard_index, num_shards=num_shards)
+    if loader.select_pipeline(input_pipeline) == "tfdata":
+        from preprocessing.dataset import make_dataset
+
+        return make_dataset(tfrecord_files(pattern), **options)
+    return loader.keras_data(loader.NativeReader(tfrecord_files(pattern), workers=input_workers, **options))
 
 
 def tfrecord_files(data: str) -> list[str]:
-    """The TFRecord files of `data`: a glob, a file, or a directory (its *.tfrecord, *.tfrecord-* files)."""
-    import tensorflow as tf
+    """The TFRecord files of `data`: a glob, a file, or a directory (its *.tfrecord, *.tfrecord-* files).
+
+    Local paths need no TensorFlow; a URL (gs://...) is globbed with tf.io.gfile.
+    """
+    import glob
 
     path = Path(data)
     patterns = [str(path / "*.tfrecord"), str(path / "*.tfrecord-*")] if path.is_dir() else [str(data)]
-    files = sorted({f for pattern in patterns for f in tf.io.gfile.glob(pattern) if not f.endswith(".ids")})
+    if "://" in str(data):
+        import tensorflow as tf
+
+        found = [f for pattern in patterns for f in tf.io.gfile.glob(pattern)]
+    else:
+        found = [f for pattern in patterns for f in glob.glob(pattern) if os.path.isfile(f)]
+    files = sorted({f for f in found if not f.endswith(".ids")})
     if not files:
         raise ValueError(f"--data {data}: no TFRecord files match {patterns}")
     return files
@@ -411,13 +433,22 @@ def preprocess_settings(data: str) -> dict[str, Any] | None:
 
 def num_classes_in(data: str) -> int:
     """The label-space size stored in the first record (the schema's `num_classes` context key)."""
-    import tensorflow as tf
-
-    from preprocessing.schema import parse_example
-
     files = tfrecord_files(data)
-    for serialized in tf.data.TFRecordDataset(files[:1]).take(1):
-        return int(parse_example(serialized, [])["num_classes"])
+    if "://" in files[0]:
+        import tensorflow as tf
+
+        from preprocessing.schema import parse_example
+
+        for serialized in tf.data.TFRecordDataset(files[:1]).take(1):
+            return int(parse_example(serialized, [])["num_classes"])
+    else:
+        from preprocessing import loader, schema
+
+        records = loader.scan_records(files[0])
+        if records:
+            with open(files[0], "rb") as f:
+                serialized = loader.read_record(f, files[0], *records[0])
+            return schema.parse_native(serialized, [], where=files[0])["num_classes"]
     raise ValueError(f"{files[0]}: empty TFRecord file; cannot read num_classes")
 
 

@@ -567,8 +567,7 @@ def keras_data(reader: NativeReader):
     class Batches(keras.utils.PyDataset):
         def __init__(self):
             super().__init__(workers=1, use_multiprocessing=False)
-            self._iterator = None
-            self._next = 0
+            self._iterator, self._next, self._last = None, 0, None
 
         @property
         def num_batches(self):
@@ -578,14 +577,18 @@ def keras_data(reader: NativeReader):
             return reader.num_batches
 
         def __getitem__(self, index):
-            if self._iterator is None or (index == 0 and reader.num_batches is not None):
+            # Keras peeks at batch 0 for the input specs, then reads 0, 1, 2, ...: the peeked batch
+            # is served again from `_last`; any other return to batch 0 starts a new pass.
+            if index == self._next - 1 and self._last is not None:
+                return self._last
+            if self._iterator is None or index == 0:
                 self._iterator, self._next = reader.batches(), 0
             if index != self._next:
                 raise IndexError(f"the input reader is sequential: asked for batch {index}, next is "
                                  f"{self._next}")
             self._next += 1
-            element = next(self._iterator)
-            return element[:2]
+            self._last = next(self._iterator)[:2]
+            return self._last
 
     return Batches()
 

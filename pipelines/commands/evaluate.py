@@ -2,6 +2,8 @@
 
 import json
 
+from pipelines.commands.train import add_input_flags
+
 
 def register(subparsers):
     parser = subparsers.add_parser("evaluate", help="official Charades / Toyota Smarthome metrics")
@@ -24,7 +26,15 @@ def register(subparsers):
     run.add_argument("--data", required=True, help="TFRecord file pattern of the test split")
     run.add_argument("--dataset", choices=["charades", "toyota"], help="default: from RUN_DIR/config.json")
     run.add_argument("--clips", type=int, default=5, help="clips per video (AssembleNet A.7: 5)")
+    run.add_argument("--clip-starts", choices=["random", "even"], default=None,
+                     help="where the clips start: random from a fixed seed (Charades default, AssembleNet "
+                     "A.7) or evenly spaced (Toyota default)")
+    run.add_argument("--size", type=int, default=None,
+                     help="test resolution (default: Charades 256 x train size / 224, i.e. 256 for the "
+                     "paper's 224 training, AssembleNet A.7; Toyota: the training size)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the random clip starts")
     run.add_argument("--batch-size", type=int, default=4)
+    add_input_flags(run)
     run.add_argument("--json", action="store_true", help="print the full result as JSON")
     run.set_defaults(func=run_command)
 
@@ -57,6 +67,8 @@ def run_command(args) -> int:
     from pipelines.evaluate import evaluate_run
 
     result = evaluate_run(args.run_dir, args.data, dataset=args.dataset, clips=args.clips,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, size=args.size, clip_starts=args.clip_starts,
+                          seed=args.seed, input_pipeline=args.input_pipeline,
+                          input_workers=args.input_workers)
     _print(result, args.json, ("mAP", "wAP", "accuracy", "mean_per_class_accuracy", "num_videos"))
     return 0

@@ -17,7 +17,19 @@ def register(subparsers):
     recipe = parser.add_argument_group("recipe (defaults: the papers' recipe, CPU-sized clips)")
     _add_config_flags(recipe)
     parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    add_input_flags(parser)
     parser.set_defaults(func=train_command)
+
+
+def add_input_flags(parser) -> None:
+    """--input-pipeline / --input-workers (shared by train and evaluate; docs/training.md "Input path")."""
+    parser.add_argument("--input-pipeline", choices=["auto", "tfdata", "native"], default="auto",
+                        help="TFRecord reader: tf.data, or the TensorFlow-free native reader; auto = native "
+                        "when TensorFlow is missing or KERAS_BACKEND is jax/torch, else tf.data "
+                        "(env ASSEMBLENET_INPUT_PIPELINE)")
+    parser.add_argument("--input-workers", type=int, default=None,
+                        help="native reader: processes building batches (0 = in the main process; default: "
+                        "one per core up to 16, env ASSEMBLENET_INPUT_WORKERS)")
 
 
 # One flag per TrainConfig field (dashes for underscores): (type, choices, default shown, help).
@@ -62,6 +74,7 @@ def train_command(args) -> int:
     overrides = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
     config = TrainConfig.from_json({**base, **overrides, "structure": args.structure})
     result = train(config=config, data=args.data, workdir=args.workdir, eval_data=args.eval_data,
-                   classes=args.classes, verbose=2 if args.quiet else "auto")
+                   classes=args.classes, verbose=2 if args.quiet else "auto",
+                   input_pipeline=args.input_pipeline, input_workers=args.input_workers)
     print(json.dumps(result, indent=2))
     return 0
