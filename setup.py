@@ -9,6 +9,8 @@ CORE = [
     "tensorboard",  # the training run's logs/ (Keras TensorBoard callback); TF no longer pulls it in
     "tqdm",
     "matplotlib",
+    "protobuf>=4.21",  # preprocessing/schema.py writes and parses the records without TensorFlow
+    "google-crc32c",  # TFRecord framing checksums (preprocessing/loader.py)
 ]
 EXTRAS = {
     "all": [
@@ -21,6 +23,8 @@ EXTRAS = {
     ],
     "dev": ["pytest", "ruff", "scikit-learn", "selenium"],
     "jax": ["jax[cpu]"],
+    # What the TensorFlow-free input path needs beside keras + jax (docs/training.md "Input path").
+    "tffree": ["protobuf>=4.21", "google-crc32c", "opencv-python-headless>=4.10", "numpy>=1.26"],
 }
 
 setup(

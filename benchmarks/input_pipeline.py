@@ -1,0 +1,120 @@
+"""Input benchmark: training clips/s of the TensorFlow-free reader (`preprocessing.loader`) per number
+of worker processes, at the paper's clip shape (32 x 224^2, rgb + flow + object) by default.
+
+The records are `--records` (a directory or glob of `assemblenet preprocess` output), or made here
+with the project's own synthetic generator and preprocessing job (`preprocessing.synthetic.generate`
++ `pipelines.preprocess.run_preprocess`, TV-L1 flow from OpenCV, oracle object masks) at
+`--stored-size` (shorter side of the stored frames; 256 as Charades preprocessing) into `--out`,
+reused when already there. One JSON line per worker count (and per pipeline with
+`--pipelines native,tfdata`, where TensorFlow is installed): clips/s over `--seconds` after the first
+batch, and the seconds to that first batch. Examples:
+
+    # the GPU machine (16 cores, no TensorFlow): records made there, then 1..16 workers
+    python benchmarks/input_pipeline.py --out /tmp/bench_records --videos 64 --workers 1,2,4,8,16
+    # a small check on a laptop
+    python benchmarks/input_pipeline.py --out /tmp/small --videos 8 --stored-size 72 --size 64 \\
+        --frames 8 --batch 4 --workers 1,2 --seconds 10
+
+Imports no TensorFlow itself (only `--pipelines tfdata` does).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def make_records(out: Path, *, videos: int, stored_size: int, frames: int, fps: float, flow: str) -> Path:
+    """Synthetic Charades-format videos -> TFRecords under out/records (skipped when done before)."""
+    from pipelines.preprocess import run_preprocess, summary_ok
+    from preprocessing.synthetic import generate
+
+    records = out / "records"
+    if (records / "summary.json").exists():
+        return records
+    seconds = frames / fps + 1.0  # every video holds a whole clip
+    height = stored_size
+    width = stored_size * 4 // 3
+    generate(out, format="charades", videos=videos, height=height, width=width, fps=fps,
+             min_seconds=seconds, max_seconds=seconds + 2.0, test_fraction=0.0, progress=True)
+    summary = run_preprocess(dataset="charades", videos=str(out / "videos"), out=str(records),
+                             annotations=str(out / "Charades_v1_train.csv"), fps=fps, size=stored_size,
+                             flow=flow, segmenter="oracle", progress=True)
+    if not summary_ok(summary):
+        raise SystemExit(f"preprocessing failed: {json.dumps(summary)[:2000]}")
+    return records
+
+
+def measure(files, *, pipeline: str, workers: int, frames: int, size: int, batch: int, seconds: float,
+            num_classes: int) -> dict:
+    from preprocessing import loader
+
+    options = dict(modalities=["rgb", "flow", "object"], frames=frames, size=size, training=True,
+                   batch_size=batch, dataset="charades", num_classes=num_classes, seed=0, repeat=True)
+    if pipeline == "native":
+        batches = loader.NativeReader(files, workers=workers, **options).batches()
+    else:
+        from preprocessing.dataset import make_dataset
+
+        batches = iter(make_dataset(files, **options).as_numpy_iterator())
+    start = time.perf_counter()
+    inputs, _ = next(batches)
+    first = time.perf_counter() - start
+    shapes = {k: list(v.shape) for k, v in inputs.items()}
+    clips, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        inputs, labels = next(batches)
+        clips += int(labels.shape[0])
+    elapsed = time.perf_counter() - start
+    if hasattr(batches, "close"):
+        batches.close()
+    return {"pipeline": pipeline, "workers": workers if pipeline == "native" else "tf.data AUTOTUNE",
+            "clips_per_s": round(clips / elapsed, 2), "clips": clips, "seconds": round(elapsed, 2),
+            "first_batch_s": round(first, 2), "shapes": shapes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", help="TFRecords (directory or glob); default: make them under --out")
+    parser.add_argument("--out", default="/tmp/assemblenet_input_benchmark", help="where to make records")
+    parser.add_argument("--videos", type=int, default=64, help="synthetic videos to make")
+    parser.add_argument("--stored-size", type=int, default=256, help="shorter side of the stored frames")
+    parser.add_argument("--fps", type=float, default=6.0, help="stored frame rate (Charades recipe: 6)")
+    parser.add_argument("--flow", default="opencv", choices=["opencv", "tensor"], help="preprocessing flow")
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--workers", default="1,2,4,8,16", help="comma-separated worker counts")
+    parser.add_argument("--pipelines", default="native", help="native and/or tfdata, comma-separated")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measuring time per setting")
+    args = parser.parse_args()
+
+    from preprocessing import loader, schema
+
+    records = args.records or str(make_records(Path(args.out), videos=args.videos, stored_size=args.stored_size,
+                                               frames=args.frames, fps=args.fps, flow=args.flow))
+    pattern = [os.path.join(records, "*.tfrecord"), os.path.join(records, "*.tfrecord-*")] \
+        if os.path.isdir(records) else records
+    files = [f for f in loader.list_files(pattern) if not f.endswith(".ids")]
+    if not files:
+        raise SystemExit(f"{records}: no TFRecord files")
+    with open(files[0], "rb") as f:
+        first = loader.read_record(f, files[0], *loader.scan_records(files[0])[0])
+    num_classes = schema.parse_native(first, [])["num_classes"]
+    machine = {"cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+               "frames": args.frames, "size": args.size, "batch": args.batch, "records": records,
+               "files": len(files)}
+    for pipeline in args.pipelines.split(","):
+        counts = [int(w) for w in args.workers.split(",")] if pipeline == "native" else [0]
+        for workers in counts:
+            result = measure(files, pipeline=pipeline, workers=workers, frames=args.frames, size=args.size,
+                             batch=args.batch, seconds=args.seconds, num_classes=num_classes)
+            print(json.dumps({**machine, **result}), flush=True)
+
+
+if __name__ == "__main__":  # the reader's worker processes (spawn) import this module again
+    main()

@@ -1,0 +1,73 @@
+"""Charades evaluation follows AssembleNet A.7 by default: "five random 128 frame crops ... max-pooled
+... the spatial resolution used for the testing is 256x256"; evenly spaced clips stay an option."""
+
+import json
+
+import numpy as np
+import pytest
+
+from preprocessing import loader, schema
+
+FRAMES, NUM_FRAMES, TRAIN_SIZE = 4, 60, 28
+
+
+def _write(path, dataset, num_classes):
+    """Frame t of every video is flat with value 4 t, so a clip's first frame tells its start."""
+    records = []
+    for v in range(3):
+        rgb = np.stack([np.full((30, 40, 3), 4 * t, np.uint8) for t in range(NUM_FRAMES)])
+        records.append(schema.encode_example(video_id=f"Video{v}", dataset=dataset, fps=4.0, rgb=rgb,
+                                             num_classes=num_classes, labels=[v % 2], label_start=[0.0],
+                                             label_end=[15.0]))
+    loader.write_records(path, records)
+
+
+def _run(tmp_path, dataset, num_classes):
+    from model.structure import tiny
+
+    run = tmp_path / "run"
+    tiny().save(run / "structure.json")
+    (run / "config.json").write_text(json.dumps({"structure": "tiny", "dataset": dataset, "frames": FRAMES,
+                                                 "size": TRAIN_SIZE, "num_classes": num_classes}))
+    _write(tmp_path / "test.tfrecord", dataset, num_classes)
+    return run
+
+
+def _evaluate(tmp_path, run, dataset, num_classes, **kwargs):
+    from pipelines.evaluate import evaluate_model
+
+    seen = []
+
+    def model(inputs, training=False):
+        rgb = np.asarray(inputs["rgb"])
+        seen.extend((rgb.shape[2], int(round((v + 1) * 127.5 / 4))) for v in rgb[:, 0, 0, 0, 0])
+        return np.zeros((rgb.shape[0], num_classes), np.float32)
+
+    result = evaluate_model(run_dir=run, data=str(tmp_path / "test.tfrecord"), dataset=dataset, clips=5,
+                            num_classes=num_classes, batch_size=5, model=model, **kwargs)
+    sizes = {s for s, _ in seen}
+    starts = [start for _, start in seen]
+    return result, sizes, [starts[i:i + 5] for i in range(0, len(starts), 5)]
+
+
+@pytest.mark.parametrize("pipeline", ["native", "tfdata"])
+def test_charades_default_is_a7_random_crops_at_256_over_224_of_the_training_size(tmp_path, pipeline):
+    run = _run(tmp_path, "charades", 2)
+    result, sizes, starts = _evaluate(tmp_path, run, "charades", 2, input_pipeline=pipeline, input_workers=0)
+    assert sizes == {32} and result["size"] == 32  # round(28 * 256 / 224): 256 for the paper's 224
+    assert result["clip_starts"] == "random" and result["seed"] == 0
+    even = [0, 14, 28, 42, 56]
+    assert all(s != even and len(set(s)) > 1 and max(s) <= NUM_FRAMES - FRAMES for s in starts), starts
+    assert len({tuple(s) for s in starts}) == 3  # each video draws its own starts
+    _, _, again = _evaluate(tmp_path, run, "charades", 2, input_pipeline=pipeline, input_workers=0)
+    assert again == starts  # a fixed seed: the result repeats
+    # the evenly spaced protocol and another size stay available
+    result, sizes, starts = _evaluate(tmp_path, run, "charades", 2, clip_starts="even", size=24,
+                                      input_pipeline=pipeline, input_workers=0)
+    assert sizes == {24} and starts == [even] * 3 and result["clip_starts"] == "even"
+
+
+def test_toyota_default_keeps_the_training_size_and_even_clips(tmp_path):
+    run = _run(tmp_path, "toyota", 31)
+    result, sizes, starts = _evaluate(tmp_path, run, "toyota", 31, input_pipeline="native", input_workers=0)
+    assert sizes == {TRAIN_SIZE} and starts == [[0, 14, 28, 42, 56]] * 3 and result["clip_starts"] == "even"
