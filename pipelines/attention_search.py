@@ -184,6 +184,7 @@ def _batches(config: SearchConfig, modalities, seed: int, *, training: bool = Tr
         dataset=config.dataset,
         num_classes=config.num_classes,
         seed=seed,
+        repeat=training,  # every pass draws new clips (preprocessing.clips.decide of the pass)
     )
     while True:
         for inputs, labels in dataset:

@@ -199,28 +199,33 @@ def clip_into(example: dict, start: int, decision: clips_lib.Decision, out: dict
     index = clips_lib.frame_indices(start, frames, example["num_frames"])
     y0, x0, side, flip = decision.y0, decision.x0, decision.side, decision.flip
     rows, cols = slice(y0, y0 + side), slice(x0, x0 + side)
-    same = side == size
 
-    def resize(image):
+    def resize_into(image, target):
+        """uint8 crop -> float32 -> bilinear resize, written straight into `target`."""
         image = image.astype(np.float32)
-        return image if same else cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+        if side == size:
+            target[...] = image
+        else:
+            cv2.resize(image, (size, size), dst=target, interpolation=cv2.INTER_LINEAR)
+
+    def frame(key, i, flag):
+        return _decode(example[key][int(i)].bytes_list.value[0], flag)[rows, cols]
 
     if "rgb" in modalities:
         target = out["rgb"]
+        rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes to RGB directly
         for t, i in enumerate(index):
-            bgr = _decode(example["rgb"][int(i)].bytes_list.value[0], cv2.IMREAD_COLOR)[rows, cols]
-            # BGR -> RGB, [0, 255] -> [-1, 1]
-            np.multiply(resize(bgr)[..., ::-1], 1 / 127.5, out=target[t])
-        target -= 1.0
+            image = frame("rgb", i, rgb_flag if rgb_flag is not None else cv2.IMREAD_COLOR)
+            resize_into(image if rgb_flag is not None else image[..., ::-1], target[t])
+        target *= np.float32(1 / 127.5)  # [0, 255] -> [-1, 1], once for the whole clip
+        target -= np.float32(1.0)
         if flip:
             target[:] = target[:, :, ::-1]
     if "flow" in modalities:
         target = out["flow"]
-        both = np.empty((side, side, 2), np.uint8)
-        for t, i in enumerate(index):
-            both[..., 0] = _decode(example["flow_x"][int(i)].bytes_list.value[0], cv2.IMREAD_GRAYSCALE)[rows, cols]
-            both[..., 1] = _decode(example["flow_y"][int(i)].bytes_list.value[0], cv2.IMREAD_GRAYSCALE)[rows, cols]
-            target[t] = resize(both)
+        for t, i in enumerate(index):  # x and y resized together, in one call
+            both = cv2.merge([frame("flow_x", i, cv2.IMREAD_GRAYSCALE), frame("flow_y", i, cv2.IMREAD_GRAYSCALE)])
+            resize_into(both, target[t])
         # dequantize (preprocessing.flow: uint8 -> [-20, 20] px; linear, so after the resize), then
         # scale displacements by the resize factor S / side, then / 20 for the model
         scale = np.float32(size / side / FLOW_SCALE)
@@ -233,8 +238,7 @@ def clip_into(example: dict, start: int, decision: clips_lib.Decision, out: dict
         target = out["object"]
         pick = nearest_indices(side, size)
         for t, i in enumerate(index):
-            mask = _decode(example["object"][int(i)].bytes_list.value[0], cv2.IMREAD_GRAYSCALE)[rows, cols]
-            target[t] = mask[pick][:, pick]
+            target[t] = frame("object", i, cv2.IMREAD_GRAYSCALE)[np.ix_(pick, pick)]
         if flip:
             target[:] = target[:, :, ::-1]
 

@@ -37,10 +37,11 @@ def test_tf_dequantize_matches_numpy():
 def test_training_clips_labels_and_consistent_augmentation(tmp_path):
     _write(tmp_path / "a.tfrecord")
     ds = make_dataset(str(tmp_path / "*.tfrecord"), modalities=["rgb", "flow", "object"], frames=4, size=16,
-                      training=True, batch_size=1, dataset="charades", num_classes=4, seed=3)
+                      training=True, batch_size=1, dataset="charades", num_classes=4, seed=3, repeat=True)
     seen_starts, flips = set(), set()
+    batches = iter(ds)  # one video: every pass (batch) draws its own clip
     for _ in range(12):
-        inputs, labels = next(iter(ds))
+        inputs, labels = next(batches)
         rgb, flow, obj = inputs["rgb"].numpy()[0], inputs["flow"].numpy()[0], inputs["object"].numpy()[0]
         assert rgb.shape == (4, 16, 16, 3) and flow.shape == (4, 16, 16, 2) and obj.shape == (4, 16, 16)
         assert obj.dtype == np.int32 and rgb.min() >= -1.0 and rgb.max() <= 1.0
