@@ -584,12 +584,14 @@ def keras_data(reader: NativeReader):
 
         def __getitem__(self, index):
             # Keras peeks at batch 0 for the input specs, then reads 0, 1, 2, ...: the peeked batch
-            # is served again from `_last`; any other return to batch 0 starts a new pass.
+            # is served again from `_last`; a finite reader's other return to batch 0 starts a new
+            # pass, an endless one never restarts (a resumed run's clips are new, not replayed).
             if index == self._next - 1 and self._last is not None:
                 return self._last
-            if self._iterator is None or index == 0:
+            finite = reader.num_batches is not None
+            if self._iterator is None or (index == 0 and finite):
                 self._iterator, self._next = reader.batches(), 0
-            if index != self._next:
+            if index != self._next and finite:  # an endless reader just goes on
                 raise IndexError(f"the input reader is sequential: asked for batch {index}, next is "
                                  f"{self._next}")
             self._next += 1

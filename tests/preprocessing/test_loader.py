@@ -321,3 +321,23 @@ def test_train_resume_and_evaluate_with_tensorflow_hidden(tmp_path):
     assert metrics["num_videos"] == 8 and metrics["clip_starts"] == "random" and metrics["size"] == 37
     assert 0.0 <= metrics["mAP"] <= 1.0
     assert "hidden by the TensorFlow-free test" not in second.stderr + evaluate.stderr
+
+
+def test_keras_view_serves_the_peeked_batch_again_and_never_replays_an_endless_reader(tmp_path):
+    files = _write_videos(tmp_path, files=1, per_file=3)
+    common = dict(modalities=["object"], frames=2, size=8, dataset="charades", num_classes=6, seed=1,
+                  workers=0, batch_size=2)
+    endless = loader.NativeReader(files, training=True, repeat=True, **common)
+    expected = [b[0]["object"].copy() for b, _ in zip(endless.batches(), range(4), strict=False)]
+    data = loader.keras_data(endless)
+    assert data.num_batches is None
+    got = [data[0][0]["object"], data[0][0]["object"], data[1][0]["object"], data[0][0]["object"]]
+    for batch, want in zip(got, [expected[0], expected[0], expected[1], expected[2]], strict=True):
+        np.testing.assert_array_equal(batch, want)
+    finite = loader.keras_data(loader.NativeReader(files, training=False, **common))
+    assert finite.num_batches == len(finite) == 2  # 3 videos, batches of 2
+    first = finite[0][0]["object"].copy()
+    finite[1]
+    np.testing.assert_array_equal(finite[0][0]["object"], first)  # a new pass
+    with pytest.raises(IndexError, match="sequential"):
+        finite[0], finite[0], finite[2]
