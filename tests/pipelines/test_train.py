@@ -52,8 +52,10 @@ def test_cli_builds_the_config_from_flags(monkeypatch, tmp_path):
 
     seen = {}
 
-    def fake_train(*, config, data, workdir, eval_data, classes, verbose):
-        seen.update(config=config, data=data, workdir=workdir, eval_data=eval_data)
+    def fake_train(*, config, data, workdir, eval_data, classes, verbose, input_pipeline="auto",
+                   input_workers=None):
+        seen.update(config=config, data=data, workdir=workdir, eval_data=eval_data,
+                    reader=(input_pipeline, input_workers))
         return {"steps": config.steps}
 
     monkeypatch.setattr("pipelines.train.train", fake_train)
@@ -61,7 +63,9 @@ def test_cli_builds_the_config_from_flags(monkeypatch, tmp_path):
     base.write_text(json.dumps({"frames": 4, "size": 32, "seed": 3}))
     assert cli.main(["train", "--structure", "tiny", "--data", "d/*.tfrecord", "--workdir",
                      str(tmp_path / "run"), "--config", str(base), "--steps", "40", "--steps-per-epoch", "10",
-                     "--restarts", "1", "--learning-rate", "0.05", "--precision", "bf16", "--quiet"]) == 0
+                     "--restarts", "1", "--learning-rate", "0.05", "--precision", "bf16", "--quiet",
+                     "--input-pipeline", "native", "--input-workers", "3"]) == 0
+    assert seen["reader"] == ("native", 3)  # not part of the config: a run may resume under the other
     assert seen["config"] == TrainConfig(structure="tiny", frames=4, size=32, seed=3, steps=40,
                                          steps_per_epoch=10, restarts=1, learning_rate=0.05, precision="bf16")
     assert seen["data"] == "d/*.tfrecord" and seen["eval_data"] is None
