@@ -189,13 +189,39 @@ CHARADES_TRAIN_SIZE = 224  # ... for a network trained at 224x224 (A.6)
 CLIP_STARTS = ("random", "even")
 
 
+MODEL_STRIDE = 32  # input sides must be multiples of the network's total stride (build_assemblenet)
+
+
 def default_test_size(dataset: str, train_size: int) -> int:
-    """Charades: 256 for the paper's 224 training, i.e. the training size scaled by 256/224 (A.7; the
-    model is fully convolutional, so it runs at a size other than its training size). Toyota: the
+    """Charades: 256 for the paper's 224 training (A.7), i.e. the training size scaled by 256/224 and
+    rounded to a multiple of 32 (the model's total stride: 112 -> 128, 64 -> 64). Toyota: the
     training size (AssembleNet++ §4 gives no other test resolution)."""
     if dataset == "charades":
-        return int(round(train_size * CHARADES_TEST_SIZE / CHARADES_TRAIN_SIZE))
+        scaled = train_size * CHARADES_TEST_SIZE / CHARADES_TRAIN_SIZE
+        return int(max(round(scaled / MODEL_STRIDE), 1) * MODEL_STRIDE)
     return int(train_size)
+
+
+def at_size(model, size: int):
+    """`model` (functional) with inputs of side `size`: the same layers and weights. AssembleNet is
+    fully convolutional up to its global pooling, so it runs at a size other than its training size
+    (A.7 tests at 256 a network trained at 224); the saved model.keras has the training size baked in."""
+    import keras
+
+    config = model.get_config()
+    changed = False
+    for layer in config.get("layers", []):
+        if layer.get("class_name") == "InputLayer":
+            shape = list(layer["config"]["batch_shape"])
+            if len(shape) >= 4 and (shape[2], shape[3]) != (size, size):
+                shape[2] = shape[3] = size
+                layer["config"]["batch_shape"] = shape
+                changed = True
+    if not changed:
+        return model
+    resized = keras.Model.from_config(config)
+    resized.set_weights(model.get_weights())
+    return resized
 
 
 def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int = 5, batch_size: int = 4,
@@ -206,7 +232,8 @@ def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int =
 
     Each test video is seen through `clips` clips, max-pooled (AssembleNet A.7). Charades defaults to
     A.7's protocol: "five random 128 frame crops" -- random starts drawn from `seed` (fixed, so the
-    result repeats) -- at "256x256" (`default_test_size`: 256 x train size / 224). Toyota defaults to
+    result repeats) -- at "256x256" (`default_test_size`: 256 x train size / 224, rounded to a multiple
+    of 32; the loaded model is rebuilt at that size by `at_size`). Toyota defaults to
     evenly spaced clips at the training size. `clip_starts` ('random' | 'even') and `size` override.
     Clips are read by `preprocessing.dataset.make_dataset` or the TensorFlow-free
     `preprocessing.loader.NativeReader` (`input_pipeline`, as in `pipelines.train._dataset`).
@@ -237,7 +264,7 @@ def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int =
     num_classes = num_classes or config.get("num_classes") or num_classes_in(data)
     structure = Structure.from_json(run_dir / "structure.json")
     if model is None:
-        model = keras.models.load_model(run_dir / "model.keras")
+        model = at_size(keras.models.load_model(run_dir / "model.keras"), size)
     ds = loader.make_reader(tfrecord_files(data), pipeline=input_pipeline, workers=input_workers,
                             modalities=structure.modalities, frames=frames, size=size, training=False,
                             batch_size=batch_size, dataset=dataset, num_classes=num_classes,

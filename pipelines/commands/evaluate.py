@@ -30,8 +30,8 @@ def register(subparsers):
                      help="where the clips start: random from a fixed seed (Charades default, AssembleNet "
                      "A.7) or evenly spaced (Toyota default)")
     run.add_argument("--size", type=int, default=None,
-                     help="test resolution (default: Charades 256 x train size / 224, i.e. 256 for the "
-                     "paper's 224 training, AssembleNet A.7; Toyota: the training size)")
+                     help="test resolution (default: Charades 256 x train size / 224 rounded to a multiple "
+                     "of 32, i.e. 256 for the paper's 224 training, AssembleNet A.7; Toyota: the training size)")
     run.add_argument("--seed", type=int, default=0, help="seed of the random clip starts")
     run.add_argument("--batch-size", type=int, default=4)
     add_input_flags(run)

@@ -71,3 +71,27 @@ def test_toyota_default_keeps_the_training_size_and_even_clips(tmp_path):
     run = _run(tmp_path, "toyota", 31)
     result, sizes, starts = _evaluate(tmp_path, run, "toyota", 31, input_pipeline="native", input_workers=0)
     assert sizes == {TRAIN_SIZE} and starts == [[0, 14, 28, 42, 56]] * 3 and result["clip_starts"] == "even"
+
+
+def test_a_saved_model_is_evaluated_at_the_test_size_with_its_weights(tmp_path):
+    from model.assemblenet import build_assemblenet
+    from model.structure import tiny
+    from pipelines.evaluate import at_size, evaluate_model
+
+    trained = build_assemblenet(tiny(), 2, frames=FRAMES, size=32)
+    run = _run(tmp_path, "charades", 2)
+    trained.save(run / "model.keras")
+    (run / "config.json").write_text(json.dumps({"structure": "tiny", "dataset": "charades", "frames": FRAMES,
+                                                 "size": 56, "num_classes": 2}))
+    result = evaluate_model(run_dir=run, data=str(tmp_path / "test.tfrecord"), dataset="charades", clips=2,
+                            batch_size=6, input_pipeline="native", input_workers=0)
+    assert result["size"] == 64 and result["num_videos"] == 3  # 56 * 256 / 224 = 64
+    resized = at_size(trained, 64)
+    direct = build_assemblenet(tiny(), 2, frames=FRAMES, size=64)
+    direct.set_weights(trained.get_weights())
+    x = {m: np.random.default_rng(0).normal(size=(1, FRAMES, 64, 64, c)).astype("float32")
+         for m, c in (("rgb", 3), ("flow", 2)) if m in tiny().modalities}
+    if "object" in tiny().modalities:
+        x["object"] = np.zeros((1, FRAMES, 64, 64), "int32")
+    np.testing.assert_allclose(np.asarray(resized(x)), np.asarray(direct(x)), atol=1e-5)
+    assert at_size(trained, 32) is trained
