@@ -18,7 +18,9 @@ def _write(path, dataset, num_classes):
         rgb = np.stack([np.full((30, 40, 3), 4 * t, np.uint8) for t in range(NUM_FRAMES)])
         records.append(schema.encode_example(video_id=f"Video{v}", dataset=dataset, fps=4.0, rgb=rgb,
                                              num_classes=num_classes, labels=[v % 2], label_start=[0.0],
-                                             label_end=[15.0]))
+                                             label_end=[15.0],
+                                             flow=np.full((NUM_FRAMES - 1, 30, 40, 2), 128, np.uint8),
+                                             objects=np.zeros((NUM_FRAMES, 30, 40), np.uint8)))
     loader.write_records(path, records)
 
 
