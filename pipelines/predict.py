@@ -2,8 +2,9 @@
 
 The video goes through exactly the path of the training data: `pipelines.preprocess.process_video`
 (decode at the run's fps and frame size, TV-L1 flow, the segmenter's object masks, one
-SequenceExample) and `preprocessing.dataset.make_dataset` in evaluation mode (`clips` evenly spaced
-clips, centre crop), so the model sees what it saw in evaluation. Clip scores are max-pooled
+SequenceExample) and the evaluation reader with `evaluate run`'s protocol (Charades: `clips` random
+starts from seed 0 at the test size, AssembleNet A.7; Toyota: evenly spaced; centre crop), so the model
+sees what it saw in evaluation. Clip scores are max-pooled
 (AssembleNet A.7), then turned into probabilities: sigmoid per class for multi-label Charades,
 softmax for Toyota Smarthome.
 
@@ -63,6 +64,7 @@ def video_scores(*, run_dir: str | Path, video: str | Path, clips: int = 5, segm
 
     import pipelines.train  # noqa: F401  (registers the learning-rate schedule in model.keras)
     from model import assemblenet  # noqa: F401  (registers the custom layers for load_model)
+    from pipelines.evaluate import at_size, default_test_size
     from pipelines.preprocess import PreprocessConfig, VideoTask, process_video
     from preprocessing.loader import make_reader, to_numpy, write_records
     from preprocessing.segment import make_segmenter
@@ -94,11 +96,18 @@ def video_scores(*, run_dir: str | Path, video: str | Path, clips: int = 5, segm
     serialized, _ = process_video(task, pre, segment)
     if model is None:
         model = keras.models.load_model(run_dir / "model.keras")
+    # The clips `evaluate run` scores (pipelines.evaluate: Charades = AssembleNet A.7's random starts
+    # from seed 0 at the test size; Toyota = evenly spaced at the training size): clip decisions depend
+    # on the video id only, so predict reproduces the evaluation's scores of a test video.
+    test_size = default_test_size(config["dataset"], int(config["size"]))
+    if hasattr(model, "get_config"):
+        model = at_size(model, test_size)
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "video.tfrecord")
         write_records(path, [serialized])
         ds = make_reader(path, modalities=structure.modalities, frames=int(config["frames"]),
-                         size=int(config["size"]), training=False, batch_size=clips, workers=0,
+                         size=test_size, training=False, batch_size=clips, workers=0, seed=0,
+                         eval_starts="random" if config["dataset"] == "charades" else "even",
                          dataset=config["dataset"], num_classes=num_classes, clips_per_video=clips)
         logits = [np.array(keras.ops.convert_to_numpy(model({k: to_numpy(v) for k, v in element[0].items()},
                                                             training=False))) for element in ds]
