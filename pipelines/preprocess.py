@@ -224,9 +224,25 @@ def encode_video(task: VideoTask, config: PreprocessConfig, segmenter=None) -> t
     data = encode_example(video_id=task.id, dataset=config.dataset, fps=video.fps, rgb=video.frames,
                           num_classes=config.num_classes, labels=task.labels, label_start=task.label_start,
                           label_end=ends, flow=flow, objects=objects)
+    data = canonical_example(data)
     info = {"frames": len(video.frames), "source_frames": video.source_frames,
             "declared_frames": video.declared_frames, "partial": video.partial}
     return data, info
+
+
+def canonical_example(data: bytes) -> bytes:
+    """The same SequenceExample serialized deterministically (context map entries sorted by key).
+
+    Protobuf writes map entries in an order that differs between processes, so the same video
+    encoded by two worker processes (or by a run and its resumption) would give different bytes.
+    """
+    from preprocessing import schema
+
+    if hasattr(schema, "messages"):  # the TensorFlow-free protos, where schema.py has them
+        message = schema.messages()["SequenceExample"]
+    else:
+        from tensorflow.core.example.example_pb2 import SequenceExample as message
+    return message.FromString(data).SerializeToString(deterministic=True)
 
 
 def process_video(task: VideoTask, config: PreprocessConfig, segmenter=None) -> tuple[bytes, int]:

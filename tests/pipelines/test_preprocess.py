@@ -263,6 +263,13 @@ def _output_files(out):
     return files, summary
 
 
+def _assert_same_output(a, b):
+    (files_a, summary_a), (files_b, summary_b) = _output_files(a), _output_files(b)
+    assert sorted(files_a) == sorted(files_b)
+    assert [name for name in sorted(files_a) if files_a[name] != files_b[name]] == []
+    assert summary_a == summary_b
+
+
 @pytest.mark.slow
 def test_killed_preprocess_keeps_finished_videos_and_resumes_to_identical_output(tiny_charades, tmp_path):
     import os
@@ -271,9 +278,9 @@ def test_killed_preprocess_keeps_finished_videos_and_resumes_to_identical_output
     import sys
     import time
 
-    videos, csv_path = _many_videos(tiny_charades, tmp_path, 24)
+    videos, csv_path = _many_videos(tiny_charades, tmp_path, 40)
     kwargs = _charades_kwargs(tiny_charades, tmp_path / "killed", videos=videos, annotations=csv_path,
-                              flow="opencv", num_shards=3)
+                              num_shards=3)
     code = f"from pipelines.preprocess import run_preprocess; run_preprocess(**{kwargs!r})"
     env = dict(os.environ, PYTHONPATH=str(Path(preprocess.__file__).resolve().parents[1]))
     process = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
@@ -285,15 +292,15 @@ def test_killed_preprocess_keeps_finished_videos_and_resumes_to_identical_output
     process.send_signal(signal.SIGKILL)
     process.wait()
     staged = len(list(staging.glob("*.rec")))
-    assert 3 <= staged < 24 and not list((tmp_path / "killed").glob("*.tfrecord"))  # killed mid-job
+    assert 3 <= staged < 40 and not list((tmp_path / "killed").glob("*.tfrecord"))  # killed mid-job
 
     resumed = preprocess.run_preprocess(**kwargs)
     assert resumed["this_run"]["resumed_from_staging"] >= staged
-    assert resumed["this_run"]["metrics"]["videos_in"] == 25 - resumed["this_run"]["resumed_from_staging"]
+    assert resumed["this_run"]["metrics"]["videos_in"] == 41 - resumed["this_run"]["resumed_from_staging"]
     assert not staging.exists()
     once = preprocess.run_preprocess(**dict(kwargs, out=str(tmp_path / "once")))
-    assert once["this_run"]["processed"] == 25 and (once["written"], once["dead_lettered"]) == (24, 1)
-    assert _output_files(tmp_path / "killed") == _output_files(tmp_path / "once")
+    assert once["this_run"]["processed"] == 41 and (once["written"], once["dead_lettered"]) == (40, 1)
+    _assert_same_output(tmp_path / "killed", tmp_path / "once")
 
 
 @pytest.mark.slow
@@ -302,7 +309,7 @@ def test_worker_processes_give_the_single_process_output(tiny_charades, tmp_path
     kwargs = _charades_kwargs(tiny_charades, tmp_path / "one", videos=videos, annotations=csv_path, num_shards=2)
     one = preprocess.run_preprocess(**kwargs)
     two = preprocess.run_preprocess(**dict(kwargs, out=str(tmp_path / "two"), workers=2, progress=True))
-    assert _output_files(tmp_path / "one") == _output_files(tmp_path / "two")
+    _assert_same_output(tmp_path / "one", tmp_path / "two")
     # Counters add up over the worker processes; the bar (drawn from the staged files) reached the end.
     assert two["this_run"]["metrics"] == one["this_run"]["metrics"]
     assert two["this_run"]["metrics"]["videos_in"] == 9 and two["this_run"]["metrics"]["videos_processed"] == 8
