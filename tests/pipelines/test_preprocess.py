@@ -285,7 +285,7 @@ def test_killed_preprocess_keeps_finished_videos_and_resumes_to_identical_output
     env = dict(os.environ, PYTHONPATH=str(Path(preprocess.__file__).resolve().parents[1]))
     process = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
     staging = tmp_path / "killed" / preprocess.STAGING
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(list(staging.glob("*.rec"))) < 3:
         assert process.poll() is None, "the job ended before it could be killed"
         time.sleep(0.01)
