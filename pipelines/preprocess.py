@@ -47,6 +47,7 @@ OpenCV). See docs/real_data.md.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -698,14 +699,18 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
     staged = {i for i, key in staged_records if keys.get(i) == key} - done
     dead_before = {i for i, key in staged_dead if keys.get(i) == key}
     todo = [t for t in tasks if t.id not in done and t.id not in staged and t.id not in dead_before]
-    rewrite = {shard_index(i, shards) for i in removed}
+    # Records made from another annotation row leave their shard; the redone record (if the video
+    # still decodes) takes their place, so a stale label never survives a failed redo.
+    outdated = {i for i in keys if i in entries and i not in done}
+    removed_or_outdated = removed | outdated
+    rewrite = {shard_index(i, shards) for i in removed_or_outdated}
     metrics = {}
     if todo or staged or rewrite:
         pipeline = make_pipeline(runner, pipeline_args, workers)
         build_pipeline(pipeline, todo, config, out, shards, staged=sorted(staged), keys=keys,
-                       rewrite=rewrite, remove=frozenset(removed))
+                       rewrite=rewrite, remove=frozenset(removed_or_outdated))
         watch = StagingProgress(staging, {t.id: keys[t.id] for t in todo}) if progress and local and todo \
-            else _Nothing()
+            else contextlib.nullcontext()
         with watch:
             result = pipeline.run()
             result.wait_until_finish()
@@ -718,19 +723,11 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
     write_dead_letters(out, dead_rows)
     this_run = {"skipped_already_written": len(done), "resumed_from_staging": len(staged) + len(dead_before),
                 "processed": len(todo), "removed_stale": sorted(removed), "metrics": metrics}
-    summary = write_summary(out, tasks, config, shards, listing_dead=listing_dead, this_run=this_run)
+    summary = write_summary(out, tasks, config, shards, listing_dead=listing_dead, this_run=this_run, keys=keys)
     clear_staging(staging)
     if summary["written"] == 0:
         raise ValueError(no_video_message(out, videos, dead_rows))
     return summary
-
-
-class _Nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _output_problem(out: str, manifest: dict | None, settings: dict, existing_shards: int | None,
@@ -788,7 +785,8 @@ def _counters(result) -> dict:
 
 
 def write_summary(out: str, tasks: list[VideoTask], config: PreprocessConfig, num_shards: int, *,
-                  listing_dead: list[dict] = (), this_run: dict | None = None) -> dict:
+                  listing_dead: list[dict] = (), this_run: dict | None = None,
+                  keys: dict[str, str] | None = None) -> dict:
     """Counts from the files themselves, so the summary describes the records truly.
 
     Everything but `this_run` depends only on the output folder's content, so it is the same
@@ -800,6 +798,8 @@ def write_summary(out: str, tasks: list[VideoTask], config: PreprocessConfig, nu
     dead = [json.loads(line) for line in text.splitlines() if line.strip()]
     dead_ids = {row["id"] for row in dead} & wanted
     written = set(entries) & wanted
+    if keys is not None:  # only records made with these settings from these rows count as written
+        written = {i for i in written if entries[i].get("key") == keys.get(i)}
     partial = sorted(i for i in written if entries[i].get("partial"))
     summary = {
         "input": len(wanted),

@@ -153,6 +153,16 @@ def test_corrected_annotation_row_is_redone(tiny_charades, tmp_path):
     entries = json.loads(next(out.glob("*.records.json")).read_text())
     assert all(len(e["key"]) == 16 for e in entries.values())
 
+    # A corrected row whose video can no longer be read: the record with the old label goes too.
+    videos = tmp_path / "videos"
+    shutil.copytree(tiny_charades["videos_dir"], videos)
+    (videos / f"{rows[1].id}.mp4").unlink()
+    moved = charades.CharadesVideo(rows[1].id, (charades.Action(8, 0.0, 1.0),), rows[1].length)
+    charades.write_annotations(csv_path, [fixed, moved, *rows[2:]])
+    summary = preprocess.run_preprocess(**dict(kwargs, videos=str(videos)))
+    assert (summary["written"], summary["dead_lettered"], summary["unaccounted"]) == (len(rows) - 1, 1, [])
+    assert rows[1].id not in {schema.read_video_id(r) for r in _records(out)}
+
 
 def test_records_of_videos_not_in_the_input_are_refused_then_removed(tiny_charades, tmp_path):
     out, csv_path = tmp_path / "out", tmp_path / "train.csv"
