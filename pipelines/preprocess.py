@@ -157,13 +157,6 @@ def _video_index(videos: str) -> dict[str, str]:
     return index
 
 
-def toyota_tasks(videos: str, split: str | None) -> list[VideoTask]:
-    from preprocessing import toyota
-
-    return [VideoTask(id=clip.id, path=str(path), labels=(clip.label,), label_start=(0.0,), label_end=(-1.0,))
-            for clip, path in toyota.list_clips(videos, split)]
-
-
 def toyota_inputs(videos: str, split: str | None) -> tuple[list[VideoTask], list[dict]]:
     """(tasks of the split, dead-letter rows of its clips whose activity is outside the protocol)."""
     from preprocessing import toyota
