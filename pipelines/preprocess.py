@@ -1,8 +1,10 @@
 """The Beam preprocessing job: videos (+ annotations) -> TFRecord shards of `preprocessing.schema`.
 
-    videos ──► ListVideos ──► ProcessVideos ─┬─► (each finished video staged in OUT/_staging/ at once)
-                                             └─► ShardIds ──► WriteShards   data-0000k-of-0000n.tfrecord
-    then the driver writes dead_letter.jsonl, summary.json and clears OUT/_staging/
+    videos ──► ListVideos ──► ProcessVideos ──► ShardOfNew ──┐   (each video also staged at once in
+                                                              │    OUT/_staging/<id>.<key>.rec|.dead)
+    staged by a killed run ──► StagedBefore ─────────────────┴─► AllShardIds ──► WriteShards
+                                                                   data-0000k-of-0000n.tfrecord (+ .ids, .records.json)
+    then the driver writes dead_letter.jsonl and summary.json, and clears OUT/_staging/
 
 Per video (`process_video`, a plain function): decode at `fps` with the shorter side resized to
 `size` (preprocessing.video), TV-L1 flow between consecutive frames (preprocessing.flow, stored
@@ -482,7 +484,7 @@ class ProcessVideoFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("dead_letter", row)
         else:
             if staging:
-                stage_record(staging, task.id, key, data, info)
+                stage_record(staging, task.id, key, data, dict(info, annotation=annotation_hash(task)))
             self.written.inc()
             self.partial.inc(int(info["partial"]))
             self.frames.inc(info["frames"])

@@ -152,6 +152,9 @@ def test_corrected_annotation_row_is_redone(tiny_charades, tmp_path):
     assert labels[rows[1].id][0] == [a.label for a in rows[1].actions]
     entries = json.loads(next(out.glob("*.records.json")).read_text())
     assert all(len(e["key"]) == 16 for e in entries.values())
+    tasks = {t.id: t for t in preprocess.charades_tasks(tiny_charades["videos_dir"], str(csv_path), 10)}
+    assert {i: e["annotation"] for i, e in entries.items()} == {
+        i: preprocess.annotation_hash(tasks[i]) for i in entries}
 
     # A corrected row whose video can no longer be read: the record with the old label goes too.
     videos = tmp_path / "videos"
