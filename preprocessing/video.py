@@ -7,6 +7,13 @@ it reads frames sequentially and takes each frame's presentation time from
 frame (frame i covers [t_i, t_{i+1})). When the container gives no usable timestamps (all zero, or
 not increasing) the times fall back to `index / nominal fps`, and to 30 fps when even that is
 missing; `DecodedVideo.timestamps_source` records which one was used.
+
+A file corrupt in the middle decodes up to the corruption and then stops (OpenCV's reader gives up
+at the first undecodable frame): the frames before it are kept, and `DecodedVideo.partial` says that
+decoding ended well before the container's declared frame count (`PARTIAL_TOLERANCE`), so the
+preprocessing job can count and flag the video instead of silently storing a shorter one. The
+declared count is only compared, never trusted for sampling; containers whose count is slightly
+off are not flagged.
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ from pathlib import Path
 import numpy as np
 
 FALLBACK_FPS = 30.0
+# A decode that ends more than this fraction (and more than 2 frames) short of the container's declared
+# frame count is flagged as partial. Real containers' counts are off by a frame or two (Charades).
+PARTIAL_TOLERANCE = 0.05
 
 
 class DecodeError(ValueError):
@@ -36,6 +46,33 @@ class DecodedVideo:
     source_frames: int  # frames actually decoded from the file
     duration: float  # seconds covered by the decoded source frames
     timestamps_source: str  # "container" | "nominal_fps" | "fallback_fps"
+    declared_frames: int = 0  # the container's frame count (0: unknown); compared, never trusted
+    partial: bool = False  # decoding stopped well before the declared end (corrupt data): frames lost
+
+
+def is_partial(source_frames: int, declared_frames: int) -> bool:
+    """Whether a decode that ran to the reader's end lost frames: fewer than declared, beyond tolerance."""
+    return declared_frames > 0 and declared_frames - source_frames > max(2, PARTIAL_TOLERANCE * declared_frames)
+
+
+VIDEO_SUFFIXES = (".mp4",)  # matched case-insensitively: `.MP4` files are videos too
+
+
+def find_videos(videos_dir, suffixes: tuple[str, ...] = VIDEO_SUFFIXES) -> list[Path]:
+    """Every video file under `videos_dir`, sub-folders included, extension matched case-insensitively.
+
+    Datasets get unpacked into nested folders and some tools write `.MP4`: both are found rather
+    than silently skipped. Hidden files and folders (`.x`) are ignored. Sorted by path.
+    """
+    videos_dir = Path(videos_dir)
+    if not videos_dir.is_dir():
+        raise ValueError(f"--videos {videos_dir}: no such directory")
+    found = []
+    for path in videos_dir.rglob("*"):
+        hidden = any(part.startswith(".") for part in path.relative_to(videos_dir).parts)
+        if path.suffix.lower() in suffixes and not hidden and path.is_file():
+            found.append(path)
+    return sorted(found)
 
 
 def resize_shorter_side(frame: np.ndarray, size: int | None) -> np.ndarray:
@@ -112,13 +149,15 @@ def decode_video(path, *, fps: float, shorter_side: int | None = None, max_secon
         raise DecodeError("missing", f"{path} does not exist")
     if os.path.getsize(path) == 0:
         raise DecodeError("empty_file", f"{path} is empty (0 bytes)")
-    result, source = None, "container"
+    result, source, declared = None, "container", 0
     for clock in (None, "nominal"):
         capture = cv2.VideoCapture(str(path))
         try:
             if not capture.isOpened():
                 raise DecodeError("not_a_video", f"OpenCV cannot open {path} as a video (not a video, or a "
                                   "truncated or corrupt container)")
+            count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+            declared = int(count) if count and np.isfinite(count) and count > 0 else 0
             if clock is not None:
                 nominal = capture.get(cv2.CAP_PROP_FPS)
                 valid = nominal and np.isfinite(nominal) and 0 < nominal < 1000
@@ -132,5 +171,8 @@ def decode_video(path, *, fps: float, shorter_side: int | None = None, max_secon
     if len(frames) < max(1, min_frames):
         raise DecodeError("too_few_frames", f"{len(frames)} frame(s) at {fps} fps from {count} decoded "
                           f"frame(s) of {path}, need {min_frames} (truncated or corrupt file?)")
+    # With max_seconds the decode stops on purpose: only a decode of the whole file can be partial.
+    partial = max_seconds is None and is_partial(count, declared)
     return DecodedVideo(frames=np.stack(frames), times=np.arange(len(frames)) / fps, fps=float(fps),
-                        source_frames=count, duration=duration, timestamps_source=source)
+                        source_frames=count, duration=duration, timestamps_source=source,
+                        declared_frames=declared, partial=partial)

@@ -21,7 +21,8 @@ def register(subparsers):
         description="Runs the Beam preprocessing job. Beam pipeline options (e.g. --project, --region, "
                     "--temp_location, --setup_file ./setup.py for Dataflow) go after `--`.")
     pre.add_argument("--dataset", required=True, choices=["charades", "toyota"])
-    pre.add_argument("--videos", required=True, help="directory of the .mp4 files (local or gs://)")
+    pre.add_argument("--videos", required=True,
+                     help="directory of the .mp4 files (local: sub-folders and .MP4 included; or gs://)")
     pre.add_argument("--out", required=True,
                      help="output directory for shards, dead_letter.jsonl, summary.json")
     pre.add_argument("--annotations", help="Charades: the split's CSV (Charades_v1_train.csv / _test.csv)")
@@ -37,6 +38,12 @@ def register(subparsers):
     pre.add_argument("--num-shards", type=int, default=None, help="default: one per 50 videos")
     pre.add_argument("--max-seconds", type=float, default=None, help="decode at most this much of each video")
     pre.add_argument("--runner", default=None, help="Beam runner (default: FnApiRunner, in process)")
+    pre.add_argument("--workers", type=int, default=1,
+                     help="local worker processes of the FnApiRunner (Beam's multi_processing mode); "
+                          "output identical to --workers 1")
+    pre.add_argument("--replace", action="store_true",
+                     help="OUT holds records of other settings or of videos not in this input: delete or "
+                          "redo them so OUT matches this command (default: refuse)")
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")
     pre.add_argument("pipeline_args", nargs=argparse.REMAINDER, help="Beam pipeline options, after `--`")
     pre.set_defaults(func=preprocess_command)
@@ -59,6 +66,7 @@ def preprocess_command(args):
                              annotations=args.annotations, classes=args.classes, split=args.split,
                              fps=args.fps, size=args.size, flow=args.flow, segmenter=args.segmenter,
                              num_shards=args.num_shards, max_seconds=args.max_seconds, runner=args.runner,
-                             pipeline_args=extra, progress=not args.no_progress)
-    print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}))
+                             pipeline_args=extra, progress=not args.no_progress, workers=args.workers,
+                             replace=args.replace)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("this_run", "class_names")}))
     return 0 if summary_ok(summary) else 1

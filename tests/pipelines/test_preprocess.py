@@ -4,6 +4,7 @@ from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
+import pytest
 import tensorflow as tf
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing import test_pipeline as beam_testing
@@ -81,7 +82,8 @@ def test_run_preprocess_dead_letters_and_idempotent_rerun(tiny_charades, tmp_pat
 
     # Re-run: nothing re-processed, nothing duplicated; then a repaired file is picked up.
     again = preprocess.run_preprocess(**kwargs)
-    assert again["skipped_already_written"] == len(good) and again["written"] == len(good)
+    assert again["this_run"]["skipped_already_written"] == len(good) and again["written"] == len(good)
+    assert again["this_run"]["processed"] == 4  # only the dead-lettered videos are retried
     shutil.copy(videos / f"{good[0]}.mp4", videos / "ZEROB.mp4")
     third = preprocess.run_preprocess(**dict(kwargs, num_shards=7))  # the existing shard count wins
     assert (third["written"], third["dead_lettered"], third["num_shards"]) == (len(good) + 1, 3, 2)
@@ -106,3 +108,301 @@ def test_cli_toyota_split_with_flow_and_oracle(tiny_toyota, tmp_path):
         assert e["labels"] == [toyota.parse_clip_name(e["video_id"]).label]
         assert e["label_end"][0] > 1.5  # Toyota: the clip's decoded duration
         assert "flow" in e and "object" in e
+
+
+# ---------------------------------------------------------------------------------------------
+# Re-runs never mix settings or hide stale labels (issue 12 item 1).
+
+def _charades_kwargs(info, out, **overrides):
+    return dict(dict(dataset="charades", videos=info["videos_dir"], out=str(out), annotations=info["train_csv"],
+                     classes=info["classes_file"], fps=4.0, size=32, flow="none", segmenter="none",
+                     progress=False), **overrides)
+
+
+def test_rerun_with_other_settings_refuses_then_replace_redoes_all(tiny_charades, tmp_path):
+    out = tmp_path / "out"
+    preprocess.run_preprocess(**_charades_kwargs(tiny_charades, out))
+    with pytest.raises(ValueError, match=r"holds records made with other settings: fps=4\.0 \(now 8\.0\), "
+                                         r"size=32 \(now 48\); pass --replace .* or choose another --out"):
+        preprocess.run_preprocess(**_charades_kwargs(tiny_charades, out, fps=8.0, size=48))
+    assert json.loads((out / "summary.json").read_text())["fps"] == 4.0  # untouched by the refused run
+    with pytest.raises(ValueError, match=r"flow='none' \(now 'opencv'\)"):
+        preprocess.run_preprocess(**_charades_kwargs(tiny_charades, out, flow="opencv"))
+
+    summary = preprocess.run_preprocess(**_charades_kwargs(tiny_charades, out, fps=8.0, size=48, replace=True))
+    assert (summary["fps"], summary["size"], summary["this_run"]["processed"]) == (8.0, 48, summary["input"])
+    examples = [schema.decode_example(r) for r in _records(out)]
+    assert len(examples) == summary["written"] == summary["input"]
+    assert {(e["fps"], min(e["rgb"].shape[1:3])) for e in examples} == {(8.0, 48)}
+
+
+def test_corrected_annotation_row_is_redone(tiny_charades, tmp_path):
+    out, csv_path = tmp_path / "out", tmp_path / "train.csv"
+    rows = charades.read_annotations(tiny_charades["train_csv"], num_classes=10)
+    charades.write_annotations(csv_path, rows)
+    kwargs = _charades_kwargs(tiny_charades, out, annotations=str(csv_path))
+    preprocess.run_preprocess(**kwargs)
+    fixed = charades.CharadesVideo(rows[0].id, (charades.Action(9, 0.5, 1.5),), rows[0].length)
+    charades.write_annotations(csv_path, [fixed, *rows[1:]])
+    summary = preprocess.run_preprocess(**kwargs)
+    assert (summary["this_run"]["processed"], summary["this_run"]["skipped_already_written"]) == (1, len(rows) - 1)
+    labels = {e["video_id"]: (e["labels"], e["label_start"], e["label_end"])
+              for e in map(schema.decode_example, _records(out))}
+    assert labels[rows[0].id] == ([9], [0.5], [1.5])
+    assert labels[rows[1].id][0] == [a.label for a in rows[1].actions]
+    entries = json.loads(next(out.glob("*.records.json")).read_text())
+    assert all(len(e["key"]) == 16 for e in entries.values())
+    tasks = {t.id: t for t in preprocess.charades_tasks(tiny_charades["videos_dir"], str(csv_path), 10)}
+    assert {i: e["annotation"] for i, e in entries.items()} == {
+        i: preprocess.annotation_hash(tasks[i]) for i in entries}
+
+    # A corrected row whose video can no longer be read: the record with the old label goes too.
+    videos = tmp_path / "videos"
+    shutil.copytree(tiny_charades["videos_dir"], videos)
+    (videos / f"{rows[1].id}.mp4").unlink()
+    moved = charades.CharadesVideo(rows[1].id, (charades.Action(8, 0.0, 1.0),), rows[1].length)
+    charades.write_annotations(csv_path, [fixed, moved, *rows[2:]])
+    summary = preprocess.run_preprocess(**dict(kwargs, videos=str(videos)))
+    assert (summary["written"], summary["dead_lettered"], summary["unaccounted"]) == (len(rows) - 1, 1, [])
+    assert rows[1].id not in {schema.read_video_id(r) for r in _records(out)}
+
+
+def test_records_of_videos_not_in_the_input_are_refused_then_removed(tiny_charades, tmp_path):
+    out, csv_path = tmp_path / "out", tmp_path / "train.csv"
+    rows = charades.read_annotations(tiny_charades["train_csv"], num_classes=10)
+    charades.write_annotations(csv_path, rows)
+    kwargs = _charades_kwargs(tiny_charades, out, annotations=str(csv_path))
+    preprocess.run_preprocess(**kwargs)
+    charades.write_annotations(csv_path, rows[1:])
+    with pytest.raises(ValueError, match=f"holds 1 record\\(s\\) of videos that are not in this input "
+                                         f"\\(e.g. {rows[0].id}\\)"):
+        preprocess.run_preprocess(**kwargs)
+    summary = preprocess.run_preprocess(**kwargs, replace=True)
+    assert summary["this_run"]["removed_stale"] == [rows[0].id] and summary["this_run"]["processed"] == 0
+    ids = sorted(schema.read_video_id(r) for r in _records(out))
+    assert ids == sorted(r.id for r in rows[1:]) == sorted(
+        line for f in out.glob("*.ids") for line in f.read_text().split())
+
+
+def test_output_of_an_older_version_is_refused(tiny_charades, tmp_path):
+    out = tmp_path / "out"
+    preprocess.run_preprocess(**_charades_kwargs(tiny_charades, out))
+    (out / "manifest.json").unlink()
+    with pytest.raises(ValueError, match="holds records without manifest.json .* settings are unknown"):
+        preprocess.run_preprocess(**_charades_kwargs(tiny_charades, out))
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs that match nothing are errors; what users expect is found (issue 12 item 6).
+
+def test_mistyped_videos_folder_is_an_error(tiny_charades, tmp_path):
+    with pytest.raises(ValueError, match=r"^--videos /no/such/folder: no such directory$"):
+        preprocess.run_preprocess(**_charades_kwargs(tiny_charades, tmp_path / "out", videos="/no/such/folder"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(preprocess.EmptyInputError, match=r"empty: no \.mp4 file"):
+        preprocess.run_preprocess(**_charades_kwargs(tiny_charades, tmp_path / "out", videos=str(tmp_path / "empty")))
+
+
+def test_header_only_csv_is_an_error(tiny_charades, tmp_path):
+    charades.write_annotations(tmp_path / "header.csv", [])
+    with pytest.raises(preprocess.EmptyInputError, match=r"header.csv: no video rows \(only the header\)"):
+        preprocess.run_preprocess(**_charades_kwargs(tiny_charades, tmp_path / "out",
+                                                     annotations=str(tmp_path / "header.csv")))
+
+
+def test_every_video_failing_is_an_error_after_writing_the_dead_letters(tiny_charades, tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "other.mp4").write_bytes(b"")  # the folder has videos, but none of the CSV's ids
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"no video was written: all 3 failed \(missing x3\); reasons in "
+                                         r".*dead_letter.jsonl; is --videos .*videos right\?"):
+        preprocess.run_preprocess(**_charades_kwargs(tiny_charades, out, videos=str(videos)))
+    assert json.loads((out / "summary.json").read_text())["dead_lettered"] == 3
+    assert len((out / "dead_letter.jsonl").read_text().splitlines()) == 3
+
+
+def test_videos_in_sub_folders_and_upper_case_are_found(tiny_charades, tmp_path):
+    videos = tmp_path / "videos"
+    rows = charades.read_annotations(tiny_charades["train_csv"], num_classes=10)
+    (videos / "part1").mkdir(parents=True)
+    for i, row in enumerate(rows):
+        source = Path(tiny_charades["videos_dir"]) / f"{row.id}.mp4"
+        shutil.copy(source, videos / "part1" / f"{row.id}.mp4" if i % 2 else videos / f"{row.id}.MP4")
+    summary = preprocess.run_preprocess(**_charades_kwargs(tiny_charades, tmp_path / "out", videos=str(videos)))
+    assert summary["written"] == summary["input"] == len(rows) and summary["dead_lettered"] == 0
+
+
+def test_partly_decodable_video_is_counted_and_flagged(tiny_charades, tmp_path):
+    from tests.preprocessing.data import write_partly_corrupt_video
+
+    videos = tmp_path / "videos"
+    shutil.copytree(tiny_charades["videos_dir"], videos)
+    rows = charades.read_annotations(tiny_charades["train_csv"], num_classes=10)
+    write_partly_corrupt_video(videos / f"{rows[0].id}.mp4")
+    summary = preprocess.run_preprocess(**_charades_kwargs(tiny_charades, tmp_path / "out", videos=str(videos)))
+    assert summary["written"] == len(rows) and summary["dead_lettered"] == 0
+    assert (summary["partial"], summary["partial_videos"]) == (1, [rows[0].id])
+    entry = json.loads("".join(p.read_text() for p in (tmp_path / "out").glob("*.records.json")
+                               if rows[0].id in p.read_text()))[rows[0].id]
+    assert entry["partial"] and entry["source_frames"] < entry["declared_frames"] == 40
+    assert summary["this_run"]["metrics"]["videos_partial"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# A killed job keeps its finished videos (issue 12 item 8) and several worker processes give the
+# same output (issue 17).
+
+def _many_videos(tiny_charades, directory, count):
+    """`count` Charades rows, each with its own copy of a tiny video (enough work to kill mid-job)."""
+    videos = Path(directory) / "videos"
+    videos.mkdir(parents=True)
+    source = next(Path(tiny_charades["videos_dir"]).glob("*.mp4"))
+    rows = []
+    for i in range(count):
+        video_id = f"V{i:03d}"
+        shutil.copy(source, videos / f"{video_id}.mp4")
+        rows.append(charades.CharadesVideo(video_id, (charades.Action(i % 10, 0.0, 1.0 + i % 3),), 2.0))
+    rows.append(charades.CharadesVideo("GONE1", (charades.Action(1, 0.0, 1.0),), 2.0))  # a dead letter too
+    charades.write_annotations(Path(directory) / "many.csv", rows)
+    return str(videos), str(Path(directory) / "many.csv")
+
+
+def _output_files(out):
+    """Every file of the output folder; summary.json without the part that describes one run."""
+    files = {p.name: p.read_bytes() for p in Path(out).iterdir() if p.is_file()}
+    summary = json.loads(files.pop("summary.json"))
+    summary.pop("this_run")
+    return files, summary
+
+
+def _assert_same_output(a, b):
+    (files_a, summary_a), (files_b, summary_b) = _output_files(a), _output_files(b)
+    assert sorted(files_a) == sorted(files_b)
+    assert [name for name in sorted(files_a) if files_a[name] != files_b[name]] == []
+    assert summary_a == summary_b
+
+
+@pytest.mark.slow
+def test_killed_preprocess_keeps_finished_videos_and_resumes_to_identical_output(tiny_charades, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    videos, csv_path = _many_videos(tiny_charades, tmp_path, 40)
+    kwargs = _charades_kwargs(tiny_charades, tmp_path / "killed", videos=videos, annotations=csv_path,
+                              num_shards=3)
+    code = f"from pipelines.preprocess import run_preprocess; run_preprocess(**{kwargs!r})"
+    env = dict(os.environ, PYTHONPATH=str(Path(preprocess.__file__).resolve().parents[1]))
+    process = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
+    staging = tmp_path / "killed" / preprocess.STAGING
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(staging.glob("*.rec"))) < 3:
+        assert process.poll() is None, "the job ended before it could be killed"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    staged = len(list(staging.glob("*.rec")))
+    assert 3 <= staged < 40 and not list((tmp_path / "killed").glob("*.tfrecord"))  # killed mid-job
+
+    resumed = preprocess.run_preprocess(**kwargs)
+    assert resumed["this_run"]["resumed_from_staging"] >= staged
+    assert resumed["this_run"]["metrics"]["videos_in"] == 41 - resumed["this_run"]["resumed_from_staging"]
+    assert not staging.exists()
+    once = preprocess.run_preprocess(**dict(kwargs, out=str(tmp_path / "once")))
+    assert once["this_run"]["processed"] == 41 and (once["written"], once["dead_lettered"]) == (40, 1)
+    _assert_same_output(tmp_path / "killed", tmp_path / "once")
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_single_process_output(tiny_charades, tmp_path, capfd):
+    videos, csv_path = _many_videos(tiny_charades, tmp_path, 8)
+    kwargs = _charades_kwargs(tiny_charades, tmp_path / "one", videos=videos, annotations=csv_path, num_shards=2)
+    one = preprocess.run_preprocess(**kwargs)
+    two = preprocess.run_preprocess(**dict(kwargs, out=str(tmp_path / "two"), workers=2, progress=True))
+    _assert_same_output(tmp_path / "one", tmp_path / "two")
+    # Counters add up over the worker processes; the bar (drawn from the staged files) reached the end.
+    assert two["this_run"]["metrics"] == one["this_run"]["metrics"]
+    assert two["this_run"]["metrics"]["videos_in"] == 9 and two["this_run"]["metrics"]["videos_processed"] == 8
+    assert "9/9" in capfd.readouterr().err
+
+
+def test_staging_progress_counts_the_staged_videos_of_this_run(tmp_path):
+    staging = str(tmp_path / "staging")
+    todo = {"A": "k1", "B": "k1", "C": "k1"}
+    preprocess.stage_record(staging, "Z", "k1", b"x", {})  # of an earlier run: not counted
+    preprocess.stage_record(staging, "A", "k0", b"x", {})  # other settings: not counted
+    progress = preprocess.StagingProgress(staging, todo, interval=0.01)
+    assert progress.count() == 0
+    preprocess.stage_record(staging, "A", "k1", b"x", {"frames": 1})
+    preprocess.stage_dead_letter(staging, "k1", {"id": "B", "path": "b", "reason": "missing: b"})
+    assert progress.count() == 2
+    assert preprocess.read_staged_record(staging, "A", "k1") == (b"x", {"frames": 1})
+
+
+def test_workers_flag_reaches_the_job(monkeypatch, tmp_path):
+    seen = {}
+    monkeypatch.setattr(preprocess, "run_preprocess", lambda **kwargs: seen.update(kwargs) or {
+        "input": 1, "written": 1, "dead_lettered": 0, "unaccounted": []})
+    rc = main(["preprocess", "--dataset", "toyota", "--videos", str(tmp_path), "--out", str(tmp_path / "o"),
+               "--workers", "3", "--replace"])
+    assert rc == 0 and (seen["workers"], seen["replace"]) == (3, True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Toyota protocols (issue 11 item 6).
+
+def test_toyota_unknown_activity_is_dead_lettered_and_the_job_finishes(tiny_toyota, tmp_path):
+    from preprocessing import toyota
+
+    videos = tmp_path / "mp4"
+    shutil.copytree(tiny_toyota["videos_dir"], videos)
+    source = next(videos.glob("*.mp4"))
+    shutil.copy(source, videos / "Pour.Fromcup_p03_r07_v01_c01.mp4")  # in the authors' lists, not in the 31
+    out = tmp_path / "out"
+    summary = preprocess.run_preprocess(dataset="toyota", videos=str(videos), out=str(out), split="cs-train",
+                                        fps=4.0, size=24, flow="none", progress=False)
+    expected = [c.id for c, _ in toyota.scan_clips(videos, "cs-train")[0]]
+    assert summary["written"] == len(expected) > 0 and summary["dead_lettered"] == 1
+    assert summary["input"] == len(expected) + 1 and preprocess.summary_ok(summary)
+    (dead,) = [json.loads(line) for line in (out / "dead_letter.jsonl").read_text().splitlines()]
+    assert dead["id"] == "Pour.Fromcup_p03_r07_v01_c01"
+    assert dead["reason"].startswith("unknown_activity: unknown activity 'Pour.Fromcup'; expected one of the 31")
+    assert json.loads((out / "classes.json").read_text()) == list(toyota.CLASSES)
+
+
+def test_toyota_cross_view_uses_the_19_classes(tiny_toyota, tmp_path):
+    from preprocessing import toyota
+
+    out = tmp_path / "out"
+    summary = preprocess.run_preprocess(dataset="toyota", videos=tiny_toyota["videos_dir"], out=str(out),
+                                        split="cv2-train", fps=4.0, size=24, flow="none", progress=False)
+    clips = [toyota.parse_clip_name(p.name, classes=None) for p in Path(tiny_toyota["videos_dir"]).glob("*.mp4")]
+    in_split = [c for c in clips if toyota.in_split(c, "cv2-train")]
+    kept = sorted(c.id for c in in_split if c.activity in toyota.CROSS_VIEW_CLASSES)
+    assert kept and len(kept) < len(in_split)  # the tiny set has clips of both kinds in this split
+    assert summary["num_classes"] == 19 and summary["written"] == len(kept)
+    assert summary["dead_lettered"] == len(in_split) - len(kept)
+    examples = [schema.decode_example(r) for r in _records(out)]
+    assert sorted(e["video_id"] for e in examples) == kept
+    for e in examples:
+        assert e["num_classes"] == 19
+        assert e["labels"] == [toyota.CROSS_VIEW_CLASSES.index(e["video_id"].split("_")[0])]
+    assert json.loads((out / "classes.json").read_text()) == list(toyota.CROSS_VIEW_CLASSES)
+    from pipelines.train import find_class_names, num_classes_in
+
+    assert num_classes_in(str(out)) == 19 and find_class_names(str(out), 19) == list(toyota.CROSS_VIEW_CLASSES)
+
+
+def test_toyota_split_matching_nothing_is_an_error(tmp_path):
+    (tmp_path / "mp4").mkdir()
+    (tmp_path / "mp4" / "Walk_p03_r00_v01_c01.mp4").write_bytes(b"x")
+    with pytest.raises(preprocess.EmptyInputError, match=r"none of its 1 clips is in split cs-test"):
+        preprocess.run_preprocess(dataset="toyota", videos=str(tmp_path / "mp4"), out=str(tmp_path / "out"),
+                                  split="cs-test", progress=False)
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(preprocess.EmptyInputError, match=r"nothing: no \.mp4 clip"):
+        preprocess.run_preprocess(dataset="toyota", videos=str(tmp_path / "nothing"), out=str(tmp_path / "o"),
+                                  progress=False)

@@ -83,3 +83,14 @@ def test_bad_files(tmp_path):
         decode_video(tmp_path / "cut.mp4", fps=6)
     with pytest.raises(DecodeError, match="too_few_frames"):
         decode_video(CARPHONE, fps=6, max_seconds=0.1)  # one frame at 6 fps, two needed
+
+
+def test_partly_corrupt_video_keeps_its_frames_and_is_flagged(tmp_path):
+    from tests.preprocessing.data import write_partly_corrupt_video
+
+    write_partly_corrupt_video(tmp_path / "p.mp4", frames=40, fps=8.0)
+    video = decode_video(tmp_path / "p.mp4", fps=4)
+    assert video.partial and video.declared_frames == 40 and 2 <= video.source_frames < 38
+    assert len(video.frames) == round(video.duration * 4)
+    whole = decode_video(CARPHONE, fps=6, shorter_side=48)
+    assert not whole.partial and whole.declared_frames == whole.source_frames == 120
