@@ -403,6 +403,8 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
     local = runner in (None, "", "FnApiRunner", "local")
     if "://" not in out:
         Path(out).mkdir(parents=True, exist_ok=True)
+    from pipelines.checks import write_class_names  # classes.json, for the run directory and `predict`
+    write_class_names(out, dataset=dataset, classes=classes, num_classes=num_classes)
 
     existing_shards, written_before = existing_output(out)
     shards = existing_shards or num_shards or max(1, math.ceil(len(tasks) / VIDEOS_PER_SHARD))

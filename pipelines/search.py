@@ -47,6 +47,7 @@ def run_search(*, structure: str | Path | Structure, data: str, out_dir: str | P
 
     import model.assemblenet  # noqa: F401  (registers the custom layers for load_model)
     from model.pruning import attention_weights, connection_weights, prune
+    from pipelines.checks import check_records
     from pipelines.train import TrainConfig
     from pipelines.train import train as train_run
 
@@ -59,6 +60,9 @@ def run_search(*, structure: str | Path | Structure, data: str, out_dir: str | P
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     layout = get_structure(structure)
+    recipe = TrainConfig(**train)
+    check_records(data, dataset=recipe.dataset, num_classes=recipe.num_classes, modalities=layout.modalities,
+                  source="the search")
     supernet = over_connected(layout)
     supernet.save(out / "structure.json")
     config = TrainConfig(**{**train, "structure": str(out / "structure.json"), "attention": "search"})
