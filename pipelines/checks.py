@@ -210,16 +210,17 @@ def check_records(data: str, *, dataset: str | None, num_classes: int | None,
     if missing:
         summary = preprocess_summary(data)
         made = []
-        if "object" in missing and summary.get("segmenter") in ("none", None, ""):
-            made.append("--segmenter none" if summary else "no segmenter")
-        if "flow" in missing and summary.get("flow") in ("none", None):
-            made.append("--flow none" if summary else "no flow")
+        if summary and "object" in missing and summary.get("segmenter") in ("none", None, ""):
+            made.append("--segmenter none")
+        if summary and "flow" in missing and summary.get("flow") in ("none", None):
+            made.append("--flow none")
         why = f", made with {' and '.join(made)}" if made else ""
         fix = ("preprocess again with a segmenter" if "object" in missing else "preprocess again with flow")
         problems.append(f"they hold only {'+'.join(info.modalities)}{why}, but the structure's stems need "
                         f"{'+'.join(missing)} ({fix}, or use a structure without those stems)")
     if problems:
-        raise UserError(f"{flag} {data}: {info.file}: " + "; ".join(problems))
+        where = f"{flag} {data}" + ("" if info.file == str(data) else f": {info.file}")
+        raise UserError(f"{where}: " + "; ".join(problems))
     return info
 
 

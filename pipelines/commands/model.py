@@ -20,11 +20,12 @@ def register(subparsers):
 
 
 def summary_command(args):
-    from model.structure import get_structure
-    from model.summary import model_summary
     from pipelines.checks import check_structure_file, read_json
 
-    check_structure_file(args.structure)
+    check_structure_file(args.structure)  # before the Keras import: a typo is reported at once
+    from model.structure import get_structure
+    from model.summary import model_summary
+
     structure = get_structure(args.structure)
     if args.cell:
         from model.attention_nas import insert_cells
