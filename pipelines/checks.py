@@ -239,15 +239,18 @@ def check_resume(workdir: Path, config: Mapping[str, Any], structure: Mapping[st
         raise UserError(f"{workdir / 'config.json'}: this run directory was started with another config "
                         f"({listed}); use a new --workdir, or the same flags to resume")
     path = workdir / "structure.json"
+    check_same_structure(path, structure, f"use a new --workdir, or pass --structure {path} to resume")
+
+
+def check_same_structure(path: Path, structure: Mapping[str, Any], remedy: str) -> None:
+    """Raises UserError when the run's saved copy `path` (if any) differs from `structure` in content."""
     if not path.exists():
         return
-    saved = read_json(path)
-    differences = structure_differences(saved, structure)
+    differences = structure_differences(read_json(path), structure)
     if differences:
         raise UserError(f"{path}: the structure differs from the one this run was started with "
                         f"({'; '.join(differences[:4])}{'; ...' if len(differences) > 4 else ''}); its "
-                        f"checkpoints are of that one: use a new --workdir, or pass --structure {path} "
-                        "to resume")
+                        f"checkpoints are of that one: {remedy}")
 
 
 def structure_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

@@ -189,3 +189,21 @@ def test_resume_refuses_an_edited_structure_and_keeps_the_runs_copy(tmp_path):
     result = train(config=again, data=str(data), workdir=run, verbose=0)
     assert result["initial_epoch"] == 2 and result["steps"] == 2
     assert (run / "structure.json").read_bytes() == saved
+
+
+def test_resuming_a_search_with_an_edited_layout_refuses_before_writing(tmp_path):
+    from model.oneshot import over_connected
+    from model.structure import Structure, tiny
+    from pipelines.search import run_search
+
+    data = write_records(tmp_path / "records" / "a.tfrecord")
+    out = tmp_path / "search"
+    over_connected(tiny()).save(out / "run" / "structure.json")  # as a started search leaves it
+    (out / "structure.json").write_text("the search's copy\n")
+    edited = tiny().to_json()
+    block = next(n for n in edited["nodes"] if n["level"] > 0)
+    block["dilation"] = 2
+    with pytest.raises(UserError, match=rf"block {block['index']}: dilation 1 -> 2\); its checkpoints are of "
+                                        "that one: use a new --out"):
+        run_search(structure=Structure.from_json(edited), data=str(data), out_dir=out, train={})
+    assert (out / "structure.json").read_text() == "the search's copy\n"
