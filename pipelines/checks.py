@@ -329,10 +329,17 @@ def read_text(path: str | Path, what: str = "") -> str:
 
 
 def check_structure_file(value: str | None, flag: str = "--structure") -> None:
-    """A --structure that names a JSON file: its JSON is checked here, so a typo in it is reported
-    with file, line and column (a structure name such as `tiny` is left to get_structure)."""
+    """A --structure that names a JSON file: its JSON and its graph are checked here, so a mistake in
+    it is reported with the file (and line and column for bad JSON); a structure name such as
+    `tiny` is left to get_structure."""
     if value and Path(value).is_file():
-        read_json(value, flag)
+        data = read_json(value, flag)
+        from model.structure import Structure
+
+        try:
+            Structure.from_json(data)
+        except (ValueError, TypeError, AttributeError) as err:
+            raise UserError(f"{flag} {value}: {err}") from None
 
 
 def check_utf8(path: str | Path | None, what: str = "") -> None:

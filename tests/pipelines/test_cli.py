@@ -1,6 +1,7 @@
 """The real `assemblenet` CLI on broken inputs: one line naming the file, line or field; exit status 1;
 no traceback unless --debug or ASSEMBLENET_DEBUG=1 (issue 12 items 7 and 10)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -32,6 +33,11 @@ def test_bad_json_names_file_line_and_column(tmp_path):
     bad.write_text('{"name": "mine",\n "nodes": [}\n')
     assert_one_line(run_cli("model", "summary", "--structure", bad, cwd=tmp_path),
                     f"assemblenet model: error: --structure {bad}:2:12: not valid JSON (Expecting value)")
+    graph = tmp_path / "graph.json"
+    graph.write_text(json.dumps({"nodes": [{"index": 0, "level": 0, "inputs": ["rgb"], "channels": 8},
+                                           {"index": 1, "level": 4, "inputs": [7], "channels": 8}]}))
+    assert_one_line(run_cli("model", "summary", "--structure", graph, cwd=tmp_path),
+                    f"assemblenet model: error: --structure {graph}: block 1: unknown input 7")
     config = tmp_path / "config.json"
     config.write_text('{\n  "steps": 10,\n}\n')
     assert_one_line(run_cli("train", "--structure", "tiny", "--data", tmp_path, "--workdir", tmp_path / "run",
