@@ -34,7 +34,7 @@ class UserError(ValueError):
 
 # Which feature lists hold each model modality (as preprocessing.schema.MODALITY_KEYS).
 MODALITY_KEYS = {"rgb": ("rgb",), "flow": ("flow_x", "flow_y"), "object": ("object",)}
-FILES_CHECKED = 8  # first record of at most this many files, spread over the list
+FILES_CHECKED = 4  # first record (one video, a few MB) of at most this many files, spread over the list
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +156,7 @@ def first_record(path: str) -> bytes | None:
     return data
 
 
-def records_info(data: str) -> RecordsInfo:
+def records_info(data: str, flag: str = "--data") -> RecordsInfo:
     """What the TFRecords of `data` (a directory, file or glob) hold; files that disagree are an error.
 
     Reads the first record of up to FILES_CHECKED files spread over the sorted list."""
@@ -171,13 +171,13 @@ def records_info(data: str) -> RecordsInfo:
         if serialized is not None:
             infos.append(parse_context(serialized, path))
     if not infos:
-        raise UserError(f"--data {data}: every TFRecord file is empty ({len(files)} files)")
+        raise UserError(f"{flag} {data}: every TFRecord file is empty ({len(files)} files)")
     first = infos[0]
     for other in infos[1:]:
         a, b = (first.dataset, first.num_classes, first.modalities), (other.dataset, other.num_classes,
                                                                        other.modalities)
         if a != b:
-            raise UserError(f"--data {data}: mixed records: {first.file} holds {_describe(first)}, "
+            raise UserError(f"{flag} {data}: mixed records: {first.file} holds {_describe(first)}, "
                             f"{other.file} holds {_describe(other)}; point --data at one preprocessing output")
     return first
 
@@ -199,7 +199,7 @@ def check_records(data: str, *, dataset: str | None, num_classes: int | None,
                   modalities: Sequence[str], flag: str = "--data", source: str = "the run") -> RecordsInfo:
     """Raises UserError when the records of `data` do not fit a run of `dataset`, `num_classes`
     classes and a structure whose stems take `modalities`; returns what the records hold."""
-    info = records_info(data)
+    info = records_info(data, flag)
     problems = []
     if dataset is not None and info.dataset != dataset:
         problems.append(f"they are {info.dataset} records but {source} uses dataset {dataset!r} "
