@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines import metrics
+from pipelines.checks import UserError, check_utf8, read_text
 from preprocessing import charades, toyota
 
 CHARADES_NUM_CLASSES = charades.NUM_CLASSES
@@ -59,27 +60,28 @@ def read_charades_submission(path: str | Path, num_classes: int,
     """
     known = None if known_ids is None else set(known_ids)
     scores: dict[str, np.ndarray] = {}
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            video, values = fields[0], fields[1:]
-            where = f"{path}:{number}"
-            if len(values) != num_classes:
-                raise ValueError(f"{where}: video {video!r} has {len(values)} scores, expected {num_classes}")
-            if known is not None and video not in known:
-                raise ValueError(f"{where}: unknown video id {video!r} (not in the annotations)")
-            if video in scores:
-                raise ValueError(f"{where}: duplicate video id {video!r}")
-            try:
-                row = np.array([float(v) for v in values], dtype=np.float64)
-            except ValueError as err:
-                raise ValueError(f"{where}: video {video!r}: non-numeric score ({err})") from None
-            if np.isnan(row).any():
-                column = int(np.argmax(np.isnan(row)))
-                raise ValueError(f"{where}: video {video!r}: NaN score in column {column}")
-            scores[video] = row
+    for number, line in enumerate(read_text(path, "submission").splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        video, values = fields[0], fields[1:]
+        where = f"{path}:{number}"
+        if len(values) != num_classes:
+            raise ValueError(f"{where}: video {video!r} has {len(values)} scores, expected {num_classes}")
+        if known is not None and video not in known:
+            raise ValueError(f"{where}: unknown video id {video!r} (not in the annotations)")
+        if video in scores:
+            raise ValueError(f"{where}: duplicate video id {video!r}")
+        try:
+            row = np.array([float(v) for v in values], dtype=np.float64)
+        except ValueError as err:
+            raise ValueError(f"{where}: video {video!r}: non-numeric score ({err})") from None
+        if np.isnan(row).any():
+            column = int(np.argmax(np.isnan(row)))
+            raise ValueError(f"{where}: video {video!r}: NaN score in column {column}")
+        scores[video] = row
+    if not scores:
+        raise UserError(f"{path}: empty submission (no line '<video id> <score> ...'); nothing to score")
     return scores
 
 
@@ -98,12 +100,15 @@ def score_charades(predictions: dict[str, np.ndarray], annotations: dict[str, np
     names = list(class_names) if class_names is not None else [f"c{c:03d}" for c in range(num_classes)]
     result = metrics.charades_map(scores, labels).to_json(names)
     result["num_missing_predictions"] = sum(v not in predictions for v in ids)
+    result["num_annotated_videos"] = len(ids)
     return result
 
 
 def evaluate_charades_submission(submission: str | Path, annotations: str | Path,
                                  classes: str | Path | None = None) -> dict:
     """`assemblenet evaluate charades`: {"mAP", "wAP", "per_class_ap", "num_videos", "missing_classes"}."""
+    check_utf8(annotations, "annotations")
+    check_utf8(classes, "classes")
     class_list = charades.read_classes(classes) if classes else None
     num_classes = len(class_list) if class_list else CHARADES_NUM_CLASSES
     labels = read_charades_annotations(annotations, num_classes)
@@ -132,7 +137,8 @@ def read_toyota_predictions(path: str | Path) -> list[tuple[str, str, str]]:
     """
     rows = []
     seen: dict[str, int] = {}
-    with open(path, newline="") as f:
+    check_utf8(path, "predictions")
+    with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = {"video", "prediction"} - set(reader.fieldnames or ())
         if missing:
@@ -246,6 +252,7 @@ def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int =
 
     from model import assemblenet  # noqa: F401  (registers the custom layers for load_model)
     from model.structure import Structure
+    from pipelines.checks import check_records
     from pipelines.train import find_class_names, num_classes_in, tfrecord_files
     from preprocessing import loader
 
@@ -263,6 +270,8 @@ def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int =
     size = size or default_test_size(dataset, _config_value(config, "size", run_dir))
     num_classes = num_classes or config.get("num_classes") or num_classes_in(data)
     structure = Structure.from_json(run_dir / "structure.json")
+    check_records(data, dataset=dataset, num_classes=num_classes, modalities=structure.modalities,
+                  source=f"the run {run_dir}")
     if model is None:
         model = at_size(keras.models.load_model(run_dir / "model.keras"), size)
     ds = loader.make_reader(tfrecord_files(data), pipeline=input_pipeline, workers=input_workers,

@@ -30,6 +30,9 @@ import dataclasses
 import fcntl
 import json
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -40,6 +43,7 @@ import numpy as np
 
 from model import evolution
 from model.structure import Structure
+from pipelines.checks import UserError
 
 STATE = "state.json"
 CHILDREN = "children"
@@ -229,6 +233,8 @@ def init_search(state_dir: str | Path, config: EvolutionConfig,
                            if k != "rounds" and config.to_json()[k] != v}
                 raise ValueError(f"{path}: this search was started with another config; changed (old, new): "
                                  f"{changed}. Use a new --out, or the same flags to resume.")
+            if evaluator is not None and state.get("evaluator"):
+                _check_same_evaluator(path, state["evaluator"], evaluator)
             state["config"] = config.to_json()
             if evaluator is not None:
                 state["evaluator"] = evaluator.to_json()
@@ -238,6 +244,33 @@ def init_search(state_dir: str | Path, config: EvolutionConfig,
                      "population": {}, "pending": [], "history": []}
         _write_json(path, state)
     return state
+
+
+def _effective(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored TrainEvaluator with every TrainConfig default filled in (an unset flag and the flag
+    set to its default train the same children)."""
+    from pipelines.train import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainEvaluator)}
+    evaluator = TrainEvaluator(**{k: v for k, v in spec.items() if k in known}).to_json()
+    evaluator["train"] = {k: v for k, v in TrainConfig.from_json(dict(evaluator["train"])).to_json().items()
+                          if k != "structure"}
+    return evaluator
+
+
+def _check_same_evaluator(path: Path, stored: Mapping[str, Any], evaluator: TrainEvaluator) -> None:
+    """Refuses to extend or resume a search with other proxy-training settings: children trained
+    for 80 and for 10 steps (or on other data) must not compete in one population (§3.2)."""
+    old, new = _effective(stored), _effective(evaluator.to_json())
+    changed = {f"--{k.replace('_', '-')}": (v, new["train"].get(k)) for k, v in old["train"].items()
+               if new["train"].get(k) != v}
+    changed.update({f"evaluator.{k}": (v, new.get(k)) for k, v in old.items()
+                    if k != "train" and new.get(k) != v})
+    if changed:
+        listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
+        raise UserError(f"{path}: this search's children were trained with other proxy-training settings "
+                        f"({listed}); refusing to mix them in one population: use a new --out to start a "
+                        "new population, or the same flags to resume")
 
 
 def _rng(state: Mapping[str, Any]) -> np.random.Generator:
@@ -313,16 +346,51 @@ def evaluate_child(state_dir: str | Path, child: str, evaluate: Evaluate | None 
             raise ValueError(f"{state_dir / STATE}: the search has no stored evaluator; pass evaluate=")
         evaluate = TrainEvaluator(**spec)
     structure, _, _ = _load_child(state_dir, child)
-    start = time.monotonic()
-    fitness, weights = evaluate(structure, folder)
-    if not np.isfinite(fitness):
-        raise ValueError(f"child {child}: fitness {fitness} is not finite")
-    edges = weights if all(isinstance(k, tuple) for k in weights) else evolution.parse_edge_weights(weights)
-    result = {"child": child, "fitness": float(fitness),
-              "edge_weights": evolution.edge_weights_to_json(edges),
-              "seconds": round(time.monotonic() - start, 3)}
-    _write_json(folder / "result.json", result)
+    with _child_lock(state_dir, child):
+        if (folder / "result.json").exists():  # finished by another process meanwhile
+            return _read_json(folder / "result.json")
+        start = time.monotonic()
+        fitness, weights = evaluate(structure, folder)
+        if not np.isfinite(fitness):
+            raise ValueError(f"child {child}: fitness {fitness} is not finite")
+        edges = weights if all(isinstance(k, tuple) for k in weights) else evolution.parse_edge_weights(weights)
+        result = {"child": child, "fitness": float(fitness),
+                  "edge_weights": evolution.edge_weights_to_json(edges),
+                  "seconds": round(time.monotonic() - start, 3)}
+        _write_json(folder / "result.json", result)
     return result
+
+
+class ChildBusy(UserError):
+    """The child is being trained by another live process."""
+
+
+CHILD_LOCK = ".training.lock"
+
+
+@contextlib.contextmanager
+def _child_lock(state_dir: Path, child: str) -> Iterator[None]:
+    """children/<child>/.training.lock, held while the child trains and holding the trainer's pid.
+
+    The lock is an flock on that file, which the kernel drops when its holder dies however it dies,
+    so the lock of a killed process is taken over at once, while a live holder (a second `evolve` on
+    the same folder, an orphaned worker, a retried Airflow task) makes this call refuse: a child is
+    never trained twice at once in the same folder."""
+    path = _child_dir(state_dir, child) / CHILD_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise ChildBusy(f"{path}: child {child} is being trained by process {holder} (another "
+                            f"`assemblenet evolve --out {state_dir}`?); wait for it to finish or stop it, "
+                            "then run again") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def integrate_results(state_dir: str | Path) -> list[str]:
@@ -401,6 +469,8 @@ def run_evolution(out_dir: str | Path, config: EvolutionConfig, *, evaluate: Eva
     if evaluate is None and evaluator is None and not (Path(out_dir) / STATE).exists():
         raise ValueError("run_evolution: pass evaluate= or evaluator= to start a new search")
     state_dir = Path(out_dir)
+    if evaluator is not None:
+        check_search_data(evaluator, config)
     init_search(state_dir, config, evaluator)
     integrate_results(state_dir)  # children finished before an interruption
     done = len(load_state(state_dir)["history"])
@@ -422,11 +492,27 @@ def run_evolution(out_dir: str | Path, config: EvolutionConfig, *, evaluate: Eva
     return finalize(state_dir)
 
 
+def check_search_data(evaluator: TrainEvaluator, config: EvolutionConfig) -> None:
+    """Fails before the first child when the proxy data does not fit the search: its dataset and
+    classes against the proxy flags, its modalities against the stems every child has (rgb and
+    flow, plus the object stem when the search space has one)."""
+    from pipelines.checks import check_records
+    from pipelines.train import TrainConfig
+
+    recipe = TrainConfig.from_json(dict(evaluator.train))
+    modalities = ("rgb", "flow", "object") if config.space.object_stem else ("rgb", "flow")
+    for flag, data in (("--data", evaluator.data), ("--eval-data", evaluator.eval_data)):
+        if data:
+            check_records(data, dataset=recipe.dataset, num_classes=recipe.num_classes, modalities=modalities,
+                          flag=flag, source="the search")
+
+
 def _run_parallel(state_dir: Path, evaluate: Evaluate | None, workers: int, bar) -> None:
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1,
+                             initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         running: dict = {}
         while True:
             state = load_state(state_dir)
@@ -443,3 +529,25 @@ def _run_parallel(state_dir: Path, evaluate: Evaluate | None, workers: int, bar)
                 del running[future]
                 future.result()  # a failed child stops the search loudly; resuming retries it
             bar.update(len(integrate_results(state_dir)))
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: the worker dies with the driver, even when the driver is SIGKILLed
+    (which runs no cleanup of its own). On Linux the kernel sends SIGKILL when the parent goes
+    (prctl PR_SET_PDEATHSIG); everywhere, a daemon thread exits once the parent pid changes (the
+    worker was re-parented), which also covers a driver that died before the prctl call."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()

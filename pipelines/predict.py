@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.checks import dataset_class_names
+
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """config.json, structure.json, preprocess.json and classes.json of a run (the last two optional)."""
@@ -51,7 +53,9 @@ def predict(*, run_dir: str | Path, video: str | Path, top: int = 5, clips: int 
     """
     scores = video_scores(run_dir=run_dir, video=video, clips=clips, segmenter=segmenter, fps=fps,
                           size=size, flow=flow, model=model)
-    names = load_run(run_dir)["classes"] or [f"class {i}" for i in range(len(scores))]
+    run = load_run(run_dir)
+    names = run["classes"] or dataset_class_names(run["config"].get("dataset", ""), None, len(scores)) \
+        or [f"class {i}" for i in range(len(scores))]
     order = np.argsort(-scores, kind="stable")[:top]
     return [(names[i], float(scores[i])) for i in order]
 

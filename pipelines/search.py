@@ -47,6 +47,7 @@ def run_search(*, structure: str | Path | Structure, data: str, out_dir: str | P
 
     import model.assemblenet  # noqa: F401  (registers the custom layers for load_model)
     from model.pruning import attention_weights, connection_weights, prune
+    from pipelines.checks import check_records, check_same_structure
     from pipelines.train import TrainConfig
     from pipelines.train import train as train_run
 
@@ -59,7 +60,13 @@ def run_search(*, structure: str | Path | Structure, data: str, out_dir: str | P
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     layout = get_structure(structure)
+    recipe = TrainConfig(**train)
+    check_records(data, dataset=recipe.dataset, num_classes=recipe.num_classes, modalities=layout.modalities,
+                  source="the search")
     supernet = over_connected(layout)
+    # Resuming: the layout must be the one the run's checkpoints were trained from (pipelines/checks.py).
+    check_same_structure(out / "run" / "structure.json", supernet.to_json(),
+                         "use a new --out, or pass the layout the search was started with")
     supernet.save(out / "structure.json")
     config = TrainConfig(**{**train, "structure": str(out / "structure.json"), "attention": "search"})
     metrics = train_run(config=config, data=data, workdir=out / "run", eval_data=eval_data, verbose=verbose)

@@ -140,13 +140,18 @@ def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str
     may resume with the other one.
     """
     from model.structure import get_structure
+    from pipelines.checks import check_records
 
     workdir = Path(workdir)
     structure = get_structure(config.structure)
+    check_records(data, dataset=config.dataset, num_classes=config.num_classes,
+                  modalities=structure.modalities, source="the run")
+    if eval_data:
+        check_records(eval_data, dataset=config.dataset, num_classes=config.num_classes,
+                      modalities=structure.modalities, flag="--eval-data", source="the run")
     if config.num_classes is None:
         config = dataclasses.replace(config, num_classes=num_classes_in(data))
-    _prepare_workdir(workdir, config)
-    structure.save(workdir / "structure.json")
+    _prepare_workdir(workdir, config, structure)
     class_names = find_class_names(data, config.num_classes, classes)
     if class_names is not None:
         _write_json(workdir / "classes.json", class_names)
@@ -179,18 +184,19 @@ def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str
 
 # -- run directory -------------------------------------------------------------------------
 
-def _prepare_workdir(workdir: Path, config: TrainConfig) -> None:
-    """Writes config.json, or checks that a resumed run uses the same config."""
+def _prepare_workdir(workdir: Path, config: TrainConfig, structure) -> None:
+    """Writes structure.json and config.json (the run's own copy of what it trains), or, resuming,
+    checks that the config and the structure's content are the ones the run was started with
+    before writing anything (pipelines.checks.check_resume)."""
+    from pipelines.checks import check_resume
+
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.json"
     if path.exists():
-        previous = TrainConfig.from_json(path)
-        if previous != config:
-            changed = {k: (v, getattr(config, k)) for k, v in previous.to_json().items()
-                       if getattr(config, k) != v}
-            raise ValueError(f"{path}: this run directory was started with another config; changed fields "
-                             f"(old, new): {changed}. Use a new --workdir or the same flags to resume.")
-        return
+        check_resume(workdir, config.to_json(), structure.to_json(), TrainConfig.from_json(path).to_json())
+        if (workdir / "structure.json").exists():
+            return
+    structure.save(workdir / "structure.json")
     _write_json(path, config.to_json())
 
 

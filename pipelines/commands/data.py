@@ -59,8 +59,11 @@ def synth_command(args):
 
 
 def preprocess_command(args):
+    from pipelines.checks import check_utf8
     from pipelines.preprocess import run_preprocess, summary_ok
 
+    check_utf8(args.annotations, "--annotations")
+    check_utf8(args.classes, "--classes")
     extra = [a for a in (args.pipeline_args or []) if a != "--"]
     summary = run_preprocess(dataset=args.dataset, videos=args.videos, out=args.out,
                              annotations=args.annotations, classes=args.classes, split=args.split,

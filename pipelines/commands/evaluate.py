@@ -1,6 +1,7 @@
 """`assemblenet evaluate charades|toyota|run`: score a submission, a prediction CSV or a trained run."""
 
 import json
+import sys
 
 from pipelines.commands.train import add_input_flags
 
@@ -51,7 +52,11 @@ def charades_command(args) -> int:
     from pipelines.evaluate import evaluate_charades_submission
 
     result = evaluate_charades_submission(args.submission, args.annotations, args.classes)
-    _print(result, args.json, ("mAP", "wAP", "num_videos"))
+    _print(result, args.json, ("mAP", "wAP", "num_videos", "num_missing_predictions"))
+    missing, total = result["num_missing_predictions"], result["num_annotated_videos"]
+    if missing:  # they score -inf for every class (ranked last), which lowers the mAP
+        print(f"warning: {missing} of {total} annotated videos have no line in {args.submission}; "
+              "they are ranked last for every class", file=sys.stderr)
     return 0
 
 

@@ -1,5 +1,6 @@
 """`assemblenet evolve`: connection-learning-guided evolution of AssembleNet structures (§3.2)."""
 
+import argparse
 import json
 
 from pipelines.commands.train import FLAGS as TRAIN_FLAGS
@@ -9,6 +10,31 @@ from pipelines.commands.train import FLAGS as TRAIN_FLAGS
 PROXY_FLAGS = ("dataset", "num_classes", "frames", "size", "batch_size", "steps", "steps_per_epoch",
                "learning_rate", "warmup_steps", "weight_decay", "label_smoothing", "precision", "seed",
                "temporal_pool")
+
+
+def _threshold(text: str):
+    """--keep-threshold: 'random' or a number in [0, 1] (a bad value is a one-line argparse error)."""
+    if text == "random":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'random', got {text!r}")
+    return value
+
+
+def _numbers(kind):
+    def parse(text: str) -> str:
+        try:
+            [kind(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, e.g. 2,4; "
+                                             f"got {text!r}") from None
+        return text
+    parse.__name__ = f"{kind.__name__} list"
+    return parse
 
 
 def register(subparsers):
@@ -28,16 +54,16 @@ def register(subparsers):
     search.add_argument("--tournament", type=int, default=5, help="tournament subset size (paper: 5)")
     search.add_argument("--strategy", choices=("guided", "random-edges", "random-search"), default="guided",
                         help="guided = Eq. 2; the two baselines of Figure 4")
-    search.add_argument("--keep-threshold", default="random",
+    search.add_argument("--keep-threshold", type=_threshold, default="random",
                         help="B of Eq. 2: a number in [0, 1], or 'random' for B ~ unif(0, 1) per child")
     search.add_argument("--search-seed", type=int, default=0, help="seed of the search's random choices")
     search.add_argument("--workers", type=int, default=1, help="children trained in parallel processes")
     space = parser.add_argument_group("search space")
-    space.add_argument("--stems", default="2,4", help="stem counts to draw from (paper: 2,4)")
+    space.add_argument("--stems", type=_numbers(int), default="2,4", help="stem counts to draw from (paper: 2,4)")
     space.add_argument("--object-stem", action="store_true", help="add the object stem (AssembleNet++)")
     space.add_argument("--width-scale", type=int, default=1,
                        help="divide every channel count by this (tiny proxy searches, e.g. 8 or 16)")
-    space.add_argument("--repeats", default="1.5,2,3,1.5",
+    space.add_argument("--repeats", type=_numbers(float), default="1.5,2,3,1.5",
                        help="module repeats m per level (paper: 1.5,2,3,1.5; tiny proxies: 0.5,0.5,0.5,0.5)")
     proxy = parser.add_argument_group("proxy training of each child (TrainConfig; paper: 10k steps)")
     for name in PROXY_FLAGS:

@@ -20,6 +20,9 @@ def register(subparsers):
 
 
 def summary_command(args):
+    from pipelines.checks import check_structure_file, read_json
+
+    check_structure_file(args.structure)  # before the Keras import: a typo is reported at once
     from model.structure import get_structure
     from model.summary import model_summary
 
@@ -27,8 +30,7 @@ def summary_command(args):
     if args.cell:
         from model.attention_nas import insert_cells
 
-        with open(args.cell) as f:
-            cell = json.load(f)
+        cell = read_json(args.cell, "--cell")
         levels = tuple(int(v) for v in args.cell_levels.split(","))
         structure = insert_cells(structure, cell, after_levels=levels)
     result = model_summary(structure, attention=args.attention, frames=args.frames, size=args.size,

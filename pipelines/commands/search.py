@@ -31,8 +31,10 @@ def register(subparsers):
 
 
 def search_command(args) -> int:
+    from pipelines.checks import check_structure_file
     from pipelines.search import run_search
 
+    check_structure_file(args.structure)
     train = {name: getattr(args, name) for name in SEARCH_TRAIN_FLAGS if getattr(args, name) is not None}
     summary = run_search(structure=args.structure, data=args.data, out_dir=args.out, train=train,
                          eval_data=args.eval_data, threshold=args.threshold,

@@ -2,6 +2,8 @@
 
 import json
 
+from pipelines.checks import UserError
+
 
 def register(subparsers):
     parser = subparsers.add_parser(
@@ -68,9 +70,14 @@ def _add_config_flags(group) -> None:
 
 
 def train_command(args) -> int:
+    from pipelines.checks import check_structure_file, read_json
+
+    check_structure_file(args.structure)  # before the Keras import: a typo is reported at once
+    base = read_json(args.config, "--config") if args.config else {}
+    if not isinstance(base, dict):
+        raise UserError(f"--config {args.config}: expected a JSON object of TrainConfig fields")
     from pipelines.train import TrainConfig, train
 
-    base = json.loads(open(args.config).read()) if args.config else {}
     overrides = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
     config = TrainConfig.from_json({**base, **overrides, "structure": args.structure})
     result = train(config=config, data=args.data, workdir=args.workdir, eval_data=args.eval_data,

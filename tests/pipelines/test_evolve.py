@@ -194,3 +194,109 @@ def test_parallel_workers_evaluate_each_child_once(tmp_path):
     assert sorted(_starts(tmp_path)) == [f"c{k:04d}" for k in range(8)]
     state = evolve.load_state(tmp_path)
     assert len(state["population"]) == 4 and state["pending"] == []
+
+
+# -- issue 12: proxy flags, workers and locks ------------------------------------------------------------
+
+def test_extending_a_search_with_other_proxy_flags_refuses(tmp_path):
+    from pipelines.checks import UserError
+    from pipelines.evolve import TrainEvaluator
+
+    config = _config(rounds=2)
+    evolve.init_search(tmp_path, config, TrainEvaluator(data="records", train={"steps": 80, "steps_per_epoch": 10}))
+    with pytest.raises(UserError) as err:
+        evolve.init_search(tmp_path, _config(rounds=4),
+                           TrainEvaluator(data="records", train={"steps": 10, "steps_per_epoch": 10}))
+    assert str(err.value) == (
+        f"{tmp_path / 'state.json'}: this search's children were trained with other proxy-training settings "
+        "(--steps 80 -> 10); refusing to mix them in one population: use a new --out to start a new "
+        "population, or the same flags to resume")
+    assert evolve.load_state(tmp_path)["evaluator"]["train"] == {"steps": 80, "steps_per_epoch": 10}
+    with pytest.raises(UserError, match=r"evaluator.data 'records' -> 'other'"):
+        evolve.init_search(tmp_path, config, TrainEvaluator(data="other", train={"steps": 80, "steps_per_epoch": 10}))
+    # A flag spelled out at its default trains the same children: that is a resume.
+    same = TrainEvaluator(data="records", train={"steps": 80, "steps_per_epoch": 10, "frames": 16})
+    assert evolve.init_search(tmp_path, _config(rounds=4), same)["config"]["rounds"] == 4
+
+
+def pid_evaluate(structure: Structure, workdir: Path) -> tuple[float, dict]:
+    """Writes its process id to <child>/worker.pid, then sleeps FAKE_SLEEP seconds and scores."""
+    (Path(workdir) / "worker.pid").write_text(str(os.getpid()))
+    time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
+    return fake_score(structure)
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, dead but not yet reaped by its new parent, counts as dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+_WORKERS_SCRIPT = """
+import sys
+from pathlib import Path
+from tests.pipelines import test_evolve as t
+from pipelines import evolve
+evolve.run_evolution(Path(sys.argv[1]), t._config(population_size=2, rounds=0), evaluate=t.pid_evaluate,
+                     workers=2, progress=False)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_die_when_the_driver_is_sigkilled(tmp_path):
+    env = {**os.environ, "FAKE_SLEEP": "300", "PYTHONPATH": str(ROOT)}
+    driver = subprocess.Popen([sys.executable, "-c", _WORKERS_SCRIPT, str(tmp_path)], env=env, cwd=ROOT)
+    deadline = time.monotonic() + 240
+    while len(list(tmp_path.glob("children/*/worker.pid"))) < 2 and time.monotonic() < deadline:
+        assert driver.poll() is None, "the driver ended before its workers started"
+        time.sleep(0.1)
+    workers = [int(p.read_text()) for p in tmp_path.glob("children/*/worker.pid")]
+    assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = [pid for pid in workers if _alive(pid)]
+    for pid in survivors:  # do not leave them behind when the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"workers {survivors} outlived their SIGKILLed driver"
+
+
+_CHILD_SCRIPT = """
+import sys
+from pathlib import Path
+from tests.pipelines import test_evolve as t
+from pipelines import evolve
+evolve.evaluate_child(Path(sys.argv[1]), sys.argv[2], t.pid_evaluate)
+"""
+
+
+def test_a_child_being_trained_is_locked_and_a_killed_holders_lock_is_taken_over(tmp_path):
+    from pipelines.evolve import ChildBusy
+
+    evolve.init_search(tmp_path, _config(population_size=2, rounds=0))
+    child = evolve.propose_children(tmp_path, 1)[0]
+    env = {**os.environ, "FAKE_SLEEP": "300", "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen([sys.executable, "-c", _CHILD_SCRIPT, str(tmp_path), child], env=env, cwd=ROOT)
+    pid_file = tmp_path / "children" / child / "worker.pid"
+    try:
+        deadline = time.monotonic() + 120
+        while not pid_file.exists() and time.monotonic() < deadline:
+            assert holder.poll() is None, "the holder ended before training"
+            time.sleep(0.05)
+        with pytest.raises(ChildBusy, match=f"child {child} is being trained by process {holder.pid} "):
+            evolve.evaluate_child(tmp_path, child, fake_evaluate)
+        assert _starts(tmp_path) == []  # not trained a second time
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = tmp_path / "children" / child / evolve.CHILD_LOCK
+    assert lock.read_text().strip() == str(holder.pid)  # a stale lock of a dead process is left behind...
+    result = evolve.evaluate_child(tmp_path, child, fake_evaluate)  # ...and taken over
+    assert _starts(tmp_path) == [child] and result["fitness"] == pytest.approx(
+        fake_score(Structure.from_json(json.loads((tmp_path / "children" / child / "spec.json").read_text())
+                                       ["structure"]))[0])

@@ -56,3 +56,36 @@ def test_predict_fails_clearly_without_inputs_the_model_needs(run_dir, tmp_path)
         predict(run_dir=run_dir, video=tmp_path / "missing.mp4")
     with pytest.raises(ValueError, match="no config.json; is this a finished training run"):
         predict(run_dir=tmp_path, video=video)
+
+
+def test_class_names_travel_from_the_annotations_to_the_records_to_the_run(tiny_charades, tmp_path):
+    """The records' folder holds classes.json, wherever it is (not only next to the CSV): training
+    finds it there and copies it into the run directory (issue 12 item 7)."""
+    from pipelines.preprocess import run_preprocess
+    from pipelines.train import find_class_names
+    from preprocessing import charades
+
+    out = tmp_path / "elsewhere" / "deep" / "records"
+    summary = run_preprocess(dataset="charades", videos=tiny_charades["videos_dir"], out=str(out),
+                             annotations=tiny_charades["train_csv"], fps=4.0, size=32, flow="none",
+                             segmenter="none", progress=False)
+    names = [name for _, name in charades.read_classes(tiny_charades["classes_file"])]
+    assert json.loads((out / "classes.json").read_text()) == names
+    assert find_class_names(str(out), summary["num_classes"]) == names
+
+
+def test_predict_prints_class_names_not_indices(tmp_path, monkeypatch, capsys):
+    """A Toyota run without classes.json still prints the Toyota activity names (the fixed label space)."""
+    from model.structure import tiny
+    from pipelines import cli
+    from pipelines import predict as predict_module
+    from preprocessing import toyota
+
+    run = tmp_path / "run"
+    tiny().save(run / "structure.json")
+    (run / "config.json").write_text(json.dumps({"dataset": "toyota", "num_classes": 31}))
+    (run / "model.keras").write_bytes(b"")
+    scores = np.linspace(0.0, 1.0, 31)
+    monkeypatch.setattr(predict_module, "video_scores", lambda **kwargs: scores)
+    assert cli.main(["predict", "--model", str(run), "--video", "v.mp4", "--top", "2"]) == 0
+    assert capsys.readouterr().out == f"1.0000  {toyota.CLASSES[30]}\n0.9667  {toyota.CLASSES[29]}\n"

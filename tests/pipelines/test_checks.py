@@ -1,0 +1,209 @@
+"""Runs checked against their data before any work (issue 12 items 2-4, 7): pipelines/checks.py."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines import checks
+from pipelines.checks import UserError
+
+
+def write_records(path, *, dataset="charades", num_classes=4, videos=2, frames=4, side=16, flow=True,
+                  objects=True, summary=None):
+    """A TFRecord file of `videos` random videos (no TensorFlow, no Beam), plus summary.json if given."""
+    from pipelines.preprocess import encode_records
+    from preprocessing.schema import encode_example
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    records = [encode_example(
+        video_id=f"v{k}", dataset=dataset, fps=4.0, num_classes=num_classes, labels=[k % num_classes],
+        label_start=[0.0], label_end=[1.0], rgb=rng.integers(0, 256, (frames, side, side, 3), dtype=np.uint8),
+        flow=rng.integers(0, 256, (frames - 1, side, side, 2), dtype=np.uint8) if flow else None,
+        objects=rng.integers(0, 151, (frames, side, side), dtype=np.uint8) if objects else None)
+        for k in range(videos)]
+    path.write_bytes(encode_records(records))
+    if summary is not None:
+        (path.parent / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+def test_the_context_reader_agrees_with_the_schema(tmp_path):
+    from preprocessing.schema import decode_example
+
+    path = write_records(tmp_path / "a.tfrecord", dataset="toyota", num_classes=31, objects=False)
+    serialized = checks.first_record(str(path))
+    info = checks.parse_context(serialized, str(path))
+    decoded = decode_example(serialized)
+    assert (info.dataset, info.num_classes, info.height, info.width) == ("toyota", 31, 16, 16)
+    assert info.fps == pytest.approx(decoded["fps"]) and info.modalities == ("rgb", "flow")
+    with pytest.raises(UserError, match="not a tf.train.SequenceExample"):
+        checks.parse_context(b"\xff\xff\xff", "x")
+
+
+def test_records_that_do_not_fit_the_run_are_named_in_one_line(tmp_path):
+    data = tmp_path / "records"
+    shard = write_records(data / "train-00000-of-00001.tfrecord", dataset="toyota", num_classes=31,
+                          objects=False, summary={"dataset": "toyota", "segmenter": "none", "flow": "opencv"})
+    info = checks.check_records(str(data), dataset="toyota", num_classes=31, modalities=("rgb", "flow"))
+    assert info.file == str(shard)
+    with pytest.raises(UserError) as err:
+        checks.check_records(str(data), dataset="charades", num_classes=None, modalities=("rgb",))
+    assert str(err.value) == (
+        f"--data {data}: {shard}: they are toyota records but the run uses dataset 'charades' "
+        "(pass --dataset toyota, or toyota records)")
+    with pytest.raises(UserError, match=r"they have 31 classes but the run has 6$"):
+        checks.check_records(str(data), dataset="toyota", num_classes=6, modalities=("rgb",))
+    with pytest.raises(UserError) as err:
+        checks.check_records(str(data), dataset="toyota", num_classes=None, modalities=("rgb", "flow", "object"))
+    assert str(err.value).endswith("they hold only rgb+flow, made with --segmenter none, but the structure's "
+                                   "stems need object (preprocess again with a segmenter, or use a structure "
+                                   "without those stems)")
+    assert "\n" not in str(err.value)
+
+
+def test_mixed_and_empty_record_folders_are_errors(tmp_path):
+    write_records(tmp_path / "mixed" / "a.tfrecord", dataset="charades", num_classes=4)
+    write_records(tmp_path / "mixed" / "b.tfrecord", dataset="charades", num_classes=5)
+    with pytest.raises(UserError, match="mixed records: .*a.tfrecord holds charades records with 4 classes.*"
+                                        "b.tfrecord holds charades records with 5 classes"):
+        checks.records_info(str(tmp_path / "mixed"))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.tfrecord").write_bytes(b"")
+    with pytest.raises(UserError, match="every TFRecord file is empty"):
+        checks.records_info(str(tmp_path / "empty"))
+    (tmp_path / "torn.tfrecord").write_bytes(write_records(tmp_path / "x.tfrecord").read_bytes()[:100])
+    with pytest.raises(UserError, match="torn.tfrecord: truncated TFRecord file"):
+        checks.records_info(str(tmp_path / "torn.tfrecord"))
+
+
+def test_structure_differences_name_the_block_and_field():
+    from model.structure import tiny
+
+    old = tiny().to_json()
+    new = json.loads(json.dumps(old))
+    block = next(n for n in new["nodes"] if n["level"] > 0)
+    block["dilation"] = 2
+    assert checks.structure_differences(old, new) == [f"block {block['index']}: dilation 1 -> 2"]
+    assert checks.structure_differences(old, {**old, "name": "renamed"}) == []
+
+
+def test_user_files_errors_name_file_and_line(tmp_path):
+    (tmp_path / "bad.json").write_text('{\n  "steps": 10,\n}\n')
+    with pytest.raises(UserError, match=r"^--config .*bad.json:3:1: not valid JSON \(Expecting property name"):
+        checks.read_json(tmp_path / "bad.json", "--config")
+    (tmp_path / "latin1.csv").write_bytes("video,prediction\ncafé,Walk\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1.csv:2: not UTF-8 text \(byte 0xe9\)"):
+        checks.read_text(tmp_path / "latin1.csv")
+    with pytest.raises(UserError, match="missing.json: no such file"):
+        checks.read_json(tmp_path / "missing.json")
+
+
+# -- every entry point checks before it writes anything (item 2) ------------------------------------
+
+def test_train_refuses_records_of_another_dataset_before_writing(tmp_path):
+    from pipelines.train import TrainConfig, train
+
+    data = write_records(tmp_path / "toyota" / "a.tfrecord", dataset="toyota", num_classes=31)
+    config = TrainConfig(structure="tiny", frames=4, size=16, batch_size=2, steps=2, steps_per_epoch=1)
+    with pytest.raises(UserError, match="they are toyota records but the run uses dataset 'charades'"):
+        train(config=config, data=str(data.parent), workdir=tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_refuses_a_structure_whose_stems_the_records_lack(tmp_path):
+    from pipelines.train import TrainConfig, train
+
+    data = write_records(tmp_path / "records" / "a.tfrecord", objects=False,
+                         summary={"dataset": "charades", "segmenter": "none", "flow": "opencv"})
+    config = TrainConfig(structure="tiny", frames=4, size=16, batch_size=2, steps=2, steps_per_epoch=1)
+    with pytest.raises(UserError, match=r"made with --segmenter none, but the structure's stems need object"):
+        train(config=config, data=str(data), workdir=tmp_path / "run", verbose=0)
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_refuses_records_of_another_label_space(tmp_path):
+    from model.structure import tiny
+    from pipelines.evaluate import evaluate_model
+
+    data = write_records(tmp_path / "test.tfrecord", dataset="toyota", num_classes=6)
+    run = tmp_path / "run"
+    tiny().save(run / "structure.json")
+    (run / "config.json").write_text(json.dumps({"structure": "tiny", "dataset": "toyota", "num_classes": 31,
+                                                 "frames": 4, "size": 16}))
+    with pytest.raises(UserError, match=f"the run {run} has 31"):
+        evaluate_model(run_dir=run, data=str(data), dataset="toyota", clips=1)
+    assert not (run / "metrics.json").exists()
+
+
+def test_search_and_evolution_refuse_unfitting_records_before_writing(tmp_path):
+    from pipelines.evolve import EvolutionConfig, TrainEvaluator, run_evolution
+    from pipelines.search import run_search
+
+    data = write_records(tmp_path / "records" / "a.tfrecord", dataset="toyota", num_classes=31, flow=False)
+    with pytest.raises(UserError, match="toyota records but the search uses dataset 'charades'"):
+        run_search(structure="tiny", data=str(data), out_dir=tmp_path / "search", train={})
+    assert not list((tmp_path / "search").glob("*"))
+    evaluator = TrainEvaluator(data=str(data), train={"dataset": "toyota"})
+    with pytest.raises(UserError, match=r"they hold only rgb\+object, but the structure's stems need flow"):
+        run_evolution(tmp_path / "evolve", EvolutionConfig(population_size=2, rounds=0), evaluator=evaluator,
+                      progress=False)
+    assert not (tmp_path / "evolve").exists()
+
+
+# -- resuming compares what the run directory trains (item 3) -----------------------------------------
+
+@pytest.mark.slow
+def test_resume_refuses_an_edited_structure_and_keeps_the_runs_copy(tmp_path):
+    from pipelines.train import TrainConfig, train
+
+    data = write_records(tmp_path / "records" / "a.tfrecord", videos=4)
+    structure_file = tmp_path / "mine.json"
+    from model.structure import tiny
+
+    tiny().save(structure_file)
+    config = TrainConfig(structure=str(structure_file), frames=4, size=16, batch_size=2, steps=2,
+                         steps_per_epoch=1, seed=1)
+    run = tmp_path / "run"
+    train(config=config, data=str(data), workdir=run, verbose=0)
+    saved = (run / "structure.json").read_bytes()
+    edited = json.loads(structure_file.read_text())
+    block = next(n for n in edited["nodes"] if n["level"] > 0)
+    block["dilation"] = 2  # same weight shapes: the old weights would load silently
+    structure_file.write_text(json.dumps(edited))
+
+    with pytest.raises(UserError) as err:
+        train(config=config, data=str(data), workdir=run, verbose=0)
+    assert str(err.value) == (
+        f"{run / 'structure.json'}: the structure differs from the one this run was started with "
+        f"(block {block['index']}: dilation 1 -> 2); its checkpoints are of that one: use a new --workdir, "
+        f"or pass --structure {run / 'structure.json'} to resume")
+    assert (run / "structure.json").read_bytes() == saved
+    with pytest.raises(UserError, match=r"started with another config \(steps: 2 -> 4\)"):
+        train(config=TrainConfig(**{**config.to_json(), "steps": 4}), data=str(data), workdir=run, verbose=0)
+    # The saved copy resumes (the config names another path to the same structure).
+    again = TrainConfig(**{**config.to_json(), "structure": str(run / "structure.json")})
+    result = train(config=again, data=str(data), workdir=run, verbose=0)
+    assert result["initial_epoch"] == 2 and result["steps"] == 2
+    assert (run / "structure.json").read_bytes() == saved
+
+
+def test_resuming_a_search_with_an_edited_layout_refuses_before_writing(tmp_path):
+    from model.oneshot import over_connected
+    from model.structure import Structure, tiny
+    from pipelines.search import run_search
+
+    data = write_records(tmp_path / "records" / "a.tfrecord")
+    out = tmp_path / "search"
+    over_connected(tiny()).save(out / "run" / "structure.json")  # as a started search leaves it
+    (out / "structure.json").write_text("the search's copy\n")
+    edited = tiny().to_json()
+    block = next(n for n in edited["nodes"] if n["level"] > 0)
+    block["dilation"] = 2
+    with pytest.raises(UserError, match=rf"block {block['index']}: dilation 1 -> 2\); its checkpoints are of "
+                                        "that one: use a new --out"):
+        run_search(structure=Structure.from_json(edited), data=str(data), out_dir=out, train={})
+    assert (out / "structure.json").read_text() == "the search's copy\n"

@@ -1,0 +1,122 @@
+"""The real `assemblenet` CLI on broken inputs: one line naming the file, line or field; exit status 1;
+no traceback unless --debug or ASSEMBLENET_DEBUG=1 (issue 12 items 7 and 10)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.pipelines.test_checks import write_records
+
+ROOT = Path(__file__).resolve().parents[2]
+CHARADES_HEADER = "id,subject,scene,quality,relevance,verified,script,objects,descriptions,actions,length\n"
+
+
+def run_cli(*args, cwd, env=None):
+    # No TF_CPP_MIN_LOG_LEVEL from the test environment: the CLI itself must keep start-up noise out.
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("TF_CPP_MIN_LOG_LEVEL", "ASSEMBLENET_DEBUG", "GRPC_VERBOSITY", "GLOG_minloglevel")}
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *map(str, args)], cwd=cwd, text=True,
+                          capture_output=True, timeout=600,
+                          env={**base, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+def assert_one_line(result, line):
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", line + "\n"), result.stderr[-3000:]
+
+
+def test_bad_json_names_file_line_and_column(tmp_path):
+    bad = tmp_path / "structure.json"
+    bad.write_text('{"name": "mine",\n "nodes": [}\n')
+    assert_one_line(run_cli("model", "summary", "--structure", bad, cwd=tmp_path),
+                    f"assemblenet model: error: --structure {bad}:2:12: not valid JSON (Expecting value)")
+    graph = tmp_path / "graph.json"
+    graph.write_text(json.dumps({"nodes": [{"index": 0, "level": 0, "inputs": ["rgb"], "channels": 8},
+                                           {"index": 1, "level": 4, "inputs": [7], "channels": 8}]}))
+    assert_one_line(run_cli("model", "summary", "--structure", graph, cwd=tmp_path),
+                    f"assemblenet model: error: --structure {graph}: block 1: unknown input 7")
+    config = tmp_path / "config.json"
+    config.write_text('{\n  "steps": 10,\n}\n')
+    assert_one_line(run_cli("train", "--structure", "tiny", "--data", tmp_path, "--workdir", tmp_path / "run",
+                            "--config", config, cwd=tmp_path),
+                    f"assemblenet train: error: --config {config}:3:1: not valid JSON (Expecting property name "
+                    "enclosed in double quotes)")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    bad = tmp_path / "structure.json"
+    bad.write_text("[")
+    for flags, env in ((["--debug"], None), ([], {"ASSEMBLENET_DEBUG": "1"})):
+        result = run_cli("model", "summary", "--structure", bad, *flags, cwd=tmp_path, env=env)
+        assert result.returncode == 1 and result.stderr.startswith("Traceback (most recent call last):")
+        assert result.stderr.rstrip().endswith(f"pipelines.checks.UserError: --structure {bad}:1:2: not valid "
+                                               "JSON (Expecting value)")
+
+
+def test_bad_flag_values_are_one_line_with_status_1(tmp_path):
+    assert_one_line(run_cli("train", "--structure", "tiny", "--data", tmp_path, "--workdir", tmp_path,
+                            "--steps", "abc", cwd=tmp_path),
+                    "assemblenet train: error: argument --steps: invalid int value: 'abc' "
+                    "(see assemblenet train --help)")
+    assert_one_line(run_cli("evolve", "--data", tmp_path, "--out", tmp_path, "--keep-threshold", "2",
+                            cwd=tmp_path),
+                    "assemblenet evolve: error: argument --keep-threshold: expected a number in [0, 1] or "
+                    "'random', got '2' (see assemblenet evolve --help)")
+    assert_one_line(run_cli("evolve", "--data", tmp_path, "--out", tmp_path, "--stems", "2,x", cwd=tmp_path),
+                    "assemblenet evolve: error: argument --stems: expected comma-separated ints, e.g. 2,4; "
+                    "got '2,x' (see assemblenet evolve --help)")
+
+
+def test_non_utf8_and_missing_files_name_the_file(tmp_path):
+    latin = tmp_path / "predictions.csv"
+    latin.write_bytes("video,prediction\nCook.Cut_p02_r00_v02_c03.mp4,Caf\xe9\n".encode("latin-1"))
+    assert_one_line(run_cli("evaluate", "toyota", "--predictions", latin, cwd=tmp_path),
+                    f"assemblenet evaluate: error: predictions {latin}:2: not UTF-8 text (byte 0xe9); "
+                    "save the file as UTF-8")
+    missing = tmp_path / "missing.csv"
+    assert_one_line(run_cli("evaluate", "toyota", "--predictions", missing, cwd=tmp_path),
+                    f"assemblenet evaluate: error: {missing}: No such file or directory")
+
+
+def _charades_annotations(tmp_path):
+    annotations = tmp_path / "Charades_v1_test.csv"
+    annotations.write_text(CHARADES_HEADER + "".join(
+        f"V{k},s,Kitchen,5,5,Yes,script,obj,desc,c{k % 2:03d} 0.0 1.0,3.0\n" for k in range(4)))
+    classes = tmp_path / "Charades_v1_classes.txt"
+    classes.write_text("c000 Holding a cup\nc001 Opening a door\n")
+    return annotations, classes
+
+
+def test_evaluate_charades_counts_missing_videos_and_refuses_an_empty_submission(tmp_path):
+    annotations, classes = _charades_annotations(tmp_path)
+    submission = tmp_path / "submission.txt"
+    submission.write_text("V0 0.9 0.1\nV1 0.2 0.8\n")
+    result = run_cli("evaluate", "charades", "--submission", submission, "--annotations", annotations,
+                     "--classes", classes, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    # V2, V3 score -inf (ranked last, in annotation order): AP c000 = (1/1 + 2/3)/2, c001 = (1/1 + 2/4)/2.
+    assert result.stdout == "mAP=0.7917  wAP=0.7917  num_videos=4  num_missing_predictions=2\n"
+    assert result.stderr == (f"warning: 2 of 4 annotated videos have no line in {submission}; they are "
+                             "ranked last for every class\n")
+    submission.write_text("\n\n")
+    assert_one_line(run_cli("evaluate", "charades", "--submission", submission, "--annotations", annotations,
+                            "--classes", classes, cwd=tmp_path),
+                    f"assemblenet evaluate: error: {submission}: empty submission (no line '<video id> "
+                    "<score> ...'); nothing to score")
+
+
+@pytest.mark.slow
+def test_missing_modality_is_one_line_without_tensorflow_noise(tmp_path):
+    """This one imports TensorFlow (the file listing): its CUDA/absl start-up logging must not show."""
+    records = tmp_path / "records"
+    shard = write_records(records / "train-00000-of-00001.tfrecord", objects=False,
+                          summary={"dataset": "charades", "segmenter": "none", "flow": "opencv"})
+    assert_one_line(run_cli("train", "--structure", "tiny", "--data", records, "--workdir", tmp_path / "run",
+                            cwd=tmp_path),
+                    f"assemblenet train: error: --data {records}: {shard}: they hold only rgb+flow, made with "
+                    "--segmenter none, but the structure's stems need object (preprocess again with a "
+                    "segmenter, or use a structure without those stems)")
+    assert not (tmp_path / "run").exists()
