@@ -285,28 +285,10 @@ def dataset_class_names(dataset: str, classes: str | None, num_classes: int) -> 
     if dataset == "charades":
         names = [name for _, name in charades.read_classes(classes)] if classes else None
     else:
-        names = list(toyota.CLASSES) if dataset == "toyota" else None
+        # Cross-subject: 31 classes; cross-view (CV1, CV2): the authors' 19 (preprocessing.toyota).
+        by_size = {len(toyota.CLASSES): toyota.CLASSES, len(toyota.CROSS_VIEW_CLASSES): toyota.CROSS_VIEW_CLASSES}
+        names = list(by_size.get(num_classes, ())) or None if dataset == "toyota" else None
     return names if names is not None and len(names) == num_classes else None
-
-
-def write_class_names(out: str, *, dataset: str, classes: str | None, num_classes: int) -> None:
-    """OUT/classes.json next to the records, so that `train` copies the names into the run directory
-    (pipelines.train.find_class_names looks there first) and `predict` prints names, not indices."""
-    names = dataset_class_names(dataset, classes, num_classes)
-    if names is None:
-        return
-    data = (json.dumps(names, indent=1) + "\n").encode()
-    if "://" in out:
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(f"{out.rstrip('/')}/{CLASSES_JSON}", "wb") as f:
-            f.write(data)
-        return
-    path = Path(out) / CLASSES_JSON
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{CLASSES_JSON}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 # -- reading user files with messages that name them -------------------------------------------------
