@@ -154,6 +154,8 @@ def run_backbone(backbone: str, args, out: Path) -> dict:
         )
     search_seconds = time.time() - started
     cache.clear()  # the supernet is not trained again
+    partial = out / f"partial_{backbone}.json"  # what has finished so far, should the run be cut short
+    partial.write_text(json.dumps({"searches": searches, "results": []}, indent=2) + "\n")
 
     train = dataclasses.replace(base, steps=args.steps, batch_size=args.batch_size, train_lr=args.train_lr)
     mean_searched_params = float(np.mean([s["cost"]["params"] for s in searches])) if searches else 0.0
@@ -179,6 +181,7 @@ def run_backbone(backbone: str, args, out: Path) -> dict:
             | {"top1": summary(accuracies)}
         )
         print(f"[{backbone}] {name}: {np.mean(accuracies):.3f} ± {np.std(accuracies, ddof=1):.3f}", flush=True)
+        partial.write_text(json.dumps({"searches": searches, "results": rows}, indent=2) + "\n")
     cache.clear()
 
     by_name = {r["variant"]: r for r in rows}
