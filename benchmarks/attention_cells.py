@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.attention_nas import NONLOCAL, cell_cost  # noqa: E402
+from model.attention_nas import NONLOCAL, cell_cost, load_cell  # noqa: E402
 from model.attention_nas.nonlocal_block import nonlocal_cost  # noqa: E402
 from pipelines.attention_search import (  # noqa: E402
     SearchConfig,
@@ -125,7 +125,7 @@ def run_backbone(backbone: str, args, out: Path) -> dict:
     cache: dict = {}
     started = time.time()
     searches = []
-    for seed in args.search_seeds:
+    for seed in [] if args.cells else args.search_seeds:
         config = dataclasses.replace(
             base,
             steps=args.search_steps,
@@ -168,6 +168,14 @@ def run_backbone(backbone: str, args, out: Path) -> dict:
         distinct.setdefault(json.dumps(s["cell"], sort_keys=True), []).append(s["seed"])
     for key, seeds in distinct.items():
         variants.append((f"searched (search seed {','.join(map(str, seeds))})", json.loads(key)))
+    for path in args.cells:  # cells searched earlier (e.g. by another process of this benchmark)
+        variants.append((f"searched (cell {path})", load_cell(path)))
+    wanted = {v.strip() for v in args.variants.split(",")}
+    variants = [
+        (name, cell)
+        for name, cell in variants
+        if (name.split(" (")[0] if not name.startswith("non-local (matched") else "matched") in wanted
+    ]
 
     rows = []
     for name, cell in variants:
@@ -188,15 +196,17 @@ def run_backbone(backbone: str, args, out: Path) -> dict:
     searched_pool = []
     for r in rows:
         if r["variant"].startswith("searched"):
-            copies = len(r["variant"].split("seed ")[1].rstrip(")").split(","))
+            seeds_text = r["variant"].split("seed ")[1].rstrip(")") if "seed " in r["variant"] else "0"
+            copies = len(seeds_text.split(","))
             searched_pool += r["top1"]["values"] * copies  # one entry per search seed × training seed
     tests = {}
-    nonlocal_acc = by_name["non-local"]["top1"]["values"]
-    none_acc = by_name["none"]["top1"]["values"]
-    if searched_pool:
-        tests["searched vs non-local"] = permutation_test(searched_pool, nonlocal_acc)
-        tests["searched vs none"] = permutation_test(searched_pool, none_acc)
-    tests["non-local vs none"] = permutation_test(nonlocal_acc, none_acc)
+    groups = {"searched": searched_pool}
+    for name in ("non-local", "none"):
+        if name in by_name:
+            groups[name] = by_name[name]["top1"]["values"]
+    for a, b in (("searched", "non-local"), ("searched", "none"), ("non-local", "none")):
+        if groups.get(a) and groups.get(b):
+            tests[f"{a} vs {b}"] = permutation_test(groups[a], groups[b])
     return {
         "backbone": backbone,
         "positions": list(shapes),
@@ -290,6 +300,13 @@ def main(argv=None) -> int:
     parser.add_argument("--train-lr", type=float, default=1e-3, help="Adam rate of the compared models")
     parser.add_argument("--eval-batches", type=int, default=16)
     parser.add_argument("--recalibration-batches", type=int, default=20)
+    parser.add_argument(
+        "--cells", type=lambda t: [v for v in t.split(",") if v], default=[],
+        help="comma-separated cell.json files to compare instead of searching (skips the search)",
+    )
+    parser.add_argument(
+        "--variants", default="none,non-local,matched,searched", help="which variants to train"
+    )
     parser.add_argument("--out", default="runs/attention_cells")
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds) or len(set(args.search_seeds)) != len(args.search_seeds):
