@@ -192,21 +192,6 @@ def run_backbone(backbone: str, args, out: Path) -> dict:
         partial.write_text(json.dumps({"searches": searches, "results": rows}, indent=2) + "\n")
     cache.clear()
 
-    by_name = {r["variant"]: r for r in rows}
-    searched_pool = []
-    for r in rows:
-        if r["variant"].startswith("searched"):
-            seeds_text = r["variant"].split("seed ")[1].rstrip(")") if "seed " in r["variant"] else "0"
-            copies = len(seeds_text.split(","))
-            searched_pool += r["top1"]["values"] * copies  # one entry per search seed × training seed
-    tests = {}
-    groups = {"searched": searched_pool}
-    for name in ("non-local", "none"):
-        if name in by_name:
-            groups[name] = by_name[name]["top1"]["values"]
-    for a, b in (("searched", "non-local"), ("searched", "none"), ("non-local", "none")):
-        if groups.get(a) and groups.get(b):
-            tests[f"{a} vs {b}"] = permutation_test(groups[a], groups[b])
     return {
         "backbone": backbone,
         "positions": list(shapes),
@@ -223,14 +208,88 @@ def run_backbone(backbone: str, args, out: Path) -> dict:
             )
         ),
         "train_config": dataclasses.asdict(train),
+        **statistics(searches, rows),
+        "search_seconds": search_seconds,
+        "seconds": time.time() - started,
+    }
+
+
+def statistics(searches: list, rows: list) -> dict:
+    """Pooled searched accuracies, permutation tests and agreement of the search seeds' cells."""
+    by_name = {r["variant"]: r for r in rows}
+    searched_pool = []
+    for r in rows:
+        if r["variant"].startswith("searched"):
+            seeds_text = r["variant"].split("seed ")[1].rstrip(")") if "seed " in r["variant"] else "0"
+            copies = len(seeds_text.split(","))
+            searched_pool += r["top1"]["values"] * copies  # one entry per search seed × training seed
+    tests = {}
+    groups = {"searched": searched_pool}
+    for name in ("non-local", "none"):
+        if name in by_name:
+            groups[name] = by_name[name]["top1"]["values"]
+    for a, b in (("searched", "non-local"), ("searched", "none"), ("non-local", "none")):
+        if groups.get(a) and groups.get(b):
+            tests[f"{a} vs {b}"] = permutation_test(groups[a], groups[b])
+    return {
         "searches": searches,
         "agreement": agreement([s["cell"] for s in searches]) if len(searches) > 1 else None,
         "results": rows,
         "searched_pooled": summary(searched_pool) if searched_pool else None,
         "p_values": tests,
-        "search_seconds": search_seconds,
-        "seconds": time.time() - started,
     }
+
+
+def search_summary(path: Path, shapes: dict) -> dict:
+    """The report entry of one finished search from its search.json."""
+    record = json.loads(path.read_text())
+    entropy = record["final_entropy"]
+    return {
+        "seed": record["config"]["seed"],
+        "supernet_accuracy": record["supernet_accuracy"],
+        "mean_entropy": record["final_mean_entropy"],
+        "max_entropy": max(entropy.values()),
+        "min_entropy": min(entropy.values()),
+        "mean_entropy_by_step": [h["mean_entropy"] for h in record["history"]],
+        "excluded": record["search_space"]["excluded"],
+        "messages": record["search_space"]["messages"],
+        "cell": record["cell"],
+        "cost": added_cost(record["cell"], shapes),
+    }
+
+
+def merge(directories: list, args) -> dict:
+    """One report from several runs of this benchmark (e.g. variants trained in parallel processes):
+    their partial_<backbone>.json rows and every <backbone>/search_seed*/search.json below them. A
+    searched cell given by --cells is attributed to the search seed whose cell.json it is."""
+    backbones = {}
+    for directory in map(Path, directories):
+        for partial in sorted(directory.glob("partial_*.json")):
+            backbone = partial.stem[len("partial_") :]
+            entry = backbones.setdefault(backbone, {"rows": [], "searches": {}})
+            entry["rows"] += json.loads(partial.read_text())["results"]
+    for backbone, entry in backbones.items():
+        config = SearchConfig(
+            backbone=backbone, structure=args.structure, frames=args.frames, size=args.size
+        )
+        shapes = cell_input_shapes(config)
+        for directory in map(Path, directories):
+            for path in sorted(directory.glob(f"{backbone}/search_seed*/search.json")):
+                summary_ = search_summary(path, shapes)
+                entry["searches"][summary_["seed"]] = summary_
+        searches = [entry["searches"][k] for k in sorted(entry["searches"])]
+        for row in entry["rows"]:
+            for s in searches:
+                if row["variant"].startswith("searched") and row["cell"] == s["cell"]:
+                    row["variant"] = f"searched (search seed {s['seed']})"
+        entry["report"] = {
+            "backbone": backbone,
+            "positions": list(shapes),
+            **statistics(searches, entry["rows"]),
+            "seconds": float("nan"),
+            "search_seconds": float("nan"),
+        }
+    return {"args": vars(args), "merged_from": directories, "backbones": [e["report"] for e in backbones.values()]}
 
 
 def table(report: dict) -> str:
@@ -272,7 +331,8 @@ def table(report: dict) -> str:
                 f"- derived cells of the search seeds agree on {a['agree']} of {a['total']} decisions "
                 f"(differ: {', '.join(a['differ']) or '-'})"
             )
-        lines.append(f"- {b['seconds']:.0f} s ({b['search_seconds']:.0f} s searching)")
+        if b["seconds"] == b["seconds"]:  # not NaN (a merged report has no single duration)
+            lines.append(f"- {b['seconds']:.0f} s ({b['search_seconds']:.0f} s searching)")
     return "\n".join(lines) + "\n"
 
 
@@ -307,6 +367,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--variants", default="none,non-local,matched,searched", help="which variants to train"
     )
+    parser.add_argument(
+        "--merge", default=None, help="comma-separated output folders of earlier runs: write one report of them"
+    )
     parser.add_argument("--out", default="runs/attention_cells")
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds) or len(set(args.search_seeds)) != len(args.search_seeds):
@@ -315,6 +378,12 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     import keras
 
+    if args.merge:
+        report = merge([d for d in args.merge.split(",") if d], args)
+        (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "results.md").write_text(table(report))
+        print(table(report))
+        return 0
     started = time.time()
     report = {"args": vars(args), "keras_backend": keras.backend.backend(), "backbones": []}
     for backbone in (b.strip() for b in args.backbones.split(",") if b.strip()):
