@@ -20,6 +20,9 @@ search (1 = uniform) and how many decisions the search seeds' cells share.
 writes OUT/results.json and OUT/results.md (the table) and per search OUT/<backbone>/search_seed<k>/
 (cell.json, arch_weights.json, cell.png, entropy.png, search.json). Any Keras backend; on a GPU use
 KERAS_BACKEND=jax. Compiled models are reused across seeds (one compile per variant).
+Parallel processes: `--cells a/cell.json,... --variants searched` (or `none`, `non-local`) trains only
+those variants of cells searched earlier; `--merge DIR,DIR,...` writes one report from their folders
+(partial_<backbone>.json, written after every finished variant, and <backbone>/search_seed*/search.json).
 """
 
 from __future__ import annotations
