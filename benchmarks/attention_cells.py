@@ -1,63 +1,52 @@
-"""A searched AttentionNAS cell against the non-local block (and no cell) on the synthetic proxy task.
+"""Searched AttentionNAS cells vs the non-local block vs no cell, over search seeds and training seeds.
 
-Same small I3D-ResNet, same cell positions (res3_0, res4_0), same training steps, data stream and seeds
-for every variant; reports top-1 accuracy on held-out synthetic clips, the model's params and the params
-and FLOPs the cells add (model.attention_nas.cell_cost at the cells' input shapes).
+AttentionNAS's claim (abstract): searched cells inserted into I3D-R50 beat non-local blocks. Here, on the
+synthetic proxy task of pipelines/attention_search.py (in-memory clips, no TFRecords, no TensorFlow
+needed), for each backbone:
+  - `resnet`: the small I3D-style ResNet of model/resnet.py, cells after res3_0 and res4_0;
+  - `assemblenet`: AssembleNet structure `tiny`, cells after every block of levels 2 and 3;
+one search per --search-seeds seed (DARTS settings of SearchConfig unless overridden), then every
+variant — no cell, non-local block, non-local block widened to the searched cells' mean added params
+("non-local (matched)", where a reduction ≤ 1 reaches it), and each search seed's derived cell — is
+trained from scratch under every --seeds seed and scored on held-out synthetic clips (BN statistics
+re-estimated for every model alike). Reported: mean ± std (ddof 1) of top-1 per variant, the searched
+cells pooled over search seeds × training seeds, two-sided permutation tests of the difference of means
+(searched vs non-local, searched vs none, non-local vs none), the per-choice entropy at the end of each
+search (1 = uniform) and how many decisions the search seeds' cells share.
 
-    python benchmarks/attention_cells.py --search-steps 120 --steps 150 --search-seeds 0,1
-    python benchmarks/attention_cells.py --cell runs/search/cell.json --steps 150
+    python benchmarks/attention_cells.py --backbones resnet,assemblenet --search-seeds 0,1,2 \\
+        --seeds 0,1,2,3,4 --search-steps 300 --steps 200 --out runs/attention_cells
 
-Any backend (the search, too, is Keras's own train_on_batch). With several --search-seeds, one search
-per seed: the report says how many of the derived cells' choices agree and how far the architecture
-weights moved from uniform, and each distinct derived cell is trained and evaluated.
+writes OUT/results.json and OUT/results.md (the table) and per search OUT/<backbone>/search_seed<k>/
+(cell.json, arch_weights.json, cell.png, entropy.png, search.json). Any Keras backend; on a GPU use
+KERAS_BACKEND=jax. Compiled models are reused across seeds (one compile per variant).
+Parallel processes: `--cells a/cell.json,... --variants searched` (or `none`, `non-local`) trains only
+those variants of cells searched earlier; `--merge DIR,DIR,...` writes one report from their folders
+(partial_<backbone>.json, written after every finished variant, and <backbone>/search_seed*/search.json).
 """
 
+from __future__ import annotations
+
 import argparse
+import dataclasses
 import json
 import math
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.attention_nas import NONLOCAL, cell_cost, load_cell  # noqa: E402
-from pipelines.attention_search import SearchConfig, search, train_and_evaluate  # noqa: E402
-
-
-def cell_input_shapes(config: SearchConfig) -> dict:
-    """(T, H, W, C) at each ResNet position: res{s} has stride 4·2^(s-2) and 4·width·2^(s-2) channels."""
-    shapes = {}
-    for position in config.positions:
-        stage = int(position[3])
-        stride = 4 * 2 ** (stage - 2)
-        shapes[position] = (
-            config.frames,
-            config.size // stride,
-            config.size // stride,
-            4 * config.width * 2 ** (stage - 2),
-        )
-    return shapes
-
-
-def decisiveness(operations: dict) -> dict:
-    """How far the softmax weights moved from uniform, over every decision with ≥ 2 candidates: the mean
-    and largest top weight, the mean uniform weight, the mean entropy / log(candidates) (1 = uniform)."""
-    tops, uniforms, entropies = [], [], []
-    for entry in operations.values():
-        for choice, probs in entry.items():
-            values = list(probs) if choice == "inputs" else list(probs.values())
-            if len(values) < 2:
-                continue
-            tops.append(max(values))
-            uniforms.append(1 / len(values))
-            entropies.append(-sum(p * math.log(p) for p in values if p > 0) / math.log(len(values)))
-    return {
-        "mean_top_weight": sum(tops) / len(tops),
-        "max_top_weight": max(tops),
-        "mean_uniform": sum(uniforms) / len(uniforms),
-        "mean_entropy": sum(entropies) / len(entropies),
-    }
+from model.attention_nas.nonlocal_block import nonlocal_cost  # noqa: E402
+from pipelines.attention_search import (  # noqa: E402
+    SearchConfig,
+    cell_input_shapes,
+    search,
+    train_and_evaluate,
+)
 
 
 def agreement(cells: list) -> dict:
@@ -72,108 +61,341 @@ def agreement(cells: list) -> dict:
     return {"agree": agree, "total": agree + len(differ), "differ": differ}
 
 
+def permutation_test(a, b, *, rounds: int = 20000, seed: int = 0) -> float:
+    """Two-sided p-value of mean(a) − mean(b) under random relabelling (exact when few enough labelings)."""
+    a, b = np.asarray(a, "float64"), np.asarray(b, "float64")
+    pooled = np.concatenate([a, b])
+    observed = abs(a.mean() - b.mean())
+    n = len(a)
+    if math.comb(len(pooled), n) <= rounds:
+        from itertools import combinations
+
+        diffs = []
+        for chosen in combinations(range(len(pooled)), n):
+            mask = np.zeros(len(pooled), bool)
+            mask[list(chosen)] = True
+            diffs.append(abs(pooled[mask].mean() - pooled[~mask].mean()))
+        diffs = np.asarray(diffs)
+        return float(np.mean(diffs >= observed - 1e-12))
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(rounds):
+        perm = rng.permutation(pooled)
+        hits += abs(perm[:n].mean() - perm[n:].mean()) >= observed - 1e-12
+    return float((hits + 1) / (rounds + 1))
+
+
+def summary(values) -> dict:
+    values = [float(v) for v in values]
+    return {
+        "mean": float(np.mean(values)),
+        "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+        "n": len(values),
+        "values": values,
+    }
+
+
+def added_cost(cell, shapes: dict) -> dict:
+    costs = [cell_cost(cell, shape) for shape in shapes.values()] if cell else []
+    return {"params": sum(c["params"] for c in costs), "flops": sum(c["flops"] for c in costs)}
+
+
+def matched_nonlocal(target_params: float, shapes: dict):
+    """The non-local block whose reduction (a multiple of 1/64, ≤ 1) brings its added params closest to
+    `target_params`; None when even reduction 1 stays below 90 % of the target."""
+    best = None
+    for k in range(1, 65):
+        r = k / 64
+        params = sum(nonlocal_cost(s, reduction=r, kv_pool=2)["params"] for s in shapes.values())
+        if best is None or abs(params - target_params) < abs(best[1] - target_params):
+            best = (r, params)
+    if best[1] < 0.9 * target_params:
+        return None
+    return {**NONLOCAL, "reduction": best[0]}
+
+
+def run_backbone(backbone: str, args, out: Path) -> dict:
+    base = SearchConfig(
+        backbone=backbone,
+        structure=args.structure,
+        frames=args.frames,
+        size=args.size,
+        num_operations=args.num_operations,
+        eval_batches=args.eval_batches,
+        recalibration_batches=args.recalibration_batches,
+    )
+    shapes = cell_input_shapes(base)
+    cache: dict = {}
+    started = time.time()
+    searches = []
+    for seed in [] if args.cells else args.search_seeds:
+        config = dataclasses.replace(
+            base,
+            steps=args.search_steps,
+            batch_size=args.search_batch_size,
+            seed=seed,
+            lr=args.lr,
+            arch_lr=args.arch_lr,
+            arch_start=args.arch_start,
+            final_temperature=args.final_temperature,
+        )
+        record = search(config=config, out_dir=out / backbone / f"search_seed{seed}", model_cache=cache)
+        entropy = record["final_entropy"]
+        searches.append(
+            {
+                "seed": seed,
+                "supernet_accuracy": record["supernet_accuracy"],
+                "mean_entropy": record["final_mean_entropy"],
+                "max_entropy": max(entropy.values()),
+                "min_entropy": min(entropy.values()),
+                "mean_entropy_by_step": [h["mean_entropy"] for h in record["history"]],
+                "excluded": record["search_space"]["excluded"],
+                "messages": record["search_space"]["messages"],
+                "cell": record["cell"],
+                "cost": added_cost(record["cell"], shapes),
+            }
+        )
+    search_seconds = time.time() - started
+    cache.clear()  # the supernet is not trained again
+    partial = out / f"partial_{backbone}.json"  # what has finished so far, should the run be cut short
+    partial.write_text(json.dumps({"searches": searches, "results": []}, indent=2) + "\n")
+
+    train = dataclasses.replace(base, steps=args.steps, batch_size=args.batch_size, train_lr=args.train_lr)
+    mean_searched_params = float(np.mean([s["cost"]["params"] for s in searches])) if searches else 0.0
+    variants = [("none", None), ("non-local", NONLOCAL)]
+    matched = matched_nonlocal(mean_searched_params, shapes) if searches else None
+    if matched is not None and matched["reduction"] != NONLOCAL["reduction"]:
+        variants.append((f"non-local (matched, reduction {matched['reduction']:g})", matched))
+    distinct = {}
+    for s in searches:
+        distinct.setdefault(json.dumps(s["cell"], sort_keys=True), []).append(s["seed"])
+    for key, seeds in distinct.items():
+        variants.append((f"searched (search seed {','.join(map(str, seeds))})", json.loads(key)))
+    for path in args.cells:  # cells searched earlier (e.g. by another process of this benchmark)
+        variants.append((f"searched (cell {path})", load_cell(path)))
+    wanted = {v.strip() for v in args.variants.split(",")}
+    variants = [
+        (name, cell)
+        for name, cell in variants
+        if (name.split(" (")[0] if not name.startswith("non-local (matched") else "matched") in wanted
+    ]
+
+    rows = []
+    for name, cell in variants:
+        accuracies = []
+        for seed in args.seeds:
+            result = train_and_evaluate(train, cell, seed=seed, model_cache=cache)
+            accuracies.append(result["accuracy"])
+            params = result["params"]
+        rows.append(
+            {"variant": name, "cell": cell, "model_params": params, **added_cost(cell, shapes)}
+            | {"top1": summary(accuracies)}
+        )
+        print(f"[{backbone}] {name}: {np.mean(accuracies):.3f} ± {np.std(accuracies, ddof=1):.3f}", flush=True)
+        partial.write_text(json.dumps({"searches": searches, "results": rows}, indent=2) + "\n")
+    cache.clear()
+
+    return {
+        "backbone": backbone,
+        "positions": list(shapes),
+        "shapes": {k: list(v) for k, v in shapes.items()},
+        "search_config": dataclasses.asdict(
+            dataclasses.replace(
+                base,
+                steps=args.search_steps,
+                batch_size=args.search_batch_size,
+                lr=args.lr,
+                arch_lr=args.arch_lr,
+                arch_start=args.arch_start,
+                final_temperature=args.final_temperature,
+            )
+        ),
+        "train_config": dataclasses.asdict(train),
+        **statistics(searches, rows),
+        "search_seconds": search_seconds,
+        "seconds": time.time() - started,
+    }
+
+
+def statistics(searches: list, rows: list) -> dict:
+    """Pooled searched accuracies, permutation tests and agreement of the search seeds' cells."""
+    by_name = {r["variant"]: r for r in rows}
+    searched_pool = []
+    for r in rows:
+        if r["variant"].startswith("searched"):
+            seeds_text = r["variant"].split("seed ")[1].rstrip(")") if "seed " in r["variant"] else "0"
+            copies = len(seeds_text.split(","))
+            searched_pool += r["top1"]["values"] * copies  # one entry per search seed × training seed
+    tests = {}
+    groups = {"searched": searched_pool}
+    for name in ("non-local", "none"):
+        if name in by_name:
+            groups[name] = by_name[name]["top1"]["values"]
+    for a, b in (("searched", "non-local"), ("searched", "none"), ("non-local", "none")):
+        if groups.get(a) and groups.get(b):
+            tests[f"{a} vs {b}"] = permutation_test(groups[a], groups[b])
+    return {
+        "searches": searches,
+        "agreement": agreement([s["cell"] for s in searches]) if len(searches) > 1 else None,
+        "results": rows,
+        "searched_pooled": summary(searched_pool) if searched_pool else None,
+        "p_values": tests,
+    }
+
+
+def search_summary(path: Path, shapes: dict) -> dict:
+    """The report entry of one finished search from its search.json."""
+    record = json.loads(path.read_text())
+    entropy = record["final_entropy"]
+    return {
+        "seed": record["config"]["seed"],
+        "supernet_accuracy": record["supernet_accuracy"],
+        "mean_entropy": record["final_mean_entropy"],
+        "max_entropy": max(entropy.values()),
+        "min_entropy": min(entropy.values()),
+        "mean_entropy_by_step": [h["mean_entropy"] for h in record["history"]],
+        "excluded": record["search_space"]["excluded"],
+        "messages": record["search_space"]["messages"],
+        "cell": record["cell"],
+        "cost": added_cost(record["cell"], shapes),
+    }
+
+
+def merge(directories: list, args) -> dict:
+    """One report from several runs of this benchmark (e.g. variants trained in parallel processes):
+    their partial_<backbone>.json rows and every <backbone>/search_seed*/search.json below them. A
+    searched cell given by --cells is attributed to the search seed whose cell.json it is."""
+    backbones = {}
+    for directory in map(Path, directories):
+        for partial in sorted(directory.glob("partial_*.json")):
+            backbone = partial.stem[len("partial_") :]
+            entry = backbones.setdefault(backbone, {"rows": [], "searches": {}})
+            entry["rows"] += json.loads(partial.read_text())["results"]
+    for backbone, entry in backbones.items():
+        config = SearchConfig(
+            backbone=backbone, structure=args.structure, frames=args.frames, size=args.size
+        )
+        shapes = cell_input_shapes(config)
+        for directory in map(Path, directories):
+            for path in sorted(directory.glob(f"{backbone}/search_seed*/search.json")):
+                summary_ = search_summary(path, shapes)
+                entry["searches"][summary_["seed"]] = summary_
+        searches = [entry["searches"][k] for k in sorted(entry["searches"])]
+        for row in entry["rows"]:
+            for s in searches:
+                if row["variant"].startswith("searched") and row["cell"] == s["cell"]:
+                    row["variant"] = f"searched (search seed {s['seed']})"
+        entry["report"] = {
+            "backbone": backbone,
+            "positions": list(shapes),
+            **statistics(searches, entry["rows"]),
+            "seconds": float("nan"),
+            "search_seconds": float("nan"),
+        }
+    return {"args": vars(args), "merged_from": directories, "backbones": [e["report"] for e in backbones.values()]}
+
+
+def table(report: dict) -> str:
+    lines = []
+    for b in report["backbones"]:
+        lines.append(
+            f"\n### {b['backbone']} (cells at {', '.join(b['positions'])}; "
+            f"{report['args']['steps']} training steps × batch {report['args']['batch_size']}, "
+            f"{report['args']['frames']}×{report['args']['size']}² clips, training seeds "
+            f"{','.join(map(str, report['args']['seeds']))})\n"
+        )
+        lines.append("| variant | top-1 mean ± std (n) | model params | params added | FLOPs added |")
+        lines.append("|---|---|---|---|---|")
+        for r in b["results"]:
+            t = r["top1"]
+            lines.append(
+                f"| {r['variant']} | {t['mean']:.3f} ± {t['std']:.3f} ({t['n']}) | {r['model_params']:,} | "
+                f"{r['params']:,} | {r['flops'] / 1e6:.2f} M |"
+            )
+        if b["searched_pooled"]:
+            t = b["searched_pooled"]
+            lines.append(f"| searched, pooled over search seeds | {t['mean']:.3f} ± {t['std']:.3f} ({t['n']}) | | | |")
+        lines.append("")
+        lines.append(
+            "Permutation tests (two-sided, difference of means): "
+            + "; ".join(f"{k}: p = {v:.3f}" for k, v in b["p_values"].items())
+        )
+        for s in b["searches"]:
+            lines.append(
+                f"- search seed {s['seed']}: final entropy per choice mean {s['mean_entropy']:.3f} "
+                f"(min {s['min_entropy']:.3f}, max {s['max_entropy']:.3f}; 1 = uniform), supernet top-1 "
+                f"{s['supernet_accuracy']:.3f}, cell adds {s['cost']['params']:,} params"
+            )
+        if b["searches"] and b["searches"][0]["messages"]:
+            lines.append(f"- search space: {'; '.join(b['searches'][0]['messages'])}")
+        if b["agreement"]:
+            a = b["agreement"]
+            lines.append(
+                f"- derived cells of the search seeds agree on {a['agree']} of {a['total']} decisions "
+                f"(differ: {', '.join(a['differ']) or '-'})"
+            )
+        if b["seconds"] == b["seconds"]:  # not NaN (a merged report has no single duration)
+            lines.append(f"- {b['seconds']:.0f} s ({b['search_seconds']:.0f} s searching)")
+    return "\n".join(lines) + "\n"
+
+
+def _ints(text):
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cell", default=None, help="a searched cell.json (skips the search)")
-    parser.add_argument("--search-steps", type=int, default=120)
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--backbones", default="resnet,assemblenet", help="resnet and/or assemblenet")
+    parser.add_argument("--structure", default="tiny", help="AssembleNet structure of the assemblenet backbone")
+    parser.add_argument("--search-seeds", type=_ints, default=[0, 1, 2])
+    parser.add_argument("--seeds", type=_ints, default=[0, 1, 2, 3, 4], help="training seeds")
+    parser.add_argument("--search-steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=200, help="training steps of every compared model")
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seeds", default="0", help="comma-separated training seeds")
-    parser.add_argument("--search-seeds", default="0", help="comma-separated search seeds")
-    parser.add_argument("--arch-lr", type=float, default=3e-2)
+    parser.add_argument("--search-batch-size", type=int, default=8)
+    parser.add_argument("--num-operations", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=0.025, help="search: SGD rate of the network weights")
+    parser.add_argument("--arch-lr", type=float, default=3e-4, help="search: Adam rate of α (DARTS 3e-4)")
+    parser.add_argument("--arch-start", type=float, default=0.0)
     parser.add_argument("--final-temperature", type=float, default=1.0)
+    parser.add_argument("--train-lr", type=float, default=1e-3, help="Adam rate of the compared models")
+    parser.add_argument("--eval-batches", type=int, default=16)
+    parser.add_argument("--recalibration-batches", type=int, default=20)
+    parser.add_argument(
+        "--cells", type=lambda t: [v for v in t.split(",") if v], default=[],
+        help="comma-separated cell.json files to compare instead of searching (skips the search)",
+    )
+    parser.add_argument(
+        "--variants", default="none,non-local,matched,searched", help="which variants to train"
+    )
+    parser.add_argument(
+        "--merge", default=None, help="comma-separated output folders of earlier runs: write one report of them"
+    )
     parser.add_argument("--out", default="runs/attention_cells")
     args = parser.parse_args(argv)
+    if len(set(args.seeds)) != len(args.seeds) or len(set(args.search_seeds)) != len(args.search_seeds):
+        parser.error("--seeds and --search-seeds must not repeat a seed")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = SearchConfig(
-        steps=args.steps,
-        frames=args.frames,
-        size=args.size,
-        batch_size=args.batch_size,
-        lr=1e-3,
-        eval_batches=16,
-    )
+    import keras
+
+    if args.merge:
+        report = merge([d for d in args.merge.split(",") if d], args)
+        (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "results.md").write_text(table(report))
+        print(table(report))
+        return 0
     started = time.time()
-    searches = []
-    if args.cell:
-        candidates = [("searched", load_cell(args.cell))]
-    else:
-        candidates = []
-        for seed in (int(s) for s in args.search_seeds.split(",")):
-            search_config = SearchConfig(
-                steps=args.search_steps,
-                frames=args.frames,
-                size=args.size,
-                batch_size=args.batch_size // 2,
-                lr=1e-3,
-                arch_lr=args.arch_lr,
-                final_temperature=args.final_temperature,
-                seed=seed,
-                eval_batches=4,
-            )
-            record = search(config=search_config, out_dir=out / f"search_seed{seed}")
-            weights = json.loads((out / f"search_seed{seed}" / "arch_weights.json").read_text())
-            searches.append(
-                {"seed": seed, "supernet_accuracy": record["supernet_accuracy"], "cell": record["cell"]}
-                | decisiveness(weights["operations"])
-            )
-            if all(record["cell"] != cell for _, cell in candidates):
-                candidates.append((f"searched (search seed {seed})", record["cell"]))
-    search_seconds = time.time() - started
-    shapes = cell_input_shapes(config)
-    rows = []
-    for name, cell in [("none", None), ("non-local", NONLOCAL), *candidates]:
-        accuracies, params = [], None
-        for seed in (int(s) for s in args.seeds.split(",")):
-            result = train_and_evaluate(config, cell, seed=seed)
-            accuracies.append(result["accuracy"])
-            params = result["params"]
-        costs = [cell_cost(cell, shape) for shape in shapes.values()] if cell else []
-        rows.append(
-            {
-                "cell": name,
-                "accuracy": sum(accuracies) / len(accuracies),
-                "accuracies": accuracies,
-                "model_params": params,
-                "cell_params": sum(c["params"] for c in costs),
-                "cell_flops": sum(c["flops"] for c in costs),
-            }
-        )
-    report = {
-        "config": {k: v for k, v in vars(args).items()},
-        "positions": list(config.positions),
-        "searches": searches,
-        "agreement": agreement([s["cell"] for s in searches]) if len(searches) > 1 else None,
-        "search_seconds": search_seconds,
-        "total_seconds": time.time() - started,
-        "results": rows,
-    }
-    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(
-        f"\n{args.steps} training steps × batch {args.batch_size}, "
-        f"{args.frames}x{args.size}x{args.size} clips, "
-        f"cells at {', '.join(config.positions)}, seeds {args.seeds}"
-    )
-    print("| cell | top-1 (synthetic, 4 classes) | model params | params added | FLOPs added |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['cell']} | {r['accuracy']:.3f} | {r['model_params']:,} | {r['cell_params']:,} | "
-            f"{r['cell_flops'] / 1e6:.2f} M |"
-        )
-    for s in searches:
-        print(
-            f"search seed {s['seed']}: supernet top-1 {s['supernet_accuracy']:.3f}, mean top softmax weight "
-            f"{s['mean_top_weight']:.2f} (uniform {s['mean_uniform']:.2f}), largest "
-            f"{s['max_top_weight']:.2f}, mean normalised entropy {s['mean_entropy']:.2f}"
-        )
-    if report["agreement"]:
-        a = report["agreement"]
-        print(f"derived cells agree on {a['agree']} of {a['total']} decisions: {', '.join(a['differ']) or '-'}")
-    print(f"(search {search_seconds:.0f} s, total {report['total_seconds']:.0f} s; {out / 'results.json'})")
+    report = {"args": vars(args), "keras_backend": keras.backend.backend(), "backbones": []}
+    for backbone in (b.strip() for b in args.backbones.split(",") if b.strip()):
+        report["backbones"].append(run_backbone(backbone, args, out))
+        report["seconds"] = time.time() - started
+        (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+        (out / "results.md").write_text(table(report))
+    print(table(report))
+    print(f"total {report['seconds']:.0f} s; {out / 'results.json'}, {out / 'results.md'}")
     return 0
 
 

@@ -2,14 +2,19 @@
 
 `search(config=..., out_dir=...)` inserts supernet cells (model.attention_nas.SupernetCell) into a small
 backbone (the I3D-ResNet of model/resnet.py at res3/res4, or an AssembleNet structure after levels 2
-and 3), trains it DARTS-style (first-order, alternating):
-  1. network weights: one Adam step on a training batch;
-  2. architecture weights (`arch_*`): one Adam step on a separate held-out batch (DARTS §2.3's
-     validation loss), with their own learning rate, from `arch_start` × steps onwards (a warm-up so
-     the candidate operations have learned something before they are compared — the project's choice),
-     optionally with the supernet's softmax temperature annealed towards `final_temperature`;
-and writes to OUT/: cell.json (the derived cell), arch_weights.json (the learned softmax/sigmoid
-weights), cell.png (a drawing of the cell), search.json (config, accuracy of the supernet, losses).
+and 3), trains it DARTS-style (first-order, alternating; DARTS §2.3, §3.1.1 settings by default):
+  1. network weights: one SGD step (momentum 0.9, L2 3e-4, learning rate cosine 0.025 → 0.001) on a
+     training batch;
+  2. architecture weights (`arch_*`): one Adam step (3e-4, β (0.5, 0.999), L2 1e-3 on α) on a batch of
+     the held-out split (DARTS's validation loss), from `arch_start` × steps onwards, optionally with
+     the supernet's softmax temperature annealed towards `final_temperature`.
+Candidates that cannot attend at some insertion position's feature size (one key per query after
+`kv_pool`, model.attention_nas.degenerate_pairs) are excluded from the search space, with a message.
+With --data the videos are split by id into a training part and a disjoint held-out part for the
+architecture steps (`heldout_split`); both id lists go into search.json.
+Writes to OUT/: cell.json (the derived cell), arch_weights.json (the learned softmax weights),
+cell.png (a drawing of the cell), entropy.png (decisiveness per step), search.json (config, split,
+exclusions, supernet accuracy, losses and per-choice entropies per step).
 Both steps are Keras's own `train_on_batch` with one optimiser (model.attention_nas.AlternatingAdam) that
 updates one group of variables per step, so the search runs under any backend (TensorFlow, JAX).
 
@@ -22,8 +27,11 @@ pixel noise. A single frame cannot tell static / blinking / jumping apart, so th
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -101,10 +109,19 @@ class SearchConfig:
     size: int = 32
     batch_size: int = 8
     seed: int = 0
-    lr: float = 3e-3
-    arch_lr: float = 3e-2  # Adam on the architecture logits (3e-3 barely moved them in 90 steps)
-    arch_beta_1: float = 0.5  # DARTS §3.1.1
-    arch_start: float = 0.25  # fraction of the steps before architecture updates begin
+    # Network weights (DARTS §3.1.1): SGD, momentum 0.9, L2 3e-4, cosine from lr to lr_min.
+    optimizer: str = "sgd"  # sgd | adam
+    lr: float = 0.025
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    # Architecture weights (DARTS §3.1.1): Adam 3e-4, β (0.5, 0.999), L2 1e-3 on α.
+    arch_lr: float = 3e-4
+    arch_beta_1: float = 0.5
+    arch_weight_decay: float = 1e-3
+    arch_start: float = 0.0  # fraction of the steps before architecture updates begin (DARTS: none)
+    heldout_fraction: float = 0.5  # --data: share of the videos (by id) for the architecture steps
+    train_lr: float = 1e-3  # train_and_evaluate: Adam rate of a fixed cell's training
     final_temperature: float = 1.0  # softmax temperature at the last step (geometric from 1; 1 = none)
     num_operations: int = 3
     candidates: dict | None = None  # restricts the supernet's candidates (see model.attention_nas.cell)
@@ -124,6 +141,10 @@ class SearchConfig:
             raise ValueError(f"backbone must be 'resnet' or 'assemblenet', got {self.backbone!r}")
         if self.steps < 1 or self.batch_size < 1 or self.frames < 1 or self.size < 1:
             raise ValueError(f"steps, batch_size, frames and size must be positive: {self}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if not 0 < self.heldout_fraction < 1:
+            raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
         if not 0 <= self.arch_start < 1:
             raise ValueError(f"arch_start must be in [0, 1), got {self.arch_start}")
         if not 0 < self.final_temperature <= 1:
@@ -164,8 +185,44 @@ def _model_inputs(model, inputs: dict):
     return inputs["rgb"] if not isinstance(model.input, dict) else inputs
 
 
-def _batches(config: SearchConfig, modalities, seed: int, *, training: bool = True):
-    """Endless (inputs, labels) batches: synthetic, or the TFRecords through preprocessing.dataset."""
+def video_ids(pattern: str) -> list[str]:
+    """Every video id in the TFRecords matching `pattern` (sorted), read without decoding frames."""
+    import glob
+
+    from preprocessing.loader import read_record, scan_records
+    from preprocessing.schema import read_video_id
+
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise ValueError(f"--data: no TFRecord files match {pattern!r}")
+    ids = set()
+    for path in files:  # no TensorFlow: the records' own framing (preprocessing.loader)
+        with open(path, "rb") as handle:
+            for offset, length in scan_records(path):
+                ids.add(read_video_id(read_record(handle, path, offset, length)))
+    return sorted(ids)
+
+
+def heldout_split(ids, fraction: float) -> tuple[list[str], list[str]]:
+    """(training ids, held-out ids): a deterministic split by a hash of each id (independent of order
+    and of the other ids, so adding videos never moves one across), at least one video on each side."""
+    ids = sorted(set(ids))
+    if len(ids) < 2:
+        raise ValueError(f"the held-out split needs at least 2 videos, got {len(ids)}")
+    key = lambda v: int(hashlib.sha1(v.encode()).hexdigest()[:12], 16) / 16**12
+    heldout = [v for v in ids if key(v) < fraction]
+    if not heldout or len(heldout) == len(ids):  # tiny sets: the lowest / highest hash moves over
+        ranked = sorted(ids, key=key)
+        heldout = ranked[:1] if not heldout else ranked[:-1]
+    train = [v for v in ids if v not in set(heldout)]
+    return train, sorted(heldout)
+
+
+def _batches(
+    config: SearchConfig, modalities, seed: int, *, training: bool = True, only_ids=None, seen=None
+):
+    """Endless (inputs, labels) batches: synthetic, or the TFRecords through preprocessing.dataset
+    (restricted to the videos in `only_ids` when given: full batches of those videos only)."""
     if config.data is None:
         rng = np.random.default_rng(seed)
         while True:
@@ -185,10 +242,28 @@ def _batches(config: SearchConfig, modalities, seed: int, *, training: bool = Tr
         num_classes=config.num_classes,
         seed=seed,
         repeat=training,  # every pass draws new clips (preprocessing.clips.decide of the pass)
+        with_ids=only_ids is not None,
     )
+    if only_ids is None:
+        while True:
+            for inputs, labels in dataset:
+                yield {k: np.array(to_numpy(v)) for k, v in inputs.items()}, np.array(to_numpy(labels))
+    keep_ids = set(only_ids)
+    pending = []
     while True:
-        for inputs, labels in dataset:
-            yield {k: np.array(to_numpy(v)) for k, v in inputs.items()}, np.array(to_numpy(labels))
+        for inputs, labels, ids in dataset:
+            inputs = {k: np.array(to_numpy(v)) for k, v in inputs.items()}
+            labels, ids = np.array(to_numpy(labels)), np.array(to_numpy(ids)).reshape(-1)
+            for n, video in enumerate(ids):
+                video = video.decode() if isinstance(video, bytes) else str(video)
+                if video in keep_ids:
+                    pending.append(({m: x[n] for m, x in inputs.items()}, labels[n], video))
+            while len(pending) >= config.batch_size:
+                chunk, pending = pending[: config.batch_size], pending[config.batch_size :]
+                if seen is not None:
+                    seen.update(c[2] for c in chunk)
+                batch = {m: np.stack([c[0][m] for c in chunk]) for m in chunk[0][0]}
+                yield batch, np.stack([c[1] for c in chunk])
 
 
 def _loss_fn(config: SearchConfig):
@@ -258,10 +333,111 @@ def temperature_at(config: SearchConfig, step: int) -> float:
     return float(config.final_temperature**fraction)
 
 
-def search(*, config: SearchConfig, out_dir: str | os.PathLike) -> dict:
+def cell_input_shapes(config: SearchConfig) -> dict:
+    """{position: (T, H, W, C)} of the feature maps the cells see (ResNet positions / AssembleNet blocks)."""
+    if config.backbone == "resnet":
+        from model.resnet import STAGES
+
+        shapes = {}
+        for position in config.positions:
+            stage = STAGES.index(position.split("_")[0])  # res2 = 0: stride 4, width 4·width
+            side = -(-config.size // (4 * 2**stage))
+            shapes[position] = (config.frames, side, side, 4 * config.width * 2**stage)
+        return shapes
+    from model.structure import get_structure
+
+    structure = get_structure(config.structure)
+    strides = structure.cumulative_stride()
+    levels = set(config.after_levels)
+    return {
+        f"block{n.index}": (
+            config.frames,
+            -(-config.size // strides[n.index]),
+            -(-config.size // strides[n.index]),
+            n.output_channels,
+        )
+        for n in structure.blocks
+        if n.level in levels
+    }
+
+
+def search_space(config: SearchConfig, kv_pool: int = 2) -> tuple[dict, list, list]:
+    """(candidates, excluded [type, dimension] pairs, messages): the configured candidates less those
+    that cannot attend at some insertion position (one searched design is inserted at every position,
+    so a pair degenerate anywhere is left out everywhere; a dimension left with no type is dropped)."""
+    from model.attention_nas import degenerate_pairs, normalize_cell
+
+    candidates = normalize_cell({"kind": "supernet", "candidates": config.candidates or {}})["candidates"]
+    reasons = {}
+    for position, (t, h, w, _) in cell_input_shapes(config).items():
+        for pair, reason in degenerate_pairs(
+            candidates["type"], candidates["dimension"], t, h, w, kv_pool=kv_pool
+        ).items():
+            reasons.setdefault(pair, f"{position}: {reason}")
+    messages = [f"excluded {k}/{d} from the search space ({why})" for (k, d), why in sorted(reasons.items())]
+    dims = [d for d in candidates["dimension"] if any((k, d) not in reasons for k in candidates["type"])]
+    if not dims:
+        raise ValueError(f"no candidate can attend at these feature sizes: {'; '.join(reasons.values())}")
+    for d in candidates["dimension"]:
+        if d not in dims:
+            messages.append(f"dropped dimension {d!r}: no type can attend there")
+    candidates = {**candidates, "dimension": dims}
+    excluded = sorted([k, d] for (k, d) in reasons if d in dims)
+    return candidates, excluded, messages
+
+
+def choice_entropies(weights: dict) -> dict:
+    """{"op{i}.{choice}": entropy / log(#candidates)} over every searched decision (one with an
+    architecture weight; 1 = uniform, 0 = decided), from `architecture_weights(...)`."""
+    out = {}
+    fixed = set(weights.get("fixed", []))
+    for op, entry in weights["operations"].items():
+        for choice, probs in entry.items():
+            values = list(probs) if choice == "inputs" else list(probs.values())
+            if len(values) < 2 or f"{op}.{choice}" in fixed:
+                continue
+            out[f"{op}.{choice}"] = -sum(p * math.log(p) for p in values if p > 0) / math.log(len(values))
+    return out
+
+
+def _reset(model, optimizer, config: SearchConfig, cell_config) -> None:
+    """Puts a compiled model back to the initial state a fresh build with `config.seed` would have:
+    the weights of an uncompiled twin built under that seed, optimiser moments and counters zero. So
+    seeds share one compiled train function (jit/tf.function compile costs minutes for a supernet)."""
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
+    twin, _ = build_backbone(config, cell_config)
+    model.set_weights(twin.get_weights())
+    for variable in optimizer.variables:
+        if not variable.path.endswith("learning_rate"):
+            variable.assign(np.zeros(variable.shape, variable.dtype))
+
+
+def _compiled(cache, key, config: SearchConfig, cell_config, make_optimizer, loss, eager=False):
+    """(model, optimizer, modalities), compiled once per `key` in `cache` (a dict, or None for no
+    reuse) and reset to `config.seed`'s initial state."""
+    import keras
+
+    if cache is not None and key in cache:
+        model, optimizer, modalities = cache[key]
+        _reset(model, optimizer, config, cell_config)
+        return model, optimizer, modalities
+    keras.utils.set_random_seed(config.seed)
+    model, modalities = build_backbone(config, cell_config)
+    optimizer = make_optimizer()
+    model.compile(optimizer=optimizer, loss=loss, run_eagerly=eager)
+    optimizer.build(model.trainable_variables)
+    if cache is not None:
+        cache[key] = (model, optimizer, modalities)
+    return model, optimizer, modalities
+
+
+def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dict | None = None) -> dict:
     """Runs the one-shot search (module docstring) and writes OUT/; returns the search.json record.
 
-    Any Keras backend: both kinds of step are `model.train_on_batch` with one `AlternatingAdam`."""
+    Any Keras backend: both kinds of step are `model.train_on_batch` with one `AlternatingAdam`.
+    `model_cache` (a dict kept by the caller) reuses the compiled supernet across search seeds."""
     import keras
     from tqdm import tqdm
 
@@ -276,21 +452,53 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
-    supernet = {"kind": "supernet", "num_operations": config.num_operations, "candidates": config.candidates}
-    model, modalities = build_backbone(config, supernet)
-    arch_vars = architecture_variables(model)
-    cells = supernet_cells(model)
-    optimizer = AlternatingAdam(
-        learning_rate=config.lr, arch_learning_rate=config.arch_lr, arch_beta_1=config.arch_beta_1
+    candidates, excluded, messages = search_space(config)
+    for message in messages:
+        print(f"attention-search: {message}", file=sys.stderr)
+    supernet = {
+        "kind": "supernet",
+        "num_operations": config.num_operations,
+        "candidates": candidates,
+        "excluded": excluded,
+    }
+    arch_from = int(config.arch_start * config.steps)
+    make_optimizer = lambda: AlternatingAdam(
+        learning_rate=config.lr,
+        arch_learning_rate=config.arch_lr,
+        arch_beta_1=config.arch_beta_1,
+        arch_weight_decay=config.arch_weight_decay,
+        weights_optimizer=config.optimizer,
+        momentum=config.momentum,
+        weight_decay_l2=config.weight_decay,
+        decay_steps=config.steps if config.optimizer == "sgd" else None,
+        min_learning_rate=config.lr_min,
     )
     # BatchNorm runs in training mode in the architecture step too (batch statistics, as in DARTS).
     # `eager` only for TensorFlow: an un-jitted JAX step is ~10x slower than compiling it.
     eager = config.eager and keras.backend.backend() == "tensorflow"
-    model.compile(optimizer=optimizer, loss=_loss_fn(config), run_eagerly=eager)
-    optimizer.build(model.trainable_variables)
-    train_batches = _batches(config, modalities, config.seed)
-    heldout_batches = _batches(config, modalities, config.seed + 1)
-    arch_from = int(config.arch_start * config.steps)
+    key = ("search", json.dumps(dataclasses.replace(config, seed=0).__dict__, sort_keys=True, default=str))
+    model, optimizer, modalities = _compiled(
+        model_cache, key, config, supernet, make_optimizer, _loss_fn(config), eager
+    )
+    arch_vars = architecture_variables(model)
+    cells = supernet_cells(model)
+    if config.data is None:
+        split = {
+            "kind": "synthetic",
+            "train": f"synthetic clips drawn from seed {config.seed}",
+            "heldout": f"synthetic clips drawn from seed {config.seed + 1} (architecture steps)",
+        }
+        train_batches = _batches(config, modalities, config.seed)
+        heldout_batches = _batches(config, modalities, config.seed + 1)
+        seen = None
+    else:  # DARTS §2.3: the architecture loss on videos the network weights never train on
+        train_ids, heldout_ids = heldout_split(video_ids(config.data), config.heldout_fraction)
+        split = {"kind": "by video id", "train_ids": train_ids, "heldout_ids": heldout_ids}
+        seen = {"train": set(), "heldout": set()}
+        train_batches = _batches(config, modalities, config.seed, only_ids=train_ids, seen=seen["train"])
+        heldout_batches = _batches(
+            config, modalities, config.seed + 1, only_ids=heldout_ids, seen=seen["heldout"]
+        )
     history = []
     for step in tqdm(range(config.steps), desc="attention-search", unit="step"):
         temperature = temperature_at(config, step)
@@ -304,21 +512,40 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike) -> dict:
             optimizer.set_phase("architecture")
             inputs, labels = next(heldout_batches)
             arch_loss = float(np.asarray(model.train_on_batch(_model_inputs(model, inputs), labels)))
-        history.append({"step": step, "loss": loss, "arch_loss": arch_loss, "temperature": temperature})
+        entropy = choice_entropies(architecture_weights(model))
+        history.append(
+            {
+                "step": step,
+                "loss": loss,
+                "arch_loss": arch_loss,
+                "temperature": temperature,
+                "mean_entropy": float(np.mean(list(entropy.values()))) if entropy else 0.0,
+                "entropy": entropy,
+            }
+        )
 
     weights = architecture_weights(model)
     cell = derive_cell(weights)
-    accuracy = evaluate_accuracy(model, config, modalities, seed=config.seed + 1000)
+    accuracy = (
+        evaluate_accuracy(model, config, modalities, seed=config.seed + 1000) if config.data is None else None
+    )
     (out / "cell.json").write_text(json.dumps(cell, indent=2) + "\n")
     (out / "arch_weights.json").write_text(json.dumps(weights, indent=2) + "\n")
     draw_cell(cell, out / "cell.png", weights=weights["operations"])
+    plot_entropy(history, out / "entropy.png")
+    if seen is not None:
+        split["seen"] = {k: sorted(v) for k, v in seen.items()}
     last = history[-max(1, len(history) // 10) :]
     record = {
         "config": dataclasses.asdict(config),
+        "search_space": {"candidates": candidates, "excluded": excluded, "messages": messages},
+        "split": split,
         "supernet_accuracy": accuracy,
         "final_loss": float(np.mean([h["loss"] for h in last])),
         "first_loss": history[0]["loss"],
         "arch_variables": len(arch_vars),
+        "final_entropy": history[-1]["entropy"],
+        "final_mean_entropy": history[-1]["mean_entropy"],
         "cell": cell,
         "history": history,
     }
@@ -326,19 +553,50 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike) -> dict:
     return record
 
 
+def plot_entropy(history: list, path: str | os.PathLike) -> Path:
+    """Normalised entropy of every choice per step (thin lines) and their mean (thick): 1 = uniform."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [h["step"] for h in history]
+    for key in history[-1]["entropy"]:
+        ax.plot(steps, [h["entropy"][key] for h in history], lw=0.6, alpha=0.5)
+    ax.plot(steps, [h["mean_entropy"] for h in history], lw=2.2, color="black", label="mean")
+    ax.set_xlabel("search step")
+    ax.set_ylabel("entropy / log(#candidates)")
+    ax.set_ylim(0, 1.05)
+    ax.legend()
+    ax.set_title("decisiveness of the architecture weights")
+    path = Path(path)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def train_and_evaluate(
-    config: SearchConfig, cell_config: dict | None, *, steps: int | None = None, seed: int | None = None
+    config: SearchConfig,
+    cell_config: dict | None,
+    *,
+    steps: int | None = None,
+    seed: int | None = None,
+    model_cache: dict | None = None,
 ) -> dict:
     """Trains the backbone with a fixed cell (or none) on the proxy task; backend-agnostic (train_on_batch).
 
-    Same data stream, initial seed and budget for every cell, so cells compare fairly."""
+    Same data stream, initial seed and budget for every cell, so cells compare fairly. `model_cache`
+    reuses one compiled model per cell across seeds (reset to each seed's fresh initialisation)."""
     import keras
     from tqdm import tqdm
 
     seed = config.seed if seed is None else seed
-    keras.utils.set_random_seed(seed)
-    model, modalities = build_backbone(config, cell_config)
-    model.compile(optimizer=keras.optimizers.Adam(config.lr), loss=_loss_fn(config))
+    config = dataclasses.replace(config, seed=seed)
+    same = json.dumps(dataclasses.replace(config, seed=0).__dict__, sort_keys=True, default=str)
+    key = ("train", json.dumps(cell_config, sort_keys=True), same)
+    make_optimizer = lambda: keras.optimizers.Adam(config.train_lr)
+    model, _, modalities = _compiled(model_cache, key, config, cell_config, make_optimizer, _loss_fn(config))
     batches = _batches(config, modalities, seed)
     losses = []
     for _ in tqdm(range(steps or config.steps), desc="train", unit="step", leave=False):

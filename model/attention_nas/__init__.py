@@ -24,7 +24,9 @@ from model.attention_nas.supernet import (
     SupernetCell,
     architecture_variables,
     architecture_weights,
+    degenerate_pairs,
     derive_cell,
+    inherit_weights,
     supernet_cells,
 )
 
@@ -39,8 +41,10 @@ __all__ = [
     "architecture_variables",
     "architecture_weights",
     "cell_cost",
+    "degenerate_pairs",
     "derive_cell",
     "dumps",
+    "inherit_weights",
     "insert_cells",
     "load_cell",
     "normalize_cell",

@@ -14,7 +14,11 @@ earlier. The project's own choices (the paper leaves them open, docs/attention_n
 - an operation with several inputs takes their sum;
 - combine: the sum of all operations' outputs → BatchNorm with γ initialised to 0 → added to x
   (the non-local residual), so an inserted cell starts as the identity and a pretrained backbone is
-  undisturbed. With G₃ of width C a one-operation cell costs exactly as many weights as a non-local block.
+  undisturbed. With G₃ of width C a one-operation cell costs exactly as many weights as a non-local block;
+- `"normalize": true` (what `derive_cell` writes): every operation's output passes a BatchNorm without
+  affine parameters before it feeds later operations and the combine — the normalisation the supernet
+  applies to every candidate, so a derived cell computes the function the search scored (a cell from
+  the search without it would sum raw outputs whose scales differ by orders of magnitude).
 Two more kinds share the same entry point `apply_cell`: `{"kind": "nonlocal", "reduction": 0.5, ...}`
 (the baseline, Wang et al. 2018) and `{"kind": "supernet", ...}` (the search's supernet cell).
 """
@@ -96,7 +100,9 @@ def normalize_cell(config: Mapping[str, Any] | str | Path, *, where: str = "cell
             **common,
         }
     if kind == "supernet":
-        _check_keys(config, {"kind", "num_operations", "candidates", "kv_pool", "max_attention_size"}, where)
+        _check_keys(
+            config, {"kind", "num_operations", "candidates", "excluded", "kv_pool", "max_attention_size"}, where
+        )
         candidates = dict(config.get("candidates") or {})
         _check_keys(candidates, set(SUPERNET_CANDIDATES), f"{where}.candidates")
         out = {}
@@ -117,20 +123,51 @@ def normalize_cell(config: Mapping[str, Any] | str | Path, *, where: str = "cell
             "kind": kind,
             "num_operations": _positive_int(config.get("num_operations", 3), f"{where}.num_operations"),
             "candidates": out,
+            "excluded": _excluded(config.get("excluded") or [], out, f"{where}.excluded"),
             **common,
         }
-    _check_keys(config, {"kind", "operations", "kv_pool", "max_attention_size"}, where)
+    _check_keys(config, {"kind", "operations", "normalize", "kv_pool", "max_attention_size"}, where)
     operations = config.get("operations")
     if not isinstance(operations, list) or not operations:
         raise ValueError(f"{where}.operations: needs a non-empty list of operations, got {operations!r}")
+    normalize = config.get("normalize", False)
+    if not isinstance(normalize, bool):
+        raise ValueError(f"{where}.normalize: needs true or false, got {normalize!r}")
     return {
         "kind": kind,
         "operations": [
             _normalize_operation(op, i, f"{where}.operations[{i - 1}]")
             for i, op in enumerate(operations, start=1)
         ],
+        "normalize": normalize,
         **common,
     }
+
+
+def _excluded(pairs, candidates: dict, where: str) -> list:
+    """Validated [type, dimension] pairs the supernet leaves out; every dimension keeps a type."""
+    if not isinstance(pairs, list):
+        raise ValueError(f"{where}: needs a list of [type, dimension] pairs, got {pairs!r}")
+    out = []
+    for pair in pairs:
+        if (
+            not isinstance(pair, (list, tuple))
+            or len(pair) != 2
+            or pair[0] not in candidates["type"]
+            or pair[1] not in candidates["dimension"]
+        ):
+            raise ValueError(
+                f"{where}: {pair!r} is not a [type, dimension] pair of the candidates "
+                f"{candidates['type']} × {candidates['dimension']}"
+            )
+        if [pair[0], pair[1]] not in out:
+            out.append([pair[0], pair[1]])
+    for d in candidates["dimension"]:
+        if all([t, d] in out for t in candidates["type"]):
+            raise ValueError(
+                f"{where}: every type of dimension {d!r} is excluded; drop {d!r} from candidates.dimension"
+            )
+    return sorted(out)
 
 
 def _normalize_operation(op, index: int, where: str) -> dict:
@@ -203,6 +240,7 @@ def apply_cell(x, cell_config: Mapping[str, Any], name: str):
             channels,
             num_operations=cell["num_operations"],
             candidates=cell["candidates"],
+            excluded=cell["excluded"],
             kv_pool=cell["kv_pool"],
             max_attention_size=cell["max_attention_size"],
             name=name,
@@ -211,7 +249,7 @@ def apply_cell(x, cell_config: Mapping[str, Any], name: str):
     for i, op in enumerate(cell["operations"], start=1):
         sources = [outputs[j] for j in op["inputs"]]
         h = sources[0] if len(sources) == 1 else keras.layers.Add(name=f"{name}_op{i}_sum")(sources)
-        outputs.append(
+        out = (
             AttentionOperation(
                 channels,
                 dimension=op["dimension"],
@@ -226,6 +264,9 @@ def apply_cell(x, cell_config: Mapping[str, Any], name: str):
                 name=f"{name}_op{i}",
             )(h)
         )
+        if cell["normalize"]:  # the supernet's per-candidate normalisation (DARTS §2.1), see docstring
+            out = keras.layers.BatchNormalization(center=False, scale=False, name=f"{name}_op{i}_norm")(out)
+        outputs.append(out)
     y = outputs[1] if len(outputs) == 2 else keras.layers.Add(name=f"{name}_combine")(outputs[1:])
     y = keras.layers.BatchNormalization(gamma_initializer="zeros", name=f"{name}_bn")(y)
     return keras.layers.Add(name=f"{name}_residual")([x, y])
@@ -250,8 +291,9 @@ def cell_cost(cell_config: Mapping[str, Any], input_shape) -> dict:
     if cell["kind"] == "supernet":
         raise ValueError("cell_cost: a supernet has no fixed cost; derive a cell from it first")
     costs = [operation_cost(op, shape, kv_pool=cell["kv_pool"]) for op in cell["operations"]]
+    norms = 2 * shape[-1] * len(costs) if cell["normalize"] else 0  # moving mean and variance
     return {
-        "params": sum(c["params"] for c in costs) + 4 * shape[-1],
+        "params": sum(c["params"] for c in costs) + 4 * shape[-1] + norms,
         "flops": sum(c["flops"] for c in costs),
     }
 

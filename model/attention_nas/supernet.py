@@ -17,6 +17,15 @@ published, so this is the project's reconstruction (DARTS-style, docs/attention_
 - every softmax divides its logits by the cell's `temperature` (a non-trainable weight, 1 unless the
   search anneals it);
 - every candidate output (type × dimension) goes through BatchNorm without affine parameters (DARTS);
+  the derived cell keeps that normalisation (`"normalize": true`), so at one-hot architecture weights
+  the supernet and the derived cell are the same function, in training and in inference mode;
+- a choice with a single candidate has no architecture weight (nothing to learn, and it would get no
+  gradient); operation 1 has no input-edge weight;
+- `excluded` [type, dimension] pairs are left out of the supernet: a candidate that cannot attend at the
+  cell's feature size (one key per query after `kv_pool`, or one token for a map; `degenerate_pairs`)
+  refuses to build unless excluded. Dimension d mixes only its allowed types (p_type renormalised over
+  them: with two types either both or the one left), so the effective weight of (type, d) is
+  p_d · p_type|d, which is what `derive_cell` maximises;
 - combine: Σ_i h_i → BatchNorm → + x, as in a derived cell but with γ starting at 1 (a zero γ would
   hide every architecture gradient until γ moves; the supernet trains from scratch anyway).
 Deriving the cell: argmax per choice; input edges whose weight is at least `edge_ratio` (0.5) × the
@@ -34,6 +43,7 @@ from model.attention_nas.operations import (
     DEFAULT_MAX_ATTENTION_SIZE,
     activate_map,
     activate_scores,
+    attention_size,
     check_attention_size,
     dot_attention,
     g_kernel,
@@ -45,6 +55,29 @@ from model.attention_nas.operations import (
 CHOICES = tuple(SUPERNET_CANDIDATES)  # dimension, type, g1, g2, g3, activation, reduction
 
 
+def degenerate_pairs(types, dimensions, t, h, w, *, kv_pool: int) -> dict:
+    """{(type, dimension): reason} for the candidates that cannot attend on a (T, H, W) feature map.
+
+    A dot-product whose queries each see one key (after the `kv_pool` max-pool) has softmax ≡ 1 and
+    copies the pooled value; a map over one token has softmax ≡ 1. Neither chooses where to look, so
+    the search must not score it as attention (issue 19: res4 of a 32² proxy clip is 2×2, pooled to 1×1).
+    """
+    out = {}
+    for d in dimensions:
+        if "dot" in types:
+            keys = attention_size(d, t, h, w, kv_pool)[1]
+            if keys == 1:
+                out[("dot", d)] = (
+                    f"{d} dot-product on a (T, H, W) = ({t}, {h}, {w}) map has one key per query "
+                    f"after kv_pool={kv_pool} (softmax ≡ 1)"
+                )
+        if "map" in types:
+            tokens = {"temporal": t, "spatial": h * w, "spatiotemporal": t * h * w}[d]
+            if tokens == 1:
+                out[("map", d)] = f"{d} map on a (T, H, W) = ({t}, {h}, {w}) map has one token (softmax ≡ 1)"
+    return out
+
+
 @serializable
 class SupernetCell(keras.layers.Layer):
     """(B, T, H, W, channels) → same shape; every candidate of every choice, mixed by arch weights."""
@@ -54,6 +87,7 @@ class SupernetCell(keras.layers.Layer):
         channels,
         num_operations=3,
         candidates=None,
+        excluded=None,
         kv_pool=2,
         max_attention_size=DEFAULT_MAX_ATTENTION_SIZE,
         **kwargs,
@@ -64,6 +98,7 @@ class SupernetCell(keras.layers.Layer):
                 "kind": "supernet",
                 "num_operations": num_operations,
                 "candidates": candidates or {},
+                "excluded": [list(p) for p in (excluded or [])],
                 "kv_pool": kv_pool,
                 "max_attention_size": max_attention_size,
             },
@@ -74,6 +109,12 @@ class SupernetCell(keras.layers.Layer):
         self.channels = int(channels)
         self.num_operations = spec["num_operations"]
         self.candidates = spec["candidates"]
+        self.excluded = spec["excluded"]
+        # The types each dimension mixes (every dimension keeps at least one: normalize_cell checks).
+        self.allowed = {
+            d: [k for k in self.candidates["type"] if [k, d] not in self.excluded]
+            for d in self.candidates["dimension"]
+        }
         self.kv_pool = spec["kv_pool"]
         self.max_attention_size = spec["max_attention_size"]
 
@@ -110,6 +151,7 @@ class SupernetCell(keras.layers.Layer):
             for i in range(1, self.num_operations + 1)
             for kind in cand["type"]
             for d in cand["dimension"]
+            if kind in self.allowed[d]
         ]
         self._bn_index = {layer.name: k for k, layer in enumerate(self.candidate_bns)}
 
@@ -120,8 +162,25 @@ class SupernetCell(keras.layers.Layer):
         if input_shape[-1] != self.channels:
             raise ValueError(f"{self.name}: input has {input_shape[-1]} channels, expected {self.channels}")
         _, t, h, w, _ = input_shape
+        if None not in (t, h, w):
+            degenerate = {
+                pair: reason
+                for pair, reason in degenerate_pairs(
+                    self.candidates["type"], self.candidates["dimension"], t, h, w, kv_pool=self.kv_pool
+                ).items()
+                if list(pair) not in self.excluded
+            }
+            if degenerate:
+                raise ValueError(
+                    f"{self.name}: candidate(s) that cannot attend here: "
+                    + "; ".join(degenerate.values())
+                    + f". Exclude them (excluded={sorted(list(p) for p in degenerate)}; the search driver "
+                    "does so itself) or use larger clips / a smaller kv_pool"
+                )
         if "dot" in self.candidates["type"]:
             for d in self.candidates["dimension"]:
+                if "dot" not in self.allowed[d]:
+                    continue
                 check_attention_size(
                     d,
                     t,
@@ -147,14 +206,26 @@ class SupernetCell(keras.layers.Layer):
                 self.arch[f"op{i}_inputs"] = self.add_weight(
                     name=f"arch_op{i}_inputs", shape=(i,), initializer="zeros"
                 )
-            for choice in CHOICES:
+            for choice in self.searched_choices():
                 self.arch[f"op{i}_{choice}"] = self.add_weight(
                     name=f"arch_op{i}_{choice}", shape=(len(self.candidates[choice]),), initializer="zeros"
                 )
 
+    def searched_choices(self) -> list:
+        """The choices with an architecture weight: ≥ 2 candidates (issue 11 item 9: a single-candidate
+        weight never gets a gradient). `type` needs a dimension that allows both types."""
+        out = []
+        for choice in CHOICES:
+            if choice == "type":
+                if any(len(types) > 1 for types in self.allowed.values()):
+                    out.append(choice)
+            elif len(self.candidates[choice]) > 1:
+                out.append(choice)
+        return out
+
     def _probs(self, i, choice):
-        if self.arch[f"op{i}_{choice}"].shape[0] == 1:  # a single candidate: nothing to mix
-            return ops.ones((1,), self.compute_dtype)
+        if f"op{i}_{choice}" not in self.arch:  # a single candidate: nothing to mix
+            return ops.ones((len(self.candidates[choice]),), self.compute_dtype)
         logits = self.arch[f"op{i}_{choice}"] / ops.cast(self.temperature, self.arch[f"op{i}_{choice}"].dtype)
         return ops.cast(ops.softmax(logits), self.compute_dtype)
 
@@ -184,30 +255,33 @@ class SupernetCell(keras.layers.Layer):
             mask = ops.sum(masks * p["reduction"][:, None], axis=0)
             mean_mask = ops.sum(masks * inv_widths * p["reduction"][:, None], axis=0)
             by_type = {}
-            if "dot" in cand["type"]:
+            dot_dims = [d for d in cand["dimension"] if "dot" in self.allowed[d]]
+            map_dims = [d for d in cand["dimension"] if "map" in self.allowed[d]]
+            if dot_dims:
                 q = self._mix(p["g1"], [self._conv(f"op{i}_dot_g1_{g}")(h) for g in cand["g1"]]) * mask
                 k = self._mix(p["g2"], [self._conv(f"op{i}_dot_g2_{g}")(h) for g in cand["g2"]])
                 scores_fn = lambda s, p=p: self._mix(
                     p["activation"], [activate_scores(s, a) for a in cand["activation"]]
                 )
-                by_type["dot"] = [
-                    dot_attention(q, k, v, d, scores_fn, self.kv_pool) for d in cand["dimension"]
-                ]
-            if "map" in cand["type"]:
+                by_type["dot"] = {d: dot_attention(q, k, v, d, scores_fn, self.kv_pool) for d in dot_dims}
+            if map_dims:
                 f1 = self._mix(p["g1"], [self._conv(f"op{i}_map_g1_{g}")(h) for g in cand["g1"]])
                 m_full = ops.sum(f1 * mean_mask, axis=-1, keepdims=True)
-                by_type["map"] = []
-                for d in cand["dimension"]:
+                by_type["map"] = {}
+                for d in map_dims:
                     m = ops.mean(m_full, axis=(2, 3), keepdims=True) if d == "temporal" else m_full
                     m = self._mix(p["g2"], [self._conv(f"op{i}_map_g2_{d}_{g}")(m) for g in cand["g2"]])
                     a = self._mix(p["activation"], [activate_map(m, act, d) for act in cand["activation"]])
-                    by_type["map"].append(a * v)
+                    by_type["map"][d] = a * v
             norm = lambda value, kind, d, i=i: self.candidate_bns[self._bn_index[f"op{i}_{kind}_{d}_bn"]](
                 value, training=training
             )
+            # Dimension d mixes its allowed types; with one left it takes it alone (p_type|d = 1).
             per_dim = [
-                self._mix(p["type"], [norm(by_type[kind][n], kind, d) for kind in cand["type"]])
-                for n, d in enumerate(cand["dimension"])
+                self._mix(p["type"], [norm(by_type[kind][d], kind, d) for kind in cand["type"]])
+                if len(self.allowed[d]) == len(cand["type"])
+                else norm(by_type[self.allowed[d][0]][d], self.allowed[d][0], d)
+                for d in cand["dimension"]
             ]
             outputs.append(self._mix(p["dimension"], per_dim))
         y = outputs[1]
@@ -224,6 +298,7 @@ class SupernetCell(keras.layers.Layer):
             "channels": self.channels,
             "num_operations": self.num_operations,
             "candidates": self.candidates,
+            "excluded": self.excluded,
             "kv_pool": self.kv_pool,
             "max_attention_size": self.max_attention_size,
         }
@@ -233,6 +308,12 @@ class SupernetCell(keras.layers.Layer):
         temperature 1 (the learned preference itself, whatever temperature the search ended at)."""
 
         def softmax(name):
+            if name not in self.arch:  # a single candidate, or a type the exclusions decide per dimension
+                choice = name.split("_", 1)[1]
+                if choice == "type":
+                    used = [any(k in types for types in self.allowed.values()) for k in self.candidates[choice]]
+                    return np.asarray(used, "float64") / sum(used)
+                return np.ones(len(self.candidates[choice])) / len(self.candidates[choice])
             logits = np.asarray(keras.ops.convert_to_numpy(self.arch[name]), "float64")
             probs = np.exp(logits - logits.max())
             return probs / probs.sum()
@@ -278,7 +359,11 @@ def architecture_weights(model) -> dict:
     per_cell = {cell.name: cell.probabilities() for cell in cells}
     first = cells[0]
     for cell in cells[1:]:
-        if cell.num_operations != first.num_operations or cell.candidates != first.candidates:
+        if (
+            cell.num_operations != first.num_operations
+            or cell.candidates != first.candidates
+            or cell.excluded != first.excluded
+        ):
             raise ValueError(
                 f"architecture_weights: supernet cells {first.name!r} and {cell.name!r} differ "
                 "in their search space and cannot be averaged"
@@ -299,15 +384,21 @@ def architecture_weights(model) -> dict:
         "cells": [c.name for c in cells],
         "operations": mean,
         "per_cell": per_cell,
+        # choices without an architecture weight (one candidate): nothing was searched there
+        "fixed": [f"op{i}.{c}" for i in range(1, first.num_operations + 1) for c in CHOICES
+                  if f"op{i}_{c}" not in first.arch],
+        "excluded": first.excluded,
         "kv_pool": first.kv_pool,
         "max_attention_size": first.max_attention_size,
     }
 
 
 def derive_cell(weights: dict, *, edge_ratio: float = 0.5) -> dict:
-    """The final cell from `architecture_weights(...)`: argmax per choice; the input edges whose weight
-    is at least `edge_ratio` × the strongest edge's (so the strongest is always kept, and an edge about
-    as strong as it too). Returns a normalised cell description."""
+    """The final cell from `architecture_weights(...)`: argmax per choice — type and dimension jointly,
+    over the pairs not excluded, by the supernet's effective weight p_d · p_type|d —; the input edges
+    whose weight is at least `edge_ratio` × the strongest edge's (so the strongest is always kept, and
+    an edge about as strong as it too). Returns a normalised cell description with `"normalize": true`
+    (each operation's output normalised as in the supernet)."""
     if not 0 < edge_ratio <= 1:
         raise ValueError(f"derive_cell: edge_ratio must be in (0, 1], got {edge_ratio}")
     operations = []
@@ -318,15 +409,65 @@ def derive_cell(weights: dict, *, edge_ratio: float = 0.5) -> dict:
         for choice in CHOICES:
             best = max(entry[choice].items(), key=lambda kv: kv[1])[0]
             op[choice] = float(best) if choice == "reduction" else best
+        op["type"], op["dimension"] = best_type_and_dimension(entry, weights.get("excluded", []))
         operations.append(op)
     return normalize_cell(
         {
             "kind": "cell",
+            "normalize": True,
             "operations": operations,
             "kv_pool": weights.get("kv_pool", 2),
             "max_attention_size": weights.get("max_attention_size", DEFAULT_MAX_ATTENTION_SIZE),
         }
     )
+
+
+def best_type_and_dimension(entry: dict, excluded) -> tuple[str, str]:
+    """argmax over the allowed (type, dimension) pairs of p_d · p_type|d (the supernet's mixing)."""
+    types, dims = entry["type"], entry["dimension"]
+    best, best_weight = None, -1.0
+    for d, p_d in dims.items():
+        allowed = [k for k in types if [k, d] not in excluded]
+        total = sum(types[k] for k in allowed)
+        for k in allowed:
+            weight = p_d * (types[k] / total if total > 0 else 1.0 / len(allowed))
+            if weight > best_weight:
+                best, best_weight = (k, d), weight
+    return best
+
+
+def inherit_weights(supernet: "SupernetCell", model, name: str, cell: dict) -> None:
+    """Copies a supernet cell's weights into the derived `cell` applied as `name` in `model`
+    (apply_cell(..., name=name)): the chosen candidates' convolutions (the first C′ output channels of
+    the widest G₁/G₂), their candidate BatchNorm statistics and the combine BatchNorm. At one-hot
+    architecture weights the two then compute the same function (tests/model/test_attention_nas.py)."""
+    cell = normalize_cell(cell)
+    if len(cell["operations"]) != supernet.num_operations:
+        raise ValueError(
+            f"inherit_weights: the cell has {len(cell['operations'])} operations, the supernet "
+            f"{supernet.num_operations}"
+        )
+
+    def copy(source, target, width=None):
+        values = [keras.ops.convert_to_numpy(v) for v in source.weights]
+        if width is not None:
+            values = [v[..., :width] for v in values]
+        target.set_weights(values)
+
+    for i, op in enumerate(cell["operations"], start=1):
+        layer = model.get_layer(f"{name}_op{i}")
+        width = reduced_width(supernet.channels, op["reduction"])
+        copy(supernet._conv(f"op{i}_{op['type']}_g1_{op['g1']}"), layer.g1_conv, width)
+        if op["type"] == "dot":
+            copy(supernet._conv(f"op{i}_dot_g2_{op['g2']}"), layer.g2_conv, width)
+        else:
+            copy(supernet._conv(f"op{i}_map_g2_{op['dimension']}_{op['g2']}"), layer.g2_conv)
+        if op["g3"] == "conv1x1x1":
+            copy(supernet._conv(f"op{i}_g3_conv1x1x1"), layer.g3_conv)
+        if cell["normalize"]:
+            bn = supernet.candidate_bns[supernet._bn_index[f"op{i}_{op['type']}_{op['dimension']}_bn"]]
+            copy(bn, model.get_layer(f"{name}_op{i}_norm"))
+    copy(supernet.bn, model.get_layer(f"{name}_bn"))
 
 
 def is_architecture_variable(variable) -> bool:
@@ -336,34 +477,55 @@ def is_architecture_variable(variable) -> bool:
 
 @keras.saving.register_keras_serializable(package="attention_nas")
 class AlternatingAdam(keras.optimizers.Optimizer):
-    """Adam with two parameter groups, for a one-shot search inside Keras's own `train_on_batch`/`fit`
-    (any backend; no GradientTape). The project's own (docs/attention_nas.md).
+    """Two optimisers taking turns, for a one-shot search inside Keras's own `train_on_batch`/`fit`
+    (any backend; no GradientTape).
 
-    `set_phase("weights")` before a step updates only the network weights (learning_rate, beta_1);
-    `set_phase("architecture")` only the architecture weights (names `arch_*`: arch_learning_rate,
-    arch_beta_1 = 0.5 as DARTS §3.1.1). The inactive group's variables and Adam moments stay untouched
-    (its gradients are computed and dropped), and each group counts its own steps for the bias
-    correction, so alternating phases is exactly two Adam optimisers taking turns — DARTS's first-order
-    alternation (§2.3) with both steps run by the same compiled train function."""
+    `set_phase("weights")` before a step updates only the network weights, `set_phase("architecture")`
+    only the architecture weights (names `arch_*`). The inactive group's variables and moments stay
+    untouched (its gradients are computed and dropped), and each group counts its own steps, so
+    alternating phases is exactly DARTS's first-order alternation (§2.3) with both steps run by the same
+    compiled train function.
+    - network weights: `weights_optimizer="sgd"` — SGD with momentum (torch form m ← μm + g, w ← w − lr·m)
+      and L2 `weight_decay` added to the gradient, learning rate cosine-annealed from `learning_rate` to
+      `min_learning_rate` over `decay_steps` weight steps (DARTS §3.1.1: 0.025 → 0.001, μ 0.9, 3e-4);
+      or `"adam"` (learning_rate, beta_1, beta_2; constant unless decay_steps is set);
+    - architecture: Adam(arch_learning_rate, (arch_beta_1, arch_beta_2)) with L2 `arch_weight_decay`
+      added to the gradient (DARTS §3.1.1: 3e-4, (0.5, 0.999), 1e-3, as torch's Adam weight_decay)."""
 
     PHASES = ("weights", "architecture")
 
     def __init__(
         self,
         learning_rate=1e-3,
-        arch_learning_rate=3e-2,
+        arch_learning_rate=3e-4,
         beta_1=0.9,
         beta_2=0.999,
         arch_beta_1=0.5,
+        arch_beta_2=0.999,
+        arch_weight_decay=0.0,
+        weights_optimizer="adam",
+        momentum=0.9,
+        weight_decay_l2=0.0,
+        decay_steps=None,
+        min_learning_rate=0.0,
         epsilon=1e-7,
         name="alternating_adam",
         **kwargs,
     ):
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        if weights_optimizer not in ("adam", "sgd"):
+            raise ValueError(f"weights_optimizer must be 'adam' or 'sgd', got {weights_optimizer!r}")
         self.arch_learning_rate = float(arch_learning_rate)
         self.beta_1 = float(beta_1)
         self.beta_2 = float(beta_2)
         self.arch_beta_1 = float(arch_beta_1)
+        self.arch_beta_2 = float(arch_beta_2)
+        self.arch_weight_decay = float(arch_weight_decay)
+        self.weights_optimizer = weights_optimizer
+        self.momentum = float(momentum)
+        self.weight_decay_l2 = float(weight_decay_l2)
+        self.decay_steps = None if decay_steps is None else int(decay_steps)
+        self.min_learning_rate = float(min_learning_rate)
         self.epsilon = float(epsilon)
 
     def build(self, var_list):
@@ -387,20 +549,37 @@ class AlternatingAdam(keras.optimizers.Optimizer):
         self.phase.assign(float(k))
         self.group_steps.assign(steps)
 
+    def weights_learning_rate(self, step):
+        """Cosine annealing of the network weights' rate at weight step `step` (1-based; a number or tensor)."""
+        if self.decay_steps is None:
+            return self.learning_rate
+        fraction = ops.minimum((ops.cast(step, "float32") - 1.0) / max(1, self.decay_steps - 1), 1.0)
+        low = self.min_learning_rate
+        return low + 0.5 * (ops.cast(self.learning_rate, "float32") - low) * (1.0 + ops.cos(np.pi * fraction))
+
     def update_step(self, gradient, variable, learning_rate):
         dtype = variable.dtype
         arch = is_architecture_variable(variable)
         phase = ops.cast(self.phase, dtype)
         active = phase if arch else 1.0 - phase
-        beta_1 = self.arch_beta_1 if arch else self.beta_1
-        lr = ops.cast(self.arch_learning_rate if arch else learning_rate, dtype)
         step = ops.maximum(ops.cast(self.group_steps[1 if arch else 0], dtype), 1.0)
         gradient = ops.cast(gradient, dtype)
         m = self._momentums[self._get_variable_index(variable)]
         v = self._velocities[self._get_variable_index(variable)]
+        if arch:
+            gradient = gradient + self.arch_weight_decay * variable
+            beta_1, beta_2, lr = self.arch_beta_1, self.arch_beta_2, ops.cast(self.arch_learning_rate, dtype)
+        else:
+            gradient = gradient + self.weight_decay_l2 * variable
+            beta_1, beta_2 = self.beta_1, self.beta_2
+            lr = ops.cast(self.weights_learning_rate(step), dtype)
+            if self.weights_optimizer == "sgd":
+                self.assign(m, m + active * ((self.momentum - 1.0) * m + gradient))
+                self.assign_sub(variable, active * lr * m)
+                return
         self.assign_add(m, active * (1 - beta_1) * (gradient - m))
-        self.assign_add(v, active * (1 - self.beta_2) * (ops.square(gradient) - v))
-        alpha = active * lr * ops.sqrt(1 - ops.power(self.beta_2, step)) / (1 - ops.power(beta_1, step))
+        self.assign_add(v, active * (1 - beta_2) * (ops.square(gradient) - v))
+        alpha = active * lr * ops.sqrt(1 - ops.power(beta_2, step)) / (1 - ops.power(beta_1, step))
         self.assign_sub(variable, alpha * m / (ops.sqrt(v) + self.epsilon))
 
     def get_config(self):
@@ -410,5 +589,12 @@ class AlternatingAdam(keras.optimizers.Optimizer):
             "beta_1": self.beta_1,
             "beta_2": self.beta_2,
             "arch_beta_1": self.arch_beta_1,
+            "arch_beta_2": self.arch_beta_2,
+            "arch_weight_decay": self.arch_weight_decay,
+            "weights_optimizer": self.weights_optimizer,
+            "momentum": self.momentum,
+            "weight_decay_l2": self.weight_decay_l2,
+            "decay_steps": self.decay_steps,
+            "min_learning_rate": self.min_learning_rate,
             "epsilon": self.epsilon,
         }

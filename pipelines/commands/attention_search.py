@@ -31,9 +31,24 @@ def register(subparsers):
     p.add_argument("--num-classes", type=int, default=None, help="classes of --data (synthetic: 4)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=3e-3, help="learning rate of the network weights")
-    p.add_argument("--arch-lr", type=float, default=3e-2, help="learning rate of the architecture weights")
-    p.add_argument("--arch-start", type=float, default=0.25, help="fraction of steps before arch updates")
+    p.add_argument(
+        "--optimizer", choices=("sgd", "adam"), default="sgd", help="network weights (DARTS: SGD, cosine)"
+    )
+    p.add_argument("--lr", type=float, default=0.025, help="network weights' learning rate (DARTS 0.025)")
+    p.add_argument("--lr-min", type=float, default=0.001, help="end of the cosine schedule (DARTS 0.001)")
+    p.add_argument("--weight-decay", type=float, default=3e-4, help="L2 on the network weights (DARTS)")
+    p.add_argument("--arch-lr", type=float, default=3e-4, help="Adam rate of the architecture weights (DARTS)")
+    p.add_argument("--arch-weight-decay", type=float, default=1e-3, help="L2 on the architecture weights")
+    p.add_argument("--arch-start", type=float, default=0.0, help="fraction of steps before arch updates")
+    p.add_argument(
+        "--final-temperature", type=float, default=1.0, help="softmax temperature at the last step (1 = none)"
+    )
+    p.add_argument(
+        "--heldout-fraction",
+        type=float,
+        default=0.5,
+        help="--data: share of the videos (split by id) used only for the architecture steps",
+    )
     p.add_argument("--num-operations", type=int, default=3)
     p.add_argument("--width", type=int, default=8, help="ResNet base width")
     p.add_argument("--blocks", type=_ints, default=(1, 1, 1, 1), help="ResNet blocks per stage, e.g. 1,1,1,1")
@@ -55,9 +70,15 @@ def run(args):
         size=args.size,
         batch_size=args.batch_size,
         seed=args.seed,
+        optimizer=args.optimizer,
         lr=args.lr,
+        lr_min=args.lr_min,
+        weight_decay=args.weight_decay,
         arch_lr=args.arch_lr,
+        arch_weight_decay=args.arch_weight_decay,
         arch_start=args.arch_start,
+        final_temperature=args.final_temperature,
+        heldout_fraction=args.heldout_fraction,
         num_operations=args.num_operations,
         width=args.width,
         blocks=args.blocks,
@@ -69,5 +90,9 @@ def run(args):
         eager=args.eager,
     )
     record = search(config=config, out_dir=args.out)
-    print(f"derived cell: {args.out}/cell.json (supernet accuracy {record['supernet_accuracy']:.3f})")
+    accuracy = record["supernet_accuracy"]
+    print(
+        f"derived cell: {args.out}/cell.json (mean normalised entropy {record['final_mean_entropy']:.3f}"
+        + (f", supernet accuracy {accuracy:.3f})" if accuracy is not None else ")")
+    )
     return 0

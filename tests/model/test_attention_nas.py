@@ -19,7 +19,9 @@ from model.attention_nas import (
     architecture_variables,
     architecture_weights,
     cell_cost,
+    degenerate_pairs,
     derive_cell,
+    inherit_weights,
     insert_cells,
     normalize_cell,
 )
@@ -280,3 +282,134 @@ def test_insert_cells_into_assemblenet():
         "object": np.zeros((1, 4, 32, 32), "int32"),
     }
     assert tuple(model(inputs).shape) == (1, 3)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Issue 19 / issue 11 item 9: the derived cell is the searched function; degenerate candidates; weights.
+
+ONE_HOT_CELL = {
+    "operations": [
+        {"inputs": [0], "dimension": "temporal", "type": "map", "g2": "conv3x3x3", "activation": "sigmoid",
+         "reduction": 0.25},
+        {"inputs": [1], "dimension": "spatial", "type": "dot", "g1": "conv3x3x3", "g3": "identity"},
+        {"inputs": [0], "dimension": "spatiotemporal", "type": "dot", "activation": "relu"},
+    ]
+}
+
+
+def _set_one_hot(supernet, cell, logit=60.0):
+    """Architecture logits that make softmax(α) one-hot (exp(-60) ≈ 1e-26) on the cell's choices."""
+    for i, op in enumerate(normalize_cell(cell)["operations"], start=1):
+        for key, variable in supernet.arch.items():
+            if not key.startswith(f"op{i}_"):
+                continue
+            choice = key.split("_", 1)[1]
+            if choice == "inputs":
+                chosen = op["inputs"]
+            else:
+                chosen = [supernet.candidates[choice].index(op[choice])]
+            values = np.zeros(variable.shape, "float32")
+            values[chosen] = logit
+            variable.assign(values)
+
+
+def test_derived_cell_equals_one_hot_supernet_in_training_and_inference():
+    """Issue 19: with per-operation normalisation (what derive_cell writes) a derived cell holding the
+    supernet's weights computes the one-hot supernet's function, with batch statistics (training) and
+    with moving statistics (inference); without it, it does not."""
+    rng = np.random.default_rng(0)
+    supernet = SupernetCell(8, num_operations=3, name="search")
+    supernet(X)
+    _set_one_hot(supernet, ONE_HOT_CELL)
+    for _ in range(3):  # move the moving statistics away from their initial values
+        supernet(rng.normal(1.0, 2.0, X.shape).astype("float32"), training=True)
+    supernet.bn.gamma.assign(rng.uniform(0.5, 1.5, 8).astype("float32"))
+    supernet.bn.beta.assign(rng.normal(size=8).astype("float32"))
+    probs = supernet.probabilities()
+    assert probs["op2"]["inputs"][1] == 1.0 and probs["op1"]["type"]["map"] == 1.0
+
+    derived = normalize_cell({**ONE_HOT_CELL, "normalize": True})
+    assert derive_cell(architecture_weights(keras.Sequential([keras.Input(X.shape[1:]), supernet])))[
+        "operations"
+    ] == derived["operations"]
+    inputs = keras.Input(X.shape[1:])
+    model = keras.Model(inputs, apply_cell(inputs, derived, name="cell"))
+    inherit_weights(supernet, model, "cell", derived)
+    x = rng.normal(size=X.shape).astype("float32")
+    np.testing.assert_allclose(np_(model(x, training=False)), np_(supernet(x, training=False)), atol=2e-5)
+    np.testing.assert_allclose(np_(model(x, training=True)), np_(supernet(x, training=True)), atol=2e-5)
+
+    raw = normalize_cell(ONE_HOT_CELL)  # the old derived cell: raw operation outputs
+    raw_model = keras.Model(inputs, apply_cell(inputs, raw, name="raw"))
+    inherit_weights(supernet, raw_model, "raw", raw)
+    gap = np.abs(np_(raw_model(x, training=True)) - np_(supernet(x, training=True))).max()
+    assert gap > 1e-2, gap
+
+
+def test_normalized_cell_costs_its_statistics():
+    cell = {**THREE_OPS, "normalize": True}
+    inputs = keras.Input(X.shape[1:])
+    model = keras.Model(inputs, apply_cell(inputs, cell, name="cell"))
+    assert cell_cost(cell, X.shape[1:])["params"] == model.count_params()
+    assert cell_cost(cell, X.shape[1:])["params"] == cell_cost(THREE_OPS, X.shape[1:])["params"] + 3 * 2 * 8
+    with pytest.raises(ValueError, match=r"normalize: needs true or false"):
+        normalize_cell({**THREE_OPS, "normalize": "yes"})
+
+
+def test_degenerate_candidates_are_refused_unless_excluded():
+    """Issue 19: on a 2×2 map, kv_pool 2 leaves one key per frame: spatial dot-product softmax ≡ 1."""
+    small = np.random.default_rng(1).normal(size=(2, 4, 2, 2, 8)).astype("float32")
+    assert set(degenerate_pairs(TYPES, DIMENSIONS, 4, 2, 2, kv_pool=2)) == {("dot", "spatial")}
+    assert degenerate_pairs(TYPES, DIMENSIONS, 4, 4, 4, kv_pool=2) == {}
+    assert set(degenerate_pairs(TYPES, DIMENSIONS, 1, 1, 1, kv_pool=1)) == {
+        (k, d) for k in TYPES for d in DIMENSIONS
+    }
+    with pytest.raises(ValueError, match=r"cannot attend here: spatial dot-product .* one key per query"):
+        SupernetCell(8, num_operations=2)(small)
+    cell = SupernetCell(8, num_operations=2, excluded=[["dot", "spatial"]])
+    out = cell(small)
+    assert out.shape == small.shape and np.isfinite(np_(out)).all()
+    assert not any("dot_spatial" in layer.name for layer in cell.candidate_bns)
+    with pytest.raises(ValueError, match=r"every type of dimension 'spatial' is excluded"):
+        SupernetCell(8, excluded=[["dot", "spatial"], ["map", "spatial"]])
+
+
+def test_derive_cell_never_picks_an_excluded_pair():
+    def op(type_, dimension):
+        return {
+            "inputs": [1.0],
+            "dimension": dimension,
+            "type": type_,
+            **{c: {"a": 1.0} for c in ("g1", "g2", "g3", "activation")},
+            "reduction": {"0.5": 1.0},
+        }
+
+    weights = {
+        "excluded": [["dot", "spatial"]],
+        "operations": {
+            # spatial is the likeliest dimension and dot the likeliest type, but dot/spatial is out: the
+            # supernet computes map at spatial (weight 0.5) vs dot at temporal (0.3 × 0.7).
+            "op1": op({"map": 0.3, "dot": 0.7}, {"spatial": 0.5, "temporal": 0.3, "spatiotemporal": 0.2}),
+        },
+    }
+    from model.attention_nas.supernet import best_type_and_dimension
+
+    assert best_type_and_dimension(weights["operations"]["op1"], weights["excluded"]) == ("map", "spatial")
+    assert best_type_and_dimension(weights["operations"]["op1"], []) == ("dot", "spatial")
+
+
+def test_single_candidate_choices_have_no_architecture_weight():
+    """Issue 11 item 9: a choice with one candidate gets no weight (it could never get a gradient)."""
+    inputs = keras.Input(X.shape[1:])
+    space = {"type": ["map"], "g1": ["conv1x1x1"], "g3": ["identity"]}
+    out = apply_cell(inputs, {"kind": "supernet", "num_operations": 2, "candidates": space}, name="s")
+    model = keras.Model(inputs, out)
+    names = sorted(v.name for v in architecture_variables(model))
+    searched = ["dimension", "g2", "activation", "reduction"]
+    assert names == sorted([f"arch_op{i}_{c}" for i in (1, 2) for c in searched] + ["arch_op2_inputs"])
+    probs = architecture_weights(model)["operations"]["op1"]
+    assert probs["type"] == {"map": 1.0} and probs["g3"] == {"identity": 1.0}
+    # Exclusions that leave every dimension one type make `type` a decided choice too.
+    cell = SupernetCell(8, candidates={"dimension": ["spatial"]}, excluded=[["dot", "spatial"]])
+    cell(X)
+    assert "op1_type" not in cell.arch and cell.probabilities()["op1"]["type"] == {"map": 1.0, "dot": 0.0}

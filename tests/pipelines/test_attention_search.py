@@ -1,15 +1,25 @@
 """The AttentionNAS search driver, its synthetic task, the drawing and the CLI (TensorFlow backend)."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from model.attention_nas import normalize_cell
-from pipelines.attention_search import SearchConfig, draw_cell, search, synthetic_batch, train_and_evaluate
+from pipelines.attention_search import (
+    SearchConfig,
+    build_backbone,
+    draw_cell,
+    heldout_split,
+    search,
+    search_space,
+    synthetic_batch,
+    train_and_evaluate,
+)
 from pipelines.cli import build_parser
 
-SMALL_SPACE = {
+SMALL_SPACE = {  # 2 dimensions, g1/g2 fixed
     "dimension": ["temporal", "spatiotemporal"],
     "g1": ["conv1x1x1"],
     "g2": ["conv1x1x1"],
@@ -52,7 +62,16 @@ def test_search_writes_cell_weights_and_drawing(tmp_path):
     assert set(probs) == {"temporal", "spatiotemporal"} and abs(sum(probs.values()) - 1) < 1e-6
     assert probs["temporal"] != 0.5  # three architecture steps moved the uniform start
     assert (tmp_path / "cell.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(record["history"]) == 3 and record["arch_variables"] == 2 * (2 * 8 - 1)
+    assert (tmp_path / "entropy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # SMALL_SPACE fixes g1 and g2 (one candidate each): no weight for them (issue 11 item 9).
+    assert len(record["history"]) == 3 and record["arch_variables"] == 2 * (2 * 6 - 1)
+    # Decisiveness per step: normalised entropy of each searched choice (< 1 once weights moved).
+    entropy = record["history"][-1]["entropy"]
+    assert set(entropy) == {f"op{i}.{c}" for i in (1, 2) for c in ("dimension", "type", "g3", "activation",
+                                                                     "reduction")} | {"op2.inputs"}
+    assert all(0 < e < 1 for e in entropy.values()) and record["final_mean_entropy"] < 1
+    assert record["cell"]["normalize"] is True
+    assert record["split"]["kind"] == "synthetic"
 
 
 def test_draw_cell_rejects_invalid_cells(tmp_path):
@@ -114,3 +133,93 @@ def test_end_to_end_search_then_train_the_derived_cell(tmp_path):
     )
     model = train_and_evaluate(tiny, cell)["model"]
     assert {"block5_cell_op1", "block7_cell_op2"} <= {layer.name for layer in model.layers}
+
+
+def test_degenerate_candidates_are_excluded_at_small_sizes():
+    """Issue 19: at 32² clips res4_0 is 2×2 and kv_pool 2 leaves one key per frame; at 64² it is 4×4."""
+    candidates, excluded, messages = search_space(SearchConfig(size=32))
+    assert excluded == [["dot", "spatial"]] and "spatial" in candidates["dimension"]
+    assert len(messages) == 1 and "res4_0" in messages[0] and "one key per query" in messages[0]
+    assert search_space(SearchConfig(size=64))[1] == []
+    # Only spatial dimension, dot only: nothing can attend → a clear error.
+    with pytest.raises(ValueError, match="no candidate can attend"):
+        search_space(SearchConfig(size=32, candidates={"dimension": ["spatial"], "type": ["dot"]}))
+
+
+def test_every_architecture_weight_of_the_default_search_gets_a_gradient():
+    """Issue 11 item 9: the default search space (with its exclusions) in the default backbone: one
+    architecture step moves every `arch_*` weight by about the learning rate (Adam's first step is
+    ±lr wherever the gradient is non-zero) and Keras warns of no missing gradient."""
+    import warnings
+
+    import keras
+
+    from model.attention_nas import AlternatingAdam, architecture_variables
+
+    config = SearchConfig(frames=4, batch_size=4)
+    candidates, excluded, _ = search_space(config)
+    keras.utils.set_random_seed(0)
+    supernet = {"kind": "supernet", "num_operations": 3, "candidates": candidates, "excluded": excluded}
+    model, _ = build_backbone(config, supernet)
+    arch = architecture_variables(model)
+    assert len(arch) == 2 * 3 * 7 + 2 * 2  # every choice has ≥ 2 candidates; op2, op3 have edges
+    optimizer = AlternatingAdam(arch_learning_rate=0.1)
+    model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  run_eagerly=keras.backend.backend() == "tensorflow")
+    optimizer.build(model.trainable_variables)
+    optimizer.set_phase("architecture")
+    inputs, labels = synthetic_batch(np.random.default_rng(0), 4, frames=4, size=32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.train_on_batch(inputs["rgb"], labels)
+    assert not [w for w in caught if "Gradients do not exist" in str(w.message)]
+    moved = {v.path: float(np.abs(keras.ops.convert_to_numpy(v)).min()) for v in arch}
+    assert all(m > 0.05 for m in moved.values()), moved
+
+
+def test_heldout_split_is_disjoint_deterministic_and_stable():
+    ids = [f"V{n:03d}" for n in range(40)]
+    train, heldout = heldout_split(ids, 0.5)
+    assert not set(train) & set(heldout) and sorted(train + heldout) == ids
+    assert 10 <= len(heldout) <= 30
+    assert heldout_split(list(reversed(ids)), 0.5) == (train, heldout)
+    more_train, more_heldout = heldout_split(ids + ["W1", "W2"], 0.5)
+    assert set(heldout) <= set(more_heldout) and set(train) <= set(more_train)  # no video moves across
+    assert heldout_split(["a", "b"], 0.01)[1] and heldout_split(["a", "b"], 0.99)[0]  # one each side
+    with pytest.raises(ValueError, match="at least 2 videos"):
+        heldout_split(["a"], 0.5)
+
+
+def _write_records(directory, count, frames=6, size=32):
+    import tensorflow as tf
+
+    from preprocessing.schema import encode_example
+
+    rng = np.random.default_rng(0)
+    ids = [f"vid{n:02d}" for n in range(count)]
+    with tf.io.TFRecordWriter(str(directory / "part-0.tfrecord")) as writer:
+        for n, video in enumerate(ids):
+            rgb = rng.integers(0, 255, (frames, size, size, 3), dtype=np.uint8)
+            writer.write(
+                encode_example(video_id=video, dataset="charades", fps=4.0, rgb=rgb, num_classes=4,
+                               labels=[n % 4], label_start=[0.0], label_end=[frames / 4.0])
+            )
+    return ids
+
+
+@pytest.mark.slow
+def test_search_on_records_updates_the_architecture_on_held_out_videos_only(tmp_path):
+    """Issue 19 / DARTS §2.3: with --data, the architecture steps see only the held-out videos, the
+    weight steps only the others; both id lists and the videos each stream used are in search.json."""
+    (tmp_path / "data").mkdir()
+    ids = _write_records(tmp_path / "data", 8)
+    config = dataclasses.replace(
+        _tiny_search(steps=3, eval_batches=1), data=str(tmp_path / "data" / "*.tfrecord"), batch_size=2
+    )
+    record = search(config=config, out_dir=tmp_path / "out")
+    split = json.loads((tmp_path / "out" / "search.json").read_text())["split"]
+    assert split == record["split"] and split["kind"] == "by video id"
+    train, heldout = set(split["train_ids"]), set(split["heldout_ids"])
+    assert not train & heldout and train | heldout == set(ids)
+    assert split["seen"]["train"] and set(split["seen"]["train"]) <= train
+    assert split["seen"]["heldout"] and set(split["seen"]["heldout"]) <= heldout
