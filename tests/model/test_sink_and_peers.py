@@ -40,12 +40,13 @@ def test_each_paper_structure_has_its_sink_and_json_round_trips_it():
 @pytest.mark.parametrize("temporal_pool", ["max", "avg"])
 def test_each_sink_order_computes_what_it_says(temporal_pool):
     x = _inputs(tiny())
-    outputs = {}
+    outputs, weights = {}, None
     for order in SINK_ORDERS:
         model = build_assemblenet(tiny().replace(sink=order), K, temporal_pool=temporal_pool)
-        if outputs:  # the same weights for both orders
+        if weights is None:
+            weights = model.get_weights()
+        else:  # the same weights for both orders
             model.set_weights(weights)
-        weights = model.get_weights()
         fc = model.get_layer("sink_logits")
         fc.bias.assign(np.linspace(-1, 1, K).astype("float32"))
         # The final features: per-frame spatial average of the top block 8, (B, T, C).

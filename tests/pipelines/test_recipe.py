@@ -109,5 +109,5 @@ def test_a_recipe_with_an_unknown_key_fails_naming_it(tmp_path, content, message
     path.write_text(json.dumps(content))
     with pytest.raises(ValueError, match=message):
         TrainConfig.from_json(load_config_file(path)[0], source=str(path))
-    with pytest.raises(ValueError, match="not a shipped recipe; expected a JSON path or one of .*charades_assemblenet50"):
+    with pytest.raises(ValueError, match="not a shipped recipe; expected a JSON path or one of .*assemblenet50"):
         load_config_file("charades_assemblenet5")
