@@ -180,18 +180,21 @@ class Structure:
         level = self.level(index)
         return tuple(n.index for n in self.nodes if n.level < level)
 
-    def live(self) -> set[int]:
-        """Nodes with a path to a top-level block (a pruned graph may leave others unused)."""
+    def live(self, via_peers: bool = False) -> set[int]:
+        """Nodes with a path to a top-level block (a pruned graph may leave others unused); with
+        `via_peers`, a block's fixed peer counts as one of its inputs (`peer` attention reads it)."""
         live = {n.index for n in self.nodes_at(self.top_level)}
         for n in sorted(self.nodes, key=lambda n: -n.level):
             if n.index in live and not n.is_stem:
                 live.update(int(j) for j in n.inputs)
+                if via_peers and n.peer is not None:
+                    live.add(n.peer)
         return live
 
-    def dead(self) -> list[int]:
+    def dead(self, via_peers: bool = False) -> list[int]:
         """Blocks without a path to a top-level block: computed, but nothing uses their output
         (e.g. block 9 of AssembleNet++'s supplementary Table 1, which no block takes as input)."""
-        live = self.live()
+        live = self.live(via_peers)
         return sorted(n.index for n in self.blocks if n.index not in live)
 
     def cumulative_stride(self) -> dict[int, int]:

@@ -55,8 +55,8 @@ def model_summary(structure, *, attention="none", default_peers=False, frames=32
     """{"params", "flops", ...} of `structure` built at `frames` x `size`², batch 1.
 
     `dead_blocks` lists the blocks whose output nothing uses (they are built and counted: the papers'
-    tables include them, e.g. block 9 of AssembleNet++'s supplementary Table 1); `peers` the peer of
-    each block under `peer` attention."""
+    tables include them, e.g. block 9 of AssembleNet++'s supplementary Table 1; under `peer` attention a
+    block that is some live block's peer is used); `peers` the peer each block names."""
     structure = get_structure(structure)
     model = build_assemblenet(structure, num_classes, attention=attention, default_peers=default_peers,
                               temporal_pool=temporal_pool, frames=frames, size=size)
@@ -83,7 +83,7 @@ def model_summary(structure, *, attention="none", default_peers=False, frames=32
         "gflops": round(flops / 1e9, 3),
         "blocks": len(structure.blocks),
         "edges": len(structure.edges()),
-        "dead_blocks": structure.dead(),
+        "dead_blocks": structure.dead(via_peers=attention == "peer"),
         "sink": structure.sink,
         "peers": {str(n.index): n.peer for n in structure.blocks if n.peer is not None},
         "cells": cells,

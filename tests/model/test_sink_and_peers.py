@@ -82,6 +82,10 @@ def test_summary_names_the_dead_blocks():
     # Supplementary Table 1: no block takes block 9 as input, so it feeds nothing.
     assert assemblenet_plus50().dead() == [9]
     assert assemblenet50().dead() == [] and tiny().dead() == []
+    # Under peer attention a block read as a live block's peer is used (block 14 reading block 9).
+    peered = assemblenet_plus50().replace(nodes=tuple(
+        n.__class__(**{**n.__dict__, "peer": 9}) if n.index == 14 else n for n in assemblenet_plus50().nodes))
+    assert peered.dead() == [9] and peered.dead(via_peers=True) == []
     # tiny with block 5 cut from block 7's inputs: block 5 is still built, but feeds nothing.
     cut = tiny().replace(nodes=tuple(n.__class__(**{**n.__dict__, "inputs": (2, 6)}) if n.index == 7 else n
                                      for n in tiny().nodes))
