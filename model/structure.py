@@ -192,8 +192,9 @@ class Structure:
         return live
 
     def dead(self, via_peers: bool = False) -> list[int]:
-        """Blocks without a path to a top-level block: computed, but nothing uses their output
-        (e.g. block 9 of AssembleNet++'s supplementary Table 1, which no block takes as input)."""
+        """Blocks without a path to a top-level block: nothing uses their output, so the built model
+        leaves them out (e.g. block 9 of AssembleNet++'s supplementary Table 1, which no block takes as
+        input)."""
         live = self.live(via_peers)
         return sorted(n.index for n in self.blocks if n.index not in live)
 

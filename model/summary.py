@@ -54,9 +54,10 @@ def model_summary(structure, *, attention="none", default_peers=False, frames=32
                   temporal_pool="max") -> dict:
     """{"params", "flops", ...} of `structure` built at `frames` x `size`², batch 1.
 
-    `dead_blocks` lists the blocks whose output nothing uses (they are built and counted: the papers'
-    tables include them, e.g. block 9 of AssembleNet++'s supplementary Table 1; under `peer` attention a
-    block that is some live block's peer is used); `peers` the peer each block names."""
+    `dead_blocks` lists the blocks whose output nothing uses, e.g. block 9 of AssembleNet++'s
+    supplementary Table 1 (under `peer` attention a block that is a live block's peer is used). Keras
+    keeps only the layers on a path to the output, so a dead block's params and FLOPs are not counted.
+    `peers` is the peer each block names."""
     structure = get_structure(structure)
     model = build_assemblenet(structure, num_classes, attention=attention, default_peers=default_peers,
                               temporal_pool=temporal_pool, frames=frames, size=size)
