@@ -90,3 +90,14 @@ def test_the_evaluator_never_falls_back_to_the_training_data(tmp_path):
     with pytest.raises(ValueError, match="no eval_data"):
         evaluator(evolution.random_structure(evolution.SearchSpace(width_scale=16), np.random.default_rng(0)),
                   tmp_path / "child")
+
+
+def test_the_report_says_where_the_fitness_was_measured():
+    from pipelines.report import _fitness_data_line
+
+    line = _fitness_data_line({"mode": "held-out", "fraction": 0.2, "source": "records/train", "train_videos": 32,
+                               "eval_videos": 8, "heldout_ids": ["a"]})
+    assert line == ("Fitness on 8 held-out training videos (fraction 0.2 of records/train, by video-id hash); "
+                    "the children trained on the other 32.")
+    assert "none of them among the 10 training videos" in _fitness_data_line(
+        {"mode": "eval-data", "train": "t", "eval": "v", "train_videos": 10, "eval_videos": 4})
