@@ -1,4 +1,4 @@
-"""Installs the AssembleNet toolkit: model/, preprocessing/, pipelines/, dags/."""
+"""Installs the AssembleNet toolkit: model/, preprocessing/, pipelines/, dags/ and the recipes configs/*.json."""
 
 from setuptools import find_packages, setup
 
@@ -32,7 +32,8 @@ setup(
     version="0.1.0",
     description="AssembleNet, AssembleNet++ and AttentionNAS for video activity recognition",
     python_requires=">=3.11",
-    packages=find_packages(include=["model*", "preprocessing*", "pipelines*", "dags*"]),
+    packages=find_packages(include=["model*", "preprocessing*", "pipelines*", "dags*", "configs"]),
+    package_data={"configs": ["*.json"]},  # `assemblenet train --config NAME` finds them beside pipelines/
     install_requires=CORE,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["assemblenet=pipelines.cli:main"]},

@@ -4,8 +4,10 @@ Data flow per block i (AssembleNet++ §3.3–3.5):
   each input x_j is matched to block i's fused shape (max-pool to the smallest spatial size, 1x1 conv
   to the widest non-object width: AssembleNet §3.1), optionally gated by attention, summed with σ(w_ji)
   (Eq. 1/3/4), then the block's residual modules run; an AttentionNAS cell may follow (Node.cell).
-The sink (AssembleNet A.5, AssembleNet++ supplementary A.3): per-frame spatial average → average of
-the top-level blocks → per-frame FC logits → temporal max (Charades) or average pooling.
+The sink: per-frame spatial average → average of the top-level blocks, then in the order the
+structure names (`Structure.sink`): temporal max (Charades) or average pooling → FC (AssembleNet A.5,
+`pool_then_fc`), or FC per frame → temporal pooling of the logits (AssembleNet++ supplementary A.3,
+`fc_then_pool`).
 """
 
 from collections.abc import Mapping
@@ -14,6 +16,7 @@ import keras
 
 from model.blocks import apply_block, apply_stem, conv_bn
 from model.layers import ATTENTION_MODES, ChannelAttention, ConnectionFusion, SpatialMaxPool
+from model.optimizer import MomentumL2  # noqa: F401  (registered, so a model.keras loads with its optimizer)
 from model.structure import Structure, get_structure
 
 INPUT_CHANNELS = {"rgb": 3, "flow": 2}
@@ -21,10 +24,12 @@ TEMPORAL_POOLS = ("max", "avg")
 
 
 def default_peer(structure: Structure, index: int) -> int:
-    """The peer used in `peer` mode when the structure names none: the first live node (one that feeds
-    the output) at the closest lower level, so the default never adds computation for an unused block.
+    """The peer used in `peer` mode with `default_peers=True` when the structure names none: the first
+    live node (one that feeds the output) at the closest lower level, so the default never adds
+    computation for an unused block.
 
-    The papers' tables list no peers (they come from the one-shot search); this is the project's choice.
+    The papers' tables list no peers (they come from the one-shot search, AssembleNet++ §3.5); this is
+    the project's choice, used only when asked for.
     """
     live = structure.live()
     candidates = [n for n in structure.nodes if n.level < structure.level(index) and n.index in live]
@@ -51,16 +56,34 @@ def _match_input(x, *, target_stride, source_stride, width, name):
     return x
 
 
-def build_assemblenet(structure, num_classes: int, *, attention: str = "none", temporal_pool: str = "max",
-                      frames=None, size=None, name=None) -> keras.Model:
+def check_peers(structure: Structure, attention: str, default_peers: bool = False) -> None:
+    """`peer` attention needs each block's peer; the papers take them from the one-shot search
+    (argmax h, AssembleNet++ §3.5), so a structure without them is refused unless `default_peers`."""
+    if attention != "peer" or default_peers:
+        return
+    missing = [n.index for n in structure.blocks if n.peer is None]
+    if missing:
+        raise ValueError(
+            f"structure {structure.name!r}: attention 'peer' needs a peer for every block, and blocks "
+            f"{missing} have none. Peers come from the one-shot attention search (AssembleNet++ §3.5): run "
+            f"`assemblenet search --structure {structure.name} ...` and train its final_structure.json "
+            "with --attention peer, or pass --default-peers to use the project's default peers "
+            "(not the paper's)")
+
+
+def build_assemblenet(structure, num_classes: int, *, attention: str = "none", default_peers: bool = False,
+                      temporal_pool: str = "max", frames=None, size=None, name=None) -> keras.Model:
     """Builds the model of `structure` (a Structure, a named structure or a JSON path).
 
     Inputs: a dict keyed by `structure.modalities` (see docs/CONTRACTS.md); output: logits.
     `frames` and `size` may stay None (any clip length and resolution whose sides are multiples of 32).
+    `attention="peer"` uses the peers the structure names; blocks without one are an error unless
+    `default_peers` (then `default_peer` picks them).
     """
     structure = get_structure(structure)
     if attention not in ATTENTION_MODES:
         raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+    check_peers(structure, attention, default_peers)
     if temporal_pool not in TEMPORAL_POOLS:
         raise ValueError(f"temporal_pool must be one of {TEMPORAL_POOLS}, got {temporal_pool!r}")
     if int(num_classes) < 1:
@@ -124,7 +147,9 @@ def _sink(structure: Structure, outputs, num_classes, temporal_pool):
         x = merge(name="sink_merge")(pooled)
     else:
         x = pooled[0]
-    x = keras.layers.Dense(num_classes, name="sink_logits", dtype="float32")(x)
-    if temporal_pool == "max":
-        return keras.layers.GlobalMaxPooling1D(name="sink_temporal_max", dtype="float32")(x)
-    return keras.layers.GlobalAveragePooling1D(name="sink_temporal_avg", dtype="float32")(x)
+    pool = (keras.layers.GlobalMaxPooling1D(name="sink_temporal_max", dtype="float32") if temporal_pool == "max"
+            else keras.layers.GlobalAveragePooling1D(name="sink_temporal_avg", dtype="float32"))
+    fc = keras.layers.Dense(num_classes, name="sink_logits", dtype="float32")
+    if structure.sink == "pool_then_fc":
+        return fc(pool(x))  # AssembleNet A.5
+    return pool(fc(x))  # AssembleNet++ supplementary A.3

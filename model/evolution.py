@@ -326,7 +326,7 @@ def renumber(structure: Structure, name: str | None = None) -> Structure:
                             inputs=n.inputs if n.is_stem else tuple(sorted(new[int(j)] for j in n.inputs)))
         for n in order)
     return Structure(name=name or structure.name, nodes=nodes, repeats=structure.repeats,
-                     level_widths=structure.level_widths)
+                     level_widths=structure.level_widths, sink=structure.sink)
 
 
 # -- initial population (§3.2 "Evolution Implementation Details") ------------------------

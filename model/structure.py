@@ -6,7 +6,8 @@ AssembleNet++ supplementary Table 1). Level-0 nodes are stems and take one modal
 of lower-level node indices (§3.1: edges go from a lower to a higher level, so the graph
 cannot hold a cycle). Each node carries C (channels; a block outputs 4C), the temporal
 dilation r and its spatial stride. A block may also name a fixed `peer` (AssembleNet++ §3.4)
-and an attention `cell` (AttentionNAS) applied to its output.
+and an attention `cell` (AttentionNAS) applied to its output. The structure also fixes its sink's
+order (`sink`: temporal pooling then FC, AssembleNet A.5, or FC then pooling, AssembleNet++ A.3).
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ REPEATS_50 = (1.5, 2.0, 3.0, 1.5)
 REPEATS_101 = (1.5, 2.0, 11.5, 1.5)
 # ADE20K: 150 classes + 1 "other" (AssembleNet++ §3.2, supplementary Table 1).
 NUM_OBJECT_CLASSES = 151
+# The order of the sink's temporal pooling and its FC layer. AssembleNet A.5: spatial average →
+# combine the top-level blocks → temporal average/max pooling → FC. AssembleNet++ supplementary A.3:
+# FC per frame ("block 14 is followed by a FC layer to generate logits") → temporal max pooling of
+# the logits. For max pooling the two are different functions (for average pooling, the same one).
+SINK_ORDERS = ("pool_then_fc", "fc_then_pool")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +86,7 @@ class Structure:
     nodes: tuple[Node, ...]
     repeats: tuple[float, ...] = REPEATS_50
     level_widths: tuple[int, ...] = LEVEL_WIDTHS
+    sink: str = "pool_then_fc"
 
     def __post_init__(self):
         validate(self)
@@ -96,7 +103,8 @@ class Structure:
             index, level, inputs, channels, dilation, stride = row
             built.append(Node(int(index), int(level), _as_inputs(inputs), int(channels), int(dilation),
                               int(stride)))
-        return cls(name=name, nodes=tuple(built), **{k: tuple(v) for k, v in kwargs.items()})
+        kwargs = {k: v if isinstance(v, str) else tuple(v) for k, v in kwargs.items()}
+        return cls(name=name, nodes=tuple(built), **kwargs)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any] | str | Path) -> Structure:
@@ -113,14 +121,15 @@ class Structure:
                 for n in data["nodes"])
             return cls(name=str(data.get("name", "custom")), nodes=nodes,
                        repeats=tuple(float(m) for m in data.get("repeats", REPEATS_50)),
-                       level_widths=tuple(int(d) for d in data.get("level_widths", LEVEL_WIDTHS)))
+                       level_widths=tuple(int(d) for d in data.get("level_widths", LEVEL_WIDTHS)),
+                       sink=data.get("sink", "pool_then_fc"))
         except (KeyError, TypeError) as err:
             raise ValueError(f"{source}: malformed structure JSON ({err!r}); expected "
                              "{'nodes': [{'index', 'level', 'inputs', 'channels', ...}]}") from err
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "repeats": list(self.repeats), "level_widths": list(self.level_widths),
-                "nodes": [n.to_json() for n in self.nodes]}
+                "sink": self.sink, "nodes": [n.to_json() for n in self.nodes]}
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -171,13 +180,23 @@ class Structure:
         level = self.level(index)
         return tuple(n.index for n in self.nodes if n.level < level)
 
-    def live(self) -> set[int]:
-        """Nodes with a path to a top-level block (a pruned graph may leave others unused)."""
+    def live(self, via_peers: bool = False) -> set[int]:
+        """Nodes with a path to a top-level block (a pruned graph may leave others unused); with
+        `via_peers`, a block's fixed peer counts as one of its inputs (`peer` attention reads it)."""
         live = {n.index for n in self.nodes_at(self.top_level)}
         for n in sorted(self.nodes, key=lambda n: -n.level):
             if n.index in live and not n.is_stem:
                 live.update(int(j) for j in n.inputs)
+                if via_peers and n.peer is not None:
+                    live.add(n.peer)
         return live
+
+    def dead(self, via_peers: bool = False) -> list[int]:
+        """Blocks without a path to a top-level block: nothing uses their output, so the built model
+        leaves them out (e.g. block 9 of AssembleNet++'s supplementary Table 1, which no block takes as
+        input)."""
+        live = self.live(via_peers)
+        return sorted(n.index for n in self.blocks if n.index not in live)
 
     def cumulative_stride(self) -> dict[int, int]:
         """Spatial down-sampling factor of every node's output relative to the input frames."""
@@ -225,6 +244,9 @@ def validate(structure: Structure) -> None:
     if len(structure.repeats) != NUM_LEVELS or len(structure.level_widths) != NUM_LEVELS:
         raise ValueError(f"structure {structure.name!r}: repeats and level_widths need {NUM_LEVELS} "
                          f"values, got {list(structure.repeats)} and {list(structure.level_widths)}")
+    if structure.sink not in SINK_ORDERS:
+        raise ValueError(f"structure {structure.name!r}: sink={structure.sink!r}; expected one of {SINK_ORDERS} "
+                         "(AssembleNet A.5: pool_then_fc; AssembleNet++ supplementary A.3: fc_then_pool)")
     for m in structure.repeats:
         if m <= 0 or (2 * m) != int(2 * m):
             raise ValueError(f"structure {structure.name!r}: repeat m={m} must be a positive multiple of 0.5")
@@ -347,19 +369,24 @@ _TINY = [
 
 
 def assemblenet50() -> Structure:
-    return Structure.create("assemblenet50", _ASSEMBLENET_TABLE5, repeats=REPEATS_50)
+    # Sink of AssembleNet A.5: temporal pooling, then the FC layer.
+    return Structure.create("assemblenet50", _ASSEMBLENET_TABLE5, repeats=REPEATS_50, sink="pool_then_fc")
 
 
 def assemblenet101() -> Structure:
-    return Structure.create("assemblenet101", _ASSEMBLENET_TABLE5, repeats=REPEATS_101)
+    return Structure.create("assemblenet101", _ASSEMBLENET_TABLE5, repeats=REPEATS_101, sink="pool_then_fc")
 
 
 def assemblenet_plus50() -> Structure:
-    return Structure.create("assemblenet_plus50", _ASSEMBLENET_PLUS_TABLE1, repeats=REPEATS_50)
+    # Sink of AssembleNet++ supplementary A.3: FC per frame, then temporal max pooling of the logits.
+    return Structure.create("assemblenet_plus50", _ASSEMBLENET_PLUS_TABLE1, repeats=REPEATS_50,
+                            sink="fc_then_pool")
 
 
 def tiny() -> Structure:
-    return Structure.create("tiny", _TINY, repeats=(0.5, 0.5, 0.5, 0.5), level_widths=(8, 8, 16, 16))
+    # Table 1's design scaled down, so it takes Table 1's sink too (the project's choice).
+    return Structure.create("tiny", _TINY, repeats=(0.5, 0.5, 0.5, 0.5), level_widths=(8, 8, 16, 16),
+                            sink="fc_then_pool")
 
 
 NAMED_STRUCTURES = {

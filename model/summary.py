@@ -50,12 +50,17 @@ def count_flops(model: keras.Model) -> int:
     return sum(layer_flops(layer) for layer in model.layers)
 
 
-def model_summary(structure, *, attention="none", frames=32, size=224, num_classes=157,
+def model_summary(structure, *, attention="none", default_peers=False, frames=32, size=224, num_classes=157,
                   temporal_pool="max") -> dict:
-    """{"params", "flops", ...} of `structure` built at `frames` x `size`², batch 1."""
+    """{"params", "flops", ...} of `structure` built at `frames` x `size`², batch 1.
+
+    `dead_blocks` lists the blocks whose output nothing uses, e.g. block 9 of AssembleNet++'s
+    supplementary Table 1 (under `peer` attention a block that is a live block's peer is used). Keras
+    keeps only the layers on a path to the output, so a dead block's params and FLOPs are not counted.
+    `peers` is the peer each block names."""
     structure = get_structure(structure)
-    model = build_assemblenet(structure, num_classes, attention=attention, temporal_pool=temporal_pool,
-                              frames=frames, size=size)
+    model = build_assemblenet(structure, num_classes, attention=attention, default_peers=default_peers,
+                              temporal_pool=temporal_pool, frames=frames, size=size)
     flops = count_flops(model)
     cells = {}
     for node in structure.blocks:
@@ -79,6 +84,9 @@ def model_summary(structure, *, attention="none", frames=32, size=224, num_class
         "gflops": round(flops / 1e9, 3),
         "blocks": len(structure.blocks),
         "edges": len(structure.edges()),
+        "dead_blocks": structure.dead(via_peers=attention == "peer"),
+        "sink": structure.sink,
+        "peers": {str(n.index): n.peer for n in structure.blocks if n.peer is not None},
         "cells": cells,
     }
 

@@ -100,37 +100,45 @@ class EvolutionConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainEvaluator:
     """Fitness by proxy training: `pipelines.train.train` on `data` with the TrainConfig fields in
-    `train` (steps, frames, size, batch_size, dataset, ...), then scoring on `eval_data` (the
-    validation subset; the training data when None). Picklable, so workers can run it."""
+    `train` (steps, frames, size, batch_size, dataset, ...), then scoring on `eval_data`, the
+    validation subset of §3.2. A search never scores on the children's training videos: with
+    `eval_data` None, `init_search` holds out the fraction `holdout` of the videos of `data`
+    (pipelines.holdout) and stores the evaluator of the two parts. Picklable, so workers can run it."""
 
     data: str
     eval_data: str | None = None
     train: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     clips: int = 1
     batch_size: int = 4
+    holdout: float = 0.2
 
     def __post_init__(self):
         from pipelines.train import TrainConfig
 
         if "structure" in self.train:
             raise ValueError("TrainEvaluator.train must not set 'structure': each child sets its own")
+        if not 0 < self.holdout < 1:
+            raise ValueError(f"TrainEvaluator.holdout={self.holdout}: expected a fraction in (0, 1)")
         TrainConfig.from_json(dict(self.train))  # a typo fails now, not after hours of search
 
     def to_json(self) -> dict[str, Any]:
         return {"data": self.data, "eval_data": self.eval_data, "train": dict(self.train),
-                "clips": self.clips, "batch_size": self.batch_size}
+                "clips": self.clips, "batch_size": self.batch_size, "holdout": self.holdout}
 
     def __call__(self, structure: Structure, workdir: Path) -> tuple[float, dict]:
         import keras
 
         from pipelines.train import TrainConfig, train
 
+        if self.eval_data is None:
+            raise ValueError("TrainEvaluator: no eval_data; a search gets it from init_search (held-out videos "
+                             "of --data) so that no child is scored on its own training clips")
         workdir = Path(workdir)
         path = structure.save(workdir / "structure.json")
         config = TrainConfig(**{**self.train, "structure": str(path)})
         run = workdir / "run"
         train(config=config, data=self.data, workdir=run, verbose=0)
-        metrics = score_run(run, self.eval_data or self.data, clips=self.clips, batch_size=self.batch_size)
+        metrics = score_run(run, self.eval_data, clips=self.clips, batch_size=self.batch_size)
         weights = json.loads((run / "connection_weights.json").read_text())
         keras.backend.clear_session()
         return metrics["fitness"], weights
@@ -217,12 +225,30 @@ def load_state(state_dir: str | Path) -> dict[str, Any]:
     return _read_json(path)
 
 
+def evaluation_data(state_dir: str | Path, evaluator: TrainEvaluator) -> tuple[TrainEvaluator, dict[str, Any]]:
+    """The evaluator the search stores, and how its fitness data was chosen (AssembleNet §3.2).
+
+    With `eval_data`, it must hold none of the training videos. Without, the videos of `data` are
+    split by id hash (pipelines.holdout) into OUT/holdout/train, which the children train on, and
+    OUT/holdout/heldout, which scores them."""
+    from pipelines.holdout import check_distinct, holdout_split
+
+    if evaluator.eval_data is not None:
+        return evaluator, check_distinct(evaluator.data, evaluator.eval_data)
+    split = holdout_split(evaluator.data, Path(state_dir) / "holdout", evaluator.holdout)
+    return dataclasses.replace(evaluator, data=split["train"], eval_data=split["eval"]), split
+
+
 def init_search(state_dir: str | Path, config: EvolutionConfig,
                 evaluator: TrainEvaluator | None = None) -> dict[str, Any]:
     """Creates OUT/state.json, or checks that an existing search has the same config.
 
-    Only `rounds` may differ on resume (to extend or shorten a search)."""
+    Only `rounds` may differ on resume (to extend or shorten a search). `state["evaluation"]` says
+    where the fitness comes from (`evaluation_data`)."""
     state_dir = Path(state_dir)
+    evaluation = None
+    if evaluator is not None:
+        evaluator, evaluation = evaluation_data(state_dir, evaluator)
     with _locked(state_dir):
         path = state_dir / STATE
         if path.exists():
@@ -238,8 +264,10 @@ def init_search(state_dir: str | Path, config: EvolutionConfig,
             state["config"] = config.to_json()
             if evaluator is not None:
                 state["evaluator"] = evaluator.to_json()
+                state["evaluation"] = evaluation
         else:
             state = {"config": config.to_json(), "evaluator": evaluator.to_json() if evaluator else None,
+                     "evaluation": evaluation if evaluator else {"mode": "custom evaluate callable"},
                      "rng": np.random.default_rng(config.seed).bit_generator.state, "next_child": 0,
                      "population": {}, "pending": [], "history": []}
         _write_json(path, state)
@@ -442,9 +470,14 @@ def finalize(state_dir: str | Path) -> dict[str, Any]:
     summary = {"best_child": best["child"], "best_fitness": best["fitness"], "best_round": best["round"],
                "evaluations": len(history), "strategy": config["strategy"],
                "population": dict(sorted(state["population"].items())),
-               "top3_mean": history[-1]["top3_mean"]}
+               "top3_mean": history[-1]["top3_mean"], "evaluation": _evaluation_brief(state.get("evaluation"))}
     _write_json(state_dir / "evolution_summary.json", summary)
     return summary
+
+
+def _evaluation_brief(evaluation: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """state["evaluation"] without the list of held-out ids (they stay in state.json and split.json)."""
+    return None if evaluation is None else {k: v for k, v in evaluation.items() if k != "heldout_ids"}
 
 
 # -- the driver ---------------------------------------------------------------------------------------

@@ -257,6 +257,10 @@ def _evolution_section(run_dir: Path, out: Path) -> Section:
     rounds = len({e["round"] for e in history})
     section.lines.append(f"{len(history)} models over {rounds} rounds; best fitness "
                          f"{float(best['fitness']):.4f} at round {best['round']}.")
+    state = path.parent / "state.json"
+    evaluation = _read_json(state).get("evaluation") if state.exists() else None
+    if evaluation:
+        section.lines.append(_fitness_data_line(evaluation))
     section.figures.append(("evolution_fitness.png", "Fitness of each child and mean of the top 3 per round "
                                                      "(like AssembleNet Fig. 4)"))
     if "structure" in best:
@@ -267,6 +271,18 @@ def _evolution_section(run_dir: Path, out: Path) -> Section:
                                 title=f"Best evolved model (round {best['round']})")
         section.figures.append(("evolution_best.png", "The best child's connectivity and learned weights"))
     return section
+
+
+def _fitness_data_line(evaluation: dict) -> str:
+    """Where the fitness was measured (pipelines.evolve.evaluation_data; AssembleNet §3.2)."""
+    if evaluation.get("mode") == "held-out":
+        return (f"Fitness on {evaluation['eval_videos']} held-out training videos (fraction "
+                f"{evaluation['fraction']} of {evaluation['source']}, by video-id hash); the children trained on "
+                f"the other {evaluation['train_videos']}.")
+    if evaluation.get("mode") == "eval-data":
+        return (f"Fitness on {evaluation['eval_videos']} videos of {evaluation['eval']}, none of them among the "
+                f"{evaluation['train_videos']} training videos.")
+    return f"Fitness data: {evaluation.get('mode')}."
 
 
 def _attention_nas_section(run_dir: Path, out: Path) -> Section:

@@ -3,8 +3,10 @@
 `train(*, config, data, workdir)` trains one AssembleNet(++) from the preprocessing TFRecords and
 writes the run directory of docs/CONTRACTS.md. The recipe (AssembleNet A.6, AssembleNet++ §4):
 SGD with momentum 0.9, linear warm-up then cosine decay, optional warm restarts (§4.3 of
-AssembleNet++, SGDR), weight decay 1e-4, label smoothing 0.2, no dropout; sigmoid cross-entropy
-for multi-label Charades, softmax cross-entropy for Toyota Smarthome.
+AssembleNet++, SGDR: equal cycles, the warm-up inside the first), weight decay 1e-4 as an L2 term
+whose gradient goes through the momentum (`MomentumL2`), label smoothing 0.2, no dropout; sigmoid
+cross-entropy for multi-label Charades, softmax cross-entropy for Toyota Smarthome. The papers'
+full recipes are files in configs/ (`assemblenet train --config charades_assemblenet50`).
 
 Resuming: every `steps_per_epoch` steps the weights, the optimizer variables (momentum slots and
 the step counter `iterations`) and the epoch number are written to a fresh folder under
@@ -33,6 +35,7 @@ import numpy as np
 
 from model.assemblenet import TEMPORAL_POOLS
 from model.layers import ATTENTION_MODES
+from model.optimizer import MomentumL2
 from pipelines.configs import check_fields
 
 DATASETS = ("charades", "toyota")
@@ -54,6 +57,7 @@ class TrainConfig:
 
     structure: str = "tiny"
     attention: str = "none"
+    default_peers: bool = False
     dataset: str = "charades"
     num_classes: int | None = None
     frames: int = 16
@@ -92,6 +96,12 @@ class TrainConfig:
         if self.restarts < 0 or self.restart_multiplier < 1:
             raise ValueError(f"TrainConfig.restarts={self.restarts}, "
                              f"restart_multiplier={self.restart_multiplier}: expected >= 0 and >= 1")
+        first_cycle = WarmupCosine(1.0, 0, self.steps, restarts=self.restarts,
+                                   multiplier=self.restart_multiplier).first_cycle
+        if self.warmup_steps >= first_cycle:
+            raise ValueError(f"TrainConfig.warmup_steps={self.warmup_steps}: the warm-up is part of the first "
+                             f"cosine cycle ({first_cycle:g} steps of {self.steps} with restarts={self.restarts}) "
+                             "and must be shorter than it")
         if self.num_classes is not None and self.num_classes <= 0:
             raise ValueError(f"TrainConfig.num_classes={self.num_classes}: must be positive, "
                              "or None to read it from the data")
@@ -117,8 +127,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any] | str | Path) -> TrainConfig:
-        source = "TrainConfig"
+    def from_json(cls, data: dict[str, Any] | str | Path, source: str = "TrainConfig") -> TrainConfig:
         if isinstance(data, (str, Path)):
             source = str(data)
             data = json.loads(Path(data).read_text())
@@ -300,15 +309,9 @@ def _build_and_compile(config: TrainConfig, structure, schedule):
     from model.assemblenet import build_assemblenet
 
     model = build_assemblenet(structure, config.num_classes, attention=config.attention,
-                              temporal_pool=config.temporal_pool, frames=config.frames, size=config.size)
-    # Keras applies weight decay decoupled from the gradient, w -= lr * wd * w each step: for plain
-    # SGD that equals an L2 term (wd/2)||w||^2 in the loss. Only conv/dense kernels are decayed,
-    # not biases, batch-norm scales or the connection weights of §3.3.
-    optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum,
-                                     weight_decay=config.weight_decay or None)
-    if config.weight_decay:
-        optimizer.exclude_from_weight_decay(
-            var_list=[v for v in model.trainable_variables if not v.path.endswith("kernel")])
+                              default_peers=config.default_peers, temporal_pool=config.temporal_pool,
+                              frames=config.frames, size=config.size)
+    optimizer = MomentumL2(learning_rate=schedule, momentum=config.momentum, l2=config.weight_decay)
     if config.dataset == "charades":
         loss = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
         metrics = [keras.metrics.AUC(curve="PR", multi_label=True, from_logits=True, name="pr_auc")]
@@ -322,11 +325,14 @@ def _build_and_compile(config: TrainConfig, structure, schedule):
 
 @keras.saving.register_keras_serializable(package="assemblenet")
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to `peak`, then cosine decay to 0 over the remaining steps.
+    """Linear warm-up to `peak`, then cosine decay to 0 (AssembleNet A.6: 12k warm-up, cosine).
 
-    With `restarts > 0` the decay phase is split into `restarts + 1` cosine cycles that each
-    start again at `peak` (SGDR warm restarts, used in §4.3 of AssembleNet++: 100k steps as two
-    50k cycles); cycle k lasts `multiplier` times cycle k-1 (SGDR's T_mult).
+    With `restarts > 0` the run is split into `restarts + 1` cosine cycles that each start again at
+    `peak` (SGDR warm restarts, §4.3 of AssembleNet++: "100K training iterations with two 50K
+    cycles"). The cycles partition all `total_steps`, so with `multiplier` 1 they are equal
+    (total / (restarts + 1)); the warm-up is the start of the first cycle, whose cosine runs from the
+    end of the warm-up to the end of that cycle. Cycle k lasts `multiplier` times cycle k-1 (SGDR's
+    T_mult).
     """
 
     def __init__(self, peak: float, warmup_steps: int, total_steps: int, *, restarts: int = 0,
@@ -336,18 +342,30 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         self.total_steps = int(total_steps)
         self.restarts = int(restarts)
         self.multiplier = float(multiplier)
+        if self.restarts < 0 or self.multiplier < 1:
+            raise ValueError(f"WarmupCosine: restarts={restarts} must be >= 0 and multiplier={multiplier} >= 1")
+        if not 0 <= self.warmup_steps < self.first_cycle:
+            raise ValueError(f"WarmupCosine: warmup_steps={warmup_steps} must be shorter than the first "
+                             f"cosine cycle ({self.first_cycle:g} of {total_steps} steps with "
+                             f"{restarts} restart(s))")
 
     @property
     def first_cycle(self) -> float:
-        decay, cycles, m = self.total_steps - self.warmup_steps, self.restarts + 1, self.multiplier
-        return decay / cycles if m == 1 else decay * (m - 1) / (m**cycles - 1)
+        """Length of cycle 0 (warm-up included): the cycles' lengths L, mL, m²L, ... sum to total_steps."""
+        cycles, m = self.restarts + 1, self.multiplier
+        return self.total_steps / cycles if m == 1 else self.total_steps * (m - 1) / (m**cycles - 1)
+
+    def cycle_starts(self) -> list[float]:
+        """The step at which each cycle starts (0 for the first)."""
+        first, m = self.first_cycle, self.multiplier
+        return [first * k if m == 1 else first * (m**k - 1) / (m - 1) for k in range(self.restarts + 1)]
 
     def __call__(self, step):
         ops = keras.ops
         step = ops.cast(step, "float32")
         warm = max(self.warmup_steps, 1)
         warmup_lr = self.peak * ops.minimum(step, warm) / warm
-        t = ops.clip(step - self.warmup_steps, 0.0, float(self.total_steps - self.warmup_steps))
+        t = ops.clip(step, 0.0, float(self.total_steps))
         first, m = self.first_cycle, self.multiplier
         if m == 1:
             cycle = ops.minimum(ops.floor(t / first), float(self.restarts))
@@ -357,7 +375,9 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
             cycle = ops.minimum(cycle, float(self.restarts))
             start = first * (ops.power(m, cycle) - 1) / (m - 1)
             length = first * ops.power(m, cycle)
-        progress = ops.clip((t - start) / length, 0.0, 1.0)
+        # The first cycle's cosine starts where its warm-up ends.
+        offset = ops.where(cycle == 0, float(self.warmup_steps), 0.0)
+        progress = ops.clip((t - start - offset) / (length - offset), 0.0, 1.0)
         decay_lr = 0.5 * self.peak * (1 + ops.cos(math.pi * progress))
         return ops.where(step < self.warmup_steps, warmup_lr, decay_lr)
 
@@ -502,8 +522,9 @@ def write_final(model, structure, config: TrainConfig, workdir: Path) -> None:
     _write_json(workdir / "connection_weights.json", connection_weights(model, structure))
     if config.attention == "search":
         _write_json(workdir / "attention_weights.json", attention_weights(model, structure))
-    summary = model_summary(structure, attention=config.attention, frames=config.frames, size=config.size,
-                            num_classes=config.num_classes, temporal_pool=config.temporal_pool)
+    summary = model_summary(structure, attention=config.attention, default_peers=config.default_peers,
+                            frames=config.frames, size=config.size, num_classes=config.num_classes,
+                            temporal_pool=config.temporal_pool)
     _write_json(workdir / "summary.json",
                 {**summary, "structure": structure.name, "attention": config.attention})
 

@@ -44,7 +44,11 @@ def register(subparsers):
     parser.add_argument("--data", required=True,
                         help="training TFRecords of the proxy task (directory or glob)")
     parser.add_argument("--eval-data",
-                        help="validation TFRecords the fitness is measured on (default: --data)")
+                        help="validation TFRecords the fitness is measured on (AssembleNet §3.2); they must "
+                             "share no video with --data. Default: --holdout of the --data videos")
+    parser.add_argument("--holdout", type=float, default=0.2,
+                        help="without --eval-data: the fraction of --data's videos (by video-id hash) held out "
+                             "to measure fitness; the children train on the rest (default: 0.2)")
     parser.add_argument("--out", required=True,
                         help="search folder: state, children, history, best structure")
     search = parser.add_argument_group("search")
@@ -86,7 +90,7 @@ def configs_from_args(args):
                              tournament_size=args.tournament, strategy=args.strategy,
                              keep_threshold=threshold, seed=args.search_seed, space=space)
     train = {name: getattr(args, name) for name in PROXY_FLAGS if getattr(args, name) is not None}
-    return config, TrainEvaluator(data=args.data, eval_data=args.eval_data, train=train)
+    return config, TrainEvaluator(data=args.data, eval_data=args.eval_data, train=train, holdout=args.holdout)
 
 
 def evolve_command(args) -> int:

@@ -1,4 +1,4 @@
-"""`assemblenet model summary`: params and FLOPs of a structure."""
+"""`assemblenet model summary`: params and FLOPs of a structure, its sink order and dead blocks."""
 
 import json
 
@@ -9,6 +9,9 @@ def register(subparsers):
     summary = sub.add_parser("summary", help="params and FLOPs (multiply-adds x2, per clip)")
     summary.add_argument("--structure", default="assemblenet_plus50", help="a named structure or a JSON path")
     summary.add_argument("--attention", default="none", choices=["none", "static", "self", "peer", "search"])
+    summary.add_argument("--default-peers", action="store_true",
+                         help="with --attention peer on a structure without peers: the project's default "
+                              "peers (the papers' come from `assemblenet search`)")
     summary.add_argument("--frames", type=int, default=32)
     summary.add_argument("--size", type=int, default=224)
     summary.add_argument("--num-classes", type=int, default=157)
@@ -33,8 +36,8 @@ def summary_command(args):
         cell = read_json(args.cell, "--cell")
         levels = tuple(int(v) for v in args.cell_levels.split(","))
         structure = insert_cells(structure, cell, after_levels=levels)
-    result = model_summary(structure, attention=args.attention, frames=args.frames, size=args.size,
-                           num_classes=args.num_classes)
+    result = model_summary(structure, attention=args.attention, default_peers=args.default_peers,
+                           frames=args.frames, size=args.size, num_classes=args.num_classes)
     if args.json:
         print(json.dumps(result))
     else:

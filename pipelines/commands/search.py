@@ -4,8 +4,9 @@ import json
 
 from pipelines.commands.train import FLAGS as TRAIN_FLAGS
 
-# Every training flag but --attention (the search model always uses attention="search").
-SEARCH_TRAIN_FLAGS = tuple(name for name in TRAIN_FLAGS if name != "attention")
+# Every training flag but --attention and --default-peers (the search model always uses
+# attention="search": it learns the peers).
+SEARCH_TRAIN_FLAGS = tuple(name for name in TRAIN_FLAGS if name not in ("attention", "default_peers"))
 
 
 def register(subparsers):

@@ -2,20 +2,22 @@
 
 import json
 
-from pipelines.checks import UserError
-
 
 def register(subparsers):
     parser = subparsers.add_parser(
         "train", help="train AssembleNet(++) on TFRecords (run again with the same flags to resume)")
-    parser.add_argument("--structure", required=True,
-                        help="a named structure (tiny, assemblenet50, ...) or a structure JSON file")
+    parser.add_argument("--structure",
+                        help="a named structure (tiny, assemblenet50, ...) or a structure JSON file "
+                             "(default: the --config file's)")
     parser.add_argument("--data", required=True, help="training TFRecords: a directory or a file pattern")
     parser.add_argument("--workdir", required=True, help="run directory (config, checkpoints, logs, model)")
     parser.add_argument("--eval-data", help="TFRecords evaluated after every epoch (validation loss/metric)")
     parser.add_argument("--classes", help="class names (.json list, Charades_v1_classes.txt, or one a line); "
                         "default: a classes file found next to the data")
-    parser.add_argument("--config", help="a config.json to start from; the flags below override it")
+    parser.add_argument("--config",
+                        help="a recipe to start from: a shipped one by name (charades_assemblenet50, "
+                             "charades_assemblenet_plus50, toyota_cs_assemblenet_plus50; see configs/) or "
+                             "a JSON file (a recipe or a run's config.json); the flags below override it")
     recipe = parser.add_argument_group("recipe (defaults: the papers' recipe, CPU-sized clips)")
     _add_config_flags(recipe)
     parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
@@ -40,6 +42,8 @@ def add_input_flags(parser) -> None:
 FLAGS = {
     "attention": (str, ("none", "static", "self", "peer", "search"), "none",
                   "connection attention (AssembleNet++ §3.4-3.5)"),
+    "default_peers": (bool, None, False, "with --attention peer on a structure without peers, use the "
+                      "project's default peers instead of failing (the papers' come from `assemblenet search`)"),
     "dataset": (str, ("charades", "toyota"), "charades",
                 "label format: multi-label Charades (sigmoid) or Toyota (softmax)"),
     "num_classes": (int, None, None, "default: the num_classes stored in the TFRecords"),
@@ -53,7 +57,7 @@ FLAGS = {
     "warmup_steps": (int, None, 0, "linear warm-up steps before the cosine decay (paper: 12000)"),
     "restarts": (int, None, 0, "warm restarts of the cosine (AssembleNet++ §4.3: 1 = two cycles)"),
     "restart_multiplier": (float, None, 1.0, "each cosine cycle this many times longer than the last"),
-    "weight_decay": (float, None, 0.0001, "decay of conv/dense kernels"),
+    "weight_decay": (float, None, 0.0001, "L2 of conv/dense kernels, through the momentum (AssembleNet A.6)"),
     "label_smoothing": (float, None, 0.2, "label smoothing"),
     "precision": (str, ("fp32", "bf16"), "fp32", "bf16 = Keras mixed_bfloat16 policy"),
     "strategy": (str, ("auto", "cpu", "mirrored", "tpu"), "auto", "distribution (docs/training.md)"),
@@ -63,23 +67,40 @@ FLAGS = {
 }
 
 
-def _add_config_flags(group) -> None:
-    for name, (kind, choices, default, text) in FLAGS.items():
-        group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, choices=choices,
-                           default=None, help=f"{text} (default: {default})")
+def _add_config_flags(group, names=None) -> None:
+    for name in names or FLAGS:
+        kind, choices, default, text = FLAGS[name]
+        flag = f"--{name.replace('_', '-')}"
+        if kind is bool:  # a switch: absent leaves the config file's value
+            group.add_argument(flag, dest=name, action="store_const", const=True, default=None, help=text)
+            continue
+        group.add_argument(flag, dest=name, type=kind, choices=choices, default=None,
+                           help=f"{text} (default: {default})")
+
+
+def config_from_args(args):
+    """The TrainConfig of `--config` (a recipe name or file) with the flags set on top."""
+    from pipelines.configs import load_config_file
+    from pipelines.train import TrainConfig
+
+    base, _ = load_config_file(args.config) if args.config else ({}, None)
+    overrides = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
+    if args.structure is not None:
+        overrides["structure"] = args.structure
+    elif "structure" not in base:
+        raise ValueError("assemblenet train: give --structure, or a --config that names one")
+    source = args.config or "flags"
+    return TrainConfig.from_json({**base, **overrides}, source=source)
 
 
 def train_command(args) -> int:
-    from pipelines.checks import check_structure_file, read_json
+    from pipelines.checks import check_structure_file
 
-    check_structure_file(args.structure)  # before the Keras import: a typo is reported at once
-    base = read_json(args.config, "--config") if args.config else {}
-    if not isinstance(base, dict):
-        raise UserError(f"--config {args.config}: expected a JSON object of TrainConfig fields")
-    from pipelines.train import TrainConfig, train
+    if args.structure:
+        check_structure_file(args.structure)  # before the Keras import: a typo is reported at once
+    from pipelines.train import train
 
-    overrides = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
-    config = TrainConfig.from_json({**base, **overrides, "structure": args.structure})
+    config = config_from_args(args)
     result = train(config=config, data=args.data, workdir=args.workdir, eval_data=args.eval_data,
                    classes=args.classes, verbose=2 if args.quiet else "auto",
                    input_pipeline=args.input_pipeline, input_workers=args.input_workers)

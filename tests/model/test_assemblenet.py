@@ -45,7 +45,7 @@ def test_one_step_changes_connection_weights_w_and_search_weights_h():
 @pytest.mark.parametrize("attention", ["none", "static", "self", "peer", "search"])
 def test_saved_model_reloads_with_identical_outputs(tmp_path, attention):
     s = tiny()
-    model = build_assemblenet(s, K, attention=attention)
+    model = build_assemblenet(s, K, attention=attention, default_peers=True)
     x = _inputs(s)
     path = tmp_path / "m.keras"
     model.save(path)
@@ -100,7 +100,7 @@ def test_summary_counts_flops_of_the_paper_model():
     # Hand count of the RGB stem's 7x7/2 conv at 8x64x64: 2·(8·32·32)·32·49·3 multiply-adds x2.
     stem_conv = 2 * (8 * 32 * 32) * 32 * 49 * 3
     assert summary["flops"] > 10 * stem_conv
-    peer = model_summary(assemblenet50(), attention="peer", frames=8, size=64, num_classes=10)
+    peer = model_summary(assemblenet50(), attention="peer", default_peers=True, frames=8, size=64, num_classes=10)
     assert 0 < peer["flops"] - summary["flops"] < 0.01 * summary["flops"]
 
 

@@ -105,11 +105,13 @@ def test_evolution_then_one_shot_search_then_final_training(tmp_path):
         run = evo / "children" / h["child"] / "run"
         metrics = json.loads((run / "metrics.json").read_text())
         assert h["fitness"] == pytest.approx(metrics["top1"] + metrics["top5"])  # §3.2 fitness
-        assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0 and metrics["num_videos"] == 8
+        # No --eval-data: fitness on the held-out videos of --data (vid003, vid006 by their id hash).
+        assert 0.0 <= metrics["top1"] <= metrics["top5"] <= 1.0 and metrics["num_videos"] == 2
         learned = parse_edge_weights(json.loads((run / "connection_weights.json").read_text()))
         assert parse_edge_weights(h["edge_weights"]) == pytest.approx(learned)
         assert set(learned) == set(Structure.from_json(h["structure"]).edges())
     assert len(load_state(evo)["population"]) == 2
+    assert load_state(evo)["evaluation"]["heldout_ids"] == ["vid003", "vid006"]
     best = get_structure(str(evo / "best_structure.json"))
     assert best.nodes == Structure.from_json(max(history, key=lambda h: h["fitness"])["structure"]).nodes
     assert (evo / "fitness.png").stat().st_size > 0
