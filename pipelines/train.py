@@ -24,6 +24,7 @@ import math
 import os
 import re
 import shutil
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ import numpy as np
 
 from model.assemblenet import TEMPORAL_POOLS
 from model.layers import ATTENTION_MODES
+from pipelines import distributed
 from pipelines.configs import check_fields
 
 DATASETS = ("charades", "toyota")
@@ -139,46 +141,90 @@ def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str
     from model.structure import get_structure
 
     workdir = Path(workdir)
+    distributed.initialize()  # a no-op unless the environment describes a multi-process run
+    chief = distributed.is_chief()
+    distributed.local_batch_size(config.batch_size)  # fails now if the processes cannot split the batch
+    if eval_data and distributed.process_count() > 1:
+        raise ValueError(f"--eval-data {eval_data}: validation during a multi-process run is not supported "
+                         "(processes would see unequal batches); run `assemblenet evaluate` on the run directory")
     structure = get_structure(config.structure)
     if config.num_classes is None:
         config = dataclasses.replace(config, num_classes=num_classes_in(data))
-    _prepare_workdir(workdir, config)
-    structure.save(workdir / "structure.json")
+    _prepare_workdir(workdir, config, write=chief)
+    if chief:  # only process 0 writes the run directory
+        structure.save(workdir / "structure.json")
     class_names = find_class_names(data, config.num_classes, classes)
-    if class_names is not None:
+    if class_names is not None and chief:
         _write_json(workdir / "classes.json", class_names)
     settings = preprocess_settings(data)
-    if settings is not None:  # what `predict` needs to preprocess a raw video the same way
+    if settings is not None and chief:  # what `predict` needs to preprocess a raw video the same way
         _write_json(workdir / "preprocess.json", settings)
-    keras.utils.set_random_seed(config.seed)
 
+    def train_data(initial_epoch: int):
+        # A resumed run draws fresh (still deterministic) clips rather than replaying epoch 0's.
+        return _dataset(config, structure, data, training=True, seed=config.seed + initial_epoch)
+
+    def val_data():
+        return _dataset(config, structure, eval_data, training=False)
+
+    _, result = train_model(config, structure, workdir, train_data=train_data,
+                            val_data=val_data if eval_data else None, verbose=verbose)
+    return result
+
+
+def train_model(config: TrainConfig, structure, workdir: str | Path, *, train_data, val_data=None,
+                verbose: int | str = "auto"):
+    """The training loop of `train`, given the inputs: returns `(model, result)` (result as `train`'s).
+
+    Seeds, builds and compiles the model under `config`'s precision and distribution, restores the
+    latest checkpoint of `workdir` (every process the same one), fits up to `config.steps` and
+    writes the final model. `train_data(initial_epoch)` returns this process's infinite stream of
+    `(inputs, labels)` batches of `distributed.local_batch_size(config.batch_size)` clips;
+    `val_data()` (optional) the validation batches. With several processes only process 0 writes
+    (history.csv, checkpoints, TensorBoard logs, the final model); the others train the same
+    replicated weights and write nothing.
+    """
+    workdir = Path(workdir)
+    chief = distributed.is_chief()
+    distributed.check_same_across_processes(
+        [zlib.crc32(json.dumps(config.to_json(), sort_keys=True).encode())], "the training config (CRC-32)")
+    keras.utils.set_random_seed(config.seed)  # the same initial weights in every process
     with _precision(config.precision), distribution_scope(config.strategy, config.tpu):
         schedule = make_schedule(config)
         model = _build_and_compile(config, structure, schedule)
         initial_epoch = restore_checkpoint(model, workdir / CHECKPOINTS)
-        _truncate_history(workdir / "history.csv", initial_epoch)
-        # A resumed run draws fresh (still deterministic) clips rather than replaying epoch 0's.
+        step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        distributed.check_same_across_processes(
+            [initial_epoch, step], f"the checkpoint restored from {workdir / CHECKPOINTS} as [epoch, step] (every "
+            "process must read the same run directory: put --workdir on a filesystem all hosts share)")
+        if chief:
+            workdir.mkdir(parents=True, exist_ok=True)
+            _truncate_history(workdir / "history.csv", initial_epoch)
         keras.utils.set_random_seed(config.seed + initial_epoch)
-        train_ds = _dataset(config, structure, data, training=True, seed=config.seed + initial_epoch)
-        val_ds = _dataset(config, structure, eval_data, training=False) if eval_data else None
-        callbacks = [_LearningRateLog(schedule), _History(str(workdir / "history.csv"), append=True),
-                     _Checkpoint(workdir / CHECKPOINTS), *_tensorboard(workdir / "logs")]
+        train_ds = train_data(initial_epoch)
+        val_ds = val_data() if val_data is not None else None
+        callbacks = [_LearningRateLog(schedule)]
+        if chief:
+            callbacks += [_History(str(workdir / "history.csv"), append=True),
+                          _Checkpoint(workdir / CHECKPOINTS), *_tensorboard(workdir / "logs")]
         history = model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch,
                             steps_per_epoch=config.steps_per_epoch, validation_data=val_ds,
                             callbacks=callbacks, shuffle=False, verbose=verbose)  # make_dataset shuffles
         steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-        write_final(model, structure, config, workdir)
+        if chief:
+            write_final(model, structure, config, workdir)
     logs = {k: float(v[-1]) for k, v in history.history.items() if v}
-    return {**logs, "steps": steps, "epochs": config.epochs, "initial_epoch": initial_epoch,
-            "workdir": str(workdir)}
+    return model, {**logs, "steps": steps, "epochs": config.epochs, "initial_epoch": initial_epoch,
+                   "workdir": str(workdir)}
 
 
 # -- run directory -------------------------------------------------------------------------
 
-def _prepare_workdir(workdir: Path, config: TrainConfig) -> None:
-    """Writes config.json, or checks that a resumed run uses the same config."""
-    workdir.mkdir(parents=True, exist_ok=True)
+def _prepare_workdir(workdir: Path, config: TrainConfig, write: bool = True) -> None:
+    """Writes config.json (if `write`), or checks that a resumed run uses the same config."""
     path = workdir / "config.json"
+    if write:
+        workdir.mkdir(parents=True, exist_ok=True)
     if path.exists():
         previous = TrainConfig.from_json(path)
         if previous != config:
@@ -187,7 +233,8 @@ def _prepare_workdir(workdir: Path, config: TrainConfig) -> None:
             raise ValueError(f"{path}: this run directory was started with another config; changed fields "
                              f"(old, new): {changed}. Use a new --workdir or the same flags to resume.")
         return
-    _write_json(path, config.to_json())
+    if write:
+        _write_json(path, config.to_json())
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -365,15 +412,16 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 def _dataset(config: TrainConfig, structure, pattern: str, *, training: bool, seed: int | None = None):
     from preprocessing.dataset import make_dataset
 
+    batch_size = distributed.local_batch_size(config.batch_size)  # this process's part of the global batch
     ds = make_dataset(tfrecord_files(pattern), modalities=structure.modalities, frames=config.frames,
-                      size=config.size, training=training, batch_size=config.batch_size,
+                      size=config.size, training=training, batch_size=batch_size,
                       dataset=config.dataset, num_classes=config.num_classes,
-                      seed=config.seed if seed is None else seed)
+                      seed=config.seed if seed is None else seed, **distributed.input_shard())
     if not training:
         return ds
     # Training runs by steps, not passes (epochs are checkpoint intervals of steps_per_epoch), and
     # every step gets a full batch: equal gradient scale, and the static shapes TPUs/XLA want.
-    return ds.unbatch().repeat().batch(config.batch_size, drop_remainder=True)
+    return ds.unbatch().repeat().batch(batch_size, drop_remainder=True)
 
 
 def tfrecord_files(data: str) -> list[str]:
@@ -534,7 +582,8 @@ def distribution_scope(strategy: str, tpu: str | None = None) -> Iterator[Any]:
     grpc://host:8470); `mirrored` → MirroredStrategy over the local GPUs; `cpu` → one CPU device;
     `auto` → TPU if an address is given, else MirroredStrategy with more than one GPU, else the
     default strategy. JAX backend: data parallelism with keras.distribution.DataParallel over all
-    devices (TPU cores or GPUs) when there is more than one; `cpu` pins JAX to the CPU.
+    devices (TPU cores or GPUs) when there is more than one, those of every process after
+    `pipelines.distributed.initialize`; `cpu` pins JAX to the CPU (its CPU devices, several processes).
     Yields the strategy (TensorFlow) or distribution (JAX), or None.
     """
     backend = keras.backend.backend()
@@ -571,16 +620,20 @@ def _tf_strategy(strategy: str, tpu: str | None):
 def _jax_distribution(strategy: str):
     import jax
 
-    if strategy == "cpu":
+    multi_process = distributed.process_count() > 1
+    if strategy == "cpu" and not multi_process:
         with jax.default_device(jax.devices("cpu")[0]):
             yield None
         return
-    devices = keras.distribution.list_devices()
+    # After distributed.initialize these are the devices of every process (all hosts).
+    devices = keras.distribution.list_devices("cpu" if strategy == "cpu" else None)
     if len(devices) <= 1:
         yield None
         return
     previous = keras.distribution.distribution()
-    distribution = keras.distribution.DataParallel(devices=devices)
+    # Each process already reads its own shard of the records (distributed.input_shard), so Keras
+    # must not shard the dataset again: it assembles the global batch from the processes' batches.
+    distribution = keras.distribution.DataParallel(devices=devices, auto_shard_dataset=not multi_process)
     keras.distribution.set_distribution(distribution)
     try:
         yield distribution

@@ -127,7 +127,7 @@ def make_clip(example, start, seed, *, modalities: Sequence[str], frames: int, s
 
 def make_dataset(file_pattern, *, modalities, frames: int, size: int, training: bool, batch_size: int,
                  dataset: str = "charades", num_classes: int, clips_per_video: int = 1, seed=None,
-                 with_ids: bool | None = None):
+                 with_ids: bool | None = None, shard_index: int = 0, num_shards: int = 1):
     """A tf.data.Dataset of batched `(inputs, labels)` clips from TFRecord files.
 
     `file_pattern`: a glob (or a list of globs) of TFRecord shards written by `assemblenet preprocess`.
@@ -136,6 +136,9 @@ def make_dataset(file_pattern, *, modalities, frames: int, size: int, training: 
     spaced clips per video, in file order. With `with_ids` (default: `clips_per_video > 1`) each element
     is `(inputs, labels, video_ids)`, `video_ids` a tf.string (batch,) tensor: consecutive clips of one
     video share an id, so callers max-pool their scores per id (AssembleNet A.7).
+    `shard_index` of `num_shards` (multi-process training: process i of n): read only that disjoint
+    part, every num_shards-th file of the sorted list, or every num_shards-th record when there are
+    fewer files than shards.
     """
     import tensorflow as tf
 
@@ -155,12 +158,17 @@ def make_dataset(file_pattern, *, modalities, frames: int, size: int, training: 
     files = sorted({f for pattern in patterns for f in tf.io.gfile.glob(pattern)})
     if not files:
         raise ValueError(f"no TFRecord files match {file_pattern!r}")
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index={shard_index}, num_shards={num_shards}: expected 0 <= shard_index < num_shards")
 
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if training:
+    by_record = len(files) < num_shards  # then records are dealt out in the (deterministic) read order
+    ds = tf.data.Dataset.from_tensor_slices(files if by_record else files[shard_index::num_shards])
+    if training and not by_record:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(4, len(files)),
-                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training)
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=not training or by_record)
+    if by_record:
+        ds = ds.shard(num_shards, shard_index)
     if training:
         ds = ds.shuffle(256, seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(lambda s: schema.parse_example(s, modalities), num_parallel_calls=tf.data.AUTOTUNE,

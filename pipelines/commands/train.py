@@ -17,6 +17,16 @@ def register(subparsers):
     recipe = parser.add_argument_group("recipe (defaults: the papers' recipe, CPU-sized clips)")
     _add_config_flags(recipe)
     parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
+    processes = parser.add_argument_group(
+        "several processes and hosts (KERAS_BACKEND=jax; docs/training.md). Every process runs the same "
+        "command; --batch-size stays the global batch. Default: the KERAS_DISTRIBUTION_* environment, "
+        "else one process")
+    processes.add_argument("--coordinator", metavar="HOST:PORT|auto",
+                           help="process 0's address, the same for every process; 'auto' lets JAX detect "
+                           "SLURM, a Cloud TPU pod slice, Open MPI or Kubernetes")
+    processes.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+    processes.add_argument("--process-id", type=int, metavar="I",
+                           help="this process, 0 .. N-1 (process 0 writes the run directory)")
     parser.set_defaults(func=train_command)
 
 
@@ -31,7 +41,7 @@ FLAGS = {
     "num_classes": (int, None, None, "default: the num_classes stored in the TFRecords"),
     "frames": (int, None, 16, "clip length T (paper: 128 for Charades)"),
     "size": (int, None, 64, "square crop size in pixels (paper: 224)"),
-    "batch_size": (int, None, 8, "global batch size, split over the replicas (paper: 128)"),
+    "batch_size": (int, None, 8, "global batch size, split over the replicas and processes (paper: 128)"),
     "steps": (int, None, 1000, "training steps (paper: 50000)"),
     "steps_per_epoch": (int, None, 100, "steps between checkpoints; must divide --steps"),
     "momentum": (float, None, 0.9, "SGD momentum"),
@@ -56,8 +66,10 @@ def _add_config_flags(group) -> None:
 
 
 def train_command(args) -> int:
+    from pipelines.distributed import initialize
     from pipelines.train import TrainConfig, train
 
+    initialize(args.coordinator, args.num_processes, args.process_id)
     base = json.loads(open(args.config).read()) if args.config else {}
     overrides = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
     config = TrainConfig.from_json({**base, **overrides, "structure": args.structure})
