@@ -24,6 +24,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,16 +204,15 @@ def train_model(config: TrainConfig, structure, workdir: str | Path, *, train_da
         keras.utils.set_random_seed(config.seed + initial_epoch)
         train_ds = train_data(initial_epoch)
         val_ds = val_data() if val_data is not None else None
-        callbacks = [_LearningRateLog(schedule)]
-        if chief:
-            callbacks += [_History(str(workdir / "history.csv"), append=True),
-                          _Checkpoint(workdir / CHECKPOINTS), *_tensorboard(workdir / "logs")]
+        callbacks = [_LearningRateLog(schedule),
+                     *([_History(str(workdir / "history.csv"), append=True)] if chief else []),
+                     _Checkpoint(workdir / CHECKPOINTS), *(_tensorboard(workdir / "logs") if chief else [])]
         history = model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch,
                             steps_per_epoch=config.steps_per_epoch, validation_data=val_ds,
                             callbacks=callbacks, shuffle=False, verbose=verbose)  # make_dataset shuffles
         steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-        if chief:
-            write_final(model, structure, config, workdir)
+        with _chief_or_scratch(workdir) as folder:
+            write_final(model, structure, config, folder)
     logs = {k: float(v[-1]) for k, v in history.history.items() if v}
     return model, {**logs, "steps": steps, "epochs": config.epochs, "initial_epoch": initial_epoch,
                    "workdir": str(workdir)}
@@ -551,7 +551,27 @@ class _Checkpoint(keras.callbacks.Callback):
         self.directory = directory
 
     def on_epoch_end(self, epoch, logs=None):
-        save_checkpoint(self.model, self.directory, epoch + 1)
+        with _chief_or_scratch(self.directory) as directory:
+            save_checkpoint(self.model, directory, epoch + 1)
+
+
+@contextlib.contextmanager
+def _chief_or_scratch(path: Path) -> Iterator[Path]:
+    """`path` on process 0; on the others a scratch folder, deleted afterwards.
+
+    Every process runs the save itself because Keras/JAX saving is not local: assigning or reading
+    replicated variables may run cross-process checks (JAX's device_put compares values across
+    processes), which wait for every process; only process 0's copy lands in the run directory.
+    """
+    if distributed.is_chief():
+        yield path
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="assemblenet-process-"))
+    try:
+        (scratch / path.name).mkdir()
+        yield scratch / path.name
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _tensorboard(logdir: Path) -> list:

@@ -189,3 +189,43 @@ def test_initialize_is_a_no_op_for_one_process_and_rejects_bad_flags(monkeypatch
     monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "two")
     with pytest.raises(ValueError, match="KERAS_DISTRIBUTION_NUM_PROCESSES='two'"):
         initialize()
+
+
+def _write_records(path, video_ids):
+    import tensorflow as tf
+
+    from preprocessing import schema
+
+    rgb = np.zeros((3, 8, 8, 3), np.uint8)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for video_id in video_ids:
+            writer.write(schema.encode_example(video_id=video_id, dataset="charades", fps=2.0, rgb=rgb,
+                                               num_classes=4, labels=(1,), label_start=(0.0,), label_end=(1.0,)))
+
+
+def _ids(files, shard_index, num_shards):
+    from preprocessing.dataset import make_dataset
+
+    ds = make_dataset(files, modalities=["rgb"], frames=2, size=8, training=True, batch_size=1, num_classes=4,
+                      seed=0, with_ids=True, shard_index=shard_index, num_shards=num_shards)
+    return [video_id.decode() for _, _, ids in ds.as_numpy_iterator() for video_id in ids]
+
+
+@pytest.mark.parametrize(("files", "num_shards", "sizes"), [
+    (3, 2, [4, 2]),     # by file: process 0 reads files 0 and 2, process 1 file 1
+    (1, 2, [3, 2]),     # one file, two processes: every other record
+    (2, 3, [2, 2, 2]),  # fewer files than processes: by record
+])
+def test_each_process_reads_a_disjoint_part_of_the_records(tmp_path, files, num_shards, sizes):
+    paths, every = [], []
+    per_file = 6 // files if files > 1 else 5
+    for f in range(files):
+        ids = [f"v{f}{r}" for r in range(per_file)]
+        _write_records(tmp_path / f"train-{f}.tfrecord", ids)
+        paths.append(str(tmp_path / f"train-{f}.tfrecord"))
+        every += ids
+    parts = [_ids(paths, i, num_shards) for i in range(num_shards)]
+    assert [len(p) for p in parts] == sizes
+    assert sorted(sum(parts, [])) == sorted(every)  # disjoint, and together all of them
+    with pytest.raises(ValueError, match="shard_index=2, num_shards=2"):
+        _ids(paths, 2, 2)
