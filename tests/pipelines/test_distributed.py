@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = dict(structure="tiny", num_classes=5, frames=4, size=32, batch_size=4, steps=4, steps_per_epoch=2,
               learning_rate=0.05)
 # float32 all-reduce over two processes sums the gradient in another order than one process does;
-# after 4 SGD steps the weights agree to ~1e-6 (measured); a wrong split (control below) is off by ~1e-2.
+# after 4 SGD steps the weights agree to within this (see the report of the measured difference).
 RTOL, ATOL = 1e-4, 1e-5
 
 
@@ -40,16 +40,15 @@ def global_batch(step: int, config):
 
 def worker(workdir: str, out: str, part: str) -> None:
     """One training process. `part`: `local` (this process's slice of each global batch, the
-    multi-process run), `global` (all of it: the one-process reference), `first` (only process 0's
-    slice, on one process: the control a missing all-reduce would give)."""
+    multi-process run) or `global` (all of it: the one-process reference)."""
     from model.structure import get_structure
     from pipelines import distributed
     from pipelines.train import TrainConfig, train_model
 
     config = TrainConfig(**CONFIG)
     local = distributed.local_batch_size(config.batch_size)
-    lo = {"local": distributed.process_index() * local, "global": 0, "first": 0}[part]
-    hi = lo + (config.batch_size if part == "global" else local if part == "local" else config.batch_size // 2)
+    lo, hi = (0, config.batch_size) if part == "global" else (distributed.process_index() * local,
+                                                               (distributed.process_index() + 1) * local)
 
     def train_data(initial_epoch: int):
         step = initial_epoch * config.steps_per_epoch
@@ -102,7 +101,7 @@ def _launch(workdir, out, part, *, process_id=None, num_processes=None, coordina
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _wait(procs, timeout=240):
+def _wait(procs, timeout=1800):  # generous: ~100 s of CPU per process, on a shared 2-core machine
     outputs = []
     try:
         for proc in procs:
@@ -135,20 +134,18 @@ def _max_excess(a, b):
 
 @pytest.mark.slow
 def test_two_processes_train_like_one_process_on_the_global_batch(tmp_path):
-    pair_dir, ref_dir, control_dir = tmp_path / "pair", tmp_path / "one", tmp_path / "control"
-    reference = [_launch(ref_dir, tmp_path / "one.npz", "global"),
-                 _launch(control_dir, tmp_path / "control.npz", "first")]
+    pair_dir, ref_dir = tmp_path / "pair", tmp_path / "one"
+    reference = _launch(ref_dir, tmp_path / "one.npz", "global")
     pair = _run_pair(pair_dir, tmp_path / "pair")
-    _wait(reference)
-    one, control = _weights(tmp_path / "one.npz"), _weights(tmp_path / "control.npz")
+    _wait([reference])
+    one = _weights(tmp_path / "one.npz")
 
     # Both processes hold the same replicated weights, bit for bit.
     for a, b in zip(pair[0], pair[1], strict=True):
         np.testing.assert_array_equal(a, b)
-    # ... equal to one process trained on the concatenated (global) batches,
+    # ... equal to one process trained on the concatenated (global) batches. (Without the gradient
+    # all-reduce each process would follow its own halves: the two would differ, and differ from this.)
     assert _max_excess(pair[0], one) <= 0, _max_excess(pair[0], one)
-    # ... and not to a run on process 0's halves alone (the test would see a missing gradient all-reduce).
-    assert _max_excess(control, one) > 1e-3
     results = [json.loads(Path(f"{tmp_path / 'pair'}-{i}.npz.json").read_text()) for i in range(2)]
     assert [r["steps"] for r in results] == [4, 4]
     assert results[0]["loss"] == pytest.approx(results[1]["loss"], rel=1e-6)
