@@ -12,6 +12,9 @@ the step counter `iterations`) and the epoch number are written to a fresh folde
 so a SIGKILL at any moment leaves the last good checkpoint intact. Started again with the same
 config, training continues from that epoch (`initial_epoch`) and `history.csv` is cut back to the
 epochs the checkpoint holds, so no epoch is lost or logged twice.
+
+Several processes (JAX, `pipelines.distributed`): every process runs `train` and trains the same
+replicated weights on its own shard of the records; only process 0 writes the run directory.
 """
 
 from __future__ import annotations
