@@ -185,8 +185,8 @@ def train_model(config: TrainConfig, structure, workdir: str | Path, *, train_da
     writes the final model. `train_data(initial_epoch)` returns this process's infinite stream of
     `(inputs, labels)` batches of `distributed.local_batch_size(config.batch_size)` clips;
     `val_data()` (optional) the validation batches. With several processes only process 0 writes
-    (history.csv, checkpoints, TensorBoard logs, the final model); the others train the same
-    replicated weights and write nothing.
+    the run directory (history.csv, checkpoints, TensorBoard logs, the final model); the others
+    train the same replicated weights and save into scratch folders (`_chief_or_scratch`).
     """
     workdir = Path(workdir)
     chief = distributed.is_chief()
