@@ -14,6 +14,9 @@ the step counter `iterations`) and the epoch number are written to a fresh folde
 so a SIGKILL at any moment leaves the last good checkpoint intact. Started again with the same
 config, training continues from that epoch (`initial_epoch`) and `history.csv` is cut back to the
 epochs the checkpoint holds, so no epoch is lost or logged twice.
+
+Several processes (JAX, `pipelines.distributed`): every process runs `train` and trains the same
+replicated weights on its own shard of the records; only process 0 writes the run directory.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import math
 import os
 import re
 import shutil
+import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +41,7 @@ import numpy as np
 from model.assemblenet import TEMPORAL_POOLS
 from model.layers import ATTENTION_MODES
 from model.optimizer import MomentumL2
+from pipelines import distributed
 from pipelines.configs import check_fields
 
 DATASETS = ("charades", "toyota")
@@ -152,6 +158,12 @@ def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str
     from pipelines.checks import check_records
 
     workdir = Path(workdir)
+    distributed.initialize()  # a no-op unless the environment describes a multi-process run
+    chief = distributed.is_chief()
+    distributed.local_batch_size(config.batch_size)  # fails now if the processes cannot split the batch
+    if eval_data and distributed.process_count() > 1:
+        raise ValueError(f"--eval-data {eval_data}: validation during a multi-process run is not supported "
+                         "(processes would see unequal batches); run `assemblenet evaluate` on the run directory")
     structure = get_structure(config.structure)
     check_records(data, dataset=config.dataset, num_classes=config.num_classes,
                   modalities=structure.modalities, source="the run")
@@ -160,53 +172,91 @@ def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str
                       modalities=structure.modalities, flag="--eval-data", source="the run")
     if config.num_classes is None:
         config = dataclasses.replace(config, num_classes=num_classes_in(data))
-    _prepare_workdir(workdir, config, structure)
+    _prepare_workdir(workdir, config, structure, write=chief)
     class_names = find_class_names(data, config.num_classes, classes)
-    if class_names is not None:
+    if class_names is not None and chief:
         _write_json(workdir / "classes.json", class_names)
     settings = preprocess_settings(data)
-    if settings is not None:  # what `predict` needs to preprocess a raw video the same way
+    if settings is not None and chief:  # what `predict` needs to preprocess a raw video the same way
         _write_json(workdir / "preprocess.json", settings)
-    keras.utils.set_random_seed(config.seed)
 
+    reader = dict(input_pipeline=input_pipeline, input_workers=input_workers)
+
+    def train_data(initial_epoch: int):
+        # A resumed run draws fresh (still deterministic) clips rather than replaying epoch 0's.
+        return _dataset(config, structure, data, training=True, seed=config.seed + initial_epoch, **reader)
+
+    def val_data():
+        return _dataset(config, structure, eval_data, training=False, **reader)
+
+    _, result = train_model(config, structure, workdir, train_data=train_data,
+                            val_data=val_data if eval_data else None, verbose=verbose)
+    return result
+
+
+def train_model(config: TrainConfig, structure, workdir: str | Path, *, train_data, val_data=None,
+                verbose: int | str = "auto"):
+    """The training loop of `train`, given the inputs: returns `(model, result)` (result as `train`'s).
+
+    Seeds, builds and compiles the model under `config`'s precision and distribution, restores the
+    latest checkpoint of `workdir` (every process the same one), fits up to `config.steps` and
+    writes the final model. `train_data(initial_epoch)` returns this process's infinite stream of
+    `(inputs, labels)` batches of `distributed.local_batch_size(config.batch_size)` clips;
+    `val_data()` (optional) the validation batches. With several processes only process 0 writes
+    the run directory (history.csv, checkpoints, TensorBoard logs, the final model); the others
+    train the same replicated weights and save into scratch folders (`_chief_or_scratch`).
+    """
+    workdir = Path(workdir)
+    chief = distributed.is_chief()
+    distributed.check_same_across_processes(
+        [zlib.crc32(json.dumps(config.to_json(), sort_keys=True).encode())], "the training config (CRC-32)")
+    keras.utils.set_random_seed(config.seed)  # the same initial weights in every process
     with _precision(config.precision), distribution_scope(config.strategy, config.tpu):
         schedule = make_schedule(config)
         model = _build_and_compile(config, structure, schedule)
         initial_epoch = restore_checkpoint(model, workdir / CHECKPOINTS)
-        _truncate_history(workdir / "history.csv", initial_epoch)
-        # A resumed run draws fresh (still deterministic) clips rather than replaying epoch 0's.
+        step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+        distributed.check_same_across_processes(
+            [initial_epoch, step], f"the checkpoint restored from {workdir / CHECKPOINTS} as [epoch, step] (every "
+            "process must read the same run directory: put --workdir on a filesystem all hosts share)")
+        if chief:
+            workdir.mkdir(parents=True, exist_ok=True)
+            _truncate_history(workdir / "history.csv", initial_epoch)
         keras.utils.set_random_seed(config.seed + initial_epoch)
-        reader = dict(input_pipeline=input_pipeline, input_workers=input_workers)
-        train_ds = _dataset(config, structure, data, training=True, seed=config.seed + initial_epoch, **reader)
-        val_ds = _dataset(config, structure, eval_data, training=False, **reader) if eval_data else None
-        callbacks = [_LearningRateLog(schedule), _History(str(workdir / "history.csv"), append=True),
-                     _Checkpoint(workdir / CHECKPOINTS), *_tensorboard(workdir / "logs")]
+        train_ds = train_data(initial_epoch)
+        val_ds = val_data() if val_data is not None else None
+        callbacks = [_LearningRateLog(schedule),
+                     *([_History(str(workdir / "history.csv"), append=True)] if chief else []),
+                     _Checkpoint(workdir / CHECKPOINTS), *(_tensorboard(workdir / "logs") if chief else [])]
         history = model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch,
                             steps_per_epoch=config.steps_per_epoch, validation_data=val_ds,
                             callbacks=callbacks, shuffle=False, verbose=verbose)  # make_dataset shuffles
         steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-        write_final(model, structure, config, workdir)
+        with _chief_or_scratch(workdir) as folder:
+            write_final(model, structure, config, folder)
     logs = {k: float(v[-1]) for k, v in history.history.items() if v}
-    return {**logs, "steps": steps, "epochs": config.epochs, "initial_epoch": initial_epoch,
-            "workdir": str(workdir)}
+    return model, {**logs, "steps": steps, "epochs": config.epochs, "initial_epoch": initial_epoch,
+                   "workdir": str(workdir)}
 
 
 # -- run directory -------------------------------------------------------------------------
 
-def _prepare_workdir(workdir: Path, config: TrainConfig, structure) -> None:
-    """Writes structure.json and config.json (the run's own copy of what it trains), or, resuming,
-    checks that the config and the structure's content are the ones the run was started with
-    before writing anything (pipelines.checks.check_resume)."""
+def _prepare_workdir(workdir: Path, config: TrainConfig, structure, write: bool = True) -> None:
+    """Writes structure.json and config.json (the run's own copy of what it trains; only if `write`:
+    process 0 of a multi-process run), or, resuming, checks that the config and the structure's content
+    are the ones the run was started with before writing anything (pipelines.checks.check_resume)."""
     from pipelines.checks import check_resume
 
-    workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "config.json"
+    if write:
+        workdir.mkdir(parents=True, exist_ok=True)
     if path.exists():
         check_resume(workdir, config.to_json(), structure.to_json(), TrainConfig.from_json(path).to_json())
         if (workdir / "structure.json").exists():
             return
-    structure.save(workdir / "structure.json")
-    _write_json(path, config.to_json())
+    if write:
+        structure.save(workdir / "structure.json")
+        _write_json(path, config.to_json())
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -400,14 +450,15 @@ def _dataset(config: TrainConfig, structure, pattern: str, *, training: bool, se
 
     `input_pipeline`: 'tfdata' (`preprocessing.dataset`), 'native' (`preprocessing.loader`, no
     TensorFlow), or 'auto' (`preprocessing.loader.select_pipeline`). Both cut the same clips.
-    `shard_index`/`num_shards`: this process's disjoint part of the records (multi-process training).
+    With several processes (`pipelines.distributed`) each reads its own disjoint shard of the records
+    and batches of its part of the global batch.
     """
     from preprocessing import loader
 
     options = dict(modalities=structure.modalities, frames=config.frames, size=config.size,
-                   training=training, batch_size=config.batch_size, dataset=config.dataset,
-                   num_classes=config.num_classes, seed=config.seed if seed is None else seed,
-                   repeat=training, shard_index=shard_index, num_shards=num_shards)
+                   training=training, batch_size=distributed.local_batch_size(config.batch_size),
+                   dataset=config.dataset, num_classes=config.num_classes,
+                   seed=config.seed if seed is None else seed, repeat=training, **distributed.input_shard())
     if loader.select_pipeline(input_pipeline) == "tfdata":
         from preprocessing.dataset import make_dataset
 
@@ -561,7 +612,27 @@ class _Checkpoint(keras.callbacks.Callback):
         self.directory = directory
 
     def on_epoch_end(self, epoch, logs=None):
-        save_checkpoint(self.model, self.directory, epoch + 1)
+        with _chief_or_scratch(self.directory) as directory:
+            save_checkpoint(self.model, directory, epoch + 1)
+
+
+@contextlib.contextmanager
+def _chief_or_scratch(path: Path) -> Iterator[Path]:
+    """`path` on process 0; on the others a scratch folder, deleted afterwards.
+
+    Every process runs the save itself because Keras/JAX saving is not local: assigning or reading
+    replicated variables may run cross-process checks (JAX's device_put compares values across
+    processes), which wait for every process; only process 0's copy lands in the run directory.
+    """
+    if distributed.is_chief():
+        yield path
+        return
+    scratch = Path(tempfile.mkdtemp(prefix="assemblenet-process-"))
+    try:
+        (scratch / path.name).mkdir()
+        yield scratch / path.name
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _tensorboard(logdir: Path) -> list:
@@ -592,7 +663,8 @@ def distribution_scope(strategy: str, tpu: str | None = None) -> Iterator[Any]:
     grpc://host:8470); `mirrored` → MirroredStrategy over the local GPUs; `cpu` → one CPU device;
     `auto` → TPU if an address is given, else MirroredStrategy with more than one GPU, else the
     default strategy. JAX backend: data parallelism with keras.distribution.DataParallel over all
-    devices (TPU cores or GPUs) when there is more than one; `cpu` pins JAX to the CPU.
+    devices (TPU cores or GPUs) when there is more than one, those of every process after
+    `pipelines.distributed.initialize`; `cpu` pins JAX to the CPU (its CPU devices, several processes).
     Yields the strategy (TensorFlow) or distribution (JAX), or None.
     """
     backend = keras.backend.backend()
@@ -629,16 +701,20 @@ def _tf_strategy(strategy: str, tpu: str | None):
 def _jax_distribution(strategy: str):
     import jax
 
-    if strategy == "cpu":
+    multi_process = distributed.process_count() > 1
+    if strategy == "cpu" and not multi_process:
         with jax.default_device(jax.devices("cpu")[0]):
             yield None
         return
-    devices = keras.distribution.list_devices()
+    # After distributed.initialize these are the devices of every process (all hosts).
+    devices = keras.distribution.list_devices("cpu" if strategy == "cpu" else None)
     if len(devices) <= 1:
         yield None
         return
     previous = keras.distribution.distribution()
-    distribution = keras.distribution.DataParallel(devices=devices)
+    # Each process already reads its own shard of the records (distributed.input_shard), so Keras
+    # must not shard the dataset again: it assembles the global batch from the processes' batches.
+    distribution = keras.distribution.DataParallel(devices=devices, auto_shard_dataset=not multi_process)
     keras.distribution.set_distribution(distribution)
     try:
         yield distribution

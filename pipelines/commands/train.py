@@ -22,6 +22,16 @@ def register(subparsers):
     _add_config_flags(recipe)
     parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
     add_input_flags(parser)
+    processes = parser.add_argument_group(
+        "several processes and hosts (KERAS_BACKEND=jax; docs/training.md). Every process runs the same "
+        "command; --batch-size stays the global batch. Default: the KERAS_DISTRIBUTION_* environment, "
+        "else one process")
+    processes.add_argument("--coordinator", metavar="HOST:PORT|auto",
+                           help="process 0's address, the same for every process; 'auto' lets JAX detect "
+                           "SLURM, a Cloud TPU pod slice, Open MPI or Kubernetes")
+    processes.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+    processes.add_argument("--process-id", type=int, metavar="I",
+                           help="this process, 0 .. N-1 (process 0 writes the run directory)")
     parser.set_defaults(func=train_command)
 
 
@@ -49,7 +59,7 @@ FLAGS = {
     "num_classes": (int, None, None, "default: the num_classes stored in the TFRecords"),
     "frames": (int, None, 16, "clip length T (paper: 128 for Charades)"),
     "size": (int, None, 64, "square crop size in pixels (paper: 224)"),
-    "batch_size": (int, None, 8, "global batch size, split over the replicas (paper: 128)"),
+    "batch_size": (int, None, 8, "global batch size, split over the replicas and processes (paper: 128)"),
     "steps": (int, None, 1000, "training steps (paper: 50000)"),
     "steps_per_epoch": (int, None, 100, "steps between checkpoints; must divide --steps"),
     "momentum": (float, None, 0.9, "SGD momentum"),
@@ -95,9 +105,11 @@ def config_from_args(args):
 
 def train_command(args) -> int:
     from pipelines.checks import check_structure_file
+    from pipelines.distributed import initialize
 
     if args.structure:
         check_structure_file(args.structure)  # before the Keras import: a typo is reported at once
+    initialize(args.coordinator, args.num_processes, args.process_id)
     from pipelines.train import train
 
     config = config_from_args(args)
