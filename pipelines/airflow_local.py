@@ -151,7 +151,11 @@ class LocalAirflow:
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM to every component's process group, then to every other process started from this
         home (task processes run in process groups of their own); SIGKILL to what is left after
-        `grace` seconds."""
+        `grace` seconds. A second Ctrl-C or SIGTERM meanwhile does not cut it short."""
+        with _signals_ignored():
+            self._stop(grace)
+
+    def _stop(self, grace: float) -> None:
         for process in self.processes.values():
             _signal_group(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -315,6 +319,21 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+@contextmanager
+def _signals_ignored():
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextmanager

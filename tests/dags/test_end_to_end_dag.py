@@ -123,4 +123,21 @@ def test_end_to_end_dag_under_the_scheduler_survives_killed_tasks_and_reruns(tmp
         assert (workdir / "history.csv").read_text().splitlines() == rows
         assert (workdir / "model.keras").stat().st_mtime_ns >= model_before
 
+        # A mistyped key in a run's conf fails the run at its first task, naming the key, without a retry
+        # (issue 12: "step" for "steps" used to train the default 16 steps); also inside proxy_train.
+        typos = {"assemblenet_search_and_train": ({"step": 50000, "workdir": str(tmp_path / "typo")},
+                                                  "one_shot_search", "unknown param(s) ['step']"),
+                 "assemblenet_evolution": ({"state_dir": str(tmp_path / "typo_evolution"),
+                                            "proxy_train": {"steps": 2, "step_per_epoch": 2}},
+                                           "start_evolution", "unknown TrainConfig field(s) ['step_per_epoch']")}
+        for dag_id, (typo_conf, _, _) in typos.items():
+            airflow.trigger(dag_id, typo_conf, "typo")
+        for dag_id, (_, first_task, message) in typos.items():
+            assert airflow.wait_for_run(dag_id, "typo", timeout=600) == "failed"
+            states = {ti["task_id"]: (ti["state"], ti["try_number"]) for ti in airflow.task_instances(dag_id, "typo")}
+            assert states[first_task] == ("failed", 1), states
+            assert {state for task, (state, _) in states.items() if task != first_task} == {"upstream_failed"}
+            assert message in airflow.task_log(dag_id, "typo", first_task).read_text()
+        assert not (tmp_path / "typo").exists() and not (tmp_path / "typo_evolution").exists()
+
     assert airflow.leftover_processes() == []
