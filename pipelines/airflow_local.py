@@ -62,6 +62,7 @@ class LocalAirflow:
         self.pools = dict(pools or {})
         self.echo = echo or (lambda line: None)
         self.processes: dict[str, subprocess.Popen] = {}
+        self.sessions: set[int] = set()  # every session a component started, also after stop()
         self.env = dict(os.environ)
         self.env.update({
             "AIRFLOW_HOME": str(self.home),
@@ -80,6 +81,8 @@ class LocalAirflow:
             # A local, single-user deployment: the UI opens without a login.
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            # On a busy 2-core machine the API server can take more than the default 5 s to answer.
+            "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
             # The two cores are the tasks': parse dags/ once a minute, not every 30 s.
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "60",
             "PYTHONUNBUFFERED": "1",
@@ -119,6 +122,7 @@ class LocalAirflow:
                                    start_new_session=True)
         log.close()
         self.processes[name] = process
+        self.sessions.add(process.pid)
         self._write_pids()
         return process
 
@@ -180,8 +184,9 @@ class LocalAirflow:
         self.processes.clear()
 
     def leftover_processes(self) -> list[int]:
-        """Processes still running with this AIRFLOW_HOME in their environment (Linux /proc)."""
-        return processes_with_env("AIRFLOW_HOME", str(self.home))
+        """Processes still running in the components' sessions: each component starts a session of its
+        own, and its children keep it (task processes change their process group, not their session)."""
+        return processes_in_sessions(self.sessions)
 
     def __enter__(self) -> LocalAirflow:
         try:
@@ -271,8 +276,9 @@ class LocalAirflow:
         return folder / f"attempt={attempt}.log"
 
 
-def task_output(log: Path) -> Iterator[str]:
-    """The lines a task printed (its stdout/stderr events) from Airflow 3's JSON-lines task log."""
+def task_output(log: Path, errors: bool = False) -> Iterator[str]:
+    """The lines a task printed (its stdout/stderr events) from Airflow 3's JSON-lines task log; with
+    `errors`, also the errors Airflow logged for it (the exception that failed it)."""
     if not log.exists():
         return
     for line in log.read_text(errors="replace").splitlines():
@@ -280,31 +286,29 @@ def task_output(log: Path) -> Iterator[str]:
             event = json.loads(line)
         except ValueError:
             continue
-        if event.get("logger") in ("task.stdout", "task.stderr") or event.get("chan") in ("stdout", "stderr"):
+        if event.get("logger") in ("task.stdout", "task.stderr"):
             yield str(event.get("event", ""))
+        elif errors and event.get("level") in ("error", "critical"):
+            yield str(event.get("event", ""))
+            for detail in event.get("error_detail") or []:
+                if isinstance(detail, dict) and "exc_type" in detail:
+                    yield f"{detail['exc_type']}: {detail.get('exc_value', '')}"
 
 
-def processes_with_env(name: str, value: str) -> list[int]:
-    """Pids of the live processes (not this one) whose environment has name=value."""
-    wanted = f"{name}={value}".encode()
+def processes_in_sessions(sessions) -> list[int]:
+    """Pids of the live processes (not zombies, not this one) whose session id is in `sessions`
+    (Linux /proc; elsewhere none are found)."""
+    sessions = set(sessions)
     pids = []
     for entry in Path("/proc").glob("[0-9]*"):
-        pid = int(entry.name)
-        if pid == os.getpid():
-            continue
         try:
-            if wanted in (entry / "environ").read_bytes().split(b"\0") and not _is_zombie(entry):
-                pids.append(pid)
-        except OSError:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
             continue
+        state, session = fields[0], int(fields[3])
+        if session in sessions and state != "Z" and int(entry.name) != os.getpid():
+            pids.append(int(entry.name))
     return pids
-
-
-def _is_zombie(entry: Path) -> bool:
-    try:
-        return (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _signal(pid: int, sig: int) -> None:

@@ -70,10 +70,12 @@ def run_dag(conf: dict, airflow_home: Path, *, echo: bool = True, run_id: str = 
         say(f"[{clock}] {_name(ti):34s} {ti['state'] or 'none'}{attempt}", flush=True)
         if ti["state"] in ("success", "failed", "up_for_retry"):
             log = own.task_log(DAG_ID, run_id, ti["task_id"], ti["map_index"], max(1, ti["try_number"]))
-            lines = list(task_output(log))
-            for line in (lines[-15:] if ti["state"] != "success" else lines):
-                if ti["state"] != "success" or line.startswith("==>"):
-                    say(f"        {line.strip()}", flush=True)
+            if ti["state"] == "success":
+                lines = [line for line in task_output(log) if line.startswith("==>")]
+            else:  # its last lines and the exception that ended it
+                lines = list(task_output(log, errors=True))[-12:] + [f"(log: {log})"]
+            for line in lines:
+                say(f"        {line.strip()}", flush=True)
 
     own = airflow or LocalAirflow(airflow_home, parallelism=PARALLELISM, pools={"gpu": PARALLELISM},
                                   env=airflow_env(airflow_home), echo=say)

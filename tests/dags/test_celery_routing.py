@@ -91,6 +91,7 @@ def test_celery_workers_run_each_task_on_the_queue_it_declares(tmp_path):
     finally:
         redis.terminate()
         redis.wait(10)
+    assert airflow.leftover_processes() == []  # the workers and their task processes too
     logs = tmp_path / "airflow" / "logs"
     assert declared == "success", (logs / "worker-gpu.log").read_text()[-4000:]
     assert swapped == "success", (logs / "worker-cpu.log").read_text()[-4000:]

@@ -22,7 +22,7 @@ from pipelines.airflow_local import LocalAirflow
 from pipelines.demo import DAG_ID, airflow_env
 
 TINY = {"videos": 8, "min_seconds": 2.5, "max_seconds": 3.5, "fps": 4.0, "frame_size": 32,
-        "population": 1, "children_per_round": 1, "proxy_steps": 2, "search_steps": 2, "train_steps": 12,
+        "population": 1, "children_per_round": 1, "proxy_steps": 4, "search_steps": 2, "train_steps": 12,
         "steps_per_epoch": 2, "clips": 2}
 
 
@@ -57,7 +57,8 @@ def test_end_to_end_dag_under_the_scheduler_survives_killed_tasks_and_reruns(tmp
         for ti in instances:
             if ti["state"] != "running" or ti["try_number"] != 1 or not ti["pid"] or ti["task_id"] in killed:
                 continue
-            child_started = ti["task_id"] == "round_1.evaluate_child" and (workdir / "evolution").exists()
+            child_run = workdir / "evolution" / "children" / "c0000" / "run"
+            child_started = ti["task_id"] == "round_1.evaluate_child" and (child_run / "config.json").exists()
             training_started = ti["task_id"] == "train_final" and 1 <= _epochs(workdir) < 5
             if child_started or training_started:
                 os.kill(ti["pid"], signal.SIGKILL)
