@@ -63,9 +63,13 @@ class LocalAirflow:
         self.echo = echo or (lambda line: None)
         self.processes: dict[str, subprocess.Popen] = {}
         self.sessions: set[int] = set()  # every session a component started, also after stop()
-        self.env = dict(os.environ)
+        # The caller's own Airflow configuration (AIRFLOW__*, AIRFLOW_CONFIG) stays out: this one is
+        # self-contained.
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("AIRFLOW__") and k != "AIRFLOW_CONFIG"}
         self.env.update({
             "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
             "AIRFLOW__CORE__DAGS_FOLDER": str(Path(dags_folder).resolve()),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": executor,
