@@ -123,7 +123,7 @@ class LocalAirflow:
         log = (self.home / "logs" / f"{name}.log").open("ab")
         process = subprocess.Popen(list(args), env={**self.env, **(env or {})}, stdout=log,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=PROJECT_ROOT,
-                                   start_new_session=True)
+                                   start_new_session=True, preexec_fn=_die_with_parent)
         log.close()
         self.processes[name] = process
         self.sessions.add(process.pid)
@@ -313,6 +313,17 @@ def processes_in_sessions(sessions) -> list[int]:
         if session in sessions and state != "Z" and int(entry.name) != os.getpid():
             pids.append(int(entry.name))
     return pids
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process that started it dies, even by SIGKILL
+    (Linux PR_SET_PDEATHSIG), so a killed demo or test does not leave Airflow running."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
 
 
 def _signal(pid: int, sig: int) -> None:
