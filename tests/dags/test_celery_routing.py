@@ -80,13 +80,13 @@ def test_celery_workers_run_each_task_on_the_queue_it_declares(tmp_path):
                               env={"AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.dags.worker_identity.hostname",
                                    "ASSEMBLENET_WORKER": f"{queue}-worker"})
             airflow.trigger(DAG_ID, _conf(tmp_path, data, "evolution"), "declared")
-            declared = airflow.wait_for_run(DAG_ID, "declared", timeout=1200)
+            declared = airflow.wait_for_run(DAG_ID, "declared", timeout=3600)
             declared_tis = airflow.task_instances(DAG_ID, "declared")
             # The same DAG with the queues swapped from the run's params.
             airflow.trigger(DAG_ID, _conf(tmp_path, data, "swapped", rounds=0, gpu_queue="cpu",
                                                    cpu_queue="gpu"),
                             "swapped")
-            swapped = airflow.wait_for_run(DAG_ID, "swapped", timeout=1200)
+            swapped = airflow.wait_for_run(DAG_ID, "swapped", timeout=3600)
             swapped_tis = airflow.task_instances(DAG_ID, "swapped")
     finally:
         redis.terminate()

@@ -66,7 +66,7 @@ def test_end_to_end_dag_under_the_scheduler_survives_killed_tasks_and_reruns(tmp
 
     with LocalAirflow(home, parallelism=2, pools={"gpu": 2}, env=airflow_env(home), echo=None) as airflow:
         airflow.trigger(DAG_ID, conf, "first")
-        state = airflow.wait_for_run(DAG_ID, "first", timeout=1500, on_poll=kill_mid_task)
+        state = airflow.wait_for_run(DAG_ID, "first", timeout=3600, on_poll=kill_mid_task)
         assert state == "success", _failure(airflow, "first")
         first = {ti["task_id"]: ti for ti in airflow.task_instances(DAG_ID, "first")}
 
@@ -118,7 +118,7 @@ def test_end_to_end_dag_under_the_scheduler_survives_killed_tasks_and_reruns(tmp
         # Run it again: every stage finds its outputs and finishes without redoing the work.
         model_before = (workdir / "model.keras").stat().st_mtime_ns
         airflow.trigger(DAG_ID, conf, "second")
-        assert airflow.wait_for_run(DAG_ID, "second", timeout=900) == "success", _failure(airflow, "second")
+        assert airflow.wait_for_run(DAG_ID, "second", timeout=2400) == "success", _failure(airflow, "second")
         assert len(json.loads((workdir / "evolution" / "history.json").read_text())) == 2
         assert json.loads((workdir / "config.json").read_text())["steps"] == TINY["train_steps"]
         assert (workdir / "history.csv").read_text().splitlines() == rows
@@ -134,7 +134,7 @@ def test_end_to_end_dag_under_the_scheduler_survives_killed_tasks_and_reruns(tmp
         for dag_id, (typo_conf, _, _) in typos.items():
             airflow.trigger(dag_id, typo_conf, "typo")
         for dag_id, (_, first_task, message) in typos.items():
-            assert airflow.wait_for_run(dag_id, "typo", timeout=600) == "failed"
+            assert airflow.wait_for_run(dag_id, "typo", timeout=1200) == "failed"
             states = {ti["task_id"]: (ti["state"], ti["try_number"]) for ti in airflow.task_instances(dag_id, "typo")}
             assert states[first_task] == ("failed", 1), states
             assert {state for task, (state, _) in states.items() if task != first_task} == {"upstream_failed"}
