@@ -123,7 +123,7 @@ class LocalAirflow:
         log = (self.home / "logs" / f"{name}.log").open("ab")
         process = subprocess.Popen(list(args), env={**self.env, **(env or {})}, stdout=log,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=PROJECT_ROOT,
-                                   start_new_session=True, preexec_fn=_die_with_parent)
+                                   start_new_session=True, preexec_fn=die_with_parent)
         log.close()
         self.processes[name] = process
         self.sessions.add(process.pid)
@@ -315,7 +315,7 @@ def processes_in_sessions(sessions) -> list[int]:
     return pids
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: SIGTERM when the process that started it dies, even by SIGKILL
     (Linux PR_SET_PDEATHSIG), so a killed demo or test does not leave Airflow running."""
     try:

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from pipelines.airflow_local import LocalAirflow, airflow_executable, free_port
+from pipelines.airflow_local import LocalAirflow, airflow_executable, die_with_parent, free_port
 from pipelines.end_to_end import make_synthetic_data, preprocess
 
 DAG_ID = "assemblenet_evolution"
@@ -31,7 +31,7 @@ def _redis(port: int, folder) -> subprocess.Popen:
                     "apt-get installs redis-server), or install Redis yourself and put redis-server on PATH")
     process = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                 "--appendonly", "no", "--dir", str(folder)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+                               stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
