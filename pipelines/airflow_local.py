@@ -157,9 +157,9 @@ class LocalAirflow:
                                    f"{self.home / 'logs' / (name + '.log')}")
 
     def stop(self, grace: float = 20.0) -> None:
-        """SIGTERM to every component's process group, then to every other process started from this
-        home (task processes run in process groups of their own); SIGKILL to what is left after
-        `grace` seconds. A second Ctrl-C or SIGTERM meanwhile does not cut it short."""
+        """SIGTERM to every component's process group, then to every other process of their sessions
+        (task processes run in process groups of their own); SIGKILL to what is left after `grace`
+        seconds. A second Ctrl-C or SIGTERM meanwhile does not cut it short."""
         with _signals_ignored():
             self._stop(grace)
 
