@@ -17,6 +17,7 @@ EXTRAS = {
         "apache-beam>=2.60",
         "google-crc32c",
         "apache-airflow>=3.0",
+        "apache-airflow-providers-celery",  # CeleryExecutor (GPU/CPU queues); brings celery[redis]
         "opencv-contrib-python-headless>=4.10",
         "scikit-video",
         "keras-hub",

@@ -7,8 +7,35 @@ so parsing a DAG file imports no TensorFlow or Beam).
 from __future__ import annotations
 
 import dataclasses
+from datetime import timedelta
 
 from airflow.sdk import Param, get_current_context, task, task_group
+
+from dags._routing import CPU_QUEUE, GPU_POOL, GPU_QUEUE
+
+# Every task is safe to run again (pipelines/end_to_end.py), so a task whose process or worker died
+# is retried; a bad param (AirflowFailException) is not.
+DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=10)}
+
+# Routing params of every DAG (dags/_routing.py applies them when the run's task instances are made).
+ROUTING_PARAMS = {
+    "gpu_queue": Param(GPU_QUEUE, type="string", description="queue of the tasks that train or run a model "
+                       "(evolution children, search, training, evaluation): the queue GPU workers consume"),
+    "cpu_queue": Param(CPU_QUEUE, type="string", description="queue of the other tasks (data, "
+                       "preprocessing, evolution bookkeeping, report)"),
+    "gpu_pool": Param(GPU_POOL, type="string", description="pool whose slots limit the GPU tasks running at "
+                      "once (create it: airflow pools set gpu <GPUs> ...)"),
+}
+
+
+def cpu_task(python_callable=None, **kwargs):
+    """@task on the CPU queue."""
+    return task(python_callable, queue=CPU_QUEUE, **kwargs)
+
+
+def gpu_task(python_callable=None, **kwargs):
+    """@task on the GPU queue, holding a slot of the GPU pool."""
+    return task(python_callable, queue=GPU_QUEUE, pool=GPU_POOL, **kwargs)
 
 _JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
 
@@ -25,7 +52,22 @@ def params_of(config_class) -> dict[str, Param]:
 
 
 def context_params() -> dict:
-    return dict(get_current_context()["params"])
+    """The run's params without the routing ones; a key of the run's conf that is not a param of the
+    DAG (a typo such as "step" for "steps") fails the task, and so the run, without a retry."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    context = get_current_context()
+    params = dict(context["params"])
+    conf = getattr(context.get("dag_run"), "conf", None) or {}
+    declared = set(context["dag"].params)
+    unknown = sorted(set(conf) - declared)
+    if unknown:
+        raise AirflowFailException(
+            f"DAG {context['dag'].dag_id}: unknown param(s) {unknown} in the run's conf; expected some of "
+            f"{sorted(declared)}")
+    for name in ROUTING_PARAMS:
+        params.pop(name, None)
+    return params
 
 
 def run_folder(workdir: str) -> str:
@@ -36,14 +78,14 @@ def run_folder(workdir: str) -> str:
     return folder(workdir, context["dag"].dag_id, context["run_id"])
 
 
-@task
+@cpu_task
 def next_children(state_dir: str) -> list[str]:
     from pipelines.end_to_end import next_children as children
 
     return children(state_dir, int(context_params()["children_per_round"]))
 
 
-@task
+@gpu_task
 def evaluate_child(state_dir: str, child: str) -> float:
     from pipelines.end_to_end import evaluate_child as evaluate
 
@@ -51,7 +93,7 @@ def evaluate_child(state_dir: str, child: str) -> float:
 
 
 # An empty round (the budget is spent) skips its mapped evaluation; the round still closes.
-@task(trigger_rule="none_failed")
+@cpu_task(trigger_rule="none_failed")
 def integrate(state_dir: str, fitness=None) -> str:
     from pipelines.end_to_end import integrate as integrate_results
 

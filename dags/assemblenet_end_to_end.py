@@ -15,19 +15,35 @@ file is parsed (EVOLUTION_ROUNDS); the search budget is exactly those rounds' ch
 
 from __future__ import annotations
 
-from airflow.sdk import dag, task
+from airflow.sdk import dag
 
-from dags._common import context_params, evolution_rounds, params_of, run_folder
+from dags._common import (
+    DEFAULT_ARGS,
+    ROUTING_PARAMS,
+    context_params,
+    cpu_task,
+    evolution_rounds,
+    gpu_task,
+    params_of,
+    run_folder,
+)
 from pipelines.end_to_end import EndToEndConfig
 
 EVOLUTION_ROUNDS = 2
 
 
 def _config():
-    return EndToEndConfig.from_params(context_params())
+    """The run's EndToEndConfig; a bad value fails the run at once (retrying cannot fix it)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    params = context_params()
+    try:
+        return EndToEndConfig.from_params(params)
+    except (TypeError, ValueError) as error:
+        raise AirflowFailException(str(error)) from None
 
 
-@task
+@cpu_task
 def make_synthetic_data() -> dict:
     from pipelines.end_to_end import banner
     from pipelines.end_to_end import make_synthetic_data as generate
@@ -53,22 +69,22 @@ def _preprocess(inputs: dict, split: str) -> str:
     return out
 
 
-@task
+@cpu_task
 def preprocess_train(inputs: dict) -> str:
     return _preprocess(inputs, "train")
 
 
-@task
+@cpu_task
 def preprocess_val(inputs: dict) -> str:
     return _preprocess(inputs, "val")
 
 
-@task
+@cpu_task
 def preprocess_test(inputs: dict) -> str:
     return _preprocess(inputs, "test")
 
 
-@task
+@cpu_task
 def start_evolution(train: str, val: str) -> str:
     from pipelines.end_to_end import banner
     from pipelines.end_to_end import start_evolution as start
@@ -83,14 +99,14 @@ def start_evolution(train: str, val: str) -> str:
                  strategy=config.evolution_strategy, object_stem=config.object_stem, seed=config.seed)
 
 
-@task
+@cpu_task
 def finish_evolution(state_dir: str) -> str:
     from pipelines.end_to_end import finish_evolution as finish
 
     return finish(state_dir)
 
 
-@task
+@gpu_task
 def one_shot_search(structure: str, train: str, val: str) -> str:
     from pipelines.end_to_end import one_shot_search as search
 
@@ -99,7 +115,7 @@ def one_shot_search(structure: str, train: str, val: str) -> str:
                   train={**config.train_fields(), "steps": config.search_steps}, threshold=config.threshold)
 
 
-@task
+@gpu_task
 def train_final(structure: str, train: str, val: str) -> str:
     from pipelines.end_to_end import train_final as train_model
 
@@ -108,21 +124,23 @@ def train_final(structure: str, train: str, val: str) -> str:
                        train={**config.train_fields(), "steps": config.train_steps})
 
 
-@task
+@gpu_task
 def evaluate(workdir: str, test: str) -> str:
     from pipelines.end_to_end import evaluate as evaluate_run
 
     return evaluate_run(workdir=workdir, data=test, clips=_config().clips)
 
 
-@task
+@cpu_task
 def report(workdir: str, metrics: str) -> str:
     from pipelines.end_to_end import report as build
 
     return build(workdir)
 
 
-@dag(dag_id="assemblenet_end_to_end", schedule=None, catchup=False, params=params_of(EndToEndConfig),
+@dag(dag_id="assemblenet_end_to_end", schedule=None, catchup=False,
+     params={**params_of(EndToEndConfig), **ROUTING_PARAMS},
+     default_args=DEFAULT_ARGS,
      tags=["assemblenet"], doc_md=__doc__, max_active_runs=1)
 def assemblenet_end_to_end():
     inputs = make_synthetic_data()

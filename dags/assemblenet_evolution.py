@@ -13,9 +13,9 @@ next run (a scored child is never trained twice).
 
 from __future__ import annotations
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag
 
-from dags._common import context_params, evolution_rounds
+from dags._common import DEFAULT_ARGS, ROUTING_PARAMS, context_params, cpu_task, evolution_rounds
 
 ROUNDS_PER_RUN = 4
 
@@ -45,12 +45,27 @@ PARAMS = {
 }
 
 
-@task
+def _check_proxy_train(fields: dict) -> None:
+    """`proxy_train` holds TrainConfig fields: a mistyped one fails the run (no retry), naming it."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from pipelines.configs import check_fields
+    from pipelines.train import TrainConfig
+
+    try:
+        check_fields(TrainConfig, fields, source="assemblenet_evolution param proxy_train",
+                     noun="TrainConfig field(s)")
+    except ValueError as error:
+        raise AirflowFailException(str(error)) from None
+
+
+@cpu_task
 def start_evolution() -> str:
     from pipelines.end_to_end import banner, resolve
     from pipelines.end_to_end import start_evolution as start
 
     params = context_params()
+    _check_proxy_train(params["proxy_train"])
     state_dir = resolve(params["state_dir"])
     banner(f"evolution in {state_dir}: {params['population']} + {params['rounds']} children")
     return start(state_dir, data=resolve(params["data"]),
@@ -61,14 +76,15 @@ def start_evolution() -> str:
                  tournament=params["tournament"], seed=params["seed"])
 
 
-@task
+@cpu_task
 def finish_evolution(state_dir: str) -> str:
     from pipelines.end_to_end import finish_evolution as finish
 
     return finish(state_dir)
 
 
-@dag(dag_id="assemblenet_evolution", schedule=None, catchup=False, params=PARAMS, tags=["assemblenet"],
+@dag(dag_id="assemblenet_evolution", schedule=None, catchup=False, params={**PARAMS, **ROUTING_PARAMS},
+     default_args=DEFAULT_ARGS, tags=["assemblenet"],
      doc_md=__doc__, max_active_runs=1)
 def assemblenet_evolution():
     finish_evolution(evolution_rounds(start_evolution(), ROUNDS_PER_RUN))

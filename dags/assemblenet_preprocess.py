@@ -13,9 +13,9 @@ See docs/orchestration.md for Charades and Toyota Smarthome on a bucket.
 
 from __future__ import annotations
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag
 
-from dags._common import context_params
+from dags._common import DEFAULT_ARGS, ROUTING_PARAMS, context_params, cpu_task
 
 PARAMS = {
     "dataset": Param("charades", enum=["charades", "toyota"], description="annotation format"),
@@ -49,7 +49,7 @@ PARAMS = {
 }
 
 
-@task
+@cpu_task
 def locate_inputs() -> dict:
     """The videos folder and annotation file: the given ones, or the synthetic set's."""
     from pipelines.end_to_end import make_synthetic_data, resolve
@@ -68,7 +68,7 @@ def locate_inputs() -> dict:
     return {"videos": paths["videos"], "annotations": paths[params["split"]], "split": ""}
 
 
-@task
+@cpu_task
 def preprocess(inputs: dict) -> dict:
     from pipelines.end_to_end import banner, beam_pipeline_args, preprocess, resolve
 
@@ -86,7 +86,8 @@ def preprocess(inputs: dict) -> dict:
     return {"out": out, "written": summary["written"], "dead_lettered": summary["dead_lettered"]}
 
 
-@dag(dag_id="assemblenet_preprocess", schedule=None, catchup=False, params=PARAMS, tags=["assemblenet"],
+@dag(dag_id="assemblenet_preprocess", schedule=None, catchup=False, params={**PARAMS, **ROUTING_PARAMS},
+     default_args=DEFAULT_ARGS, tags=["assemblenet"],
      doc_md=__doc__)
 def assemblenet_preprocess():
     preprocess(locate_inputs())

@@ -13,9 +13,9 @@ resume from their checkpoints when a task is retried.
 
 from __future__ import annotations
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag
 
-from dags._common import context_params, run_folder
+from dags._common import DEFAULT_ARGS, ROUTING_PARAMS, context_params, cpu_task, gpu_task, run_folder
 
 PARAMS = {
     "structure": Param("runs/embedded/evolution/best_structure.json", type="string",
@@ -59,7 +59,7 @@ def _optional(path: str) -> str | None:
     return resolve(path) if path else None
 
 
-@task
+@gpu_task
 def one_shot_search() -> str:
     from pipelines.end_to_end import one_shot_search as search
 
@@ -71,7 +71,7 @@ def one_shot_search() -> str:
                   train=fields, threshold=params["threshold"])
 
 
-@task
+@gpu_task
 def train_final(structure: str) -> str:
     from pipelines.end_to_end import train_final as train_model
 
@@ -81,7 +81,7 @@ def train_final(structure: str) -> str:
                        workdir=run_folder(params["workdir"]), train=_train_fields(params, params["steps"]))
 
 
-@task
+@gpu_task
 def evaluate(workdir: str) -> str:
     from pipelines.end_to_end import evaluate as evaluate_run
 
@@ -89,14 +89,15 @@ def evaluate(workdir: str) -> str:
     return evaluate_run(workdir=workdir, data=_optional(params["test_data"]), clips=params["clips"])
 
 
-@task
+@cpu_task
 def report(workdir: str, metrics: str) -> str:
     from pipelines.end_to_end import report as build
 
     return build(workdir)
 
 
-@dag(dag_id="assemblenet_search_and_train", schedule=None, catchup=False, params=PARAMS, tags=["assemblenet"],
+@dag(dag_id="assemblenet_search_and_train", schedule=None, catchup=False, params={**PARAMS, **ROUTING_PARAMS},
+     default_args=DEFAULT_ARGS, tags=["assemblenet"],
      doc_md=__doc__)
 def assemblenet_search_and_train():
     workdir = train_final(one_shot_search())

@@ -1,11 +1,14 @@
 """`make demo` (`python -m pipelines.demo`): the whole system, orchestrated by Airflow, on one machine.
 
-Runs the `assemblenet_end_to_end` DAG with `airflow dags test` on Airflow's embedded SQLite
-database (AIRFLOW_HOME=runs/demo/airflow, example DAGs off), Beam's FnApiRunner, TensorFlow on
-the CPU and synthetic Charades-format data, then prints where the report is. Every run starts
-fresh: runs/demo holds only what the demo wrote (a marker file guards against deleting anything
-else). Airflow's own log goes to runs/demo/airflow/dags_test.log; the console shows the stage
-banners and the training progress.
+Runs the `assemblenet_end_to_end` DAG the way a deployment does: Airflow 3's scheduler, DAG
+processor and API server (pipelines/airflow_local.py), started here with the LocalExecutor on
+SQLite in runs/demo/airflow (AIRFLOW_HOME; example DAGs off), the DAG run triggered with the
+demo's conf and awaited, each task state printed as it changes, then Airflow's processes ended,
+also when the demo is interrupted (Ctrl-C or SIGTERM). Every task runs in its own process through
+the Task SDK: Beam's FnApiRunner, TensorFlow on the CPU, synthetic Charades-format data. Every run
+starts fresh: runs/demo holds only what the demo wrote (a marker file guards against deleting
+anything else). Airflow's logs are in runs/demo/airflow/logs (one file per task attempt); the
+console shows task states and the stage banners of the tasks' output.
 
 Outputs: runs/demo/report/index.html, runs/demo/metrics.json, runs/demo/evolution/best_structure.json,
 runs/demo/search/final_structure.json (and the rest of the run folder, see pipelines/end_to_end.py).
@@ -15,23 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from pipelines.airflow_local import LocalAirflow, task_output, terminate_on_sigterm
 from pipelines.end_to_end import PROJECT_ROOT
 
 DAG_ID = "assemblenet_end_to_end"
 MARKER = ".assemblenet-demo"
 OUTPUTS = ("report/index.html", "metrics.json", "evolution/best_structure.json",
            "search/final_structure.json")
-# Airflow's log lines start with a timestamp, TensorFlow's C++ ones with a level and a date; the rest
-# (stage banners, progress bars, Keras epochs) is the tasks' own output.
-_LOG_PREFIXES = ("20", "[20", "{", "INFO", "WARNING", "I0000", "W0000", "E0000", "You might need",
-                 "Run `pip install graphviz`")
+# Two tasks at once (the CI machine's 2 cores); the GPU pool lets both be trainings.
+PARALLELISM = 2
 
 
 def fresh_folder(workdir: Path) -> None:
@@ -46,51 +46,50 @@ def fresh_folder(workdir: Path) -> None:
 
 
 def airflow_env(airflow_home: Path) -> dict[str, str]:
-    """Airflow on its embedded SQLite database in `airflow_home`, the project's dags/, no examples;
-    TensorFlow on the CPU."""
-    env = dict(os.environ)
-    env.update({
-        "AIRFLOW_HOME": str(airflow_home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "KERAS_BACKEND": "tensorflow",
-        "CUDA_VISIBLE_DEVICES": "",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
-    })
-    return env
+    """What the demo adds to Airflow's configuration: TensorFlow on the CPU, quiet C++ logging."""
+    return {"KERAS_BACKEND": "tensorflow", "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
-def _airflow() -> str:
-    executable = Path(sys.executable).with_name("airflow")
-    return str(executable) if executable.exists() else "airflow"
+def _name(ti: dict) -> str:
+    return ti["task_id"] + (f"[{ti['map_index']}]" if ti["map_index"] >= 0 else "")
 
 
-def run_dag(conf: dict, airflow_home: Path, *, echo: bool = True) -> int:
-    """`airflow db migrate`, then `airflow dags test DAG_ID --conf CONF`; returns its exit status.
+def run_dag(conf: dict, airflow_home: Path, *, echo: bool = True, run_id: str = "demo",
+            airflow: LocalAirflow | None = None) -> int:
+    """Starts Airflow in `airflow_home` (unless `airflow` is running already), triggers DAG_ID with
+    `conf`, waits for the run; 0 when it succeeded. With `echo`, prints each task's state changes and
+    the `==>` banners its output holds, and a failed task's last lines."""
+    say = print if echo else (lambda *args, **kwargs: None)
+    started = time.monotonic()
 
-    The full output is kept in airflow_home/dags_test.log; with `echo` the tasks' own lines (stage
-    banners, progress) are shown as they come."""
-    airflow_home.mkdir(parents=True, exist_ok=True)
-    env = airflow_env(airflow_home)
-    log = airflow_home / "dags_test.log"
-    with log.open("w") as out:
-        migrate = subprocess.run([_airflow(), "db", "migrate"], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                 cwd=PROJECT_ROOT)
-        if migrate.returncode:
-            return migrate.returncode
-        command = [_airflow(), "dags", "test", DAG_ID, "--conf", json.dumps(conf)]
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   cwd=PROJECT_ROOT)
-        # Bytes, split on newlines only: a progress bar's carriage returns redraw it in place.
-        for raw in process.stdout:
-            line = raw.decode(errors="replace")
-            out.write(line)
-            if echo and line.strip() and not line.lstrip("\r").startswith(_LOG_PREFIXES):
-                sys.stdout.write(line)
-                sys.stdout.flush()
-        return process.wait()
+    def on_change(ti: dict) -> None:
+        if ti["state"] is None:  # created, not yet scheduled
+            return
+        clock = time.strftime("%M:%S", time.gmtime(time.monotonic() - started))
+        attempt = f" (try {ti['try_number']})" if ti["try_number"] > 1 else ""
+        say(f"[{clock}] {_name(ti):34s} {ti['state'] or 'none'}{attempt}", flush=True)
+        if ti["state"] in ("success", "failed", "up_for_retry"):
+            log = own.task_log(DAG_ID, run_id, ti["task_id"], ti["map_index"], max(1, ti["try_number"]))
+            if ti["state"] == "success":
+                lines = [line for line in task_output(log) if line.startswith("==>")]
+            else:  # its last lines and the exception that ended it
+                lines = list(task_output(log, errors=True))[-12:] + [f"(log: {log})"]
+            for line in lines:
+                say(f"        {line.strip()}", flush=True)
+
+    own = airflow or LocalAirflow(airflow_home, parallelism=PARALLELISM, pools={"gpu": PARALLELISM},
+                                  env=airflow_env(airflow_home), echo=say)
+    try:
+        if airflow is None:
+            own.start()
+        own.trigger(DAG_ID, conf, run_id)
+        say(f"    DAG run {DAG_ID}/{run_id} triggered; task states:", flush=True)
+        state = own.wait_for_run(DAG_ID, run_id, on_change=on_change)
+    finally:
+        if airflow is None:
+            say("    stopping Airflow", flush=True)
+            own.stop()
+    return 0 if state == "success" else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,14 +104,21 @@ def main(argv: list[str] | None = None) -> int:
     conf = {**json.loads(args.conf), "workdir": str(workdir)}
     fresh_folder(workdir)
     airflow_home = workdir / "airflow"
-    print(f"==> AssembleNet demo: Airflow DAG {DAG_ID} on SQLite (AIRFLOW_HOME={airflow_home})", flush=True)
+    print(f"==> AssembleNet demo: Airflow scheduler + LocalExecutor on SQLite (AIRFLOW_HOME={airflow_home}), "
+          f"DAG {DAG_ID}", flush=True)
     start = time.monotonic()
-    status = run_dag(conf, airflow_home)
+    try:
+        with terminate_on_sigterm():
+            status = run_dag(conf, airflow_home)
+    except KeyboardInterrupt:
+        print(f"\nInterrupted after {(time.monotonic() - start) / 60:.1f} min; Airflow's processes were "
+              "stopped.", file=sys.stderr)
+        return 130
     minutes = (time.monotonic() - start) / 60
     missing = [name for name in OUTPUTS if not (workdir / name).exists()]
     if status or missing:
-        print(f"\nThe demo failed after {minutes:.1f} min (exit status {status}; missing: {missing}). "
-              f"Airflow's log: {airflow_home / 'dags_test.log'}", file=sys.stderr)
+        print(f"\nThe demo failed after {minutes:.1f} min (missing: {missing}). Airflow's logs: "
+              f"{airflow_home / 'logs'}", file=sys.stderr)
         return status or 1
     metrics = json.loads((workdir / "metrics.json").read_text())
     headline = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("mAP", "wAP", "chance_mAP") if k in metrics)

@@ -74,3 +74,32 @@ def test_end_to_end_dag(dagbag):
     }
     assert _edges(dag) == expected
     assert dag.get_task("round_2.evaluate_child").is_mapped
+
+
+GPU_TASKS = {"evaluate_child", "one_shot_search", "train_final", "evaluate"}
+
+
+def test_every_task_declares_its_queue_and_the_gpu_tasks_a_gpu_pool_slot(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        assert {"gpu_queue", "cpu_queue", "gpu_pool"} <= set(dag.params), dag_id
+        for task_id, task in dag.task_dict.items():
+            gpu = task_id.rsplit(".", 1)[-1] in GPU_TASKS
+            assert (task.queue, task.pool) == (("gpu", "gpu") if gpu else ("cpu", "default_pool")), task_id
+            assert task.retries == 2, task_id
+
+
+def test_routing_policy_applies_the_runs_queue_and_pool_params():
+    from types import SimpleNamespace
+
+    from dags._routing import task_instance_mutation_hook
+
+    def routed(queue: str, pool: str, conf: dict) -> tuple[str, str]:
+        ti = SimpleNamespace(task=SimpleNamespace(queue=queue), queue=queue, pool=pool)
+        task_instance_mutation_hook(ti, SimpleNamespace(conf=conf))
+        return ti.queue, ti.pool
+
+    conf = {"gpu_queue": "a100", "cpu_queue": "highmem", "gpu_pool": "a100_slots"}
+    assert routed("gpu", "gpu", conf) == ("a100", "a100_slots")
+    assert routed("cpu", "default_pool", conf) == ("highmem", "default_pool")
+    assert routed("gpu", "gpu", {}) == ("gpu", "gpu")
+    assert routed("cpu", "default_pool", {"gpu_queue": "a100"}) == ("cpu", "default_pool")

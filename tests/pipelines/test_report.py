@@ -152,15 +152,21 @@ def test_report_renders_in_headless_chromium(run_dir):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    browser, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (browser and driver_path):
+        missing = [name for name, path in (("chromium", browser), ("chromedriver", driver_path)) if not path]
+        pytest.fail(f"{' and '.join(missing)} not on PATH: run `make system-deps` (as root on Debian/Ubuntu "
+                    "it apt-get installs chromium and chromium-driver), or install Chromium and its "
+                    "driver yourself")
     index = build_report(run_dir)
     options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    options.binary_location = browser
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
                  f"--user-data-dir={profile}"):
         options.add_argument(flag)
-    service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver", log_output=subprocess.DEVNULL)
+    service = Service(driver_path, log_output=subprocess.DEVNULL)
     driver = webdriver.Chrome(options=options, service=service)
     try:
         driver.get(index.as_uri())
