@@ -201,22 +201,27 @@ def test_parallel_workers_evaluate_each_child_once(tmp_path):
 def test_extending_a_search_with_other_proxy_flags_refuses(tmp_path):
     from pipelines.checks import UserError
     from pipelines.evolve import TrainEvaluator
+    from tests.pipelines.test_holdout import IDS, _records
 
+    records = _records(tmp_path / "records", IDS)
+    other = _records(tmp_path / "other", [f"w{n:03d}" for n in range(8)])
+    out = tmp_path / "search"
     config = _config(rounds=2)
-    evolve.init_search(tmp_path, config, TrainEvaluator(data="records", train={"steps": 80, "steps_per_epoch": 10}))
+    evolve.init_search(out, config, TrainEvaluator(data=records, train={"steps": 80, "steps_per_epoch": 10}))
     with pytest.raises(UserError) as err:
-        evolve.init_search(tmp_path, _config(rounds=4),
-                           TrainEvaluator(data="records", train={"steps": 10, "steps_per_epoch": 10}))
+        evolve.init_search(out, _config(rounds=4),
+                           TrainEvaluator(data=records, train={"steps": 10, "steps_per_epoch": 10}))
     assert str(err.value) == (
-        f"{tmp_path / 'state.json'}: this search's children were trained with other proxy-training settings "
+        f"{out / 'state.json'}: this search's children were trained with other proxy-training settings "
         "(--steps 80 -> 10); refusing to mix them in one population: use a new --out to start a new "
         "population, or the same flags to resume")
-    assert evolve.load_state(tmp_path)["evaluator"]["train"] == {"steps": 80, "steps_per_epoch": 10}
-    with pytest.raises(UserError, match=r"evaluator.data 'records' -> 'other'"):
-        evolve.init_search(tmp_path, config, TrainEvaluator(data="other", train={"steps": 80, "steps_per_epoch": 10}))
+    assert evolve.load_state(out)["evaluator"]["train"] == {"steps": 80, "steps_per_epoch": 10}
+    # Other data: the recorded held-out split (AssembleNet §3.2 fitness) refuses before anything is written.
+    with pytest.raises(ValueError, match=r"not 0\.2 of .*other; use a new --out or the same data"):
+        evolve.init_search(out, config, TrainEvaluator(data=other, train={"steps": 80, "steps_per_epoch": 10}))
     # A flag spelled out at its default trains the same children: that is a resume.
-    same = TrainEvaluator(data="records", train={"steps": 80, "steps_per_epoch": 10, "frames": 16})
-    assert evolve.init_search(tmp_path, _config(rounds=4), same)["config"]["rounds"] == 4
+    same = TrainEvaluator(data=records, train={"steps": 80, "steps_per_epoch": 10, "frames": 16})
+    assert evolve.init_search(out, _config(rounds=4), same)["config"]["rounds"] == 4
 
 
 def pid_evaluate(structure: Structure, workdir: Path) -> tuple[float, dict]:

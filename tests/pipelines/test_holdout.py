@@ -23,12 +23,13 @@ def _records(folder: Path, ids: list[str], shards: int = 2) -> str:
     writers = [tf.io.TFRecordWriter(str(folder / f"data-{k:05d}-of-{shards:05d}.tfrecord")) for k in range(shards)]
     for n, video_id in enumerate(ids):
         rgb = rng.integers(0, 255, size=(2, 8, 8, 3), dtype=np.uint8)
-        writers[n % shards].write(encode_example(video_id=video_id, dataset="toyota", fps=4.0, rgb=rgb,
-                                                 num_classes=3, labels=[n % 3], label_start=[0.0],
+        flow = rng.integers(0, 255, size=(2, 8, 8, 2), dtype=np.uint8)  # the stems every child has
+        writers[n % shards].write(encode_example(video_id=video_id, dataset="charades", fps=4.0, rgb=rgb,
+                                                 flow=flow, num_classes=3, labels=[n % 3], label_start=[0.0],
                                                  label_end=[0.5]))
     for writer in writers:
         writer.close()
-    (folder / "summary.json").write_text(json.dumps({"dataset": "toyota", "fps": 4.0, "size": 8}))
+    (folder / "summary.json").write_text(json.dumps({"dataset": "charades", "fps": 4.0, "size": 8}))
     return str(folder)
 
 
