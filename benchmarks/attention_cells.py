@@ -139,22 +139,8 @@ def run_backbone(backbone: str, args, out: Path) -> dict:
             arch_start=args.arch_start,
             final_temperature=args.final_temperature,
         )
-        record = search(config=config, out_dir=out / backbone / f"search_seed{seed}", model_cache=cache)
-        entropy = record["final_entropy"]
-        searches.append(
-            {
-                "seed": seed,
-                "supernet_accuracy": record["supernet_accuracy"],
-                "mean_entropy": record["final_mean_entropy"],
-                "max_entropy": max(entropy.values()),
-                "min_entropy": min(entropy.values()),
-                "mean_entropy_by_step": [h["mean_entropy"] for h in record["history"]],
-                "excluded": record["search_space"]["excluded"],
-                "messages": record["search_space"]["messages"],
-                "cell": record["cell"],
-                "cost": added_cost(record["cell"], shapes),
-            }
-        )
+        search(config=config, out_dir=out / backbone / f"search_seed{seed}", model_cache=cache)
+        searches.append(search_summary(out / backbone / f"search_seed{seed}" / "search.json", shapes))
     search_seconds = time.time() - started
     cache.clear()  # the supernet is not trained again
     partial = out / f"partial_{backbone}.json"  # what has finished so far, should the run be cut short
