@@ -45,17 +45,22 @@ def _redis(port: int, folder) -> subprocess.Popen:
     pytest.fail(f"redis-server did not answer on 127.0.0.1:{port}")
 
 
-def _records(folder) -> str:
+def _records(folder) -> tuple[str, str]:
+    """(training records, validation records): fitness is measured on videos the children do not
+    train on (AssembleNet §3.2), here the generator's validation split."""
     paths = make_synthetic_data(str(folder / "synthetic"), videos=6, num_classes=4, seed=0, min_seconds=2.5,
                                 max_seconds=3.0)
-    out = str(folder / "train")
-    preprocess(dataset="charades", videos=paths["videos"], annotations=paths["train"], out=out, fps=4.0,
-               size=32, flow="opencv", segmenter="none")
-    return out
+    out = []
+    for split in ("train", "val"):
+        out.append(str(folder / split))
+        preprocess(dataset="charades", videos=paths["videos"], annotations=paths[split], out=out[-1], fps=4.0,
+                   size=32, flow="opencv", segmenter="none")
+    return out[0], out[1]
 
 
-def _conf(tmp_path, data: str, state: str, rounds: int = 1, **routing) -> dict:
-    return {"state_dir": str(tmp_path / state), "data": data, "population": 1, "rounds": rounds,
+def _conf(tmp_path, data: tuple[str, str], state: str, rounds: int = 1, **routing) -> dict:
+    return {"state_dir": str(tmp_path / state), "data": data[0], "eval_data": data[1], "population": 1,
+            "rounds": rounds,
             "children_per_round": 1, "object_stem": False, "width_scale": 16,
             "proxy_train": {"steps": 2, "steps_per_epoch": 2, "frames": 8, "size": 32, "batch_size": 2,
                             "learning_rate": 0.1}, **routing}
