@@ -10,16 +10,9 @@ import pytest
 from model.assemblenet import build_assemblenet
 from model.structure import SINK_ORDERS, Structure, assemblenet50, assemblenet101, assemblenet_plus50, tiny
 from model.summary import model_summary
+from tests.model.test_assemblenet import S, T, _inputs  # one clip maker for the model tests
 
-T, S, K = 4, 32, 5
-
-
-def _inputs(structure, b=2, seed=0):
-    rng = np.random.default_rng(seed)
-    data = {"rgb": rng.uniform(-1, 1, (b, T, S, S, 3)).astype("float32"),
-            "flow": rng.uniform(-1, 1, (b, T, S, S, 2)).astype("float32"),
-            "object": rng.integers(0, 151, (b, T, S, S)).astype("int32")}
-    return {m: data[m] for m in structure.modalities}
+K = 5  # classes; clips are test_assemblenet's (T = 4 frames of S = 32 px)
 
 
 def test_each_paper_structure_has_its_sink_and_json_round_trips_it():
