@@ -150,11 +150,32 @@ class LocalAirflow:
                   f"(logs: {self.home / 'logs'})")
         return self
 
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        """The last lines of home/logs/<name>.log ('' if there is none yet)."""
+        path = self.home / "logs" / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
     def check_alive(self) -> None:
         for name, process in self.processes.items():
             if process.poll() is not None:
+                # The log's last lines go into the message: CI and a user's terminal show why at once.
                 raise AirflowError(f"Airflow's {name} exited with status {process.returncode}; see "
-                                   f"{self.home / 'logs' / (name + '.log')}")
+                                   f"{self.home / 'logs' / (name + '.log')}, which ends with:\n"
+                                   f"{self.log_tail(name)}")
+
+    def wait_for_log(self, name: str, text: str, timeout: float = 300.0) -> None:
+        """Until the spawned process `name` has written `text` to its log (e.g. a Celery worker's
+        "ready."); fails at once if any component died meanwhile."""
+        path = self.home / "logs" / f"{name}.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            if path.exists() and text in path.read_text(errors="replace"):
+                return
+            time.sleep(0.5)
+        raise AirflowError(f"{name} did not log {text!r} within {timeout:.0f} s; see {path}")
 
     def stop(self, grace: float = 20.0) -> None:
         """SIGTERM to every component's process group, then to every other process of their sessions
