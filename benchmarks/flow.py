@@ -94,40 +94,42 @@ def real_frames(clips, size, count):
     return np.stack(frames[:count])
 
 
-def random_smooth_flow(rng, height, width):
-    """(H, W, 2) flow: random affine (rotation ±3°, scale ±3%, shift ±5 px at 224) + a sinusoid (≤ 2 px)."""
+def _affine_ripple_flow(rng, height, width, *, degrees, scale, shift, ripple, wavelength):
+    """(H, W, 2) flow: rotation ±`degrees`, scale ±`scale`, a translation `shift(rng, unit)` (pixels at
+    224, scaled with the frame), plus a sinusoid of amplitude ≤ `ripple` and wavelength in `wavelength`
+    per component. The random draws keep one order, so a seed gives the same pairs as before."""
     unit = min(height, width) / 224.0
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
     y, x = rows - (height - 1) / 2, cols - (width - 1) / 2
-    angle = np.deg2rad(rng.uniform(-3, 3))
-    scale = 1 + rng.uniform(-0.03, 0.03)
-    cos, sin = scale * np.cos(angle), scale * np.sin(angle)
-    u = cos * x - sin * y - x + rng.uniform(-5, 5) * unit
-    v = sin * x + cos * y - y + rng.uniform(-5, 5) * unit
+    angle = np.deg2rad(rng.uniform(-degrees, degrees))
+    factor = 1 + rng.uniform(-scale, scale)
+    cos, sin = factor * np.cos(angle), factor * np.sin(angle)
+    shift_x, shift_y = shift(rng, unit)
+    u = cos * x - sin * y - x + shift_x
+    v = sin * x + cos * y - y + shift_y
     for field, coord in ((u, y), (v, x)):
-        amplitude = rng.uniform(0, 2) * unit
-        wavelength = rng.uniform(60, 200) * unit
-        field += amplitude * np.sin(2 * np.pi * coord / wavelength + rng.uniform(0, 2 * np.pi))
+        amplitude = rng.uniform(0, ripple) * unit
+        length = rng.uniform(*wavelength) * unit
+        field += amplitude * np.sin(2 * np.pi * coord / length + rng.uniform(0, 2 * np.pi))
     return np.stack([u, v], axis=-1).astype(np.float32)
+
+
+def random_smooth_flow(rng, height, width):
+    """(H, W, 2) flow: random affine (rotation ±3°, scale ±3%, shift ±5 px at 224) + a sinusoid (≤ 2 px)."""
+    def shift(rng, unit):
+        return rng.uniform(-5, 5) * unit, rng.uniform(-5, 5) * unit
+    return _affine_ripple_flow(rng, height, width, degrees=3, scale=0.03, shift=shift, ripple=2,
+                               wavelength=(60, 200))
 
 
 def random_large_flow(rng, height, width, low=10.0, high=40.0):
     """(H, W, 2) smooth flow with a `low`–`high` px shift (random direction), rotation ±4°, scale ±4%, and
     a ≤ 3 px sinusoid (pixels at 224; scaled with the frame)."""
-    unit = min(height, width) / 224.0
-    rows, cols = np.mgrid[0:height, 0:width].astype(np.float64)
-    y, x = rows - (height - 1) / 2, cols - (width - 1) / 2
-    angle = np.deg2rad(rng.uniform(-4, 4))
-    scale = 1 + rng.uniform(-0.04, 0.04)
-    cos, sin = scale * np.cos(angle), scale * np.sin(angle)
-    magnitude, direction = rng.uniform(low, high) * unit, rng.uniform(0, 2 * np.pi)
-    u = cos * x - sin * y - x + magnitude * np.cos(direction)
-    v = sin * x + cos * y - y + magnitude * np.sin(direction)
-    for field, coord in ((u, y), (v, x)):
-        amplitude = rng.uniform(0, 3) * unit
-        wavelength = rng.uniform(80, 240) * unit
-        field += amplitude * np.sin(2 * np.pi * coord / wavelength + rng.uniform(0, 2 * np.pi))
-    return np.stack([u, v], axis=-1).astype(np.float32)
+    def shift(rng, unit):
+        magnitude, direction = rng.uniform(low, high) * unit, rng.uniform(0, 2 * np.pi)
+        return magnitude * np.cos(direction), magnitude * np.sin(direction)
+    return _affine_ripple_flow(rng, height, width, degrees=4, scale=0.04, shift=shift, ripple=3,
+                               wavelength=(80, 240))
 
 
 def sample_bilinear(image, flow):

@@ -119,6 +119,17 @@ def _charades_kwargs(info, out, **overrides):
                      progress=False), **overrides)
 
 
+def _preprocessed_from_own_csv(info, tmp_path):
+    """Preprocesses the tiny set from a copy of its annotations (tmp_path/train.csv) that the test can
+    then edit; returns (out folder, that CSV, its rows, the run's arguments)."""
+    out, csv_path = tmp_path / "out", tmp_path / "train.csv"
+    rows = charades.read_annotations(info["train_csv"], num_classes=10)
+    charades.write_annotations(csv_path, rows)
+    kwargs = _charades_kwargs(info, out, annotations=str(csv_path))
+    preprocess.run_preprocess(**kwargs)
+    return out, csv_path, rows, kwargs
+
+
 def test_rerun_with_other_settings_refuses_then_replace_redoes_all(tiny_charades, tmp_path):
     out = tmp_path / "out"
     preprocess.run_preprocess(**_charades_kwargs(tiny_charades, out))
@@ -137,11 +148,7 @@ def test_rerun_with_other_settings_refuses_then_replace_redoes_all(tiny_charades
 
 
 def test_corrected_annotation_row_is_redone(tiny_charades, tmp_path):
-    out, csv_path = tmp_path / "out", tmp_path / "train.csv"
-    rows = charades.read_annotations(tiny_charades["train_csv"], num_classes=10)
-    charades.write_annotations(csv_path, rows)
-    kwargs = _charades_kwargs(tiny_charades, out, annotations=str(csv_path))
-    preprocess.run_preprocess(**kwargs)
+    out, csv_path, rows, kwargs = _preprocessed_from_own_csv(tiny_charades, tmp_path)
     fixed = charades.CharadesVideo(rows[0].id, (charades.Action(9, 0.5, 1.5),), rows[0].length)
     charades.write_annotations(csv_path, [fixed, *rows[1:]])
     summary = preprocess.run_preprocess(**kwargs)
@@ -168,11 +175,7 @@ def test_corrected_annotation_row_is_redone(tiny_charades, tmp_path):
 
 
 def test_records_of_videos_not_in_the_input_are_refused_then_removed(tiny_charades, tmp_path):
-    out, csv_path = tmp_path / "out", tmp_path / "train.csv"
-    rows = charades.read_annotations(tiny_charades["train_csv"], num_classes=10)
-    charades.write_annotations(csv_path, rows)
-    kwargs = _charades_kwargs(tiny_charades, out, annotations=str(csv_path))
-    preprocess.run_preprocess(**kwargs)
+    out, csv_path, rows, kwargs = _preprocessed_from_own_csv(tiny_charades, tmp_path)
     charades.write_annotations(csv_path, rows[1:])
     with pytest.raises(ValueError, match=f"holds 1 record\\(s\\) of videos that are not in this input "
                                          f"\\(e.g. {rows[0].id}\\)"):
