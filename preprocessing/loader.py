@@ -193,76 +193,75 @@ def nearest_indices(side: int, size: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=256)
-def _pixel_tables(side: int, size: int, flip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pixel_tables(side: int, size: int, flip: bool) -> dict:
     """What one clip's pixels go through, for a crop of `side` resized to `size` (read-only arrays):
 
     - rgb: float32 (1, 256, 1) table, uint8 v -> v / 127.5 - 1;
-    - flow: float32 (1, 256, 2) tables of x and y: dequantize (preprocessing.flow: v -> v 40 / 255 - 20
+    - flow_x, flow_y: float32 (1, 256, 1) tables: dequantize (preprocessing.flow: v -> v 40 / 255 - 20
       px), times the resize factor S / side (displacements scale with the image), / 20 for the model
       (docs/CONTRACTS.md); with a flip x is negated (a mirrored video moves the other way);
     - object: int16 (S, S, 2) cv2.remap map of (x, y) source pixels in the crop: tf.image.resize's
       nearest rule (`nearest_indices`), columns reversed when flipped.
 
-    These maps are affine, so applying them to the uint8 crop before the bilinear resize gives the
-    values of resizing first (the resize weights sum to 1), up to float rounding; it is cheaper, as
-    a crop is at most the resized size and a table lookup is one pass instead of a cast, a multiply
-    and a subtraction over the whole float32 clip."""
+    The tables are affine maps, so looking them up on the uint8 crop before the bilinear resize gives
+    the values of resizing first (the resize weights sum to 1), up to float rounding; it is cheaper:
+    a crop is at most the resized size, and one lookup replaces a cast, a multiply and a subtraction."""
     values = np.arange(256, dtype=np.float64)
-    rgb = (values / 127.5 - 1.0).astype(np.float32).reshape(1, 256, 1)
-    flow_y = (values * (40.0 / 255.0) - 20.0) * (size / side / FLOW_SCALE)
-    flow_x = -flow_y if flip else flow_y
-    flow = np.stack([flow_x, flow_y], axis=-1).astype(np.float32).reshape(1, 256, 2)
+    flow = (values * (40.0 / 255.0) - 20.0) * (size / side / FLOW_SCALE)
     pick = nearest_indices(side, size)
     grid = np.empty((size, size, 2), np.int16)
     grid[..., 0] = (pick[::-1] if flip else pick)[None, :]
     grid[..., 1] = pick[:, None]
-    for table in (rgb, flow, grid):
+    tables = {"rgb": values / 127.5 - 1.0, "flow_x": -flow if flip else flow, "flow_y": flow}
+    tables = {key: table.astype(np.float32).reshape(1, 256, 1) for key, table in tables.items()}
+    tables["object"] = grid
+    for table in tables.values():
         table.flags.writeable = False
-    return rgb, flow, grid
+    return tables
 
 
 def clip_into(example: dict, start: int, decision: clips_lib.Decision, out: dict, *, modalities,
               frames: int, size: int, decode=_decode) -> None:
     """Decodes, crops, flips, scales and resizes one clip into the preallocated `out[modality]` arrays.
 
-    Per frame and modality: decode (uint8), crop (a view), flip (uint8, before the resize: bilinear
-    resizing with half-pixel centres is mirror-symmetric), map uint8 -> model units with a lookup
-    table (`_pixel_tables`), bilinear resize written straight into the output row. Object masks
-    take their nearest-neighbour pixels with one cv2.remap (crop, resize and flip at once) and are
-    widened to int32 on the copy into the output. `decode(buffer, cv2 flag)` is a hook for the
-    input benchmark's per-stage timing."""
+    Frame by frame, each image: decode (uint8), crop (a view), flip (uint8, before the resize:
+    bilinear resizing with half-pixel centres is mirror-symmetric), uint8 -> model units by a lookup
+    table (`_pixel_tables`), bilinear resize, written into the output row (flow: x and y each, then
+    interleaved into the row). Object masks take their nearest-neighbour pixels with one cv2.remap
+    (crop, resize and flip at once), widened to int32 on the copy into the output. `decode(buffer,
+    cv2 flag)` is a hook for the input benchmark's per-stage timing."""
     import cv2
 
     index = clips_lib.frame_indices(start, frames, example["num_frames"])
     y0, x0, side, flip = decision.y0, decision.x0, decision.side, decision.flip
     rows, cols = slice(y0, y0 + side), slice(x0, x0 + side)
-    rgb_table, flow_table, object_map = _pixel_tables(side, size, flip)
+    tables = _pixel_tables(side, size, flip)
 
     def crop(key, i, flag):
         return decode(example[key][int(i)].bytes_list.value[0], flag)[rows, cols]
 
-    def scale_resize_into(image, table, target):
-        """uint8 crop -> (flip) -> table lookup (float32) -> bilinear resize into `target`."""
+    def scaled(key, i, flag, target=None):
+        """Frame i of `key`: crop -> (flip) -> table lookup (float32) -> bilinear resize (into `target`)."""
+        image = crop(key, i, flag)
         if flip:
             image = cv2.flip(image, 1)
         if side == size:
-            cv2.LUT(image, table, dst=target)
-        else:
-            cv2.resize(cv2.LUT(image, table), (size, size), dst=target, interpolation=cv2.INTER_LINEAR)
+            return cv2.LUT(image, tables[key], dst=target)
+        return cv2.resize(cv2.LUT(image, tables[key]), (size, size), dst=target, interpolation=cv2.INTER_LINEAR)
 
     if "rgb" in modalities:
         target = out["rgb"]
         for t, i in enumerate(index):
-            scale_resize_into(crop("rgb", i, cv2.IMREAD_COLOR_RGB), rgb_table, target[t])
+            scaled("rgb", i, cv2.IMREAD_COLOR_RGB, target[t])
     if "flow" in modalities:
         target = out["flow"]
-        for t, i in enumerate(index):  # x and y looked up and resized together, in one call each
-            both = cv2.merge([crop("flow_x", i, cv2.IMREAD_GRAYSCALE), crop("flow_y", i, cv2.IMREAD_GRAYSCALE)])
-            scale_resize_into(both, flow_table, target[t])
+        for t, i in enumerate(index):  # one channel at a time: faster than 2-channel lookups and resizes
+            cv2.merge([scaled("flow_x", i, cv2.IMREAD_GRAYSCALE), scaled("flow_y", i, cv2.IMREAD_GRAYSCALE)],
+                      dst=target[t])
     if "object" in modalities:
-        target = out["object"]
+        target, grid = out["object"], tables["object"]
         for t, i in enumerate(index):
-            target[t] = cv2.remap(crop("object", i, cv2.IMREAD_GRAYSCALE), object_map, None, cv2.INTER_NEAREST)
+            target[t] = cv2.remap(crop("object", i, cv2.IMREAD_GRAYSCALE), grid, None, cv2.INTER_NEAREST)
 
 
 # -- batches -------------------------------------------------------------------------------
