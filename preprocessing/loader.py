@@ -4,11 +4,13 @@ Same clips as the tf.data reader (`preprocessing.dataset.make_dataset`), from th
 (`preprocessing.clips.decide`), the same scaling (docs/CONTRACTS.md) and the same labels; what
 differs is how: records are found by their byte offsets (a scan of the TFRecord headers), parsed
 with `protobuf` (`schema.parse_native`), and only the frames of the clip are decoded, with OpenCV
-(`cv2.imdecode`, which releases the GIL). Each modality is cropped while still uint8, then resized in
-float32 with `cv2.resize(INTER_LINEAR)` (half-pixel centres, no antialiasing: tf.image.resize's
-bilinear up to float rounding, < 1e-4 in model units; the test states the tolerance), object
-masks with the nearest-neighbour rule of tf.image.resize (source index floor((i + 0.5) side / S),
-exact). Flow is resized once for both channels.
+(`cv2.imdecode`, which releases the GIL). Each image is cropped and flipped while still uint8, mapped
+to model units by a lookup table and resized in float32 with `cv2.resize(INTER_LINEAR)` straight into
+the batch (half-pixel centres, no antialiasing: tf.image.resize's bilinear up to float rounding,
+< 1e-4 in model units; the tests state the tolerance); object masks take tf.image.resize's
+nearest-neighbour pixels (source index floor((i + 0.5) side / S), exact) with one `cv2.remap`. Work
+per frame and image, never over a whole float32 clip: that and the PNG encoding of
+`schema.encode_png` made a worker 1.96x faster (BENCHMARKS.md, "Input pipeline").
 
 Workers: `workers=0` builds batches in the calling process. `workers=N` starts N processes (spawn,
 so it is safe after JAX has started threads); each builds whole batches into a shared-memory slot
