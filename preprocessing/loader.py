@@ -196,30 +196,34 @@ def nearest_indices(side: int, size: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=256)
 def _pixel_tables(side: int, size: int, flip: bool) -> dict:
-    """What one clip's pixels go through, for a crop of `side` resized to `size` (read-only arrays):
+    """uint8 -> model units as cv2.LUT tables (float32 (1, 256, 1), read-only) per stored image, for a
+    crop of `side` resized to `size`:
 
-    - rgb: float32 (1, 256, 1) table, uint8 v -> v / 127.5 - 1;
-    - flow_x, flow_y: float32 (1, 256, 1) tables: dequantize (preprocessing.flow: v -> v 40 / 255 - 20
-      px), times the resize factor S / side (displacements scale with the image), / 20 for the model
-      (docs/CONTRACTS.md); with a flip x is negated (a mirrored video moves the other way);
-    - object: int16 (S, S, 2) cv2.remap map of (x, y) source pixels in the crop: tf.image.resize's
-      nearest rule (`nearest_indices`), columns reversed when flipped.
+    - rgb: v -> v / 127.5 - 1;
+    - flow_x, flow_y: dequantize (preprocessing.flow: v -> v 40 / 255 - 20 px), times the resize
+      factor S / side (displacements scale with the image), / 20 for the model (docs/CONTRACTS.md);
+      with a flip x is negated (a mirrored video moves the other way).
 
     The tables are affine maps, so looking them up on the uint8 crop before the bilinear resize gives
     the values of resizing first (the resize weights sum to 1), up to float rounding; it is cheaper:
     a crop is at most the resized size, and one lookup replaces a cast, a multiply and a subtraction."""
     values = np.arange(256, dtype=np.float64)
     flow = (values * (40.0 / 255.0) - 20.0) * (size / side / FLOW_SCALE)
-    pick = nearest_indices(side, size)
-    grid = np.empty((size, size, 2), np.int16)
-    grid[..., 0] = (pick[::-1] if flip else pick)[None, :]
-    grid[..., 1] = pick[:, None]
     tables = {"rgb": values / 127.5 - 1.0, "flow_x": -flow if flip else flow, "flow_y": flow}
     tables = {key: table.astype(np.float32).reshape(1, 256, 1) for key, table in tables.items()}
-    tables["object"] = grid
     for table in tables.values():
         table.flags.writeable = False
     return tables
+
+
+def _nearest_map(side: int, size: int, flip: bool) -> np.ndarray:
+    """int16 (S, S, 2) cv2.remap map of (x, y) source pixels in the crop: tf.image.resize's nearest
+    rule (`nearest_indices`), columns reversed when flipped (built per clip: 200 kB at 224^2)."""
+    pick = nearest_indices(side, size).astype(np.int16)
+    grid = np.empty((size, size, 2), np.int16)
+    grid[..., 0] = (pick[::-1] if flip else pick)[None, :]
+    grid[..., 1] = pick[:, None]
+    return grid
 
 
 def clip_into(example: dict, start: int, decision: clips_lib.Decision, out: dict, *, modalities,
@@ -261,7 +265,7 @@ def clip_into(example: dict, start: int, decision: clips_lib.Decision, out: dict
             cv2.merge([scaled("flow_x", i, cv2.IMREAD_GRAYSCALE), scaled("flow_y", i, cv2.IMREAD_GRAYSCALE)],
                       dst=target[t])
     if "object" in modalities:
-        target, grid = out["object"], tables["object"]
+        target, grid = out["object"], _nearest_map(side, size, flip)
         for t, i in enumerate(index):
             target[t] = cv2.remap(crop("object", i, cv2.IMREAD_GRAYSCALE), grid, None, cv2.INTER_NEAREST)
 
