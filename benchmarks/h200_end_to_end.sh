@@ -37,7 +37,8 @@ data() {
 
 inputbench() {  # the loader at the paper's clip shape, from records stored at Charades' 256 short side
   timed inputbench python3 benchmarks/input_pipeline.py --out "$WORK/inputbench" --videos 32 --stored-size 256 \
-      --flow tensor --frames 32 --size 224 --batch 16 --workers ${INPUT_WORKERS:-1,4,8,16} --seconds ${INPUT_SECONDS:-10} 
+      --flow tensor --frames 32 --size 224 --batch 16 --workers ${INPUT_WORKERS:-1,4,8,16} --seconds ${INPUT_SECONDS:-10} \
+      --stages ${INPUT_STAGES:-100}
 }
 
 run_model() {  # name, recipe, extra flags...

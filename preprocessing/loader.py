@@ -4,11 +4,13 @@ Same clips as the tf.data reader (`preprocessing.dataset.make_dataset`), from th
 (`preprocessing.clips.decide`), the same scaling (docs/CONTRACTS.md) and the same labels; what
 differs is how: records are found by their byte offsets (a scan of the TFRecord headers), parsed
 with `protobuf` (`schema.parse_native`), and only the frames of the clip are decoded, with OpenCV
-(`cv2.imdecode`, which releases the GIL). Each modality is cropped while still uint8, then resized in
-float32 with `cv2.resize(INTER_LINEAR)` (half-pixel centres, no antialiasing: tf.image.resize's
-bilinear up to float rounding, < 1e-4 in model units; the test states the tolerance), object
-masks with the nearest-neighbour rule of tf.image.resize (source index floor((i + 0.5) side / S),
-exact). Flow is resized once for both channels.
+(`cv2.imdecode`, which releases the GIL). Each image is cropped and flipped while still uint8, mapped
+to model units by a lookup table and resized in float32 with `cv2.resize(INTER_LINEAR)` straight into
+the batch (half-pixel centres, no antialiasing: tf.image.resize's bilinear up to float rounding,
+< 1e-4 in model units; the tests state the tolerance); object masks take tf.image.resize's
+nearest-neighbour pixels (source index floor((i + 0.5) side / S), exact) with one `cv2.remap`. Work
+per frame and image, never over a whole float32 clip: that and the PNG encoding of
+`schema.encode_png` made a worker 1.96x faster (BENCHMARKS.md, "Input pipeline").
 
 Workers: `workers=0` builds batches in the calling process. `workers=N` starts N processes (spawn,
 so it is safe after JAX has started threads); each builds whole batches into a shared-memory slot
@@ -26,6 +28,7 @@ tf.distribute).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import struct
@@ -191,56 +194,80 @@ def nearest_indices(side: int, size: int) -> np.ndarray:
     return np.minimum(np.floor((np.arange(size) + 0.5) * (side / size)).astype(np.int64), side - 1)
 
 
+@functools.lru_cache(maxsize=256)
+def _pixel_tables(side: int, size: int, flip: bool) -> dict:
+    """uint8 -> model units as cv2.LUT tables (float32 (1, 256, 1), read-only) per stored image, for a
+    crop of `side` resized to `size`:
+
+    - rgb: v -> v / 127.5 - 1;
+    - flow_x, flow_y: dequantize (preprocessing.flow: v -> v 40 / 255 - 20 px), times the resize
+      factor S / side (displacements scale with the image), / 20 for the model (docs/CONTRACTS.md);
+      with a flip x is negated (a mirrored video moves the other way).
+
+    The tables are affine maps, so looking them up on the uint8 crop before the bilinear resize gives
+    the values of resizing first (the resize weights sum to 1), up to float rounding; it is cheaper:
+    a crop is at most the resized size, and one lookup replaces a cast, a multiply and a subtraction."""
+    values = np.arange(256, dtype=np.float64)
+    flow = (values * (40.0 / 255.0) - 20.0) * (size / side / FLOW_SCALE)
+    tables = {"rgb": values / 127.5 - 1.0, "flow_x": -flow if flip else flow, "flow_y": flow}
+    tables = {key: table.astype(np.float32).reshape(1, 256, 1) for key, table in tables.items()}
+    for table in tables.values():
+        table.flags.writeable = False
+    return tables
+
+
+def _nearest_map(side: int, size: int, flip: bool) -> np.ndarray:
+    """int16 (S, S, 2) cv2.remap map of (x, y) source pixels in the crop: tf.image.resize's nearest
+    rule (`nearest_indices`), columns reversed when flipped (built per clip: 200 kB at 224^2)."""
+    pick = nearest_indices(side, size).astype(np.int16)
+    grid = np.empty((size, size, 2), np.int16)
+    grid[..., 0] = (pick[::-1] if flip else pick)[None, :]
+    grid[..., 1] = pick[:, None]
+    return grid
+
+
 def clip_into(example: dict, start: int, decision: clips_lib.Decision, out: dict, *, modalities,
-              frames: int, size: int) -> None:
-    """Decodes, crops, resizes and scales one clip into the preallocated `out[modality]` arrays."""
+              frames: int, size: int, decode=_decode) -> None:
+    """Decodes, crops, flips, scales and resizes one clip into the preallocated `out[modality]` arrays.
+
+    Frame by frame, each image: decode (uint8), crop (a view), flip (uint8, before the resize:
+    bilinear resizing with half-pixel centres is mirror-symmetric), uint8 -> model units by a lookup
+    table (`_pixel_tables`), bilinear resize, written into the output row (flow: x and y each, then
+    interleaved into the row). Object masks take their nearest-neighbour pixels with one cv2.remap
+    (crop, resize and flip at once), widened to int32 on the copy into the output. `decode(buffer,
+    cv2 flag)` is a hook for the input benchmark's per-stage timing."""
     import cv2
 
     index = clips_lib.frame_indices(start, frames, example["num_frames"])
     y0, x0, side, flip = decision.y0, decision.x0, decision.side, decision.flip
     rows, cols = slice(y0, y0 + side), slice(x0, x0 + side)
+    tables = _pixel_tables(side, size, flip)
 
-    def resize_into(image, target):
-        """uint8 crop -> float32 -> bilinear resize, written straight into `target`."""
-        image = image.astype(np.float32)
+    def crop(key, i, flag):
+        return decode(example[key][int(i)].bytes_list.value[0], flag)[rows, cols]
+
+    def scaled(key, i, flag, target=None):
+        """Frame i of `key`: crop -> (flip) -> table lookup (float32) -> bilinear resize (into `target`)."""
+        image = crop(key, i, flag)
+        if flip:
+            image = cv2.flip(image, 1)
         if side == size:
-            target[...] = image
-        else:
-            cv2.resize(image, (size, size), dst=target, interpolation=cv2.INTER_LINEAR)
-
-    def frame(key, i, flag):
-        return _decode(example[key][int(i)].bytes_list.value[0], flag)[rows, cols]
+            return cv2.LUT(image, tables[key], dst=target)
+        return cv2.resize(cv2.LUT(image, tables[key]), (size, size), dst=target, interpolation=cv2.INTER_LINEAR)
 
     if "rgb" in modalities:
         target = out["rgb"]
-        rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes to RGB directly
         for t, i in enumerate(index):
-            image = frame("rgb", i, rgb_flag if rgb_flag is not None else cv2.IMREAD_COLOR)
-            resize_into(image if rgb_flag is not None else image[..., ::-1], target[t])
-        target *= np.float32(1 / 127.5)  # [0, 255] -> [-1, 1], once for the whole clip
-        target -= np.float32(1.0)
-        if flip:
-            target[:] = target[:, :, ::-1]
+            scaled("rgb", i, cv2.IMREAD_COLOR_RGB, target[t])
     if "flow" in modalities:
         target = out["flow"]
-        for t, i in enumerate(index):  # x and y resized together, in one call
-            both = cv2.merge([frame("flow_x", i, cv2.IMREAD_GRAYSCALE), frame("flow_y", i, cv2.IMREAD_GRAYSCALE)])
-            resize_into(both, target[t])
-        # dequantize (preprocessing.flow: uint8 -> [-20, 20] px; linear, so after the resize), then
-        # scale displacements by the resize factor S / side, then / 20 for the model
-        scale = np.float32(size / side / FLOW_SCALE)
-        target *= np.float32(40.0 / 255.0) * scale
-        target -= np.float32(20.0) * scale
-        if flip:  # a mirrored video moves the other way: negate x
-            target[:] = target[:, :, ::-1]
-            target[..., 0] *= -1.0
+        for t, i in enumerate(index):  # one channel at a time: faster than 2-channel lookups and resizes
+            cv2.merge([scaled("flow_x", i, cv2.IMREAD_GRAYSCALE), scaled("flow_y", i, cv2.IMREAD_GRAYSCALE)],
+                      dst=target[t])
     if "object" in modalities:
-        target = out["object"]
-        pick = nearest_indices(side, size)
+        target, grid = out["object"], _nearest_map(side, size, flip)
         for t, i in enumerate(index):
-            target[t] = frame("object", i, cv2.IMREAD_GRAYSCALE)[np.ix_(pick, pick)]
-        if flip:
-            target[:] = target[:, :, ::-1]
+            target[t] = cv2.remap(crop("object", i, cv2.IMREAD_GRAYSCALE), grid, None, cv2.INTER_NEAREST)
 
 
 # -- batches -------------------------------------------------------------------------------

@@ -209,6 +209,66 @@ def test_both_readers_cut_the_same_evaluation_clips(tmp_path):
         assert all((c[1] == np.isin(np.arange(6), [1, 3])).all() for v in native.values() for c in v)
 
 
+@pytest.mark.parametrize("side, flip", [(40, True), (32, False), (32, True), (27, True), (45, False)])
+def test_a_clip_equals_tf_data_s_for_crops_up_down_and_equal_to_the_size(side, flip):
+    """clip_into against preprocessing.dataset.make_clip for one explicit window each: crops smaller
+    than, equal to and larger than the output size (side == size skips the resize), with and
+    without the flip (applied before the resize here, after it in tf.data)."""
+    import tensorflow as tf
+
+    from preprocessing.dataset import make_clip
+
+    serialized = _video(np.random.default_rng(side), "w1", frames=9, height=48, width=61)
+    decision = clips.Decision(starts=np.array([2], np.int32), y0=48 - side, x0=61 - side - 3, side=side, flip=flip)
+    expected, _ = make_clip(schema.parse_example(tf.constant(serialized), MODALITIES), tf.constant(2),
+                            tuple(tf.constant(v) for v in (decision.y0, decision.x0, side, flip)),
+                            modalities=MODALITIES, frames=6, size=32, dataset="charades", num_classes=6,
+                            whole_video_labels=False)
+    out = {"rgb": np.full((6, 32, 32, 3), np.nan, np.float32), "flow": np.full((6, 32, 32, 2), np.nan, np.float32),
+           "object": np.full((6, 32, 32), -1, np.int32)}
+    loader.clip_into(schema.parse_native(serialized, MODALITIES), 2, decision, out, modalities=MODALITIES,
+                     frames=6, size=32)
+    np.testing.assert_allclose(out["rgb"], expected["rgb"].numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(out["flow"], expected["flow"].numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_array_equal(out["object"], expected["object"].numpy())
+    assert np.abs(out["flow"]).max() > 0.1 and len(np.unique(out["object"])) > 20  # not a trivial clip
+
+
+def test_png_frames_are_written_unfiltered_and_older_records_give_the_same_clips(tmp_path, monkeypatch):
+    """schema.encode_png writes row filter 0 (none; the reader's speed depends on it, BENCHMARKS.md)
+    and records written before it, with OpenCV's default filters, still give identical clips."""
+    import struct
+    import zlib
+
+    import cv2
+
+    image = np.random.default_rng(0).normal(128, 20, (30, 41)).clip(0, 255).astype(np.uint8)
+    data = schema.encode_png(image)
+    width, height = struct.unpack(">II", data[16:24])
+    chunks, pos = b"", 8
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        chunks += data[pos + 8:pos + 8 + length] if kind == b"IDAT" else b""
+        pos += 12 + length
+    rows = np.frombuffer(zlib.decompress(chunks), np.uint8).reshape(height, width + 1)
+    assert (width, height) == (41, 30) and (rows[:, 0] == 0).all()
+    np.testing.assert_array_equal(rows[:, 1:], image)
+
+    (tmp_path / "new").mkdir()
+    (tmp_path / "old").mkdir()
+    new = _write_videos(tmp_path / "new", files=1)
+    monkeypatch.setattr(schema, "encode_png", lambda m: cv2.imencode(".png", np.ascontiguousarray(m))[1].tobytes())
+    old = _write_videos(tmp_path / "old", files=1)
+    assert Path(old[0]).read_bytes() != Path(new[0]).read_bytes()  # other PNG bytes...
+    common = dict(modalities=MODALITIES, frames=4, size=24, training=True, dataset="charades", num_classes=6,
+                  seed=5)
+    before, after = _native_clips(old, **common), _native_clips(new, **common)
+    assert sorted(before) == sorted(after) == ["vid00", "vid01", "vid02"]
+    for video in before:  # ...the same clips, exactly
+        for m in MODALITIES:
+            np.testing.assert_array_equal(before[video][0][0][m], after[video][0][0][m])
+
+
 @pytest.mark.slow
 def test_worker_processes_give_the_batches_of_the_inline_reader(tmp_path):
     files = _write_videos(tmp_path)
