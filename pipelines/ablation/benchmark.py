@@ -25,7 +25,8 @@ accuracy). The modalities carry the two factors unequally, like Charades' (Assem
   object depends on the motion (AssembleNet++ §3.4, "drinking" -> "cups"), which is what object
   connections and peer-attention can exploit.
 - Distractors: static, or drifting at a constant velocity (no class pattern); camera: a constant pan
-  of up to `camera_speed` px/frame (every pixel's flow shifts by it).
+  of up to `camera_pan` of the side over the clip (every pixel's flow shifts by it); the actor's
+  start is drawn so that its whole path stays in the frame.
 
 Splits: train / val / test of fixed sizes, each generated from its own stream of `seed` (so adding
 train clips changes no val clip), classes balanced and shuffled. `load_or_generate` caches the
@@ -83,7 +84,7 @@ class BenchmarkConfig:
     flow_noise: float = 0.5  # px, std of the Gaussian added to the exact motion field
     rgb_noise: float = 0.25  # std in [-1, 1] units
     colour_jitter: float = 0.12  # per object, in [-1, 1] units (vs TYPE_OFFSET)
-    camera_speed: float = 1.0  # px per frame, at most, per axis
+    camera_pan: float = 0.2  # the most the camera pans over a clip, per axis, as a fraction of the side
     clutter: int = 6  # static background blobs
 
     def __post_init__(self):
@@ -111,7 +112,8 @@ class BenchmarkConfig:
 class Split:
     """One split's arrays. rgb uint8 (N,T,S,S,3); flow float16 (N,T,S,S,2) in px/20; object uint8
     (N,T,S,S); labels int32 (N,); motion, object_type int32 (N,); actor_path float32 (N,T,2) (x, y in
-    px, camera included); mask_state uint8 (N, O, T) for the O object slots (slot 0 = actor; padded
+    px, camera included); camera float32 (N, 2) (the pan in px/frame: the scene moves by -camera in the
+    image); mask_state uint8 (N, O, T) for the O object slots (slot 0 = actor; padded
     slots are 255); slot_type int16 (N, O) (type index, -1 = no object)."""
 
     rgb: np.ndarray
@@ -121,6 +123,7 @@ class Split:
     motion: np.ndarray
     object_type: np.ndarray
     actor_path: np.ndarray
+    camera: np.ndarray
     mask_state: np.ndarray
     slot_type: np.ndarray
 
@@ -206,7 +209,7 @@ def _empty_split(config: BenchmarkConfig, labels: np.ndarray) -> Split:
                  object=np.empty((n, t_len, s, s), np.uint8), labels=labels,
                  motion=(labels // NUM_OBJECTS).astype(np.int32),
                  object_type=(labels % NUM_OBJECTS).astype(np.int32),
-                 actor_path=np.empty((n, t_len, 2), np.float32),
+                 actor_path=np.empty((n, t_len, 2), np.float32), camera=np.empty((n, 2), np.float32),
                  mask_state=np.full((n, slots, t_len), 255, np.uint8), slot_type=np.full((n, slots), -1, np.int16))
 
 
@@ -245,8 +248,11 @@ def generate_split(config: BenchmarkConfig, split: str, progress: bool = False, 
         for start in starts:
             place(start, _render_range(config, split, labels[start:start + chunk], start))
     else:
-        # spawn, not fork: the parent may hold JAX's threads, which a fork would copy mid-flight.
-        context = multiprocessing.get_context("spawn")
+        # Fork is fastest, but not once JAX runs threads in this process (a fork would copy them
+        # mid-flight); spawn then (it re-imports the main module: scripts need a __main__ guard).
+        import sys
+
+        context = multiprocessing.get_context("spawn" if "jax" in sys.modules else "fork")
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
             futures = {pool.submit(_render_range, config, split, labels[start:start + chunk], start): start
                        for start in starts}
@@ -261,8 +267,10 @@ def _render_clip(config: BenchmarkConfig, rng: np.random.Generator, out: Split, 
     frames = np.arange(t_len, dtype=np.float64)
     radius = config.radius * s
     amplitude = config.amplitude * s
-    camera_v = rng.uniform(-config.camera_speed, config.camera_speed, 2)
+    speed = config.camera_pan * s / t_len
+    camera_v = rng.uniform(-speed, speed, 2)
     camera = frames[:, None] * camera_v[None]  # (T, 2) px
+    out.camera[k] = camera_v
 
     # Background in world coordinates: a smooth gradient plus static clutter blobs, seen through the pan.
     base = rng.uniform(-0.6, 0.2, 3)
@@ -287,9 +295,11 @@ def _render_clip(config: BenchmarkConfig, rng: np.random.Generator, out: Split, 
     margin = radius + amplitude + 1
     objects = []  # (type, path (T+1, 2) image px)
     steps = np.arange(t_len + 1, dtype=np.float64)
-    start = rng.uniform(margin + amplitude, s - margin, 2)
-    # The image position is the world position minus the camera offset.
-    path = start[None] + actor_offset(motion, steps, t_len, amplitude) - steps[:, None] * camera_v[None]
+    # The image position is the world position minus the camera offset; the start keeps it all in frame.
+    relative = actor_offset(motion, steps, t_len, amplitude) - steps[:, None] * camera_v[None]
+    low, high = radius + 1 - relative.min(0), s - radius - 1 - relative.max(0)
+    start = rng.uniform(np.minimum(low, high), np.maximum(low, high))
+    path = start[None] + relative
     objects.append((obj, path))
     for _ in range(n_distractors):
         kind = int(rng.integers(NUM_OBJECTS))
