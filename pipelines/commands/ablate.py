@@ -47,7 +47,7 @@ def register(subparsers):
     parser.add_argument("--out", required=True, help="output folder: results.jsonl, tables, results.md, report/")
     parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="training seeds (default: 0,1,2)")
     budget = parser.add_argument_group("budget (the same for every row)")
-    budget.add_argument("--steps", type=_positive, help="training steps per model (default: 600)")
+    budget.add_argument("--steps", type=_positive, help="training steps per model (default: 1500)")
     budget.add_argument("--batch-size", type=_positive, help="clips per step (default: 32)")
     budget.add_argument("--learning-rate", type=float, help="peak learning rate (default: 0.4)")
     budget.add_argument("--frames", type=_positive, help="frames per clip (default: 16)")
