@@ -210,3 +210,13 @@ def test_objects_suite_with_real_training(tmp_path):
     stored = runner.ResultStore(tmp_path / runner.STORE).suite_rows("objects")
     assert {len(r["edge_weights"]) for r in stored} == {6} and all(r["steps"] == 2 for r in stored)
     assert (tmp_path / "report" / "ablation_objects.png").exists()
+
+
+def test_modalities_suite_small(tmp_path):
+    trainer = FakeTrainer()
+    tables = run(tmp_path, ["modalities"], trainer, seeds=(0, 1, 2), report=False)
+    assert [r["variant"] for r in tables["modalities"]] == ["rgb", "flow", "object", "rgb + flow",
+                                                           "rgb + flow + object"]
+    assert all(r["n"] == 3 and r["paper"] is None for r in tables["modalities"])
+    seen = [c["structure"].modalities for c in trainer.calls[::3]]
+    assert seen == [("rgb",), ("flow",), ("object",), ("rgb", "flow"), ("rgb", "flow", "object")]
