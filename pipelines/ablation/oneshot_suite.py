@@ -6,23 +6,31 @@ softmax(h)), learning σ(w) and h with the convolutions, on the benchmark's trai
 weights are then pruned as the project's search does (model.pruning.prune_weights): connections with
 σ(w) ≤ 0.2 go (§4.1), each block keeps its argmax-h peer (§3.5).
 
-Row per seed: `score` (the one-shot model on the validation split), `edges_searched`, `edges_kept`,
-`edges_removed` (and the fraction removed), `object_edges_kept`, `peers` {block: argmax peer} and the
-pruned structure. Over the seeds (OUT/oneshot/summary.json, summary.csv, oneshot.png):
+Rows, per seed (`score`: top-1 on the test split, which no decision here looks at):
 
-    removed            edges removed by pruning at σ(w) > 0.2, mean ± std over seeds
+    one-shot search   the trained search model itself (all connections, softmax(h) over all peers);
+                      also `edges_searched`, `edges_kept`, `edges_removed`, `removed_fraction`,
+                      `object_edges_kept`, `peers` {block: argmax peer}, the pruned structure
+    pruned (peer)     that pruned structure retrained with attention="peer" (§3.5: "we can either
+                      prune the connections by only leaving the argmax over h_k or leave them with
+                      softmax. We confirmed that they do not make different in practice")
+
+Over the seeds (OUT/oneshot/summary.json, summary.csv, summary.md, oneshot.png):
+
+    removed            connections removed by pruning at σ(w) > 0.2, mean ± std over seeds
     peers_all_agree    fraction of blocks whose argmax peer is the same in every seed
     peers_pairwise     mean over seed pairs of the fraction of blocks with the same argmax peer
-    peer_chance        the pairwise agreement of peers drawn uniformly at random (1/|P| per block,
-                       averaged), the level that says "no better than chance"
+    peer_chance        the pairwise agreement of peers drawn uniformly at random (mean over blocks of
+                       1/|P_i|), the level that means "no better than chance"
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,34 +39,24 @@ import numpy as np
 from model.oneshot import over_connected
 from model.pruning import prune_weights
 from model.structure import Structure, get_structure
+from pipelines.ablation.runner import suite
 
 THRESHOLD = 0.2  # AssembleNet++ §4.1: connections with σ(w) > 0.2 are kept
-# The harness's key for the learned softmax(h) per block ({block: {peer: weight}}).
-ATTENTION_KEYS = ("attention_weights", "attention")
+LAYOUT = "tiny"  # the project's small three-modality layout (Table 1 of the supplementary, scaled down)
+SEARCH, PRUNED = "one-shot search", "pruned (peer)"
 
 
-def _harness():
-    from pipelines.ablation import harness  # looked up at call time (tests count the trainings)
-
-    return harness
-
-
-def learned_attention(result: Mapping[str, Any]) -> dict[str, dict[str, float]]:
-    for key in ATTENTION_KEYS:
-        if result.get(key):
-            return {str(b): {str(p): float(v) for p, v in row.items()} for b, row in result[key].items()}
-    raise ValueError(f"harness result has no learned peer-attention weights (looked for {ATTENTION_KEYS}; "
-                     f"got keys {sorted(result)}): was it trained with attention='search'?")
-
-
-def run_oneshot(seed: int, *, bench, budget, layout: str | Structure = "tiny",
+def run_oneshot(seed: int, *, train: Callable[..., dict], layout: str | Structure = LAYOUT,
                 threshold: float = THRESHOLD) -> dict[str, Any]:
-    """One one-shot search: train the over-connected `layout` with attention='search', prune it."""
+    """One one-shot search: train the over-connected `layout` with attention='search', prune it.
+    `train(structure, **kwargs)` is the harness with bench and budget bound."""
     supernet = over_connected(get_structure(layout))
-    result = _harness().train_and_score(supernet, bench, attention="search", seed=seed, budget=budget,
-                                        eval_split="val")
+    result = train(supernet, attention="search", seed=seed, eval_split="test")
     weights = {str(i): {str(j): float(w) for j, w in row.items()} for i, row in result["edge_weights"].items()}
-    attention = learned_attention(result)
+    attention = {str(b): {str(p): float(v) for p, v in row.items()}
+                 for b, row in result["attention_weights"].items()}
+    if not attention:
+        raise ValueError("the harness returned no learned peer-attention weights for attention='search'")
     final = prune_weights(supernet, weights, attention, threshold=threshold, name=f"{supernet.name}_seed{seed}")
     objects = {n.index for n in supernet.stems if n.modality == "object"}
     searched, kept = len(supernet.edges()), len(final.edges())
@@ -68,6 +66,35 @@ def run_oneshot(seed: int, *, bench, budget, layout: str | Structure = "tiny",
             "object_edges_kept": sum(1 for j, _ in final.edges() if j in objects),
             "peers": {str(n.index): n.peer for n in final.blocks},
             "edge_weights": weights, "attention_weights": attention, "final_structure": final.to_json()}
+
+
+def run_pruned(search_row: Mapping[str, Any], seed: int, *, train: Callable[..., dict]) -> dict[str, Any]:
+    """The pruned structure of one search, retrained with its argmax peers (attention='peer')."""
+    structure = Structure.from_json(search_row["final_structure"])
+    result = train(structure, attention="peer", seed=seed, eval_split="test")
+    return {"score": float(result["score"]), "params": result.get("params"), "seconds": result.get("seconds")}
+
+
+@suite("oneshot", title="AssembleNet++ §3.5: the one-shot attention search, pruning and peer agreement",
+       paper_source="AssembleNet++ reports no count of pruned connections and no seed study; §3.5 says "
+                    "the argmax-pruned and the softmax models perform the same",
+       metric="top-1 accuracy on the test split", order=(SEARCH, PRUNED))
+def oneshot_suite(ctx) -> None:
+    run_suite(ctx, LAYOUT)
+
+
+def run_suite(ctx, layout: str | Structure = LAYOUT) -> dict[str, Any]:
+    """A search and its pruned model per seed through `ctx.run`; then the summary over the seeds."""
+    layout = get_structure(layout)
+    ctx.expect(2 * len(ctx.seeds))
+    rows = []
+    for seed in ctx.seeds:
+        row = ctx.run(f"search/seed{seed}", functools.partial(run_oneshot, seed, train=ctx.train, layout=layout),
+                      variant=SEARCH, seed=seed)
+        ctx.run(f"pruned/seed{seed}", functools.partial(run_pruned, row, seed, train=ctx.train),
+                variant=PRUNED, seed=seed)
+        rows.append(row)
+    return write_summary(rows, layout, ctx.out)
 
 
 # -- over the seeds ------------------------------------------------------------------------------------
@@ -97,16 +124,20 @@ def chance_agreement(layout: Structure) -> float:
     return float(np.mean([1.0 / len(layout.peers(n.index)) for n in layout.blocks]))
 
 
+def _std(values) -> float:
+    """Standard deviation over seeds with ddof 1, as the runner's tables (NaN for one seed)."""
+    values = np.asarray(values, dtype=float)
+    return float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+
+
 def summarize(rows: Sequence[Mapping[str, Any]], layout: Structure) -> dict[str, Any]:
-    """The suite's figures over its seeds (see the module docstring)."""
-    removed = np.array([float(r["edges_removed"]) for r in rows])
-    fraction = np.array([float(r["removed_fraction"]) for r in rows])
-    scores = np.array([float(r["score"]) for r in rows])
+    """The suite's figures over its search rows (see the module docstring)."""
+    removed = [float(r["edges_removed"]) for r in rows]
+    fraction = [float(r["removed_fraction"]) for r in rows]
     out = {"layout": layout.name, "threshold": rows[0]["threshold"], "seeds": [r["seed"] for r in rows],
            "edges_searched": rows[0]["edges_searched"],
-           "removed": {"per_seed": removed.tolist(), "mean": float(removed.mean()), "std": float(removed.std())},
-           "removed_fraction": {"mean": float(fraction.mean()), "std": float(fraction.std())},
-           "val_score": {"mean": float(scores.mean()), "std": float(scores.std())},
+           "removed": {"per_seed": removed, "mean": float(np.mean(removed)), "std": _std(removed)},
+           "removed_fraction": {"mean": float(np.mean(fraction)), "std": _std(fraction)},
            "peer_chance": chance_agreement(over_connected(layout))}
     if len(rows) >= 2:
         agreement = peer_agreement({r["seed"]: r["peers"] for r in rows})
@@ -115,21 +146,42 @@ def summarize(rows: Sequence[Mapping[str, Any]], layout: Structure) -> dict[str,
     return out
 
 
+COLUMNS = ("seed", "score", "edges_searched", "edges_kept", "edges_removed", "removed_fraction",
+           "object_edges_kept")
+
+
+def summary_markdown(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> str:
+    lines = [f"One-shot search of `{summary['layout']}` ({summary['edges_searched']} connections), pruned at "
+             f"σ(w) > {summary['threshold']:g}:", "",
+             "| seed | test top-1 of the search model | kept | removed | object edges kept |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['seed']} | {100 * float(r['score']):.2f} | {r['edges_kept']} | {r['edges_removed']} "
+                     f"| {r['object_edges_kept']} |")
+    removed = summary["removed"]
+    lines += ["", f"Removed: {removed['mean']:.2f} ± {removed['std']:.2f} of {summary['edges_searched']} "
+              f"({100 * summary['removed_fraction']['mean']:.1f}% ± {100 * summary['removed_fraction']['std']:.1f}%)."]
+    if "peers_all_agree" in summary:
+        lines.append(f"Argmax peers: the same in every seed for {100 * summary['peers_all_agree']:.0f}% of the "
+                     f"{summary['peers']['blocks']} blocks; pairwise agreement {100 * summary['peers_pairwise']:.0f}% "
+                     f"(chance {100 * summary['peer_chance']:.0f}%).")
+    return "\n".join(lines) + "\n"
+
+
 def write_summary(rows: Sequence[Mapping[str, Any]], layout: Structure, folder: str | Path) -> dict[str, Any]:
-    """summary.json, summary.csv (one line per seed, then mean and std) and oneshot.png in `folder`."""
+    """summary.json, summary.md, summary.csv (a line per seed, then mean and std) and oneshot.png."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows, layout)
     (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    columns = ["seed", "score", "edges_searched", "edges_kept", "edges_removed", "removed_fraction",
-               "object_edges_kept"]
+    (folder / "summary.md").write_text(summary_markdown(rows, summary))
     with open(folder / "summary.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(columns)
+        writer.writerow(COLUMNS)
         for r in rows:
-            writer.writerow([r[c] for c in columns])
-        for name, reduce in (("mean", np.mean), ("std", np.std)):
-            writer.writerow([name] + [f"{reduce([float(r[c]) for r in rows]):.6g}" for c in columns[1:]])
+            writer.writerow([r[c] for c in COLUMNS])
+        for name, reduce in (("mean", np.mean), ("std", _std)):
+            writer.writerow([name] + [f"{reduce([float(r[c]) for r in rows]):.6g}" for c in COLUMNS[1:]])
     plot_oneshot(rows, summary, folder / "oneshot.png")
     return summary
 
