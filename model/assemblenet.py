@@ -59,12 +59,12 @@ def _match_input(x, *, target_stride, source_stride, width, name):
 def check_peers(structure: Structure, attention: str, default_peers: bool = False) -> None:
     """`peer` attention needs each block's peer; the papers take them from the one-shot search
     (argmax h, AssembleNet++ §3.5), so a structure without them is refused unless `default_peers`."""
-    if attention != "peer" or default_peers:
+    if attention not in ("peer", "conv") or default_peers:
         return
     missing = [n.index for n in structure.blocks if n.peer is None]
     if missing:
         raise ValueError(
-            f"structure {structure.name!r}: attention 'peer' needs a peer for every block, and blocks "
+            f"structure {structure.name!r}: attention {attention!r} needs a peer for every block, and blocks "
             f"{missing} have none. Peers come from the one-shot attention search (AssembleNet++ §3.5): run "
             f"`assemblenet search --structure {structure.name} ...` and train its final_structure.json "
             "with --attention peer, or pass --default-peers to use the project's default peers "
@@ -101,7 +101,8 @@ def build_assemblenet(structure, num_classes: int, *, attention: str = "none", d
         width = structure.fused_channels(i)
         matched = [_match_input(outputs[j], target_stride=fused_stride, source_stride=strides[j],
                                 width=width, name=f"block{i}_from{j}") for j in node.inputs]
-        x = _fuse(structure, node, matched, outputs, attention=attention, width=width)
+        x = _fuse(structure, node, matched, outputs, attention=attention, width=width,
+                  strides=(strides, fused_stride))
         x = apply_block(x, node, repeats=structure.repeats[node.level - 1],
                         width=structure.level_widths[node.level - 1], name=f"block{i}")
         if node.cell is not None:
@@ -114,8 +115,10 @@ def build_assemblenet(structure, num_classes: int, *, attention: str = "none", d
     return keras.Model(inputs, logits, name=name or structure.name)
 
 
-def _fuse(structure: Structure, node, matched, outputs: Mapping[int, object], *, attention, width):
-    """Eq. 1 (none), Eq. 3 (static/self/peer) or Eq. 4 (search) of AssembleNet++."""
+def _fuse(structure: Structure, node, matched, outputs: Mapping[int, object], *, attention, width, strides):
+    """Eq. 1 (none), Eq. 3 (static/self/peer) or Eq. 4 (search) of AssembleNet++; `conv`: Table 4's
+    1x1 convolution of the peer added to the fused input. `strides`: (every node's cumulative stride,
+    the fused input's)."""
     i = node.index
     if attention == "self":
         # The source of each connection's attention is the connection itself (x_k = x_j).
@@ -131,6 +134,16 @@ def _fuse(structure: Structure, node, matched, outputs: Mapping[int, object], *,
     if attention == "peer":
         peer = node.peer if node.peer is not None else default_peer(structure, i)
         return ChannelAttention("peer", width, name=f"block{i}_attention")([fused, outputs[peer]])
+    if attention == "conv":
+        peer = node.peer if node.peer is not None else default_peer(structure, i)
+        source = outputs[peer]
+        node_strides, fused_stride = strides
+        if node_strides[peer] < fused_stride:  # parameter-free resampling to the fused input's size
+            source = SpatialMaxPool(fused_stride // node_strides[peer], name=f"block{i}_conv_pool")(source)
+        elif node_strides[peer] > fused_stride:
+            factor = node_strides[peer] // fused_stride
+            source = keras.layers.UpSampling3D((1, factor, factor), name=f"block{i}_conv_up")(source)
+        return ChannelAttention("conv", width, name=f"block{i}_attention")([fused, source])
     peers = structure.peers(i)
     return ChannelAttention("search", width, num_peers=len(peers), name=f"block{i}_attention")(
         [fused] + [outputs[p] for p in peers])

@@ -6,7 +6,7 @@
 - `VideoConv`: a factorised video convolution (per-frame 2D, temporal 1D or 1x1x1) lowered to the
   2D convolutions and matrix products accelerators run fastest.
 - `ChannelAttention`: channel-wise attention σ(FC(GAP(x_k))) per frame (AssembleNet++ Eq. 2) in the
-  modes static / self / peer / search (Eq. 3–4).
+  modes static / self / peer / search (Eq. 3–4), and `conv`, Table 4's "1x1 conv. instead of attention".
 - `SpatialMaxPool`: a (1, p, p) max pool with stride p, as a reshape and a max where the sides divide.
 - `BatchNorm`: Keras's BatchNormalization with an optional ReLU and a training path that reads and
   writes fewer bytes (the same function and gradient).
@@ -17,7 +17,9 @@ Tensors are channels-last video: (batch, time, height, width, channels).
 import keras
 from keras import ops
 
-ATTENTION_MODES = ("none", "static", "self", "peer", "search")
+# `conv` is not attention: AssembleNet++ Table 4's control, a 1x1 convolution with the parameters of the
+# peer-attention FC (see ChannelAttention).
+ATTENTION_MODES = ("none", "static", "self", "peer", "search", "conv")
 # Spatial convolutions on fewer input channels are zero-padded to this many (see `VideoConv`).
 MIN_CONV_CHANNELS = 8
 
@@ -157,6 +159,11 @@ class ChannelAttention(keras.layers.Layer):
       since f is linear before σ and GAP is linear, f(GAP(Σ_p softmax(h)_p x_p)) is computed as
       Σ_p softmax(h)_p f_p(GAP(x_p)), one FC per peer so peers of any width and size can be mixed.
       After the search the argmax peer's FC is exactly the `peer` model's FC.
+    - `conv`:   `[x, x_k]`, x_k already at x's spatial size; returns x + FC(x_k) applied per pixel: a 1x1
+      convolution of the peer with exactly the `peer` mode's parameters (C_k·C + C), in place of the
+      attention. AssembleNet++ Table 4 compares peer-attention with "a 1x1 convolutional layer instead
+      of attention" of identical parameter count; which tensor that layer reads is not said, so it reads
+      the same peer (the project's choice, docs/ablations.md).
     h is a trainable weight (zeros → uniform softmax); it receives gradients through the softmax.
     """
 
@@ -172,7 +179,7 @@ class ChannelAttention(keras.layers.Layer):
         self.channels = int(channels)
         self.num_peers = int(num_peers)
         self.fcs = []
-        if mode in ("self", "peer"):
+        if mode in ("self", "peer", "conv"):
             self.fcs = [keras.layers.Dense(self.channels, name="fc", dtype=self.dtype_policy)]
         elif mode == "search":
             self.fcs = [keras.layers.Dense(self.channels, name=f"fc_{p}", dtype=self.dtype_policy)
@@ -186,7 +193,7 @@ class ChannelAttention(keras.layers.Layer):
     def build(self, input_shape):
         if input_shape[0][-1] != self.channels:
             raise ValueError(f"{self.name}: x has {input_shape[0][-1]} channels, expected {self.channels}")
-        expected = {"static": 1, "self": 1, "peer": 2, "search": 1 + self.num_peers}[self.mode]
+        expected = {"static": 1, "self": 1, "peer": 2, "conv": 2, "search": 1 + self.num_peers}[self.mode]
         if len(input_shape) != expected:
             raise ValueError(f"{self.name}: mode {self.mode!r} takes {expected} inputs, got {len(input_shape)}")
         if self.mode == "static":
@@ -202,6 +209,11 @@ class ChannelAttention(keras.layers.Layer):
         if self.mode == "static":
             gate = ops.reshape(ops.sigmoid(ops.cast(self.v, self.compute_dtype)), (1, 1, 1, 1, self.channels))
             return x * gate
+        if self.mode == "conv":
+            if tuple(inputs[1].shape[2:4]) != tuple(x.shape[2:4]):
+                raise ValueError(f"{self.name}: conv mode needs the source at x's spatial size, got "
+                                 f"{inputs[1].shape} for x {x.shape}")
+            return x + self.fcs[0](inputs[1])
         # GAP over space, per frame: (B, T, C_k).
         pooled = [ops.mean(s, axis=(2, 3)) for s in self._sources(inputs)]
         if self.mode == "search":

@@ -84,7 +84,7 @@ def model_summary(structure, *, attention="none", default_peers=False, frames=32
         "gflops": round(flops / 1e9, 3),
         "blocks": len(structure.blocks),
         "edges": len(structure.edges()),
-        "dead_blocks": structure.dead(via_peers=attention == "peer"),
+        "dead_blocks": structure.dead(via_peers=attention in ("peer", "conv")),
         "sink": structure.sink,
         "peers": {str(n.index): n.peer for n in structure.blocks if n.peer is not None},
         "cells": cells,

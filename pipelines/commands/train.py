@@ -50,7 +50,7 @@ def add_input_flags(parser) -> None:
 # Written out rather than read from TrainConfig so that `--help` imports no Keras; a test keeps
 # the two in step. Unset flags take TrainConfig's defaults.
 FLAGS = {
-    "attention": (str, ("none", "static", "self", "peer", "search"), "none",
+    "attention": (str, ("none", "static", "self", "peer", "search", "conv"), "none",
                   "connection attention (AssembleNet++ §3.4-3.5)"),
     "default_peers": (bool, None, False, "with --attention peer on a structure without peers, use the "
                       "project's default peers instead of failing (the papers' come from `assemblenet search`)"),

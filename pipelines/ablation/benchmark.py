@@ -1,0 +1,334 @@
+"""The controlled benchmark of the ablations: clips made in memory, each claim testable by construction.
+
+Why not the synthetic videos of preprocessing/synthetic.py: those go through mp4, TV-L1 and
+TFRecords, and TensorFlow's input pipeline; the ablations train hundreds of small models, so their
+clips live in memory as numpy arrays (and the GPU machine, JAX only, has no TensorFlow).
+
+A clip (T frames of S x S) shows one *actor* and 2-3 *distractors*, all small discs, over a cluttered
+background, seen by a panning camera. Its class is (motion pattern of the actor) x (object type of the
+actor): `label = motion * NUM_OBJECTS + object` (4 x 3 = 12 classes, single label, scored by top-1
+accuracy). The modalities carry the two factors unequally, like Charades' (AssembleNet++ §3.2, §4.1):
+
+- RGB (float [-1, 1]): every object is a disc of the clip's random colour; the types differ only by a
+  small brightness offset (`TYPE_OFFSET`) under a larger per-object jitter, so the type is hard to
+  see; the motion is there but faint (low contrast, pixel noise, clutter, camera pan).
+- Flow (pixels / 20, x then y, as docs/CONTRACTS.md): the generator's exact motion field (object
+  velocity + camera pan on object pixels, camera pan elsewhere) plus Gaussian noise. No TV-L1 in the
+  loop: the ablations ask what the *model* does with motion, not how well TV-L1 recovers it at 32 px,
+  and TV-L1 on thousands of clips would cost more than the trainings. So the motion pattern is clear,
+  but flow says nothing about the object type.
+- Object masks (int class ids, 0..150 as the object stem takes): the type is clear (its id), but
+  noisy like an off-the-shelf segmenter's (AssembleNet++ Fig. 3): per object and frame the object is
+  missed (`miss_rate`) or given another type's id (`wrong_label_rate`), and its outline is jittered
+  (`boundary_jitter`); clutter is labelled with non-object ids. Distractors are of the same types as
+  actors, so which type matters depends on which object moves in a class pattern: the informative
+  object depends on the motion (AssembleNet++ §3.4, "drinking" -> "cups"), which is what object
+  connections and peer-attention can exploit.
+- Distractors: static, or drifting at a constant velocity (no class pattern); camera: a constant pan
+  of up to `camera_speed` px/frame (every pixel's flow shifts by it).
+
+Splits: train / val / test of fixed sizes, each generated from its own stream of `seed` (so adding
+train clips changes no val clip), classes balanced and shuffled. `load_or_generate` caches the
+arrays under a hash of the config; `python -m pipelines.ablation.benchmark --out DIR --seed S`
+regenerates the whole benchmark and prints its oracle check (`oracle_check`: a softmax-regression
+probe per modality, measured, see docs/ablations.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Motion patterns of the actor (the motion factor of the class). Each is periodic with two cycles a clip.
+MOTIONS = ("horizontal oscillation", "vertical oscillation", "clockwise circle", "counter-clockwise circle")
+# Object types (the object factor): (name, mask class id). Ids are ADE20K indices; which real category
+# an id denotes does not matter, only that the masks separate look-alike objects.
+OBJECTS = (("cup", 42), ("bottle", 99), ("book", 68))
+NUM_MOTIONS = len(MOTIONS)
+NUM_OBJECTS = len(OBJECTS)
+NUM_CLASSES = NUM_MOTIONS * NUM_OBJECTS
+OBJECT_IDS = tuple(i for _, i in OBJECTS)
+CLUTTER_IDS = (1, 4, 8, 24)  # wall, floor, bed, cabinet-like "stuff" the segmenter also labels
+# RGB brightness offset of each object type (in [-1, 1] units) against a per-object jitter of
+# `colour_jitter`: the type is barely visible in RGB.
+TYPE_OFFSET = (-0.06, 0.0, 0.06)
+SPLITS = ("train", "val", "test")
+# Mask noise states recorded per object and frame.
+MASK_OK, MASK_MISSED, MASK_WRONG = 0, 1, 2
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+    """Everything the benchmark depends on; two equal configs give identical arrays."""
+
+    seed: int = 0
+    frames: int = 16
+    size: int = 64
+    train_clips: int = 3072
+    val_clips: int = 768
+    test_clips: int = 768
+    distractors: tuple[int, int] = (2, 3)  # per clip, inclusive range
+    static_distractor_fraction: float = 0.5
+    radius: float = 0.09  # of the frame side
+    amplitude: float = 0.12  # of the frame side: the actor's oscillation / circle radius
+    miss_rate: float = 0.2  # per object and frame: absent from the mask
+    wrong_label_rate: float = 0.15  # per object and frame: another object type's id
+    boundary_jitter: int = 1  # px: the mask outline's radius and centre are off by up to this
+    flow_noise: float = 0.5  # px, std of the Gaussian added to the exact motion field
+    rgb_noise: float = 0.25  # std in [-1, 1] units
+    colour_jitter: float = 0.12  # per object, in [-1, 1] units (vs TYPE_OFFSET)
+    camera_speed: float = 1.0  # px per frame, at most, per axis
+    clutter: int = 6  # static background blobs
+
+    def __post_init__(self):
+        if self.frames < 2 or self.size < 8:
+            raise ValueError(f"BenchmarkConfig: frames={self.frames} must be >= 2 and size={self.size} >= 8")
+        for name in ("train_clips", "val_clips", "test_clips"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"BenchmarkConfig.{name}={getattr(self, name)} must be >= 1")
+        low, high = self.distractors
+        if not 0 <= low <= high:
+            raise ValueError(f"BenchmarkConfig.distractors={self.distractors}: expected 0 <= low <= high")
+        if not (0 <= self.miss_rate and 0 <= self.wrong_label_rate and self.miss_rate + self.wrong_label_rate <= 1):
+            raise ValueError(f"BenchmarkConfig: miss_rate={self.miss_rate} and wrong_label_rate="
+                             f"{self.wrong_label_rate} must be >= 0 and sum to <= 1")
+
+    def clips(self, split: str) -> int:
+        return {"train": self.train_clips, "val": self.val_clips, "test": self.test_clips}[split]
+
+    def digest(self) -> str:
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+@dataclasses.dataclass
+class Split:
+    """One split's arrays. rgb uint8 (N,T,S,S,3); flow float16 (N,T,S,S,2) in px/20; object uint8
+    (N,T,S,S); labels int32 (N,); motion, object_type int32 (N,); actor_path float32 (N,T,2) (x, y in
+    px, camera included); mask_state uint8 (N, O, T) for the O object slots (slot 0 = actor; padded
+    slots are 255); slot_type int16 (N, O) (type index, -1 = no object)."""
+
+    rgb: np.ndarray
+    flow: np.ndarray
+    object: np.ndarray
+    labels: np.ndarray
+    motion: np.ndarray
+    object_type: np.ndarray
+    actor_path: np.ndarray
+    mask_state: np.ndarray
+    slot_type: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class Benchmark:
+    """The three splits of one config, with model inputs in the layout of docs/CONTRACTS.md."""
+
+    num_classes = NUM_CLASSES
+
+    def __init__(self, config: BenchmarkConfig, splits: dict[str, Split]):
+        self.config = config
+        self.splits = splits
+
+    @property
+    def frames(self) -> int:
+        return self.config.frames
+
+    @property
+    def size(self) -> int:
+        return self.config.size
+
+    def inputs(self, split: str, index, modalities=("rgb", "flow", "object")) -> dict[str, np.ndarray]:
+        """Model inputs of clips `index` of `split`: rgb float32 in [-1, 1], flow float32 px/20, object int32."""
+        data = self.splits[split]
+        out = {}
+        for m in modalities:
+            if m == "rgb":
+                out[m] = data.rgb[index].astype(np.float32) / 127.5 - 1.0
+            elif m == "flow":
+                out[m] = data.flow[index].astype(np.float32)
+            elif m == "object":
+                out[m] = data.object[index].astype(np.int32)
+            else:
+                raise ValueError(f"unknown modality {m!r}; expected rgb, flow or object")
+        return out
+
+    def labels(self, split: str) -> np.ndarray:
+        return self.splits[split].labels
+
+    def describe(self) -> dict[str, Any]:
+        return {"config": dataclasses.asdict(self.config), "digest": self.config.digest(),
+                "classes": class_names(), "clips": {s: len(self.splits[s]) for s in self.splits},
+                "metric": "top-1 accuracy (single label, 12 balanced classes; chance 1/12)"}
+
+
+def class_names() -> list[str]:
+    return [f"{OBJECTS[o][0]}: {MOTIONS[m]}" for m in range(NUM_MOTIONS) for o in range(NUM_OBJECTS)]
+
+
+def label_of(motion, object_type):
+    """The class of (motion, object type): motion-major, as `class_names`."""
+    return np.asarray(motion) * NUM_OBJECTS + np.asarray(object_type)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation.
+
+def actor_offset(motion: int, t: np.ndarray, frames: int, amplitude: float) -> np.ndarray:
+    """(len(t), 2) displacement (x, y) of an actor with `motion` at frames t: two cycles per clip."""
+    phase = 2 * np.pi * 2 * np.asarray(t, np.float64) / frames
+    if motion == 0:
+        return np.stack([amplitude * np.sin(phase), np.zeros_like(phase)], -1)
+    if motion == 1:
+        return np.stack([np.zeros_like(phase), amplitude * np.sin(phase)], -1)
+    sign = 1.0 if motion == 2 else -1.0  # image y points down: clockwise on screen is +angle
+    return np.stack([amplitude * np.cos(phase) - amplitude, sign * amplitude * np.sin(phase)], -1)
+
+
+def _split_rng(seed: int, split: str) -> np.random.Generator:
+    return np.random.default_rng([int(seed), SPLITS.index(split), 0xAB1A7E])
+
+
+def generate_split(config: BenchmarkConfig, split: str, progress: bool = False) -> Split:
+    from tqdm import tqdm
+
+    n, t_len, s = config.clips(split), config.frames, config.size
+    rng = _split_rng(config.seed, split)
+    labels = rng.permutation(np.arange(n) % NUM_CLASSES).astype(np.int32)
+    slots = 1 + config.distractors[1]
+    out = Split(rgb=np.empty((n, t_len, s, s, 3), np.uint8), flow=np.empty((n, t_len, s, s, 2), np.float16),
+                object=np.empty((n, t_len, s, s), np.uint8), labels=labels,
+                motion=(labels // NUM_OBJECTS).astype(np.int32), object_type=(labels % NUM_OBJECTS).astype(np.int32),
+                actor_path=np.empty((n, t_len, 2), np.float32),
+                mask_state=np.full((n, slots, t_len), 255, np.uint8), slot_type=np.full((n, slots), -1, np.int16))
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    for k in tqdm(range(n), desc=f"benchmark {split}", disable=not progress, leave=False):
+        _render_clip(config, rng, out, k, xx, yy)
+    return out
+
+
+def _render_clip(config: BenchmarkConfig, rng: np.random.Generator, out: Split, k: int, xx, yy) -> None:
+    t_len, s = config.frames, config.size
+    frames = np.arange(t_len, dtype=np.float64)
+    radius = config.radius * s
+    amplitude = config.amplitude * s
+    camera_v = rng.uniform(-config.camera_speed, config.camera_speed, 2)
+    camera = frames[:, None] * camera_v[None]  # (T, 2) px
+
+    # Background in world coordinates: a smooth gradient plus static clutter blobs, seen through the pan.
+    base = rng.uniform(-0.6, 0.2, 3)
+    grad = rng.uniform(-0.2, 0.2, (2, 3))
+    clutter = [(rng.uniform(-s * 0.2, s * 1.2, 2), rng.uniform(0.06, 0.18) * s, rng.uniform(-0.8, 0.8, 3),
+                int(rng.choice(CLUTTER_IDS))) for _ in range(config.clutter)]
+    # World coordinates of every pixel per frame: pixel + camera offset (the camera moves by camera_v).
+    wx = xx[None] + camera[:, 0, None, None].astype(np.float32)  # (T, S, S)
+    wy = yy[None] + camera[:, 1, None, None].astype(np.float32)
+    rgb = base[None, None, None] + (wx[..., None] / s) * grad[0] + (wy[..., None] / s) * grad[1]
+    mask = np.zeros((t_len, s, s), np.uint8)
+    for centre, r, colour, cid in clutter:
+        inside = (wx - centre[0]) ** 2 + (wy - centre[1]) ** 2 <= r * r
+        rgb[inside] = colour
+        mask[inside] = cid
+    # Flow of the background: the scene moves by -camera_v in the image.
+    flow = np.broadcast_to(-camera_v.astype(np.float32), (t_len, s, s, 2)).copy()
+
+    motion, obj = int(out.motion[k]), int(out.object_type[k])
+    clip_colour = rng.uniform(-0.5, 0.9, 3)
+    n_distractors = int(rng.integers(config.distractors[0], config.distractors[1] + 1))
+    margin = radius + amplitude + 1
+    objects = []  # (type, path (T+1, 2) image px)
+    steps = np.arange(t_len + 1, dtype=np.float64)
+    start = rng.uniform(margin + amplitude, s - margin, 2)
+    # The image position is the world position minus the camera offset.
+    path = start[None] + actor_offset(motion, steps, t_len, amplitude) - steps[:, None] * camera_v[None]
+    objects.append((obj, path))
+    for _ in range(n_distractors):
+        kind = int(rng.integers(NUM_OBJECTS))
+        p0 = rng.uniform(margin, s - margin, 2)
+        if rng.random() < config.static_distractor_fraction:
+            velocity = np.zeros(2)
+        else:
+            angle = rng.uniform(0, 2 * np.pi)
+            # The same mean speed as an oscillating actor (4 * amplitude per cycle, 2 cycles a clip).
+            speed = 8 * amplitude / t_len
+            velocity = speed * np.array([math.cos(angle), math.sin(angle)])
+            p0 = p0 - velocity * t_len / 2  # centred in the frame mid-clip
+        objects.append((kind, p0[None] + steps[:, None] * (velocity - camera_v)[None]))
+    # Distractors first, the actor drawn last (on top).
+    order = list(range(1, len(objects))) + [0]
+    for slot in order:
+        kind, p = objects[slot]
+        out.slot_type[k, slot] = kind
+        colour = clip_colour + TYPE_OFFSET[kind] + rng.normal(0, config.colour_jitter, 3)
+        colour = np.clip(colour, -1, 1)
+        states = rng.choice(3, size=t_len, p=[1 - config.miss_rate - config.wrong_label_rate, config.miss_rate,
+                                               config.wrong_label_rate])
+        out.mask_state[k, slot] = states
+        jitter = config.boundary_jitter
+        for t in range(t_len):
+            cx, cy = p[t]
+            disc = (xx - cx) ** 2 + (yy - cy) ** 2 <= radius * radius
+            rgb[t][disc] = colour
+            flow[t][disc] = p[t + 1] - p[t]
+            if states[t] == MASK_MISSED:
+                continue
+            jx, jy = rng.integers(-jitter, jitter + 1, 2) if jitter else (0, 0)
+            jr = rng.integers(-jitter, jitter + 1) if jitter else 0
+            r = max(radius + jr, 1.0)
+            seen = (xx - cx - jx) ** 2 + (yy - cy - jy) ** 2 <= r * r
+            shown_type = kind
+            if states[t] == MASK_WRONG:
+                shown_type = int(rng.choice([o for o in range(NUM_OBJECTS) if o != kind]))
+            mask[t][seen] = OBJECT_IDS[shown_type]
+        if slot == 0:
+            out.actor_path[k] = p[:t_len]
+    rgb = rgb + rng.normal(0, config.rgb_noise, rgb.shape)
+    flow = flow + rng.normal(0, config.flow_noise, flow.shape)
+    out.rgb[k] = np.clip(np.round((rgb + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    out.flow[k] = (flow / 20.0).astype(np.float16)  # docs/CONTRACTS.md: flow in pixels / 20
+    out.object[k] = mask
+
+
+def generate(config: BenchmarkConfig, progress: bool = False) -> Benchmark:
+    return Benchmark(config, {split: generate_split(config, split, progress) for split in SPLITS})
+
+
+def save(bench: Benchmark, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {f"{split}/{field.name}": getattr(data, field.name)
+              for split, data in bench.splits.items() for field in dataclasses.fields(Split)}
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, config=json.dumps(dataclasses.asdict(bench.config)), **arrays)
+    tmp.replace(path)
+    return path
+
+
+def load(path: str | Path) -> Benchmark:
+    with np.load(path) as data:
+        raw = json.loads(str(data["config"]))
+        raw["distractors"] = tuple(raw["distractors"])
+        config = BenchmarkConfig(**raw)
+        splits = {split: Split(**{f.name: data[f"{split}/{f.name}"] for f in dataclasses.fields(Split)})
+                  for split in SPLITS}
+    return Benchmark(config, splits)
+
+
+def load_or_generate(config: BenchmarkConfig, cache_dir: str | Path | None = None, progress: bool = False) -> Benchmark:
+    """The benchmark of `config`, from `cache_dir/benchmark-<digest>.npz` if there, else generated (and cached)."""
+    if cache_dir is None:
+        return generate(config, progress)
+    path = Path(cache_dir) / f"benchmark-{config.digest()}.npz"
+    if path.exists():
+        return load(path)
+    bench = generate(config, progress)
+    save(bench, path)
+    (Path(cache_dir) / f"benchmark-{config.digest()}.json").write_text(json.dumps(bench.describe(), indent=2) + "\n")
+    return bench

@@ -1,0 +1,238 @@
+"""Train and score one model on the controlled benchmark, fast: the ablations' unit of work.
+
+`train_and_score(structure, bench, ...)` builds the model with the project's builder
+(model.assemblenet.build_assemblenet), trains it with the project's recipe pieces (MomentumL2 with the
+L2 term through the momentum, AssembleNet A.6; the warm-up + cosine schedule of pipelines.train;
+softmax cross-entropy with label smoothing, as the single-label Toyota recipe) and scores it by top-1
+accuracy on a benchmark split. The clips stay in memory; each step samples a batch by index (epoch
+permutations, seeded) and calls the one compiled `train_on_batch` function, so after its first step
+(the compile) a step costs the model's step plus a host-to-device copy of the batch.
+
+Structure variants the suites need live here too (`without_object_stem`, `with_object_fraction`,
+`with_peers`, `with_random_peers`), so suites on other branches use the same ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from model.structure import Structure, get_structure
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """The training budget of every run of a suite (the same for every row: the issue's rule).
+
+    Defaults (our choice, sized for one H200 lease, docs/ablations.md): `tiny` at 16 x 64², batch 32,
+    600 steps (~6 epochs of the 3,072 training clips). The papers' 50K steps at batch 128 (AssembleNet++
+    §4) are a different scale; these models are small and the benchmark is easy to overfit.
+    """
+
+    steps: int = 600
+    batch_size: int = 32
+    learning_rate: float = 0.4
+    warmup_steps: int = 60
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    frames: int = 16
+    size: int = 64
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "frames", "size"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"Budget.{name}={getattr(self, name)} must be positive")
+        if self.size % 32:
+            raise ValueError(f"Budget.size={self.size} must be a multiple of 32 (the model's total stride)")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(f"Budget.warmup_steps={self.warmup_steps}: expected 0 <= warmup_steps < "
+                             f"steps={self.steps}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"Budget.learning_rate={self.learning_rate} must be positive")
+
+
+# ----------------------------------------------------------------------------------------------
+# Structure variants.
+
+def object_stems(structure: Structure) -> list[int]:
+    return [n.index for n in structure.stems if n.modality == "object"]
+
+
+def without_object_stem(structure, name: str | None = None) -> Structure:
+    """The structure with its object stem(s) and their edges removed (Table 1's "without object")."""
+    structure = get_structure(structure)
+    gone = set(object_stems(structure))
+    if not gone:
+        return structure
+    nodes = []
+    for n in structure.nodes:
+        if n.index in gone:
+            continue
+        if not n.is_stem:
+            inputs = tuple(j for j in n.inputs if j not in gone)
+            if not inputs:
+                raise ValueError(f"{structure.name}: block {n.index} takes only the object stem; "
+                                 "it has no input without it")
+            n = dataclasses.replace(n, inputs=inputs, peer=None if n.peer in gone else n.peer)
+        nodes.append(n)
+    return structure.replace(name=name or f"{structure.name}_noobj", nodes=tuple(nodes))
+
+
+def with_object_fraction(structure, fraction: float, seed: int = 0, name: str | None = None) -> Structure:
+    """AssembleNet++ Fig. 4(b): keep a direct object-stem edge into round(fraction · B) of the B blocks
+    that have one (chosen with `seed`), remove it from the others; fraction 0 removes the object stem."""
+    structure = get_structure(structure)
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"object fraction {fraction} must be in [0, 1]")
+    stems = set(object_stems(structure))
+    if not stems:
+        raise ValueError(f"{structure.name}: no object stem to connect")
+    fed = [n.index for n in structure.blocks if stems & set(n.inputs)]
+    keep = round(fraction * len(fed))
+    if keep == 0:
+        return without_object_stem(structure, name=name or f"{structure.name}_obj0")
+    kept = set(np.random.default_rng(seed).choice(fed, size=keep, replace=False).tolist())
+    nodes = []
+    for n in structure.nodes:
+        if not n.is_stem and n.index in fed and n.index not in kept:
+            inputs = tuple(j for j in n.inputs if j not in stems)
+            if not inputs:
+                raise ValueError(f"{structure.name}: block {n.index} takes only the object stem")
+            n = dataclasses.replace(n, inputs=inputs)
+        nodes.append(n)
+    return structure.replace(name=name or f"{structure.name}_obj{fraction:g}", nodes=tuple(nodes))
+
+
+def with_peers(structure, peers: Mapping[Any, Any], name: str | None = None) -> Structure:
+    """The structure with block i's peer set to peers[i] (keys and values may be strings)."""
+    structure = get_structure(structure)
+    table = {int(i): int(p) for i, p in peers.items()}
+    nodes = tuple(n if n.is_stem or n.index not in table else dataclasses.replace(n, peer=table[n.index])
+                  for n in structure.nodes)
+    return structure.replace(name=name or structure.name, nodes=nodes)
+
+
+def with_random_peers(structure, seed: int = 0, name: str | None = None) -> Structure:
+    """AssembleNet++ Table 4's "random peer-attention": each block's peer drawn uniformly from its valid
+    peers (L(p) < L(i), §3.4) that feed the output, with a fixed `seed`."""
+    structure = get_structure(structure)
+    rng = np.random.default_rng(seed)
+    live = structure.live()
+    peers = {}
+    for n in sorted(structure.blocks, key=lambda n: n.index):
+        candidates = [p for p in structure.peers(n.index) if p in live] or list(structure.peers(n.index))
+        peers[n.index] = int(rng.choice(candidates))
+    return with_peers(structure, peers, name=name or f"{structure.name}_randompeers{seed}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Training.
+
+def _compile(model, budget: Budget):
+    import keras
+
+    from model.optimizer import MomentumL2
+    from pipelines.train import WarmupCosine
+
+    schedule = WarmupCosine(budget.learning_rate, budget.warmup_steps, budget.steps)
+    optimizer = MomentumL2(learning_rate=schedule, momentum=budget.momentum, l2=budget.weight_decay)
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=budget.label_smoothing)
+    model.compile(optimizer=optimizer, loss=loss)
+
+
+def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
+    """(steps, batch_size) clip indices: consecutive seeded permutations of range(n) (each clip once
+    per epoch)."""
+    rng = np.random.default_rng([int(seed), 0xBA7C])
+    need = steps * batch_size
+    order = np.concatenate([rng.permutation(n) for _ in range(-(-need // n))])
+    return order[:need].reshape(steps, batch_size)
+
+
+def predict(model, bench, split: str, modalities, batch_size: int) -> np.ndarray:
+    """Logits of every clip of `split`, in batches of one shape (the last one padded)."""
+    n = len(bench.labels(split))
+    outputs = []
+    for start in range(0, n, batch_size):
+        index = np.arange(start, start + batch_size) % n
+        logits = model.predict_on_batch(bench.inputs(split, index, modalities))
+        outputs.append(np.asarray(logits)[: min(batch_size, n - start)])
+    return np.concatenate(outputs)
+
+
+def train_and_score(structure, bench, *, attention: str = "none", object_stem: bool = True, seed: int = 0,
+                    budget: Budget | None = None, eval_split: str = "val", **model_options) -> dict[str, Any]:
+    """Trains `structure` (a Structure, name or JSON path) on `bench`'s train split and scores it on
+    `eval_split`. `object_stem=False` drops the object stem first. `model_options` go to
+    build_assemblenet (e.g. default_peers, temporal_pool).
+
+    Returns {"score": top-1 accuracy on eval_split, "motion_accuracy", "object_accuracy" (the class's
+    two factors read off the predicted class), "params", "seconds" (build + train + eval),
+    "compile_seconds" (the first step), "final_loss" (mean of the last 10% of steps),
+    "edge_weights" ({"<block>": {"<input>": σ(w)}}, model/evolution.py's JSON form), "attention_weights"
+    (search models: {"<block>": {"<peer>": softmax(h)}}; else {}), "structure" (the JSON trained),
+    "attention", "seed", "eval_split"}.
+    """
+    import keras
+
+    from model.assemblenet import build_assemblenet
+    from model.evolution import edge_weights_to_json, parse_edge_weights
+    from model.pruning import attention_weights, connection_weights
+    from pipelines.ablation.benchmark import NUM_OBJECTS
+
+    budget = budget or Budget()
+    if (bench.frames, bench.size) != (budget.frames, budget.size):
+        raise ValueError(f"benchmark clips are {bench.frames} x {bench.size}², the budget asks for "
+                         f"{budget.frames} x {budget.size}²")
+    if eval_split not in bench.splits:
+        raise ValueError(f"eval_split {eval_split!r}: expected one of {sorted(bench.splits)}")
+    structure = get_structure(structure)
+    if not object_stem:
+        structure = without_object_stem(structure)
+    started = time.time()
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(int(seed))
+    model = build_assemblenet(structure, bench.num_classes, attention=attention, frames=budget.frames,
+                              size=budget.size, **model_options)
+    _compile(model, budget)
+    modalities = structure.modalities
+    train_labels = bench.labels("train")
+    onehot = np.eye(bench.num_classes, dtype=np.float32)
+    losses = []
+    compile_seconds = 0.0
+    for step, index in enumerate(batch_indices(len(train_labels), budget.batch_size, budget.steps, seed)):
+        first = time.time()
+        loss = model.train_on_batch(bench.inputs("train", index, modalities), onehot[train_labels[index]])
+        losses.append(float(np.asarray(loss if np.ndim(loss) == 0 else loss[0])))
+        if step == 0:
+            compile_seconds = time.time() - first
+        if not np.isfinite(losses[-1]):
+            break
+    logits = predict(model, bench, eval_split, modalities, budget.batch_size)
+    predicted = logits.argmax(-1)
+    true = bench.labels(eval_split)
+    tail = losses[-max(1, len(losses) // 10):]
+    result = {
+        "score": float(np.mean(predicted == true)),
+        "motion_accuracy": float(np.mean(predicted // NUM_OBJECTS == true // NUM_OBJECTS)),
+        "object_accuracy": float(np.mean(predicted % NUM_OBJECTS == true % NUM_OBJECTS)),
+        "params": int(model.count_params()),
+        "final_loss": float(np.mean(tail)),
+        "diverged": bool(not np.isfinite(losses[-1])),
+        "steps": len(losses),
+        "compile_seconds": compile_seconds,
+        "edge_weights": edge_weights_to_json(parse_edge_weights(connection_weights(model, structure))),
+        "attention_weights": attention_weights(model, structure) if attention == "search" else {},
+        "structure": structure.to_json(),
+        "attention": attention,
+        "seed": int(seed),
+        "eval_split": eval_split,
+    }
+    result["seconds"] = time.time() - started
+    keras.backend.clear_session()
+    return result
