@@ -102,6 +102,9 @@ class EvolutionSuiteConfig:
                                keep_threshold=self.keep_threshold, seed=int(seed), space=self.space)
 
 
+CONFIG = EvolutionSuiteConfig()
+
+
 def workers_from_env() -> int:
     raw = os.environ.get(WORKERS_ENV, "1")
     try:
@@ -214,7 +217,7 @@ def run_suite(ctx, config: EvolutionSuiteConfig) -> list[dict]:
        paper=PAPER, paper_source=PAPER_SOURCE, metric="top-1 accuracy on the test split",
        order=(*METHODS, *BASELINES))
 def evolution_suite(ctx) -> None:
-    run_suite(ctx, EvolutionSuiteConfig(workers=workers_from_env()))
+    run_suite(ctx, dataclasses.replace(CONFIG, workers=workers_from_env()))
 
 
 # -- parallel processes ----------------------------------------------------------------------------------

@@ -6,7 +6,10 @@ softmax(h)), learning σ(w) and h with the convolutions, on the benchmark's trai
 weights are then pruned as the project's search does (model.pruning.prune_weights): connections with
 σ(w) ≤ 0.2 go (§4.1), each block keeps its argmax-h peer (§3.5).
 
-Rows, per seed (`score`: top-1 on the test split, which no decision here looks at):
+The searches are the runner's shared runs `oneshot-search/<layout>/object/seed<k>`, the same that
+suites table1 and table4 take their peers from (pipelines/ablation/suites.py, seed 0): the stability
+measured here is that of the peers those tables use. Rows, per seed (`score`: top-1 on the validation
+split, as in table1 / table4; nothing here selects on it):
 
     one-shot search   the trained search model itself (all connections, softmax(h) over all peers);
                       also `edges_searched`, `edges_kept`, `edges_removed`, `removed_fraction`,
@@ -30,68 +33,74 @@ import csv
 import functools
 import itertools
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from model.oneshot import over_connected
-from model.pruning import prune_weights
+from model.pruning import DEFAULT_THRESHOLD, prune_weights
 from model.structure import Structure, get_structure
-from pipelines.ablation.runner import suite
+from pipelines.ablation.runner import SuiteContext, suite
+from pipelines.ablation.suites import LAYOUT
 
-THRESHOLD = 0.2  # AssembleNet++ §4.1: connections with σ(w) > 0.2 are kept
-LAYOUT = "tiny"  # the project's small three-modality layout (Table 1 of the supplementary, scaled down)
 SEARCH, PRUNED = "one-shot search", "pruned (peer)"
 
 
-def run_oneshot(seed: int, *, train: Callable[..., dict], layout: str | Structure = LAYOUT,
-                threshold: float = THRESHOLD) -> dict[str, Any]:
-    """One one-shot search: train the over-connected `layout` with attention='search', prune it.
-    `train(structure, **kwargs)` is the harness with bench and budget bound."""
-    supernet = over_connected(get_structure(layout))
-    result = train(supernet, attention="search", seed=seed, eval_split="test")
+def search_key(layout: Structure, seed: int) -> str:
+    """The shared run of one search; suites.searched_structure uses the same key for its seed."""
+    return f"oneshot-search/{layout.name}/object/seed{seed}"
+
+
+def search_run(ctx: SuiteContext, layout: Structure, seed: int) -> dict[str, Any]:
+    """The harness's result for the over-connected `layout` trained with attention='search' (shared)."""
+    supernet = over_connected(layout)
+    return ctx.run(search_key(layout, seed), functools.partial(ctx.train, supernet, attention="search", seed=seed),
+                   shared=True, aux=True, seed=seed)
+
+
+def pruning_stats(result: Mapping[str, Any], layout: Structure, seed: int,
+                  threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
+    """What pruning at σ(w) > threshold with argmax-h peers does to one search's learned weights."""
+    supernet = over_connected(layout)
     weights = {str(i): {str(j): float(w) for j, w in row.items()} for i, row in result["edge_weights"].items()}
     attention = {str(b): {str(p): float(v) for p, v in row.items()}
                  for b, row in result["attention_weights"].items()}
     if not attention:
-        raise ValueError("the harness returned no learned peer-attention weights for attention='search'")
+        raise ValueError(f"search seed {seed}: the harness returned no peer-attention weights "
+                         "(was it trained with attention='search'?)")
     final = prune_weights(supernet, weights, attention, threshold=threshold, name=f"{supernet.name}_seed{seed}")
     objects = {n.index for n in supernet.stems if n.modality == "object"}
     searched, kept = len(supernet.edges()), len(final.edges())
-    return {"score": float(result["score"]), "params": result.get("params"), "seconds": result.get("seconds"),
-            "threshold": threshold, "edges_searched": searched, "edges_kept": kept,
-            "edges_removed": searched - kept, "removed_fraction": (searched - kept) / searched,
+    return {"score": float(result["score"]), "params": result.get("params"), "threshold": threshold,
+            "edges_searched": searched, "edges_kept": kept, "edges_removed": searched - kept,
+            "removed_fraction": (searched - kept) / searched,
             "object_edges_kept": sum(1 for j, _ in final.edges() if j in objects),
             "peers": {str(n.index): n.peer for n in final.blocks},
             "edge_weights": weights, "attention_weights": attention, "final_structure": final.to_json()}
 
 
-def run_pruned(search_row: Mapping[str, Any], seed: int, *, train: Callable[..., dict]) -> dict[str, Any]:
-    """The pruned structure of one search, retrained with its argmax peers (attention='peer')."""
-    structure = Structure.from_json(search_row["final_structure"])
-    result = train(structure, attention="peer", seed=seed, eval_split="test")
-    return {"score": float(result["score"]), "params": result.get("params"), "seconds": result.get("seconds")}
-
-
 @suite("oneshot", title="AssembleNet++ §3.5: the one-shot attention search, pruning and peer agreement",
        paper_source="AssembleNet++ reports no count of pruned connections and no seed study; §3.5 says "
                     "the argmax-pruned and the softmax models perform the same",
-       metric="top-1 accuracy on the test split", order=(SEARCH, PRUNED))
-def oneshot_suite(ctx) -> None:
+       order=(SEARCH, PRUNED))
+def oneshot_suite(ctx: SuiteContext) -> None:
     run_suite(ctx, LAYOUT)
 
 
-def run_suite(ctx, layout: str | Structure = LAYOUT) -> dict[str, Any]:
-    """A search and its pruned model per seed through `ctx.run`; then the summary over the seeds."""
+def run_suite(ctx: SuiteContext, layout: str | Structure = LAYOUT) -> dict[str, Any]:
+    """Per seed: the search (shared run), its pruning figures and its pruned model retrained with
+    peer-attention; then the summary over the seeds."""
     layout = get_structure(layout)
-    ctx.expect(2 * len(ctx.seeds))
+    ctx.expect(3 * len(ctx.seeds))
     rows = []
     for seed in ctx.seeds:
-        row = ctx.run(f"search/seed{seed}", functools.partial(run_oneshot, seed, train=ctx.train, layout=layout),
+        result = search_run(ctx, layout, seed)
+        row = ctx.run(f"search/seed{seed}", functools.partial(pruning_stats, result, layout, seed),
                       variant=SEARCH, seed=seed)
-        ctx.run(f"pruned/seed{seed}", functools.partial(run_pruned, row, seed, train=ctx.train),
+        pruned = Structure.from_json(row["final_structure"])
+        ctx.run(f"pruned/seed{seed}", functools.partial(ctx.train, pruned, attention="peer", seed=seed),
                 variant=PRUNED, seed=seed)
         rows.append(row)
     return write_summary(rows, layout, ctx.out)

@@ -1,15 +1,14 @@
 """Suites `evolution` (AssembleNet Fig. 4 / Table 3) and `oneshot` (AssembleNet++ §3.5 pruning, peers).
 
-A deterministic stand-in for the harness's proxy training keeps these tests to seconds (the harness
-itself is tested in test_ablation.py): every edge gets a fixed quality q(e) from a hash of what it
-connects; the validation fitness is the sum of q over the edges, the "learned" σ(w) of an edge is
-sigmoid(3 q(e)), and the one-shot search's softmax(h) favours a hash-chosen peer per block, perturbed
-by the seed. The stand-in counts its calls, so resuming can be checked to retrain nothing finished.
+The suites run through the runner (run_suites) on a tiny generated benchmark, with a deterministic
+stand-in for the harness's training (the runner's `train=` seam) so that each test takes seconds:
+tests/pipelines/ablation_stand_in.py. It logs every call to a file, so resuming can be checked to
+retrain nothing finished, also across worker processes.
 """
 
+import dataclasses
 import json
 import math
-import zlib
 
 import numpy as np
 import pytest
@@ -18,100 +17,108 @@ from model import evolution
 from model.oneshot import over_connected
 from model.structure import Structure, tiny
 from pipelines.ablation import evolution_suite, oneshot_suite
+from pipelines.ablation.benchmark import BenchmarkConfig
+from pipelines.ablation.runner import run_suites
+from tests.pipelines.ablation_stand_in import BUDGET, LOG, Killed, fake_train
 
 SPACE = evolution.SearchSpace(width_scale=16, repeats=(0.5,) * 4)
-
-
-def _quality(structure: Structure, j: int, i: int) -> float:
-    a, b = structure.node(j), structure.node(i)
-    key = f"{a.level}-{a.inputs if a.is_stem else a.dilation}-{b.level}-{b.dilation}".encode()
-    return zlib.crc32(key) / 2**32 * 2 - 1
-
-
-class FakeHarness:
-    """`train_and_score` with the harness's signature and result keys; logs every call."""
-
-    def __init__(self, fail_at: int | None = None):
-        self.calls: list[dict] = []
-        self.fail_at = fail_at
-
-    def train_and_score(self, structure, bench, *, attention="none", object_stem=None, seed=0, budget=None,
-                        eval_split="val"):
-        self.calls.append({"structure": structure.to_json(), "attention": attention, "seed": seed,
-                           "split": eval_split, "bench": bench, "budget": budget})
-        if self.fail_at is not None and len(self.calls) == self.fail_at:
-            raise KeyboardInterrupt("killed")
-        q = {(j, i): _quality(structure, j, i) for j, i in structure.edges()}
-        score = sum(q.values()) + (0.5 if eval_split == "test" else 0.0)
-        result = {"score": score, "params": 1000 + len(q), "seconds": 0.01,
-                  "edge_weights": evolution.edge_weights_to_json(
-                      {e: 1 / (1 + math.exp(-3 * v)) for e, v in q.items()})}
-        if attention == "search":
-            rng = np.random.default_rng(seed)
-            result["attention_weights"] = {}
-            for n in structure.blocks:
-                peers = structure.peers(n.index)
-                logits = np.array([zlib.crc32(f"{n.index}-{p}".encode()) / 2**32 for p in peers])
-                logits = 4 * logits + rng.normal(0, 0.3, len(peers))
-                h = np.exp(logits) / np.exp(logits).sum()
-                result["attention_weights"][str(n.index)] = {str(p): float(v) for p, v in zip(peers, h, strict=True)}
-        return result
+SMALL = evolution_suite.EvolutionSuiteConfig(population_size=3, rounds=4, space=SPACE)
+BENCH = BenchmarkConfig(train_clips=8, val_clips=4, test_clips=4)
 
 
 @pytest.fixture
-def fake(monkeypatch):
-    harness = FakeHarness()
-    monkeypatch.setattr(evolution_suite, "_harness", lambda: harness)
-    monkeypatch.setattr(oneshot_suite, "_harness", lambda: harness)
-    return harness
+def calls(tmp_path, monkeypatch):
+    """The stand-in's call log: calls() -> the calls so far."""
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv(LOG, str(log))
+    monkeypatch.setattr(evolution_suite, "CONFIG", SMALL)
+
+    def read():
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return read
 
 
-def _config(**kwargs):
-    return evolution_suite.EvolutionSuiteConfig(**{"population_size": 3, "rounds": 4, "space": SPACE,
-                                                   "baselines": ("late_fusion",), **kwargs})
+def _run(names, out, seeds=(0, 1, 2), train=fake_train):
+    return run_suites(list(names), out=out, seeds=list(seeds), budget=BUDGET, benchmark=BENCH, progress=False,
+                      train=train, report=False)
+
+
+def _train(structure, **kwargs):
+    """ctx.train of the stand-in, for calling the suite's functions directly."""
+    from pipelines.ablation.benchmark import generate
+
+    bench = _train.bench = getattr(_train, "bench", None) or generate(dataclasses.replace(BENCH, frames=4, size=32))
+    return fake_train(structure, bench, budget=BUDGET, **kwargs)
 
 
 # -- evolution --------------------------------------------------------------------------------------
 
+def test_the_evolution_suite_writes_table_3_and_figure_4(calls, tmp_path):
+    tables = _run(["evolution"], tmp_path)
+    table = {row["variant"]: row for row in tables["evolution"]}
+    assert list(table) == [*evolution.STRATEGIES, *evolution.HAND_DESIGNED]  # the suite's order
+    for variant, row in table.items():
+        assert row["n"] == 3 and row["seeds"] == [0, 1, 2]
+        assert row["mean"] == pytest.approx(np.mean(row["scores"]))
+        assert row["std"] == pytest.approx(np.std(row["scores"], ddof=1))
+        assert row["paper"] == evolution_suite.PAPER.get(variant)
+    # 3 methods x 3 seeds x (7 children + the best on test) + 5 baselines x 3 seeds.
+    assert len(calls()) == 9 * 8 + 15
+    assert [c["split"] for c in calls()].count("test") == 9 + 15
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    fig4 = (tmp_path / "evolution" / "fig4.csv").read_text().splitlines()
+    assert fig4[0] == "method,round,top3_mean,std,seeds" and len(fig4) == 1 + 3 * 7
+    guided = [r["curve"] for r in rows if r["variant"] == "guided"]
+    first = fig4[1].split(",")
+    assert first[:2] == ["guided", "1"] and float(first[2]) == pytest.approx(np.mean([c[0] for c in guided]), 1e-5)
+    assert (tmp_path / "evolution" / "fig4.png").stat().st_size > 1000
+    assert "AssembleNet Fig. 4 / Table 3" in (tmp_path / "results.md").read_text()
+
+
 @pytest.mark.parametrize("method", evolution_suite.METHODS)
-def test_a_search_trains_its_children_on_val_and_its_best_on_test(fake, tmp_path, method):
-    row = evolution_suite.run_search(method, 1, bench="BENCH", budget="B", out=tmp_path, config=_config())
-    assert [c["split"] for c in fake.calls] == ["val"] * 7 + ["test"]
-    assert {c["bench"] for c in fake.calls} == {"BENCH"} and {c["budget"] for c in fake.calls} == {"B"}
-    history = json.loads((tmp_path / "evolution" / method / "seed1" / "history.json").read_text())
+def test_a_search_scores_children_on_val_and_its_best_on_test(calls, tmp_path, method):
+    row = evolution_suite.run_search(method, 1, train=_train, out=tmp_path, config=SMALL)
+    assert [c["split"] for c in calls()] == ["val"] * 7 + ["test"]
+    history = json.loads((evolution_suite.search_dir(tmp_path, method, 1) / "history.json").read_text())
     fitness = [h["fitness"] for h in history]
     assert row["children"] == 7 and row["val_fitness"] == max(fitness)
     assert row["curve"] == pytest.approx([np.mean(sorted(fitness[:r], reverse=True)[:3]) for r in range(1, 8)])
-    best = fake.calls[-1]["structure"]
-    assert best == history[int(np.argmax(fitness))]["structure"] | {"name": best["name"]}
+    best = calls()[-1]["structure"]
+    assert best["nodes"] == history[int(np.argmax(fitness))]["structure"]["nodes"]
     assert row["score"] == pytest.approx(max(fitness) + 0.5)  # the stand-in's test score of that structure
 
 
-def test_random_search_draws_every_child_at_random_and_the_evolutions_do_not(fake, tmp_path):
+def test_random_search_draws_every_child_at_random_and_the_evolutions_do_not(calls, tmp_path):
     phases = {}
     for method in evolution_suite.METHODS:
-        evolution_suite.run_search(method, 0, bench=None, budget=None, out=tmp_path, config=_config())
-        history = json.loads((tmp_path / "evolution" / method / "seed0" / "history.json").read_text())
+        evolution_suite.run_search(method, 0, train=_train, out=tmp_path, config=SMALL)
+        history = json.loads((evolution_suite.search_dir(tmp_path, method, 0) / "history.json").read_text())
         phases[method] = [(h["parent"] is not None, h["info"]["strategy"]) for h in history]
     assert phases["random-search"] == [(False, "random")] * 7
     for method in ("guided", "random-edges"):
         assert phases[method] == [(False, "random")] * 3 + [(True, method)] * 4
 
 
-def test_guided_children_inherit_the_edges_the_harness_learned(fake, tmp_path):
+def test_guided_children_inherit_the_edges_the_harness_learned(calls, tmp_path):
     """Eq. 2 with B = 0.5 and no node mutation: a child keeps exactly its parent's edges whose σ(w),
     as the harness returned them for the parent, exceed 0.5."""
-    space = evolution.SearchSpace(width_scale=16, repeats=(0.5,) * 4, max_mutations=0)
-    evolution_suite.run_search("guided", 2, bench=None, budget=None, out=tmp_path,
-                               config=_config(space=space, keep_threshold=0.5, rounds=6))
-    folder = tmp_path / "evolution" / "guided" / "seed2" / "children"
-    history = json.loads((folder.parent / "history.json").read_text())
+    config = dataclasses.replace(SMALL, keep_threshold=0.5, rounds=6,
+                                 space=dataclasses.replace(SPACE, max_mutations=0))
+    evolution_suite.run_search("guided", 2, train=_train, out=tmp_path, config=config)
+    folder = evolution_suite.search_dir(tmp_path, "guided", 2)
+    history = json.loads((folder / "history.json").read_text())
+    trained = [Structure.from_json(c["structure"]) for c in calls()]
     checked = 0
     for h in history:
         if h["parent"] is None:
             continue
-        parent = json.loads((folder / h["parent"] / "result.json").read_text())
+        parent = json.loads((folder / "children" / h["parent"] / "result.json").read_text())
         learned = evolution.parse_edge_weights(parent["edge_weights"])
+        # The weights came from the harness's call for the parent's structure.
+        parent_structure = Structure.from_json(json.loads(
+            (folder / "children" / h["parent"] / "spec.json").read_text())["structure"])
+        assert set(learned) == set(parent_structure.edges())
+        assert any(t.edges() == parent_structure.edges() for t in trained)
         strong = {e for e, w in learned.items() if w > 0.5}
         assert h["info"]["kept"] == len(strong) and h["info"]["dropped"] == len(learned) - len(strong)
         assert strong <= set(Structure.from_json(h["structure"]).edges())
@@ -119,64 +126,123 @@ def test_guided_children_inherit_the_edges_the_harness_learned(fake, tmp_path):
     assert checked == 6
 
 
-def test_a_killed_search_resumes_without_retraining_finished_children(monkeypatch, tmp_path):
-    killed = FakeHarness(fail_at=5)
-    monkeypatch.setattr(evolution_suite, "_harness", lambda: killed)
-    with pytest.raises(KeyboardInterrupt):
-        evolution_suite.run_search("guided", 0, bench=None, budget=None, out=tmp_path, config=_config())
-    resumed = FakeHarness()
-    monkeypatch.setattr(evolution_suite, "_harness", lambda: resumed)
-    row = evolution_suite.run_search("guided", 0, bench=None, budget=None, out=tmp_path, config=_config())
-    # Four children finished before the kill; the fifth, three more and the test run remain.
-    assert len(resumed.calls) == 3 + 1
-    assert resumed.calls[0]["structure"] == killed.calls[4]["structure"]
-    assert row["children"] == 7
-    again = FakeHarness()
-    monkeypatch.setattr(evolution_suite, "_harness", lambda: again)
-    assert evolution_suite.run_search("guided", 0, bench=None, budget=None, out=tmp_path,
-                                      config=_config()) == row
-    assert again.calls == []  # the test score is cached too
+def test_a_killed_evolution_suite_resumes_without_retraining_finished_runs(calls, tmp_path, monkeypatch):
+    monkeypatch.setattr(evolution_suite, "CONFIG", dataclasses.replace(SMALL, baselines=("fully",)))
+    monkeypatch.setenv("FAKE_KILL_AT", "12")  # fully (1), guided (7 + test), random-edges child 3 dies
+    with pytest.raises(Killed):
+        _run(["evolution"], tmp_path, seeds=[0])
+    first = calls()
+    assert len(first) == 11
+    monkeypatch.delenv("FAKE_KILL_AT")
+    _run(["evolution"], tmp_path, seeds=[0])
+    resumed = calls()[11:]
+    # Left: random-edges' children 3..7 and its test run, random search's 7 children and test run.
+    assert len(resumed) == 5 + 1 + 8
+    assert resumed[0]["split"] == "val" and resumed[0]["structure"] != first[-1]["structure"]
+    _run(["evolution"], tmp_path, seeds=[0])
+    assert len(calls()) == 11 + 14  # everything finished: nothing is trained again
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["variant"] for r in rows) == sorted(["fully", *evolution.STRATEGIES])
 
 
-def test_baselines_are_trained_with_connection_learning_and_scored_on_test(fake):
-    row = evolution_suite.run_baseline("fusion_at_4", 3, bench=None, budget=None, config=_config())
-    (call,) = fake.calls
+def test_the_search_state_resumes_inside_a_search(calls, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_KILL_AT", "5")
+    with pytest.raises(Killed):
+        evolution_suite.run_search("guided", 0, train=_train, out=tmp_path, config=SMALL)
+    monkeypatch.delenv("FAKE_KILL_AT")
+    row = evolution_suite.run_search("guided", 0, train=_train, out=tmp_path, config=SMALL)
+    assert len(calls()) == 7 + 1  # four children before the kill, three and the test run after it
+    assert evolution_suite.run_search("guided", 0, train=_train, out=tmp_path, config=SMALL) == row
+    assert len(calls()) == 8  # the test score is cached too
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_rows_of_one_process(calls, tmp_path, monkeypatch):
+    config = dataclasses.replace(SMALL, baselines=("late_fusion",))
+    monkeypatch.setattr(evolution_suite, "CONFIG", config)
+    serial = _run(["evolution"], tmp_path / "serial", seeds=[0, 1])
+    monkeypatch.setenv(evolution_suite.WORKERS_ENV, "2")
+    parallel = _run(["evolution"], tmp_path / "parallel", seeds=[0, 1])
+    assert parallel == serial
+    assert len(calls()) == 2 * 2 * (3 * 8 + 1)  # the serial run's, then the workers'
+    _run(["evolution"], tmp_path / "parallel", seeds=[0, 1])
+    assert len(calls()) == 2 * 2 * (3 * 8 + 1)
+
+
+def test_baselines_are_trained_with_connection_learning_and_scored_on_test(calls):
+    row = evolution_suite.run_baseline("fusion_at_4", 3, train=_train, config=SMALL)
+    (call,) = calls()
     assert call["split"] == "test" and call["seed"] == 3 and call["attention"] == "none"
-    assert Structure.from_json(call["structure"]).edges() == evolution.hand_designed("fusion_at_4", SPACE).edges()
-    assert set(evolution.parse_edge_weights(row["edge_weights"])) == set(
-        evolution.hand_designed("fusion_at_4", SPACE).edges())
+    expected = evolution.hand_designed("fusion_at_4", SPACE)
+    assert Structure.from_json(call["structure"]).edges() == expected.edges()
+    assert set(evolution.parse_edge_weights(row["edge_weights"])) == set(expected.edges())
 
 
 def test_fig4_curves_average_the_seeds_per_round(tmp_path):
     rows = [{"variant": "guided", "seed": 0, "curve": [1.0, 2.0, 3.0]},
-            {"variant": "guided", "seed": 1, "curve": [3.0, 4.0, 5.0]},
+            {"variant": "guided", "seed": 1, "curve": [3.0, 4.0, 7.0]},
             {"variant": "random-search", "seed": 0, "curve": [1.0, 1.0, 1.0]},
             {"variant": "late_fusion", "seed": 0, "score": 9.0}]
     curves = evolution_suite.fig4_curves(rows)
     assert set(curves) == {"guided", "random-search"}
-    assert curves["guided"] == {"round": [1, 2, 3], "mean": [2.0, 3.0, 4.0], "std": [1.0, 1.0, 1.0], "seeds": 2}
+    assert curves["guided"]["mean"] == [2.0, 3.0, 5.0] and curves["guided"]["seeds"] == 2
+    assert curves["guided"]["std"] == pytest.approx([math.sqrt(2), math.sqrt(2), 2 * math.sqrt(2)])
+    assert np.isnan(curves["random-search"]["std"]).all()  # one seed: no spread
     paths = evolution_suite.write_fig4(rows, tmp_path, population_size=1)
     lines = paths["csv"].read_text().splitlines()
-    assert lines[0] == "method,round,top3_mean,std,seeds" and lines[1] == "guided,1,2,1,2" and len(lines) == 7
+    assert lines[1] == "guided,1,2,1.41421,2" and len(lines) == 7
     assert paths["png"].stat().st_size > 1000
+
+
+def test_the_worker_count_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv(evolution_suite.WORKERS_ENV, "4")
+    assert evolution_suite.workers_from_env() == 4
+    monkeypatch.setenv(evolution_suite.WORKERS_ENV, "four")
+    with pytest.raises(ValueError, match="ASSEMBLENET_ABLATION_WORKERS='four'"):
+        evolution_suite.workers_from_env()
 
 
 # -- one-shot --------------------------------------------------------------------------------------------
 
-def test_a_oneshot_search_prunes_at_0_2_and_keeps_the_argmax_peer(fake):
-    row = oneshot_suite.run_oneshot(4, bench=None, budget=None, layout="tiny")
-    (call,) = fake.calls
+def test_the_oneshot_suite_prunes_at_0_2_and_reports_peer_agreement(calls, tmp_path):
+    tables = _run(["oneshot"], tmp_path)
+    table = {row["variant"]: row for row in tables["oneshot"]}
+    assert list(table) == [oneshot_suite.SEARCH, oneshot_suite.PRUNED]
+    assert all(row["n"] == 3 for row in table.values())
+    searches = [c for c in calls() if c["attention"] == "search"]
     supernet = over_connected(tiny())
-    assert call["attention"] == "search" and call["split"] == "val"
-    assert Structure.from_json(call["structure"]).edges() == supernet.edges()
-    weights = evolution.parse_edge_weights(row["edge_weights"])
-    assert row["edges_searched"] == len(supernet.edges()) == len(weights)
-    strong = {e for e, w in weights.items() if w > 0.2}
-    final = Structure.from_json(row["final_structure"])
-    assert set(final.edges()) >= strong  # plus the strongest input of a block that would keep none
-    assert row["edges_removed"] == len(supernet.edges()) - len(final.edges()) > 0
-    for block, mix in row["attention_weights"].items():
-        assert row["peers"][block] == int(max(mix, key=mix.get))
+    assert len(searches) == 3 and all(c["split"] == "val" for c in calls())
+    assert all(Structure.from_json(c["structure"]).edges() == supernet.edges() for c in searches)
+    rows = {r["key"]: r for r in map(json.loads, (tmp_path / "results.jsonl").read_text().splitlines())}
+    peers = []
+    for seed in range(3):
+        row = rows[f"oneshot/search/seed{seed}"]
+        weights = evolution.parse_edge_weights(row["edge_weights"])
+        final = Structure.from_json(row["final_structure"])
+        assert set(final.edges()) >= {e for e, w in weights.items() if w > 0.2}
+        assert row["edges_removed"] == len(supernet.edges()) - len(final.edges()) > 0
+        for block, mix in row["attention_weights"].items():
+            assert row["peers"][block] == int(max(mix, key=mix.get))
+        pruned = [c for c in calls() if c["attention"] == "peer" and c["seed"] == seed]
+        assert [Structure.from_json(c["structure"]).edges() for c in pruned] == [final.edges()]
+        peers.append(row["peers"])
+    summary = json.loads((tmp_path / "oneshot" / "summary.json").read_text())
+    removed = [rows[f"oneshot/search/seed{s}"]["edges_removed"] for s in range(3)]
+    assert summary["removed"]["per_seed"] == removed
+    assert summary["removed"]["std"] == pytest.approx(np.std(removed, ddof=1))
+    assert summary["peers_all_agree"] == pytest.approx(np.mean([len({p[b] for p in peers}) == 1 for b in peers[0]]))
+    lines = (tmp_path / "oneshot" / "summary.csv").read_text().splitlines()
+    assert lines[0].startswith("seed,score,edges_searched") and lines[4].startswith("mean,") and len(lines) == 6
+    assert "Argmax peers: the same in every seed" in (tmp_path / "oneshot" / "summary.md").read_text()
+    assert (tmp_path / "oneshot" / "oneshot.png").stat().st_size > 1000
+
+
+def test_table1_reuses_the_oneshot_suites_search(calls, tmp_path):
+    _run(["oneshot"], tmp_path, seeds=[0, 1])
+    before = len(calls())
+    _run(["table1"], tmp_path, seeds=[0])
+    searches = [Structure.from_json(c["structure"]) for c in calls()[before:] if c["attention"] == "search"]
+    assert [len(s.stems) for s in searches] == [2]  # only the search without the object stem is new
 
 
 def test_peer_agreement_counts_blocks_and_pairs():
@@ -191,19 +257,6 @@ def test_peer_agreement_counts_blocks_and_pairs():
 
 
 def test_chance_agreement_is_the_mean_of_one_over_the_peer_count():
-    # tiny: levels 1, 1, 2, 2, 3, 4 with 3, 3, 5, 5, 7, 8 peers.
-    assert oneshot_suite.chance_agreement(tiny()) == pytest.approx(np.mean([1 / 3, 1 / 3, 1 / 5, 1 / 5, 1 / 7, 1 / 8]))
-
-
-def test_oneshot_summary_over_seeds(fake, tmp_path):
-    rows = [{"seed": s, **oneshot_suite.run_oneshot(s, bench=None, budget=None)} for s in range(3)]
-    summary = oneshot_suite.write_summary(rows, tiny(), tmp_path)
-    removed = [r["edges_removed"] for r in rows]
-    assert summary["removed"] == {"per_seed": removed, "mean": pytest.approx(np.mean(removed)),
-                                  "std": pytest.approx(np.std(removed))}
-    peers = [r["peers"] for r in rows]
-    same = [len({p[b] for p in peers}) == 1 for b in peers[0]]
-    assert summary["peers_all_agree"] == pytest.approx(np.mean(same))
-    lines = (tmp_path / "summary.csv").read_text().splitlines()
-    assert lines[0].startswith("seed,score,edges_searched") and lines[4].startswith("mean,") and len(lines) == 6
-    assert (tmp_path / "oneshot.png").stat().st_size > 1000
+    # tiny: blocks at levels 1, 1, 2, 2, 3, 4 have 3, 3, 5, 5, 7, 8 peers.
+    expected = np.mean([1 / 3, 1 / 3, 1 / 5, 1 / 5, 1 / 7, 1 / 8])
+    assert oneshot_suite.chance_agreement(tiny()) == pytest.approx(expected)
