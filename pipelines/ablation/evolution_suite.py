@@ -267,7 +267,12 @@ def _run_parallel(ctx, config: EvolutionSuiteConfig, todo) -> list[dict]:
     labels = {key: {"variant": variant, "seed": seed} for key, _, variant, seed in todo}
     rows = {key: ctx.run(key, _unreachable(key), **labels[key]) for key, *_ in todo
             if ctx.store.get(f"{ctx.name}/{key}") is not None}
-    with ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    from pipelines.evolve import _die_with_parent
+
+    # Workers die with the suite (a `timeout` or kill -9 of it leaves no orphan training a child, whose
+    # lock would make the resumed suite refuse that child), as evolve.py's own workers do.
+    with ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_job, kind, variant, seed, train=train, out=ctx.out, config=config): key
                    for key, kind, variant, seed in todo if key not in rows}
         try:

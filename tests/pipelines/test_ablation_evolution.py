@@ -260,3 +260,30 @@ def test_chance_agreement_is_the_mean_of_one_over_the_peer_count():
     # tiny: blocks at levels 1, 1, 2, 2, 3, 4 have 3, 3, 5, 5, 7, 8 peers.
     expected = np.mean([1 / 3, 1 / 3, 1 / 5, 1 / 5, 1 / 7, 1 / 8])
     assert oneshot_suite.chance_agreement(tiny()) == pytest.approx(expected)
+
+
+@pytest.mark.slow
+def test_a_guided_search_on_the_real_harness_inherits_its_learned_weights(tmp_path):
+    """The harness's real result feeds evolve.py: fitness from the validation split, the parent's
+    trained σ(w) into Eq. 2 (B = 0.5: only edges the training pushed above 0.5 are kept)."""
+    from pipelines.ablation.benchmark import generate
+    from pipelines.ablation.harness import train_and_score
+
+    bench = generate(dataclasses.replace(BENCH, frames=BUDGET.frames, size=BUDGET.size))
+    config = dataclasses.replace(SMALL, population_size=1, rounds=1, keep_threshold=0.5,
+                                 space=dataclasses.replace(SPACE, max_mutations=0))
+
+    def train(structure, **kwargs):
+        return train_and_score(structure, bench, budget=BUDGET, **kwargs)
+
+    row = evolution_suite.run_search("guided", 0, train=train, out=tmp_path, config=config)
+    folder = evolution_suite.search_dir(tmp_path, "guided", 0) / "children"
+    parent = json.loads((folder / "c0000" / "result.json").read_text())
+    learned = evolution.parse_edge_weights(parent["edge_weights"])
+    assert learned and all(w != 0.5 for w in learned.values())  # trained, not the initial sigmoid(0)
+    child = json.loads((folder / "c0001" / "spec.json").read_text())
+    assert child["parent"] == "c0000"
+    assert child["info"]["kept"] == sum(w > 0.5 for w in learned.values())
+    assert {e for e, w in learned.items() if w > 0.5} <= set(Structure.from_json(child["structure"]).edges())
+    assert 0.0 <= row["score"] <= 1.0 and row["children"] == 2
+    assert json.loads((folder / "c0000" / "harness.json").read_text())["eval_split"] == "val"
