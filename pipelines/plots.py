@@ -278,3 +278,55 @@ def plot_fitness(history: Sequence[Mapping], path: str | Path, *, k: int = 3) ->
     ax.legend()
     ax.set_title("Evolution: fitness over rounds")
     return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Ablations.
+
+def plot_ablation(table: Sequence[Mapping], path: str | Path, *, title: str, metric: str) -> Path:
+    """One ablation suite (pipelines/ablation/runner.py's table): mean ± std (ddof 1) over seeds per
+    variant, each seed as a dot, beside the paper's number for the row where it gives one. Two panels,
+    because the benchmark's metric and the paper's (Charades mAP) are not on one scale. Rows with a
+    numeric "x" (e.g. Fig. 4(b)'s object fraction) are drawn as a curve over x."""
+    names = [str(r["variant"]) for r in table]
+    means = np.array([100 * float(r["mean"]) for r in table])
+    stds = np.array([0.0 if r["std"] is None or math.isnan(float(r["std"])) else 100 * float(r["std"])
+                     for r in table])
+    paper = [r.get("paper") for r in table]
+    has_paper = any(p is not None for p in paper)
+    curve = all(r.get("x") is not None for r in table) and len(table) > 1
+    fig = Figure(figsize=(5.5 + 0.5 * len(names) * (1 + has_paper) if not curve else 9.0, 4.0))
+    ax = fig.add_subplot(1, 2 if has_paper else 1, 1)
+    positions = np.array([float(r["x"]) for r in table]) if curve else np.arange(len(names))
+    if curve:
+        order = np.argsort(positions)
+        ax.errorbar(positions[order], means[order], yerr=stds[order], marker="o", capsize=4, color="#4c72b0")
+        ax.set_xlabel("fraction of blocks with a direct object connection")
+    else:
+        ax.bar(positions, means, yerr=stds, capsize=4, color="#4c72b0", alpha=0.85)
+        ax.set_xticks(positions)
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    for pos, row in zip(positions, table, strict=True):
+        scores = 100 * np.asarray(row.get("scores", []), dtype=float)
+        ax.scatter(np.full(len(scores), pos), scores, s=10, color="k", zorder=3)
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title("this benchmark: mean ± std over seeds", fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    if has_paper:
+        right = fig.add_subplot(1, 2, 2)
+        values = np.array([np.nan if p is None else float(p) for p in paper])
+        if curve:
+            keep = ~np.isnan(values)
+            right.plot(positions[keep], values[keep], marker="s", color="#c44e52")
+            right.set_xlabel("fraction of blocks with a direct object connection")
+        else:
+            right.bar(positions, np.nan_to_num(values), color="#c44e52", alpha=0.85)
+            right.set_xticks(positions)
+            right.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        finite = values[~np.isnan(values)]
+        right.set_ylim(max(0.0, finite.min() - 5), finite.max() + 3)
+        right.set_title("paper (its dataset and metric)", fontsize=9)
+        right.grid(alpha=0.3, axis="y")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

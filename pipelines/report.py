@@ -18,7 +18,10 @@ Inputs (all optional):
     search/structure.json + search/connection_weights.json   one-shot search's learned connectivity
     [search/]final_structure.json      the pruned structure of a one-shot search, drawn beside it
     attention_nas/cell.png             the AttentionNAS cell, embedded as is
-So `assemblenet report` also works on an `assemblenet search --out` or `assemblenet evolve` folder.
+    <suite>/results.json               an ablation suite's table (pipelines/ablation/runner.py): a bar
+                                       chart with error bars beside the paper's numbers, and the table
+So `assemblenet report` also works on an `assemblenet search --out`, `assemblenet evolve` or
+`assemblenet ablate --out` folder.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
                               "The one-shot model connects every block to all lower levels and learns the "
                               "weights (AssembleNet++ §3.5); those above 0.2 are kept when pruning."),
         _attention_nas_section(run_dir, out),
+        *_ablation_sections(run_dir, out),
     ]
     title = f"AssembleNet run report: {run_dir.resolve().name}"
     (out / "report.md").write_text(_markdown(title, sections))
@@ -293,6 +297,30 @@ def _attention_nas_section(run_dir: Path, out: Path) -> Section:
     shutil.copyfile(path, out / "attention_nas_cell.png")
     section.figures.append(("attention_nas_cell.png", "The searched attention cell"))
     return section
+
+
+def _ablation_sections(run_dir: Path, out: Path) -> list[Section]:
+    """One section per ablation suite table (RUN_DIR/<suite>/results.json, `assemblenet ablate`)."""
+    sections = []
+    for path in sorted(run_dir.glob("*/results.json")):
+        data = _read_json(path)
+        if not isinstance(data, dict) or "suite" not in data or not data.get("rows"):
+            continue
+        name = f"ablation_{data['suite']}.png"
+        section = Section(f"Ablation: {data.get('title', data['suite'])}")
+        section.lines.append(f"Metric: {data.get('metric', 'score')} on the controlled benchmark (docs/ablations.md), "
+                             f"mean ± std over training seeds (ddof 1), every seed's score as a dot. Paper: "
+                             f"{data.get('paper_source') or 'no number for these rows'}. The two are different "
+                             "datasets and metrics: compare orderings, not values.")
+        for row in data["rows"]:
+            std = row.get("std")
+            spread = "" if std is None or std != std else f" ± {100 * std:.2f}"
+            paper = f"; paper {row['paper']:.2f}" if row.get("paper") is not None else ""
+            section.table.append((row["variant"], f"{100 * row['mean']:.2f}{spread} (n={row['n']}){paper}"))
+        plots.plot_ablation(data["rows"], out / name, title=section.title, metric=data.get("metric", "score"))
+        section.figures.append((name, f"{path.relative_to(run_dir)}: per variant mean ± std over seeds"))
+        sections.append(section)
+    return sections
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,182 @@
+"""The ablation runner and suites (pipelines/ablation/): resume without redoing finished runs, tables,
+the suites' variants, the report section and the CLI's one-line errors.
+
+The suite tests replace `train_and_score` with `FakeTrainer`, a deterministic stand-in that records
+each call: they check what each suite trains (structures, attention, seeds) and that its table is
+well-formed, in seconds. The real harness is tested in test_ablation_harness.py."""
+
+import json
+import math
+
+import pytest
+
+from model.structure import get_structure
+from pipelines.ablation import runner
+from pipelines.ablation.benchmark import BenchmarkConfig
+from pipelines.ablation.harness import Budget
+from pipelines.checks import UserError
+from tests.pipelines.test_cli import assert_one_line, run_cli
+
+BUDGET = Budget(steps=2, batch_size=4, frames=4, size=32, warmup_steps=0)
+BENCH = BenchmarkConfig(train_clips=12, val_clips=12, test_clips=12)
+
+
+class FakeTrainer:
+    """Stands in for harness.train_and_score: a score that depends on the structure, attention and
+    seed; σ(w) and softmax(h) that make a known peer (the highest-indexed one) win the search."""
+
+    def __init__(self, fail_at=None):
+        self.calls = []
+        self.fail_at = fail_at
+
+    def __call__(self, structure, bench, *, attention="none", object_stem=True, seed=0, budget=None, **kwargs):
+        if self.fail_at is not None and len(self.calls) == self.fail_at:
+            raise KeyboardInterrupt("killed")
+        s = get_structure(structure)
+        self.calls.append({"structure": s, "attention": attention, "seed": seed})
+        weights = {str(n.index): {str(j): 0.1 if (n.index + int(j)) % 3 == 0 else 0.8 for j in n.inputs}
+                   for n in s.blocks}
+        mix = {}
+        if attention == "search":
+            mix = {str(n.index): {str(p): float(p == max(s.peers(n.index))) for p in s.peers(n.index)}
+                   for n in s.blocks}
+        score = 0.4 + 0.01 * len(s.edges()) + 0.05 * ("object" in s.modalities) + 0.002 * seed
+        return {"score": score, "params": 100 + len(s.edges()), "edge_weights": weights,
+                "attention_weights": mix, "seconds": 0.0, "attention": attention}
+
+
+def run(tmp_path, names, trainer, seeds=(0, 1, 2), **kwargs):
+    return runner.run_suites(names, out=tmp_path, seeds=list(seeds), budget=BUDGET, benchmark=BENCH,
+                             train=trainer, progress=False, **kwargs)
+
+
+@runner.suite("test-counting", title="a test suite", paper={"a": 1.0}, order=("b", "a"))
+def _counting(ctx):
+    for variant in ("a", "b"):
+        for seed in ctx.seeds:
+            ctx.run(f"{variant}/{seed}", lambda seed=seed: ctx.train("tiny", seed=seed), variant=variant, seed=seed)
+
+
+def test_resume_redoes_no_finished_run(tmp_path):
+    killed = FakeTrainer(fail_at=4)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, ["test-counting"], killed, report=False)
+    assert len(killed.calls) == 4
+    assert len((tmp_path / runner.STORE).read_text().splitlines()) == 4
+    resumed = FakeTrainer()
+    tables = run(tmp_path, ["test-counting"], resumed, report=False)
+    assert len(resumed.calls) == 2  # only b/1 and b/2 were left
+    assert [(r["variant"], r["n"]) for r in tables["test-counting"]] == [("b", 3), ("a", 3)]
+    again = FakeTrainer()
+    run(tmp_path, ["test-counting"], again, report=False)
+    assert again.calls == []
+
+
+def test_a_torn_last_line_is_redone_and_not_glued(tmp_path):
+    run(tmp_path, ["test-counting"], FakeTrainer(), seeds=(0,), report=False)
+    store = tmp_path / runner.STORE
+    lines = store.read_text().splitlines()
+    store.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:25])  # killed mid-write
+    trainer = FakeTrainer()
+    run(tmp_path, ["test-counting"], trainer, seeds=(0,), report=False)
+    assert len(trainer.calls) == 1
+    rows = runner.ResultStore(store)
+    assert rows.torn == 1 and len(rows.rows) == 2
+
+
+def test_aggregate_mean_std_paper_and_seeds():
+    info = runner.SuiteInfo("s", lambda ctx: None, "S", {"x": 50.0}, "", "top-1", ("x",))
+    rows = [{"suite": "s", "key": f"s/x/{i}", "variant": "x", "seed": i, "score": v, "params": 7}
+            for i, v in zip((2, 0, 1), (0.7, 0.5, 0.6), strict=True)]
+    rows.append({"suite": "s", "key": "s/aux", "aux": True, "score": 0.9})
+    rows.append({"suite": "s", "key": "s/y/0", "variant": "y", "seed": 0, "score": 0.3})
+    table = runner.aggregate(rows, info)
+    assert [r["variant"] for r in table] == ["x", "y"]
+    x, y = table
+    assert x["n"] == 3 and x["mean"] == pytest.approx(0.6) and x["std"] == pytest.approx(0.1)  # ddof 1
+    assert x["scores"] == [0.5, 0.6, 0.7] and x["seeds"] == [0, 1, 2] and x["paper"] == 50.0 and x["params"] == 7
+    assert y["n"] == 1 and math.isnan(y["std"]) and y["paper"] is None
+
+
+def test_other_budget_in_the_same_folder_is_refused(tmp_path):
+    run(tmp_path, ["test-counting"], FakeTrainer(), seeds=(0,), report=False)
+    with pytest.raises(UserError, match="steps: 2 -> 3"):
+        runner.run_suites(["test-counting"], out=tmp_path, seeds=[0], budget=Budget(
+            steps=3, batch_size=4, frames=4, size=32, warmup_steps=0), benchmark=BENCH, train=FakeTrainer(),
+            progress=False, report=False)
+    with pytest.raises(UserError, match="unknown suite"):
+        run(tmp_path, ["nosuch"], FakeTrainer())
+
+
+def _peers(structure):
+    return {n.index: n.peer for n in structure.blocks}
+
+
+def test_table1_table4_objects_small(tmp_path):
+    trainer = FakeTrainer()
+    tables = run(tmp_path, ["table1", "table4", "objects"], trainer, seeds=(0, 1, 2))
+    # Two searches (with / without objects), shared by Table 1 and Table 4; 3 seeds per row.
+    searches = [c for c in trainer.calls if c["attention"] == "search"]
+    assert len(searches) == 2 and len(trainer.calls) == 2 + 8 * 3 + 4 * 3 + 3 * 3
+    assert {c["structure"].name for c in searches} == {"tiny_oneshot", "tiny_noobj_oneshot"}
+    with_object = next(c["structure"] for c in searches if "object" in c["structure"].modalities)
+    # The search covers every L(j) < L(i) edge.
+    assert len(with_object.edges()) == sum(1 for i in with_object.blocks for j in with_object.nodes
+                                           if j.level < i.level)
+
+    t1 = {r["variant"]: r for r in tables["table1"]}
+    assert len(t1) == 8 and all(r["n"] == 3 and len(r["scores"]) == 3 for r in t1.values())
+    assert t1["peer, with object"]["paper"] == 56.38 and t1["none, without object"]["paper"] == 47.18
+    peer_rows = [c for c in trainer.calls if c["attention"] == "peer"]
+    searched = [c["structure"] for c in peer_rows if "object" in c["structure"].modalities]
+    # The argmax peer of the fake search is each block's highest-indexed valid peer; σ(w) = 0.1 edges are pruned.
+    expected_peers = {n.index: max(with_object.peers(n.index)) for n in with_object.blocks}
+    assert _peers(searched[0]) == expected_peers
+    assert all((int(j) + n.index) % 3 != 0 for n in searched[0].blocks for j in n.inputs if len(n.inputs) > 1)
+    without = [c["structure"] for c in peer_rows if "object" not in c["structure"].modalities]
+    assert without and all("object" not in c.modalities for c in without)
+
+    t4 = {r["variant"]: r for r in tables["table4"]}
+    assert list(t4) == ["Base", "Base + 1x1 conv.", "Random peer-attention", "Our peer-attention"]
+    assert {c["attention"] for c in trainer.calls} == {"search", "none", "static", "self", "peer", "conv"}
+    random_peers = [_peers(c["structure"]) for c in peer_rows if c["structure"].name.endswith("randompeers0")]
+    assert len(random_peers) == 3 and random_peers[0] != expected_peers
+    assert all(p in get_structure(searched[0]).peers(i) for i, p in random_peers[0].items())
+
+    objects = {r["variant"]: r for r in tables["objects"]}
+    assert list(objects) == ["object fraction 0", "object fraction 0.5", "object fraction 1"]
+    assert [objects[v]["x"] for v in objects] == [0.0, 0.5, 1.0]
+    object_edges = sorted({sum(1 for j, _ in c["structure"].edges() if j == 2) for c in trainer.calls
+                           if c["structure"].name.startswith("tiny_obj")})
+    assert object_edges == [0, 3, 6]  # tiny has 6 blocks, each fed by the object stem
+
+    for name in ("table1", "table4", "objects"):
+        saved = json.loads((tmp_path / name / "results.json").read_text())
+        assert saved["suite"] == name and len(saved["rows"]) == len(tables[name])
+        header = (tmp_path / name / "results.csv").read_text().splitlines()[0]
+        assert header == ",".join(runner.TABLE_COLUMNS)
+    assert (tmp_path / "table1" / "searched_object.json").exists()
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| peer, with object | 3 |" in markdown and "56.38" in markdown
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert "Ablation: AssembleNet++ Table 1" in html and "data:image/png;base64" in html
+    assert (tmp_path / "report" / "ablation_table1.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seeds", "0,x"], "argument --seeds: expected distinct non-negative integers separated by commas, e.g. "
+                         "0,1,2; got '0,x'"),
+    (["--size", "40"], "argument --size: expected a multiple of 32 (the model's total stride), got '40'"),
+    (["--steps", "0"], "argument --steps: expected a positive integer, got '0'"),
+])
+def test_cli_bad_flags_are_one_line(tmp_path, flags, message):
+    result = run_cli("ablate", "--suite", "table1", "--out", tmp_path / "out", *flags, cwd=tmp_path)
+    assert_one_line(result, f"assemblenet ablate: error: {message} (see assemblenet ablate --help)")
+
+
+def test_cli_unknown_suite_is_one_line(tmp_path):
+    result = run_cli("ablate", "--suite", "table1,nosuch", "--out", tmp_path / "out", cwd=tmp_path)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("assemblenet ablate: error: unknown suite(s) nosuch; expected some of ")
+    assert len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "out" / "benchmark").exists()  # refused before any work
