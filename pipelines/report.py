@@ -20,6 +20,7 @@ Inputs (all optional):
     attention_nas/cell.png             the AttentionNAS cell, embedded as is
     <suite>/results.json               an ablation suite's table (pipelines/ablation/runner.py): a bar
                                        chart with error bars beside the paper's numbers, and the table
+    <suite>/figures.json               a suite's own figures {png in <suite>/: caption}, embedded as is
 So `assemblenet report` also works on an `assemblenet search --out`, `assemblenet evolve` or
 `assemblenet ablate --out` folder.
 """
@@ -319,6 +320,12 @@ def _ablation_sections(run_dir: Path, out: Path) -> list[Section]:
             section.table.append((row["variant"], f"{100 * row['mean']:.2f}{spread} (n={row['n']}){paper}"))
         plots.plot_ablation(data["rows"], out / name, title=section.title, metric=data.get("metric", "score"))
         section.figures.append((name, f"{path.relative_to(run_dir)}: per variant mean ± std over seeds"))
+        # A suite's own figures (e.g. the evolution suite's Fig. 4 curve): <suite>/figures.json {png: caption}.
+        extra = _read_json(path.parent / "figures.json") if (path.parent / "figures.json").exists() else {}
+        for figure, caption in (extra.items() if isinstance(extra, dict) else ()):
+            if (path.parent / figure).is_file():
+                shutil.copyfile(path.parent / figure, out / f"ablation_{data['suite']}_{figure}")
+                section.figures.append((f"ablation_{data['suite']}_{figure}", str(caption)))
         sections.append(section)
     return sections
 

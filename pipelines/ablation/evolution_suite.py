@@ -325,7 +325,12 @@ def write_fig4(rows: Sequence[Mapping[str, Any]], folder: str | Path, *, populat
         for method, c in curves.items():
             for r, m, s in zip(c["round"], c["mean"], c["std"], strict=True):
                 writer.writerow([method, r, f"{m:.6g}", f"{s:.6g}", c["seeds"]])
-    return {"csv": table, "png": plot_fig4(curves, folder / "fig4.png", population_size=population_size)}
+    png = plot_fig4(curves, folder / "fig4.png", population_size=population_size)
+    seeds = ", ".join(f"{m}: {c['seeds']}" for m, c in curves.items())
+    _write_json(folder / "figures.json", {png.name: (
+        "AssembleNet Fig. 4 on the benchmark: mean validation top-1 of the 3 best models of the pool per round, "
+        f"mean ± std over search seeds ({seeds}); the dotted line ends the random initial population")})
+    return {"csv": table, "png": png}
 
 
 _METHOD_STYLE = {"guided": ("#c44e52", "connection-learning-guided evolution"),

@@ -191,7 +191,14 @@ def write_summary(rows: Sequence[Mapping[str, Any]], layout: Structure, folder: 
             writer.writerow([r[c] for c in COLUMNS])
         for name, reduce in (("mean", np.mean), ("std", _std)):
             writer.writerow([name] + [f"{reduce([float(r[c]) for r in rows]):.6g}" for c in COLUMNS[1:]])
-    plot_oneshot(rows, summary, folder / "oneshot.png")
+    png = plot_oneshot(rows, summary, folder / "oneshot.png")
+    caption = [f"One-shot search: {summary['removed']['mean']:.1f} ± {summary['removed']['std']:.1f} of "
+               f"{summary['edges_searched']} connections removed at σ(w) > {summary['threshold']:g}"]
+    if "peers_all_agree" in summary:
+        caption.append(f"argmax peers the same in every seed for {100 * summary['peers_all_agree']:.0f}% of the "
+                       f"blocks, pairwise {100 * summary['peers_pairwise']:.0f}% (chance "
+                       f"{100 * summary['peer_chance']:.0f}%)")
+    (folder / "figures.json").write_text(json.dumps({png.name: "; ".join(caption)}, indent=1) + "\n")
     return summary
 
 

@@ -38,9 +38,9 @@ def calls(tmp_path, monkeypatch):
     return read
 
 
-def _run(names, out, seeds=(0, 1, 2), train=fake_train):
+def _run(names, out, seeds=(0, 1, 2), train=fake_train, report=False):
     return run_suites(list(names), out=out, seeds=list(seeds), budget=BUDGET, benchmark=BENCH, progress=False,
-                      train=train, report=False)
+                      train=train, report=report)
 
 
 def _train(structure, **kwargs):
@@ -54,7 +54,7 @@ def _train(structure, **kwargs):
 # -- evolution --------------------------------------------------------------------------------------
 
 def test_the_evolution_suite_writes_table_3_and_figure_4(calls, tmp_path):
-    tables = _run(["evolution"], tmp_path)
+    tables = _run(["evolution"], tmp_path, report=True)
     table = {row["variant"]: row for row in tables["evolution"]}
     assert list(table) == [*evolution.STRATEGIES, *evolution.HAND_DESIGNED]  # the suite's order
     for variant, row in table.items():
@@ -73,6 +73,9 @@ def test_the_evolution_suite_writes_table_3_and_figure_4(calls, tmp_path):
     assert first[:2] == ["guided", "1"] and float(first[2]) == pytest.approx(np.mean([c[0] for c in guided]), 1e-5)
     assert (tmp_path / "evolution" / "fig4.png").stat().st_size > 1000
     assert "AssembleNet Fig. 4 / Table 3" in (tmp_path / "results.md").read_text()
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert "AssembleNet Fig. 4 on the benchmark: mean validation top-1" in html
+    assert (tmp_path / "report" / "ablation_evolution_fig4.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("method", evolution_suite.METHODS)
@@ -205,7 +208,7 @@ def test_the_worker_count_comes_from_the_environment(monkeypatch):
 # -- one-shot --------------------------------------------------------------------------------------------
 
 def test_the_oneshot_suite_prunes_at_0_2_and_reports_peer_agreement(calls, tmp_path):
-    tables = _run(["oneshot"], tmp_path)
+    tables = _run(["oneshot"], tmp_path, report=True)
     table = {row["variant"]: row for row in tables["oneshot"]}
     assert list(table) == [oneshot_suite.SEARCH, oneshot_suite.PRUNED]
     assert all(row["n"] == 3 for row in table.values())
@@ -235,6 +238,7 @@ def test_the_oneshot_suite_prunes_at_0_2_and_reports_peer_agreement(calls, tmp_p
     assert lines[0].startswith("seed,score,edges_searched") and lines[4].startswith("mean,") and len(lines) == 6
     assert "Argmax peers: the same in every seed" in (tmp_path / "oneshot" / "summary.md").read_text()
     assert (tmp_path / "oneshot" / "oneshot.png").stat().st_size > 1000
+    assert "connections removed at σ(w) &gt; 0.2" in (tmp_path / "report" / "index.html").read_text()
 
 
 def test_table1_reuses_the_oneshot_suites_search(calls, tmp_path):
