@@ -46,8 +46,13 @@ from typing import Any
 
 import numpy as np
 
-# Motion patterns of the actor (the motion factor of the class). Each is periodic with two cycles a clip.
-MOTIONS = ("horizontal oscillation", "vertical oscillation", "clockwise circle", "counter-clockwise circle")
+# Motion patterns of the actor (the motion factor of the class): an oscillation, two cycles a clip, along
+# one of four axes. One frame's flow shows the axis, so a model that scores frames and max-pools them
+# over time (the AssembleNet++ sink, supplementary A.3) can read it; no class needs temporal order.
+MOTIONS = ("horizontal oscillation", "vertical oscillation", "diagonal oscillation", "anti-diagonal oscillation")
+MOTION_ANGLES = (0.0, 90.0, 45.0, 135.0)  # degrees, image axes (y down)
+# Moving distractors drift at a constant velocity along the directions between the class axes.
+DRIFT_ANGLES = (22.5, 67.5, 112.5, 157.5, 202.5, 247.5, 292.5, 337.5)
 # Object types (the object factor): (name, mask class id). Ids are ADE20K indices; which real category
 # an id denotes does not matter, only that the masks separate look-alike objects.
 OBJECTS = (("cup", 42), ("bottle", 99), ("book", 68))
@@ -77,7 +82,7 @@ class BenchmarkConfig:
     distractors: tuple[int, int] = (2, 3)  # per clip, inclusive range
     static_distractor_fraction: float = 0.5
     radius: float = 0.09  # of the frame side
-    amplitude: float = 0.12  # of the frame side: the actor's oscillation / circle radius
+    amplitude: float = 0.12  # of the frame side: the actor's oscillation amplitude
     miss_rate: float = 0.2  # per object and frame: absent from the mask
     wrong_label_rate: float = 0.15  # per object and frame: another object type's id
     boundary_jitter: int = 1  # px: the mask outline's radius and centre are off by up to this
@@ -187,12 +192,8 @@ def label_of(motion, object_type):
 def actor_offset(motion: int, t: np.ndarray, frames: int, amplitude: float) -> np.ndarray:
     """(len(t), 2) displacement (x, y) of an actor with `motion` at frames t: two cycles per clip."""
     phase = 2 * np.pi * 2 * np.asarray(t, np.float64) / frames
-    if motion == 0:
-        return np.stack([amplitude * np.sin(phase), np.zeros_like(phase)], -1)
-    if motion == 1:
-        return np.stack([np.zeros_like(phase), amplitude * np.sin(phase)], -1)
-    sign = 1.0 if motion == 2 else -1.0  # image y points down: clockwise on screen is +angle
-    return np.stack([amplitude * np.cos(phase) - amplitude, sign * amplitude * np.sin(phase)], -1)
+    angle = np.deg2rad(MOTION_ANGLES[motion])
+    return amplitude * np.sin(phase)[:, None] * np.array([np.cos(angle), np.sin(angle)])[None]
 
 
 def _split_rng(seed: int, split: str, clip: int | None = None) -> np.random.Generator:
@@ -307,7 +308,7 @@ def _render_clip(config: BenchmarkConfig, rng: np.random.Generator, out: Split, 
         if rng.random() < config.static_distractor_fraction:
             velocity = np.zeros(2)
         else:
-            angle = rng.uniform(0, 2 * np.pi)
+            angle = np.deg2rad(DRIFT_ANGLES[int(rng.integers(len(DRIFT_ANGLES)))])
             # The same mean speed as an oscillating actor (4 * amplitude per cycle, 2 cycles a clip).
             speed = 8 * amplitude / t_len
             velocity = speed * np.array([math.cos(angle), math.sin(angle)])
@@ -395,9 +396,10 @@ PROBE_GRID = 4
 def probe_features(data: Split, modality: str, chunk: int = 256) -> np.ndarray:
     """Per-clip features of one modality for a linear probe, the same recipe for each: the frames
     average-pooled to a 4 x 4 grid, then per cell and channel the temporal mean, the Fourier
-    coefficients (a, b) at the motions' frequency (two cycles a clip), the power a² + b², and the
-    rotation terms a_i b_j - a_j b_i between channels (which separate clockwise from
-    counter-clockwise). Object masks enter as the one-hot of the three object ids plus "other"."""
+    coefficients (a, b) at the motions' frequency (two cycles a clip), the power a² + b², and between
+    channels the in-phase terms a_i a_j + b_i b_j (which separate the diagonal from the anti-diagonal
+    oscillation in flow) and the quadrature terms a_i b_j - a_j b_i. Object masks enter as the one-hot
+    of the three object ids plus "other"."""
     n, t_len, s = data.rgb.shape[:3]
     g = PROBE_GRID
     omega = 2 * np.pi * 2 * np.arange(t_len) / t_len
@@ -421,7 +423,9 @@ def probe_features(data: Split, modality: str, chunk: int = 256) -> np.ndarray:
         a = np.einsum("ntkc,t->nkc", x, cos)
         b = np.einsum("ntkc,t->nkc", x, sin)
         feats = [mean, a, b, a * a + b * b]
-        feats += [(a[..., i] * b[..., j] - a[..., j] * b[..., i])[..., None] for i in range(c) for j in range(i + 1, c)]
+        pairs = [(i, j) for i in range(c) for j in range(i + 1, c)]
+        feats += [(a[..., i] * a[..., j] + b[..., i] * b[..., j])[..., None] for i, j in pairs]
+        feats += [(a[..., i] * b[..., j] - a[..., j] * b[..., i])[..., None] for i, j in pairs]
         parts.append(np.concatenate(feats, -1).reshape(stop - start, -1))
     return np.concatenate(parts)
 

@@ -8,8 +8,8 @@ accuracy on a benchmark split. The clips stay in memory; each step samples a bat
 permutations, seeded) and calls the one compiled `train_on_batch` function, so after its first step
 (the compile) a step costs the model's step plus a host-to-device copy of the batch.
 
-Structure variants the suites need live here too (`without_object_stem`, `with_object_fraction`,
-`with_peers`, `with_random_peers`), so suites on other branches use the same ones.
+Structure variants the suites need live here too (`with_modalities`, `without_object_stem`,
+`with_object_fraction`, `with_peers`, `with_random_peers`), so suites on other branches use the same ones.
 """
 
 from __future__ import annotations
@@ -63,12 +63,14 @@ def object_stems(structure: Structure) -> list[int]:
     return [n.index for n in structure.stems if n.modality == "object"]
 
 
-def without_object_stem(structure, name: str | None = None) -> Structure:
-    """The structure with its object stem(s) and their edges removed (Table 1's "without object")."""
+def with_modalities(structure, keep, name: str | None = None) -> Structure:
+    """The structure with only the stems of the modalities in `keep` (and their edges and peers)."""
     structure = get_structure(structure)
-    gone = set(object_stems(structure))
+    gone = {n.index for n in structure.stems if n.modality not in set(keep)}
     if not gone:
         return structure
+    if len(gone) == len(structure.stems):
+        raise ValueError(f"{structure.name}: no stem of modalities {sorted(keep)}")
     nodes = []
     for n in structure.nodes:
         if n.index in gone:
@@ -76,11 +78,20 @@ def without_object_stem(structure, name: str | None = None) -> Structure:
         if not n.is_stem:
             inputs = tuple(j for j in n.inputs if j not in gone)
             if not inputs:
-                raise ValueError(f"{structure.name}: block {n.index} takes only the object stem; "
-                                 "it has no input without it")
+                raise ValueError(f"{structure.name}: block {n.index} takes only stems of other modalities "
+                                 f"than {sorted(keep)}; it has no input without them")
             n = dataclasses.replace(n, inputs=inputs, peer=None if n.peer in gone else n.peer)
         nodes.append(n)
-    return structure.replace(name=name or f"{structure.name}_noobj", nodes=tuple(nodes))
+    return structure.replace(name=name or f"{structure.name}_{'_'.join(sorted(keep))}", nodes=tuple(nodes))
+
+
+def without_object_stem(structure, name: str | None = None) -> Structure:
+    """The structure with its object stem(s) and their edges removed (Table 1's "without object")."""
+    structure = get_structure(structure)
+    if not object_stems(structure):
+        return structure
+    keep = [m for m in structure.modalities if m != "object"]
+    return with_modalities(structure, keep, name=name or f"{structure.name}_noobj")
 
 
 def with_object_fraction(structure, fraction: float, seed: int = 0, name: str | None = None) -> Structure:

@@ -1,4 +1,5 @@
-"""The ablation suites of AssembleNet++ on the controlled benchmark: Table 1, Table 4 and Fig. 4(b).
+"""The ablation suites of AssembleNet++ on the controlled benchmark: Table 1, Table 4 and Fig. 4(b), and
+`modalities`, the benchmark's own check (each modality alone vs all three, with the model itself).
 
 Every row trains the same budget (ctx.budget) once per seed in ctx.seeds. The layout is `tiny` (the
 layout of AssembleNet++ supplementary Table 1 at 1/8 of the width). The peers come from the one-shot
@@ -16,7 +17,12 @@ import json
 from model.oneshot import over_connected
 from model.pruning import DEFAULT_THRESHOLD, prune_weights
 from model.structure import Structure, get_structure
-from pipelines.ablation.harness import with_object_fraction, with_random_peers, without_object_stem
+from pipelines.ablation.harness import (
+    with_modalities,
+    with_object_fraction,
+    with_random_peers,
+    without_object_stem,
+)
 from pipelines.ablation.runner import SuiteContext, suite
 
 LAYOUT = "tiny"
@@ -107,3 +113,17 @@ def objects(ctx: SuiteContext) -> None:
             ctx.run(f"{variant}/seed{seed}",
                     functools.partial(ctx.train, structure, attention="none", seed=seed),
                     variant=variant, seed=seed, x=fraction)
+
+
+MODALITY_SETS = (("rgb",), ("flow",), ("object",), ("rgb", "flow"), ("rgb", "flow", "object"))
+
+
+@suite("modalities", title="The benchmark's check: the model with one modality vs all three",
+       paper={}, paper_source="none (the benchmark's design: each modality alone solves only part, "
+                              "docs/ablations.md)",
+       order=tuple(" + ".join(m) for m in MODALITY_SETS))
+def modalities(ctx: SuiteContext) -> None:
+    ctx.expect(len(MODALITY_SETS) * len(ctx.seeds))
+    for keep in MODALITY_SETS:
+        structure = with_modalities(LAYOUT, keep)
+        _train_rows(ctx, " + ".join(keep), structure, attention="none")
