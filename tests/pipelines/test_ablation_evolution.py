@@ -9,6 +9,8 @@ retrain nothing finished, also across worker processes.
 import dataclasses
 import json
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -170,6 +172,13 @@ def test_worker_processes_give_the_rows_of_one_process(calls, tmp_path, monkeypa
     assert len(calls()) == 2 * 2 * (3 * 8 + 1)  # the serial run's, then the workers'
     _run(["evolution"], tmp_path / "parallel", seeds=[0, 1])
     assert len(calls()) == 2 * 2 * (3 * 8 + 1)
+    # The workers load the runner's cached benchmark instead of receiving it pickled.
+    from pipelines.ablation.benchmark import load_or_generate
+
+    bench = load_or_generate(dataclasses.replace(BENCH, frames=BUDGET.frames, size=BUDGET.size),
+                             tmp_path / "parallel" / "benchmark")
+    source = evolution_suite._bench_source(SimpleNamespace(bench=bench, out=tmp_path / "parallel" / "evolution"))
+    assert isinstance(source, str) and Path(source).is_file()
 
 
 def test_baselines_are_trained_with_connection_learning_and_scored_on_test(calls):
