@@ -117,9 +117,10 @@ class BenchmarkConfig:
 class Split:
     """One split's arrays. rgb uint8 (N,T,S,S,3); flow float16 (N,T,S,S,2) in px/20; object uint8
     (N,T,S,S); labels int32 (N,); motion, object_type int32 (N,); actor_path float32 (N,T,2) (x, y in
-    px, camera included); camera float32 (N, 2) (the pan in px/frame: the scene moves by -camera in the
-    image); mask_state uint8 (N, O, T) for the O object slots (slot 0 = actor; padded
-    slots are 255); slot_type int16 (N, O) (type index, -1 = no object)."""
+    px, camera included); actor_phase float32 (N,) (radians, see `actor_offset`); camera float32 (N, 2)
+    (the pan in px/frame: the scene moves by -camera in the image); mask_state uint8 (N, O, T) for the
+    O object slots (slot 0 = actor; padded slots are 255); slot_type int16 (N, O) (type index, -1 = no
+    object)."""
 
     rgb: np.ndarray
     flow: np.ndarray
@@ -128,6 +129,7 @@ class Split:
     motion: np.ndarray
     object_type: np.ndarray
     actor_path: np.ndarray
+    actor_phase: np.ndarray
     camera: np.ndarray
     mask_state: np.ndarray
     slot_type: np.ndarray
@@ -189,9 +191,10 @@ def label_of(motion, object_type):
 # ----------------------------------------------------------------------------------------------
 # Generation.
 
-def actor_offset(motion: int, t: np.ndarray, frames: int, amplitude: float) -> np.ndarray:
-    """(len(t), 2) displacement (x, y) of an actor with `motion` at frames t: two cycles per clip."""
-    phase = 2 * np.pi * 2 * np.asarray(t, np.float64) / frames
+def actor_offset(motion: int, t: np.ndarray, frames: int, amplitude: float, phase: float = 0.0) -> np.ndarray:
+    """(len(t), 2) displacement (x, y) of an actor with `motion` at frames t: two cycles per clip,
+    starting at `phase` (radians; random per clip, so short clips move too)."""
+    phase = 2 * np.pi * 2 * np.asarray(t, np.float64) / frames + phase
     angle = np.deg2rad(MOTION_ANGLES[motion])
     return amplitude * np.sin(phase)[:, None] * np.array([np.cos(angle), np.sin(angle)])[None]
 
@@ -210,7 +213,8 @@ def _empty_split(config: BenchmarkConfig, labels: np.ndarray) -> Split:
                  object=np.empty((n, t_len, s, s), np.uint8), labels=labels,
                  motion=(labels // NUM_OBJECTS).astype(np.int32),
                  object_type=(labels % NUM_OBJECTS).astype(np.int32),
-                 actor_path=np.empty((n, t_len, 2), np.float32), camera=np.empty((n, 2), np.float32),
+                 actor_path=np.empty((n, t_len, 2), np.float32), actor_phase=np.empty(n, np.float32),
+                 camera=np.empty((n, 2), np.float32),
                  mask_state=np.full((n, slots, t_len), 255, np.uint8), slot_type=np.full((n, slots), -1, np.int16))
 
 
@@ -297,7 +301,9 @@ def _render_clip(config: BenchmarkConfig, rng: np.random.Generator, out: Split, 
     objects = []  # (type, path (T+1, 2) image px)
     steps = np.arange(t_len + 1, dtype=np.float64)
     # The image position is the world position minus the camera offset; the start keeps it all in frame.
-    relative = actor_offset(motion, steps, t_len, amplitude) - steps[:, None] * camera_v[None]
+    out.actor_phase[k] = rng.uniform(0, 2 * np.pi)
+    relative = actor_offset(motion, steps, t_len, amplitude, float(out.actor_phase[k]))
+    relative = relative - steps[:, None] * camera_v[None]
     low, high = radius + 1 - relative.min(0), s - radius - 1 - relative.max(0)
     start = rng.uniform(np.minimum(low, high), np.maximum(low, high))
     path = start[None] + relative

@@ -5,8 +5,10 @@
 L2 term through the momentum, AssembleNet A.6; the warm-up + cosine schedule of pipelines.train;
 softmax cross-entropy with label smoothing, as the single-label Toyota recipe) and scores it by top-1
 accuracy on a benchmark split. The clips stay in memory; each step samples a batch by index (epoch
-permutations, seeded) and calls the one compiled `train_on_batch` function, so after its first step
-(the compile) a step costs the model's step plus a host-to-device copy of the batch.
+permutations, seeded) and calls the one compiled `train_on_batch` function. Under JAX the splits are
+put on the device once per benchmark (uint8 / float16, ~1.6 GB for the default training split) and a
+batch is gathered and converted there by one jitted function, so a step moves only the batch's
+indices; under TensorFlow a batch is gathered on the host (numpy) and copied.
 
 Structure variants the suites need live here too (`with_modalities`, `without_object_stem`,
 `with_object_fraction`, `with_peers`, `with_random_peers`), so suites on other branches use the same ones.
@@ -165,13 +167,61 @@ def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
     return order[:need].reshape(steps, batch_size)
 
 
-def predict(model, bench, split: str, modalities, batch_size: int) -> np.ndarray:
+class Feeder:
+    """Batches (inputs, one-hot labels) of a benchmark split by clip index: on the JAX backend gathered
+    on the device from arrays uploaded once per benchmark and split, else gathered with numpy."""
+
+    def __init__(self, bench, modalities):
+        import keras
+
+        self.bench = bench
+        self.modalities = tuple(modalities)
+        self.on_device = keras.backend.backend() == "jax"
+        self.onehot = np.eye(bench.num_classes, dtype=np.float32)
+        if self.on_device:
+            import jax
+
+            self._gather = jax.jit(self._device_batch)
+
+    def _arrays(self, split):
+        # Cached on the benchmark object: every model of a suite reuses the upload.
+        cache = self.bench.__dict__.setdefault("_device_arrays", {})
+        if split not in cache:
+            import jax
+
+            data = self.bench.splits[split]
+            cache[split] = jax.device_put({"rgb": data.rgb, "flow": data.flow, "object": data.object,
+                                           "labels": data.labels, "onehot": self.onehot})
+        return cache[split]
+
+    def _device_batch(self, arrays, index):
+        import jax.numpy as jnp
+
+        out = {}
+        for m in self.modalities:
+            if m == "rgb":
+                out[m] = arrays["rgb"][index].astype(jnp.float32) / 127.5 - 1.0
+            elif m == "flow":
+                out[m] = arrays["flow"][index].astype(jnp.float32)
+            else:
+                out[m] = arrays["object"][index].astype(jnp.int32)
+        return out, arrays["onehot"][arrays["labels"][index]]
+
+    def batch(self, split: str, index):
+        if self.on_device:
+            return self._gather(self._arrays(split), np.asarray(index, np.int32))
+        labels = self.bench.labels(split)[index]
+        return self.bench.inputs(split, index, self.modalities), self.onehot[labels]
+
+
+def predict(model, bench, split: str, modalities, batch_size: int, feeder: Feeder | None = None) -> np.ndarray:
     """Logits of every clip of `split`, in batches of one shape (the last one padded)."""
+    feeder = feeder or Feeder(bench, modalities)
     n = len(bench.labels(split))
     outputs = []
     for start in range(0, n, batch_size):
         index = np.arange(start, start + batch_size) % n
-        logits = model.predict_on_batch(bench.inputs(split, index, modalities))
+        logits = model.predict_on_batch(feeder.batch(split, index)[0])
         outputs.append(np.asarray(logits)[: min(batch_size, n - start)])
     return np.concatenate(outputs)
 
@@ -212,19 +262,18 @@ def train_and_score(structure, bench, *, attention: str = "none", object_stem: b
                               size=budget.size, **model_options)
     _compile(model, budget)
     modalities = structure.modalities
-    train_labels = bench.labels("train")
-    onehot = np.eye(bench.num_classes, dtype=np.float32)
+    feeder = Feeder(bench, modalities)
     losses = []
     compile_seconds = 0.0
-    for step, index in enumerate(batch_indices(len(train_labels), budget.batch_size, budget.steps, seed)):
+    for step, index in enumerate(batch_indices(len(bench.labels("train")), budget.batch_size, budget.steps, seed)):
         first = time.time()
-        loss = model.train_on_batch(bench.inputs("train", index, modalities), onehot[train_labels[index]])
+        loss = model.train_on_batch(*feeder.batch("train", index))
         losses.append(float(np.asarray(loss if np.ndim(loss) == 0 else loss[0])))
         if step == 0:
             compile_seconds = time.time() - first
         if not np.isfinite(losses[-1]):
             break
-    logits = predict(model, bench, eval_split, modalities, budget.batch_size)
+    logits = predict(model, bench, eval_split, modalities, budget.batch_size, feeder)
     predicted = logits.argmax(-1)
     true = bench.labels(eval_split)
     tail = losses[-max(1, len(losses) // 10):]

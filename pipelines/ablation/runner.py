@@ -19,8 +19,10 @@ The contract the suites build on (pipelines/ablation/suites.py, evolution_suite.
 
 The store is OUT/results.jsonl, append-only: one JSON line per finished run, written with a single
 `write` on an O_APPEND descriptor and fsync-ed, so a kill leaves at most one torn last line, which
-loading skips (and the run is redone). OUT/ablation.json holds the benchmark and budget the folder
-was started with; resuming with others is refused (their rows would not be comparable).
+loading skips (and the run is redone). Several processes may run suites into one folder: a key not
+yet stored is looked up again on disk before it runs, so a run another process finished is reused.
+OUT/ablation.json holds the benchmark and budget the folder was started with; resuming with others is
+refused (their rows would not be comparable).
 
 Tables: OUT/<suite>/results.csv and results.json (variant, n, mean, std with ddof 1, the paper's
 number for that row where the paper gives one, the per-seed scores) and OUT/results.md for all suites.
@@ -79,21 +81,44 @@ class ResultStore:
         self.path = Path(path)
         self.rows: dict[str, dict] = {}
         self.torn = 0
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    self.torn += 1  # a run killed mid-write: it is redone
-                    continue
-                self.rows.setdefault(row["key"], row)
+        self._offset = 0
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Reads the rows appended since the last read (by this or another process on the folder)."""
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self._offset)
+            data = f.read()
+        complete = data.rfind(b"\n") + 1
+        lines = data[:complete].decode().splitlines()
+        tail = data[complete:]
+        self._offset += complete
+        if tail:
+            try:  # a last line without its newline: whole (written by an older writer) or torn
+                lines.append(tail.decode())
+                json.loads(lines[-1])
+                self._offset += len(tail)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                lines.pop()
+                self.torn = 1
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                self.torn += 1  # a run killed mid-write: it is redone
+                continue
+            self.rows.setdefault(row["key"], row)
 
     def __contains__(self, key: str) -> bool:
         return key in self.rows
 
     def get(self, key: str) -> dict | None:
+        if key not in self.rows:
+            self.refresh()  # another process on the same folder may have finished it
         return self.rows.get(key)
 
     def append(self, row: Mapping[str, Any]) -> None:
@@ -101,9 +126,8 @@ class ResultStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            if self.torn or (os.fstat(fd).st_size and not _ends_with_newline(self.path)):
+            if os.fstat(fd).st_size and not _ends_with_newline(self.path):
                 data = b"\n" + data  # never glue a row to a torn line
-                self.torn = 0
             os.write(fd, data)
             os.fsync(fd)
         finally:

@@ -15,7 +15,6 @@ import functools
 import json
 
 from model.oneshot import over_connected
-from model.pruning import DEFAULT_THRESHOLD, prune_weights
 from model.structure import Structure, get_structure
 from pipelines.ablation.harness import (
     with_modalities,
@@ -36,6 +35,8 @@ ATTENTIONS = ("none", "static", "self", "peer")
 def searched_structure(ctx: SuiteContext, object_stem: bool = True, layout=LAYOUT) -> Structure:
     """The pruned one-shot search result of `layout` (with or without its object stem) on ctx.bench,
     with one argmax peer per block; trained once per output folder and reused by every suite."""
+    from model.pruning import DEFAULT_THRESHOLD, prune_weights  # imports Keras: not at suite registration
+
     layout = get_structure(layout)
     if not object_stem:
         layout = without_object_stem(layout)

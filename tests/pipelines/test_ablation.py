@@ -84,6 +84,18 @@ def test_a_torn_last_line_is_redone_and_not_glued(tmp_path):
     assert rows.torn == 1 and len(rows.rows) == 2
 
 
+def test_a_run_finished_by_another_process_is_reused(tmp_path):
+    first, second = runner.ResultStore(tmp_path / "r.jsonl"), runner.ResultStore(tmp_path / "r.jsonl")
+    first.append({"key": "s/a", "score": 0.5})
+    assert second.get("s/a") == {"key": "s/a", "score": 0.5}
+    ctx = runner.SuiteContext("s", bench=None, budget=BUDGET, seeds=[0], out=tmp_path / "s", store=second,
+                              train=FakeTrainer())
+    first.append({"key": "s/b", "score": 0.7})
+    assert ctx.run("b", lambda: pytest.fail("ran a finished run")) == {"key": "s/b", "score": 0.7}
+    assert ctx.run("c", lambda: {"score": 0.1}, variant="c")["suite"] == "s"
+    assert runner.ResultStore(tmp_path / "r.jsonl").get("s/c")["variant"] == "c"
+
+
 def test_aggregate_mean_std_paper_and_seeds():
     info = runner.SuiteInfo("s", lambda ctx: None, "S", {"x": 50.0}, "", "top-1", ("x",))
     rows = [{"suite": "s", "key": f"s/x/{i}", "variant": "x", "seed": i, "score": v, "params": 7}
