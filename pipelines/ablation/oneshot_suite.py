@@ -40,12 +40,12 @@ from typing import Any
 import numpy as np
 
 from model.oneshot import over_connected
-from model.pruning import DEFAULT_THRESHOLD, prune_weights
 from model.structure import Structure, get_structure
 from pipelines.ablation.runner import SuiteContext, suite
 from pipelines.ablation.suites import LAYOUT
 
 SEARCH, PRUNED = "one-shot search", "pruned (peer)"
+THRESHOLD = 0.2  # AssembleNet++ §4.1: connections with σ(w) > 0.2 are kept (model.pruning's default)
 
 
 def search_key(layout: Structure, seed: int) -> str:
@@ -61,8 +61,10 @@ def search_run(ctx: SuiteContext, layout: Structure, seed: int) -> dict[str, Any
 
 
 def pruning_stats(result: Mapping[str, Any], layout: Structure, seed: int,
-                  threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
+                  threshold: float = THRESHOLD) -> dict[str, Any]:
     """What pruning at σ(w) > threshold with argmax-h peers does to one search's learned weights."""
+    from model.pruning import prune_weights  # imports Keras: not at suite registration (fast CLI errors)
+
     supernet = over_connected(layout)
     weights = {str(i): {str(j): float(w) for j, w in row.items()} for i, row in result["edge_weights"].items()}
     attention = {str(b): {str(p): float(v) for p, v in row.items()}

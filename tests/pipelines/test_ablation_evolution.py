@@ -258,6 +258,19 @@ def test_table1_reuses_the_oneshot_suites_search(calls, tmp_path):
     assert [len(s.stems) for s in searches] == [2]  # only the search without the object stem is new
 
 
+def test_the_suites_register_without_importing_keras():
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipelines.ablation import runner; runner.load_suites(); "
+            "assert {'evolution', 'oneshot'} <= set(runner.SUITES); print('keras' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+    from model.pruning import DEFAULT_THRESHOLD
+
+    assert oneshot_suite.THRESHOLD == DEFAULT_THRESHOLD
+
+
 def test_peer_agreement_counts_blocks_and_pairs():
     agreement = oneshot_suite.peer_agreement({0: {"5": 1, "6": 2, "7": 3},
                                               1: {"5": 1, "6": 2, "7": 4},
