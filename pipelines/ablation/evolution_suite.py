@@ -273,8 +273,10 @@ def _run_parallel(ctx, config: EvolutionSuiteConfig, todo) -> list[dict]:
     # lock would make the resumed suite refuse that child), as evolve.py's own workers do.
     with ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+        # The searches first: each is a chain of models, the suite's critical path.
+        start = sorted((job for job in todo if job[0] not in rows), key=lambda job: job[1] != "search")
         futures = {pool.submit(_job, kind, variant, seed, train=train, out=ctx.out, config=config): key
-                   for key, kind, variant, seed in todo if key not in rows}
+                   for key, kind, variant, seed in start}
         try:
             for future in as_completed(futures):  # each row is stored as soon as its run finishes
                 key = futures[future]
