@@ -164,7 +164,7 @@ COLUMNS = ("seed", "score", "edges_searched", "edges_kept", "edges_removed", "re
 def summary_markdown(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> str:
     lines = [f"One-shot search of `{summary['layout']}` ({summary['edges_searched']} connections), pruned at "
              f"σ(w) > {summary['threshold']:g}:", "",
-             "| seed | test top-1 of the search model | kept | removed | object edges kept |",
+             "| seed | validation top-1 of the search model | kept | removed | object edges kept |",
              "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['seed']} | {100 * float(r['score']):.2f} | {r['edges_kept']} | {r['edges_removed']} "
