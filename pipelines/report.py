@@ -18,11 +18,11 @@ Inputs (all optional):
     search/structure.json + search/connection_weights.json   one-shot search's learned connectivity
     [search/]final_structure.json      the pruned structure of a one-shot search, drawn beside it
     attention_nas/cell.png             the AttentionNAS cell, embedded as is
-    <suite>/results.json               an ablation suite's table (pipelines/ablation/runner.py): a bar
-                                       chart with error bars beside the paper's numbers, and the table
-    <suite>/figures.json               a suite's own figures {png in <suite>/: caption}, embedded as is
-So `assemblenet report` also works on an `assemblenet search --out`, `assemblenet evolve` or
-`assemblenet ablate --out` folder.
+So `assemblenet report` also works on an `assemblenet search --out` or `assemblenet evolve` folder.
+An `assemblenet ablate --out` folder (it holds ablation.json) gets a report of its own: per suite
+(<suite>/results.json, pipelines/ablation/runner.py) a bar chart with error bars beside the paper's
+numbers, and the table, and the suite's own figures (<suite>/figures.json {png in <suite>/: caption},
+e.g. the evolution suite's Fig. 4 curve).
 """
 
 from __future__ import annotations
@@ -55,6 +55,14 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
         raise ValueError(f"{run_dir}: not a run directory")
     out = Path(out_dir) if out_dir else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
+    if (run_dir / "ablation.json").exists():  # an `assemblenet ablate --out` folder: its tables only
+        sections = _ablation_sections(run_dir, out) or [
+            Section("Ablations", ["No suite has finished a run yet (no <suite>/results.json)."])]
+        title = f"AssembleNet ablations: {run_dir.resolve().name}"
+        (out / "report.md").write_text(_markdown(title, sections))
+        index = out / "index.html"
+        index.write_text(_html(title, sections, out))
+        return index
     sections = [
         _summary_section(run_dir),
         _training_section(run_dir, out),
@@ -68,7 +76,6 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
                               "The one-shot model connects every block to all lower levels and learns the "
                               "weights (AssembleNet++ §3.5); those above 0.2 are kept when pruning."),
         _attention_nas_section(run_dir, out),
-        *_ablation_sections(run_dir, out),
     ]
     title = f"AssembleNet run report: {run_dir.resolve().name}"
     (out / "report.md").write_text(_markdown(title, sections))

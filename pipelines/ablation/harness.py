@@ -30,20 +30,26 @@ from model.structure import Structure, get_structure
 class Budget:
     """The training budget of every run of a suite (the same for every row: the issue's rule).
 
-    Defaults (our choice, sized for one H200 lease, docs/ablations.md): `tiny` at 16 x 64², batch 32,
-    600 steps (~6 epochs of the 3,072 training clips). The papers' 50K steps at batch 128 (AssembleNet++
-    §4) are a different scale; these models are small and the benchmark is easy to overfit.
+    Defaults (our choice, untuned, sized for one H200 lease, docs/ablations.md): `tiny` at 16 x 64²,
+    batch 32, 1,500 steps (~15 epochs of the 3,072 training clips; on the H200 a model's ~15 s compile
+    costs more than its steps), peak learning rate 0.4 (0.0125 per clip: at batch 8, 0.1 learned on
+    this CPU where 0.4 did not), 10% linear warm-up, cosine decay. The papers' 50K steps at batch 128
+    (AssembleNet++ §4) are another scale.
     """
 
-    steps: int = 600
+    steps: int = 1500
     batch_size: int = 32
     learning_rate: float = 0.4
-    warmup_steps: int = 60
+    warmup_steps: int = 150
     momentum: float = 0.9
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
     frames: int = 16
     size: int = 64
+    # Keras's jit_compile. "auto" (XLA under JAX and, where it can, TensorFlow); False only makes sense
+    # on TensorFlow, on a CPU, where XLA compiles a search model for minutes (measured: 477 s vs 53 s
+    # for the graph without XLA on this 2-core VM, loaded).
+    jit_compile: bool | str = "auto"
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "frames", "size"):
@@ -56,6 +62,8 @@ class Budget:
                              f"steps={self.steps}")
         if self.learning_rate <= 0:
             raise ValueError(f"Budget.learning_rate={self.learning_rate} must be positive")
+        if self.jit_compile not in ("auto", True, False):
+            raise ValueError(f"Budget.jit_compile={self.jit_compile!r}: expected 'auto', True or False")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,7 +163,7 @@ def _compile(model, budget: Budget):
     schedule = WarmupCosine(budget.learning_rate, budget.warmup_steps, budget.steps)
     optimizer = MomentumL2(learning_rate=schedule, momentum=budget.momentum, l2=budget.weight_decay)
     loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=budget.label_smoothing)
-    model.compile(optimizer=optimizer, loss=loss)
+    model.compile(optimizer=optimizer, loss=loss, jit_compile=budget.jit_compile)
 
 
 def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:

@@ -47,11 +47,13 @@ def register(subparsers):
     parser.add_argument("--out", required=True, help="output folder: results.jsonl, tables, results.md, report/")
     parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="training seeds (default: 0,1,2)")
     budget = parser.add_argument_group("budget (the same for every row)")
-    budget.add_argument("--steps", type=_positive, help="training steps per model (default: 600)")
+    budget.add_argument("--steps", type=_positive, help="training steps per model (default: 1500)")
     budget.add_argument("--batch-size", type=_positive, help="clips per step (default: 32)")
     budget.add_argument("--learning-rate", type=float, help="peak learning rate (default: 0.4)")
     budget.add_argument("--frames", type=_positive, help="frames per clip (default: 16)")
     budget.add_argument("--size", type=_size, help="frame side in pixels, a multiple of 32 (default: 64)")
+    budget.add_argument("--no-xla", action="store_true",
+                        help="TensorFlow on a CPU: compile the train step without XLA (minutes less per model)")
     bench = parser.add_argument_group("benchmark")
     bench.add_argument("--bench-seed", type=int, default=0, help="the benchmark's seed (default: 0)")
     bench.add_argument("--train-clips", type=_positive, help="training clips (default: 3072)")
@@ -67,6 +69,8 @@ def ablate_command(args) -> int:
 
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "learning_rate", "frames", "size")
                  if getattr(args, k) is not None}
+    if args.no_xla:
+        overrides["jit_compile"] = False
     if "steps" in overrides:
         overrides["warmup_steps"] = overrides["steps"] // 10  # the default budget's 10% warm-up
     budget = Budget(**overrides)

@@ -56,6 +56,8 @@ def test_budget_errors():
         H.Budget(size=48)
     with pytest.raises(ValueError, match="warmup_steps"):
         H.Budget(steps=10, warmup_steps=10)
+    with pytest.raises(ValueError, match="jit_compile"):
+        H.Budget(jit_compile="xla")
 
 
 @pytest.mark.slow
