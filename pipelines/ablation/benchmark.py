@@ -41,6 +41,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -232,7 +233,6 @@ def generate_split(config: BenchmarkConfig, split: str, progress: bool = False, 
     splits). The result does not depend on `workers`."""
     import concurrent.futures
     import multiprocessing
-    import os
 
     from tqdm import tqdm
 
@@ -364,7 +364,8 @@ def save(bench: Benchmark, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"{split}/{field.name}": getattr(data, field.name)
               for split, data in bench.splits.items() for field in dataclasses.fields(Split)}
-    tmp = path.with_name(f".{path.name}.tmp.npz")
+    # A name of this process's own: several `assemblenet ablate` processes may cache the same benchmark.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
     np.savez(tmp, config=json.dumps(dataclasses.asdict(bench.config)), **arrays)
     tmp.replace(path)
     return path

@@ -43,7 +43,8 @@ def register(subparsers):
         "ablate", help="run ablation suites (AssembleNet++ Tables 1 and 4, Fig. 4b, ...) on the controlled "
                        "benchmark; run again with the same flags to resume")
     parser.add_argument("--suite", required=True, type=_suites,
-                        help="comma-separated suites, e.g. table1,table4,objects (see docs/ablations.md)")
+                        help="comma-separated suites: table1, table4, objects, modalities (and those other modules "
+                             "register; see docs/ablations.md)")
     parser.add_argument("--out", required=True, help="output folder: results.jsonl, tables, results.md, report/")
     parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="training seeds (default: 0,1,2)")
     budget = parser.add_argument_group("budget (the same for every row)")
@@ -58,6 +59,7 @@ def register(subparsers):
     bench.add_argument("--bench-seed", type=int, default=0, help="the benchmark's seed (default: 0)")
     bench.add_argument("--train-clips", type=_positive, help="training clips (default: 3072)")
     bench.add_argument("--val-clips", type=_positive, help="validation clips, the scored split (default: 768)")
+    bench.add_argument("--test-clips", type=_positive, help="test clips, kept for a final check (default: 768)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=ablate_command)
 
@@ -74,7 +76,7 @@ def ablate_command(args) -> int:
     if "steps" in overrides:
         overrides["warmup_steps"] = overrides["steps"] // 10  # the default budget's 10% warm-up
     budget = Budget(**overrides)
-    bench = {k: getattr(args, k) for k in ("train_clips", "val_clips") if getattr(args, k) is not None}
+    bench = {k: getattr(args, k) for k in ("train_clips", "val_clips", "test_clips") if getattr(args, k) is not None}
     config = BenchmarkConfig(seed=args.bench_seed, frames=budget.frames, size=budget.size, **bench)
     tables = run_suites(args.suite, out=args.out, seeds=args.seeds, budget=budget, benchmark=config,
                         progress=not args.quiet)

@@ -193,3 +193,30 @@ def test_cli_unknown_suite_is_one_line(tmp_path):
     assert result.stderr.startswith("assemblenet ablate: error: unknown suite(s) nosuch; expected some of ")
     assert len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "out" / "benchmark").exists()  # refused before any work
+
+
+@pytest.mark.slow
+def test_objects_suite_with_real_training(tmp_path):
+    """The `objects` suite end to end with the real harness (one seed, two steps: the plumbing, not
+    the accuracy): three trained models, their table, and parameter counts that grow with the object edges
+    (each object edge adds a 151 -> C projection)."""
+    tables = runner.run_suites(["objects"], out=tmp_path, seeds=[0], budget=BUDGET, benchmark=BENCH,
+                               progress=False)
+    rows = {r["variant"]: r for r in tables["objects"]}
+    assert list(rows) == ["object fraction 0", "object fraction 0.5", "object fraction 1"]
+    assert all(r["n"] == 1 and 0.0 <= r["mean"] <= 1.0 for r in rows.values())
+    params = [rows[v]["params"] for v in rows]
+    assert params[0] < params[1] < params[2]
+    stored = runner.ResultStore(tmp_path / runner.STORE).suite_rows("objects")
+    assert {len(r["edge_weights"]) for r in stored} == {6} and all(r["steps"] == 2 for r in stored)
+    assert (tmp_path / "report" / "ablation_objects.png").exists()
+
+
+def test_modalities_suite_small(tmp_path):
+    trainer = FakeTrainer()
+    tables = run(tmp_path, ["modalities"], trainer, seeds=(0, 1, 2), report=False)
+    assert [r["variant"] for r in tables["modalities"]] == ["rgb", "flow", "object", "rgb + flow",
+                                                           "rgb + flow + object"]
+    assert all(r["n"] == 3 and r["paper"] is None for r in tables["modalities"])
+    seen = [c["structure"].modalities for c in trainer.calls[::3]]
+    assert seen == [("rgb",), ("flow",), ("object",), ("rgb", "flow"), ("rgb", "flow", "object")]
