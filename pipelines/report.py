@@ -330,7 +330,7 @@ def _ablation_sections(run_dir: Path, out: Path) -> list[Section]:
         # A suite's own figures (e.g. the evolution suite's Fig. 4 curve): <suite>/figures.json {png: caption}.
         extra = _read_json(path.parent / "figures.json") if (path.parent / "figures.json").exists() else {}
         for figure, caption in (extra.items() if isinstance(extra, dict) else ()):
-            if (path.parent / figure).is_file():
+            if Path(figure).name == figure and (path.parent / figure).is_file():  # a file of <suite>/ only
                 shutil.copyfile(path.parent / figure, out / f"ablation_{data['suite']}_{figure}")
                 section.figures.append((f"ablation_{data['suite']}_{figure}", str(caption)))
         sections.append(section)
