@@ -214,7 +214,7 @@ def run_suite(ctx, config: EvolutionSuiteConfig) -> list[dict]:
 
 
 @suite("evolution", title="AssembleNet Fig. 4 / Table 3: search methods and hand-designed baselines",
-       paper=PAPER, paper_source=PAPER_SOURCE, metric="top-1 accuracy on the test split",
+       paper=PAPER, paper_source=PAPER_SOURCE, metric="top-1 accuracy (test split)",
        order=(*METHODS, *BASELINES))
 def evolution_suite(ctx) -> None:
     run_suite(ctx, dataclasses.replace(CONFIG, workers=workers_from_env()))
@@ -346,6 +346,7 @@ def plot_fig4(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str | P
     method (mean over search seeds, band: ± one standard deviation). The dotted line marks the end
     of the random initial population, which every method shares (§4.2)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(6.4, 3.8))
     ax = fig.add_subplot()
@@ -359,7 +360,8 @@ def plot_fig4(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str | P
     ax.set_ylabel(f"mean validation top-1 of the top {TOP_K}")
     ax.set_title("Search methods (AssembleNet Fig. 4)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=8, loc="best")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
