@@ -299,8 +299,13 @@ def test_a_guided_search_on_the_real_harness_inherits_its_learned_weights(tmp_pa
     config = dataclasses.replace(SMALL, population_size=1, rounds=1, keep_threshold=0.5,
                                  space=dataclasses.replace(SPACE, max_mutations=0))
 
+    import keras
+
+    # TensorFlow on a CPU compiles these graphs much faster without XLA (harness.Budget.jit_compile).
+    budget = dataclasses.replace(BUDGET, jit_compile=False if keras.backend.backend() == "tensorflow" else "auto")
+
     def train(structure, **kwargs):
-        return train_and_score(structure, bench, budget=BUDGET, **kwargs)
+        return train_and_score(structure, bench, budget=budget, **kwargs)
 
     from pipelines import evolve
 
