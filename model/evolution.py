@@ -448,3 +448,46 @@ def top_mean(values: Sequence[float], k: int = 3) -> float:
     """Mean of the k best values (AssembleNet Figure 4 plots the mean of the top 3)."""
     best = sorted(values, reverse=True)[:k]
     return float(np.mean(best)) if best else float("nan")
+
+
+# -- hand-designed baselines (AssembleNet Table 3, Appendix A.3) -------------------------------
+
+# The (2+1)D multi-stream models of Table 3 that learn their connection weights but are not evolved:
+#   late_fusion        two streams at every level 1..4; the sink combines the two level-4 blocks
+#   fusion_at_4        two streams at levels 1..3; one level-4 block fuses them (weighted sum, §3.1)
+#   flow_to_rgb        as fusion_at_4, and each RGB block also takes the flow block below it
+#   fully              two blocks at levels 1..3, one at level 4, every block fed by every block of
+#                      the level just below ("Two-stream (fully, fuse at 4)")
+#   four_stream_fully  the same with two RGB and two flow stems and four blocks at levels 1..3
+HAND_DESIGNED = ("late_fusion", "fusion_at_4", "flow_to_rgb", "fully", "four_stream_fully")
+
+
+def hand_designed(kind: str, space: SearchSpace = SearchSpace()) -> Structure:
+    """One baseline of Table 3 with the capacity of `space`'s architectures: the same per-level channel
+    totals (§3.1: "all these models have a similar number of parameters"), 3x3 widths, repeats, stems
+    (Appendix A.2 widths) and strides; every temporal resolution r = 1 (a plain (2+1)D ResNet).
+
+    Stream s of a two-stream model starts at stem s (0: RGB, 1: flow); `space.object_stem` adds no
+    object stem here (Table 3's models are RGB + flow)."""
+    if kind not in HAND_DESIGNED:
+        raise ValueError(f"hand_designed: unknown baseline {kind!r}; expected one of {HAND_DESIGNED}")
+    modalities = ("rgb", "rgb", "flow", "flow") if kind == "four_stream_fully" else ("rgb", "flow")
+    streams = len(modalities)
+    stem_c = space.stem_channels(streams)
+    nodes: list[Node] = [Node(k, 0, (m,), stem_c, 1, STEM_STRIDE) for k, m in enumerate(modalities)]
+    below = [n.index for n in nodes]  # the previous level's blocks, one per stream
+    for level in range(1, NUM_LEVELS + 1):
+        count = streams if level < NUM_LEVELS or kind == "late_fusion" else 1
+        channels = space.level_totals[level - 1] // count
+        ids = list(range(len(nodes), len(nodes) + count))
+        for s, index in enumerate(ids):
+            if count == 1 or kind in ("fully", "four_stream_fully"):
+                inputs = below
+            elif kind == "flow_to_rgb" and modalities[s] == "rgb":
+                inputs = below  # RGB combines both streams of the level below (A.3)
+            else:
+                inputs = [below[s]]
+            nodes.append(Node(index, level, tuple(inputs), channels, 1, LEVEL_STRIDES[level - 1]))
+        below = ids
+    return Structure(name=f"two_stream_{kind}" if streams == 2 else kind, nodes=tuple(nodes),
+                     repeats=space.repeats, level_widths=space.level_widths)

@@ -21,7 +21,8 @@ Inputs (all optional):
 So `assemblenet report` also works on an `assemblenet search --out` or `assemblenet evolve` folder.
 An `assemblenet ablate --out` folder (it holds ablation.json) gets a report of its own: per suite
 (<suite>/results.json, pipelines/ablation/runner.py) a bar chart with error bars beside the paper's
-numbers, and the table.
+numbers, and the table, and the suite's own figures (<suite>/figures.json {png in <suite>/: caption},
+e.g. the evolution suite's Fig. 4 curve).
 """
 
 from __future__ import annotations
@@ -326,6 +327,12 @@ def _ablation_sections(run_dir: Path, out: Path) -> list[Section]:
             section.table.append((row["variant"], f"{100 * row['mean']:.2f}{spread} (n={row['n']}){paper}"))
         plots.plot_ablation(data["rows"], out / name, title=section.title, metric=data.get("metric", "score"))
         section.figures.append((name, f"{path.relative_to(run_dir)}: per variant mean ± std over seeds"))
+        # A suite's own figures (e.g. the evolution suite's Fig. 4 curve): <suite>/figures.json {png: caption}.
+        extra = _read_json(path.parent / "figures.json") if (path.parent / "figures.json").exists() else {}
+        for figure, caption in (extra.items() if isinstance(extra, dict) else ()):
+            if Path(figure).name == figure and (path.parent / figure).is_file():  # a file of <suite>/ only
+                shutil.copyfile(path.parent / figure, out / f"ablation_{data['suite']}_{figure}")
+                section.figures.append((f"ablation_{data['suite']}_{figure}", str(caption)))
         sections.append(section)
     return sections
 

@@ -275,3 +275,53 @@ def test_edge_weights_json_round_trip():
     assert evolution.parse_edge_weights({"block_3": {"stem_0": 0.25}}) == {(0, 3): 0.25}
     with pytest.raises(ValueError, match="index"):
         evolution.parse_edge_weights({"x": {"y": 1.0}})
+
+
+# -- the hand-designed baselines of AssembleNet Table 3 ------------------------------------------
+
+def _streams(structure: Structure) -> dict[int, list[set]]:
+    """{level: [inputs of each block, as sets]} in index order."""
+    return {level: [set(n.inputs) for n in structure.nodes_at(level)] for level in range(1, 5)}
+
+
+def test_two_stream_late_fusion_keeps_the_streams_apart_up_to_the_sink():
+    s = evolution.hand_designed("late_fusion", SearchSpace(width_scale=16))
+    assert [n.modality for n in s.stems] == ["rgb", "flow"]
+    assert _streams(s) == {1: [{0}, {1}], 2: [{2}, {3}], 3: [{4}, {5}], 4: [{6}, {7}]}
+    assert [n.index for n in s.nodes_at(4)] == [8, 9]  # the sink combines two level-4 blocks
+
+
+def test_two_stream_fusion_at_level_4_joins_the_streams_in_one_block():
+    s = evolution.hand_designed("fusion_at_4", SearchSpace(width_scale=16))
+    assert _streams(s) == {1: [{0}, {1}], 2: [{2}, {3}], 3: [{4}, {5}], 4: [{6, 7}]}
+
+
+def test_flow_to_rgb_feeds_flow_into_the_rgb_stream_only():
+    s = evolution.hand_designed("flow_to_rgb", SearchSpace(width_scale=16))
+    assert _streams(s) == {1: [{0, 1}, {1}], 2: [{2, 3}, {3}], 3: [{4, 5}, {5}], 4: [{6, 7}]}
+
+
+def test_fully_connects_every_block_to_every_block_of_the_level_below():
+    s = evolution.hand_designed("fully", SearchSpace(width_scale=16))
+    assert _streams(s) == {1: [{0, 1}] * 2, 2: [{2, 3}] * 2, 3: [{4, 5}] * 2, 4: [{6, 7}]}
+    four = evolution.hand_designed("four_stream_fully", SearchSpace(width_scale=16))
+    assert [n.modality for n in four.stems] == ["rgb", "rgb", "flow", "flow"]
+    assert _streams(four) == {1: [{0, 1, 2, 3}] * 4, 2: [{4, 5, 6, 7}] * 4, 3: [{8, 9, 10, 11}] * 4,
+                              4: [{12, 13, 14, 15}]}
+
+
+@pytest.mark.parametrize("kind", evolution.HAND_DESIGNED)
+def test_hand_designed_models_have_the_search_spaces_capacity(kind):
+    space = SearchSpace(width_scale=16, repeats=(0.5,) * 4)
+    s = evolution.hand_designed(kind, space)
+    Structure.from_json(s.to_json())
+    assert evolution.level_channel_sums(s) == dict(enumerate(space.level_totals, start=1))
+    assert s.repeats == space.repeats and s.level_widths == space.level_widths
+    assert {n.dilation for n in s.nodes} == {1}
+    assert {n.channels for n in s.stems} == {space.stem_channels(len(s.stems))}
+    assert evolution.depth(s) == 4 and not s.dead()
+
+
+def test_hand_designed_rejects_an_unknown_name():
+    with pytest.raises(ValueError, match="unknown baseline 'early'"):
+        evolution.hand_designed("early")
