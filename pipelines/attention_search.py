@@ -115,8 +115,9 @@ class SearchConfig:
     lr_min: float = 0.001
     momentum: float = 0.9
     weight_decay: float = 3e-4
-    # Architecture weights (DARTS §3.1.1): Adam 3e-4, β (0.5, 0.999), L2 1e-3 on α.
-    arch_lr: float = 3e-4
+    # Architecture weights (DARTS §3.1.1): Adam, β (0.5, 0.999), L2 1e-3 on α. The rate: None = DARTS's
+    # 3e-4 scaled to this search's number of architecture steps (architecture_learning_rate).
+    arch_lr: float | None = None
     arch_beta_1: float = 0.5
     arch_weight_decay: float = 1e-3
     arch_start: float = 0.0  # fraction of the steps before architecture updates begin (DARTS: none)
@@ -147,6 +148,8 @@ class SearchConfig:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
         if not 0 <= self.arch_start < 1:
             raise ValueError(f"arch_start must be in [0, 1), got {self.arch_start}")
+        if self.arch_lr is not None and not self.arch_lr > 0:
+            raise ValueError(f"arch_lr must be positive (or None: DARTS's budget), got {self.arch_lr}")
         if not 0 < self.final_temperature <= 1:
             raise ValueError(f"final_temperature must be in (0, 1], got {self.final_temperature}")
         if self.data is None and self.num_classes != len(SYNTHETIC_CLASSES):
@@ -323,6 +326,28 @@ def evaluate_accuracy(model, config: SearchConfig, modalities, *, seed: int) -> 
 # The search.
 
 
+# DARTS §3.1.1 (CIFAR-10): 50 epochs over the 25 000-image training half at batch 64 = 391 steps an
+# epoch, one architecture step per weight step, Adam at 3e-4.
+DARTS_ARCH_LR = 3e-4
+DARTS_ARCH_STEPS = 50 * 391
+
+
+def architecture_learning_rate(config: SearchConfig) -> float:
+    """Adam rate of α: `config.arch_lr`, or (None) DARTS's rate scaled to keep DARTS's budget.
+
+    Adam moves a parameter by at most ~its rate a step (|m̂/√v̂| ≤ 1, = 1 only for a gradient of constant
+    sign), whatever the gradient's size. So a search of N architecture steps can move a logit by at most
+    rate × N: DARTS's 3e-4 × 19 550 ≈ 5.9 (softmax of two logits 5.9 apart: 0.997 / 0.003), but
+    3e-4 × 300 = 0.09 in a 300-step proxy search (0.52 / 0.48 at best) — it cannot decide whatever the
+    data say (issue 19, measured in docs/attention_nas.md). The project keeps DARTS's budget
+    rate × steps instead of its rate: 3e-4 × 19 550 / N (= 3e-4 at DARTS's own length). A noisy gradient
+    moves α less than the budget (|m̂/√v̂| ≪ 1), so a decision still needs a consistent preference."""
+    if config.arch_lr is not None:
+        return config.arch_lr
+    arch_steps = config.steps - int(config.arch_start * config.steps)
+    return DARTS_ARCH_LR * DARTS_ARCH_STEPS / max(1, arch_steps)
+
+
 def temperature_at(config: SearchConfig, step: int) -> float:
     """Softmax temperature of the supernet at `step`: 1 during the warm-up, then geometric from 1 down
     to `config.final_temperature` at the last step (1 = no annealing)."""
@@ -462,9 +487,10 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dic
         "excluded": excluded,
     }
     arch_from = int(config.arch_start * config.steps)
+    arch_lr = architecture_learning_rate(config)
     make_optimizer = lambda: AlternatingAdam(
         learning_rate=config.lr,
-        arch_learning_rate=config.arch_lr,
+        arch_learning_rate=arch_lr,
         arch_beta_1=config.arch_beta_1,
         arch_weight_decay=config.arch_weight_decay,
         weights_optimizer=config.optimizer,
