@@ -552,6 +552,8 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dic
 
     weights = architecture_weights(model)
     cell = derive_cell(weights)
+    arch_steps = max(0, config.steps - arch_from)
+    spread = logit_spread(arch_vars)
     accuracy = (
         evaluate_accuracy(model, config, modalities, seed=config.seed + 1000) if config.data is None else None
     )
@@ -570,6 +572,13 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dic
         "final_loss": float(np.mean([h["loss"] for h in last])),
         "first_loss": history[0]["loss"],
         "arch_variables": len(arch_vars),
+        # Why α moved as far as it did: Adam's budget (rate × architecture steps bounds each logit's
+        # move from 0) and the spread max α − min α reached per choice (mean over positions).
+        "arch_learning_rate": arch_lr,
+        "arch_steps": arch_steps,
+        "arch_budget": arch_lr * arch_steps,
+        "logit_spread": spread,
+        "mean_logit_spread": float(np.mean(list(spread.values()))) if spread else 0.0,
         "final_entropy": history[-1]["entropy"],
         "final_mean_entropy": history[-1]["mean_entropy"],
         "cell": cell,
@@ -577,6 +586,19 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dic
     }
     (out / "search.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def logit_spread(arch_vars) -> dict:
+    """{"op{i}.{choice}": max α − min α, averaged over the cells (positions)} of `arch_*` variables
+    (they start at 0, so the spread is at most 2 × rate × steps for Adam)."""
+    import keras
+
+    spreads = {}
+    for variable in arch_vars:
+        values = np.asarray(keras.ops.convert_to_numpy(variable), "float64")
+        key = variable.name[len("arch_") :].replace("_", ".", 1)
+        spreads.setdefault(key, []).append(float(values.max() - values.min()))
+    return {k: float(np.mean(v)) for k, v in sorted(spreads.items())}
 
 
 def plot_entropy(history: list, path: str | os.PathLike) -> Path:

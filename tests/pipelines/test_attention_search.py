@@ -71,6 +71,10 @@ def test_search_writes_cell_weights_and_drawing(tmp_path):
                                                                      "reduction")} | {"op2.inputs"}
     assert all(0 < e < 1 for e in entropy.values()) and record["final_mean_entropy"] < 1
     assert record["cell"]["normalize"] is True
+    # Adam's budget: 3 steps at DARTS's 3e-4 × 19 550 / 3; no logit spread beyond 2 × budget.
+    assert record["arch_learning_rate"] == pytest.approx(3e-4 * 19_550 / 3) and record["arch_steps"] == 3
+    assert set(record["logit_spread"]) == set(entropy)
+    assert all(0 < v <= 2 * record["arch_budget"] + 1e-6 for v in record["logit_spread"].values())
     assert record["split"]["kind"] == "synthetic"
 
 
@@ -96,11 +100,12 @@ def test_cli_parses_into_the_search_function():
         ]
     )
     assert args.func.__module__ == "pipelines.commands.attention_search"
-    assert (args.backbone, args.steps, args.after_levels, args.blocks) == (
+    assert (args.backbone, args.steps, args.after_levels, args.blocks, args.arch_lr) == (
         "assemblenet",
         5,
         (2,),
         (1, 2, 2, 1),
+        None,  # DARTS's budget spread over the search (architecture_learning_rate)
     )
     with pytest.raises(ValueError, match="backbone must be"):
         SearchConfig(backbone="vgg")
