@@ -335,13 +335,14 @@ DARTS_ARCH_STEPS = 50 * 391
 def architecture_learning_rate(config: SearchConfig) -> float:
     """Adam rate of α: `config.arch_lr`, or (None) DARTS's rate scaled to keep DARTS's budget.
 
-    Adam moves a parameter by at most ~its rate a step (|m̂/√v̂| ≤ 1, = 1 only for a gradient of constant
-    sign), whatever the gradient's size. So a search of N architecture steps can move a logit by at most
-    rate × N: DARTS's 3e-4 × 19 550 ≈ 5.9 (softmax of two logits 5.9 apart: 0.997 / 0.003), but
-    3e-4 × 300 = 0.09 in a 300-step proxy search (0.52 / 0.48 at best) — it cannot decide whatever the
-    data say (issue 19, measured in docs/attention_nas.md). The project keeps DARTS's budget
-    rate × steps instead of its rate: 3e-4 × 19 550 / N (= 3e-4 at DARTS's own length). A noisy gradient
-    moves α less than the budget (|m̂/√v̂| ≪ 1), so a decision still needs a consistent preference."""
+    Adam moves a parameter by about its rate a step at most (|m̂/√v̂| ≈ 1 for a gradient of constant sign
+    and steady size, a little more while its size grows), whatever the gradient's size. So a search of
+    N architecture steps can move a logit by about rate × N at most: DARTS's 3e-4 × 19 550 ≈ 5.9
+    (softmax of two logits 5.9 apart: 0.997 / 0.003), but 3e-4 × 300 = 0.09 in a 300-step proxy search
+    (0.52 / 0.48 at best) — it cannot decide whatever the data say (issue 19, measured in
+    docs/attention_nas.md). The project keeps DARTS's budget rate × steps instead of its rate:
+    3e-4 × 19 550 / N (= 3e-4 at DARTS's own length). A noisy gradient moves α less than the budget
+    (|m̂/√v̂| ≪ 1), so a decision still needs a consistent preference."""
     if config.arch_lr is not None:
         return config.arch_lr
     arch_steps = config.steps - int(config.arch_start * config.steps)
@@ -590,7 +591,7 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dic
 
 def logit_spread(arch_vars) -> dict:
     """{"op{i}.{choice}": max α − min α, averaged over the cells (positions)} of `arch_*` variables
-    (they start at 0, so the spread is at most 2 × rate × steps for Adam)."""
+    (they start at 0, so Adam keeps the spread to about 2 × rate × steps)."""
     import keras
 
     spreads = {}
