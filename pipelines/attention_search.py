@@ -5,9 +5,11 @@ backbone (the I3D-ResNet of model/resnet.py at res3/res4, or an AssembleNet stru
 and 3), trains it DARTS-style (first-order, alternating; DARTS §2.3, §3.1.1 settings by default):
   1. network weights: one SGD step (momentum 0.9, L2 3e-4, learning rate cosine 0.025 → 0.001) on a
      training batch;
-  2. architecture weights (`arch_*`): one Adam step (3e-4, β (0.5, 0.999), L2 1e-3 on α) on a batch of
-     the held-out split (DARTS's validation loss), from `arch_start` × steps onwards, optionally with
-     the supernet's softmax temperature annealed towards `final_temperature`.
+  2. architecture weights (`arch_*`): one Adam step (β (0.5, 0.999), L2 1e-3 on α; the rate keeps
+     DARTS's budget 3e-4 × 19 550 steps over this search's architecture steps unless `arch_lr` is set,
+     `architecture_learning_rate`) on a batch of the held-out split (DARTS's validation loss), from
+     `arch_start` × steps onwards, optionally with the supernet's softmax temperature annealed towards
+     `final_temperature`.
 Candidates that cannot attend at some insertion position's feature size (one key per query after
 `kv_pool`, model.attention_nas.degenerate_pairs) are excluded from the search space, with a message.
 With --data the videos are split by id into a training part and a disjoint held-out part for the
