@@ -147,9 +147,11 @@ def run_backbone(backbone: str, args, out: Path) -> dict:
     partial.write_text(json.dumps({"searches": searches, "results": []}, indent=2) + "\n")
 
     train = dataclasses.replace(base, steps=args.steps, batch_size=args.batch_size, train_lr=args.train_lr)
-    mean_searched_params = float(np.mean([s["cost"]["params"] for s in searches])) if searches else 0.0
+    searched_costs = [s["cost"]["params"] for s in searches] or [
+        added_cost(load_cell(path), shapes)["params"] for path in args.cells
+    ]
     variants = [("none", None), ("non-local", NONLOCAL)]
-    matched = matched_nonlocal(mean_searched_params, shapes) if searches else None
+    matched = matched_nonlocal(float(np.mean(searched_costs)), shapes) if searched_costs else None
     if matched is not None and matched["reduction"] != NONLOCAL["reduction"]:
         variants.append((f"non-local (matched, reduction {matched['reduction']:g})", matched))
     distinct = {}
@@ -343,7 +345,10 @@ def main(argv=None) -> int:
     parser.add_argument("--search-batch-size", type=int, default=8)
     parser.add_argument("--num-operations", type=int, default=3)
     parser.add_argument("--lr", type=float, default=0.025, help="search: SGD rate of the network weights")
-    parser.add_argument("--arch-lr", type=float, default=3e-4, help="search: Adam rate of α (DARTS 3e-4)")
+    parser.add_argument(
+        "--arch-lr", type=float, default=None,
+        help="search: Adam rate of α (default: DARTS 3e-4 scaled to the search length, see attention_search)",
+    )
     parser.add_argument("--arch-start", type=float, default=0.0)
     parser.add_argument("--final-temperature", type=float, default=1.0)
     parser.add_argument("--train-lr", type=float, default=1e-3, help="Adam rate of the compared models")

@@ -5,9 +5,11 @@ backbone (the I3D-ResNet of model/resnet.py at res3/res4, or an AssembleNet stru
 and 3), trains it DARTS-style (first-order, alternating; DARTS §2.3, §3.1.1 settings by default):
   1. network weights: one SGD step (momentum 0.9, L2 3e-4, learning rate cosine 0.025 → 0.001) on a
      training batch;
-  2. architecture weights (`arch_*`): one Adam step (3e-4, β (0.5, 0.999), L2 1e-3 on α) on a batch of
-     the held-out split (DARTS's validation loss), from `arch_start` × steps onwards, optionally with
-     the supernet's softmax temperature annealed towards `final_temperature`.
+  2. architecture weights (`arch_*`): one Adam step (β (0.5, 0.999), L2 1e-3 on α; the rate keeps
+     DARTS's budget 3e-4 × 19 550 steps over this search's architecture steps unless `arch_lr` is set,
+     `architecture_learning_rate`) on a batch of the held-out split (DARTS's validation loss), from
+     `arch_start` × steps onwards, optionally with the supernet's softmax temperature annealed towards
+     `final_temperature`.
 Candidates that cannot attend at some insertion position's feature size (one key per query after
 `kv_pool`, model.attention_nas.degenerate_pairs) are excluded from the search space, with a message.
 With --data the videos are split by id into a training part and a disjoint held-out part for the
@@ -115,8 +117,9 @@ class SearchConfig:
     lr_min: float = 0.001
     momentum: float = 0.9
     weight_decay: float = 3e-4
-    # Architecture weights (DARTS §3.1.1): Adam 3e-4, β (0.5, 0.999), L2 1e-3 on α.
-    arch_lr: float = 3e-4
+    # Architecture weights (DARTS §3.1.1): Adam, β (0.5, 0.999), L2 1e-3 on α. The rate: None = DARTS's
+    # 3e-4 scaled to this search's number of architecture steps (architecture_learning_rate).
+    arch_lr: float | None = None
     arch_beta_1: float = 0.5
     arch_weight_decay: float = 1e-3
     arch_start: float = 0.0  # fraction of the steps before architecture updates begin (DARTS: none)
@@ -147,6 +150,8 @@ class SearchConfig:
             raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
         if not 0 <= self.arch_start < 1:
             raise ValueError(f"arch_start must be in [0, 1), got {self.arch_start}")
+        if self.arch_lr is not None and not self.arch_lr > 0:
+            raise ValueError(f"arch_lr must be positive (or None: DARTS's budget), got {self.arch_lr}")
         if not 0 < self.final_temperature <= 1:
             raise ValueError(f"final_temperature must be in (0, 1], got {self.final_temperature}")
         if self.data is None and self.num_classes != len(SYNTHETIC_CLASSES):
@@ -323,6 +328,29 @@ def evaluate_accuracy(model, config: SearchConfig, modalities, *, seed: int) -> 
 # The search.
 
 
+# DARTS §3.1.1 (CIFAR-10): 50 epochs over the 25 000-image training half at batch 64 = 391 steps an
+# epoch, one architecture step per weight step, Adam at 3e-4.
+DARTS_ARCH_LR = 3e-4
+DARTS_ARCH_STEPS = 50 * 391
+
+
+def architecture_learning_rate(config: SearchConfig) -> float:
+    """Adam rate of α: `config.arch_lr`, or (None) DARTS's rate scaled to keep DARTS's budget.
+
+    Adam moves a parameter by about its rate a step at most (|m̂/√v̂| ≈ 1 for a gradient of constant sign
+    and steady size, a little more while its size grows), whatever the gradient's size. So a search of
+    N architecture steps can move a logit by about rate × N at most: DARTS's 3e-4 × 19 550 ≈ 5.9
+    (softmax of two logits 5.9 apart: 0.997 / 0.003), but 3e-4 × 300 = 0.09 in a 300-step proxy search
+    (0.52 / 0.48 at best) — it cannot decide whatever the data say (issue 19, measured in
+    docs/attention_nas.md). The project keeps DARTS's budget rate × steps instead of its rate:
+    3e-4 × 19 550 / N (= 3e-4 at DARTS's own length). A noisy gradient moves α less than the budget
+    (|m̂/√v̂| ≪ 1), so a decision still needs a consistent preference."""
+    if config.arch_lr is not None:
+        return config.arch_lr
+    arch_steps = config.steps - int(config.arch_start * config.steps)
+    return DARTS_ARCH_LR * DARTS_ARCH_STEPS / max(1, arch_steps)
+
+
 def temperature_at(config: SearchConfig, step: int) -> float:
     """Softmax temperature of the supernet at `step`: 1 during the warm-up, then geometric from 1 down
     to `config.final_temperature` at the last step (1 = no annealing)."""
@@ -462,9 +490,10 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dic
         "excluded": excluded,
     }
     arch_from = int(config.arch_start * config.steps)
+    arch_lr = architecture_learning_rate(config)
     make_optimizer = lambda: AlternatingAdam(
         learning_rate=config.lr,
-        arch_learning_rate=config.arch_lr,
+        arch_learning_rate=arch_lr,
         arch_beta_1=config.arch_beta_1,
         arch_weight_decay=config.arch_weight_decay,
         weights_optimizer=config.optimizer,
@@ -526,6 +555,8 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dic
 
     weights = architecture_weights(model)
     cell = derive_cell(weights)
+    arch_steps = max(0, config.steps - arch_from)
+    spread = logit_spread(arch_vars)
     accuracy = (
         evaluate_accuracy(model, config, modalities, seed=config.seed + 1000) if config.data is None else None
     )
@@ -544,6 +575,13 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dic
         "final_loss": float(np.mean([h["loss"] for h in last])),
         "first_loss": history[0]["loss"],
         "arch_variables": len(arch_vars),
+        # Why α moved as far as it did: Adam's budget (rate × architecture steps bounds each logit's
+        # move from 0) and the spread max α − min α reached per choice (mean over positions).
+        "arch_learning_rate": arch_lr,
+        "arch_steps": arch_steps,
+        "arch_budget": arch_lr * arch_steps,
+        "logit_spread": spread,
+        "mean_logit_spread": float(np.mean(list(spread.values()))) if spread else 0.0,
         "final_entropy": history[-1]["entropy"],
         "final_mean_entropy": history[-1]["mean_entropy"],
         "cell": cell,
@@ -551,6 +589,19 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dic
     }
     (out / "search.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def logit_spread(arch_vars) -> dict:
+    """{"op{i}.{choice}": max α − min α, averaged over the cells (positions)} of `arch_*` variables
+    (they start at 0, so Adam keeps the spread to about 2 × rate × steps)."""
+    import keras
+
+    spreads = {}
+    for variable in arch_vars:
+        values = np.asarray(keras.ops.convert_to_numpy(variable), "float64")
+        key = variable.name[len("arch_") :].replace("_", ".", 1)
+        spreads.setdefault(key, []).append(float(values.max() - values.min()))
+    return {k: float(np.mean(v)) for k, v in sorted(spreads.items())}
 
 
 def plot_entropy(history: list, path: str | os.PathLike) -> Path:

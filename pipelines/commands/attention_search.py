@@ -37,7 +37,13 @@ def register(subparsers):
     p.add_argument("--lr", type=float, default=0.025, help="network weights' learning rate (DARTS 0.025)")
     p.add_argument("--lr-min", type=float, default=0.001, help="end of the cosine schedule (DARTS 0.001)")
     p.add_argument("--weight-decay", type=float, default=3e-4, help="L2 on the network weights (DARTS)")
-    p.add_argument("--arch-lr", type=float, default=3e-4, help="Adam rate of the architecture weights (DARTS)")
+    p.add_argument(
+        "--arch-lr",
+        type=float,
+        default=None,
+        help="Adam rate of the architecture weights (default: DARTS's 3e-4 x 19 550 steps spread over this "
+        "search's architecture steps, docs/attention_nas.md)",
+    )
     p.add_argument("--arch-weight-decay", type=float, default=1e-3, help="L2 on the architecture weights")
     p.add_argument("--arch-start", type=float, default=0.0, help="fraction of steps before arch updates")
     p.add_argument(
