@@ -330,6 +330,18 @@ def check_utf8(path: str | Path | None, what: str = "") -> None:
         read_text(path, what)
 
 
+def write_json(path: str | Path, value: Any) -> None:
+    """Atomic: a reader (or a resumed run) sees the old file or the new one, never half of one; the
+    temporary name carries the process id, so processes writing the same folder do not collide."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
 def read_json(path: str | Path, what: str = "") -> Any:
     """JSON from `path`; bad JSON raises a UserError naming the file, line and column."""
     text = read_text(path, what)

@@ -43,7 +43,7 @@ import numpy as np
 
 from model import evolution
 from model.structure import Structure
-from pipelines.checks import UserError
+from pipelines.checks import UserError, write_json
 
 STATE = "state.json"
 CHILDREN = "children"
@@ -181,19 +181,11 @@ def score_run(run_dir: str | Path, data: str, *, clips: int = 1, batch_size: int
                   "top5": float(np.mean((top5 == true[:, None]).any(axis=1)))}
     result.update(fitness=evolution.fitness_from_metrics(result), num_videos=len(pooled), clips=clips,
                   data=str(data))
-    _write_json(run_dir / "metrics.json", result)
+    write_json(run_dir / "metrics.json", result)
     return result
 
 
 # -- state ---------------------------------------------------------------------------------------
-
-def _write_json(path: Path, value: Any) -> None:
-    """Atomic: a reader (or a resumed search) sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    os.replace(tmp, path)
-
 
 def _read_json(path: Path) -> Any:
     try:
@@ -270,7 +262,7 @@ def init_search(state_dir: str | Path, config: EvolutionConfig,
                      "evaluation": evaluation if evaluator else {"mode": "custom evaluate callable"},
                      "rng": np.random.default_rng(config.seed).bit_generator.state, "next_child": 0,
                      "population": {}, "pending": [], "history": []}
-        _write_json(path, state)
+        write_json(path, state)
     return state
 
 
@@ -346,14 +338,14 @@ def propose_children(state_dir: str | Path, n: int) -> list[str]:
                 structure, info = evolution.make_child(
                     parent_structure, weights, config.space, rng, strategy=config.strategy,
                     keep_threshold=config.keep_threshold, name=child)
-            _write_json(_child_dir(state_dir, child) / "spec.json",
+            write_json(_child_dir(state_dir, child) / "spec.json",
                         {"child": child, "parent": parent, "phase": phase, "info": info,
                          "structure": structure.to_json()})
             state["next_child"] = number + 1
             state["pending"].append(child)
             ids.append(child)
         state["rng"] = rng.bit_generator.state
-        _write_json(state_dir / STATE, state)
+        write_json(state_dir / STATE, state)
     return ids
 
 
@@ -385,7 +377,7 @@ def evaluate_child(state_dir: str | Path, child: str, evaluate: Evaluate | None 
         result = {"child": child, "fitness": float(fitness),
                   "edge_weights": evolution.edge_weights_to_json(edges),
                   "seconds": round(time.monotonic() - start, 3)}
-        _write_json(folder / "result.json", result)
+        write_json(folder / "result.json", result)
     return result
 
 
@@ -447,7 +439,7 @@ def integrate_results(state_dir: str | Path) -> list[str]:
                 "edge_weights": result["edge_weights"]})
             done.append(child)
         if done:
-            _write_json(state_dir / STATE, state)
+            write_json(state_dir / STATE, state)
     return done
 
 
@@ -459,7 +451,7 @@ def finalize(state_dir: str | Path) -> dict[str, Any]:
     history = state["history"]
     if not history:
         raise ValueError(f"{state_dir}: no evaluated child yet; nothing to report")
-    _write_json(state_dir / "history.json", history)
+    write_json(state_dir / "history.json", history)
     best = max(history, key=lambda h: (h["fitness"], -h["round"]))
     structure = Structure.from_json(best["structure"]).replace(name=f"evolved_{best['child']}")
     structure.save(state_dir / "best_structure.json")
@@ -471,7 +463,7 @@ def finalize(state_dir: str | Path) -> dict[str, Any]:
                "evaluations": len(history), "strategy": config["strategy"],
                "population": dict(sorted(state["population"].items())),
                "top3_mean": history[-1]["top3_mean"], "evaluation": _evaluation_brief(state.get("evaluation"))}
-    _write_json(state_dir / "evolution_summary.json", summary)
+    write_json(state_dir / "evolution_summary.json", summary)
     return summary
 
 

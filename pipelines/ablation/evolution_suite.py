@@ -47,6 +47,7 @@ import numpy as np
 from model import evolution
 from model.structure import Structure
 from pipelines.ablation.runner import suite
+from pipelines.checks import write_json
 
 METHODS = evolution.STRATEGIES  # ("guided", "random-edges", "random-search")
 BASELINES = evolution.HAND_DESIGNED
@@ -116,13 +117,6 @@ def workers_from_env() -> int:
     return workers
 
 
-def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def _scalars(result: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool))}
 
@@ -135,7 +129,7 @@ def child_evaluator(train: Train, *, seed: int) -> Callable[[Structure, Path], t
 
     def evaluate(structure: Structure, workdir: Path) -> tuple[float, Mapping]:
         result = train(structure, seed=seed, eval_split="val")
-        _write_json(Path(workdir) / "harness.json", _scalars(result))
+        write_json(Path(workdir) / "harness.json", _scalars(result))
         return float(result["score"]), result["edge_weights"]
 
     return evaluate
@@ -172,7 +166,7 @@ def _test_score(path: Path, structure: Structure, train: Train, *, seed: int, ke
         if cached.get("key") == key:
             return cached
     cached = {"key": key, **_scalars(train(structure, seed=seed, eval_split="test"))}
-    _write_json(path, cached)
+    write_json(path, cached)
     return cached
 
 
@@ -329,7 +323,7 @@ def write_fig4(rows: Sequence[Mapping[str, Any]], folder: str | Path, *, populat
                 writer.writerow([method, r, f"{m:.6g}", f"{s:.6g}", c["seeds"]])
     png = plot_fig4(curves, folder / "fig4.png", population_size=population_size)
     seeds = ", ".join(f"{m}: {c['seeds']}" for m, c in curves.items())
-    _write_json(folder / "figures.json", {png.name: (
+    write_json(folder / "figures.json", {png.name: (
         "AssembleNet Fig. 4 on the benchmark: mean validation top-1 of the 3 best models of the pool per round, "
         f"mean ± std over search seeds ({seeds}); the dotted line ends the random initial population")})
     return {"csv": table, "png": png}
