@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -333,8 +334,6 @@ def check_utf8(path: str | Path | None, what: str = "") -> None:
 def write_json(path: str | Path, value: Any) -> None:
     """Atomic: a reader (or a resumed run) sees the old file or the new one, never half of one; the
     temporary name carries the process id, so processes writing the same folder do not collide."""
-    import os
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
