@@ -18,6 +18,10 @@ EXTRAS = {
         "google-crc32c",
         "apache-airflow>=3.0",
         "apache-airflow-providers-celery",  # CeleryExecutor (GPU/CPU queues); brings celery[redis]
+        # celery 5.7 dropped celery.backends.database.retry, which the Celery provider (3.26) imports at
+        # worker start: with 5.7 every `airflow celery worker` exits 1 (CI, 2026-12-02). Lift when the
+        # provider follows.
+        "celery>=5.5,<5.7",
         "opencv-contrib-python-headless>=4.10",
         "scikit-video",
         "keras-hub",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import signal
 import socket
@@ -31,6 +32,8 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS = ("api-server", "dag-processor", "scheduler")
 FINISHED = ("success", "failed")
+# A traceback's last line: "ImportError: ...", "airflow.sdk.exceptions.AirflowException: ...".
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
 # A cluster policy (Airflow's airflow_local_settings.py, imported by the scheduler from
 # AIRFLOW_HOME/config): the DAG params gpu_queue / cpu_queue / gpu_pool route each run's tasks.
 LOCAL_SETTINGS = "from dags._routing import task_instance_mutation_hook  # noqa: F401\n"
@@ -151,11 +154,16 @@ class LocalAirflow:
         return self
 
     def log_tail(self, name: str, lines: int = 15) -> str:
-        """The last lines of home/logs/<name>.log ('' if there is none yet)."""
+        """The last lines of home/logs/<name>.log ('' if there is none yet), preceded by the exception
+        lines of earlier chained tracebacks: a wrapper that re-raises ("The above exception was the
+        direct cause ...") would otherwise hide the cause above the tail."""
         path = self.home / "logs" / f"{name}.log"
         if not path.exists():
             return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = path.read_text(errors="replace").splitlines()
+        tail = text[-lines:]
+        causes = [line for line in text[:-lines] if _EXCEPTION_LINE.match(line)]
+        return "\n".join([f"(earlier) {line}" for line in causes[-5:]] + tail)
 
     def check_alive(self) -> None:
         for name, process in self.processes.items():

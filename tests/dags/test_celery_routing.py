@@ -84,9 +84,8 @@ def test_celery_workers_run_each_task_on_the_queue_it_declares(tmp_path):
                               "--without-gossip", "--without-mingle",
                               env={"AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.dags.worker_identity.hostname",
                                    "ASSEMBLENET_WORKER": f"{queue}-worker"})
-                # One worker at a time: each creates the result backend's tables at start, and two
-                # racing on one SQLite file die with "table celery_taskmeta already exists" (the
-                # Celery provider catches the race only as Postgres reports it).
+                # One worker at a time: each creates the result backend's tables at start (check, then
+                # CREATE, on one SQLite file); starting them in turn leaves no room for a race.
                 airflow.wait_for_log(f"worker-{queue}", "ready.")
             airflow.trigger(DAG_ID, _conf(tmp_path, data, "evolution"), "declared")
             declared = airflow.wait_for_run(DAG_ID, "declared", timeout=3600)
