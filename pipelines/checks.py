@@ -331,13 +331,14 @@ def check_utf8(path: str | Path | None, what: str = "") -> None:
         read_text(path, what)
 
 
-def write_json(path: str | Path, value: Any) -> None:
+def write_json(path: str | Path, value: Any, *, indent: int = 1, default=None) -> None:
     """Atomic: a reader (or a resumed run) sees the old file or the new one, never half of one; the
-    temporary name carries the process id, so processes writing the same folder do not collide."""
+    temporary name carries the process id, so processes writing the same folder do not collide.
+    `default`: json.dumps's converter for values JSON lacks (e.g. numpy scalars)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
+    tmp.write_text(json.dumps(value, indent=indent, default=default) + "\n")
     os.replace(tmp, path)
 
 

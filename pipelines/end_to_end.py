@@ -30,6 +30,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pipelines.checks import write_json
 from pipelines.configs import check_fields
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -124,13 +125,6 @@ def run_folder(workdir: str, dag_id: str, run_id: str) -> str:
     return resolve(Path("runs") / dag_id / safe)
 
 
-def _write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    tmp.replace(path)
-
-
 # -- data ------------------------------------------------------------------------------------------
 
 def make_synthetic_data(out: str, *, videos: int, num_classes: int, seed: int, test_fraction: float = 0.3,
@@ -160,7 +154,7 @@ def make_synthetic_data(out: str, *, videos: int, num_classes: int, seed: int, t
              "test": info["test_csv"]}
     charades.write_annotations(paths["train"], [v for v in train if v.id not in held_out])
     charades.write_annotations(paths["val"], [v for v in train if v.id in held_out])
-    _write_json(done, {"request": request, "paths": paths})
+    write_json(done, {"request": request, "paths": paths})
     return paths
 
 

@@ -537,7 +537,7 @@ def _run_parallel(state_dir: Path, evaluate: Evaluate | None, workers: int, bar)
 
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=1,
-                             initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         running: dict = {}
         while True:
             state = load_state(state_dir)
@@ -556,7 +556,7 @@ def _run_parallel(state_dir: Path, evaluate: Evaluate | None, workers: int, bar)
             bar.update(len(integrate_results(state_dir)))
 
 
-def _die_with_parent(parent: int) -> None:
+def die_with_parent(parent: int) -> None:
     """Worker initializer: the worker dies with the driver, even when the driver is SIGKILLed
     (which runs no cleanup of its own). On Linux the kernel sends SIGKILL when the parent goes
     (prctl PR_SET_PDEATHSIG); everywhere, a daemon thread exits once the parent pid changes (the

@@ -18,22 +18,15 @@ Writes to OUT/:
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from model.oneshot import over_connected
 from model.structure import Structure, get_structure
+from pipelines.checks import write_json
 
 DEFAULT_THRESHOLD = 0.2  # AssembleNet++ §4.1: edges with weights above 0.2 are kept
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def run_search(*, structure: str | Path | Structure, data: str, out_dir: str | Path,
@@ -76,11 +69,11 @@ def run_search(*, structure: str | Path | Structure, data: str, out_dir: str | P
     attention = attention_weights(trained, supernet)
     final = prune(supernet, trained, threshold=threshold, name=f"{layout.name}_searched")
     final.save(out / "final_structure.json")
-    _write_json(out / "connection_weights.json", weights)
-    _write_json(out / "attention_weights.json", attention)
+    write_json(out / "connection_weights.json", weights, indent=2)
+    write_json(out / "attention_weights.json", attention, indent=2)
     summary = search_summary(layout, supernet, final, weights, attention, threshold)
     summary["training"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
-    _write_json(out / "search_summary.json", summary)
+    write_json(out / "search_summary.json", summary, indent=2)
     keras.backend.clear_session()
     return summary
 

@@ -42,6 +42,7 @@ from model.assemblenet import TEMPORAL_POOLS
 from model.layers import ATTENTION_MODES
 from model.optimizer import MomentumL2
 from pipelines import distributed
+from pipelines.checks import write_json
 from pipelines.configs import check_fields
 
 DATASETS = ("charades", "toyota")
@@ -260,9 +261,7 @@ def _prepare_workdir(workdir: Path, config: TrainConfig, structure, write: bool 
 
 
 def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=_plain) + "\n")
-    os.replace(tmp, path)
+    write_json(path, value, indent=2, default=_plain)
 
 
 def _plain(value):

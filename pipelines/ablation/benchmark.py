@@ -144,9 +144,10 @@ class Benchmark:
 
     num_classes = NUM_CLASSES
 
-    def __init__(self, config: BenchmarkConfig, splits: dict[str, Split]):
+    def __init__(self, config: BenchmarkConfig, splits: dict[str, Split], path: Path | None = None):
         self.config = config
         self.splits = splits
+        self.path = path  # the .npz it was loaded from or cached in (worker processes load it from there)
 
     @property
     def frames(self) -> int:
@@ -378,7 +379,7 @@ def load(path: str | Path) -> Benchmark:
         config = BenchmarkConfig(**raw)
         splits = {split: Split(**{f.name: data[f"{split}/{f.name}"] for f in dataclasses.fields(Split)})
                   for split in SPLITS}
-    return Benchmark(config, splits)
+    return Benchmark(config, splits, Path(path))
 
 
 def load_or_generate(config: BenchmarkConfig, cache_dir: str | Path | None = None, progress: bool = False) -> Benchmark:
@@ -390,6 +391,7 @@ def load_or_generate(config: BenchmarkConfig, cache_dir: str | Path | None = Non
         return load(path)
     bench = generate(config, progress)
     save(bench, path)
+    bench.path = path
     (Path(cache_dir) / f"benchmark-{config.digest()}.json").write_text(json.dumps(bench.describe(), indent=2) + "\n")
     return bench
 

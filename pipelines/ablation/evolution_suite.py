@@ -241,14 +241,10 @@ def _load_bench(bench):
     return _cached_bench(str(bench)) if isinstance(bench, (str, Path)) else bench
 
 
-def _bench_source(ctx):
-    """The runner's cache file of ctx.bench (OUT/benchmark/benchmark-<digest>.npz), else the object."""
-    config = getattr(ctx.bench, "config", None)
-    if config is not None and hasattr(config, "digest"):
-        path = ctx.out.parent / "benchmark" / f"benchmark-{config.digest()}.npz"
-        if path.exists():
-            return str(path)
-    return ctx.bench
+def _bench_source(bench):
+    """The benchmark's cache file (`load_or_generate` records it), else the object itself."""
+    path = getattr(bench, "path", None)
+    return str(path) if path is not None and Path(path).is_file() else bench
 
 
 def _run_parallel(ctx, config: EvolutionSuiteConfig, todo) -> list[dict]:
@@ -257,16 +253,16 @@ def _run_parallel(ctx, config: EvolutionSuiteConfig, todo) -> list[dict]:
 
     # JAX takes 75% of a GPU's memory per process unless told otherwise; N workers share one GPU.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    train = WorkerTrain(ctx._train, _bench_source(ctx), ctx.budget)
+    train = WorkerTrain(ctx.trainer, _bench_source(ctx.bench), ctx.budget)
     labels = {key: {"variant": variant, "seed": seed} for key, _, variant, seed in todo}
     rows = {key: ctx.run(key, _unreachable(key), **labels[key]) for key, *_ in todo
             if ctx.store.get(f"{ctx.name}/{key}") is not None}
-    from pipelines.evolve import _die_with_parent
+    from pipelines.evolve import die_with_parent
 
     # Workers die with the suite (a `timeout` or kill -9 of it leaves no orphan training a child, whose
     # lock would make the resumed suite refuse that child), as evolve.py's own workers do.
     with ProcessPoolExecutor(config.workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+                             initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
         # The searches first: each is a chain of models, the suite's critical path.
         start = sorted((job for job in todo if job[0] not in rows), key=lambda job: job[1] != "search")
         futures = {pool.submit(_job, kind, variant, seed, train=train, out=ctx.out, config=config): key

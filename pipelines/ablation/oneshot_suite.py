@@ -42,15 +42,10 @@ import numpy as np
 from model.oneshot import over_connected
 from model.structure import Structure, get_structure
 from pipelines.ablation.runner import SuiteContext, suite
-from pipelines.ablation.suites import LAYOUT
+from pipelines.ablation.suites import LAYOUT, search_key
 
 SEARCH, PRUNED = "one-shot search", "pruned (peer)"
 THRESHOLD = 0.2  # AssembleNet++ §4.1: connections with σ(w) > 0.2 are kept (model.pruning's default)
-
-
-def search_key(layout: Structure, seed: int) -> str:
-    """The shared run of one search; suites.searched_structure uses the same key for its seed."""
-    return f"oneshot-search/{layout.name}/object/seed{seed}"
 
 
 def search_run(ctx: SuiteContext, layout: Structure, seed: int) -> dict[str, Any]:

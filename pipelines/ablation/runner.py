@@ -173,12 +173,12 @@ class SuiteContext:
             from pipelines.ablation.harness import train_and_score
 
             train = train_and_score
-        self._train = train
+        self.trainer = train  # fn(structure, bench, **kwargs); worker processes get it (evolution suite)
 
     def train(self, structure, **kwargs) -> dict:
         """harness.train_and_score(structure, bench, budget=ctx.budget, **kwargs)."""
         kwargs.setdefault("budget", self.budget)
-        return self._train(structure, self.bench, **kwargs)
+        return self.trainer(structure, self.bench, **kwargs)
 
     def expect(self, runs: int) -> None:
         """Sets the progress bar's total to `runs` (the runs this suite will make or load)."""

@@ -32,6 +32,12 @@ OBJECT_FRACTIONS = (0.0, 0.5, 1.0)
 ATTENTIONS = ("none", "static", "self", "peer")
 
 
+def search_key(layout: Structure, seed: int, tag: str = "object") -> str:
+    """The shared run of one one-shot search (`tag`: with or without the object stem); the oneshot
+    suite's searches of seed SEARCH_SEED are the very runs Table 1 and Table 4 use."""
+    return f"oneshot-search/{layout.name}/{tag}/seed{seed}"
+
+
 def searched_structure(ctx: SuiteContext, object_stem: bool = True, layout=LAYOUT) -> Structure:
     """The pruned one-shot search result of `layout` (with or without its object stem) on ctx.bench,
     with one argmax peer per block; trained once per output folder and reused by every suite."""
@@ -42,7 +48,7 @@ def searched_structure(ctx: SuiteContext, object_stem: bool = True, layout=LAYOU
         layout = without_object_stem(layout)
     supernet = over_connected(layout)
     tag = "object" if object_stem else "noobject"
-    row = ctx.run(f"oneshot-search/{layout.name}/{tag}/seed{SEARCH_SEED}",
+    row = ctx.run(search_key(layout, SEARCH_SEED, tag),
                   functools.partial(ctx.train, supernet, attention="search", seed=SEARCH_SEED),
                   shared=True, aux=True, seed=SEARCH_SEED)
     final = prune_weights(supernet, row["edge_weights"], row["attention_weights"], threshold=DEFAULT_THRESHOLD,

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -173,12 +172,16 @@ def test_worker_processes_give_the_rows_of_one_process(calls, tmp_path, monkeypa
     _run(["evolution"], tmp_path / "parallel", seeds=[0, 1])
     assert len(calls()) == 2 * 2 * (3 * 8 + 1)
     # The workers load the runner's cached benchmark instead of receiving it pickled.
-    from pipelines.ablation.benchmark import load_or_generate
+    from pipelines.ablation.benchmark import generate, load, load_or_generate
 
     bench = load_or_generate(dataclasses.replace(BENCH, frames=BUDGET.frames, size=BUDGET.size),
                              tmp_path / "parallel" / "benchmark")
-    source = evolution_suite._bench_source(SimpleNamespace(bench=bench, out=tmp_path / "parallel" / "evolution"))
-    assert isinstance(source, str) and Path(source).is_file()
+    source = evolution_suite._bench_source(bench)
+    assert source == str(tmp_path / "parallel" / "benchmark" / f"benchmark-{bench.config.digest()}.npz")
+    assert Path(source).is_file()
+    assert evolution_suite._bench_source(load(source)) == source
+    in_memory = generate(dataclasses.replace(BENCH, frames=BUDGET.frames, size=BUDGET.size))
+    assert evolution_suite._bench_source(in_memory) is in_memory
 
 
 def test_baselines_are_trained_with_connection_learning_and_scored_on_test(calls):
