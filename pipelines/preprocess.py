@@ -56,7 +56,6 @@ import json
 import math
 import os
 import re
-import struct
 import sys
 import tempfile
 import threading
@@ -65,6 +64,9 @@ from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+
+# TFRecord framing as bytes: shards go through Beam's FileSystems (pipelines/holdout.py uses them too).
+from preprocessing.loader import decode_records, encode_records
 
 NAMESPACE = "assemblenet.preprocess"
 SHARD_PREFIX = "data"
@@ -261,40 +263,6 @@ def shard_index(video_id: str, num_shards: int) -> int:
 
 def shard_name(index: int, num_shards: int) -> str:
     return f"{SHARD_PREFIX}-{index:05d}-of-{num_shards:05d}.tfrecord"
-
-
-# TFRecord framing (the format tf.data.TFRecordDataset reads): length, masked CRC32C of the length,
-# data, masked CRC32C of the data. Written here so shards can go through Beam's FileSystems.
-def _masked_crc(data: bytes) -> int:
-    import google_crc32c
-
-    crc = google_crc32c.value(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def encode_records(records: Iterable[bytes]) -> bytes:
-    parts = []
-    for data in records:
-        length = struct.pack("<Q", len(data))
-        parts += [length, struct.pack("<I", _masked_crc(length)), data, struct.pack("<I", _masked_crc(data))]
-    return b"".join(parts)
-
-
-def decode_records(blob: bytes, where: str = "") -> list[bytes]:
-    records, offset = [], 0
-    while offset < len(blob):
-        if offset + 12 > len(blob):
-            raise ValueError(f"{where}: truncated TFRecord header at byte {offset}")
-        length_bytes = blob[offset:offset + 8]
-        (length,) = struct.unpack("<Q", length_bytes)
-        if struct.unpack("<I", blob[offset + 8:offset + 12])[0] != _masked_crc(length_bytes):
-            raise ValueError(f"{where}: corrupt TFRecord length at byte {offset}")
-        data = blob[offset + 12:offset + 12 + length]
-        if len(data) != length or offset + 16 + length > len(blob):
-            raise ValueError(f"{where}: truncated TFRecord at byte {offset}")
-        records.append(data)
-        offset += 16 + length
-    return records
 
 
 def _read_bytes(path: str) -> bytes | None:

@@ -150,16 +150,53 @@ def read_record(handle, path: str, offset: int, length: int) -> bytes:
     return data[:length]
 
 
-def write_records(path: str | Path, records) -> None:
-    """Writes serialized records as one TFRecord file (no TensorFlow; needs google-crc32c)."""
+def _writer_crc():
     crc = _crc_function()
     if crc is None:
         raise ValueError("writing TFRecords needs the google-crc32c package (pip install google-crc32c)")
+    return crc
+
+
+def _frame(data: bytes, crc) -> bytes:
+    length = struct.pack("<Q", len(data))
+    return length + struct.pack("<I", _masked_crc(crc(length))) + data + struct.pack("<I", _masked_crc(crc(data)))
+
+
+def write_records(path: str | Path, records) -> None:
+    """Writes serialized records as one TFRecord file (no TensorFlow; needs google-crc32c)."""
+    crc = _writer_crc()
     with open(path, "wb") as f:
         for data in records:
-            length = struct.pack("<Q", len(data))
-            f.write(length + struct.pack("<I", _masked_crc(crc(length))) + data
-                    + struct.pack("<I", _masked_crc(crc(data))))
+            f.write(_frame(data, crc))
+
+
+def encode_records(records) -> bytes:
+    """The bytes of a TFRecord file holding `records` (for writers that go through other file systems,
+    e.g. Beam's FileSystems in pipelines/preprocess.py)."""
+    crc = _writer_crc()
+    return b"".join(_frame(data, crc) for data in records)
+
+
+def decode_records(blob: bytes, where: str = "") -> list[bytes]:
+    """The records of a TFRecord file's bytes; a torn or corrupt file raises naming `where` and the byte."""
+    crc = _crc_function()
+    records, offset = [], 0
+    while offset < len(blob):
+        header = blob[offset:offset + 12]
+        if len(header) < 12:
+            raise ValueError(f"{where}: truncated TFRecord header at byte {offset}")
+        (length,) = struct.unpack("<Q", header[:8])
+        if crc is not None and struct.unpack("<I", header[8:])[0] != _masked_crc(crc(header[:8])):
+            raise ValueError(f"{where}: corrupt TFRecord length at byte {offset}")
+        end = offset + 16 + length
+        if end > len(blob):
+            raise ValueError(f"{where}: truncated TFRecord at byte {offset}")
+        data = blob[offset + 12:end - 4]
+        if crc is not None and struct.unpack("<I", blob[end - 4:end])[0] != _masked_crc(crc(data)):
+            raise ValueError(f"{where}: corrupt TFRecord data at byte {offset} (CRC mismatch)")
+        records.append(data)
+        offset = end
+    return records
 
 
 def shard_records(files: Sequence[str], shard_index: int = 0, num_shards: int = 1

@@ -151,6 +151,28 @@ def test_corrupt_and_truncated_records_fail_with_the_file_and_byte(tmp_path):
         loader.scan_records(str(path))
 
 
+def test_in_memory_framing_is_the_files_and_checks_the_same(tmp_path):
+    """encode_records / decode_records (the preprocessing job's shards and staged files) frame exactly as
+    write_records / scan_records, and refuse the same damage."""
+    records = [b"x" * 50, b"", b"y" * 70]
+    loader.write_records(tmp_path / "a.tfrecord", records)
+    blob = loader.encode_records(records)
+    assert blob == (tmp_path / "a.tfrecord").read_bytes() and len(blob) == 16 * 3 + 120
+    assert loader.decode_records(blob, "a") == records
+    damaged = bytearray(blob)
+    damaged[66 + 16 + 12 + 3] ^= 1  # inside the third record's data
+    with pytest.raises(ValueError, match=r"^shard: corrupt TFRecord data at byte 82 \(CRC mismatch\)"):
+        loader.decode_records(bytes(damaged), "shard")
+    damaged = bytearray(blob)
+    damaged[66] ^= 1  # the second record's length
+    with pytest.raises(ValueError, match=r"^shard: corrupt TFRecord length at byte 66"):
+        loader.decode_records(bytes(damaged), "shard")
+    with pytest.raises(ValueError, match=r"^shard: truncated TFRecord at byte 82"):
+        loader.decode_records(blob[:-1], "shard")
+    with pytest.raises(ValueError, match=r"^shard: truncated TFRecord header at byte 82"):
+        loader.decode_records(blob[:90], "shard")
+
+
 # -- the two readers --------------------------------------------------------------------------
 
 def test_decisions_are_a_function_of_seed_pass_and_video():
