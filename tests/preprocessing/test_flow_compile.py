@@ -34,6 +34,11 @@ def test_stats_count_pairs_padding_calls_and_one_compilation_per_shape():
     assert flow.shape == (5, 13, 17, 2)
     assert (stats.pairs, stats.computed, stats.calls, stats.compiled) == (5, 8, 2, 1)
     assert 0 < stats.compile_seconds <= stats.seconds
+    # The program compiled ahead of time gives what the jit-compiled function gives when simply called.
+    jitted = flow_lib._tvl1_function(tuple(sorted(PARAMS.items())), True)
+    padded = [np.concatenate([x[4:], np.repeat(x[4:], 3, axis=0)]) for x in (first, second)]
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(jitted(first[:4], second[:4])), flow[:4])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(jitted(*padded))[:1], flow[4:])
     again = FlowStats()
     flow_again = flow_pairs(first, second, "tensor", batch_size=4, stats=again, **PARAMS)
     # The same shape in the same process: no compilation, the same program, the same values.
