@@ -56,6 +56,17 @@ def test_stats_count_pairs_padding_calls_and_one_compilation_per_shape():
     assert total.seconds == pytest.approx(stats.seconds + short.seconds)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's tf.function only")
+def test_tensorflow_program_without_autograph_gives_the_autograph_flow():
+    import tensorflow as tf
+
+    first, second = _pairs(2, 12, 15, seed=3)
+    params = tuple(sorted(PARAMS.items()))
+    program = flow_lib._tvl1_function(params, True)
+    with_autograph = tf.function(program.python_function, jit_compile=True, autograph=True)
+    np.testing.assert_array_equal(program(first, second).numpy(), with_autograph(first, second).numpy())
+
+
 def test_opencv_stats_count_pairs_without_compilation():
     first, second = _pairs(3, 16, 16)
     stats = FlowStats()
