@@ -353,6 +353,10 @@ def test_workers_flag_reaches_the_job(monkeypatch, tmp_path):
     rc = main(["preprocess", "--dataset", "toyota", "--videos", str(tmp_path), "--out", str(tmp_path / "o"),
                "--workers", "3", "--replace"])
     assert rc == 0 and (seen["workers"], seen["replace"]) == (3, True)
+    assert seen["compile_cache"] is None  # each worker resolves the default folder itself
+    main(["preprocess", "--dataset", "toyota", "--videos", str(tmp_path), "--out", str(tmp_path / "o"),
+          "--flow", "tensor", "--compile-cache", str(tmp_path / "xla")])
+    assert (seen["flow"], seen["compile_cache"]) == ("tensor", str(tmp_path / "xla"))
 
 
 # ---------------------------------------------------------------------------------------------
