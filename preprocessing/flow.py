@@ -116,7 +116,7 @@ def _tvl1_function(params, compiled):
 
 
 def default_compile_cache() -> str:
-    """The persistent compilation cache folder: $ASSEMBLENET_COMPILE_CACHE if set (\"\" or \"none\": no
+    """The persistent compilation cache folder: $ASSEMBLENET_COMPILE_CACHE if set ('' or 'none': no
     cache), else `$XDG_CACHE_HOME/assemblenet/xla` (`~/.cache/assemblenet/xla`)."""
     if COMPILE_CACHE_ENV in os.environ:
         value = os.environ[COMPILE_CACHE_ENV]
@@ -128,7 +128,7 @@ def default_compile_cache() -> str:
 def enable_compile_cache(path: str | None) -> str | None:
     """Persists the tensor backend's compiled XLA programs in the folder `path` (None or "": off).
 
-    JAX: `jax_compilation_cache_dir` (every program; local folders, or gs:// where JAX's file layer has GCS).
+    JAX: `jax_compilation_cache_dir` (every program; a local folder, or gs:// with `etils` installed).
     TensorFlow: `--tf_xla_persistent_cache_directory` in TF_XLA_FLAGS, which TensorFlow reads once per
     process at its first XLA compilation, so call this before any jit-compiled TensorFlow function runs.
     A later process with the same folder loads the programs instead of compiling them (~20 s each on a
