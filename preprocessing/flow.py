@@ -9,11 +9,12 @@ Two interchangeable backends:
 Both read the frames as OpenCV's RGB->gray luma and return (u, v) in pixels with
 second(x + flow(x)) ≈ first(x).
 
-Compiling the tensor backend costs far more than running it: ~20 s per new batch shape on a 2-core CPU
-(XLA, 112-px frames), against ~0.06 s per pair once compiled (BENCHMARKS.md, "TV-L1 inside the
-preprocessing job"). Hence `enable_compile_cache` (a persistent XLA cache on disk, so a second job, another
-worker process or a resumed run loads the programs instead of compiling them) and `FlowStats`, which
-`flow_pairs` fills so the Beam job can report where its flow time went.
+Compiling the tensor backend costs far more than running it: ~19 s (JAX) to ~45 s (TensorFlow) per new
+batch shape on the 2-core CPU at 112 px, against 0.04–0.12 s per pair once compiled (BENCHMARKS.md, "TV-L1
+inside the preprocessing job"). Each shape is compiled once per process (JAX: ahead of time, so its
+compile time is measured apart from any run); `enable_compile_cache` keeps the programs on disk, so a
+second job, another worker process or a resumed run loads them instead of compiling them; `FlowStats`,
+which `flow_pairs` fills, lets the Beam job report where its flow time went.
 """
 
 import dataclasses
