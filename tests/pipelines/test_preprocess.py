@@ -430,7 +430,28 @@ def test_flow_summary_separates_compilation_from_the_flow_rate():
     assert preprocess.flow_summary({"videos_in": 3}) == {}
 
 
-def test_tensor_flow_job_reports_its_flow_stage_and_the_cache_changes_no_record(tiny_charades, tmp_path):
+@pytest.fixture
+def own_compile_cache(monkeypatch):
+    """The in-process job points this process's compilation cache at the test's folder: put it back after,
+    so the rest of the session does not write every compiled program there."""
+    import keras
+
+    monkeypatch.setenv("TF_XLA_FLAGS", os.environ.get("TF_XLA_FLAGS", ""))
+    if keras.backend.backend() != "jax":
+        yield
+        return
+    import jax
+    from jax._src import compilation_cache
+
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    yield
+    jax.config.update("jax_compilation_cache_dir", before[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+    compilation_cache.reset_cache()
+
+
+def test_tensor_flow_job_reports_its_flow_stage_and_the_cache_changes_no_record(tiny_charades, tmp_path,
+                                                                               own_compile_cache):
     import keras
 
     videos = tmp_path / "videos"
