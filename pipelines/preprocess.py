@@ -59,6 +59,7 @@ import re
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -92,6 +93,9 @@ class PreprocessConfig:
     max_seconds: float | None = None
     class_names: tuple[str, ...] = ()  # the label space's names, when known (part of the settings)
     staging: str = ""  # a folder: each finished video is written there at once (see the module doc)
+    # --flow tensor: the persistent XLA cache folder ("": preprocessing.flow.default_compile_cache() of the
+    # worker; "none": off). Not a setting: the compiled programs, hence the records, are the same either way.
+    compile_cache: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,11 +201,13 @@ def _local_copy(path: str):
     return handle.name, handle.name
 
 
-def encode_video(task: VideoTask, config: PreprocessConfig, segmenter=None) -> tuple[bytes, dict]:
+def encode_video(task: VideoTask, config: PreprocessConfig, segmenter=None,
+                 flow_stats=None) -> tuple[bytes, dict]:
     """One video -> (serialized SequenceExample, info). Raises on any bad input.
 
     info: `frames` stored, `source_frames` decoded, `declared_frames` (the container's count) and
     `partial` (decoding stopped at a corruption well before the declared end; frames were lost).
+    `flow_stats`: a `preprocessing.flow.FlowStats` the flow's pairs, time and compilations are added to.
     """
     from preprocessing import flow as flow_lib
     from preprocessing.schema import encode_example, validate_video_id
@@ -216,7 +222,7 @@ def encode_video(task: VideoTask, config: PreprocessConfig, segmenter=None) -> t
             os.unlink(temporary)
     flow = None
     if config.flow != "none":
-        flow = flow_lib.quantize_flow(flow_lib.compute_flow(video.frames, method=config.flow))
+        flow = flow_lib.quantize_flow(flow_lib.compute_flow(video.frames, method=config.flow, stats=flow_stats))
     objects = segmenter(video.frames, video.times, task.id) if segmenter is not None else None
     ends = [video.duration if end < 0 else end for end in task.label_end]
     data = encode_example(video_id=task.id, dataset=config.dataset, fps=video.fps, rgb=video.frames,
@@ -435,14 +441,20 @@ class ProcessVideoFn(beam.DoFn):
     def setup(self):
         from preprocessing.segment import make_segmenter
 
+        if self.config.flow == "tensor":  # before anything compiles in this worker process
+            enable_flow_compile_cache(self.config.compile_cache)
         self.segmenter = make_segmenter(self.config.segmenter, videos_dir=self.config.videos_dir)
 
     def process(self, task: VideoTask):
+        from preprocessing.flow import FlowStats
+
         self.videos.inc()
         staging, key = self.config.staging, record_key(self.config, task)
+        flow_stats = FlowStats()
         try:
-            data, info = encode_video(task, self.config, self.segmenter)
+            data, info = encode_video(task, self.config, self.segmenter, flow_stats)
         except Exception as error:  # every failure is recorded with its reason, none is silent
+            count_flow(flow_stats)
             self.dead.inc()
             reason = failure_reason(error)
             Metrics.counter(NAMESPACE, f"dead_letter_{reason.split(':', 1)[0]}").inc()
@@ -451,12 +463,62 @@ class ProcessVideoFn(beam.DoFn):
                 stage_dead_letter(staging, key, row)
             yield beam.pvalue.TaggedOutput("dead_letter", row)
         else:
+            count_flow(flow_stats)
             if staging:
                 stage_record(staging, task.id, key, data, dict(info, annotation=annotation_hash(task)))
             self.written.inc()
             self.partial.inc(int(info["partial"]))
             self.frames.inc(info["frames"])
             yield task.id, data
+
+
+# Counters of the flow stage (summed over videos and workers; `flow_summary` turns them into seconds and
+# rates): pairs asked for, pairs run (padding included), compiled calls, shapes compiled, milliseconds in
+# flow (compilation included) and in compilation.
+FLOW_COUNTERS = ("flow_pairs", "flow_pairs_computed", "flow_calls", "flow_compiled_shapes", "flow_ms",
+                 "flow_compile_ms")
+
+
+def count_flow(stats) -> None:
+    """Adds one video's `FlowStats` to the job's counters (nothing when it computed no flow)."""
+    if not stats.pairs:
+        return
+    values = (stats.pairs, stats.computed, stats.calls, stats.compiled, round(stats.seconds * 1000),
+              round(stats.compile_seconds * 1000))
+    for name, value in zip(FLOW_COUNTERS, values, strict=True):
+        Metrics.counter(NAMESPACE, name).inc(value)
+
+
+def flow_summary(metrics: dict) -> dict:
+    """Where the flow stage's time went, from the job's counters: {} when no flow was computed.
+
+    `seconds` sums over worker processes (with --workers N it can exceed the job's wall time);
+    `pairs_per_s_compiled` is the rate once every shape is compiled.
+    """
+    pairs = metrics.get("flow_pairs", 0)
+    if not pairs:
+        return {}
+    seconds, compile_seconds = metrics.get("flow_ms", 0) / 1000, metrics.get("flow_compile_ms", 0) / 1000
+    run = max(seconds - compile_seconds, 1e-9)
+    return {"pairs": pairs, "pairs_computed": metrics.get("flow_pairs_computed", 0),
+            "calls": metrics.get("flow_calls", 0), "compiled_shapes": metrics.get("flow_compiled_shapes", 0),
+            "seconds": round(seconds, 3), "compile_seconds": round(compile_seconds, 3),
+            "pairs_per_s": round(pairs / max(seconds, 1e-9), 2), "pairs_per_s_compiled": round(pairs / run, 2)}
+
+
+def enable_flow_compile_cache(folder: str) -> str | None:
+    """The worker's persistent XLA cache for --flow tensor ("": the default folder, "none": off); a folder
+    that cannot be made only costs the compilations (a warning, never a failed job)."""
+    import warnings
+
+    from preprocessing import flow as flow_lib
+
+    folder = folder or flow_lib.default_compile_cache()
+    try:
+        return flow_lib.enable_compile_cache(folder)
+    except OSError as error:
+        warnings.warn(f"--compile-cache {folder}: {error}; compiling without a persistent cache", stacklevel=2)
+        return None
 
 
 class ProcessVideos(beam.PTransform):
@@ -587,7 +649,7 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
                    flow: str = "opencv", segmenter: str = "none", num_shards: int | None = None,
                    max_seconds: float | None = None, runner: str | None = None,
                    pipeline_args: list[str] | None = None, progress: bool = True, workers: int = 1,
-                   replace: bool = False) -> dict:
+                   replace: bool = False, compile_cache: str | None = None) -> dict:
     """Runs the Beam job and returns the summary it writes to `out/summary.json`.
 
     Charades: `annotations` is the split's CSV (Charades_v1_train.csv or _test.csv), `classes`
@@ -595,6 +657,8 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
     Toyota: labels come from the file names, `split` is one of preprocessing.toyota.SPLITS (None: all);
     the cross-view splits use the 19 cross-view classes. `workers`: local worker processes.
     `replace`: make `out` match this command (see the module doc) instead of refusing.
+    `compile_cache`: with flow="tensor", the persistent XLA cache folder (None: $ASSEMBLENET_COMPILE_CACHE or
+    ~/.cache/assemblenet/xla, resolved by each worker; "none": off).
     Raises EmptyInputError when there is nothing to process, and ValueError when no video was
     written (after writing dead_letter.jsonl and summary.json).
     """
@@ -631,7 +695,7 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
     staging = _join(out, STAGING)
     config = PreprocessConfig(dataset=dataset, num_classes=num_classes, fps=fps, size=size, flow=flow,
                               segmenter=segmenter, videos_dir=str(videos), max_seconds=max_seconds,
-                              class_names=class_names, staging=staging)
+                              class_names=class_names, staging=staging, compile_cache=compile_cache or "")
     settings = settings_of(config)
     wanted = {t.id for t in tasks} | {row["id"] for row in listing_dead}
 
@@ -668,6 +732,7 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
     removed_or_outdated = removed | outdated
     rewrite = {shard_index(i, shards) for i in removed_or_outdated}
     metrics = {}
+    started = time.perf_counter()
     if todo or staged or rewrite:
         pipeline = make_pipeline(runner, pipeline_args, workers)
         build_pipeline(pipeline, todo, config, out, shards, staged=sorted(staged), keys=keys,
@@ -685,7 +750,10 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
             dead_rows.append(json.loads(_read_text(staged_path(staging, video_id, key, dead=True))))
     write_dead_letters(out, dead_rows)
     this_run = {"skipped_already_written": len(done), "resumed_from_staging": len(staged) + len(dead_before),
-                "processed": len(todo), "removed_stale": sorted(removed), "metrics": metrics}
+                "processed": len(todo), "removed_stale": sorted(removed), "metrics": metrics,
+                "seconds": round(time.perf_counter() - started, 3)}
+    if flow_stage := flow_summary(metrics):
+        this_run["flow"] = flow_stage
     summary = write_summary(out, tasks, config, shards, listing_dead=listing_dead, this_run=this_run, keys=keys)
     clear_staging(staging)
     if summary["written"] == 0:

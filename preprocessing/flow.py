@@ -8,9 +8,21 @@ Two interchangeable backends:
 
 Both read the frames as OpenCV's RGB->gray luma and return (u, v) in pixels with
 second(x + flow(x)) ≈ first(x).
+
+Compiling the tensor backend costs far more than running it: ~19 s (JAX) to ~45 s (TensorFlow) per new
+batch shape on the 2-core CPU at 112 px, against 0.04–0.12 s per pair once compiled (BENCHMARKS.md, "TV-L1
+inside the preprocessing job"). Each shape is compiled once per process (JAX: ahead of time, so its
+compile time is measured apart from any run); `enable_compile_cache` keeps the programs on disk, so a
+second job, another worker process or a resumed run loads them instead of compiling them; `FlowStats`,
+which `flow_pairs` fills, lets the Beam job report where its flow time went.
 """
 
+import dataclasses
 import functools
+import os
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +31,32 @@ METHODS = ("opencv", "tensor")
 FLOW_CLIP = 20.0
 # Pairs per compiled call of the tensor backend: bounds memory on long videos (224x224: ~1 MB per pair).
 DEFAULT_BATCH_SIZE = 32
+# The persistent compilation cache: this environment variable names its folder ("" or "none": off);
+# unset, it is `$XDG_CACHE_HOME/assemblenet/xla` (`~/.cache/assemblenet/xla`).
+COMPILE_CACHE_ENV = "ASSEMBLENET_COMPILE_CACHE"
+
+
+@dataclasses.dataclass
+class FlowStats:
+    """What `flow_pairs` did, added up over the calls given the same object.
+
+    `seconds` is the whole time spent in `flow_pairs`, compilation included; `compile_seconds` the part
+    spent making the programs of new shapes (JAX: tracing + XLA compile, measured apart from any run;
+    TensorFlow: the first call of each new shape, which also runs that batch once); `compiled` how many
+    shapes were new to this process; `computed` the pairs the programs ran, the padding of the last chunk
+    included.
+    """
+
+    pairs: int = 0
+    computed: int = 0
+    calls: int = 0
+    compiled: int = 0
+    seconds: float = 0.0
+    compile_seconds: float = 0.0
+
+    def add(self, other: "FlowStats") -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
 
 def _check_frames(frames, name):
@@ -67,7 +105,10 @@ def _tvl1_function(params, compiled):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(flow_fn, jit_compile=True, reduce_retracing=False)
+        # No AutoGraph: tvl1_flow's Python loops run over static sizes (its iterations are ops.fori_loop),
+        # so the graph is the same and tracing takes less than half the time (~4 vs ~10 s a shape on the
+        # 2-core CPU; tracing is what the persistent cache cannot save under TensorFlow).
+        return tf.function(flow_fn, jit_compile=True, reduce_retracing=False, autograph=False)
     if backend == "jax":
         import jax
 
@@ -75,10 +116,94 @@ def _tvl1_function(params, compiled):
     return flow_fn
 
 
-def _tensor_pairs(first, second, params, batch_size, compiled):
+def default_compile_cache() -> str:
+    """The persistent compilation cache folder: $ASSEMBLENET_COMPILE_CACHE if set ('' or 'none': no
+    cache), else `$XDG_CACHE_HOME/assemblenet/xla` (`~/.cache/assemblenet/xla`)."""
+    if COMPILE_CACHE_ENV in os.environ:
+        value = os.environ[COMPILE_CACHE_ENV]
+        return "" if value.lower() == "none" else value
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "assemblenet", "xla")
+
+
+def enable_compile_cache(path: str | None) -> str | None:
+    """Persists the tensor backend's compiled XLA programs in the folder `path` (None or "": off).
+
+    JAX: `jax_compilation_cache_dir` (every program; a local folder, or gs:// with `etils` installed).
+    TensorFlow: `--tf_xla_persistent_cache_directory` in TF_XLA_FLAGS, which TensorFlow reads once per
+    process at its first XLA compilation, so call this before any jit-compiled TensorFlow function runs.
+    A later process with the same folder loads the programs instead of compiling them (~20 s each on a
+    2-core CPU, BENCHMARKS.md). Outputs do not change: the cached program is the compiled one.
+    Returns the folder used, or None.
+    """
+    if not path or path.lower() == "none":
+        return None
+    import keras
+
+    if "://" not in path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        if jax.config.jax_compilation_cache_dir != path:
+            jax.config.update("jax_compilation_cache_dir", path)
+            # Every program (JAX's default keeps only those that took >= 1 s: small frames compile faster).
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+            try:  # JAX decides once per process whether the cache is used: ask again with the folder set
+                from jax._src import compilation_cache
+
+                compilation_cache.reset_cache()
+            except (ImportError, AttributeError):  # another JAX: the setting applies from the next process
+                pass
+    elif backend == "tensorflow":
+        flag = f"--tf_xla_persistent_cache_directory={path}"
+        flags = [f for f in os.environ.get("TF_XLA_FLAGS", "").split()
+                 if not f.startswith("--tf_xla_persistent_cache_directory=")]
+        os.environ["TF_XLA_FLAGS"] = " ".join([*flags, flag])
+    else:
+        return None
+    return path
+
+
+_COMPILE_LOCK = threading.Lock()
+_COMPILED: dict = {}  # (params, shape) -> the compiled program (JAX) or None (TensorFlow: traced and compiled)
+
+
+def _run(params, a, b, compiled, stats):
+    """Flow of the padded chunk (a, b), compiling its shape on first use in this process (timed into `stats`)."""
     from keras import ops
 
-    flow_fn = _tvl1_function(tuple(sorted(params.items())), compiled)
+    flow_fn = _tvl1_function(params, compiled)
+    key = (params, a.shape)
+    if not compiled:
+        return ops.convert_to_numpy(flow_fn(a, b))
+    if key in _COMPILED:
+        return ops.convert_to_numpy((_COMPILED[key] or flow_fn)(a, b))
+    import keras
+
+    with _COMPILE_LOCK:  # Beam may run several bundles in threads of one process: compile each shape once
+        if key not in _COMPILED:
+            start = time.perf_counter()
+            if keras.backend.backend() == "jax":
+                import jax
+
+                spec = jax.ShapeDtypeStruct(a.shape, a.dtype)
+                _COMPILED[key] = flow_fn.lower(spec, spec).compile()
+                result = None
+            else:  # TensorFlow compiles at the first call of a shape: that call is timed as compilation
+                result = ops.convert_to_numpy(flow_fn(a, b))
+                _COMPILED[key] = None
+            stats.compile_seconds += time.perf_counter() - start
+            stats.compiled += 1
+            if result is not None:
+                return result
+    program = _COMPILED[key] or flow_fn
+    return ops.convert_to_numpy(program(a, b))
+
+
+def _tensor_pairs(first, second, params, batch_size, compiled, stats):
+    params = tuple(sorted(params.items()))
     out = np.empty(first.shape[:3] + (2,), np.float32)
     # Pad the last chunk of a long video to the batch size, and a short video to the next power of two:
     # a handful of compiled shapes then serves videos of every length.
@@ -90,11 +215,14 @@ def _tensor_pairs(first, second, params, batch_size, compiled):
             pad = padded - (stop - start)
             a = np.concatenate([a, np.repeat(a[-1:], pad, axis=0)])
             b = np.concatenate([b, np.repeat(b[-1:], pad, axis=0)])
-        out[start:stop] = ops.convert_to_numpy(flow_fn(a, b))[:stop - start]
+        out[start:stop] = _run(params, a, b, compiled, stats)[:stop - start]
+        stats.calls += 1
+        stats.computed += len(a)
     return out
 
 
-def flow_pairs(first, second, method="opencv", *, batch_size=DEFAULT_BATCH_SIZE, compiled=True, **params):
+def flow_pairs(first, second, method="opencv", *, batch_size=DEFAULT_BATCH_SIZE, compiled=True, stats=None,
+               **params):
     """TV-L1 flow for independent pairs: (N, H, W, 3) uint8 RGB `first` and `second` -> (N, H, W, 2) float32.
 
     `params` go to the backend: for `tensor` the keywords of `model.tvl1.tvl1_flow` (tau, lambda_, theta,
@@ -103,6 +231,7 @@ def flow_pairs(first, second, method="opencv", *, batch_size=DEFAULT_BATCH_SIZE,
     name (e.g. epsilon).
     `compiled=False` runs the tensor backend op by op: compiling costs seconds per new shape on CPU
     (worth it for a video, not for one pair).
+    `stats`: a `FlowStats` to add this call's pairs, time and compilations to.
     """
     if method not in METHODS:
         raise ValueError(f"flow method {method!r}: expected one of {METHODS}")
@@ -112,17 +241,25 @@ def flow_pairs(first, second, method="opencv", *, batch_size=DEFAULT_BATCH_SIZE,
         raise ValueError(f"first frames {first.shape} and second frames {second.shape} differ in shape")
     if len(first) == 0:
         return np.zeros(first.shape[:3] + (2,), np.float32)
-    if method == "opencv":
-        return _opencv_pairs(first, second, params)
-    if batch_size < 1:
+    if method == "tensor" and batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: expected >= 1")
-    return _tensor_pairs(first, second, params, batch_size, compiled)
+    call = FlowStats(pairs=len(first))
+    start = time.perf_counter()
+    if method == "opencv":
+        out = _opencv_pairs(first, second, params)
+        call.calls, call.computed = len(first), len(first)
+    else:
+        out = _tensor_pairs(first, second, params, batch_size, compiled, call)
+    call.seconds = time.perf_counter() - start
+    if stats is not None:
+        stats.add(call)
+    return out
 
 
-def compute_flow(frames_uint8, method="opencv", **params):
+def compute_flow(frames_uint8, method="opencv", *, stats=None, **params):
     """TV-L1 flow between consecutive frames: (T, H, W, 3) uint8 RGB -> (T-1, H, W, 2) float32 (u, v) px."""
     frames = _check_frames(frames_uint8, "frames")
-    return flow_pairs(frames[:-1], frames[1:], method, **params)
+    return flow_pairs(frames[:-1], frames[1:], method, stats=stats, **params)
 
 
 def quantize_flow(flow):

@@ -44,6 +44,10 @@ def register(subparsers):
     pre.add_argument("--replace", action="store_true",
                      help="OUT holds records of other settings or of videos not in this input: delete or "
                           "redo them so OUT matches this command (default: refuse)")
+    pre.add_argument("--compile-cache", default=None, metavar="DIR",
+                     help="--flow tensor: folder of the persistent XLA compilation cache, so a later job or "
+                          "another worker loads the compiled TV-L1 programs instead of compiling them "
+                          "(default: $ASSEMBLENET_COMPILE_CACHE, else ~/.cache/assemblenet/xla; 'none': off)")
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")
     pre.add_argument("pipeline_args", nargs=argparse.REMAINDER, help="Beam pipeline options, after `--`")
     pre.set_defaults(func=preprocess_command)
@@ -70,6 +74,6 @@ def preprocess_command(args):
                              fps=args.fps, size=args.size, flow=args.flow, segmenter=args.segmenter,
                              num_shards=args.num_shards, max_seconds=args.max_seconds, runner=args.runner,
                              pipeline_args=extra, progress=not args.no_progress, workers=args.workers,
-                             replace=args.replace)
+                             replace=args.replace, compile_cache=args.compile_cache)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("this_run", "class_names")}))
     return 0 if summary_ok(summary) else 1

@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -352,6 +353,10 @@ def test_workers_flag_reaches_the_job(monkeypatch, tmp_path):
     rc = main(["preprocess", "--dataset", "toyota", "--videos", str(tmp_path), "--out", str(tmp_path / "o"),
                "--workers", "3", "--replace"])
     assert rc == 0 and (seen["workers"], seen["replace"]) == (3, True)
+    assert seen["compile_cache"] is None  # each worker resolves the default folder itself
+    main(["preprocess", "--dataset", "toyota", "--videos", str(tmp_path), "--out", str(tmp_path / "o"),
+          "--flow", "tensor", "--compile-cache", str(tmp_path / "xla")])
+    assert (seen["flow"], seen["compile_cache"]) == ("tensor", str(tmp_path / "xla"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,3 +414,74 @@ def test_toyota_split_matching_nothing_is_an_error(tmp_path):
     with pytest.raises(preprocess.EmptyInputError, match=r"nothing: no \.mp4 clip"):
         preprocess.run_preprocess(dataset="toyota", videos=str(tmp_path / "nothing"), out=str(tmp_path / "o"),
                                   progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# --flow tensor inside the job (issue 13, "GPU flow inside the preprocessing job"): the job reports
+# where the flow time went, compiles each shape once per process, and the compilation cache changes
+# no record.
+
+def test_flow_summary_separates_compilation_from_the_flow_rate():
+    metrics = {"flow_pairs": 100, "flow_pairs_computed": 128, "flow_calls": 4, "flow_compiled_shapes": 2,
+               "flow_ms": 5000, "flow_compile_ms": 3000, "videos_in": 3}
+    assert preprocess.flow_summary(metrics) == {
+        "pairs": 100, "pairs_computed": 128, "calls": 4, "compiled_shapes": 2, "seconds": 5.0,
+        "compile_seconds": 3.0, "pairs_per_s": 20.0, "pairs_per_s_compiled": 50.0}
+    assert preprocess.flow_summary({"videos_in": 3}) == {}
+
+
+@pytest.fixture
+def own_compile_cache(monkeypatch):
+    """The in-process job points this process's compilation cache at the test's folder: put it back after,
+    so the rest of the session does not write every compiled program there."""
+    import keras
+
+    monkeypatch.setenv("TF_XLA_FLAGS", os.environ.get("TF_XLA_FLAGS", ""))
+    if keras.backend.backend() != "jax":
+        yield
+        return
+    import jax
+    from jax._src import compilation_cache
+
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    yield
+    jax.config.update("jax_compilation_cache_dir", before[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+    compilation_cache.reset_cache()
+
+
+def test_tensor_flow_job_reports_its_flow_stage_and_the_cache_changes_no_record(tiny_charades, tmp_path,
+                                                                               own_compile_cache):
+    import keras
+
+    videos = tmp_path / "videos"
+    shutil.copytree(tiny_charades["videos_dir"], videos)
+    info = dict(tiny_charades, videos_dir=str(videos))
+    annotations, good, bad = _csv_with_bad_rows(info, tmp_path)
+    # 2 s at 4 fps: 8 frames, 7 pairs per video, padded to one batch of 8; 24 px: a shape of this test only.
+    kwargs = dict(dataset="charades", videos=str(videos), annotations=str(annotations),
+                  classes=tiny_charades["classes_file"], fps=4.0, size=24, flow="tensor", segmenter="none",
+                  max_seconds=2.0, num_shards=1, progress=False)
+    cache = tmp_path / "cache"
+    first = preprocess.run_preprocess(out=str(tmp_path / "a"), compile_cache=str(cache), **kwargs)
+    dead = [json.loads(line) for line in (tmp_path / "a" / "dead_letter.jsonl").read_text().splitlines()]
+    assert {d["id"]: d["reason"].split(":")[0] for d in dead} == bad  # failures stay per video
+    records = json.loads((tmp_path / "a" / "data-00000-of-00001.records.json").read_text())
+    frames = [records[i]["frames"] for i in good]
+    assert frames == [8] * len(good)
+    flow = first["this_run"]["flow"]
+    assert (flow["pairs"], flow["pairs_computed"], flow["calls"], flow["compiled_shapes"]) == (
+        7 * len(good), 8 * len(good), len(good), 1)
+    assert 0 < flow["compile_seconds"] <= flow["seconds"] <= first["this_run"]["seconds"]
+    assert first["this_run"]["metrics"]["flow_pairs"] == 7 * len(good)
+    if keras.backend.backend() == "jax":
+        assert list(cache.iterdir()), "the job wrote no compiled program to its cache"
+    else:
+        assert f"--tf_xla_persistent_cache_directory={cache}" in os.environ["TF_XLA_FLAGS"]
+    # Another job in the same process (no cache this time) compiles nothing and writes the same files.
+    second = preprocess.run_preprocess(out=str(tmp_path / "b"), compile_cache="none", **kwargs)
+    assert second["this_run"]["flow"]["compiled_shapes"] == 0
+    assert second["this_run"]["flow"]["compile_seconds"] == 0
+    _assert_same_output(tmp_path / "a", tmp_path / "b")
+    decoded = schema.decode_example(_records(tmp_path / "b")[0])
+    assert decoded["flow"].shape == (8, 24, 32, 2) and abs(decoded["flow"].astype(int) - 128).max() > 2
