@@ -235,7 +235,7 @@ def statistics(searches: list, rows: list) -> dict:
     for r in rows:
         kind = variant_kind(r["variant"])
         if kind in ("searched", "searched-matched"):
-            found = re.search(r"search seed ([\d,]+)", r["variant"])
+            found = re.search(r"search seed (\d+(?:,\d+)*)", r["variant"])
             copies = len(found.group(1).split(",")) if found else 1
             key = "searched" if kind == "searched" else "searched, matched cost"
             pools[key] += r["top1"]["values"] * copies  # one entry per search seed × training seed
