@@ -7,7 +7,9 @@ needed), for each backbone:
   - `assemblenet`: AssembleNet structure `tiny`, cells after every block of levels 2 and 3;
 one search per --search-seeds seed (DARTS settings of SearchConfig unless overridden), then every
 variant — no cell, non-local block, non-local block widened to the searched cells' mean added params
-("non-local (matched)", where a reduction ≤ 1 reaches it), and each search seed's derived cell — is
+("non-local (matched)", where a reduction ≤ 1 reaches it), each search seed's derived cell, and that
+design at the cell `width` whose added params come closest to the non-local block's ("searched, matched
+cost": the comparison at matched added cost) — is
 trained from scratch under every --seeds seed and scored on held-out synthetic clips (BN statistics
 re-estimated for every model alike). Reported: mean ± std (ddof 1) of top-1 per variant, the searched
 cells pooled over search seeds × training seeds, two-sided permutation tests of the difference of means
