@@ -7,7 +7,9 @@ needed), for each backbone:
   - `assemblenet`: AssembleNet structure `tiny`, cells after every block of levels 2 and 3;
 one search per --search-seeds seed (DARTS settings of SearchConfig unless overridden), then every
 variant — no cell, non-local block, non-local block widened to the searched cells' mean added params
-("non-local (matched)", where a reduction ≤ 1 reaches it), and each search seed's derived cell — is
+("non-local (matched)", where a reduction ≤ 1 reaches it), each search seed's derived cell, and that
+design at the cell `width` whose added params come closest to the non-local block's ("searched, matched
+cost": the comparison at matched added cost) — is
 trained from scratch under every --seeds seed and scored on held-out synthetic clips (BN statistics
 re-estimated for every model alike). Reported: mean ± std (ddof 1) of top-1 per variant, the searched
 cells pooled over search seeds × training seeds, two-sided permutation tests of the difference of means
@@ -31,6 +33,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -114,6 +117,27 @@ def matched_nonlocal(target_params: float, shapes: dict):
     return {**NONLOCAL, "reduction": best[0]}
 
 
+def matched_width(cell: dict, target_params: float, shapes: dict) -> dict:
+    """`cell` at the width (a multiple of 1/64 below 1, or 1) whose added params over all positions come
+    closest to `target_params` (the non-local block's): the searched design at matched added cost."""
+    best = None
+    for k in range(1, 65):
+        candidate = {**cell, "width": k / 64}
+        params = added_cost(candidate, shapes)["params"]
+        if best is None or abs(params - target_params) < abs(best[1] - target_params):
+            best = (candidate, params)
+    return best[0]
+
+
+def variant_kind(name: str) -> str:
+    """The --variants key of a variant's name."""
+    if name.startswith("non-local (matched"):
+        return "matched"
+    if name.startswith("searched, matched"):
+        return "searched-matched"
+    return name.split(" (")[0]
+
+
 def run_backbone(backbone: str, args, out: Path) -> dict:
     base = SearchConfig(
         backbone=backbone,
@@ -157,16 +181,16 @@ def run_backbone(backbone: str, args, out: Path) -> dict:
     distinct = {}
     for s in searches:
         distinct.setdefault(json.dumps(s["cell"], sort_keys=True), []).append(s["seed"])
-    for key, seeds in distinct.items():
-        variants.append((f"searched (search seed {','.join(map(str, seeds))})", json.loads(key)))
-    for path in args.cells:  # cells searched earlier (e.g. by another process of this benchmark)
-        variants.append((f"searched (cell {path})", load_cell(path)))
+    found = [(f"search seed {','.join(map(str, seeds))}", json.loads(key)) for key, seeds in distinct.items()]
+    found += [(f"cell {path}", load_cell(path)) for path in args.cells]  # cells searched earlier
+    target = added_cost(NONLOCAL, shapes)["params"]
+    for label, cell in found:
+        variants.append((f"searched ({label})", cell))
+    for label, cell in found:  # the same designs at the non-local block's added params (cell "width")
+        cell = matched_width(cell, target, shapes)
+        variants.append((f"searched, matched cost ({label}, width {cell['width']:g})", cell))
     wanted = {v.strip() for v in args.variants.split(",")}
-    variants = [
-        (name, cell)
-        for name, cell in variants
-        if (name.split(" (")[0] if not name.startswith("non-local (matched") else "matched") in wanted
-    ]
+    variants = [(name, cell) for name, cell in variants if variant_kind(name) in wanted]
 
     rows = []
     for name, cell in variants:
@@ -206,27 +230,34 @@ def run_backbone(backbone: str, args, out: Path) -> dict:
 
 
 def statistics(searches: list, rows: list) -> dict:
-    """Pooled searched accuracies, permutation tests and agreement of the search seeds' cells."""
+    """Pooled searched accuracies (full width and matched cost apart), permutation tests and agreement of
+    the search seeds' cells."""
     by_name = {r["variant"]: r for r in rows}
-    searched_pool = []
+    pools = {"searched": [], "searched, matched cost": []}
     for r in rows:
-        if r["variant"].startswith("searched"):
-            seeds_text = r["variant"].split("seed ")[1].rstrip(")") if "seed " in r["variant"] else "0"
-            copies = len(seeds_text.split(","))
-            searched_pool += r["top1"]["values"] * copies  # one entry per search seed × training seed
+        kind = variant_kind(r["variant"])
+        if kind in ("searched", "searched-matched"):
+            found = re.search(r"search seed (\d+(?:,\d+)*)", r["variant"])
+            copies = len(found.group(1).split(",")) if found else 1
+            key = "searched" if kind == "searched" else "searched, matched cost"
+            pools[key] += r["top1"]["values"] * copies  # one entry per search seed × training seed
     tests = {}
-    groups = {"searched": searched_pool}
+    groups = {k: v for k, v in pools.items() if v}
     for name in ("non-local", "none"):
         if name in by_name:
             groups[name] = by_name[name]["top1"]["values"]
-    for a, b in (("searched", "non-local"), ("searched", "none"), ("non-local", "none")):
+    pairs = [(a, b) for a in pools for b in ("non-local", "none")] + [("non-local", "none")]
+    for a, b in pairs:
         if groups.get(a) and groups.get(b):
             tests[f"{a} vs {b}"] = permutation_test(groups[a], groups[b])
     return {
         "searches": searches,
         "agreement": agreement([s["cell"] for s in searches]) if len(searches) > 1 else None,
         "results": rows,
-        "searched_pooled": summary(searched_pool) if searched_pool else None,
+        "searched_pooled": summary(pools["searched"]) if pools["searched"] else None,
+        "searched_matched_pooled": (
+            summary(pools["searched, matched cost"]) if pools["searched, matched cost"] else None
+        ),
         "p_values": tests,
     }
 
@@ -239,6 +270,9 @@ def search_summary(path: Path, shapes: dict) -> dict:
         "seed": record["config"]["seed"],
         "supernet_accuracy": record["supernet_accuracy"],
         "mean_entropy": record["final_mean_entropy"],
+        "final_temperature": record.get("final_temperature", 1.0),
+        "mean_entropy_at_temperature": record.get("final_mean_entropy_at_temperature", record["final_mean_entropy"]),
+        "mean_logit_spread": record.get("mean_logit_spread"),
         "max_entropy": max(entropy.values()),
         "min_entropy": min(entropy.values()),
         "mean_entropy_by_step": [h["mean_entropy"] for h in record["history"]],
@@ -271,8 +305,12 @@ def merge(directories: list, args) -> dict:
         searches = [entry["searches"][k] for k in sorted(entry["searches"])]
         for row in entry["rows"]:
             for s in searches:
-                if row["variant"].startswith("searched") and row["cell"] == s["cell"]:
+                if variant_kind(row["variant"]) == "searched" and row["cell"] == s["cell"]:
                     row["variant"] = f"searched (search seed {s['seed']})"
+                elif variant_kind(row["variant"]) == "searched-matched" and row["cell"] == {
+                    **s["cell"], "width": row["cell"]["width"]
+                }:
+                    row["variant"] = f"searched, matched cost (search seed {s['seed']}, width {row['cell']['width']:g})"
         entry["report"] = {
             "backbone": backbone,
             "positions": list(shapes),
@@ -300,9 +338,11 @@ def table(report: dict) -> str:
                 f"| {r['variant']} | {t['mean']:.3f} ± {t['std']:.3f} ({t['n']}) | {r['model_params']:,} | "
                 f"{r['params']:,} | {r['flops'] / 1e6:.2f} M |"
             )
-        if b["searched_pooled"]:
-            t = b["searched_pooled"]
-            lines.append(f"| searched, pooled over search seeds | {t['mean']:.3f} ± {t['std']:.3f} ({t['n']}) | | | |")
+        for key, label in (("searched_pooled", "searched"), ("searched_matched_pooled", "searched, matched cost")):
+            t = b.get(key)
+            if t:
+                pooled = f"{t['mean']:.3f} ± {t['std']:.3f} ({t['n']})"
+                lines.append(f"| {label}, pooled over search seeds | {pooled} | | | |")
         lines.append("")
         lines.append(
             "Permutation tests (two-sided, difference of means): "
@@ -311,7 +351,9 @@ def table(report: dict) -> str:
         for s in b["searches"]:
             lines.append(
                 f"- search seed {s['seed']}: final entropy per choice mean {s['mean_entropy']:.3f} "
-                f"(min {s['min_entropy']:.3f}, max {s['max_entropy']:.3f}; 1 = uniform), supernet top-1 "
+                f"(min {s['min_entropy']:.3f}, max {s['max_entropy']:.3f}; 1 = uniform; "
+                f"{s.get('mean_entropy_at_temperature', s['mean_entropy']):.3f} at the final temperature "
+                f"{s.get('final_temperature', 1.0):g}), supernet top-1 "
                 f"{s['supernet_accuracy']:.3f}, cell adds {s['cost']['params']:,} params"
             )
         if b["searches"] and b["searches"][0]["messages"]:
@@ -359,7 +401,10 @@ def main(argv=None) -> int:
         help="comma-separated cell.json files to compare instead of searching (skips the search)",
     )
     parser.add_argument(
-        "--variants", default="none,non-local,matched,searched", help="which variants to train"
+        "--variants", default="none,non-local,matched,searched,searched-matched",
+        help="which variants to train: none, non-local, matched (non-local widened to the searched cells' "
+        "params), searched (the derived cells), searched-matched (the derived cells at the width that matches "
+        "the non-local block's added params)",
     )
     parser.add_argument(
         "--merge", default=None, help="comma-separated output folders of earlier runs: write one report of them"

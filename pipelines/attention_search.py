@@ -428,6 +428,26 @@ def choice_entropies(weights: dict) -> dict:
     return out
 
 
+def entropies_at_temperature(weights: dict, temperature: float) -> dict:
+    """{"op{i}.{choice}": normalised entropy of softmax(α/τ)} — the mixing weights the supernet actually
+    used at temperature τ — averaged over the positions (cells). Exact from the stored probabilities,
+    since softmax(α/τ) ∝ softmax(α)^(1/τ)."""
+    fixed = set(weights.get("fixed", []))
+    per_position = []
+    for entry_by_op in weights["per_cell"].values():
+        sharpened = {}
+        for op, entry in entry_by_op.items():
+            sharpened[op] = {}
+            for choice, probs in entry.items():
+                values = np.asarray(list(probs) if choice == "inputs" else list(probs.values()), "float64")
+                logs = np.log(np.maximum(values, 1e-300)) / temperature
+                q = np.exp(logs - logs.max())
+                q = [float(v) for v in q / q.sum()]
+                sharpened[op][choice] = q if choice == "inputs" else dict(zip(probs, q, strict=True))
+        per_position.append(choice_entropies({"operations": sharpened, "fixed": sorted(fixed)}))
+    return {k: float(np.mean([e[k] for e in per_position])) for k in per_position[0]}
+
+
 def _reset(model, optimizer, config: SearchConfig, cell_config) -> None:
     """Puts a compiled model back to the initial state a fresh build with `config.seed` would have:
     the weights of an uncompiled twin built under that seed, optimiser moments and counters zero. So
@@ -584,6 +604,11 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dic
         "mean_logit_spread": float(np.mean(list(spread.values()))) if spread else 0.0,
         "final_entropy": history[-1]["entropy"],
         "final_mean_entropy": history[-1]["mean_entropy"],
+        # what the supernet mixed with at the last step (= final_entropy without annealing)
+        "final_temperature": history[-1]["temperature"],
+        "final_mean_entropy_at_temperature": float(
+            np.mean(list(entropies_at_temperature(weights, history[-1]["temperature"]).values()) or [0.0])
+        ),
         "cell": cell,
         "history": history,
     }

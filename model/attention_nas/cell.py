@@ -19,6 +19,12 @@ earlier. The project's own choices (the paper leaves them open, docs/attention_n
   affine parameters before it feeds later operations and the combine — the normalisation the supernet
   applies to every candidate, so a derived cell computes the function the search scored (a cell from
   the search without it would sum raw outputs whose scales differ by orders of magnitude).
+- `"width"` w ∈ (0, 1] (default 1: no bottleneck): the operations work on round(w·C) channels — a 1x1x1
+  projection C → w·C (`{name}_in`) feeds them, and the combined output is projected back w·C → C
+  (`{name}_out`) before the BatchNorm, as the non-local block's g (C → C/2) and W_z (C/2 → C) do. The
+  paper names an operation output width C_out (G₃: C → C_out) without a value; w scales a cell's added
+  params and FLOPs (≈ w² for the operations, 2·w·C² for the projections), so a searched cell can be
+  compared with a non-local block at matched added cost. Width 1 is the cell without projections.
 Two more kinds share the same entry point `apply_cell`: `{"kind": "nonlocal", "reduction": 0.5, ...}`
 (the baseline, Wang et al. 2018) and `{"kind": "supernet", ...}` (the search's supernet cell).
 """
@@ -42,7 +48,9 @@ from model.attention_nas.operations import (
     G_CHOICES,
     TYPES,
     AttentionOperation,
+    conv_cost,
     operation_cost,
+    reduced_width,
 )
 
 KINDS = ("cell", "nonlocal", "supernet")
@@ -126,7 +134,7 @@ def normalize_cell(config: Mapping[str, Any] | str | Path, *, where: str = "cell
             "excluded": _excluded(config.get("excluded") or [], out, f"{where}.excluded"),
             **common,
         }
-    _check_keys(config, {"kind", "operations", "normalize", "kv_pool", "max_attention_size"}, where)
+    _check_keys(config, {"kind", "operations", "normalize", "width", "kv_pool", "max_attention_size"}, where)
     operations = config.get("operations")
     if not isinstance(operations, list) or not operations:
         raise ValueError(f"{where}.operations: needs a non-empty list of operations, got {operations!r}")
@@ -140,8 +148,17 @@ def normalize_cell(config: Mapping[str, Any] | str | Path, *, where: str = "cell
             for i, op in enumerate(operations, start=1)
         ],
         "normalize": normalize,
+        "width": _width(config.get("width", 1.0), f"{where}.width"),
         **common,
     }
+
+
+def _width(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) <= 1:
+        raise ValueError(
+            f"{where}: needs the operations' width as a fraction of the input channels, in (0, 1], got {value!r}"
+        )
+    return float(value)
 
 
 def _excluded(pairs, candidates: dict, where: str) -> list:
@@ -245,13 +262,18 @@ def apply_cell(x, cell_config: Mapping[str, Any], name: str):
             max_attention_size=cell["max_attention_size"],
             name=name,
         )(x)
-    outputs = [x]
+    # width < 1: a bottleneck, as the non-local block's g (C→C/2) and W_z (C/2→C) (module docstring).
+    width = reduced_width(channels, cell["width"]) if cell["width"] < 1 else channels
+    inner = x
+    if cell["width"] < 1:
+        inner = keras.layers.Conv3D(width, 1, name=f"{name}_in")(x)
+    outputs = [inner]
     for i, op in enumerate(cell["operations"], start=1):
         sources = [outputs[j] for j in op["inputs"]]
         h = sources[0] if len(sources) == 1 else keras.layers.Add(name=f"{name}_op{i}_sum")(sources)
         out = (
             AttentionOperation(
-                channels,
+                width,
                 dimension=op["dimension"],
                 attention_type=op["type"],
                 g1=op["g1"],
@@ -268,6 +290,8 @@ def apply_cell(x, cell_config: Mapping[str, Any], name: str):
             out = keras.layers.BatchNormalization(center=False, scale=False, name=f"{name}_op{i}_norm")(out)
         outputs.append(out)
     y = outputs[1] if len(outputs) == 2 else keras.layers.Add(name=f"{name}_combine")(outputs[1:])
+    if cell["width"] < 1:
+        y = keras.layers.Conv3D(channels, 1, name=f"{name}_out")(y)
     y = keras.layers.BatchNormalization(gamma_initializer="zeros", name=f"{name}_bn")(y)
     return keras.layers.Add(name=f"{name}_residual")([x, y])
 
@@ -290,11 +314,18 @@ def cell_cost(cell_config: Mapping[str, Any], input_shape) -> dict:
         return nonlocal_cost(shape, reduction=cell["reduction"], kv_pool=cell["kv_pool"])
     if cell["kind"] == "supernet":
         raise ValueError("cell_cost: a supernet has no fixed cost; derive a cell from it first")
-    costs = [operation_cost(op, shape, kv_pool=cell["kv_pool"]) for op in cell["operations"]]
-    norms = 2 * shape[-1] * len(costs) if cell["normalize"] else 0  # moving mean and variance
+    t, h, w, c = shape
+    width = reduced_width(c, cell["width"]) if cell["width"] < 1 else c
+    costs = [operation_cost(op, (t, h, w, width), kv_pool=cell["kv_pool"]) for op in cell["operations"]]
+    if cell["width"] < 1:  # the bottleneck's two 1x1x1 projections C → width → C
+        costs += [
+            dict(zip(("params", "flops"), conv_cost(t, h, w, (1, 1, 1), a, b), strict=True))
+            for a, b in ((c, width), (width, c))
+        ]
+    norms = 2 * width * len(cell["operations"]) if cell["normalize"] else 0  # moving mean and variance
     return {
-        "params": sum(c["params"] for c in costs) + 4 * shape[-1] + norms,
-        "flops": sum(c["flops"] for c in costs),
+        "params": sum(k["params"] for k in costs) + 4 * c + norms,
+        "flops": sum(k["flops"] for k in costs),
     }
 
 

@@ -135,7 +135,9 @@ def test_invalid_cell_descriptions_fail_clearly(bad, message):
         normalize_cell(bad)
 
 
-@pytest.mark.parametrize("config", [THREE_OPS, NONLOCAL, NONLOCAL_AS_CELL])
+@pytest.mark.parametrize(
+    "config", [THREE_OPS, NONLOCAL, NONLOCAL_AS_CELL, {**THREE_OPS, "normalize": True, "width": 0.5}]
+)
 def test_cell_keeps_shape_starts_as_identity_and_cost_counts_its_weights(config):
     inputs = keras.Input(X.shape[1:])
     model = keras.Model(inputs, apply_cell(inputs, config, name="cell"))
@@ -151,6 +153,28 @@ def test_cell_cost_flops_by_hand():
     convs = 2 * 32 * (8 * 4) * 2 + 2 * 32 * 8 * 8  # G₁, G₂ (8→4), G₃ (8→8) at 32 positions
     products = 2 * (2 * 16 * 4 * 4 + 2 * 16 * 4 * 8)  # per frame: scores (16×4 keys×C′) and A·V (×C)
     assert cell_cost(cell, (2, 4, 4, 8))["flops"] == convs + products
+
+
+def test_cell_width_adds_a_bottleneck_whose_cost_follows_the_formula():
+    """width w: 1x1x1 C → w·C, the operations at w·C, then w·C → C (as non-local's g and W_z)."""
+    one_op = {"operations": [{"inputs": [0]}]}  # spatiotemporal dot, G₁/G₂/G₃ 1x1x1, C′ = C_w/2
+    # C = 8, w = 0.5: C_w = 4, C′ = 2. in 8·4+4; G₁, G₂ 4·2+2 each; G₃ 4·4+4; out 4·8+8; BN 4·8.
+    assert cell_cost({**one_op, "width": 0.5}, (2, 4, 4, 8))["params"] == 36 + 10 + 10 + 20 + 40 + 32
+    # 32 positions: projections 2·32·8·4 each; G₁, G₂ 2·32·4·2; G₃ 2·32·4·4; 8 pooled keys (2 frames × 2x2):
+    # scores 2·32·8·C′ and A·V 2·32·8·C_w.
+    flops = 2 * 2048 + 2 * 512 + 1024 + 2 * 32 * 8 * 2 + 2 * 32 * 8 * 4
+    assert cell_cost({**one_op, "width": 0.5}, (2, 4, 4, 8))["flops"] == flops
+    for width, inner in ((0.25, 2), (0.5, 4), (0.75, 6)):
+        inputs = keras.Input(X.shape[1:])
+        model = keras.Model(inputs, apply_cell(inputs, {**THREE_OPS, "width": width}, name="cell"))
+        assert model.get_layer("cell_in").output.shape[-1] == inner
+        assert model.get_layer("cell_op1").output.shape[-1] == inner
+        assert model.count_params() == cell_cost({**THREE_OPS, "width": width}, X.shape[1:])["params"]
+    # width 1 (the default) is the cell without projections
+    assert normalize_cell(THREE_OPS)["width"] == 1.0
+    assert cell_cost({**THREE_OPS, "width": 1}, X.shape[1:]) == cell_cost(THREE_OPS, X.shape[1:])
+    with pytest.raises(ValueError, match=r"cell.width: needs the operations' width"):
+        normalize_cell({**THREE_OPS, "width": 1.5})
 
 
 def test_supernet_layer_and_architecture_gradients():
@@ -344,6 +368,26 @@ def test_derived_cell_equals_one_hot_supernet_in_training_and_inference():
     inherit_weights(supernet, raw_model, "raw", raw)
     gap = np.abs(np_(raw_model(x, training=True)) - np_(supernet(x, training=True))).max()
     assert gap > 1e-2, gap
+
+
+def test_annealed_temperature_makes_the_supernet_the_one_hot_cell():
+    """softmax(α/τ) → one-hot as τ → 0 (SNAS/GDAS annealing): α favouring ONE_HOT_CELL's choices by a
+    logit of 1 mixes every candidate at τ = 1, but at τ = 0.02 (effective logit 50) the supernet computes
+    the one-hot supernet's function."""
+    supernet = SupernetCell(8, num_operations=3, name="search")
+    supernet(X)
+    x = np.random.default_rng(3).normal(size=X.shape).astype("float32")
+    _set_one_hot(supernet, ONE_HOT_CELL, logit=1.0)
+    assert abs(float(np_(supernet._probs(1, "g3"))[0]) - 1 / (1 + np.exp(-1.0))) < 1e-6  # conv1x1x1: σ(1)
+    mixed = np_(supernet(x, training=False))
+    supernet.temperature.assign(0.02)
+    assert float(np_(supernet._probs(1, "g3"))[1]) < 1e-20  # identity: e^-50 / (1 + e^-50)
+    annealed = np_(supernet(x, training=False))
+    supernet.temperature.assign(1.0)
+    _set_one_hot(supernet, ONE_HOT_CELL, logit=60.0)
+    one_hot = np_(supernet(x, training=False))
+    np.testing.assert_allclose(annealed, one_hot, atol=1e-5)
+    assert np.abs(mixed - one_hot).max() > 1e-2
 
 
 def test_normalized_cell_costs_its_statistics():

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -277,3 +278,21 @@ def test_search_drives_the_clearly_better_candidate_to_the_top():
     assert _search_channel_mixing(rate, steps) > 0.62
     # ≤ lr × steps per logit for a gradient of steady size, a little more while it grows: measured 0.508.
     assert 0.5 < _search_channel_mixing(DARTS_ARCH_LR, steps) < 0.52
+
+
+def test_temperature_schedule_and_entropy_at_temperature():
+    """Geometric annealing from 1 to final_temperature after the warm-up, and the entropy of the weights
+    the supernet mixed with at temperature τ: softmax(α/τ) ∝ p^(1/τ)."""
+    from pipelines.attention_search import SearchConfig, entropies_at_temperature, temperature_at
+
+    config = SearchConfig(steps=11, final_temperature=0.01)
+    assert [round(temperature_at(config, k), 9) for k in (0, 5, 10)] == [1.0, 0.1, 0.01]
+    warm = SearchConfig(steps=11, final_temperature=0.01, arch_start=0.5)  # architecture from step 5
+    assert temperature_at(warm, 5) == 1.0 and abs(temperature_at(warm, 8) - 0.01 ** 0.6) < 1e-12
+    cell = {"op1": {"inputs": [1.0], "g3": {"conv1x1x1": 0.6, "identity": 0.4}}}
+    weights = {"per_cell": {"a": cell, "b": {"op1": {"inputs": [1.0], "g3": {"conv1x1x1": 0.5, "identity": 0.5}}}}}
+    h = lambda p: -sum(q * math.log(q) for q in p) / math.log(2)
+    # τ = 1: the stored weights; τ = 0.5: [0.6², 0.4²] / 0.52 = [9/13, 4/13]; a uniform choice stays uniform
+    assert abs(entropies_at_temperature(weights, 1.0)["op1.g3"] - (h([0.6, 0.4]) + 1) / 2) < 1e-12
+    assert abs(entropies_at_temperature(weights, 0.5)["op1.g3"] - (h([9 / 13, 4 / 13]) + 1) / 2) < 1e-12
+    assert entropies_at_temperature({"per_cell": {"a": cell}}, 0.01)["op1.g3"] < 1e-14

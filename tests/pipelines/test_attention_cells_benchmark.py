@@ -1,0 +1,56 @@
+"""benchmarks/attention_cells.py: the searched cell at matched added cost, and the pooled statistics."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from model.attention_nas import NONLOCAL, cell_cost
+
+_spec = importlib.util.spec_from_file_location(
+    "attention_cells", Path(__file__).resolve().parents[2] / "benchmarks" / "attention_cells.py"
+)
+AC = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(AC)
+
+SHAPES = {"res3_0": (4, 4, 4, 64), "res4_0": (4, 2, 2, 128)}  # the ResNet proxy at 4 × 32²
+WIDE = {  # a derived cell of the kind the searches pick: 3x3x3 G₁, ~17x the non-local block's params
+    "kind": "cell",
+    "normalize": True,
+    "operations": [
+        {"inputs": [0], "g1": "conv3x3x3", "g2": "conv3x3x3"},
+        {"inputs": [0, 1], "g1": "conv3x3x3", "type": "map", "dimension": "temporal", "reduction": 0.25},
+    ],
+}
+
+
+def test_matched_width_is_the_grid_width_closest_to_the_nonlocal_params():
+    target = AC.added_cost(NONLOCAL, SHAPES)["params"]
+    assert target == 42016  # θ, φ, g: C·C/2 (+bias), W_z, BN at C = 64 and 128
+    assert AC.added_cost(WIDE, SHAPES)["params"] > 15 * target
+    matched = AC.matched_width(WIDE, target, SHAPES)
+    k = round(matched["width"] * 64)
+    assert matched["width"] == k / 64 and 1 <= k < 64 and matched["operations"] == WIDE["operations"]
+    params = lambda w: sum(cell_cost({**WIDE, "width": w}, s)["params"] for s in SHAPES.values())
+    gap = abs(params(k / 64) - target)
+    assert gap < abs(params((k - 1) / 64) - target) and gap < abs(params((k + 1) / 64) - target)
+    assert gap < 0.15 * target
+
+
+def test_statistics_pool_full_width_and_matched_cells_apart():
+    rows = [
+        {"variant": "none", "top1": {"values": [0.3, 0.35, 0.32]}},
+        {"variant": "non-local", "top1": {"values": [0.5, 0.52, 0.55]}},
+        {"variant": "searched (search seed 0)", "top1": {"values": [0.6, 0.61, 0.62]}},
+        {"variant": "searched, matched cost (search seed 0,1, width 0.2)", "top1": {"values": [0.4, 0.42, 0.41]}},
+    ]
+    stats = AC.statistics([], rows)
+    assert stats["searched_pooled"]["n"] == 3
+    # search seeds 0 and 1 derived the same cell: its runs count once per search seed
+    assert stats["searched_matched_pooled"]["n"] == 6
+    assert stats["searched_matched_pooled"]["mean"] == pytest.approx(0.41)
+    assert set(stats["p_values"]) == {
+        "searched vs non-local", "searched vs none", "searched, matched cost vs non-local",
+        "searched, matched cost vs none", "non-local vs none",
+    }
+    assert [AC.variant_kind(r["variant"]) for r in rows] == ["none", "non-local", "searched", "searched-matched"]
