@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,27 @@ def _reduction(value, where: str) -> float:
     return float(value)
 
 
+def _warn_degenerate(cell: Mapping[str, Any], shape, name: str) -> None:
+    """A derived cell inserted where some operation cannot attend (one key per query, one token: the
+    candidates the search excludes, supernet.degenerate_pairs) is built, with a warning naming them:
+    the operation then copies its (pooled) values instead of choosing where to look."""
+    from model.attention_nas.supernet import degenerate_pairs
+
+    _, t, h, w, _ = shape
+    if None in (t, h, w):
+        return
+    found = []
+    for i, op in enumerate(cell["operations"], start=1):
+        reason = degenerate_pairs((op["type"],), (op["dimension"],), t, h, w, kv_pool=cell["kv_pool"]).get(
+            (op["type"], op["dimension"]))
+        if reason:
+            found.append(f"op{i}: {reason}")
+    if found:
+        warnings.warn(f"cell {name!r}: operation(s) that cannot attend at this feature size: "
+                      + "; ".join(found) + " (use larger clips, a smaller kv_pool, or insert it earlier)",
+                      stacklevel=3)
+
+
 def apply_cell(x, cell_config: Mapping[str, Any], name: str):
     """Applies the cell described by `cell_config` to x (B, T, H, W, C); returns the same shape."""
     cell = normalize_cell(cell_config, where=f"cell {name!r}")
@@ -262,6 +284,7 @@ def apply_cell(x, cell_config: Mapping[str, Any], name: str):
             max_attention_size=cell["max_attention_size"],
             name=name,
         )(x)
+    _warn_degenerate(cell, x.shape, name)
     # width < 1: a bottleneck, as the non-local block's g (C→C/2) and W_z (C/2→C) (module docstring).
     width = reduced_width(channels, cell["width"]) if cell["width"] < 1 else channels
     inner = x

@@ -293,7 +293,13 @@ def test_insert_cells_into_assemblenet():
 
     from model.assemblenet import build_assemblenet
 
-    model = build_assemblenet(with_cells, 3, frames=4, size=32)
+    # Block 7 (stride 16) is 2x2 at 32 px: op2's spatial dot-product, pooled by kv_pool 2, sees one key
+    # per query; the derived cell is built, with a warning naming it (the search would exclude it).
+    with pytest.warns(UserWarning, match=r"cannot attend") as caught:
+        model = build_assemblenet(with_cells, 3, frames=4, size=32)
+    ours = [str(w.message) for w in caught if "cannot attend" in str(w.message)]
+    assert len(ours) == 1 and ours[0].startswith("cell 'block7_cell': operation(s) that cannot attend")
+    assert "op2: spatial dot-product on a (T, H, W) = (4, 2, 2) map" in ours[0]
     strides = tiny.cumulative_stride()
     for i in (5, 6, 7):
         added = sum(layer.count_params() for layer in model.layers if layer.name.startswith(f"block{i}_cell"))
