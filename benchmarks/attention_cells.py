@@ -43,7 +43,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.attention_nas import NONLOCAL, cell_cost, load_cell  # noqa: E402
-from model.attention_nas.nonlocal_block import nonlocal_cost  # noqa: E402
 from pipelines.attention_search import (  # noqa: E402
     SearchConfig,
     cell_input_shapes,
@@ -103,30 +102,29 @@ def added_cost(cell, shapes: dict) -> dict:
     return {"params": sum(c["params"] for c in costs), "flops": sum(c["flops"] for c in costs)}
 
 
+def closest_on_grid(cell: dict, field: str, target_params: float, shapes: dict) -> tuple[dict, int]:
+    """`cell` with `field` (a ratio in (0, 1]) set to the multiple of 1/64 whose added params over all
+    positions come closest to `target_params`, and those params (the first such multiple on a tie)."""
+    best = None
+    for k in range(1, 65):
+        candidate = {**cell, field: k / 64}
+        params = added_cost(candidate, shapes)["params"]
+        if best is None or abs(params - target_params) < abs(best[1] - target_params):
+            best = (candidate, params)
+    return best
+
+
 def matched_nonlocal(target_params: float, shapes: dict):
     """The non-local block whose reduction (a multiple of 1/64, ≤ 1) brings its added params closest to
     `target_params`; None when even reduction 1 stays below 90 % of the target."""
-    best = None
-    for k in range(1, 65):
-        r = k / 64
-        params = sum(nonlocal_cost(s, reduction=r, kv_pool=2)["params"] for s in shapes.values())
-        if best is None or abs(params - target_params) < abs(best[1] - target_params):
-            best = (r, params)
-    if best[1] < 0.9 * target_params:
-        return None
-    return {**NONLOCAL, "reduction": best[0]}
+    cell, params = closest_on_grid(NONLOCAL, "reduction", target_params, shapes)
+    return None if params < 0.9 * target_params else cell
 
 
 def matched_width(cell: dict, target_params: float, shapes: dict) -> dict:
     """`cell` at the width (a multiple of 1/64 below 1, or 1) whose added params over all positions come
     closest to `target_params` (the non-local block's): the searched design at matched added cost."""
-    best = None
-    for k in range(1, 65):
-        candidate = {**cell, "width": k / 64}
-        params = added_cost(candidate, shapes)["params"]
-        if best is None or abs(params - target_params) < abs(best[1] - target_params):
-            best = (candidate, params)
-    return best[0]
+    return closest_on_grid(cell, "width", target_params, shapes)[0]
 
 
 def variant_kind(name: str) -> str:

@@ -149,17 +149,10 @@ def normalize_cell(config: Mapping[str, Any] | str | Path, *, where: str = "cell
             for i, op in enumerate(operations, start=1)
         ],
         "normalize": normalize,
-        "width": _width(config.get("width", 1.0), f"{where}.width"),
+        "width": _fraction(config.get("width", 1.0), f"{where}.width",
+                           "the operations' width as a fraction of the input channels,"),
         **common,
     }
-
-
-def _width(value, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) <= 1:
-        raise ValueError(
-            f"{where}: needs the operations' width as a fraction of the input channels, in (0, 1], got {value!r}"
-        )
-    return float(value)
 
 
 def _excluded(pairs, candidates: dict, where: str) -> list:
@@ -234,8 +227,12 @@ def _positive_int(value, where: str) -> int:
 
 
 def _reduction(value, where: str) -> float:
+    return _fraction(value, where, "a width ratio C'/C")
+
+
+def _fraction(value, where: str, meaning: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) <= 1:
-        raise ValueError(f"{where}: needs a width ratio C'/C in (0, 1], got {value!r}")
+        raise ValueError(f"{where}: needs {meaning} in (0, 1], got {value!r}")
     return float(value)
 
 
@@ -286,7 +283,7 @@ def apply_cell(x, cell_config: Mapping[str, Any], name: str):
         )(x)
     _warn_degenerate(cell, x.shape, name)
     # width < 1: a bottleneck, as the non-local block's g (C→C/2) and W_z (C/2→C) (module docstring).
-    width = reduced_width(channels, cell["width"]) if cell["width"] < 1 else channels
+    width = reduced_width(channels, cell["width"])  # = channels at width 1
     inner = x
     if cell["width"] < 1:
         inner = keras.layers.Conv3D(width, 1, name=f"{name}_in")(x)
@@ -338,7 +335,7 @@ def cell_cost(cell_config: Mapping[str, Any], input_shape) -> dict:
     if cell["kind"] == "supernet":
         raise ValueError("cell_cost: a supernet has no fixed cost; derive a cell from it first")
     t, h, w, c = shape
-    width = reduced_width(c, cell["width"]) if cell["width"] < 1 else c
+    width = reduced_width(c, cell["width"])
     costs = [operation_cost(op, (t, h, w, width), kv_pool=cell["kv_pool"]) for op in cell["operations"]]
     if cell["width"] < 1:  # the bottleneck's two 1x1x1 projections C → width → C
         costs += [
