@@ -17,7 +17,7 @@ import keras
 from model.blocks import apply_block, apply_stem, conv_bn
 from model.layers import ATTENTION_MODES, ChannelAttention, ConnectionFusion, SpatialMaxPool
 from model.optimizer import MomentumL2  # noqa: F401  (registered, so a model.keras loads with its optimizer)
-from model.structure import Structure, get_structure
+from model.structure import Structure, get_structure, stream_modality
 
 INPUT_CHANNELS = {"rgb": 3, "flow": 2}
 TEMPORAL_POOLS = ("max", "avg")
@@ -38,11 +38,12 @@ def default_peer(structure: Structure, index: int) -> int:
 
 def build_inputs(structure: Structure, frames=None, size=None) -> dict:
     inputs = {}
-    for modality in structure.modalities:
+    for stream in structure.modalities:
+        modality = stream_modality(stream)
         if modality == "object":
-            inputs[modality] = keras.Input((frames, size, size), dtype="int32", name="object")
+            inputs[stream] = keras.Input((frames, size, size), dtype="int32", name=stream)
         else:
-            inputs[modality] = keras.Input((frames, size, size, INPUT_CHANNELS[modality]), name=modality)
+            inputs[stream] = keras.Input((frames, size, size, INPUT_CHANNELS[modality]), name=stream)
     return inputs
 
 
@@ -94,7 +95,7 @@ def build_assemblenet(structure, num_classes: int, *, attention: str = "none", d
     outputs: dict[int, object] = {}
     for node in sorted(structure.nodes, key=lambda n: (n.level, n.index)):
         if node.is_stem:
-            outputs[node.index] = apply_stem(inputs[node.modality], node, name=f"stem{node.index}")
+            outputs[node.index] = apply_stem(inputs[node.stream], node, name=f"stem{node.index}")
             continue
         i = node.index
         fused_stride = max(strides[j] for j in node.inputs)

@@ -19,6 +19,20 @@ from pathlib import Path
 from typing import Any
 
 MODALITIES = ("rgb", "flow", "object")
+
+
+def stream_modality(stream: str) -> str:
+    """The modality of an input stream: a stream is a modality (`flow`) or a second input of a modality's
+    kind with a tag of its own (`flow_decoy`: a flow stem fed from the input named `flow_decoy`, e.g. the
+    ablation benchmark's decoy stream). Returns "" where `stream` names no modality."""
+    modality, _, tag = str(stream).partition("_")
+    if modality not in MODALITIES or (_ and not (tag and tag.replace("_", "").isalnum())):
+        return ""
+    return modality
+
+
+def is_stream(item) -> bool:
+    return isinstance(item, str) and bool(stream_modality(item))
 NUM_LEVELS = 4
 # Appendix A.2 of AssembleNet: the 3x3 conv width D_v is fixed per level.
 LEVEL_WIDTHS = (64, 128, 256, 512)
@@ -52,10 +66,16 @@ class Node:
         return self.level == 0
 
     @property
-    def modality(self) -> str:
+    def stream(self) -> str:
+        """The input a stem reads: its modality, or a tagged stream of it (`stream_modality`)."""
         if not self.is_stem:
-            raise ValueError(f"block {self.index} is not a stem and has no modality")
+            raise ValueError(f"block {self.index} is not a stem and has no input stream")
         return str(self.inputs[0])
+
+    @property
+    def modality(self) -> str:
+        """The kind of stem (rgb, flow or object), whichever stream of that kind it reads."""
+        return stream_modality(self.stream)
 
     @property
     def output_channels(self) -> int:
@@ -157,9 +177,10 @@ class Structure:
 
     @property
     def modalities(self) -> tuple[str, ...]:
-        """The input modalities the stems use, in MODALITIES order."""
-        used = {n.modality for n in self.stems}
-        return tuple(m for m in MODALITIES if m in used)
+        """The input streams the stems read (the model's input names): modalities in MODALITIES order,
+        then tagged streams (`stream_modality`) in name order."""
+        used = {n.stream for n in self.stems}
+        return tuple(m for m in MODALITIES if m in used) + tuple(sorted(used - set(MODALITIES)))
 
     @property
     def top_level(self) -> int:
@@ -228,7 +249,7 @@ def _as_inputs(inputs) -> tuple[int | str, ...]:
         inputs = [inputs]
     out: list[int | str] = []
     for item in inputs:
-        if isinstance(item, str) and item.lower() in MODALITIES:
+        if is_stream(item.lower() if isinstance(item, str) else item):
             out.append(item.lower())
         elif isinstance(item, str) and item.strip().lstrip("-").isdigit():
             out.append(int(item))
@@ -266,12 +287,12 @@ def validate(structure: Structure) -> None:
         if not n.inputs:
             raise ValueError(f"block {n.index}: has no inputs")
         if n.is_stem:
-            if len(n.inputs) != 1 or n.inputs[0] not in MODALITIES:
-                raise ValueError(f"block {n.index}: a level-0 stem takes exactly one of {MODALITIES}, "
-                                 f"got {list(n.inputs)}")
+            if len(n.inputs) != 1 or not is_stream(n.inputs[0]):
+                raise ValueError(f"block {n.index}: a level-0 stem takes exactly one of {MODALITIES} (or a "
+                                 f"tagged stream of one, e.g. 'flow_decoy'), got {list(n.inputs)}")
             continue
         for j in n.inputs:
-            if isinstance(j, str) and j in MODALITIES:
+            if is_stream(j):
                 raise ValueError(f"block {n.index}: modality {j!r} can feed only a level-0 stem")
             if not isinstance(j, int) or j not in by_index:
                 raise ValueError(f"block {n.index}: unknown input {j!r}")

@@ -66,6 +66,11 @@ CLUTTER_IDS = (1, 4, 8, 24)  # wall, floor, bed, cabinet-like "stuff" the segmen
 # `colour_jitter`: the type is barely visible in RGB.
 TYPE_OFFSET = (-0.06, 0.0, 0.06)
 SPLITS = ("train", "val", "test")
+# Benchmark v2 (planted answers, docs/ablations.md): the decoy stream's input name (a flow stem reads it:
+# model.structure.stream_modality) and, for clips whose segmenter fails, each type's own colour, far
+# apart (the per-object jitter is `colour_jitter`), so the type is plain in RGB.
+DECOY_STREAM = "flow_decoy"
+TYPE_COLOURS = ((0.85, -0.55, -0.55), (-0.55, 0.85, -0.55), (-0.55, -0.55, 0.85))
 # Mask noise states recorded per object and frame.
 MASK_OK, MASK_MISSED, MASK_WRONG = 0, 1, 2
 
@@ -92,6 +97,17 @@ class BenchmarkConfig:
     colour_jitter: float = 0.12  # per object, in [-1, 1] units (vs TYPE_OFFSET)
     camera_pan: float = 0.2  # the most the camera pans over a clip, per axis, as a fraction of the side
     clutter: int = 6  # static background blobs
+    # Benchmark v2's planted answers (both off in v1; `V2` turns them on):
+    # decoy: an extra input stream `flow_decoy` that shows the flow of another clip of the same split (a
+    # fixed random derangement), so it has real flow's statistics and no information about the label:
+    # every edge out of its stem is wrong by construction.
+    decoy: bool = False
+    # object_failure_rate: the fraction of clips whose segmenter fails (their masks show no object at
+    # all, only clutter: recognisable from the masks). In those clips every object is drawn in its
+    # type's own colour (TYPE_COLOURS), so RGB carries the object type; in the other clips each object
+    # shows the colour of a random type, so RGB's colour cue is wrong two times in three. Which
+    # modality to trust changes from clip to clip.
+    object_failure_rate: float = 0.0
 
     def __post_init__(self):
         if self.frames < 2 or self.size < 8:
@@ -102,6 +118,8 @@ class BenchmarkConfig:
         low, high = self.distractors
         if not 0 <= low <= high:
             raise ValueError(f"BenchmarkConfig.distractors={self.distractors}: expected 0 <= low <= high")
+        if not 0.0 <= self.object_failure_rate <= 1.0:
+            raise ValueError(f"BenchmarkConfig.object_failure_rate={self.object_failure_rate} must be in [0, 1]")
         if not (0 <= self.miss_rate and 0 <= self.wrong_label_rate and self.miss_rate + self.wrong_label_rate <= 1):
             raise ValueError(f"BenchmarkConfig: miss_rate={self.miss_rate} and wrong_label_rate="
                              f"{self.wrong_label_rate} must be >= 0 and sum to <= 1")
@@ -109,9 +127,32 @@ class BenchmarkConfig:
     def clips(self, split: str) -> int:
         return {"train": self.train_clips, "val": self.val_clips, "test": self.test_clips}[split]
 
+    @property
+    def version(self) -> int:
+        return 2 if self.decoy or self.object_failure_rate else 1
+
     def digest(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        # v2's fields are left out where they are off, so a v1 config keeps its digest (and cache file).
+        fields = dataclasses.asdict(self)
+        for name in V2_FIELDS:
+            if fields[name] == V1_OFF[name]:
+                del fields[name]
+        text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+V1_OFF = {"decoy": False, "object_failure_rate": 0.0}
+V2_FIELDS = tuple(V1_OFF)
+# Benchmark v2: v1 plus the decoy stream and per-clip segmenter failure in half of the clips.
+V2 = {"decoy": True, "object_failure_rate": 0.5}
+VERSIONS = {"v1": {}, "v2": V2}
+
+
+def versioned(version: str = "v1", **fields) -> BenchmarkConfig:
+    """The BenchmarkConfig of benchmark `version` ("v1" or "v2") with `fields` set."""
+    if version not in VERSIONS:
+        raise ValueError(f"benchmark version {version!r}: expected one of {sorted(VERSIONS)}")
+    return BenchmarkConfig(**{**VERSIONS[version], **fields})
 
 
 @dataclasses.dataclass
@@ -121,7 +162,8 @@ class Split:
     px, camera included); actor_phase float32 (N,) (radians, see `actor_offset`); camera float32 (N, 2)
     (the pan in px/frame: the scene moves by -camera in the image); mask_state uint8 (N, O, T) for the
     O object slots (slot 0 = actor; padded slots are 255); slot_type int16 (N, O) (type index, -1 = no
-    object)."""
+    object); v2 only (else empty): object_failed bool (N,) (the clip's segmenter failed), decoy_source
+    int32 (N,) (the clip whose flow the decoy stream shows)."""
 
     rgb: np.ndarray
     flow: np.ndarray
@@ -134,6 +176,8 @@ class Split:
     camera: np.ndarray
     mask_state: np.ndarray
     slot_type: np.ndarray
+    object_failed: np.ndarray
+    decoy_source: np.ndarray
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -168,8 +212,11 @@ class Benchmark:
                 out[m] = data.flow[index].astype(np.float32)
             elif m == "object":
                 out[m] = data.object[index].astype(np.int32)
+            elif m == DECOY_STREAM and self.config.decoy:
+                out[m] = data.flow[data.decoy_source[index]].astype(np.float32)
             else:
-                raise ValueError(f"unknown modality {m!r}; expected rgb, flow or object")
+                raise ValueError(f"unknown modality {m!r}; expected rgb, flow, object"
+                                 + (f" or {DECOY_STREAM}" if self.config.decoy else ""))
         return out
 
     def labels(self, split: str) -> np.ndarray:
@@ -217,7 +264,9 @@ def _empty_split(config: BenchmarkConfig, labels: np.ndarray) -> Split:
                  object_type=(labels % NUM_OBJECTS).astype(np.int32),
                  actor_path=np.empty((n, t_len, 2), np.float32), actor_phase=np.empty(n, np.float32),
                  camera=np.empty((n, 2), np.float32),
-                 mask_state=np.full((n, slots, t_len), 255, np.uint8), slot_type=np.full((n, slots), -1, np.int16))
+                 mask_state=np.full((n, slots, t_len), 255, np.uint8), slot_type=np.full((n, slots), -1, np.int16),
+                 object_failed=np.zeros(n if config.object_failure_rate else 0, bool),
+                 decoy_source=np.zeros(n if config.decoy else 0, np.int32))
 
 
 def _render_range(config: BenchmarkConfig, split: str, labels: np.ndarray, start: int) -> Split:
@@ -265,7 +314,22 @@ def generate_split(config: BenchmarkConfig, split: str, progress: bool = False, 
             for future in concurrent.futures.as_completed(futures):
                 place(futures[future], future.result())
     bar.close()
+    if config.decoy:
+        out.decoy_source = decoy_sources(config.seed, split, n)
     return out
+
+
+def decoy_sources(seed: int, split: str, n: int) -> np.ndarray:
+    """The clip whose flow each clip's decoy stream shows: a random derangement (never the clip itself)
+    from the split's own stream, so the decoy is real flow of an unrelated clip."""
+    if n < 2:
+        raise ValueError(f"the decoy stream needs >= 2 clips per split, got {n}")
+    rng = np.random.default_rng([int(seed), SPLITS.index(split), 0xDEC0])
+    order = rng.permutation(n)
+    # A cyclic shift of a random order: a derangement, independent of the labels.
+    source = np.empty(n, np.int32)
+    source[order] = np.roll(order, 1)
+    return source
 
 
 def _render_clip(config: BenchmarkConfig, rng: np.random.Generator, out: Split, k: int, xx, yy) -> None:
@@ -297,6 +361,10 @@ def _render_clip(config: BenchmarkConfig, rng: np.random.Generator, out: Split, 
 
     motion, obj = int(out.motion[k]), int(out.object_type[k])
     clip_colour = rng.uniform(-0.5, 0.9, 3)
+    # v2: does this clip's segmenter fail? (Drawn only in v2, so v1's clips stay as they were.)
+    failed = bool(config.object_failure_rate) and bool(rng.random() < config.object_failure_rate)
+    if config.object_failure_rate:
+        out.object_failed[k] = failed
     n_distractors = int(rng.integers(config.distractors[0], config.distractors[1] + 1))
     margin = radius + amplitude + 1
     objects = []  # (type, path (T+1, 2) image px)
@@ -326,10 +394,17 @@ def _render_clip(config: BenchmarkConfig, rng: np.random.Generator, out: Split, 
     for slot in order:
         kind, p = objects[slot]
         out.slot_type[k, slot] = kind
-        colour = clip_colour + TYPE_OFFSET[kind] + rng.normal(0, config.colour_jitter, 3)
+        if config.object_failure_rate:
+            # v2: the type's own colour where the segmenter fails, a random type's colour elsewhere.
+            shown = kind if failed else int(rng.integers(NUM_OBJECTS))
+            colour = np.asarray(TYPE_COLOURS[shown]) + rng.normal(0, config.colour_jitter, 3)
+        else:
+            colour = clip_colour + TYPE_OFFSET[kind] + rng.normal(0, config.colour_jitter, 3)
         colour = np.clip(colour, -1, 1)
         states = rng.choice(3, size=t_len, p=[1 - config.miss_rate - config.wrong_label_rate, config.miss_rate,
                                                config.wrong_label_rate])
+        if failed:
+            states[:] = MASK_MISSED  # the segmenter sees no object in this clip
         out.mask_state[k, slot] = states
         jitter = config.boundary_jitter
         for t in range(t_len):
@@ -377,7 +452,9 @@ def load(path: str | Path) -> Benchmark:
         raw = json.loads(str(data["config"]))
         raw["distractors"] = tuple(raw["distractors"])
         config = BenchmarkConfig(**raw)
-        splits = {split: Split(**{f.name: data[f"{split}/{f.name}"] for f in dataclasses.fields(Split)})
+        # Files cached before v2 lack v2's fields, which are empty in v1.
+        splits = {split: Split(**{f.name: data[f"{split}/{f.name}"] if f"{split}/{f.name}" in data
+                                  else np.zeros(0, np.int32) for f in dataclasses.fields(Split)})
                   for split in SPLITS}
     return Benchmark(config, splits, Path(path))
 
@@ -420,6 +497,8 @@ def probe_features(data: Split, modality: str, chunk: int = 256) -> np.ndarray:
             x = data.rgb[start:stop].astype(np.float32) / 127.5 - 1.0
         elif modality == "flow":
             x = data.flow[start:stop].astype(np.float32) * 20.0
+        elif modality == DECOY_STREAM:
+            x = data.flow[data.decoy_source[start:stop]].astype(np.float32) * 20.0
         elif modality == "object":
             m = data.object[start:stop]
             x = np.stack([m == i for i in OBJECT_IDS] + [(m > 0) & ~np.isin(m, OBJECT_IDS)], -1).astype(np.float32)
@@ -464,15 +543,25 @@ def oracle_check(bench: Benchmark, eval_split: str = "val") -> dict[str, dict[st
     """Linear-probe accuracy (class, and its motion and object factors) of rgb, flow, object and all
     three, trained on `train`, measured on `eval_split`. A measurement, not a target."""
     train, test = bench.splits["train"], bench.splits[eval_split]
-    feats = {m: (probe_features(train, m), probe_features(test, m)) for m in ("rgb", "flow", "object")}
+    streams = ("rgb", "flow", "object") + ((DECOY_STREAM,) if bench.config.decoy else ())
+    feats = {m: (probe_features(train, m), probe_features(test, m)) for m in streams}
     feats["all"] = tuple(np.concatenate([feats[m][i] for m in ("rgb", "flow", "object")], 1) for i in (0, 1))
+    failed = test.object_failed if bench.config.object_failure_rate else None
     result = {}
     for name, (xtr, xte) in feats.items():
         predicted = softmax_probe(xtr, train.labels, xte, NUM_CLASSES)
-        result[name] = {"accuracy": float(np.mean(predicted == test.labels)),
-                        "motion_accuracy": float(np.mean(predicted // NUM_OBJECTS == test.motion)),
-                        "object_accuracy": float(np.mean(predicted % NUM_OBJECTS == test.object_type))}
+        result[name] = _probe_scores(predicted, test.labels)
+        if failed is not None:
+            # v2: the same probe's accuracy on the clips whose segmenter failed, and on the others.
+            for subset, where in (("segmenter_failed", failed), ("segmenter_ok", ~failed)):
+                result[name][subset] = _probe_scores(predicted[where], test.labels[where])
     return result
+
+
+def _probe_scores(predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    return {"accuracy": float(np.mean(predicted == labels)),
+            "motion_accuracy": float(np.mean(predicted // NUM_OBJECTS == labels // NUM_OBJECTS)),
+            "object_accuracy": float(np.mean(predicted % NUM_OBJECTS == labels % NUM_OBJECTS))}
 
 
 def main(argv=None) -> int:
@@ -483,14 +572,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.ablation.benchmark", description=main.__doc__)
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--version", choices=sorted(VERSIONS), default="v1",
+                        help="v1, or v2: v1 plus a decoy stream and per-clip segmenter failure")
     parser.add_argument("--frames", type=int, default=BenchmarkConfig.frames)
     parser.add_argument("--size", type=int, default=BenchmarkConfig.size)
     parser.add_argument("--train-clips", type=int, default=BenchmarkConfig.train_clips)
     parser.add_argument("--val-clips", type=int, default=BenchmarkConfig.val_clips)
     parser.add_argument("--test-clips", type=int, default=BenchmarkConfig.test_clips)
     args = parser.parse_args(argv)
-    config = BenchmarkConfig(seed=args.seed, frames=args.frames, size=args.size, train_clips=args.train_clips,
-                             val_clips=args.val_clips, test_clips=args.test_clips)
+    config = versioned(args.version, seed=args.seed, frames=args.frames, size=args.size,
+                       train_clips=args.train_clips, val_clips=args.val_clips, test_clips=args.test_clips)
     bench = load_or_generate(config, args.out, progress=True)
     oracle = oracle_check(bench)
     path = Path(args.out) / f"benchmark-{config.digest()}-oracle.json"

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from model.structure import Structure, get_structure
+from model.structure import Node, Structure, get_structure
+from pipelines.ablation.benchmark import DECOY_STREAM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +77,7 @@ def object_stems(structure: Structure) -> list[int]:
 def with_modalities(structure, keep, name: str | None = None) -> Structure:
     """The structure with only the stems of the modalities in `keep` (and their edges and peers)."""
     structure = get_structure(structure)
-    gone = {n.index for n in structure.stems if n.modality not in set(keep)}
+    gone = {n.index for n in structure.stems if n.stream not in set(keep)}
     if not gone:
         return structure
     if len(gone) == len(structure.stems):
@@ -93,6 +94,28 @@ def with_modalities(structure, keep, name: str | None = None) -> Structure:
             n = dataclasses.replace(n, inputs=inputs, peer=None if n.peer in gone else n.peer)
         nodes.append(n)
     return structure.replace(name=name or f"{structure.name}_{'_'.join(sorted(keep))}", nodes=tuple(nodes))
+
+
+def with_decoy(structure, name: str | None = None) -> Structure:
+    """Benchmark v2: the structure with one more stem, a flow stem (the flow stem's width, dilation and
+    stride) reading the decoy stream, fed into every block the real flow stem feeds. Its edges carry
+    nothing about the label: connection learning should turn them down (AssembleNet §3.2)."""
+    structure = get_structure(structure)
+    flows = [n for n in structure.stems if n.stream == "flow"]
+    if not flows:
+        raise ValueError(f"{structure.name}: no flow stem to copy for the decoy stream")
+    if any(n.stream == DECOY_STREAM for n in structure.stems):
+        return structure
+    flow = flows[0]
+    decoy = Node(max(n.index for n in structure.nodes) + 1, 0, (DECOY_STREAM,), flow.channels, flow.dilation,
+                 flow.stride)
+    nodes = tuple(n if n.is_stem or flow.index not in n.inputs else
+                  dataclasses.replace(n, inputs=n.inputs + (decoy.index,)) for n in structure.nodes)
+    return structure.replace(name=name or f"{structure.name}_decoy", nodes=nodes + (decoy,))
+
+
+def decoy_stems(structure: Structure) -> list[int]:
+    return [n.index for n in structure.stems if n.stream == DECOY_STREAM]
 
 
 def without_object_stem(structure, name: str | None = None) -> Structure:
@@ -199,7 +222,8 @@ class Feeder:
 
             data = self.bench.splits[split]
             cache[split] = jax.device_put({"rgb": data.rgb, "flow": data.flow, "object": data.object,
-                                           "labels": data.labels, "onehot": self.onehot})
+                                           "labels": data.labels, "onehot": self.onehot,
+                                           "decoy_source": data.decoy_source})
         return cache[split]
 
     def _device_batch(self, arrays, index):
@@ -211,6 +235,8 @@ class Feeder:
                 out[m] = arrays["rgb"][index].astype(jnp.float32) / 127.5 - 1.0
             elif m == "flow":
                 out[m] = arrays["flow"][index].astype(jnp.float32)
+            elif m == DECOY_STREAM:
+                out[m] = arrays["flow"][arrays["decoy_source"][index]].astype(jnp.float32)
             else:
                 out[m] = arrays["object"][index].astype(jnp.int32)
         return out, arrays["onehot"][arrays["labels"][index]]
@@ -235,7 +261,8 @@ def predict(model, bench, split: str, modalities, batch_size: int, feeder: Feede
 
 
 def train_and_score(structure, bench, *, attention: str = "none", object_stem: bool = True, seed: int = 0,
-                    budget: Budget | None = None, eval_split: str = "val", **model_options) -> dict[str, Any]:
+                    budget: Budget | None = None, eval_split: str = "val", trace_every: int = 0,
+                    **model_options) -> dict[str, Any]:
     """Trains `structure` (a Structure, name or JSON path) on `bench`'s train split and scores it on
     `eval_split`. `object_stem=False` drops the object stem first. `model_options` go to
     build_assemblenet (e.g. default_peers, temporal_pool).
@@ -245,7 +272,9 @@ def train_and_score(structure, bench, *, attention: str = "none", object_stem: b
     "compile_seconds" (the first step), "final_loss" (mean of the last 10% of steps),
     "edge_weights" ({"<block>": {"<input>": σ(w)}}, model/evolution.py's JSON form), "attention_weights"
     (search models: {"<block>": {"<peer>": softmax(h)}}; else {}), "structure" (the JSON trained),
-    "attention", "seed", "eval_split"}.
+    "attention", "seed", "eval_split"}; with `trace_every` = k > 0 also "edge_trace" ({"steps": [...],
+    "weights": {"<block>": {"<input>": [σ(w) at each of those steps]}}}: σ(w) after every k-th step,
+    the connection-learning curve of AssembleNet §3.2).
     """
     import keras
 
@@ -273,6 +302,7 @@ def train_and_score(structure, bench, *, attention: str = "none", object_stem: b
     feeder = Feeder(bench, modalities)
     losses = []
     compile_seconds = 0.0
+    trace = {"steps": [0], "weights": connection_weights(model, structure)} if trace_every else None
     for step, index in enumerate(batch_indices(len(bench.labels("train")), budget.batch_size, budget.steps, seed)):
         first = time.time()
         loss = model.train_on_batch(*feeder.batch("train", index))
@@ -281,6 +311,12 @@ def train_and_score(structure, bench, *, attention: str = "none", object_stem: b
             compile_seconds = time.time() - first
         if not np.isfinite(losses[-1]):
             break
+        if trace and ((step + 1) % trace_every == 0 or step + 1 == budget.steps):
+            trace["steps"].append(step + 1)
+            now = connection_weights(model, structure)
+            for block, row in now.items():
+                for j, value in row.items():
+                    trace["weights"][block][j] = [*np.atleast_1d(trace["weights"][block][j]), value]
     logits = predict(model, bench, eval_split, modalities, budget.batch_size, feeder)
     predicted = logits.argmax(-1)
     true = bench.labels(eval_split)
@@ -301,6 +337,10 @@ def train_and_score(structure, bench, *, attention: str = "none", object_stem: b
         "seed": int(seed),
         "eval_split": eval_split,
     }
+    if trace:
+        result["edge_trace"] = {"steps": trace["steps"],
+                                "weights": {b: {j: [float(v) for v in np.atleast_1d(vals)] for j, vals in row.items()}
+                                            for b, row in trace["weights"].items()}}
     result["seconds"] = time.time() - started
     keras.backend.clear_session()
     return result
