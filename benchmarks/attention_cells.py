@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import re
 import sys
 import time
@@ -43,6 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.attention_nas import NONLOCAL, cell_cost, load_cell  # noqa: E402
+from pipelines.ablation.stats import permutation_test  # noqa: E402
 from pipelines.attention_search import (  # noqa: E402
     SearchConfig,
     cell_input_shapes,
@@ -61,30 +61,6 @@ def agreement(cells: list) -> dict:
             else:
                 differ.append(f"op{i}.{key}")
     return {"agree": agree, "total": agree + len(differ), "differ": differ}
-
-
-def permutation_test(a, b, *, rounds: int = 20000, seed: int = 0) -> float:
-    """Two-sided p-value of mean(a) − mean(b) under random relabelling (exact when few enough labelings)."""
-    a, b = np.asarray(a, "float64"), np.asarray(b, "float64")
-    pooled = np.concatenate([a, b])
-    observed = abs(a.mean() - b.mean())
-    n = len(a)
-    if math.comb(len(pooled), n) <= rounds:
-        from itertools import combinations
-
-        diffs = []
-        for chosen in combinations(range(len(pooled)), n):
-            mask = np.zeros(len(pooled), bool)
-            mask[list(chosen)] = True
-            diffs.append(abs(pooled[mask].mean() - pooled[~mask].mean()))
-        diffs = np.asarray(diffs)
-        return float(np.mean(diffs >= observed - 1e-12))
-    rng = np.random.default_rng(seed)
-    hits = 0
-    for _ in range(rounds):
-        perm = rng.permutation(pooled)
-        hits += abs(perm[:n].mean() - perm[n:].mean()) >= observed - 1e-12
-    return float((hits + 1) / (rounds + 1))
 
 
 def summary(values) -> dict:

@@ -337,6 +337,10 @@ def train_and_score(structure, bench, *, attention: str = "none", object_stem: b
         "seed": int(seed),
         "eval_split": eval_split,
     }
+    failed = bench.splits[eval_split].object_failed
+    if len(failed):  # benchmark v2: the score on the clips whose segmenter failed, and on the others
+        result["score_segmenter_failed"] = float(np.mean(predicted[failed] == true[failed]))
+        result["score_segmenter_ok"] = float(np.mean(predicted[~failed] == true[~failed]))
     if trace:
         result["edge_trace"] = {"steps": trace["steps"],
                                 "weights": {b: {j: [float(v) for v in np.atleast_1d(vals)] for j, vals in row.items()}

@@ -41,8 +41,9 @@ import numpy as np
 
 from model.oneshot import over_connected
 from model.structure import Structure, get_structure
+from pipelines.ablation.harness import decoy_stems
 from pipelines.ablation.runner import SuiteContext, suite
-from pipelines.ablation.suites import LAYOUT, search_key
+from pipelines.ablation.suites import LAYOUT, layout_for, search_key
 
 SEARCH, PRUNED = "one-shot search", "pruned (peer)"
 THRESHOLD = 0.2  # AssembleNet++ §4.1: connections with σ(w) > 0.2 are kept (model.pruning's default)
@@ -69,10 +70,18 @@ def pruning_stats(result: Mapping[str, Any], layout: Structure, seed: int,
                          "(was it trained with attention='search'?)")
     final = prune_weights(supernet, weights, attention, threshold=threshold, name=f"{supernet.name}_seed{seed}")
     objects = {n.index for n in supernet.stems if n.modality == "object"}
+    decoys = set(decoy_stems(supernet))
     searched, kept = len(supernet.edges()), len(final.edges())
+    decoy_edges = [e for e in supernet.edges() if e[0] in decoys]
+    real_edges = [e for e in supernet.edges() if e[0] not in decoys]
+    kept_edges = set(final.edges())
+    planted = {} if not decoys else {  # benchmark v2: the decoy's edges are wrong by construction
+        "decoy_edges": len(decoy_edges),
+        "decoy_removed_fraction": sum(e not in kept_edges for e in decoy_edges) / len(decoy_edges),
+        "real_removed_fraction": sum(e not in kept_edges for e in real_edges) / len(real_edges)}
     return {"score": float(result["score"]), "params": result.get("params"), "threshold": threshold,
             "edges_searched": searched, "edges_kept": kept, "edges_removed": searched - kept,
-            "removed_fraction": (searched - kept) / searched,
+            "removed_fraction": (searched - kept) / searched, **planted,
             "object_edges_kept": sum(1 for j, _ in final.edges() if j in objects),
             "peers": {str(n.index): n.peer for n in final.blocks},
             "edge_weights": weights, "attention_weights": attention, "final_structure": final.to_json()}
@@ -83,7 +92,7 @@ def pruning_stats(result: Mapping[str, Any], layout: Structure, seed: int,
                     "the argmax-pruned and the softmax models perform the same",
        order=(SEARCH, PRUNED))
 def oneshot_suite(ctx: SuiteContext) -> None:
-    run_suite(ctx, LAYOUT)
+    run_suite(ctx, layout_for(ctx))
 
 
 def run_suite(ctx: SuiteContext, layout: str | Structure = LAYOUT) -> dict[str, Any]:
@@ -144,6 +153,9 @@ def summarize(rows: Sequence[Mapping[str, Any]], layout: Structure) -> dict[str,
            "edges_searched": rows[0]["edges_searched"],
            "removed": {"per_seed": removed, "mean": float(np.mean(removed)), "std": _std(removed)},
            "removed_fraction": {"mean": float(np.mean(fraction)), "std": _std(fraction)},
+           **{key: {"per_seed": [float(r[key]) for r in rows], "mean": float(np.mean([r[key] for r in rows])),
+                    "std": _std([r[key] for r in rows])}
+              for key in ("decoy_removed_fraction", "real_removed_fraction") if key in rows[0]},
            "peer_chance": chance_agreement(over_connected(layout))}
     if len(rows) >= 2:
         agreement = peer_agreement({r["seed"]: r["peers"] for r in rows})
@@ -167,6 +179,11 @@ def summary_markdown(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, An
     removed = summary["removed"]
     lines += ["", f"Removed: {removed['mean']:.2f} ± {removed['std']:.2f} of {summary['edges_searched']} "
               f"({100 * summary['removed_fraction']['mean']:.1f}% ± {100 * summary['removed_fraction']['std']:.1f}%)."]
+    if "decoy_removed_fraction" in summary:
+        lines.append(f"Decoy edges removed: {100 * summary['decoy_removed_fraction']['mean']:.0f}% ± "
+                     f"{100 * summary['decoy_removed_fraction']['std']:.0f}%; real edges removed: "
+                     f"{100 * summary['real_removed_fraction']['mean']:.0f}% ± "
+                     f"{100 * summary['real_removed_fraction']['std']:.0f}% (the goal: >= 90% and <= 10%).")
     if "peers_all_agree" in summary:
         lines.append(f"Argmax peers: the same in every seed for {100 * summary['peers_all_agree']:.0f}% of the "
                      f"{summary['peers']['blocks']} blocks; pairwise agreement {100 * summary['peers_pairwise']:.0f}% "

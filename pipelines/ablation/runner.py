@@ -57,19 +57,21 @@ class SuiteInfo:
     paper_source: str  # where the paper's numbers come from (table/figure and dataset)
     metric: str
     order: tuple[str, ...]  # the variants in table order (others follow sorted)
+    compare: tuple[tuple[str, str], ...] = ()  # (a, b) pairs tested: mean difference, permutation p-value
 
 
 SUITES: dict[str, SuiteInfo] = {}
 
 
 def suite(name: str, *, title: str = "", paper: Mapping[str, float] | None = None, paper_source: str = "",
-          metric: str = "top-1 accuracy", order: Sequence[str] = ()):
-    """Registers `fn(ctx) -> None` as suite `name` (a second registration of a name is an error)."""
+          metric: str = "top-1 accuracy", order: Sequence[str] = (), compare: Sequence[tuple[str, str]] = ()):
+    """Registers `fn(ctx) -> None` as suite `name` (a second registration of a name is an error).
+    `compare`: pairs of variants whose difference the table reports with a permutation-test p-value."""
     def register(fn):
         if name in SUITES and SUITES[name].fn is not fn:
             raise ValueError(f"suite {name!r} is already registered (by {SUITES[name].fn.__module__})")
         SUITES[name] = SuiteInfo(name, fn, title or name, dict(paper or {}), paper_source, metric,
-                                 tuple(order) or tuple(paper or {}))
+                                 tuple(order) or tuple(paper or {}), tuple(tuple(p) for p in compare))
         return fn
     return register
 
@@ -258,12 +260,27 @@ def aggregate(rows: Iterable[Mapping[str, Any]], info: SuiteInfo | None = None) 
 TABLE_COLUMNS = ("variant", "n", "mean", "std", "paper", "params", "scores")
 
 
+def comparisons(table: Sequence[Mapping[str, Any]], info: SuiteInfo) -> list[dict]:
+    """For each of the suite's (a, b) pairs with scores in both rows: mean(a) − mean(b) and the
+    two-sided permutation-test p-value over the per-seed scores."""
+    from pipelines.ablation.stats import permutation_test
+
+    rows = {r["variant"]: r for r in table}
+    out = []
+    for a, b in info.compare:
+        if a in rows and b in rows:
+            out.append({"a": a, "b": b, "difference": rows[a]["mean"] - rows[b]["mean"],
+                        "n": [rows[a]["n"], rows[b]["n"]],
+                        "p": permutation_test(rows[a]["scores"], rows[b]["scores"])})
+    return out
+
+
 def write_table(table: Sequence[Mapping[str, Any]], folder: str | Path, info: SuiteInfo) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     _atomic_write(folder / "results.json", json.dumps(
         {"suite": info.name, "title": info.title, "metric": info.metric, "paper_source": info.paper_source,
-         "rows": _plain(list(table))}, indent=2) + "\n")
+         "rows": _plain(list(table)), "comparisons": _plain(comparisons(table, info))}, indent=2) + "\n")
     tmp = folder / ".results.csv.tmp"
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
@@ -306,6 +323,12 @@ def markdown_table(table: Sequence[Mapping[str, Any]], info: SuiteInfo) -> str:
         params = f"{row['params']:,}" if row.get("params") is not None else "–"
         lines.append(f"| {row['variant']} | {row['n']} | {_fmt(row['mean'], 100)} ± {_fmt(row['std'], 100)} | "
                      f"{_fmt(row.get('paper'))} | {params} | {scores} |")
+    tests = comparisons(table, info)
+    if tests:
+        lines += ["", "| comparison | difference (points) | seeds | p (two-sided permutation test) |",
+                  "|---|---|---|---|"]
+        lines += [f"| {t['a']} − {t['b']} | {_fmt(t['difference'], 100)} | {t['n'][0]} vs {t['n'][1]} | {t['p']:.3g} |"
+                  for t in tests]
     return "\n".join(lines) + "\n"
 
 
@@ -355,7 +378,7 @@ def load_suites() -> None:
     import importlib
 
     for module in ("pipelines.ablation.suites", "pipelines.ablation.evolution_suite",
-                   "pipelines.ablation.oneshot_suite"):
+                   "pipelines.ablation.oneshot_suite", "pipelines.ablation.planted_suite"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as err:

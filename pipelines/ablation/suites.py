@@ -17,6 +17,7 @@ import json
 from model.oneshot import over_connected
 from model.structure import Structure, get_structure
 from pipelines.ablation.harness import (
+    with_decoy,
     with_modalities,
     with_object_fraction,
     with_random_peers,
@@ -38,12 +39,19 @@ def search_key(layout: Structure, seed: int, tag: str = "object") -> str:
     return f"oneshot-search/{layout.name}/{tag}/seed{seed}"
 
 
+def layout_for(ctx: SuiteContext, layout=LAYOUT) -> Structure:
+    """The suites' layout on ctx.bench: on benchmark v2 (a decoy stream) it gets the decoy stem too,
+    wired like the flow stem, so every search and every row sees the wrong edges it should drop."""
+    layout = get_structure(layout)
+    return with_decoy(layout) if ctx.bench.config.decoy else layout
+
+
 def searched_structure(ctx: SuiteContext, object_stem: bool = True, layout=LAYOUT) -> Structure:
     """The pruned one-shot search result of `layout` (with or without its object stem) on ctx.bench,
     with one argmax peer per block; trained once per output folder and reused by every suite."""
     from model.pruning import DEFAULT_THRESHOLD, prune_weights  # imports Keras: not at suite registration
 
-    layout = get_structure(layout)
+    layout = layout_for(ctx, layout)
     if not object_stem:
         layout = without_object_stem(layout)
     supernet = over_connected(layout)
@@ -76,7 +84,9 @@ TABLE1_PAPER = {  # AssembleNet++ Table 1, Charades mAP after 50K iterations
 
 
 @suite("table1", title="AssembleNet++ Table 1: attention none / static / self / peer, with and without objects",
-       paper=TABLE1_PAPER, paper_source="AssembleNet++ Table 1 (Charades mAP, 50K iterations)")
+       paper=TABLE1_PAPER, paper_source="AssembleNet++ Table 1 (Charades mAP, 50K iterations)",
+       compare=[(f"{a}, with object", f"{b}, with object") for a in ("self", "peer") for b in ("none", "static")]
+       + [("static, with object", "none, with object"), ("none, with object", "none, without object")])
 def table1(ctx: SuiteContext) -> None:
     ctx.expect(2 + 2 * len(ATTENTIONS) * len(ctx.seeds))
     for object_stem in (False, True):
@@ -93,7 +103,9 @@ TABLE4_PAPER = {"Base": 50.43, "Base + 1x1 conv.": 50.24, "Random peer-attention
 @suite("table4", title="AssembleNet++ Table 4: searched vs random peer-attention vs a 1x1 conv. of equal parameters",
        paper=TABLE4_PAPER,
        paper_source="AssembleNet++ Table 4, Charades mAP (Toyota mean per-class accuracy: 59.16, 59.44, 60.23, "
-                    "63.64)")
+                    "63.64)",
+       compare=[("Our peer-attention", "Random peer-attention"), ("Random peer-attention", "Base + 1x1 conv."),
+                ("Our peer-attention", "Base"), ("Base + 1x1 conv.", "Base")])
 def table4(ctx: SuiteContext) -> None:
     ctx.expect(1 + 4 * len(ctx.seeds))
     searched = searched_structure(ctx, object_stem=True)
@@ -113,7 +125,7 @@ OBJECTS_PAPER = {"object fraction 0": 47.18, "object fraction 1": 50.43}
 def objects(ctx: SuiteContext) -> None:
     ctx.expect(len(OBJECT_FRACTIONS) * len(ctx.seeds))
     for fraction in OBJECT_FRACTIONS:
-        structure = with_object_fraction(LAYOUT, fraction, seed=OBJECT_SUBSET_SEED)
+        structure = with_object_fraction(layout_for(ctx), fraction, seed=OBJECT_SUBSET_SEED)
         structure.save(ctx.out / f"structure_fraction_{fraction:g}.json")
         variant = f"object fraction {fraction:g}"
         for seed in ctx.seeds:
@@ -132,5 +144,5 @@ MODALITY_SETS = (("rgb",), ("flow",), ("object",), ("rgb", "flow"), ("rgb", "flo
 def modalities(ctx: SuiteContext) -> None:
     ctx.expect(len(MODALITY_SETS) * len(ctx.seeds))
     for keep in MODALITY_SETS:
-        structure = with_modalities(LAYOUT, keep)
+        structure = with_modalities(layout_for(ctx), keep)
         _train_rows(ctx, " + ".join(keep), structure, attention="none")

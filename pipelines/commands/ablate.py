@@ -56,6 +56,9 @@ def register(subparsers):
     budget.add_argument("--no-xla", action="store_true",
                         help="TensorFlow on a CPU: compile the train step without XLA (minutes less per model)")
     bench = parser.add_argument_group("benchmark")
+    bench.add_argument("--benchmark", choices=("v1", "v2"), default="v1",
+                       help="v1, or v2 with planted answers: a decoy stream and per-clip segmenter failure "
+                            "(suites connections and attention need v2; default: v1)")
     bench.add_argument("--bench-seed", type=int, default=0, help="the benchmark's seed (default: 0)")
     bench.add_argument("--train-clips", type=_positive, help="training clips (default: 3072)")
     bench.add_argument("--val-clips", type=_positive, help="validation clips, the scored split (default: 768)")
@@ -65,7 +68,7 @@ def register(subparsers):
 
 
 def ablate_command(args) -> int:
-    from pipelines.ablation.benchmark import BenchmarkConfig
+    from pipelines.ablation.benchmark import versioned
     from pipelines.ablation.harness import Budget
     from pipelines.ablation.runner import run_suites
 
@@ -77,7 +80,7 @@ def ablate_command(args) -> int:
         overrides["warmup_steps"] = overrides["steps"] // 10  # the default budget's 10% warm-up
     budget = Budget(**overrides)
     bench = {k: getattr(args, k) for k in ("train_clips", "val_clips", "test_clips") if getattr(args, k) is not None}
-    config = BenchmarkConfig(seed=args.bench_seed, frames=budget.frames, size=budget.size, **bench)
+    config = versioned(args.benchmark, seed=args.bench_seed, frames=budget.frames, size=budget.size, **bench)
     tables = run_suites(args.suite, out=args.out, seeds=args.seeds, budget=budget, benchmark=config,
                         progress=not args.quiet)
     print(f"{args.out}/results.md ({', '.join(f'{name}: {len(rows)} rows' for name, rows in tables.items())})")

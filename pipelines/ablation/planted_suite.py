@@ -1,0 +1,134 @@
+"""Suites of benchmark v2 (planted answers, docs/ablations.md): does a search find what was planted?
+
+`connections` (AssembleNet §3.2, connection learning): the over-connected model of the layout with the
+decoy stem (model.oneshot: every L(j) < L(i) edge, the decoy stem's included) trained without attention,
+σ(w) of every edge recorded over training. The decoy stream shows another clip's flow, so each of its
+edges is wrong by construction; the planted answer is found in a seed when every decoy edge ends below
+the median of the real edges. OUT/connections/summary.json, summary.md and sigma_over_training.png.
+
+`attention` (AssembleNet++ Tables 1 and 3, on the clips whose reliable modality changes): attention
+none / static / self / peer on the one-shot search's pruned structure with objects (the structure
+table1 and table4 use), each row also scored separately on the clips whose segmenter failed and on
+the others (rows' `score_segmenter_failed`, `score_segmenter_ok`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model.oneshot import over_connected
+from pipelines.ablation.harness import decoy_stems
+from pipelines.ablation.runner import SuiteContext, suite
+from pipelines.ablation.suites import ATTENTIONS, layout_for, searched_structure
+from pipelines.checks import UserError
+
+CONNECTIONS = "over-connected, no attention"
+TRACE_POINTS = 30  # σ(w) recorded this many times over a training run
+
+
+def _needs_v2(ctx: SuiteContext, what: str) -> None:
+    if not ctx.bench.config.decoy or not ctx.bench.config.object_failure_rate:
+        raise UserError(f"suite {ctx.name}: {what} needs benchmark v2 (assemblenet ablate --benchmark v2)")
+
+
+def decoy_verdict(edge_weights: Mapping[str, Mapping[str, float]], decoys: Sequence[int]) -> dict[str, Any]:
+    """Final σ(w) of the decoy edges against the real edges: found = every decoy edge below the real
+    edges' median (the planted answer of `connections`)."""
+    decoys = {str(d) for d in decoys}
+    decoy = [float(v) for row in edge_weights.values() for j, v in row.items() if j in decoys]
+    real = [float(v) for row in edge_weights.values() for j, v in row.items() if j not in decoys]
+    if not decoy or not real:
+        raise ValueError("decoy_verdict: needs both decoy and real edges")
+    median = float(np.median(real))
+    return {"decoy_max": max(decoy), "decoy_mean": float(np.mean(decoy)), "real_median": median,
+            "real_min": min(real), "decoy_below_median": sum(v < median for v in decoy), "decoy_edges": len(decoy),
+            "found": bool(max(decoy) < median)}
+
+
+@suite("connections", title="AssembleNet §3.2: connection learning turns the decoy stream's edges down",
+       paper={}, paper_source="AssembleNet §3.2 (connection weights σ(w) guide evolution; the paper reports "
+                              "no planted edge)", order=(CONNECTIONS,))
+def connections(ctx: SuiteContext) -> None:
+    _needs_v2(ctx, "the decoy stream")
+    supernet = over_connected(layout_for(ctx))
+    decoys = decoy_stems(supernet)
+    every = max(1, ctx.budget.steps // TRACE_POINTS)
+    ctx.expect(len(ctx.seeds))
+    rows = []
+    for seed in ctx.seeds:
+        row = ctx.run(f"over-connected/seed{seed}",
+                      functools.partial(ctx.train, supernet, attention="none", seed=seed, trace_every=every),
+                      variant=CONNECTIONS, seed=seed)
+        rows.append({"seed": seed, "score": row["score"], **decoy_verdict(row["edge_weights"], decoys),
+                     "trace": row["edge_trace"]})
+    write_connections(rows, decoys, ctx.out)
+
+
+def write_connections(rows: Sequence[Mapping[str, Any]], decoys: Sequence[int], folder: str | Path) -> dict:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = {"seeds": [r["seed"] for r in rows], "decoy_stems": list(decoys),
+               "found_in": sum(r["found"] for r in rows),
+               "per_seed": [{k: v for k, v in r.items() if k != "trace"} for r in rows]}
+    (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    lines = ["| seed | top-1 | decoy edges: max σ(w) | mean | real edges: median σ(w) | min | found |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['seed']} | {100 * r['score']:.1f} | {r['decoy_max']:.3f} | {r['decoy_mean']:.3f} | "
+              f"{r['real_median']:.3f} | {r['real_min']:.3f} | {'yes' if r['found'] else 'no'} |" for r in rows]
+    lines += ["", f"Every decoy edge below the real edges' median in {summary['found_in']} of {len(rows)} seeds."]
+    (folder / "summary.md").write_text("\n".join(lines) + "\n")
+    png = plot_sigma(rows, decoys, folder / "sigma_over_training.png")
+    (folder / "figures.json").write_text(json.dumps(
+        {png.name: f"σ(w) of every connection over training (decoy edges red); found in {summary['found_in']} "
+                   f"of {len(rows)} seeds"}, indent=1) + "\n")
+    return summary
+
+
+def plot_sigma(rows: Sequence[Mapping[str, Any]], decoys: Sequence[int], path: str | Path) -> Path:
+    """σ(w) of each connection over training steps, one panel per seed: decoy edges red, real grey."""
+    from matplotlib.figure import Figure
+
+    decoys = {str(d) for d in decoys}
+    fig = Figure(figsize=(3.2 * len(rows), 3.0))
+    for k, r in enumerate(rows):
+        ax = fig.add_subplot(1, len(rows), k + 1)
+        steps = r["trace"]["steps"]
+        for row in r["trace"]["weights"].values():
+            for j, values in row.items():
+                bad = j in decoys
+                ax.plot(steps, values, color="#c44e52" if bad else "#999999", lw=1.2 if bad else 0.6,
+                        alpha=1.0 if bad else 0.6, zorder=3 if bad else 2)
+        ax.axhline(0.2, color="k", ls=":", lw=0.8)
+        ax.set_title(f"seed {r['seed']}: {'found' if r['found'] else 'not found'}", fontsize=9)
+        ax.set_xlabel("step")
+        if k == 0:
+            ax.set_ylabel("σ(w)  (red: decoy edges)")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return path
+
+
+ATTENTION_ROWS = tuple(f"{a}, with object" for a in ATTENTIONS)
+ATTENTION_PAPER = dict(zip(ATTENTION_ROWS, (50.43, 51.15, 55.40, 56.38), strict=True))  # Table 1, with objects
+
+
+@suite("attention", title="AssembleNet++ Tables 1 and 3 on per-clip reliability: attention none / static / "
+                          "self / peer", paper=ATTENTION_PAPER,
+       paper_source="AssembleNet++ Table 1 (Charades mAP, with objects)", order=ATTENTION_ROWS,
+       compare=[(f"{a}, with object", f"{b}, with object") for a in ("self", "peer") for b in ("none", "static")]
+       + [("static, with object", "none, with object")])
+def attention(ctx: SuiteContext) -> None:
+    _needs_v2(ctx, "per-clip reliability")
+    ctx.expect(1 + len(ATTENTIONS) * len(ctx.seeds))
+    structure = searched_structure(ctx, object_stem=True)
+    for name, row in zip(ATTENTIONS, ATTENTION_ROWS, strict=True):
+        for seed in ctx.seeds:
+            ctx.run(f"{row}/seed{seed}", functools.partial(ctx.train, structure, attention=name, seed=seed),
+                    variant=row, seed=seed)
