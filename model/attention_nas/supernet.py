@@ -189,7 +189,7 @@ class SupernetCell(keras.layers.Layer):
                 )
 
     def searched_choices(self) -> list:
-        """The choices with an architecture weight: ≥ 2 candidates (issue 11 item 9: a single-candidate
+        """The choices with an architecture weight: ≥ 2 candidates (a single-candidate
         weight never gets a gradient). `type` needs a dimension that allows both types."""
         out = []
         for choice in CHOICES:
