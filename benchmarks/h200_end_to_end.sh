@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 13's end-to-end run on a JAX-only GPU machine (no TensorFlow): synthetic Charades-format data ->
+# The end-to-end run on a JAX-only GPU machine (no TensorFlow): synthetic Charades-format data ->
 # `assemblenet preprocess` (Beam, TV-L1 on the GPU, oracle masks) -> input benchmark -> `assemblenet train`
 # (AssembleNet-50 or AssembleNet++-50, bf16, 32 frames) -> `assemblenet evaluate run` -> `assemblenet report`.
 #

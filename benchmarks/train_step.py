@@ -7,7 +7,7 @@ Runs under Keras's JAX backend (no TensorFlow needed), as on a GPU machine:
 
 MFU = (3 x forward FLOPs per clip x clips/s) / peak FLOP/s of the chip (the backward pass costs twice
 the forward). `--baseline` also measures torchvision's R(2+1)D-18 (bf16 autocast, channels-last) in the
-same process, the reference the issue names. Prints one JSON line per measurement.
+same process, a (2+1)D reference of similar cost. Prints one JSON line per measurement.
 """
 
 import argparse

@@ -35,7 +35,7 @@ _MIN_COARSE_SIDE = 6
 # ITU-R BT.601 luma, the weights of OpenCV's COLOR_RGB2GRAY, so both flow backends see the same image.
 _LUMA = (0.299, 0.587, 0.114)
 
-# Defaults chosen with benchmarks/flow.py (224² pairs made from real frames of the packaged clips, issue 16):
+# Defaults chosen with benchmarks/flow.py (224² pairs made from real frames of the packaged clips, BENCHMARKS.md):
 # - scales=None: as many levels as keep the coarsest shorter side >= 6 px (`pyramid_depth`; 6 levels at
 #   224²). A motion of d px is d / 2^(L-1) px at the coarsest of L levels, and TV-L1 only recovers a
 #   couple of pixels per level from zero: with 10–40 px motion at 224² (16 pairs, smooth warps and shifted

@@ -341,7 +341,7 @@ def architecture_learning_rate(config: SearchConfig) -> float:
     and steady size, a little more while its size grows), whatever the gradient's size. So a search of
     N architecture steps can move a logit by about rate × N at most: DARTS's 3e-4 × 19 550 ≈ 5.9
     (softmax of two logits 5.9 apart: 0.997 / 0.003), but 3e-4 × 300 = 0.09 in a 300-step proxy search
-    (0.52 / 0.48 at best) — it cannot decide whatever the data say (issue 19, measured in
+    (0.52 / 0.48 at best) — it cannot decide whatever the data say (measured in
     docs/attention_nas.md). The project keeps DARTS's budget rate × steps instead of its rate:
     3e-4 × 19 550 / N (= 3e-4 at DARTS's own length). A noisy gradient moves α less than the budget
     (|m̂/√v̂| ≪ 1), so a decision still needs a consistent preference."""

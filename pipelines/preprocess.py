@@ -14,7 +14,7 @@ one SequenceExample. Any failure sends the video to the dead-letter output with 
 `assemblenet.preprocess` namespace. A video decoded only up to a corruption is written, counted and
 listed in summary.json (`partial`).
 
-What each record was made with (issue: an output folder never mixes settings or hides stale labels):
+What each record was made with (so that an output folder never mixes settings or hides stale labels):
   OUT/manifest.json                   the job's settings (`SETTINGS_KEYS`) and shard count
   OUT/data-0000k-of-0000n.records.json per record of the shard: `key` (hash of the settings and the
                                       annotation row), `annotation` (hash of the row: labels and

@@ -309,3 +309,26 @@ def operation_cost(op: dict, input_shape, *, kv_pool: int = 2) -> dict:
             per = t if op["dimension"] == "spatial" else 1
             flops += per * (2 * queries * keys * width + 2 * queries * keys * c)
     return {"params": int(params), "flops": int(flops)}
+
+
+def degenerate_pairs(types, dimensions, t, h, w, *, kv_pool: int) -> dict:
+    """{(type, dimension): reason} for the candidates that cannot attend on a (T, H, W) feature map.
+
+    A dot-product whose queries each see one key (after the `kv_pool` max-pool) has softmax ≡ 1 and
+    copies the pooled value; a map over one token has softmax ≡ 1. Neither chooses where to look, so
+    the search must not score it as attention (e.g. res4 of a 32² proxy clip is 2×2, pooled to 1×1).
+    """
+    out = {}
+    for d in dimensions:
+        if "dot" in types:
+            keys = attention_size(d, t, h, w, kv_pool)[1]
+            if keys == 1:
+                out[("dot", d)] = (
+                    f"{d} dot-product on a (T, H, W) = ({t}, {h}, {w}) map has one key per query "
+                    f"after kv_pool={kv_pool} (softmax ≡ 1)"
+                )
+        if "map" in types:
+            tokens = {"temporal": t, "spatial": h * w, "spatiotemporal": t * h * w}[d]
+            if tokens == 1:
+                out[("map", d)] = f"{d} map on a (T, H, W) = ({t}, {h}, {w}) map has one token (softmax ≡ 1)"
+    return out

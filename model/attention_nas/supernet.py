@@ -38,13 +38,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from model.attention_nas.cell import SUPERNET_CANDIDATES, normalize_cell
+from model.attention_nas.cell_spec import SUPERNET_CANDIDATES, normalize_cell
 from model.attention_nas.operations import (
     DEFAULT_MAX_ATTENTION_SIZE,
     activate_map,
     activate_scores,
-    attention_size,
     check_attention_size,
+    degenerate_pairs,
     dot_attention,
     g_kernel,
     map_kernel,
@@ -53,29 +53,6 @@ from model.attention_nas.operations import (
 )
 
 CHOICES = tuple(SUPERNET_CANDIDATES)  # dimension, type, g1, g2, g3, activation, reduction
-
-
-def degenerate_pairs(types, dimensions, t, h, w, *, kv_pool: int) -> dict:
-    """{(type, dimension): reason} for the candidates that cannot attend on a (T, H, W) feature map.
-
-    A dot-product whose queries each see one key (after the `kv_pool` max-pool) has softmax ≡ 1 and
-    copies the pooled value; a map over one token has softmax ≡ 1. Neither chooses where to look, so
-    the search must not score it as attention (issue 19: res4 of a 32² proxy clip is 2×2, pooled to 1×1).
-    """
-    out = {}
-    for d in dimensions:
-        if "dot" in types:
-            keys = attention_size(d, t, h, w, kv_pool)[1]
-            if keys == 1:
-                out[("dot", d)] = (
-                    f"{d} dot-product on a (T, H, W) = ({t}, {h}, {w}) map has one key per query "
-                    f"after kv_pool={kv_pool} (softmax ≡ 1)"
-                )
-        if "map" in types:
-            tokens = {"temporal": t, "spatial": h * w, "spatiotemporal": t * h * w}[d]
-            if tokens == 1:
-                out[("map", d)] = f"{d} map on a (T, H, W) = ({t}, {h}, {w}) map has one token (softmax ≡ 1)"
-    return out
 
 
 @serializable
@@ -212,7 +189,7 @@ class SupernetCell(keras.layers.Layer):
                 )
 
     def searched_choices(self) -> list:
-        """The choices with an architecture weight: ≥ 2 candidates (issue 11 item 9: a single-candidate
+        """The choices with an architecture weight: ≥ 2 candidates (a single-candidate
         weight never gets a gradient). `type` needs a dimension that allows both types."""
         out = []
         for choice in CHOICES:

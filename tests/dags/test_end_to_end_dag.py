@@ -125,7 +125,7 @@ def test_end_to_end_dag_under_the_scheduler_survives_killed_tasks_and_reruns(tmp
         assert (workdir / "model.keras").stat().st_mtime_ns >= model_before
 
         # A mistyped key in a run's conf fails the run at its first task, naming the key, without a retry
-        # (issue 12: "step" for "steps" used to train the default 16 steps); also inside proxy_train.
+        # ("step" for "steps" would otherwise train the default 16 steps); also inside proxy_train.
         typos = {"assemblenet_search_and_train": ({"step": 50000, "workdir": str(tmp_path / "typo")},
                                                   "one_shot_search", "unknown param(s) ['step']"),
                  "assemblenet_evolution": ({"state_dir": str(tmp_path / "typo_evolution"),

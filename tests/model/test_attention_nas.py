@@ -315,7 +315,7 @@ def test_insert_cells_into_assemblenet():
 
 
 # ---------------------------------------------------------------------------------------------------
-# Issue 19 / issue 11 item 9: the derived cell is the searched function; degenerate candidates; weights.
+# The derived cell is the searched function (docs/attention_nas.md); degenerate candidates; weights.
 
 ONE_HOT_CELL = {
     "operations": [
@@ -344,7 +344,7 @@ def _set_one_hot(supernet, cell, logit=60.0):
 
 
 def test_derived_cell_equals_one_hot_supernet_in_training_and_inference():
-    """Issue 19: with per-operation normalisation (what derive_cell writes) a derived cell holding the
+    """With per-operation normalisation (what derive_cell writes) a derived cell holding the
     supernet's weights computes the one-hot supernet's function, with batch statistics (training) and
     with moving statistics (inference); without it, it does not."""
     rng = np.random.default_rng(0)
@@ -407,7 +407,7 @@ def test_normalized_cell_costs_its_statistics():
 
 
 def test_degenerate_candidates_are_refused_unless_excluded():
-    """Issue 19: on a 2×2 map, kv_pool 2 leaves one key per frame: spatial dot-product softmax ≡ 1."""
+    """On a 2×2 map, kv_pool 2 leaves one key per frame: spatial dot-product softmax ≡ 1."""
     small = np.random.default_rng(1).normal(size=(2, 4, 2, 2, 8)).astype("float32")
     assert set(degenerate_pairs(TYPES, DIMENSIONS, 4, 2, 2, kv_pool=2)) == {("dot", "spatial")}
     assert degenerate_pairs(TYPES, DIMENSIONS, 4, 4, 4, kv_pool=2) == {}
@@ -449,7 +449,7 @@ def test_derive_cell_never_picks_an_excluded_pair():
 
 
 def test_single_candidate_choices_have_no_architecture_weight():
-    """Issue 11 item 9: a choice with one candidate gets no weight (it could never get a gradient)."""
+    """A choice with one candidate gets no weight (it could never get a gradient)."""
     inputs = keras.Input(X.shape[1:])
     space = {"type": ["map"], "g1": ["conv1x1x1"], "g3": ["identity"]}
     out = apply_cell(inputs, {"kind": "supernet", "num_operations": 2, "candidates": space}, name="s")

@@ -64,7 +64,7 @@ def test_search_writes_cell_weights_and_drawing(tmp_path):
     assert probs["temporal"] != 0.5  # three architecture steps moved the uniform start
     assert (tmp_path / "cell.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "entropy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # SMALL_SPACE fixes g1 and g2 (one candidate each): no weight for them (issue 11 item 9).
+    # SMALL_SPACE fixes g1 and g2 (one candidate each): no weight for them (it could never get a gradient).
     assert len(record["history"]) == 3 and record["arch_variables"] == 2 * (2 * 6 - 1)
     # Decisiveness per step: normalised entropy of each searched choice (< 1 once weights moved).
     entropy = record["history"][-1]["entropy"]
@@ -142,7 +142,7 @@ def test_end_to_end_search_then_train_the_derived_cell(tmp_path):
 
 
 def test_degenerate_candidates_are_excluded_at_small_sizes():
-    """Issue 19: at 32² clips res4_0 is 2×2 and kv_pool 2 leaves one key per frame; at 64² it is 4×4."""
+    """At 32² clips res4_0 is 2×2 and kv_pool 2 leaves one key per frame; at 64² it is 4×4."""
     candidates, excluded, messages = search_space(SearchConfig(size=32))
     assert excluded == [["dot", "spatial"]] and "spatial" in candidates["dimension"]
     assert len(messages) == 1 and "res4_0" in messages[0] and "one key per query" in messages[0]
@@ -153,7 +153,7 @@ def test_degenerate_candidates_are_excluded_at_small_sizes():
 
 
 def test_every_architecture_weight_of_the_default_search_gets_a_gradient():
-    """Issue 11 item 9: the default search space (with its exclusions) in the default backbone: one
+    """The default search space (with its exclusions) in the default backbone: one
     architecture step moves every `arch_*` weight by about the learning rate (Adam's first step is
     ±lr wherever the gradient is non-zero) and Keras warns of no missing gradient."""
     import warnings
@@ -215,7 +215,7 @@ def _write_records(directory, count, frames=6, size=32):
 
 @pytest.mark.slow
 def test_search_on_records_updates_the_architecture_on_held_out_videos_only(tmp_path):
-    """Issue 19 / DARTS §2.3: with --data, the architecture steps see only the held-out videos, the
+    """DARTS §2.3: with --data, the architecture steps see only the held-out videos, the
     weight steps only the others; both id lists and the videos each stream used are in search.json."""
     (tmp_path / "data").mkdir()
     ids = _write_records(tmp_path / "data", 8)
@@ -263,7 +263,7 @@ def _search_channel_mixing(arch_lr: float, steps: int) -> float:
 
 
 def test_search_drives_the_clearly_better_candidate_to_the_top():
-    """Issue 19 (a search that decides): at the architecture rate the driver uses for a search of this
+    """A search that decides: at the architecture rate the driver uses for a search of this
     length (DARTS's 3e-4 × 19 550 steps spread over 40), α of the clearly better G₃ candidate goes to
     the top; at DARTS's own 3e-4, 40 Adam steps move a logit by about 0.012 at most (p ≈ 0.51)."""
     from pipelines.attention_search import DARTS_ARCH_LR, architecture_learning_rate

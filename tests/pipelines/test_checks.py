@@ -1,4 +1,4 @@
-"""Runs checked against their data before any work (issue 12 items 2-4, 7): pipelines/checks.py."""
+"""Runs checked against their data before any work: pipelines/checks.py."""
 
 import json
 from pathlib import Path

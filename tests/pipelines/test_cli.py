@@ -1,5 +1,5 @@
 """The real `assemblenet` CLI on broken inputs: one line naming the file, line or field; exit status 1;
-no traceback unless --debug or ASSEMBLENET_DEBUG=1 (issue 12 items 7 and 10)."""
+no traceback unless --debug or ASSEMBLENET_DEBUG=1."""
 
 import json
 import os

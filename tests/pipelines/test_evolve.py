@@ -196,7 +196,7 @@ def test_parallel_workers_evaluate_each_child_once(tmp_path):
     assert len(state["population"]) == 4 and state["pending"] == []
 
 
-# -- issue 12: proxy flags, workers and locks ------------------------------------------------------------
+# -- proxy flags, workers and locks ------------------------------------------------------------------
 
 def test_extending_a_search_with_other_proxy_flags_refuses(tmp_path):
     from pipelines.checks import UserError

@@ -60,7 +60,7 @@ def test_predict_fails_clearly_without_inputs_the_model_needs(run_dir, tmp_path)
 
 def test_class_names_travel_from_the_annotations_to_the_records_to_the_run(tiny_charades, tmp_path):
     """The records' folder holds classes.json, wherever it is (not only next to the CSV): training
-    finds it there and copies it into the run directory (issue 12 item 7)."""
+    finds it there and copies it into the run directory."""
     from pipelines.preprocess import run_preprocess
     from pipelines.train import find_class_names
     from preprocessing import charades

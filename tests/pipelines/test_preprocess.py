@@ -112,7 +112,7 @@ def test_cli_toyota_split_with_flow_and_oracle(tiny_toyota, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Re-runs never mix settings or hide stale labels (issue 12 item 1).
+# Re-runs never mix settings or hide stale labels.
 
 def _charades_kwargs(info, out, **overrides):
     return dict(dict(dataset="charades", videos=info["videos_dir"], out=str(out), annotations=info["train_csv"],
@@ -197,7 +197,7 @@ def test_output_of_an_older_version_is_refused(tiny_charades, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Inputs that match nothing are errors; what users expect is found (issue 12 item 6).
+# Inputs that match nothing are errors; what users expect is found.
 
 def test_mistyped_videos_folder_is_an_error(tiny_charades, tmp_path):
     with pytest.raises(ValueError, match=r"^--videos /no/such/folder: no such directory$"):
@@ -254,8 +254,7 @@ def test_partly_decodable_video_is_counted_and_flagged(tiny_charades, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# A killed job keeps its finished videos (issue 12 item 8) and several worker processes give the
-# same output (issue 17).
+# A killed job keeps its finished videos and several worker processes give the same output.
 
 def _many_videos(tiny_charades, directory, count):
     """`count` Charades rows, each with its own copy of a tiny video (enough work to kill mid-job)."""
@@ -360,7 +359,7 @@ def test_workers_flag_reaches_the_job(monkeypatch, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Toyota protocols (issue 11 item 6).
+# Toyota protocols (cross-subject, cross-view).
 
 def test_toyota_unknown_activity_is_dead_lettered_and_the_job_finishes(tiny_toyota, tmp_path):
     from preprocessing import toyota
@@ -417,7 +416,7 @@ def test_toyota_split_matching_nothing_is_an_error(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# --flow tensor inside the job (issue 13, "GPU flow inside the preprocessing job"): the job reports
+# --flow tensor inside the job: the job reports
 # where the flow time went, compiles each shape once per process, and the compilation cache changes
 # no record.
 

@@ -1,6 +1,6 @@
 """The tensor flow backend's compilation: counted apart from the flow (FlowStats), done once per shape and
-process, and kept on disk by the persistent compilation cache without changing any value (issue 13, "GPU
-flow inside the preprocessing job")."""
+process, and kept on disk by the persistent compilation cache without changing any value (the flow stage inside
+the preprocessing job)."""
 
 import json
 import os
