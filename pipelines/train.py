@@ -156,7 +156,7 @@ def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str
     may resume with the other one.
     """
     from model.structure import get_structure
-    from pipelines.checks import check_records
+    from pipelines.checks import check_records, records_settings, run_settings
 
     workdir = Path(workdir)
     distributed.initialize()  # a no-op unless the environment describes a multi-process run
@@ -166,20 +166,26 @@ def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str
         raise ValueError(f"--eval-data {eval_data}: validation during a multi-process run is not supported "
                          "(processes would see unequal batches); run `assemblenet evaluate` on the run directory")
     structure = get_structure(config.structure)
-    check_records(data, dataset=config.dataset, num_classes=config.num_classes,
-                  modalities=structure.modalities, source="the run")
+    # The settings the run's data was made with are written once (preprocess.json, what `predict`
+    # repeats); a resume, and the validation data, must be records made with the same ones.
+    settings_path = workdir / "preprocess.json"
+    saved = run_settings(settings_path)
+    info = check_records(data, dataset=config.dataset, num_classes=config.num_classes,
+                         modalities=structure.modalities, source="the run", settings=saved,
+                         settings_from=str(settings_path))
+    settings = records_settings(data, info)
     if eval_data:
         check_records(eval_data, dataset=config.dataset, num_classes=config.num_classes,
-                      modalities=structure.modalities, flag="--eval-data", source="the run")
+                      modalities=structure.modalities, flag="--eval-data", source="the run",
+                      settings=settings, settings_from=f"--data {data}")
     if config.num_classes is None:
         config = dataclasses.replace(config, num_classes=num_classes_in(data))
     _prepare_workdir(workdir, config, structure, write=chief)
     class_names = find_class_names(data, config.num_classes, classes)
     if class_names is not None and chief:
         _write_json(workdir / "classes.json", class_names)
-    settings = preprocess_settings(data)
-    if settings is not None and chief:  # what `predict` needs to preprocess a raw video the same way
-        _write_json(workdir / "preprocess.json", settings)
+    if saved is None and chief:  # what `predict` needs to preprocess a raw video the same way
+        _write_json(settings_path, settings.to_json())
 
     reader = dict(input_pipeline=input_pipeline, input_workers=input_workers)
 
@@ -466,24 +472,10 @@ def _dataset(config: TrainConfig, structure, pattern: str, *, training: bool, se
 
 
 def tfrecord_files(data: str) -> list[str]:
-    """The TFRecord files of `data`: a glob, a file, or a directory (its *.tfrecord, *.tfrecord-* files).
+    """The TFRecord files of `data`: a glob, a file, or a directory (preprocessing.records owns the listing)."""
+    from preprocessing.records import tfrecord_files as listing
 
-    Local paths need no TensorFlow; a URL (gs://...) is globbed with tf.io.gfile.
-    """
-    import glob
-
-    path = Path(data)
-    patterns = [str(path / "*.tfrecord"), str(path / "*.tfrecord-*")] if path.is_dir() else [str(data)]
-    if "://" in str(data):
-        import tensorflow as tf
-
-        found = [f for pattern in patterns for f in tf.io.gfile.glob(pattern)]
-    else:
-        found = [f for pattern in patterns for f in glob.glob(pattern) if os.path.isfile(f)]
-    files = sorted({f for f in found if not f.endswith(".ids")})
-    if not files:
-        raise ValueError(f"--data {data}: no TFRecord files match {patterns}")
-    return files
+    return listing(data)
 
 
 def file_pattern(data: str) -> list[str]:
@@ -492,19 +484,20 @@ def file_pattern(data: str) -> list[str]:
 
 
 def _data_folder(data: str) -> Path:
-    return Path(data) if Path(data).is_dir() else Path(data).parent
+    from preprocessing.records import data_folder
+
+    return data_folder(data)
 
 
-PREPROCESS_KEYS = ("dataset", "num_classes", "fps", "size", "flow", "segmenter")
+PREPROCESS_KEYS = ("dataset", "num_classes", "fps", "size", "flow", "segmenter")  # RecordSettings' fields
 
 
 def preprocess_settings(data: str) -> dict[str, Any] | None:
-    """fps, frame size, flow method and segmenter from the preprocessing job's summary.json, if any."""
-    path = _data_folder(data) / "summary.json"
-    if not path.is_file():
-        return None
-    summary = json.loads(path.read_text())
-    return {key: summary[key] for key in PREPROCESS_KEYS if key in summary}
+    """fps, frame size, flow method and segmenter the records of `data` were made with (their headers and
+    the preprocessing job's summary.json), as RUN_DIR/preprocess.json holds them."""
+    from pipelines.checks import records_settings
+
+    return records_settings(data).to_json()
 
 
 def num_classes_in(data: str) -> int:
