@@ -16,6 +16,7 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import json
+import math
 import os
 import pkgutil
 import sys
@@ -52,6 +53,14 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(1, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _get_value(self, action, arg_string):
+        # Numbers are declared with pipelines.commands.Range (finite, within the flag's bounds); a flag
+        # still declared with a bare float gets the finite check here: nan and inf never reach a command.
+        value = super()._get_value(action, arg_string)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentError(action, f"expected a finite number, got {arg_string!r}")
+        return value
 
 
 def build_parser() -> argparse.ArgumentParser:
