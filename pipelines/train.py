@@ -29,6 +29,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -325,21 +326,70 @@ def save_checkpoint(model, directory: Path, epoch: int) -> Path:
 
 
 def restore_checkpoint(model, directory: Path) -> int:
-    """Loads the checkpoint `latest.json` names into the compiled `model`; returns its epoch (0 if none)."""
+    """Loads the checkpoint `latest.json` names into the compiled `model`; returns its epoch (0 if none).
+
+    A checkpoint that cannot be read (a truncated or corrupt file: a full disk, a copy cut short) is
+    reported in one line naming the file, and the newest intact one is loaded instead (KEEP_CHECKPOINTS
+    are kept); when none is intact, a UserError names the newest one's file."""
+    from pipelines.checks import UserError
+
     latest = directory / LATEST
     if not latest.exists():
         return 0
-    state = json.loads(latest.read_text())
-    folder = directory / state["checkpoint"]
-    model.load_weights(str(folder / "model.weights.h5"))
+    try:
+        named = [json.loads(latest.read_text())["checkpoint"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"warning: {latest}: unreadable ({_first_line(err)}); looking for the newest intact checkpoint",
+              file=sys.stderr)
+        named = []
+    folders = [directory / name for name in dict.fromkeys(
+        named + sorted((p.name for p in directory.glob("epoch-*") if p.is_dir()), reverse=True))]
+    first_error = None
+    for folder in folders:
+        try:
+            return _load_checkpoint(model, folder)
+        except _ForeignCheckpoint:
+            raise
+        except Exception as err:  # noqa: BLE001  (h5py, zipfile, numpy and JSON each fail their own way)
+            where = getattr(err, "checkpoint_file", folder)
+            message = f"{where}: truncated or corrupt checkpoint ({_first_line(err)})"
+            first_error = first_error or message
+            print(f"warning: {message}; trying the one before", file=sys.stderr)
+    raise UserError(f"{first_error or directory}: no intact checkpoint to resume from; use a new --workdir")
+
+
+class _ForeignCheckpoint(ValueError):
+    """A readable checkpoint of another model: never skipped over."""
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _load_checkpoint(model, folder: Path) -> int:
+    def reading(name, load):
+        try:
+            return load(folder / name)
+        except _ForeignCheckpoint:
+            raise
+        except Exception as err:
+            err.checkpoint_file = folder / name
+            raise
+
+    state = reading("state.json", lambda path: json.loads(path.read_text()))
+    reading("model.weights.h5", lambda path: model.load_weights(str(path)))
     optimizer = model.optimizer
     if not optimizer.built:
         optimizer.build(model.trainable_variables)
-    with np.load(folder / "optimizer.npz") as saved:
-        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+    def load_npz(path):
+        with np.load(path) as saved:
+            return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+    values = reading("optimizer.npz", load_npz)
     if len(values) != len(optimizer.variables):
-        raise ValueError(f"{folder}/optimizer.npz holds {len(values)} optimizer variables, the model's "
-                         f"optimizer has {len(optimizer.variables)}: the checkpoint is from another model")
+        raise _ForeignCheckpoint(f"{folder}/optimizer.npz holds {len(values)} optimizer variables, the model's "
+                                 f"optimizer has {len(optimizer.variables)}: the checkpoint is from another model")
     for variable, value in zip(optimizer.variables, values, strict=True):
         variable.assign(value)
     return int(state["epoch"])

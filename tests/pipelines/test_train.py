@@ -150,6 +150,40 @@ def test_checkpoint_restores_weights_momentum_and_step_and_ignores_torn_writes(t
     assert restore_checkpoint(_small_compiled_model(), tmp_path / "none") == 0
 
 
+@pytest.mark.parametrize("damaged", ["model.weights.h5", "optimizer.npz", "state.json"])
+def test_a_corrupt_newest_checkpoint_is_named_and_the_one_before_is_resumed(tmp_path, capsys, damaged):
+    import keras
+
+    from pipelines.checks import UserError
+    from pipelines.train import restore_checkpoint, save_checkpoint
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 3)).astype("float32"), rng.normal(size=(8, 2)).astype("float32")
+    model = _small_compiled_model()
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    save_checkpoint(model, tmp_path, epoch=1)
+    saved = [keras.ops.convert_to_numpy(v).copy() for v in model.weights + model.optimizer.variables]
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    save_checkpoint(model, tmp_path, epoch=2)
+    newest = tmp_path / "epoch-000002" / damaged
+    newest.write_bytes(newest.read_bytes()[:len(newest.read_bytes()) // 2])  # a full disk cut it short
+
+    fresh = _small_compiled_model()
+    assert restore_checkpoint(fresh, tmp_path) == 1
+    restored = [keras.ops.convert_to_numpy(v) for v in fresh.weights + fresh.optimizer.variables]
+    for a, b in zip(saved, restored, strict=True):
+        np.testing.assert_array_equal(a, b)
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {newest}: truncated or corrupt checkpoint (") and err.count("\n") == 1
+    assert err.endswith("; trying the one before\n")
+
+    older = tmp_path / "epoch-000001" / damaged
+    older.write_bytes(b"")
+    with pytest.raises(UserError, match=rf"^{newest}: truncated or corrupt checkpoint \(.*\): no intact "
+                                        "checkpoint to resume from; use a new --workdir$"):
+        restore_checkpoint(_small_compiled_model(), tmp_path)
+
+
 # -- end to end on synthetic Charades -----------------------------------------------------
 # Shared with test_predict.py / test_export.py: built once per session under pytest's base temp.
 
