@@ -16,6 +16,7 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import json
+import logging
 import math
 import os
 import pkgutil
@@ -100,6 +101,7 @@ def main(argv=None) -> int:
         for key, value in QUIET_ENV.items():
             os.environ.setdefault(key, value)
         _quiet_import("tensorflow")
+        _quiet_logging()
     prog = f"assemblenet {args.command}"
     try:
         return int(args.func(args) or 0)
@@ -167,6 +169,20 @@ class _QuietFinder(importlib.abc.MetaPathFinder):
         if spec is not None and spec.loader is not None:
             spec.loader = _QuietLoader(spec.loader)
         return spec
+
+
+def _quiet_logging() -> None:
+    """Library logging below ERROR is dropped, and Beam's own logging altogether: its import warns
+    through the root logger ("apitools not found ...", which installs a handler that then prints
+    everything), and a failed worker is logged with its whole traceback before the job raises; the
+    command's one-line error says what failed. `--debug` shows both."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(logging.ERROR)
+        handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+        root.addHandler(handler)
+    logging.getLogger("apache_beam").setLevel(logging.CRITICAL + 1)
 
 
 def _quiet_import(name: str) -> None:
