@@ -306,15 +306,23 @@ def save_checkpoint(model, directory: Path, epoch: int) -> Path:
     name = f"epoch-{epoch:06d}"
     tmp = directory / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    model.save_weights(str(tmp / "model.weights.h5"))
-    optimizer_values = [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
-    with (tmp / "optimizer.npz").open("wb") as f:
-        np.savez(f, *optimizer_values)
     step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    _write_json(tmp / "state.json", {"epoch": epoch, "step": step})
-    for f in tmp.iterdir():  # the data must be on disk before latest.json points at it
-        _fsync(f)
+    try:
+        tmp.mkdir()
+        model.save_weights(str(tmp / "model.weights.h5"))
+        optimizer_values = [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
+        with (tmp / "optimizer.npz").open("wb") as f:
+            np.savez(f, *optimizer_values)
+        _write_json(tmp / "state.json", {"epoch": epoch, "step": step})
+        for f in tmp.iterdir():  # the data must be on disk before latest.json points at it
+            _fsync(f)
+    except OSError as error:  # a full disk: free what was written, keep the last complete checkpoint
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = f"the checkpoint {directory / LATEST} names is kept" if (directory / LATEST).exists() \
+            else "no earlier checkpoint"
+        raise OSError(error.errno, f"{error.strerror or error} while writing the checkpoint of epoch {epoch}; "
+                      f"{kept}: free space and run the same command again to resume", str(directory / name)) \
+            from None
     final = directory / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)

@@ -184,6 +184,31 @@ def test_a_corrupt_newest_checkpoint_is_named_and_the_one_before_is_resumed(tmp_
         restore_checkpoint(_small_compiled_model(), tmp_path)
 
 
+def test_a_full_disk_while_checkpointing_names_the_folder_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from pipelines.train import restore_checkpoint, save_checkpoint
+
+    model = _small_compiled_model()
+    save_checkpoint(model, tmp_path, epoch=1)
+    latest = (tmp_path / "latest.json").read_text()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as write() raises it: no file named
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(OSError) as err:
+        save_checkpoint(model, tmp_path, epoch=2)
+    assert (err.value.errno, err.value.filename) == (errno.ENOSPC, str(tmp_path / "epoch-000002"))
+    assert err.value.strerror == ("No space left on device while writing the checkpoint of epoch 2; the "
+                                  f"checkpoint {tmp_path / 'latest.json'} names is kept: free space and run "
+                                  "the same command again to resume")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-000001", "latest.json"]  # the partial one freed
+    assert (tmp_path / "latest.json").read_text() == latest
+    monkeypatch.undo()
+    assert restore_checkpoint(_small_compiled_model(), tmp_path) == 1
+
+
 # -- end to end on synthetic Charades -----------------------------------------------------
 # Shared with test_predict.py / test_export.py: built once per session under pytest's base temp.
 
