@@ -559,24 +559,16 @@ def preprocess_settings(data: str) -> dict[str, Any] | None:
 
 
 def num_classes_in(data: str) -> int:
-    """The label-space size stored in the first record (the schema's `num_classes` context key)."""
+    """The label-space size stored in the records (the schema's `num_classes` context key of the first
+    non-empty file's header; check_records has made sure every file agrees)."""
+    from preprocessing.records import read_header
+
     files = tfrecord_files(data)
-    if "://" in files[0]:
-        import tensorflow as tf
-
-        from preprocessing.schema import parse_example
-
-        for serialized in tf.data.TFRecordDataset(files[:1]).take(1):
-            return int(parse_example(serialized, [])["num_classes"])
-    else:
-        from preprocessing import loader, schema
-
-        records = loader.scan_records(files[0])
-        if records:
-            with open(files[0], "rb") as f:
-                serialized = loader.read_record(f, files[0], *records[0])
-            return schema.parse_native(serialized, [], where=files[0])["num_classes"]
-    raise ValueError(f"{files[0]}: empty TFRecord file; cannot read num_classes")
+    for path in files:
+        header = read_header(path)
+        if header is not None:
+            return header.num_classes
+    raise ValueError(f"--data {data}: every TFRecord file is empty; cannot read num_classes")
 
 
 CLASS_FILES = ("classes.json", "classes.txt", "Charades_v1_classes.txt")
