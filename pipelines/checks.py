@@ -81,14 +81,14 @@ def records_info(data: str, flag: str = "--data") -> RecordsInfo:
 
 
 def _identity(info: RecordsInfo) -> tuple:
-    settings = info.settings
-    return info.dataset, info.num_classes, info.modalities, settings.fps, settings.size
+    return info.modalities, info.settings
 
 
 def records_settings(data: str, info: RecordsInfo | None = None, flag: str = "--data") -> RecordSettings:
     """The settings the records of `data` were made with: their headers' (dataset, classes, fps, frame
-    size), with the flow method and segmenter of the job's summary.json. A summary.json that
-    contradicts the records (shards of another job copied into the folder) is an error."""
+    size, and the flow method and segmenter in records of this version), with what a header lacks from
+    the job's summary.json. A summary.json that contradicts the records (shards of another job copied
+    into the folder) is an error."""
     info = info or records_info(data, flag)
     with _as_user_error():
         summary = RecordSettings.from_json(records.read_summary(data))

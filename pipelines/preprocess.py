@@ -227,7 +227,8 @@ def encode_video(task: VideoTask, config: PreprocessConfig, segmenter=None,
     ends = [video.duration if end < 0 else end for end in task.label_end]
     data = encode_example(video_id=task.id, dataset=config.dataset, fps=video.fps, rgb=video.frames,
                           num_classes=config.num_classes, labels=task.labels, label_start=task.label_start,
-                          label_end=ends, flow=flow, objects=objects)
+                          label_end=ends, flow=flow, objects=objects, flow_method=config.flow,
+                          segmenter=config.segmenter)
     data = canonical_example(data)
     info = {"frames": len(video.frames), "source_frames": video.source_frames,
             "declared_frames": video.declared_frames, "partial": video.partial}

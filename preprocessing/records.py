@@ -10,7 +10,8 @@ frames comes from here:
   feature lists it holds (its modalities). Only the context and the names of the feature lists are
   read; the frames are skipped over, so checking every file of a folder costs a few KB per file;
 - `RecordSettings`: the settings a record was made with (dataset, classes, fps, frame size, flow
-  method, segmenter), as one typed value: read from the records and the job's `summary.json`,
+  method, segmenter), as one typed value: read from the records (those of older versions lack the
+  flow method and segmenter) and the job's `summary.json`,
   written into a run directory as `preprocess.json` and read back from there.
 
 The headers are read with a small protobuf wire-format reader rather than TensorFlow, so the checks
@@ -69,8 +70,9 @@ def data_folder(data: str) -> Path:
 class RecordSettings:
     """What a record was made with; None: not known (e.g. records without the job's summary.json).
 
-    `size` is the shorter side of the stored frames (`preprocess --size`); `flow` and `segmenter`
-    are known only from the job's summary.json, the rest also from every record's context."""
+    `size` is the shorter side of the stored frames (`preprocess --size`). Every record's context
+    holds them all (`flow` and `segmenter` only records of this version: for older ones they come
+    from the job's summary.json)."""
 
     dataset: str | None = None
     num_classes: int | None = None
@@ -156,12 +158,15 @@ class RecordHeader:
     fps: float | None = None
     height: int | None = None
     width: int | None = None
+    flow: str | None = None  # the context's flow_method and segmenter (absent from older records)
+    segmenter: str | None = None
 
     @property
     def settings(self) -> RecordSettings:
         size = min(self.height, self.width) if self.height and self.width else None
         return RecordSettings(dataset=self.dataset, num_classes=self.num_classes,
-                              fps=None if self.fps is None else float(self.fps), size=size)
+                              fps=None if self.fps is None else float(self.fps), size=size, flow=self.flow,
+                              segmenter=self.segmenter)
 
     def describe(self) -> str:
         text = f"{self.dataset} records with {self.num_classes} classes and {'+'.join(self.modalities)}"
@@ -170,6 +175,10 @@ class RecordHeader:
             text += f" at {settings.fps:g} fps"
         if settings.size is not None:
             text += f", shorter side {settings.size}"
+        if settings.flow is not None:
+            text += f", --flow {settings.flow}"
+        if settings.segmenter is not None:
+            text += f", --segmenter {settings.segmenter}"
         return text
 
 
@@ -249,7 +258,8 @@ def _header(context: memoryview, lists: set[str], where: str) -> RecordHeader:
                            "`assemblenet preprocess` (preprocessing/schema.py)")
     return RecordHeader(file=where, dataset=str(values["dataset"]), num_classes=int(values["num_classes"]),
                         modalities=tuple(m for m, keys in MODALITY_KEYS.items() if set(keys) <= lists),
-                        fps=values.get("fps"), height=values.get("height"), width=values.get("width"))
+                        fps=values.get("fps"), height=values.get("height"), width=values.get("width"),
+                        flow=values.get("flow_method"), segmenter=values.get("segmenter"))
 
 
 def parse_header(serialized: bytes, where: str) -> RecordHeader:
@@ -391,8 +401,3 @@ def headers(data: str) -> tuple[list[str], list[RecordHeader]]:
     found = [header for header in map(read_header, files) if header is not None]
     return files, found
 
-
-def data_settings(data: str, header: RecordHeader) -> RecordSettings:
-    """The settings of the records of `data`: what their header says, with the flow method and
-    segmenter (and anything else the records do not carry) from the job's summary.json."""
-    return header.settings.merged(RecordSettings.from_json(read_summary(data)))

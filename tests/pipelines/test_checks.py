@@ -11,7 +11,7 @@ from pipelines.checks import UserError
 
 
 def write_records(path, *, dataset="charades", num_classes=4, videos=2, frames=4, side=16, flow=True,
-                  objects=True, summary=None, fps=4.0):
+                  objects=True, summary=None, fps=4.0, flow_method=None):
     """A TFRecord file of `videos` random videos (no TensorFlow, no Beam), plus summary.json if given."""
     from pipelines.preprocess import encode_records
     from preprocessing.schema import encode_example
@@ -23,7 +23,8 @@ def write_records(path, *, dataset="charades", num_classes=4, videos=2, frames=4
         video_id=f"v{k}", dataset=dataset, fps=fps, num_classes=num_classes, labels=[k % num_classes],
         label_start=[0.0], label_end=[1.0], rgb=rng.integers(0, 256, (frames, side, side, 3), dtype=np.uint8),
         flow=rng.integers(0, 256, (frames - 1, side, side, 2), dtype=np.uint8) if flow else None,
-        objects=rng.integers(0, 151, (frames, side, side), dtype=np.uint8) if objects else None)
+        objects=rng.integers(0, 151, (frames, side, side), dtype=np.uint8) if objects else None,
+        flow_method=flow_method)
         for k in range(videos)]
     path.write_bytes(encode_records(records))
     if summary is not None:
@@ -122,6 +123,10 @@ def test_shards_made_at_another_fps_or_size_are_mixed_records(tmp_path):
     write_records(tmp_path / "fps" / "b.tfrecord", fps=12.0)
     with pytest.raises(UserError, match=r"a.tfrecord holds .* at 6 fps, .*b.tfrecord holds .* at 12 fps"):
         checks.records_info(str(tmp_path / "fps"))
+    write_records(tmp_path / "flow" / "a.tfrecord", flow_method="opencv")
+    write_records(tmp_path / "flow" / "b.tfrecord", flow_method="tensor")
+    with pytest.raises(UserError, match=r"shorter side 16, --flow opencv, .*b.tfrecord holds .*, --flow tensor;"):
+        checks.records_info(str(tmp_path / "flow"))
     write_records(tmp_path / "size" / "a.tfrecord", side=16)
     write_records(tmp_path / "size" / "b.tfrecord", side=24)
     with pytest.raises(UserError, match=r"shorter side 16, .*b.tfrecord holds .*shorter side 24;"):

@@ -550,3 +550,7 @@ def test_a_full_disk_is_one_line_naming_the_path_and_the_finished_videos_resume(
     summary = preprocess.run_preprocess(**_charades_kwargs(tiny_charades, out))
     assert summary["this_run"]["resumed_from_staging"] == 1 and preprocess.summary_ok(summary)
     assert summary["this_run"]["processed"] == summary["written"] - 1
+    from preprocessing.records import read_header  # every record says how it was made
+
+    header = read_header(str(sorted(out.glob("*.tfrecord"))[0]))
+    assert (header.settings.flow, header.settings.segmenter, header.settings.fps) == ("none", "none", 4.0)

@@ -7,13 +7,14 @@ from preprocessing import records
 from preprocessing.records import RecordsError, RecordSettings
 
 
-def _record(frames=6, side=32, fps=6.0):
+def _record(frames=6, side=32, fps=6.0, flow_method="opencv"):
     from preprocessing.schema import encode_example
 
     rng = np.random.default_rng(0)
     return encode_example(video_id="v0", dataset="toyota", fps=fps, num_classes=31, labels=[3], label_start=[0.0],
                           label_end=[1.0], rgb=rng.integers(0, 256, (frames, side, side + 8, 3), dtype=np.uint8),
-                          flow=rng.integers(0, 256, (frames - 1, side, side + 8, 2), dtype=np.uint8))
+                          flow=rng.integers(0, 256, (frames - 1, side, side + 8, 2), dtype=np.uint8),
+                          flow_method=flow_method, segmenter="none")
 
 
 def test_the_header_is_read_without_the_frames_and_agrees_with_the_whole_record(tmp_path, monkeypatch):
@@ -40,7 +41,9 @@ def test_the_header_is_read_without_the_frames_and_agrees_with_the_whole_record(
     header = records.read_header(str(path))
     assert header == records.parse_header(data, str(path))
     assert (header.dataset, header.num_classes, header.modalities) == ("toyota", 31, ("rgb", "flow"))
-    assert header.settings == RecordSettings(dataset="toyota", num_classes=31, fps=6.0, size=32)
+    assert header.settings == RecordSettings(dataset="toyota", num_classes=31, fps=6.0, size=32, flow="opencv",
+                                             segmenter="none")
+    assert records.parse_header(_record(flow_method=None), "x").settings.flow is None  # an older record
     assert sum(read) < len(data) / 4  # the JPEG and PNG frames are skipped, not read
 
 
