@@ -11,7 +11,7 @@ from pipelines.checks import UserError
 
 
 def write_records(path, *, dataset="charades", num_classes=4, videos=2, frames=4, side=16, flow=True,
-                  objects=True, summary=None, fps=4.0, flow_method=None):
+                  objects=True, summary=None, fps=4.0, flow_method=None, first_id=0):
     """A TFRecord file of `videos` random videos (no TensorFlow, no Beam), plus summary.json if given."""
     from pipelines.preprocess import encode_records
     from preprocessing.schema import encode_example
@@ -20,7 +20,7 @@ def write_records(path, *, dataset="charades", num_classes=4, videos=2, frames=4
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     records = [encode_example(
-        video_id=f"v{k}", dataset=dataset, fps=fps, num_classes=num_classes, labels=[k % num_classes],
+        video_id=f"v{first_id + k}", dataset=dataset, fps=fps, num_classes=num_classes, labels=[k % num_classes],
         label_start=[0.0], label_end=[1.0], rgb=rng.integers(0, 256, (frames, side, side, 3), dtype=np.uint8),
         flow=rng.integers(0, 256, (frames - 1, side, side, 2), dtype=np.uint8) if flow else None,
         objects=rng.integers(0, 151, (frames, side, side), dtype=np.uint8) if objects else None,
@@ -205,6 +205,28 @@ def test_evaluate_refuses_records_of_another_size_than_the_run_was_trained_on(tm
     with pytest.raises(UserError, match=rf"than the run {run}'s data \({run}/preprocess.json\): --size 16 -> 32 "):
         evaluate_model(run_dir=run, data=str(data), dataset="charades", clips=1)
     assert not (run / "metrics.json").exists()
+
+
+def test_search_and_evolution_refuse_records_of_other_settings_before_writing(tmp_path):
+    from pipelines.evolve import EvolutionConfig, TrainEvaluator, run_evolution
+    from pipelines.search import run_search
+
+    data = write_records(tmp_path / "records" / "a.tfrecord", fps=4.0)
+    out = tmp_path / "search"
+    (out / "run").mkdir(parents=True)  # a search started on records made at 6 fps
+    (out / "run" / "preprocess.json").write_text(json.dumps({"dataset": "charades", "fps": 6.0, "size": 16}))
+    small = {"steps": 1, "steps_per_epoch": 1, "frames": 4, "size": 16, "batch_size": 2}
+    with pytest.raises(UserError, match=rf"than the search's data \({out}/run/preprocess.json\): --fps 6 -> 4 "):
+        run_search(structure="tiny", data=str(data), out_dir=out, train=small)
+    assert sorted(p.name for p in out.iterdir()) == ["run"]
+    val = write_records(tmp_path / "val" / "a.tfrecord", fps=8.0, first_id=10)
+    evaluator = TrainEvaluator(data=str(data), eval_data=str(val), train=small)
+    with pytest.raises(UserError, match=rf"^--eval-data {val}: they were made with other "
+                                        rf"preprocessing settings than the search's data \(--data {data}\): "
+                                        "--fps 4 -> 8 "):
+        run_evolution(tmp_path / "evolve", EvolutionConfig(population_size=2, rounds=0), evaluator=evaluator,
+                      progress=False)
+    assert not (tmp_path / "evolve").exists()
 
 
 # -- every entry point checks before it writes anything (item 2) ------------------------------------
