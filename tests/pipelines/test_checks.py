@@ -24,7 +24,7 @@ def write_records(path, *, dataset="charades", num_classes=4, videos=2, frames=4
         label_start=[0.0], label_end=[1.0], rgb=rng.integers(0, 256, (frames, side, side, 3), dtype=np.uint8),
         flow=rng.integers(0, 256, (frames - 1, side, side, 2), dtype=np.uint8) if flow else None,
         objects=rng.integers(0, 151, (frames, side, side), dtype=np.uint8) if objects else None,
-        flow_method=flow_method)
+        **({"flow_method": flow_method} if flow_method else {}))
         for k in range(videos)]
     path.write_bytes(encode_records(records))
     if summary is not None:
