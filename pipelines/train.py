@@ -87,6 +87,10 @@ class TrainConfig:
     temporal_pool: str = "max"
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):  # a recipe or config.json may hold NaN or Infinity
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"TrainConfig.{field.name}={value}: must be a finite number")
         for field, allowed in (("attention", ATTENTION_MODES), ("dataset", DATASETS),
                                ("precision", PRECISIONS), ("strategy", STRATEGIES),
                                ("temporal_pool", TEMPORAL_POOLS)):
@@ -610,7 +614,13 @@ def write_final(model, structure, config: TrainConfig, workdir: Path) -> None:
     from model.summary import model_summary
 
     tmp = workdir / ".model.tmp.keras"
-    model.save(str(tmp))
+    try:
+        model.save(str(tmp))
+    except OSError as error:  # a full disk: the checkpoints are complete, the final model can be redone
+        tmp.unlink(missing_ok=True)
+        raise OSError(error.errno, f"{error.strerror or error}; the checkpoints in {workdir / CHECKPOINTS} are "
+                      "kept: free space and run the same command again to write the model",
+                      str(workdir / "model.keras")) from None
     os.replace(tmp, workdir / "model.keras")
     _write_json(workdir / "connection_weights.json", connection_weights(model, structure))
     if config.attention == "search":

@@ -33,6 +33,11 @@ def test_config_json_round_trip_and_validation(tmp_path):
         TrainConfig(attention="selfie")
     with pytest.raises(ValueError, match="needs TrainConfig.tpu"):
         TrainConfig(strategy="tpu")
+    # A recipe or config.json can hold NaN / Infinity (Python's json reads them): refused by name.
+    with pytest.raises(ValueError, match=r"^TrainConfig.learning_rate=nan: must be a finite number$"):
+        TrainConfig.from_json(json.loads('{"learning_rate": NaN}'))
+    with pytest.raises(ValueError, match=r"^TrainConfig.weight_decay=inf: must be a finite number$"):
+        TrainConfig(weight_decay=float("inf"))
     # AssembleNet A.6: 25.6 at batch 128, scaled linearly by default.
     assert TrainConfig(batch_size=16).peak_learning_rate == pytest.approx(3.2)
     assert TrainConfig(batch_size=16, learning_rate=0.5).peak_learning_rate == 0.5
