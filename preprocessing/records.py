@@ -71,8 +71,8 @@ class RecordSettings:
     """What a record was made with; None: not known (e.g. records without the job's summary.json).
 
     `size` is the shorter side of the stored frames (`preprocess --size`). Every record's context
-    holds them all (`flow` and `segmenter` only records of this version: for older ones they come
-    from the job's summary.json)."""
+    holds them all (`flow` and `segmenter` only in records of this version: for older ones they
+    come from the job's summary.json)."""
 
     dataset: str | None = None
     num_classes: int | None = None
@@ -80,10 +80,6 @@ class RecordSettings:
     size: int | None = None
     flow: str | None = None
     segmenter: str | None = None
-
-    # How a difference is named to the user: the preprocess flag where there is one.
-    LABELS = {"dataset": "dataset", "num_classes": "classes", "fps": "--fps", "size": "--size",
-              "flow": "--flow", "segmenter": "--segmenter"}
 
     def to_json(self) -> dict[str, Any]:
         """The known settings (what RUN_DIR/preprocess.json holds)."""
@@ -107,8 +103,13 @@ class RecordSettings:
             a, b = getattr(self, field.name), getattr(other, field.name)
             if a is None or b is None or _same(a, b):
                 continue
-            out.append(f"{self.LABELS[field.name]} {_show(a)} -> {_show(b)}")
+            out.append(f"{_LABELS[field.name]} {_show(a)} -> {_show(b)}")
         return out
+
+
+# How a difference is named to the user: the preprocess flag where there is one.
+_LABELS = {"dataset": "dataset", "num_classes": "classes", "fps": "--fps", "size": "--size", "flow": "--flow",
+           "segmenter": "--segmenter"}
 
 
 def _same(a, b) -> bool:
