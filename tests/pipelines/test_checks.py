@@ -229,6 +229,20 @@ def test_search_and_evolution_refuse_records_of_other_settings_before_writing(tm
     assert not (tmp_path / "evolve").exists()
 
 
+def test_the_attention_search_checks_every_file_of_its_data_before_writing(tmp_path):
+    from pipelines.attention_search import SearchConfig, search
+
+    folder = tmp_path / "records"
+    for k in range(5):  # the searched label space is 4 classes; one shard has 6
+        write_records(folder / f"data-{k:05d}-of-00005.tfrecord", num_classes=6 if k == 3 else 4, videos=1,
+                      first_id=k)
+    config = SearchConfig(steps=1, batch_size=2, frames=4, size=32, data=str(folder), num_classes=4)
+    with pytest.raises(UserError, match=rf"^--data {folder}: mixed records: .*data-00003-of-00005.tfrecord holds "
+                                        "charades records with 6 classes"):
+        search(config=config, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 # -- every entry point checks before it writes anything (item 2) ------------------------------------
 
 def test_train_refuses_records_of_another_dataset_before_writing(tmp_path):
