@@ -497,6 +497,11 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dic
         supernet_cells,
     )
 
+    if config.data is not None:  # every file's header, before anything is written (pipelines/checks.py)
+        from pipelines.checks import check_records
+
+        check_records(config.data, dataset=config.dataset, num_classes=config.num_classes, modalities=(),
+                      source="the search")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)

@@ -12,19 +12,24 @@ with what a resumed run asks for, before anything in the directory is touched.
 `UserError` is the exception for mistakes the user can fix; the CLI (pipelines/cli.py) prints its
 message as one line. It is a ValueError, so library callers that catch ValueError still do.
 
-The first record of a file is read with a small protobuf wire-format reader rather than
-TensorFlow, so the checks run on the TF-free input path too and cost one record per file.
+The records are read through their owner, preprocessing/records.py: the header (the first
+record's context) of every file, never a sample, so one foreign shard among many is found. With
+`settings` (a run's preprocess.json), the fps, frame size, flow method and segmenter the records
+were made with are compared too, so a resumed run, an evaluation or a validation set on records of
+other settings fails naming both values.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import json
 import os
-import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from preprocessing import records
+from preprocessing.records import RecordSettings
 
 
 class UserError(ValueError):
@@ -32,174 +37,82 @@ class UserError(ValueError):
 
 
 # -- reading the records --------------------------------------------------------------------------
+# The records folder's owner is preprocessing/records.py; these are its checks as UserErrors.
 
-# Which feature lists hold each model modality (as preprocessing.schema.MODALITY_KEYS).
-MODALITY_KEYS = {"rgb": ("rgb",), "flow": ("flow_x", "flow_y"), "object": ("object",)}
-FILES_CHECKED = 4  # first record (one video, a few MB) of at most this many files, spread over the list
-
-
-@dataclasses.dataclass(frozen=True)
-class RecordsInfo:
-    """What one record says about its file: the dataset, label space and modalities."""
-
-    file: str
-    dataset: str
-    num_classes: int
-    modalities: tuple[str, ...]
-    fps: float | None = None
-    height: int | None = None
-    width: int | None = None
-
-
-def _varint(buf: memoryview, i: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if i >= len(buf) or shift > 63:
-            raise ValueError("truncated varint")
-        byte = buf[i]
-        value |= (byte & 0x7F) << shift
-        i += 1
-        if not byte & 0x80:
-            return value, i
-        shift += 7
-
-
-def _fields(buf: memoryview):
-    """(field number, wire type, value) of one protobuf message, in order."""
-    i = 0
-    while i < len(buf):
-        key, i = _varint(buf, i)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = _varint(buf, i)
-        elif wire == 1:
-            value, i = buf[i:i + 8], i + 8
-        elif wire == 2:
-            size, i = _varint(buf, i)
-            value, i = buf[i:i + size], i + size
-        elif wire == 5:
-            value, i = buf[i:i + 4], i + 4
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-        if i > len(buf):
-            raise ValueError("truncated field")
-        yield number, wire, value
-
-
-def _map_entries(buf: memoryview) -> dict[str, memoryview]:
-    """A `map<string, Message>` field 1 (Features.feature, FeatureLists.feature_list)."""
-    entries = {}
-    for number, wire, entry in _fields(buf):
-        if number != 1 or wire != 2:
-            continue
-        key, value = "", memoryview(b"")
-        for n, w, v in _fields(entry):
-            if n == 1 and w == 2:
-                key = bytes(v).decode()
-            elif n == 2 and w == 2:
-                value = v
-        entries[key] = value
-    return entries
-
-
-def _feature_value(feature: memoryview):
-    """The first value of a tf.train.Feature (bytes, float or int), or None when empty."""
-    for kind, _, values in _fields(feature):  # 1 bytes_list, 2 float_list, 3 int64_list
-        for _, wire, value in _fields(values):
-            if kind == 1:
-                return bytes(value).decode(errors="replace")
-            if kind == 2:
-                return struct.unpack("<f", bytes(value[:4]))[0]  # packed (wire 2) or single (wire 5)
-            if kind == 3:
-                return _varint(value, 0)[0] if wire == 2 else value
-    return None
+MODALITY_KEYS = records.MODALITY_KEYS
+RecordsInfo = records.RecordHeader  # what one record says about its file
 
 
 def parse_context(serialized: bytes, where: str) -> RecordsInfo:
     """dataset, num_classes, fps, frame size and modalities of one serialized SequenceExample."""
-    try:
-        parts = {number: value for number, wire, value in _fields(memoryview(serialized)) if wire == 2}
-        context = _map_entries(parts.get(1, memoryview(b"")))
-        lists = set(_map_entries(parts.get(2, memoryview(b""))))
-        values = {key: _feature_value(context[key]) for key in context}
-    except (ValueError, UnicodeDecodeError) as err:
-        raise UserError(f"{where}: not a tf.train.SequenceExample ({err})") from None
-    missing = [key for key in ("dataset", "num_classes") if values.get(key) is None]
-    if missing:
-        raise UserError(f"{where}: the record has no context key(s) {missing}: not written by "
-                        "`assemblenet preprocess` (preprocessing/schema.py)")
-    return RecordsInfo(file=where, dataset=str(values["dataset"]), num_classes=int(values["num_classes"]),
-                       modalities=tuple(m for m, keys in MODALITY_KEYS.items() if set(keys) <= lists),
-                       fps=values.get("fps"), height=values.get("height"), width=values.get("width"))
-
-
-def _open(path: str):
-    if "://" in path:
-        import tensorflow as tf
-
-        return tf.io.gfile.GFile(path, "rb")
-    return open(path, "rb")
+    with _as_user_error():
+        return records.parse_header(serialized, where)
 
 
 def first_record(path: str) -> bytes | None:
-    """The first record of a TFRecord file (uncompressed framing: length, crc, data, crc); None if empty."""
-    with _open(path) as f:
-        header = f.read(12)
-        if not header:
-            return None
-        if len(header) < 12:
-            raise UserError(f"{path}: truncated TFRecord file ({len(header)} bytes)")
-        (length,) = struct.unpack("<Q", header[:8])
-        data = f.read(length)
-    if len(data) < length:
-        raise UserError(f"{path}: truncated TFRecord file (the first record needs {length} bytes, "
-                        f"{len(data)} are there)")
-    return data
+    """The first record of a TFRecord file; None if empty."""
+    with _as_user_error():
+        return records.first_record(path)
+
+
+@contextlib.contextmanager
+def _as_user_error():
+    try:
+        yield
+    except records.RecordsError as err:
+        raise UserError(str(err)) from None
 
 
 def records_info(data: str, flag: str = "--data") -> RecordsInfo:
     """What the TFRecords of `data` (a directory, file or glob) hold; files that disagree are an error.
 
-    Reads the first record of up to FILES_CHECKED files spread over the sorted list."""
-    from pipelines.train import tfrecord_files
-
-    files = tfrecord_files(data)
-    step = max(1, len(files) // FILES_CHECKED)
-    sample = files[::step][:FILES_CHECKED - 1] + ([files[-1]] if len(files) > 1 else [])
-    infos = []
-    for path in dict.fromkeys(sample):
-        serialized = first_record(path)
-        if serialized is not None:
-            infos.append(parse_context(serialized, path))
+    Reads the header (the first record's context) of every file, so one foreign shard among many
+    is found: another dataset, label space, set of modalities, fps or frame size."""
+    with _as_user_error():
+        files, infos = records.headers(data)
     if not infos:
         raise UserError(f"{flag} {data}: every TFRecord file is empty ({len(files)} files)")
     first = infos[0]
     for other in infos[1:]:
-        a, b = (first.dataset, first.num_classes, first.modalities), (other.dataset, other.num_classes,
-                                                                       other.modalities)
-        if a != b:
-            raise UserError(f"{flag} {data}: mixed records: {first.file} holds {_describe(first)}, "
-                            f"{other.file} holds {_describe(other)}; point --data at one preprocessing output")
+        if _identity(first) != _identity(other):
+            raise UserError(f"{flag} {data}: mixed records: {first.file} holds {first.describe()}, "
+                            f"{other.file} holds {other.describe()}; point --data at one preprocessing output")
     return first
 
 
-def _describe(info: RecordsInfo) -> str:
-    return f"{info.dataset} records with {info.num_classes} classes and {'+'.join(info.modalities)}"
+def _identity(info: RecordsInfo) -> tuple:
+    return info.modalities, info.settings
+
+
+def records_settings(data: str, info: RecordsInfo | None = None, flag: str = "--data") -> RecordSettings:
+    """The settings the records of `data` were made with: their headers' (dataset, classes, fps, frame
+    size, and the flow method and segmenter in records of this version), with what a header lacks from
+    the job's summary.json. A summary.json that contradicts the records (shards of another job copied
+    into the folder) is an error."""
+    info = info or records_info(data, flag)
+    with _as_user_error():
+        summary = RecordSettings.from_json(records.read_summary(data))
+    differences = summary.differences(info.settings)
+    if differences:
+        path = records.data_folder(data) / records.SUMMARY
+        raise UserError(f"{flag} {data}: {info.file} was made with other settings than {path} says "
+                        f"({'; '.join(differences)}); point --data at one preprocessing output")
+    return summary.merged(info.settings)
 
 
 def preprocess_summary(data: str) -> dict[str, Any]:
     """The preprocessing job's summary.json next to the records ({} when there is none)."""
-    folder = Path(data) if Path(data).is_dir() else Path(data).parent
-    path = folder / "summary.json"
-    if not path.is_file():
-        return {}
-    return read_json(path)
+    with _as_user_error():
+        return records.read_summary(data)
 
 
 def check_records(data: str, *, dataset: str | None, num_classes: int | None,
-                  modalities: Sequence[str], flag: str = "--data", source: str = "the run") -> RecordsInfo:
+                  modalities: Sequence[str], flag: str = "--data", source: str = "the run",
+                  settings: RecordSettings | None = None, settings_from: str = "") -> RecordsInfo:
     """Raises UserError when the records of `data` do not fit a run of `dataset`, `num_classes`
-    classes and a structure whose stems take `modalities`; returns what the records hold."""
+    classes and a structure whose stems take `modalities`, or (given `settings`, the preprocessing
+    settings of the run's data, read from `settings_from`) were made with other settings; returns
+    what the records hold."""
     info = records_info(data, flag)
     problems = []
     if dataset is not None and info.dataset != dataset:
@@ -219,10 +132,24 @@ def check_records(data: str, *, dataset: str | None, num_classes: int | None,
         fix = ("preprocess again with a segmenter" if "object" in missing else "preprocess again with flow")
         problems.append(f"they hold only {'+'.join(info.modalities)}{why}, but the structure's stems need "
                         f"{'+'.join(missing)} ({fix}, or use a structure without those stems)")
+    if settings is not None and not problems:
+        differences = settings.differences(records_settings(data, info, flag))
+        if differences:
+            problems.append(f"they were made with other preprocessing settings than {source}'s data "
+                            f"({settings_from}): {'; '.join(differences)} (preprocess them with the same "
+                            "settings, or start a new run)")
     if problems:
         where = f"{flag} {data}" + ("" if info.file == str(data) else f": {info.file}")
         raise UserError(f"{where}: " + "; ".join(problems))
     return info
+
+
+def run_settings(path: str | Path) -> RecordSettings | None:
+    """The preprocessing settings a run directory's data was made with (its preprocess.json; None if none).
+
+    Written once, by the run's first start (`pipelines.train`), and compared by every later stage."""
+    with _as_user_error():
+        return records.read_settings(path)
 
 
 # -- resuming a run directory -----------------------------------------------------------------

@@ -16,6 +16,8 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import json
+import logging
+import math
 import os
 import pkgutil
 import sys
@@ -52,6 +54,14 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(1, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _get_value(self, action, arg_string):
+        # Numbers are declared with pipelines.commands.Range (finite, within the flag's bounds); a flag
+        # still declared with a bare float gets the finite check here: nan and inf never reach a command.
+        value = super()._get_value(action, arg_string)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentError(action, f"expected a finite number, got {arg_string!r}")
+        return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,6 +101,7 @@ def main(argv=None) -> int:
         for key, value in QUIET_ENV.items():
             os.environ.setdefault(key, value)
         _quiet_import("tensorflow")
+        _quiet_logging()
     prog = f"assemblenet {args.command}"
     try:
         return int(args.func(args) or 0)
@@ -158,6 +169,20 @@ class _QuietFinder(importlib.abc.MetaPathFinder):
         if spec is not None and spec.loader is not None:
             spec.loader = _QuietLoader(spec.loader)
         return spec
+
+
+def _quiet_logging() -> None:
+    """Library logging below ERROR is dropped, and Beam's own logging altogether: its import warns
+    through the root logger ("apitools not found ...", which installs a handler that then prints
+    everything), and a failed worker is logged with its whole traceback before the job raises; the
+    command's one-line error says what failed. `--debug` shows both."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(logging.ERROR)
+        handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+        root.addHandler(handler)
+    logging.getLogger("apache_beam").setLevel(logging.CRITICAL + 1)
 
 
 def _quiet_import(name: str) -> None:

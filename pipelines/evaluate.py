@@ -252,7 +252,7 @@ def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int =
 
     from model import assemblenet  # noqa: F401  (registers the custom layers for load_model)
     from model.structure import Structure
-    from pipelines.checks import check_records
+    from pipelines.checks import check_records, run_settings
     from pipelines.train import find_class_names, num_classes_in, tfrecord_files
     from preprocessing import loader
 
@@ -271,7 +271,8 @@ def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int =
     num_classes = num_classes or config.get("num_classes") or num_classes_in(data)
     structure = Structure.from_json(run_dir / "structure.json")
     check_records(data, dataset=dataset, num_classes=num_classes, modalities=structure.modalities,
-                  source=f"the run {run_dir}")
+                  source=f"the run {run_dir}", settings=run_settings(run_dir / "preprocess.json"),
+                  settings_from=str(run_dir / "preprocess.json"))
     if model is None:
         model = at_size(keras.models.load_model(run_dir / "model.keras"), size)
     ds = loader.make_reader(tfrecord_files(data), pipeline=input_pipeline, workers=input_workers,

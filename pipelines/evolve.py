@@ -521,15 +521,19 @@ def check_search_data(evaluator: TrainEvaluator, config: EvolutionConfig) -> Non
     """Fails before the first child when the proxy data does not fit the search: its dataset and
     classes against the proxy flags, its modalities against the stems every child has (rgb and
     flow, plus the object stem when the search space has one)."""
-    from pipelines.checks import check_records
+    from pipelines.checks import check_records, records_settings
     from pipelines.train import TrainConfig
 
     recipe = TrainConfig.from_json(dict(evaluator.train))
     modalities = ("rgb", "flow", "object") if config.space.object_stem else ("rgb", "flow")
+    settings, settings_from = None, ""
     for flag, data in (("--data", evaluator.data), ("--eval-data", evaluator.eval_data)):
         if data:
-            check_records(data, dataset=recipe.dataset, num_classes=recipe.num_classes, modalities=modalities,
-                          flag=flag, source="the search")
+            info = check_records(data, dataset=recipe.dataset, num_classes=recipe.num_classes,
+                                 modalities=modalities, flag=flag, source="the search", settings=settings,
+                                 settings_from=settings_from)
+            # Fitness is measured on records made like the children's training data.
+            settings, settings_from = records_settings(data, info, flag), f"--data {data}"
 
 
 def _run_parallel(state_dir: Path, evaluate: Evaluate | None, workers: int, bar) -> None:

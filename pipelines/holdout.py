@@ -85,6 +85,12 @@ def holdout_split(data: str, out: str | Path, fraction: float) -> dict[str, Any]
         if split["source"] != str(data) or split["fraction"] != fraction:
             raise ValueError(f"{record}: this search held out {split['fraction']} of {split['source']}, not "
                              f"{fraction} of {data}; use a new --out or the same data")
+        # The same folder, preprocessed again with other settings, would leave the children on the old copy.
+        from pipelines.checks import check_records, records_settings
+
+        check_records(data, dataset=None, num_classes=None, modalities=(), source="the search",
+                      settings=records_settings(split["train"]),
+                      settings_from=f"{split['train']}, its copy of --data")
         return split
     from pipelines.preprocess import encode_records
     from pipelines.train import tfrecord_files

@@ -27,18 +27,19 @@ from pipelines.checks import dataset_class_names
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """config.json, structure.json, preprocess.json and classes.json of a run (the last two optional)."""
     from model.structure import Structure
+    from pipelines.checks import run_settings
 
     run_dir = Path(run_dir)
     for name in ("config.json", "structure.json", "model.keras"):
         if not (run_dir / name).exists():
             raise ValueError(f"{run_dir}: no {name}; is this a finished training run directory?")
     config = json.loads((run_dir / "config.json").read_text())
-    preprocess = run_dir / "preprocess.json"
+    settings = run_settings(run_dir / "preprocess.json")  # preprocessing.records.RecordSettings
     classes = run_dir / "classes.json"
     return {
         "config": config,
         "structure": Structure.from_json(run_dir / "structure.json"),
-        "preprocess": json.loads(preprocess.read_text()) if preprocess.exists() else None,
+        "preprocess": settings.to_json() if settings is not None else None,
         "classes": json.loads(classes.read_text()) if classes.exists() else None,
     }
 

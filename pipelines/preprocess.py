@@ -227,7 +227,8 @@ def encode_video(task: VideoTask, config: PreprocessConfig, segmenter=None,
     ends = [video.duration if end < 0 else end for end in task.label_end]
     data = encode_example(video_id=task.id, dataset=config.dataset, fps=video.fps, rgb=video.frames,
                           num_classes=config.num_classes, labels=task.labels, label_start=task.label_start,
-                          label_end=ends, flow=flow, objects=objects)
+                          label_end=ends, flow=flow, objects=objects, flow_method=config.flow,
+                          segmenter=config.segmenter)
     data = canonical_example(data)
     info = {"frames": len(video.frames), "source_frames": video.source_frames,
             "declared_frames": video.declared_frames, "partial": video.partial}
@@ -286,13 +287,21 @@ def _read_text(path: str) -> str | None:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    """Write then rename, so a reader (or a re-run after a kill) sees the old file or the new one."""
+    """Write then rename, so a reader (or a re-run after a kill) sees the old file or the new one.
+
+    A failed local write (a full disk) removes its temporary file and raises an OSError naming `path`
+    (the bare error of `write` names no file)."""
     if "://" not in path:
         temporary = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(temporary, "wb") as f:
-            f.write(data)
-        os.replace(temporary, path)
+        try:
+            with open(temporary, "wb") as f:
+                f.write(data)
+            os.replace(temporary, path)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise OSError(error.errno, error.strerror or str(error), path) from None
         return
     from apache_beam.io.filesystems import FileSystems
 
@@ -668,8 +677,13 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
         raise ValueError(f"dataset must be 'charades' or 'toyota', got {dataset!r}")
     if flow not in ("opencv", "tensor", "none"):
         raise ValueError(f"flow must be 'opencv', 'tensor' or 'none', got {flow!r}")
-    if fps <= 0 or size < 8:
-        raise ValueError(f"need fps > 0 and size >= 8, got fps={fps}, size={size}")
+    from preprocessing.video import MAX_FPS
+
+    # `not a <= x` rather than `x < a`: nan fails every comparison and must be refused too.
+    if not 0 < fps <= MAX_FPS or not 8 <= size:
+        raise ValueError(f"need 0 < fps <= {MAX_FPS:g} and size >= 8, got fps={fps}, size={size}")
+    if max_seconds is not None and not 0 < max_seconds < math.inf:
+        raise ValueError(f"max_seconds must be a positive number, got {max_seconds}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if workers > 1 and not is_local(runner):
@@ -740,8 +754,11 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
         watch = StagingProgress(staging, {t.id: keys[t.id] for t in todo}) if progress and local and todo \
             else contextlib.nullcontext()
         with watch:
-            result = pipeline.run()
-            result.wait_until_finish()
+            try:
+                result = pipeline.run()
+                result.wait_until_finish()
+            except Exception as error:  # the runner wraps what failed in a worker: raise that instead
+                raise job_error(error, staging) from None
         metrics = _counters(result)
     _, staged_dead = list_staged(staging)
     dead_rows = list(listing_dead)
@@ -759,6 +776,33 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
     if summary["written"] == 0:
         raise ValueError(no_video_message(out, videos, dead_rows))
     return summary
+
+
+_OS_ERROR = re.compile(r"\[Errno (\d+)\] ([^:\[\]]+?)(?:: '([^']*)')?(?: \[while running|$)", re.MULTILINE)
+
+
+def job_error(error: Exception, staging: str) -> Exception:
+    """What to raise for a failed job: the OSError a worker hit (a full disk, a folder it cannot write),
+    as one line naming its path and saying that the finished videos are kept, or the ValueError it
+    raised, rather than the runner's wrapper (a RuntimeError holding the worker's traceback). Any
+    other failure is returned unchanged.
+
+    The in-process runner chains the worker's exception; worker processes send only its text."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, (OSError, ValueError)):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, ValueError) and cause is not error:
+        return cause  # a setting a worker refused (e.g. the segmenter): its own one-line message
+    if isinstance(cause, OSError) and cause.errno is not None:
+        number, reason, path = cause.errno, cause.strerror or str(cause), cause.filename
+    elif match := _OS_ERROR.search(str(error)):
+        number, reason, path = int(match.group(1)), match.group(2).strip(), match.group(3)
+    else:
+        return error
+    records, dead = list_staged(staging)
+    kept = (f"; the {len(records) + len(dead)} video(s) finished so far are kept in {staging} and the "
+            "shards already written are untouched: run the same command again to resume")
+    return OSError(number, f"{reason}{kept}", path or staging)
 
 
 def _output_problem(out: str, manifest: dict | None, settings: dict, existing_shards: int | None,

@@ -40,7 +40,7 @@ def run_search(*, structure: str | Path | Structure, data: str, out_dir: str | P
 
     import model.assemblenet  # noqa: F401  (registers the custom layers for load_model)
     from model.pruning import attention_weights, connection_weights, prune
-    from pipelines.checks import check_records, check_same_structure
+    from pipelines.checks import check_records, check_same_structure, run_settings
     from pipelines.train import TrainConfig
     from pipelines.train import train as train_run
 
@@ -54,8 +54,9 @@ def run_search(*, structure: str | Path | Structure, data: str, out_dir: str | P
     out.mkdir(parents=True, exist_ok=True)
     layout = get_structure(structure)
     recipe = TrainConfig(**train)
+    settings_path = out / "run" / "preprocess.json"  # the search's training run, when resumed
     check_records(data, dataset=recipe.dataset, num_classes=recipe.num_classes, modalities=layout.modalities,
-                  source="the search")
+                  source="the search", settings=run_settings(settings_path), settings_from=str(settings_path))
     supernet = over_connected(layout)
     # Resuming: the layout must be the one the run's checkpoints were trained from (pipelines/checks.py).
     check_same_structure(out / "run" / "structure.json", supernet.to_json(),

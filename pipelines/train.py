@@ -29,6 +29,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 import zlib
 from collections.abc import Iterator
@@ -86,6 +87,10 @@ class TrainConfig:
     temporal_pool: str = "max"
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):  # a recipe or config.json may hold NaN or Infinity
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"TrainConfig.{field.name}={value}: must be a finite number")
         for field, allowed in (("attention", ATTENTION_MODES), ("dataset", DATASETS),
                                ("precision", PRECISIONS), ("strategy", STRATEGIES),
                                ("temporal_pool", TEMPORAL_POOLS)):
@@ -156,7 +161,7 @@ def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str
     may resume with the other one.
     """
     from model.structure import get_structure
-    from pipelines.checks import check_records
+    from pipelines.checks import check_records, records_settings, run_settings
 
     workdir = Path(workdir)
     distributed.initialize()  # a no-op unless the environment describes a multi-process run
@@ -166,20 +171,26 @@ def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str
         raise ValueError(f"--eval-data {eval_data}: validation during a multi-process run is not supported "
                          "(processes would see unequal batches); run `assemblenet evaluate` on the run directory")
     structure = get_structure(config.structure)
-    check_records(data, dataset=config.dataset, num_classes=config.num_classes,
-                  modalities=structure.modalities, source="the run")
+    # The settings the run's data was made with are written once (preprocess.json, what `predict`
+    # repeats); a resume, and the validation data, must be records made with the same ones.
+    settings_path = workdir / "preprocess.json"
+    saved = run_settings(settings_path)
+    info = check_records(data, dataset=config.dataset, num_classes=config.num_classes,
+                         modalities=structure.modalities, source="the run", settings=saved,
+                         settings_from=str(settings_path))
+    settings = records_settings(data, info)
     if eval_data:
         check_records(eval_data, dataset=config.dataset, num_classes=config.num_classes,
-                      modalities=structure.modalities, flag="--eval-data", source="the run")
+                      modalities=structure.modalities, flag="--eval-data", source="the run",
+                      settings=settings, settings_from=f"--data {data}")
     if config.num_classes is None:
         config = dataclasses.replace(config, num_classes=num_classes_in(data))
     _prepare_workdir(workdir, config, structure, write=chief)
     class_names = find_class_names(data, config.num_classes, classes)
     if class_names is not None and chief:
         _write_json(workdir / "classes.json", class_names)
-    settings = preprocess_settings(data)
-    if settings is not None and chief:  # what `predict` needs to preprocess a raw video the same way
-        _write_json(workdir / "preprocess.json", settings)
+    if saved is None and chief:  # what `predict` needs to preprocess a raw video the same way
+        _write_json(settings_path, settings.to_json())
 
     reader = dict(input_pipeline=input_pipeline, input_workers=input_workers)
 
@@ -299,15 +310,23 @@ def save_checkpoint(model, directory: Path, epoch: int) -> Path:
     name = f"epoch-{epoch:06d}"
     tmp = directory / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    model.save_weights(str(tmp / "model.weights.h5"))
-    optimizer_values = [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
-    with (tmp / "optimizer.npz").open("wb") as f:
-        np.savez(f, *optimizer_values)
     step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    _write_json(tmp / "state.json", {"epoch": epoch, "step": step})
-    for f in tmp.iterdir():  # the data must be on disk before latest.json points at it
-        _fsync(f)
+    try:
+        tmp.mkdir()
+        model.save_weights(str(tmp / "model.weights.h5"))
+        optimizer_values = [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
+        with (tmp / "optimizer.npz").open("wb") as f:
+            np.savez(f, *optimizer_values)
+        _write_json(tmp / "state.json", {"epoch": epoch, "step": step})
+        for f in tmp.iterdir():  # the data must be on disk before latest.json points at it
+            _fsync(f)
+    except OSError as error:  # a full disk: free what was written, keep the last complete checkpoint
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = f"the checkpoint {directory / LATEST} names is kept" if (directory / LATEST).exists() \
+            else "no earlier checkpoint"
+        raise OSError(error.errno, f"{error.strerror or error} while writing the checkpoint of epoch {epoch}; "
+                      f"{kept}: free space and run the same command again to resume", str(directory / name)) \
+            from None
     final = directory / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -319,21 +338,70 @@ def save_checkpoint(model, directory: Path, epoch: int) -> Path:
 
 
 def restore_checkpoint(model, directory: Path) -> int:
-    """Loads the checkpoint `latest.json` names into the compiled `model`; returns its epoch (0 if none)."""
+    """Loads the checkpoint `latest.json` names into the compiled `model`; returns its epoch (0 if none).
+
+    A checkpoint that cannot be read (a truncated or corrupt file: a full disk, a copy cut short) is
+    reported in one line naming the file, and the newest intact one is loaded instead (KEEP_CHECKPOINTS
+    are kept); when none is intact, a UserError names the newest one's file."""
+    from pipelines.checks import UserError
+
     latest = directory / LATEST
     if not latest.exists():
         return 0
-    state = json.loads(latest.read_text())
-    folder = directory / state["checkpoint"]
-    model.load_weights(str(folder / "model.weights.h5"))
+    try:
+        named = [json.loads(latest.read_text())["checkpoint"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        print(f"warning: {latest}: unreadable ({_first_line(err)}); looking for the newest intact checkpoint",
+              file=sys.stderr)
+        named = []
+    folders = [directory / name for name in dict.fromkeys(
+        named + sorted((p.name for p in directory.glob("epoch-*") if p.is_dir()), reverse=True))]
+    first_error = None
+    for folder in folders:
+        try:
+            return _load_checkpoint(model, folder)
+        except _ForeignCheckpoint:
+            raise
+        except Exception as err:  # noqa: BLE001  (h5py, zipfile, numpy and JSON each fail their own way)
+            where = getattr(err, "checkpoint_file", folder)
+            message = f"{where}: truncated or corrupt checkpoint ({_first_line(err)})"
+            first_error = first_error or message
+            print(f"warning: {message}; trying the one before", file=sys.stderr)
+    raise UserError(f"{first_error or directory}: no intact checkpoint to resume from; use a new --workdir")
+
+
+class _ForeignCheckpoint(ValueError):
+    """A readable checkpoint of another model: never skipped over."""
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _load_checkpoint(model, folder: Path) -> int:
+    def reading(name, load):
+        try:
+            return load(folder / name)
+        except _ForeignCheckpoint:
+            raise
+        except Exception as err:
+            err.checkpoint_file = folder / name
+            raise
+
+    state = reading("state.json", lambda path: json.loads(path.read_text()))
+    reading("model.weights.h5", lambda path: model.load_weights(str(path)))
     optimizer = model.optimizer
     if not optimizer.built:
         optimizer.build(model.trainable_variables)
-    with np.load(folder / "optimizer.npz") as saved:
-        values = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+    def load_npz(path):
+        with np.load(path) as saved:
+            return [saved[f"arr_{i}"] for i in range(len(saved.files))]
+
+    values = reading("optimizer.npz", load_npz)
     if len(values) != len(optimizer.variables):
-        raise ValueError(f"{folder}/optimizer.npz holds {len(values)} optimizer variables, the model's "
-                         f"optimizer has {len(optimizer.variables)}: the checkpoint is from another model")
+        raise _ForeignCheckpoint(f"{folder}/optimizer.npz holds {len(values)} optimizer variables, the model's "
+                                 f"optimizer has {len(optimizer.variables)}: the checkpoint is from another model")
     for variable, value in zip(optimizer.variables, values, strict=True):
         variable.assign(value)
     return int(state["epoch"])
@@ -466,24 +534,10 @@ def _dataset(config: TrainConfig, structure, pattern: str, *, training: bool, se
 
 
 def tfrecord_files(data: str) -> list[str]:
-    """The TFRecord files of `data`: a glob, a file, or a directory (its *.tfrecord, *.tfrecord-* files).
+    """The TFRecord files of `data`: a glob, a file, or a directory (preprocessing.records owns the listing)."""
+    from preprocessing.records import tfrecord_files as listing
 
-    Local paths need no TensorFlow; a URL (gs://...) is globbed with tf.io.gfile.
-    """
-    import glob
-
-    path = Path(data)
-    patterns = [str(path / "*.tfrecord"), str(path / "*.tfrecord-*")] if path.is_dir() else [str(data)]
-    if "://" in str(data):
-        import tensorflow as tf
-
-        found = [f for pattern in patterns for f in tf.io.gfile.glob(pattern)]
-    else:
-        found = [f for pattern in patterns for f in glob.glob(pattern) if os.path.isfile(f)]
-    files = sorted({f for f in found if not f.endswith(".ids")})
-    if not files:
-        raise ValueError(f"--data {data}: no TFRecord files match {patterns}")
-    return files
+    return listing(data)
 
 
 def file_pattern(data: str) -> list[str]:
@@ -492,40 +546,33 @@ def file_pattern(data: str) -> list[str]:
 
 
 def _data_folder(data: str) -> Path:
-    return Path(data) if Path(data).is_dir() else Path(data).parent
+    from preprocessing.records import data_folder
+
+    return data_folder(data)
 
 
-PREPROCESS_KEYS = ("dataset", "num_classes", "fps", "size", "flow", "segmenter")
+PREPROCESS_KEYS = ("dataset", "num_classes", "fps", "size", "flow", "segmenter")  # RecordSettings' fields
 
 
 def preprocess_settings(data: str) -> dict[str, Any] | None:
-    """fps, frame size, flow method and segmenter from the preprocessing job's summary.json, if any."""
-    path = _data_folder(data) / "summary.json"
-    if not path.is_file():
-        return None
-    summary = json.loads(path.read_text())
-    return {key: summary[key] for key in PREPROCESS_KEYS if key in summary}
+    """fps, frame size, flow method and segmenter the records of `data` were made with (their headers and
+    the preprocessing job's summary.json), as RUN_DIR/preprocess.json holds them."""
+    from pipelines.checks import records_settings
+
+    return records_settings(data).to_json()
 
 
 def num_classes_in(data: str) -> int:
-    """The label-space size stored in the first record (the schema's `num_classes` context key)."""
+    """The label-space size stored in the records (the schema's `num_classes` context key of the first
+    non-empty file's header; check_records has made sure every file agrees)."""
+    from preprocessing.records import read_header
+
     files = tfrecord_files(data)
-    if "://" in files[0]:
-        import tensorflow as tf
-
-        from preprocessing.schema import parse_example
-
-        for serialized in tf.data.TFRecordDataset(files[:1]).take(1):
-            return int(parse_example(serialized, [])["num_classes"])
-    else:
-        from preprocessing import loader, schema
-
-        records = loader.scan_records(files[0])
-        if records:
-            with open(files[0], "rb") as f:
-                serialized = loader.read_record(f, files[0], *records[0])
-            return schema.parse_native(serialized, [], where=files[0])["num_classes"]
-    raise ValueError(f"{files[0]}: empty TFRecord file; cannot read num_classes")
+    for path in files:
+        header = read_header(path)
+        if header is not None:
+            return header.num_classes
+    raise ValueError(f"--data {data}: every TFRecord file is empty; cannot read num_classes")
 
 
 CLASS_FILES = ("classes.json", "classes.txt", "Charades_v1_classes.txt")
@@ -567,7 +614,13 @@ def write_final(model, structure, config: TrainConfig, workdir: Path) -> None:
     from model.summary import model_summary
 
     tmp = workdir / ".model.tmp.keras"
-    model.save(str(tmp))
+    try:
+        model.save(str(tmp))
+    except OSError as error:  # a full disk: the checkpoints are complete, the final model can be redone
+        tmp.unlink(missing_ok=True)
+        raise OSError(error.errno, f"{error.strerror or error}; the checkpoints in {workdir / CHECKPOINTS} are "
+                      "kept: free space and run the same command again to write the model",
+                      str(workdir / "model.keras")) from None
     os.replace(tmp, workdir / "model.keras")
     _write_json(workdir / "connection_weights.json", connection_weights(model, structure))
     if config.attention == "search":

@@ -13,6 +13,8 @@ Context (one value per video):
   labels        int64[]  class indices (Charades: one per annotated action, repeats allowed)
   label_start   float[]  start of each label's interval in seconds (Toyota: 0)
   label_end     float[]  end of each label's interval in seconds (Toyota: the clip duration)
+  flow_method   bytes    optional: how the flow was computed (`preprocess --flow`: opencv | tensor | none)
+  segmenter     bytes    optional: the segmenter of the object maps (`preprocess --segmenter`)
 
 Feature lists (T entries each; a modality the job did not compute is absent):
   rgb           JPEG (quality 90) of the RGB frame
@@ -43,6 +45,9 @@ import numpy as np
 
 CONTEXT_KEYS = ("video_id", "dataset", "fps", "num_frames", "height", "width", "num_classes",
                 "labels", "label_start", "label_end")
+# Written by `assemblenet preprocess` so that every record says how it was made; records of older
+# versions lack them, so no reader requires them.
+OPTIONAL_CONTEXT_KEYS = ("flow_method", "segmenter")
 SEQUENCE_KEYS = ("rgb", "flow_x", "flow_y", "object")
 # Which feature lists hold each model modality (docs/CONTRACTS.md names the modalities).
 MODALITY_KEYS = {"rgb": ("rgb",), "flow": ("flow_x", "flow_y"), "object": ("object",)}
@@ -160,11 +165,14 @@ def encode_jpeg(rgb: np.ndarray) -> bytes:
 
 def encode_example(*, video_id: str, dataset: str, fps: float, rgb: np.ndarray, num_classes: int,
                    labels: Sequence[int], label_start: Sequence[float], label_end: Sequence[float],
-                   flow: np.ndarray | None = None, objects: np.ndarray | None = None) -> bytes:
+                   flow: np.ndarray | None = None, objects: np.ndarray | None = None,
+                   flow_method: str | None = None, segmenter: str | None = None) -> bytes:
     """Serialises one video.
 
     rgb: uint8 (T, H, W, 3); flow: uint8 (T-1 or T, H, W, 2), already quantised (a T-1 flow gets its
-    last frame repeated); objects: uint8 (T, H, W) class map. Returns the serialized SequenceExample.
+    last frame repeated); objects: uint8 (T, H, W) class map. `flow_method`, `segmenter`: the
+    preprocessing settings the record was made with (OPTIONAL_CONTEXT_KEYS; omitted when None).
+    Returns the serialized SequenceExample.
     """
     proto = messages()
     validate_video_id(video_id)
@@ -187,6 +195,9 @@ def encode_example(*, video_id: str, dataset: str, fps: float, rgb: np.ndarray, 
     ctx["labels"].int64_list.value.extend(int(c) for c in labels)
     ctx["label_start"].float_list.value.extend(float(s) for s in label_start)
     ctx["label_end"].float_list.value.extend(float(e) for e in label_end)
+    for key, value in (("flow_method", flow_method), ("segmenter", segmenter)):
+        if value is not None:
+            ctx[key].bytes_list.value.append(value.encode())
 
     lists = example.feature_lists.feature_list
 

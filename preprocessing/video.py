@@ -25,6 +25,9 @@ from pathlib import Path
 import numpy as np
 
 FALLBACK_FPS = 30.0
+# The highest decode rate accepted: beyond any camera's, so a larger value is a mistake (sampling above
+# the source's rate repeats frames, and 1e9 fps would hold a billion frames per second of video).
+MAX_FPS = 240.0
 # A decode that ends more than this fraction (and more than 2 frames) short of the container's declared
 # frame count is flagged as partial. Real containers' counts are off by a frame or two (Charades).
 PARTIAL_TOLERANCE = 0.05
@@ -143,8 +146,8 @@ def decode_video(path, *, fps: float, shorter_side: int | None = None, max_secon
     import cv2
 
     path = Path(path)
-    if fps <= 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
+    if not 0 < fps <= MAX_FPS:  # also refuses nan
+        raise ValueError(f"fps must be in (0, {MAX_FPS:g}], got {fps}")
     if not path.exists():
         raise DecodeError("missing", f"{path} does not exist")
     if os.path.getsize(path) == 0:

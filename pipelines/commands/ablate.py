@@ -2,6 +2,8 @@
 
 import argparse
 
+from pipelines.commands import SEED, positive
+
 
 def _positive(text: str) -> int:
     try:
@@ -50,7 +52,7 @@ def register(subparsers):
     budget = parser.add_argument_group("budget (the same for every row)")
     budget.add_argument("--steps", type=_positive, help="training steps per model (default: 1500)")
     budget.add_argument("--batch-size", type=_positive, help="clips per step (default: 32)")
-    budget.add_argument("--learning-rate", type=float, help="peak learning rate (default: 0.4)")
+    budget.add_argument("--learning-rate", type=positive(float, 1e4), help="peak learning rate (default: 0.4)")
     budget.add_argument("--frames", type=_positive, help="frames per clip (default: 16)")
     budget.add_argument("--size", type=_size, help="frame side in pixels, a multiple of 32 (default: 64)")
     budget.add_argument("--no-xla", action="store_true",
@@ -59,7 +61,7 @@ def register(subparsers):
     bench.add_argument("--benchmark", choices=("v1", "v2"), default="v1",
                        help="v1, or v2 with planted answers: a decoy stream and per-clip segmenter failure "
                             "(suites connections and attention need v2; default: v1)")
-    bench.add_argument("--bench-seed", type=int, default=0, help="the benchmark's seed (default: 0)")
+    bench.add_argument("--bench-seed", type=SEED, default=0, help="the benchmark's seed (default: 0)")
     bench.add_argument("--train-clips", type=_positive, help="training clips (default: 3072)")
     bench.add_argument("--val-clips", type=_positive, help="validation clips, the scored split (default: 768)")
     bench.add_argument("--test-clips", type=_positive, help="test clips, kept for a final check (default: 768)")

@@ -1,5 +1,7 @@
 """`assemblenet attention-search`: the AttentionNAS cell search (pipelines/attention_search.py)."""
 
+from pipelines.commands import SEED, SIDE, fraction, non_negative, positive
+
 
 def _ints(text):
     return tuple(int(v) for v in text.split(",") if v.strip())
@@ -21,42 +23,46 @@ def register(subparsers):
         "--structure", default="tiny", help="AssembleNet structure name or JSON path (assemblenet)"
     )
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--steps", type=positive(), default=200)
+    p.add_argument("--frames", type=positive(int, 4096), default=8)
+    p.add_argument("--size", type=SIDE, default=32)
     p.add_argument(
         "--data", default=None, help="TFRecord pattern; without it the synthetic proxy task is used"
     )
     p.add_argument("--dataset", choices=("charades", "toyota"), default="charades")
-    p.add_argument("--num-classes", type=int, default=None, help="classes of --data (synthetic: 4)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-classes", type=positive(), default=None, help="classes of --data (synthetic: 4)")
+    p.add_argument("--batch-size", type=positive(), default=8)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument(
         "--optimizer", choices=("sgd", "adam"), default="sgd", help="network weights (DARTS: SGD, cosine)"
     )
-    p.add_argument("--lr", type=float, default=0.025, help="network weights' learning rate (DARTS 0.025)")
-    p.add_argument("--lr-min", type=float, default=0.001, help="end of the cosine schedule (DARTS 0.001)")
-    p.add_argument("--weight-decay", type=float, default=3e-4, help="L2 on the network weights (DARTS)")
+    p.add_argument("--lr", type=positive(float, 1e4), default=0.025,
+                   help="network weights' learning rate (DARTS 0.025)")
+    p.add_argument("--lr-min", type=non_negative(float, 1e4), default=0.001,
+                   help="end of the cosine schedule (DARTS 0.001)")
+    p.add_argument("--weight-decay", type=fraction(), default=3e-4, help="L2 on the network weights (DARTS)")
     p.add_argument(
         "--arch-lr",
-        type=float,
+        type=positive(float, 1e4),
         default=None,
         help="Adam rate of the architecture weights (default: DARTS's 3e-4 x 19 550 steps spread over this "
         "search's architecture steps, docs/attention_nas.md)",
     )
-    p.add_argument("--arch-weight-decay", type=float, default=1e-3, help="L2 on the architecture weights")
-    p.add_argument("--arch-start", type=float, default=0.0, help="fraction of steps before arch updates")
+    p.add_argument("--arch-weight-decay", type=fraction(), default=1e-3, help="L2 on the architecture weights")
+    p.add_argument("--arch-start", type=fraction(high_open=True), default=0.0,
+                   help="fraction of steps before arch updates")
     p.add_argument(
-        "--final-temperature", type=float, default=1.0, help="softmax temperature at the last step (1 = none)"
+        "--final-temperature", type=positive(float, 1e4), default=1.0,
+        help="softmax temperature at the last step (1 = none)"
     )
     p.add_argument(
         "--heldout-fraction",
-        type=float,
+        type=fraction(low_open=True, high_open=True),
         default=0.5,
         help="--data: share of the videos (split by id) used only for the architecture steps",
     )
-    p.add_argument("--num-operations", type=int, default=3)
-    p.add_argument("--width", type=int, default=8, help="ResNet base width")
+    p.add_argument("--num-operations", type=positive(int, 1000), default=3)
+    p.add_argument("--width", type=positive(int, 4096), default=8, help="ResNet base width")
     p.add_argument("--blocks", type=_ints, default=(1, 1, 1, 1), help="ResNet blocks per stage, e.g. 1,1,1,1")
     p.add_argument("--positions", type=_strs, default=("res3_0", "res4_0"), help="ResNet cell positions")
     p.add_argument("--after-levels", type=_ints, default=(2, 3), help="AssembleNet levels that get a cell")

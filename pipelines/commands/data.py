@@ -3,17 +3,20 @@
 import argparse
 import json
 
+from pipelines.commands import FPS, MAX_SIDE, SEED, SIDE, WORKERS, Range, positive
+
 
 def register(subparsers):
     synth = subparsers.add_parser("synth", help="write a synthetic dataset in Charades or Toyota format")
     synth.add_argument("--format", required=True, choices=["charades", "toyota"])
     synth.add_argument("--out", required=True, help="output directory")
-    synth.add_argument("--videos", type=int, required=True, help="number of videos")
-    synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--classes", type=int, default=10, help="number of synthetic action classes (2..12)")
-    synth.add_argument("--height", type=int, default=96)
-    synth.add_argument("--width", type=int, default=128)
-    synth.add_argument("--fps", type=float, default=8.0)
+    synth.add_argument("--videos", type=positive(), required=True, help="number of videos")
+    synth.add_argument("--seed", type=SEED, default=0)
+    synth.add_argument("--classes", type=Range(int, 2, 12), default=10,
+                       help="number of synthetic action classes (2..12)")
+    synth.add_argument("--height", type=Range(int, 16, MAX_SIDE), default=96)
+    synth.add_argument("--width", type=Range(int, 16, MAX_SIDE), default=128)
+    synth.add_argument("--fps", type=FPS, default=8.0)
     synth.set_defaults(func=synth_command)
 
     pre = subparsers.add_parser(
@@ -29,16 +32,17 @@ def register(subparsers):
     pre.add_argument("--classes", help="Charades: Charades_v1_classes.txt (default: next to the CSV)")
     splits = ["cs-train", "cs-test", "cv1-train", "cv1-test", "cv2-train", "cv2-test"]
     pre.add_argument("--split", choices=splits, help="Toyota split (default: every clip)")
-    pre.add_argument("--fps", type=float, default=6.0,
+    pre.add_argument("--fps", type=FPS, default=6.0,
                      help="target frame rate (AssembleNet A.6: 6 for Charades)")
-    pre.add_argument("--size", type=int, default=256, help="shorter side of the stored frames")
+    pre.add_argument("--size", type=SIDE, default=256, help="shorter side of the stored frames")
     pre.add_argument("--flow", default="opencv", choices=["opencv", "tensor", "none"], help="TV-L1 backend")
     pre.add_argument("--segmenter", default="none",
                      help="none | oracle[:DIR] | a .keras file | a keras-hub preset name or directory")
-    pre.add_argument("--num-shards", type=int, default=None, help="default: one per 50 videos")
-    pre.add_argument("--max-seconds", type=float, default=None, help="decode at most this much of each video")
+    pre.add_argument("--num-shards", type=positive(), default=None, help="default: one per 50 videos")
+    pre.add_argument("--max-seconds", type=positive(float, None), default=None,
+                     help="decode at most this much of each video")
     pre.add_argument("--runner", default=None, help="Beam runner (default: FnApiRunner, in process)")
-    pre.add_argument("--workers", type=int, default=1,
+    pre.add_argument("--workers", type=WORKERS, default=1,
                      help="local worker processes of the FnApiRunner (Beam's multi_processing mode); "
                           "output identical to --workers 1")
     pre.add_argument("--replace", action="store_true",

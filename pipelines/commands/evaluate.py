@@ -3,6 +3,7 @@
 import json
 import sys
 
+from pipelines.commands import SEED, SIDE, Range, positive
 from pipelines.commands.train import add_input_flags
 
 
@@ -26,15 +27,15 @@ def register(subparsers):
     run.add_argument("run_dir")
     run.add_argument("--data", required=True, help="TFRecord file pattern of the test split")
     run.add_argument("--dataset", choices=["charades", "toyota"], help="default: from RUN_DIR/config.json")
-    run.add_argument("--clips", type=int, default=5, help="clips per video (AssembleNet A.7: 5)")
+    run.add_argument("--clips", type=Range(int, 1, 1000), default=5, help="clips per video (AssembleNet A.7: 5)")
     run.add_argument("--clip-starts", choices=["random", "even"], default=None,
                      help="where the clips start: random from a fixed seed (Charades default, AssembleNet "
                      "A.7) or evenly spaced (Toyota default)")
-    run.add_argument("--size", type=int, default=None,
+    run.add_argument("--size", type=SIDE, default=None,
                      help="test resolution (default: Charades 256 x train size / 224 rounded to a multiple "
                      "of 32, i.e. 256 for the paper's 224 training, AssembleNet A.7; Toyota: the training size)")
-    run.add_argument("--seed", type=int, default=0, help="seed of the random clip starts")
-    run.add_argument("--batch-size", type=int, default=4)
+    run.add_argument("--seed", type=SEED, default=0, help="seed of the random clip starts")
+    run.add_argument("--batch-size", type=positive(), default=4)
     add_input_flags(run)
     run.add_argument("--json", action="store_true", help="print the full result as JSON")
     run.set_defaults(func=run_command)

@@ -3,6 +3,7 @@
 import argparse
 import json
 
+from pipelines.commands import SEED, WORKERS, Range, fraction, non_negative, positive
 from pipelines.commands.train import FLAGS as TRAIN_FLAGS
 
 # The proxy training budget of each child: these TrainConfig flags are passed through.
@@ -46,26 +47,26 @@ def register(subparsers):
     parser.add_argument("--eval-data",
                         help="validation TFRecords the fitness is measured on (AssembleNet §3.2); they must "
                              "share no video with --data. Default: --holdout of the --data videos")
-    parser.add_argument("--holdout", type=float, default=0.2,
+    parser.add_argument("--holdout", type=fraction(low_open=True, high_open=True), default=0.2,
                         help="without --eval-data: the fraction of --data's videos (by video-id hash) held out "
                              "to measure fitness; the children train on the rest (default: 0.2)")
     parser.add_argument("--out", required=True,
                         help="search folder: state, children, history, best structure")
     search = parser.add_argument_group("search")
-    search.add_argument("--population", type=int, default=20, help="population size |P| (paper: 20)")
-    search.add_argument("--rounds", type=int, default=100,
+    search.add_argument("--population", type=Range(int, 2, 100000), default=20, help="population size |P| (paper: 20)")
+    search.add_argument("--rounds", type=non_negative(), default=100,
                         help="children evaluated after the random initial population (paper: ~200)")
-    search.add_argument("--tournament", type=int, default=5, help="tournament subset size (paper: 5)")
+    search.add_argument("--tournament", type=positive(), default=5, help="tournament subset size (paper: 5)")
     search.add_argument("--strategy", choices=("guided", "random-edges", "random-search"), default="guided",
                         help="guided = Eq. 2; the two baselines of Figure 4")
     search.add_argument("--keep-threshold", type=_threshold, default="random",
                         help="B of Eq. 2: a number in [0, 1], or 'random' for B ~ unif(0, 1) per child")
-    search.add_argument("--search-seed", type=int, default=0, help="seed of the search's random choices")
-    search.add_argument("--workers", type=int, default=1, help="children trained in parallel processes")
+    search.add_argument("--search-seed", type=SEED, default=0, help="seed of the search's random choices")
+    search.add_argument("--workers", type=WORKERS, default=1, help="children trained in parallel processes")
     space = parser.add_argument_group("search space")
     space.add_argument("--stems", type=_numbers(int), default="2,4", help="stem counts to draw from (paper: 2,4)")
     space.add_argument("--object-stem", action="store_true", help="add the object stem (AssembleNet++)")
-    space.add_argument("--width-scale", type=int, default=1,
+    space.add_argument("--width-scale", type=Range(int, 1, 1024), default=1,
                        help="divide every channel count by this (tiny proxy searches, e.g. 8 or 16)")
     space.add_argument("--repeats", type=_numbers(float), default="1.5,2,3,1.5",
                        help="module repeats m per level (paper: 1.5,2,3,1.5; tiny proxies: 0.5,0.5,0.5,0.5)")

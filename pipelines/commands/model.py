@@ -2,6 +2,8 @@
 
 import json
 
+from pipelines.commands import SIDE, positive
+
 
 def register(subparsers):
     parser = subparsers.add_parser("model", help="inspect a model structure")
@@ -12,9 +14,9 @@ def register(subparsers):
     summary.add_argument("--default-peers", action="store_true",
                          help="with --attention peer on a structure without peers: the project's default "
                               "peers (the papers' come from `assemblenet search`)")
-    summary.add_argument("--frames", type=int, default=32)
-    summary.add_argument("--size", type=int, default=224)
-    summary.add_argument("--num-classes", type=int, default=157)
+    summary.add_argument("--frames", type=positive(int, 4096), default=32)
+    summary.add_argument("--size", type=SIDE, default=224)
+    summary.add_argument("--num-classes", type=positive(), default=157)
     summary.add_argument("--cell", default=None,
                          help="an AttentionNAS cell JSON inserted after the blocks of --cell-levels")
     summary.add_argument("--cell-levels", default="2,3", help="levels whose blocks get the cell")

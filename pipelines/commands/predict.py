@@ -2,17 +2,19 @@
 
 import json
 
+from pipelines.commands import FPS, SIDE, Range, positive
+
 
 def register(subparsers):
     parser = subparsers.add_parser("predict", help="preprocess one video like the training data and "
                                    "print its top classes")
     parser.add_argument("--model", required=True, help="a training run directory (holds model.keras)")
     parser.add_argument("--video", required=True, help="a video file (mp4, ...)")
-    parser.add_argument("--top", type=int, default=5, help="how many classes to print")
-    parser.add_argument("--clips", type=int, default=5, help="clips max-pooled (AssembleNet A.7: 5)")
+    parser.add_argument("--top", type=positive(), default=5, help="how many classes to print")
+    parser.add_argument("--clips", type=Range(int, 1, 1000), default=5, help="clips max-pooled (AssembleNet A.7: 5)")
     parser.add_argument("--segmenter", help="object segmenter spec (default: the run's preprocessing)")
-    parser.add_argument("--fps", type=float, help="decode frame rate (default: the run's preprocessing)")
-    parser.add_argument("--size", type=int, help="shorter side of the frames (default: the run's)")
+    parser.add_argument("--fps", type=FPS, help="decode frame rate (default: the run's preprocessing)")
+    parser.add_argument("--size", type=SIDE, help="shorter side of the frames (default: the run's)")
     parser.add_argument("--flow", choices=["opencv", "tensor"], help="flow method (default: the run's)")
     parser.add_argument("--json", action="store_true", help="print [[class, score], ...] as JSON")
     parser.set_defaults(func=predict_command)

@@ -2,6 +2,8 @@
 
 import json
 
+from pipelines.commands import SEED, SIDE, Range, fraction, non_negative, positive
+
 
 def register(subparsers):
     parser = subparsers.add_parser(
@@ -29,8 +31,8 @@ def register(subparsers):
     processes.add_argument("--coordinator", metavar="HOST:PORT|auto",
                            help="process 0's address, the same for every process; 'auto' lets JAX detect "
                            "SLURM, a Cloud TPU pod slice, Open MPI or Kubernetes")
-    processes.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
-    processes.add_argument("--process-id", type=int, metavar="I",
+    processes.add_argument("--num-processes", type=positive(int, 100000), metavar="N", help="processes in the run")
+    processes.add_argument("--process-id", type=non_negative(int, 100000), metavar="I",
                            help="this process, 0 .. N-1 (process 0 writes the run directory)")
     parser.set_defaults(func=train_command)
 
@@ -41,7 +43,7 @@ def add_input_flags(parser) -> None:
                         help="TFRecord reader: tf.data, or the TensorFlow-free native reader; auto = native "
                         "when TensorFlow is missing or KERAS_BACKEND is jax/torch, else tf.data "
                         "(env ASSEMBLENET_INPUT_PIPELINE)")
-    parser.add_argument("--input-workers", type=int, default=None,
+    parser.add_argument("--input-workers", type=non_negative(int, 1024), default=None,
                         help="native reader: processes building batches (0 = in the main process; default: "
                         "one per core up to 16, env ASSEMBLENET_INPUT_WORKERS)")
 
@@ -56,23 +58,25 @@ FLAGS = {
                       "project's default peers instead of failing (the papers' come from `assemblenet search`)"),
     "dataset": (str, ("charades", "toyota"), "charades",
                 "label format: multi-label Charades (sigmoid) or Toyota (softmax)"),
-    "num_classes": (int, None, None, "default: the num_classes stored in the TFRecords"),
-    "frames": (int, None, 16, "clip length T (paper: 128 for Charades)"),
-    "size": (int, None, 64, "square crop size in pixels (paper: 224)"),
-    "batch_size": (int, None, 8, "global batch size, split over the replicas and processes (paper: 128)"),
-    "steps": (int, None, 1000, "training steps (paper: 50000)"),
-    "steps_per_epoch": (int, None, 100, "steps between checkpoints; must divide --steps"),
-    "momentum": (float, None, 0.9, "SGD momentum"),
-    "learning_rate": (float, None, None, "peak learning rate (default: 0.2 x batch size, AssembleNet A.6)"),
-    "warmup_steps": (int, None, 0, "linear warm-up steps before the cosine decay (paper: 12000)"),
-    "restarts": (int, None, 0, "warm restarts of the cosine (AssembleNet++ §4.3: 1 = two cycles)"),
-    "restart_multiplier": (float, None, 1.0, "each cosine cycle this many times longer than the last"),
-    "weight_decay": (float, None, 0.0001, "L2 of conv/dense kernels, through the momentum (AssembleNet A.6)"),
-    "label_smoothing": (float, None, 0.2, "label smoothing"),
+    "num_classes": (positive(), None, None, "default: the num_classes stored in the TFRecords"),
+    "frames": (positive(int, 4096), None, 16, "clip length T (paper: 128 for Charades)"),
+    "size": (SIDE, None, 64, "square crop size in pixels (paper: 224)"),
+    "batch_size": (positive(), None, 8, "global batch size, split over the replicas and processes (paper: 128)"),
+    "steps": (positive(), None, 1000, "training steps (paper: 50000)"),
+    "steps_per_epoch": (positive(), None, 100, "steps between checkpoints; must divide --steps"),
+    "momentum": (fraction(high_open=True), None, 0.9, "SGD momentum"),
+    "learning_rate": (positive(float, 1e4), None, None,
+                      "peak learning rate (default: 0.2 x batch size, AssembleNet A.6)"),
+    "warmup_steps": (non_negative(), None, 0, "linear warm-up steps before the cosine decay (paper: 12000)"),
+    "restarts": (non_negative(int, 1000), None, 0, "warm restarts of the cosine (AssembleNet++ §4.3: 1 = two cycles)"),
+    "restart_multiplier": (Range(float, 1.0, 1000.0), None, 1.0,
+                           "each cosine cycle this many times longer than the last"),
+    "weight_decay": (fraction(), None, 0.0001, "L2 of conv/dense kernels, through the momentum (AssembleNet A.6)"),
+    "label_smoothing": (fraction(high_open=True), None, 0.2, "label smoothing"),
     "precision": (str, ("fp32", "bf16"), "fp32", "bf16 = Keras mixed_bfloat16 policy"),
     "strategy": (str, ("auto", "cpu", "mirrored", "tpu"), "auto", "distribution (docs/training.md)"),
     "tpu": (str, None, None, "TPU name or grpc://host:port, for --strategy tpu"),
-    "seed": (int, None, 0, "random seed"),
+    "seed": (SEED, None, 0, "random seed"),
     "temporal_pool": (str, ("max", "avg"), "max", "pooling of per-frame logits over time"),
 }
 

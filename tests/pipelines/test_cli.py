@@ -120,3 +120,72 @@ def test_missing_modality_is_one_line_without_tensorflow_noise(tmp_path):
                     "--segmenter none, but the structure's stems need object (preprocess again with a "
                     "segmenter, or use a structure without those stems)")
     assert not (tmp_path / "run").exists()
+
+
+# -- numbers: range-checked where the flags are declared (pipelines/commands Range) ----------------------
+
+def _flag_error(capsys, *argv):
+    from pipelines import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert (exit_.value.code, out, err.count("\n")) == (1, "", 1), err
+    return err.rstrip("\n")
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["preprocess", "--dataset", "toyota", "--videos", "v", "--out", "o", "--fps", "1e9"],
+     "assemblenet preprocess: error: argument --fps: expected a number in (0, 240], got '1e9'"),
+    (["preprocess", "--dataset", "toyota", "--videos", "v", "--out", "o", "--fps", "nan"],
+     "assemblenet preprocess: error: argument --fps: expected a number in (0, 240], got 'nan'"),
+    (["preprocess", "--dataset", "toyota", "--videos", "v", "--out", "o", "--max-seconds", "inf"],
+     "assemblenet preprocess: error: argument --max-seconds: expected a number > 0, got 'inf'"),
+    (["train", "--data", "d", "--workdir", "w", "--learning-rate=-inf"],
+     "assemblenet train: error: argument --learning-rate: expected a number in (0, 10000], got '-inf'"),
+    (["train", "--data", "d", "--workdir", "w", "--label-smoothing", "1"],
+     "assemblenet train: error: argument --label-smoothing: expected a number in [0, 1), got '1'"),
+    (["evolve", "--data", "d", "--out", "o", "--holdout", "0"],
+     "assemblenet evolve: error: argument --holdout: expected a number in (0, 1), got '0'"),
+    (["predict", "--model", "m", "--video", "v.mp4", "--clips", "0"],
+     "assemblenet predict: error: argument --clips: expected an integer in [1, 1000], got '0'"),
+])
+def test_numeric_flags_refuse_nan_inf_and_values_out_of_range(capsys, argv, line):
+    assert _flag_error(capsys, *argv) == f"{line} (see {line.split(': error')[0]} --help)"
+
+
+def test_every_numeric_flag_declares_its_range_and_bare_floats_are_still_finite(capsys):
+    import argparse
+
+    from pipelines import cli
+    from pipelines.commands import Range
+
+    def actions(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from actions(sub)
+            else:
+                yield parser.prog, action
+
+    bare = [f"{prog} {action.option_strings}" for prog, action in actions(cli.build_parser())
+            if action.type in (int, float)]
+    assert bare == []
+    ranged = [action for _, action in actions(cli.build_parser()) if isinstance(action.type, Range)]
+    assert len(ranged) > 60
+    parser = cli.Parser(prog="p")
+    parser.add_argument("--x", type=float)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--x", "nan"])
+    assert capsys.readouterr().err == "p: error: argument --x: expected a finite number, got 'nan' (see p --help)\n"
+
+
+def test_the_library_refuses_nan_and_huge_frame_rates_too(tmp_path):
+    from pipelines.preprocess import run_preprocess
+    from preprocessing.video import decode_video
+
+    for fps in (float("nan"), 1e9):
+        with pytest.raises(ValueError, match=r"need 0 < fps <= 240 and size >= 8, got fps="):
+            run_preprocess(dataset="toyota", videos=str(tmp_path), out=str(tmp_path / "out"), fps=fps)
+        with pytest.raises(ValueError, match=r"fps must be in \(0, 240\]"):
+            decode_video(tmp_path / "missing.mp4", fps=fps)

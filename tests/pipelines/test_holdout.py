@@ -53,6 +53,21 @@ def test_the_split_is_by_video_id_hash_disjoint_complete_and_recorded(tmp_path):
         holdout_split(data, tmp_path / "holdout", 0.5)
 
 
+def test_a_resumed_split_of_data_preprocessed_again_at_another_fps_is_refused(tmp_path):
+    from pipelines.checks import UserError
+    from tests.pipelines.test_checks import write_records
+
+    data = _records(tmp_path / "records", IDS)
+    split = holdout_split(data, tmp_path / "holdout", 0.25)
+    for old in Path(data).glob("*.tfrecord"):
+        old.unlink()
+    write_records(Path(data) / "data-00000-of-00001.tfrecord", num_classes=3, side=8, flow=True, objects=False,
+                  fps=8.0, summary={"dataset": "charades", "fps": 8.0, "size": 8})
+    with pytest.raises(UserError, match=rf"other preprocessing settings than the search's data \({split['train']}, "
+                                        r"its copy of --data\): --fps 4 -> 8 "):
+        holdout_split(data, tmp_path / "holdout", 0.25)
+
+
 def test_a_search_without_eval_data_scores_on_held_out_videos(tmp_path):
     data = _records(tmp_path / "records", IDS)
     out = tmp_path / "search"

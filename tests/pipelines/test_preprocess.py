@@ -484,3 +484,72 @@ def test_tensor_flow_job_reports_its_flow_stage_and_the_cache_changes_no_record(
     _assert_same_output(tmp_path / "a", tmp_path / "b")
     decoded = schema.decode_example(_records(tmp_path / "b")[0])
     assert decoded["flow"].shape == (8, 24, 32, 2) and abs(decoded["flow"].astype(int) - 128).max() > 2
+
+
+# -- a full disk: one line naming the path, the finished work kept ---------------------------------------
+
+FULL_DISK = '''
+import builtins, errno, os
+
+_real_open = builtins.open
+_writes = {"staged": 0}
+
+
+class _Full:
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what write() raises: no file named
+
+
+def _open(path, mode="r", *args, **kwargs):
+    handle = _real_open(path, mode, *args, **kwargs)
+    if "_staging" in str(path) and "w" in mode and ".rec.tmp-" in str(path):
+        _writes["staged"] += 1
+        if _writes["staged"] > 1:  # the disk fills up after the first video
+            return _Full(handle)
+    return handle
+
+
+builtins.open = _open  # Beam itself is imported later, by the command, as in a real run
+'''
+
+
+def test_a_full_disk_is_one_line_naming_the_path_and_the_finished_videos_resume(tiny_charades, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(FULL_DISK)
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k not in ("ASSEMBLENET_DEBUG", "TF_CPP_MIN_LOG_LEVEL")}
+    args = ["preprocess", "--dataset", "charades", "--videos", tiny_charades["videos_dir"], "--out", str(out),
+            "--annotations", tiny_charades["train_csv"], "--classes", tiny_charades["classes_file"], "--fps", "4",
+            "--size", "32", "--flow", "none", "--no-progress"]
+    result = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], text=True, capture_output=True,
+                            timeout=600, env={**env, "PYTHONPATH": os.pathsep.join([str(inject), str(root)])})
+    staged = sorted((out / "_staging").glob("*.rec"))
+    assert len(staged) == 1, result.stderr[-3000:]
+    assert (result.returncode, result.stdout, result.stderr.count("\n")) == (1, "", 1), result.stderr[-3000:]
+    assert result.stderr.startswith(f"assemblenet preprocess: error: {out}/_staging/")
+    assert result.stderr.endswith(f": No space left on device; the 1 video(s) finished so far are kept in "
+                                  f"{out}/_staging and the shards already written are untouched: run the same "
+                                  "command again to resume\n")
+    assert not list((out / "_staging").glob("*.tmp-*"))  # no half-written file left behind
+
+    summary = preprocess.run_preprocess(**_charades_kwargs(tiny_charades, out))
+    assert summary["this_run"]["resumed_from_staging"] == 1 and preprocess.summary_ok(summary)
+    assert summary["this_run"]["processed"] == summary["written"] - 1
+    from preprocessing.records import read_header  # every record says how it was made
+
+    header = read_header(str(sorted(out.glob("*.tfrecord"))[0]))
+    assert (header.settings.flow, header.settings.segmenter, header.settings.fps) == ("none", "none", 4.0)

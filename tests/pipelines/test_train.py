@@ -33,6 +33,11 @@ def test_config_json_round_trip_and_validation(tmp_path):
         TrainConfig(attention="selfie")
     with pytest.raises(ValueError, match="needs TrainConfig.tpu"):
         TrainConfig(strategy="tpu")
+    # A recipe or config.json can hold NaN / Infinity (Python's json reads them): refused by name.
+    with pytest.raises(ValueError, match=r"^TrainConfig.learning_rate=nan: must be a finite number$"):
+        TrainConfig.from_json(json.loads('{"learning_rate": NaN}'))
+    with pytest.raises(ValueError, match=r"^TrainConfig.weight_decay=inf: must be a finite number$"):
+        TrainConfig(weight_decay=float("inf"))
     # AssembleNet A.6: 25.6 at batch 128, scaled linearly by default.
     assert TrainConfig(batch_size=16).peak_learning_rate == pytest.approx(3.2)
     assert TrainConfig(batch_size=16, learning_rate=0.5).peak_learning_rate == 0.5
@@ -148,6 +153,65 @@ def test_checkpoint_restores_weights_momentum_and_step_and_ignores_torn_writes(t
     for a, b in zip(saved, restored, strict=True):
         np.testing.assert_array_equal(a, b)
     assert restore_checkpoint(_small_compiled_model(), tmp_path / "none") == 0
+
+
+@pytest.mark.parametrize("damaged", ["model.weights.h5", "optimizer.npz", "state.json"])
+def test_a_corrupt_newest_checkpoint_is_named_and_the_one_before_is_resumed(tmp_path, capsys, damaged):
+    import keras
+
+    from pipelines.checks import UserError
+    from pipelines.train import restore_checkpoint, save_checkpoint
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 3)).astype("float32"), rng.normal(size=(8, 2)).astype("float32")
+    model = _small_compiled_model()
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    save_checkpoint(model, tmp_path, epoch=1)
+    saved = [keras.ops.convert_to_numpy(v).copy() for v in model.weights + model.optimizer.variables]
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    save_checkpoint(model, tmp_path, epoch=2)
+    newest = tmp_path / "epoch-000002" / damaged
+    newest.write_bytes(newest.read_bytes()[:len(newest.read_bytes()) // 2])  # a full disk cut it short
+
+    fresh = _small_compiled_model()
+    assert restore_checkpoint(fresh, tmp_path) == 1
+    restored = [keras.ops.convert_to_numpy(v) for v in fresh.weights + fresh.optimizer.variables]
+    for a, b in zip(saved, restored, strict=True):
+        np.testing.assert_array_equal(a, b)
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {newest}: truncated or corrupt checkpoint (") and err.count("\n") == 1
+    assert err.endswith("; trying the one before\n")
+
+    older = tmp_path / "epoch-000001" / damaged
+    older.write_bytes(b"")
+    with pytest.raises(UserError, match=rf"^{newest}: truncated or corrupt checkpoint \(.*\): no intact "
+                                        "checkpoint to resume from; use a new --workdir$"):
+        restore_checkpoint(_small_compiled_model(), tmp_path)
+
+
+def test_a_full_disk_while_checkpointing_names_the_folder_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    from pipelines.train import restore_checkpoint, save_checkpoint
+
+    model = _small_compiled_model()
+    save_checkpoint(model, tmp_path, epoch=1)
+    latest = (tmp_path / "latest.json").read_text()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as write() raises it: no file named
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(OSError) as err:
+        save_checkpoint(model, tmp_path, epoch=2)
+    assert (err.value.errno, err.value.filename) == (errno.ENOSPC, str(tmp_path / "epoch-000002"))
+    assert err.value.strerror == ("No space left on device while writing the checkpoint of epoch 2; the "
+                                  f"checkpoint {tmp_path / 'latest.json'} names is kept: free space and run "
+                                  "the same command again to resume")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-000001", "latest.json"]  # the partial one freed
+    assert (tmp_path / "latest.json").read_text() == latest
+    monkeypatch.undo()
+    assert restore_checkpoint(_small_compiled_model(), tmp_path) == 1
 
 
 # -- end to end on synthetic Charades -----------------------------------------------------
