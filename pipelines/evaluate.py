@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import metrics
+from pipelines import locks, metrics
 from pipelines.checks import UserError, check_utf8, read_text
 from preprocessing import charades, toyota
 
@@ -321,8 +321,9 @@ def evaluate_run(run_dir: str | Path, data: str, *, dataset: str | None = None, 
         raise ValueError(f"{run_dir}: no model.keras (train the run first)")
     if dataset is None:
         dataset = _config_value(_read_json(run_dir / "config.json"), "dataset", run_dir)
-    return evaluate_model(run_dir=run_dir, data=data, dataset=dataset, clips=clips, batch_size=batch_size,
-                          **kwargs)
+    with locks.writer_lock(run_dir, "run directory"):  # metrics.json and predictions: one writer
+        return evaluate_model(run_dir=run_dir, data=data, dataset=dataset, clips=clips, batch_size=batch_size,
+                              **kwargs)
 
 
 def _read_json(path: Path) -> dict:

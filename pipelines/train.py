@@ -38,10 +38,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from model.assemblenet import TEMPORAL_POOLS
+from model.assemblenet import TEMPORAL_POOLS, check_peers
 from model.layers import ATTENTION_MODES
 from model.optimizer import MomentumL2
-from pipelines import distributed
+from pipelines import distributed, locks
 from pipelines.checks import write_json
 from pipelines.configs import check_fields
 
@@ -155,6 +155,17 @@ def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str
     'native') and `input_workers` choose the reader (`_dataset`); neither changes the clips, so a run
     may resume with the other one.
     """
+    distributed.initialize()  # a no-op unless the environment describes a multi-process run
+    # One writer per run directory (pipelines.locks): process 0 of a multi-process run writes it.
+    with locks.writer_lock(workdir, "run directory") if distributed.is_chief() else contextlib.nullcontext():
+        return _train(config=config, data=data, workdir=workdir, eval_data=eval_data, classes=classes,
+                      verbose=verbose, input_pipeline=input_pipeline, input_workers=input_workers)
+
+
+def _train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str | None,
+           classes: str | None, verbose: int | str, input_pipeline: str,
+           input_workers: int | None) -> dict[str, Any]:
+    """`train` once the run directory's lock is held."""
     from model.structure import get_structure
     from pipelines.checks import check_records
 
@@ -166,6 +177,7 @@ def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str
         raise ValueError(f"--eval-data {eval_data}: validation during a multi-process run is not supported "
                          "(processes would see unequal batches); run `assemblenet evaluate` on the run directory")
     structure = get_structure(config.structure)
+    check_peers(structure, config.attention, config.default_peers)  # before anything is written
     check_records(data, dataset=config.dataset, num_classes=config.num_classes,
                   modalities=structure.modalities, source="the run")
     if eval_data:
