@@ -8,8 +8,9 @@ checkpoints; two `preprocess` jobs into one OUT would race on its shards. So the
 
 The lock is an `fcntl.flock` on that file. The kernel drops it when its holder's file descriptor
 closes, which happens whenever the process ends, however it ends (SIGKILL, OOM, a lost machine's
-reboot), so the lock of a killed process is never stuck: the next writer takes it over. The file
-stays behind holding the last holder's description; only the flock counts. The same mechanism
+reboot), so the lock of a killed process is never stuck: the next writer takes it over. A writer
+that finishes removes the file; a killed one leaves it behind, holding its description, and only the
+flock counts. The same mechanism
 guards an evolution child while it trains (`pipelines.evolve`, `OUT/children/<id>/.training.lock`).
 
 A process that already holds a folder's lock may take it again (nested calls: `evolve` training
@@ -88,12 +89,8 @@ def hold(path: str | Path, busy: Callable[[dict[str, Any] | None], Exception]) -
         finally:
             _HELD[key] -= 1
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_locked(path, busy)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise busy(_parse(os.pread(fd, 4096, 0))) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder_info()) + "\n").encode(), 0)
         _HELD[key] = 1
@@ -101,14 +98,38 @@ def hold(path: str | Path, busy: Callable[[dict[str, Any] | None], Exception]) -
             yield
         finally:
             del _HELD[key]
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # while still held: a finished writer leaves no file behind
     finally:
         os.close(fd)  # releases the flock
+
+
+def _open_locked(path: Path, busy: Callable[[dict[str, Any] | None], Exception]) -> int:
+    """A descriptor of `path` holding its flock. A holder unlinks the file as it leaves, so a file
+    opened just before that is no longer `path`: lock again whatever `path` is now."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _parse(os.pread(fd, 4096, 0))
+            os.close(fd)
+            raise busy(holder) from None
+        opened = os.fstat(fd)
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        if current is not None and (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
+            return fd
+        os.close(fd)
 
 
 @contextlib.contextmanager
 def writer_lock(folder: str | Path, what: str = "folder") -> Iterator[None]:
     """Holds FOLDER/.assemblenet.lock (creating the folder) while a command writes `folder`."""
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
 
@@ -118,8 +139,13 @@ def writer_lock(folder: str | Path, what: str = "folder") -> Iterator[None]:
         return FolderBusy(f"{folder}: this {what} is being written by {describe(holder)}; wait for it to "
                           f"finish or {stop}, or use another folder")
 
-    with hold(path, busy):
-        yield
+    try:
+        with hold(path, busy):
+            yield
+    finally:
+        if created:  # a command refused before it wrote anything leaves no folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def writes(param: str, what: str) -> Callable:

@@ -60,6 +60,12 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_leaves
         assert read_holder(folder / LOCK_FILE)["pid"] == os.getpid()
         with writer_lock(folder):  # a holder may take its own lock again (nested calls)
             pass
+        assert read_holder(folder / LOCK_FILE)["pid"] == os.getpid()
+    assert not (folder / LOCK_FILE).exists()  # a writer that finishes leaves no lock file
+    fresh = tmp_path / "fresh" / "out"
+    with writer_lock(fresh):
+        assert fresh.is_dir()
+    assert not fresh.exists()  # nor the empty folder it made (a command refused before writing)
     # released when the outermost holder leaves: another process takes it
     second = holder(folder)
     assert read_holder(folder / LOCK_FILE)["pid"] == second.pid
