@@ -43,7 +43,7 @@ from model.layers import ATTENTION_MODES
 from model.optimizer import MomentumL2
 from pipelines import distributed, locks
 from pipelines.checks import write_json
-from pipelines.configs import check_fields
+from pipelines.configs import RUN_RECIPE, check_fields
 
 DATASETS = ("charades", "toyota")
 PRECISIONS = ("fp32", "bf16")
@@ -51,6 +51,11 @@ STRATEGIES = ("auto", "cpu", "mirrored", "tpu")
 CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"
 KEEP_CHECKPOINTS = 2
+# The default peak learning rate per video of the batch (scaled linearly with the batch). AssembleNet
+# A.6 gives two: 25.6 at batch 128 for Charades' multi-label sigmoid loss, and 3.2 at batch 512 for
+# the single-label softmax loss of Moments in Time, which Toyota's 31-way softmax takes (our choice:
+# AssembleNet++ gives no Toyota learning rate).
+LEARNING_RATE_PER_VIDEO = {"charades": 25.6 / 128, "toyota": 3.2 / 512}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +63,8 @@ class TrainConfig:
     """One training run. Defaults are the papers' recipe; clip shape and batch are CPU-sized.
 
     The paper trains Charades with T=128 frames at 224x224, batch 128, 50k steps (A.6); pass those
-    on a TPU/GPU pod. `learning_rate=None` scales the paper's 25.6 at batch 128 linearly with
-    `batch_size` (0.2 per video).
+    on a TPU/GPU pod. `learning_rate=None` scales the dataset's rate linearly with `batch_size`
+    (`LEARNING_RATE_PER_VIDEO`: Charades 25.6 at batch 128; Toyota 3.2 at batch 512, the softmax rate).
     """
 
     structure: str = "tiny"
@@ -127,8 +132,9 @@ class TrainConfig:
 
     @property
     def peak_learning_rate(self) -> float:
-        # AssembleNet A.6: 25.6 for Charades at batch 128 (MiT: 3.2 at batch 512).
-        return self.learning_rate if self.learning_rate is not None else 25.6 / 128 * self.batch_size
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return LEARNING_RATE_PER_VIDEO[self.dataset] * self.batch_size
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -144,7 +150,7 @@ class TrainConfig:
 
 def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str | None = None,
           classes: str | None = None, verbose: int | str = "auto", input_pipeline: str = "auto",
-          input_workers: int | None = None) -> dict[str, Any]:
+          input_workers: int | None = None, recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Trains `config.structure` on the TFRecords `data` (a directory or glob) into `workdir`.
 
     Running it again with the same config and workdir resumes from the last checkpoint.
@@ -153,18 +159,20 @@ def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str
     Returns the final epoch's logs plus `steps` (the optimizer's step counter), `epochs`,
     `initial_epoch` (where this call started) and `workdir`. `input_pipeline` ('auto', 'tfdata',
     'native') and `input_workers` choose the reader (`_dataset`); neither changes the clips, so a run
-    may resume with the other one.
+    may resume with the other one. `recipe` (the whole recipe file `config` came from, if any) is kept
+    as RUN_DIR/recipe.json, whose `evaluate` section `pipelines.evaluate.evaluate_run` follows.
     """
     distributed.initialize()  # a no-op unless the environment describes a multi-process run
     # One writer per run directory (pipelines.locks): process 0 of a multi-process run writes it.
     with locks.writer_lock(workdir, "run directory") if distributed.is_chief() else contextlib.nullcontext():
         return _train(config=config, data=data, workdir=workdir, eval_data=eval_data, classes=classes,
-                      verbose=verbose, input_pipeline=input_pipeline, input_workers=input_workers)
+                      verbose=verbose, input_pipeline=input_pipeline, input_workers=input_workers,
+                      recipe=recipe)
 
 
 def _train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str | None,
            classes: str | None, verbose: int | str, input_pipeline: str,
-           input_workers: int | None) -> dict[str, Any]:
+           input_workers: int | None, recipe: dict[str, Any] | None) -> dict[str, Any]:
     """`train` once the run directory's lock is held."""
     from model.structure import get_structure
     from pipelines.checks import check_records
@@ -192,6 +200,8 @@ def _train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: st
     settings = preprocess_settings(data)
     if settings is not None and chief:  # what `predict` needs to preprocess a raw video the same way
         _write_json(workdir / "preprocess.json", settings)
+    if recipe is not None and chief:  # the evaluation protocol `evaluate run` follows
+        _write_json(workdir / RUN_RECIPE, recipe)
 
     reader = dict(input_pipeline=input_pipeline, input_workers=input_workers)
 

@@ -63,7 +63,8 @@ FLAGS = {
     "steps": (int, None, 1000, "training steps (paper: 50000)"),
     "steps_per_epoch": (int, None, 100, "steps between checkpoints; must divide --steps"),
     "momentum": (float, None, 0.9, "SGD momentum"),
-    "learning_rate": (float, None, None, "peak learning rate (default: 0.2 x batch size, AssembleNet A.6)"),
+    "learning_rate": (float, None, None, "peak learning rate (default: per video of the batch, AssembleNet A.6: "
+                      "Charades 0.2 x batch size, i.e. 25.6 at 128; Toyota's softmax loss 3.2/512 x batch size)"),
     "warmup_steps": (int, None, 0, "linear warm-up steps before the cosine decay (paper: 12000)"),
     "restarts": (int, None, 0, "warm restarts of the cosine (AssembleNet++ §4.3: 1 = two cycles)"),
     "restart_multiplier": (float, None, 1.0, "each cosine cycle this many times longer than the last"),
@@ -73,7 +74,9 @@ FLAGS = {
     "strategy": (str, ("auto", "cpu", "mirrored", "tpu"), "auto", "distribution (docs/training.md)"),
     "tpu": (str, None, None, "TPU name or grpc://host:port, for --strategy tpu"),
     "seed": (int, None, 0, "random seed"),
-    "temporal_pool": (str, ("max", "avg"), "max", "pooling of per-frame logits over time"),
+    "temporal_pool": (str, ("max", "avg"), "max", "the sink's pooling over time: of the features before the FC "
+                      "(structure sink pool_then_fc, AssembleNet A.5) or of the per-frame logits (fc_then_pool, "
+                      "AssembleNet++ A.3); max for Charades (A.5)"),
 }
 
 
@@ -110,11 +113,13 @@ def train_command(args) -> int:
     if args.structure:
         check_structure_file(args.structure)  # before the Keras import: a typo is reported at once
     initialize(args.coordinator, args.num_processes, args.process_id)
+    from pipelines.configs import recipe_of
     from pipelines.train import train
 
     config = config_from_args(args)
     result = train(config=config, data=args.data, workdir=args.workdir, eval_data=args.eval_data,
                    classes=args.classes, verbose=2 if args.quiet else "auto",
-                   input_pipeline=args.input_pipeline, input_workers=args.input_workers)
+                   input_pipeline=args.input_pipeline, input_workers=args.input_workers,
+                   recipe=recipe_of(args.config))
     print(json.dumps(result, indent=2))
     return 0
