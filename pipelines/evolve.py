@@ -401,10 +401,9 @@ def _child_lock(state_dir: Path, child: str) -> Iterator[None]:
     path = _child_dir(state_dir, child) / CHILD_LOCK
 
     def busy(holder):
-        pid = holder.get("pid", "?") if holder else "?"
-        return ChildBusy(f"{path}: child {child} is being trained by process {pid} "
-                         f"({locks.describe(holder)}; another `assemblenet evolve --out {state_dir}`?); "
-                         "wait for it to finish or stop it, then run again")
+        return ChildBusy(f"{path}: child {child} is being trained by {locks.describe(holder)} (another "
+                         f"`assemblenet evolve --out {state_dir}`?); wait for it to finish or stop it, "
+                         "then run again")
 
     with locks.hold(path, busy):
         yield
