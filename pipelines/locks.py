@@ -2,9 +2,9 @@
 
 Two `train` processes into one `--workdir` would interleave history.csv and overwrite each other's
 checkpoints; two `preprocess` jobs into one OUT would race on its shards. So the writing commands
-(train, evaluate run, preprocess, synth, evolve, search, attention-search, ablate) hold
-`FOLDER/.assemblenet.lock` while they run, and a second writer is refused at start with a one-line
-`FolderBusy` naming the holder (pid, host, command, since when).
+(train, evaluate run, preprocess, synth, evolve, search, attention-search, ablate; report and export
+into their output folders) hold `FOLDER/.assemblenet.lock` while they run, and a second writer is
+refused at start with a one-line `FolderBusy` naming the holder (pid, host, command, since when).
 
 The lock is an `fcntl.flock` on that file. The kernel drops it when its holder's file descriptor
 closes, which happens whenever the process ends, however it ends (SIGKILL, OOM, a lost machine's
