@@ -352,8 +352,9 @@ def evaluate_run(run_dir: str | Path, data: str, *, dataset: str | None = None, 
     if clip_starts is None:
         clip_starts = protocol.get("crops")
     if size is None and "size" in protocol:
-        recipe_size = recipe.get("train", {}).get("size", protocol["size"])
-        size = scaled_test_size(protocol["size"], recipe_size, _config_value(run_config, "size", run_dir))
+        recipe_size = recipe.get("train", {}).get("size")
+        size = protocol["size"] if recipe_size is None else scaled_test_size(
+            protocol["size"], recipe_size, _config_value(run_config, "size", run_dir))
     with locks.writer_lock(run_dir, "run directory"):  # metrics.json and predictions: one writer
         return evaluate_model(run_dir=run_dir, data=data, dataset=dataset, clips=clips, batch_size=batch_size,
                               size=size, clip_starts=clip_starts,
