@@ -68,3 +68,12 @@ def test_a_run_keeps_its_recipe_and_evaluate_run_follows_its_evaluate_section(tm
     capsys.readouterr()
     assert cli.main([*run, "--config", str(workdir / "config.json")]) == 1  # a plain TrainConfig has no protocol
     assert "not a recipe" in capsys.readouterr().err
+
+
+def test_a_recipes_test_size_scales_with_the_runs_training_size():
+    from pipelines.evaluate import default_test_size, scaled_test_size
+
+    # A.7: 256 for 224 training; other sizes keep the ratio, rounded to the model's stride of 32.
+    assert [scaled_test_size(256, 224, s) for s in (224, 112, 64, 32)] == [256, 128, 64, 32]
+    assert scaled_test_size(160, 112, 112) == 160  # a run at the recipe's own size: the recipe's size
+    assert [default_test_size("charades", s) for s in (224, 112)] == [256, 128]
