@@ -13,9 +13,9 @@ that finishes removes the file; a killed one leaves it behind, holding its descr
 flock counts. The same mechanism
 guards an evolution child while it trains (`pipelines.evolve`, `OUT/children/<id>/.training.lock`).
 
-A process that already holds a folder's lock may take it again (nested calls: `evolve` training
-its children, `end_to_end` evaluating the run it trained); the lock is released when the outermost
-holder leaves. flock locks are per open file, so without this a process would refuse itself.
+A thread that already holds a folder's lock may take it again (nested calls, e.g. a library function
+that locks a folder called by a command that already locks it); the lock is released when the
+outermost holder leaves. flock locks are per open file, so without this a process would refuse itself.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import json
 import os
 import socket
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,15 @@ from pipelines.checks import UserError
 
 LOCK_FILE = ".assemblenet.lock"
 
-# Lock files this process holds -> how many nested holders.
-_HELD: dict[str, int] = {}
+# Lock files this thread holds -> how many nested holders. Per thread: two threads of one process
+# writing the same folder are two writers.
+_LOCAL = threading.local()
+
+
+def _held() -> dict[str, int]:
+    if not hasattr(_LOCAL, "held"):
+        _LOCAL.held = {}
+    return _LOCAL.held
 
 
 class FolderBusy(UserError):
@@ -81,23 +89,23 @@ def hold(path: str | Path, busy: Callable[[dict[str, Any] | None], Exception]) -
     """Holds the flock of lock file `path` (created if missing) for the block, recording this process
     in it; raises `busy(holder)` at once, without waiting, when another live process holds it."""
     path = Path(path)
-    key = str(path.resolve())
-    if _HELD.get(key):
-        _HELD[key] += 1
+    key, held = str(path.resolve()), _held()
+    if held.get(key):
+        held[key] += 1
         try:
             yield
         finally:
-            _HELD[key] -= 1
+            held[key] -= 1
         return
     fd = _open_locked(path, busy)
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(holder_info()) + "\n").encode(), 0)
-        _HELD[key] = 1
+        held[key] = 1
         try:
             yield
         finally:
-            del _HELD[key]
+            del held[key]
             with contextlib.suppress(OSError):
                 os.unlink(path)  # while still held: a finished writer leaves no file behind
     finally:

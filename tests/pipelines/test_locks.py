@@ -115,3 +115,24 @@ def test_every_writing_command_refuses_a_second_writer_in_one_line(tmp_path, hol
     assert err.startswith(f"assemblenet {command.split()[0]}: error: {folder}: ")
     assert f"is being written by process {process.pid} on host {socket.gethostname()}" in err
     assert sorted(p.name for p in folder.iterdir()) == before  # nothing written
+
+
+def test_another_thread_of_the_same_process_is_a_second_writer(tmp_path):
+    import threading
+
+    from pipelines.locks import FolderBusy, writer_lock
+
+    errors = []
+
+    def second():
+        try:
+            with writer_lock(tmp_path / "out"):
+                pass
+        except FolderBusy as error:
+            errors.append(str(error))
+
+    with writer_lock(tmp_path / "out"):
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join()
+    assert len(errors) == 1 and f"being written by process {os.getpid()} " in errors[0]
