@@ -37,7 +37,8 @@ PARAMS = {
     "size": Param(32, type="integer", description="crop size (paper: 224)"),
     "batch_size": Param(4, type="integer", description="global batch size (paper: 128)"),
     "learning_rate": Param(0.1, type=["null", "number", "integer"],
-                           description="peak learning rate; null: 0.2 x batch size (AssembleNet A.6)"),
+                           description="peak learning rate; null: the dataset's rate per video x batch size "
+                           "(AssembleNet A.6: Charades 0.2, Toyota 3.2/512)"),
     "warmup_steps": Param(0, type="integer", description="linear warm-up steps"),
     "precision": Param("fp32", enum=["fp32", "bf16"], description="bf16 on TPU"),
     "strategy": Param("auto", enum=["auto", "cpu", "mirrored", "tpu"], description="distribution strategy"),

@@ -15,6 +15,12 @@ import keras
 from model.layers import BatchNorm, PooledOneHot, SpatialMaxPool, VideoConv
 from model.structure import Node
 
+# Batch normalisation of every conv: the papers give no values; these are the reference
+# implementation's (TensorFlow Model Garden, official/projects/assemblenet: norm_momentum=0.99,
+# norm_epsilon=1e-5 for AssembleNet and AssembleNet++), not Keras' default epsilon of 1e-3.
+BN_MOMENTUM = 0.99
+BN_EPSILON = 1e-5
+
 
 def conv_bn(x, filters, kernel, *, stride=1, dilation=1, relu=True, zero_gamma=False, name, strides=None):
     """Conv (no bias) → BN (+ ReLU, in one `BatchNorm` layer). `strides=(1, s, s)` is accepted for
@@ -33,8 +39,8 @@ def conv_bn(x, filters, kernel, *, stride=1, dilation=1, relu=True, zero_gamma=F
                                 name=f"{name}_conv")(x)
     else:
         x = VideoConv(filters, kernel, strides=stride, dilation_rate=dilation, name=f"{name}_conv")(x)
-    return BatchNorm(relu=relu, momentum=0.99, epsilon=1e-3, gamma_initializer="zeros" if zero_gamma else "ones",
-                     name=f"{name}_bn")(x)
+    return BatchNorm(relu=relu, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                     gamma_initializer="zeros" if zero_gamma else "ones", name=f"{name}_bn")(x)
 
 
 def apply_residual_module(x, *, channels, width, temporal, dilation=1, stride=1, name):

@@ -48,6 +48,13 @@ NUM_OBJECT_CLASSES = 151
 SINK_ORDERS = ("pool_then_fc", "fc_then_pool")
 
 
+def default_sink(nodes: Sequence[Node]) -> str:
+    """The sink of a structure file that names none: the paper its stems come from. An object stem
+    is AssembleNet++'s (FC then pooling, supplementary A.3); RGB and flow only, AssembleNet's (A.5)."""
+    has_object = any(n.is_stem and n.modality == "object" for n in nodes)
+    return "fc_then_pool" if has_object else "pool_then_fc"
+
+
 @dataclasses.dataclass(frozen=True)
 class Node:
     """One stem (level 0) or convolutional block (levels 1..NUM_LEVELS)."""
@@ -142,7 +149,7 @@ class Structure:
             return cls(name=str(data.get("name", "custom")), nodes=nodes,
                        repeats=tuple(float(m) for m in data.get("repeats", REPEATS_50)),
                        level_widths=tuple(int(d) for d in data.get("level_widths", LEVEL_WIDTHS)),
-                       sink=data.get("sink", "pool_then_fc"))
+                       sink=data.get("sink", default_sink(nodes)))
         except (KeyError, TypeError) as err:
             raise ValueError(f"{source}: malformed structure JSON ({err!r}); expected "
                              "{'nodes': [{'index', 'level', 'inputs', 'channels', ...}]}") from err

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines import locks
+
 SYNTHETIC_CLASSES = ("static", "linear", "blink", "jump")
 
 
@@ -481,6 +483,7 @@ def _compiled(cache, key, config: SearchConfig, cell_config, make_optimizer, los
     return model, optimizer, modalities
 
 
+@locks.writes("out_dir", "attention-search folder")
 def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dict | None = None) -> dict:
     """Runs the one-shot search (module docstring) and writes OUT/; returns the search.json record.
 

@@ -24,6 +24,11 @@ PREPROCESS_KEYS = ("dataset", "split", "fps", "size", "flow", "segmenter")
 EVALUATE_KEYS = ("clips", "size", "crops")
 
 
+# A run trained from a recipe keeps the whole file here, so that `evaluate run` follows its `evaluate`
+# section (the run directory's other files: docs/CONTRACTS.md).
+RUN_RECIPE = "recipe.json"
+
+
 def recipe_names() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
 
@@ -66,3 +71,19 @@ def load_config_file(name_or_path: str | Path) -> tuple[dict[str, Any], dict[str
     if not isinstance(data["train"], dict):
         raise ValueError(f"{path}: 'train' must be an object of TrainConfig fields")
     return dict(data["train"]), data
+
+
+def recipe_of(name_or_path: str | Path | None) -> dict[str, Any] | None:
+    """The whole recipe file of a `--config` (None when it is a plain TrainConfig JSON or not given)."""
+    if not name_or_path:
+        return None
+    _, whole = load_config_file(name_or_path)
+    return whole if "train" in whole else None
+
+
+def run_recipe(run_dir: str | Path) -> dict[str, Any] | None:
+    """The recipe a run was trained from (RUN_DIR/recipe.json), or None."""
+    from pipelines.checks import read_json
+
+    path = Path(run_dir) / RUN_RECIPE
+    return read_json(path, "recipe") if path.exists() else None

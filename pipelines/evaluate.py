@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import metrics
+from pipelines import locks, metrics
 from pipelines.checks import UserError, check_utf8, read_text
 from preprocessing import charades, toyota
 
@@ -203,9 +203,18 @@ def default_test_size(dataset: str, train_size: int) -> int:
     rounded to a multiple of 32 (the model's total stride: 112 -> 128, 64 -> 64). Toyota: the
     training size (AssembleNet++ §4 gives no other test resolution)."""
     if dataset == "charades":
-        scaled = train_size * CHARADES_TEST_SIZE / CHARADES_TRAIN_SIZE
-        return int(max(round(scaled / MODEL_STRIDE), 1) * MODEL_STRIDE)
+        return scaled_test_size(CHARADES_TEST_SIZE, CHARADES_TRAIN_SIZE, train_size)
     return int(train_size)
+
+
+def scaled_test_size(test_size: int, recipe_train_size: int, train_size: int) -> int:
+    """A recipe's test size (`test_size` for its `recipe_train_size` training crops) for a run trained at
+    `train_size`: the same ratio, rounded to a multiple of 32 (the model's total stride); the recipe's
+    own size when the run trained at the recipe's size."""
+    if train_size == recipe_train_size:
+        return int(test_size)
+    scaled = train_size * test_size / recipe_train_size
+    return int(max(round(scaled / MODEL_STRIDE), 1) * MODEL_STRIDE)
 
 
 def at_size(model, size: int):
@@ -233,7 +242,8 @@ def at_size(model, size: int):
 def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int = 5, batch_size: int = 4,
                    frames: int | None = None, size: int | None = None, num_classes: int | None = None,
                    class_names: Sequence[str] | None = None, model=None, clip_starts: str | None = None,
-                   seed: int = 0, input_pipeline: str = "auto", input_workers: int | None = None) -> dict:
+                   seed: int = 0, input_pipeline: str = "auto", input_workers: int | None = None,
+                   recipe: str | None = None) -> dict:
     """Scores RUN_DIR/model.keras on the TFRecords `data` (folder or glob); writes RUN_DIR/metrics.json.
 
     Each test video is seen through `clips` clips, max-pooled (AssembleNet A.7). Charades defaults to
@@ -247,6 +257,7 @@ def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int =
     from the config or else the data.
     Writes RUN_DIR/predictions.txt (Charades submission format, re-scorable with `evaluate
     charades`) or RUN_DIR/predictions.csv (Toyota `video,prediction`). `model` skips loading.
+    `recipe` (the name of the recipe the protocol came from, `evaluate_run`) is recorded in metrics.json.
     """
     import keras
 
@@ -309,21 +320,47 @@ def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int =
             writer.writerow(["video", "prediction"])
             writer.writerows(zip(videos, predicted, strict=True))
     result.update(dataset=dataset, clips=clips, clip_starts=clip_starts, seed=seed, size=size,
-                  frames=frames, data=str(data))
+                  frames=frames, data=str(data), recipe=recipe)
     (run_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
-def evaluate_run(run_dir: str | Path, data: str, *, dataset: str | None = None, clips: int = 5,
-                 batch_size: int = 4, **kwargs) -> dict:
-    """Evaluates a training run directory; the dataset kind defaults to the run's config.json."""
+def evaluate_run(run_dir: str | Path, data: str, *, dataset: str | None = None, clips: int | None = None,
+                 batch_size: int = 4, size: int | None = None, clip_starts: str | None = None,
+                 config: str | Path | None = None, **kwargs) -> dict:
+    """Evaluates a training run directory; the dataset kind defaults to the run's config.json.
+
+    The protocol (clips, clip starts, test size) follows a recipe's `evaluate` section: `config` (a
+    recipe name or file, as `train --config`), else the recipe the run was trained from
+    (RUN_DIR/recipe.json); arguments given here win. The recipe's `size` is for its own training size
+    (256 for 224, A.7): a run trained at another size is tested at the same ratio (`scaled_test_size`).
+    Without a recipe: 5 clips and `evaluate_model`'s dataset defaults."""
+    from pipelines.configs import RUN_RECIPE, recipe_of, run_recipe
+
     run_dir = Path(run_dir)
     if not (run_dir / "model.keras").exists():
         raise ValueError(f"{run_dir}: no model.keras (train the run first)")
+    run_config = _read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
     if dataset is None:
-        dataset = _config_value(_read_json(run_dir / "config.json"), "dataset", run_dir)
-    return evaluate_model(run_dir=run_dir, data=data, dataset=dataset, clips=clips, batch_size=batch_size,
-                          **kwargs)
+        dataset = _config_value(run_config, "dataset", run_dir)
+    recipe = recipe_of(config) if config else run_recipe(run_dir)
+    if config and recipe is None:
+        raise UserError(f"--config {config}: not a recipe (no 'train' and 'evaluate' sections); name one of "
+                        "configs/ or a recipe file")
+    protocol = (recipe or {}).get("evaluate", {})
+    if clips is None:
+        clips = int(protocol.get("clips", 5))
+    if clip_starts is None:
+        clip_starts = protocol.get("crops")
+    if size is None and "size" in protocol:
+        recipe_size = recipe.get("train", {}).get("size")
+        size = protocol["size"] if recipe_size is None else scaled_test_size(
+            protocol["size"], recipe_size, _config_value(run_config, "size", run_dir))
+    with locks.writer_lock(run_dir, "run directory"):  # metrics.json and predictions: one writer
+        return evaluate_model(run_dir=run_dir, data=data, dataset=dataset, clips=clips, batch_size=batch_size,
+                              size=size, clip_starts=clip_starts,
+                              recipe=None if recipe is None else recipe.get("name", str(config or RUN_RECIPE)),
+                              **kwargs)
 
 
 def _read_json(path: Path) -> dict:

@@ -43,6 +43,7 @@ import numpy as np
 
 from model import evolution
 from model.structure import Structure
+from pipelines import locks
 from pipelines.checks import UserError, write_json
 
 STATE = "state.json"
@@ -390,27 +391,22 @@ CHILD_LOCK = ".training.lock"
 
 @contextlib.contextmanager
 def _child_lock(state_dir: Path, child: str) -> Iterator[None]:
-    """children/<child>/.training.lock, held while the child trains and holding the trainer's pid.
+    """children/<child>/.training.lock, held while the child trains and recording the trainer
+    (`pipelines.locks`: pid, host, command, since when).
 
     The lock is an flock on that file, which the kernel drops when its holder dies however it dies,
     so the lock of a killed process is taken over at once, while a live holder (a second `evolve` on
     the same folder, an orphaned worker, a retried Airflow task) makes this call refuse: a child is
     never trained twice at once in the same folder."""
     path = _child_dir(state_dir, child) / CHILD_LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise ChildBusy(f"{path}: child {child} is being trained by process {holder} (another "
-                            f"`assemblenet evolve --out {state_dir}`?); wait for it to finish or stop it, "
-                            "then run again") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+    def busy(holder):
+        return ChildBusy(f"{path}: child {child} is being trained by {locks.describe(holder)} (another "
+                         f"`assemblenet evolve --out {state_dir}`?); wait for it to finish or stop it, "
+                         "then run again")
+
+    with locks.hold(path, busy):
         yield
-    finally:
-        os.close(fd)  # releases the flock
 
 
 def integrate_results(state_dir: str | Path) -> list[str]:
@@ -494,27 +490,28 @@ def run_evolution(out_dir: str | Path, config: EvolutionConfig, *, evaluate: Eva
     if evaluate is None and evaluator is None and not (Path(out_dir) / STATE).exists():
         raise ValueError("run_evolution: pass evaluate= or evaluator= to start a new search")
     state_dir = Path(out_dir)
-    if evaluator is not None:
-        check_search_data(evaluator, config)
-    init_search(state_dir, config, evaluator)
-    integrate_results(state_dir)  # children finished before an interruption
-    done = len(load_state(state_dir)["history"])
-    bar = tqdm(total=config.total, initial=done, desc="evolution", unit="child", disable=not progress)
-    try:
-        if workers == 1:
-            while True:
-                state = load_state(state_dir)
-                todo = _unfinished(state_dir, state) or propose_children(state_dir, 1)
-                if not todo:
-                    break
-                for child in todo:
-                    evaluate_child(state_dir, child, evaluate)
-                    bar.update(len(integrate_results(state_dir)))
-        else:
-            _run_parallel(state_dir, evaluate, workers, bar)
-    finally:
-        bar.close()
-    return finalize(state_dir)
+    with locks.writer_lock(state_dir, "evolution folder"):  # one `evolve` per OUT
+        if evaluator is not None:
+            check_search_data(evaluator, config)
+        init_search(state_dir, config, evaluator)
+        integrate_results(state_dir)  # children finished before an interruption
+        done = len(load_state(state_dir)["history"])
+        bar = tqdm(total=config.total, initial=done, desc="evolution", unit="child", disable=not progress)
+        try:
+            if workers == 1:
+                while True:
+                    state = load_state(state_dir)
+                    todo = _unfinished(state_dir, state) or propose_children(state_dir, 1)
+                    if not todo:
+                        break
+                    for child in todo:
+                        evaluate_child(state_dir, child, evaluate)
+                        bar.update(len(integrate_results(state_dir)))
+            else:
+                _run_parallel(state_dir, evaluate, workers, bar)
+        finally:
+            bar.close()
+        return finalize(state_dir)
 
 
 def check_search_data(evaluator: TrainEvaluator, config: EvolutionConfig) -> None:

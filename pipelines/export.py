@@ -18,10 +18,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from pipelines import locks
+
 
 def export(*, run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Any]:
     """Exports RUN_DIR/model.keras to `out_dir` (default RUN_DIR/export); returns what was written."""
-    import keras
 
     import pipelines.train  # noqa: F401  (registers the learning-rate schedule held by the optimizer)
     from model import assemblenet  # noqa: F401  (registers the custom layers for load_model)
@@ -31,7 +32,14 @@ def export(*, run_dir: str | Path, out_dir: str | Path | None = None) -> dict[st
     if not source.is_file():
         raise ValueError(f"{run_dir}: no model.keras to export (train the run first)")
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "export"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with locks.writer_lock(out_dir, "export folder"):  # one writer of the export at a time
+        return _write_export(run_dir, out_dir)
+
+
+def _write_export(run_dir: Path, out_dir: Path) -> dict[str, Any]:
+    import keras
+
+    source = run_dir / "model.keras"
     trained = keras.models.load_model(source)
     keras_path = out_dir / "model.keras"
     # The same graph without the optimizer: serving needs no training state.

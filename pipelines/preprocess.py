@@ -66,6 +66,8 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from pipelines import locks
+
 # TFRecord framing as bytes: shards go through Beam's FileSystems (pipelines/holdout.py uses them too).
 from preprocessing.loader import decode_records, encode_records
 
@@ -653,6 +655,7 @@ class StagingProgress:
 # ---------------------------------------------------------------------------------------------
 # The job.
 
+@locks.writes("out", "records folder")
 def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | None = None,
                    classes: str | None = None, split: str | None = None, fps: float = 6.0, size: int = 256,
                    flow: str = "opencv", segmenter: str = "none", num_shards: int | None = None,

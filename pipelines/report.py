@@ -35,7 +35,7 @@ import json
 import shutil
 from pathlib import Path
 
-from pipelines import plots
+from pipelines import locks, plots
 
 
 @dataclasses.dataclass
@@ -54,7 +54,11 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path
     if not run_dir.is_dir():
         raise ValueError(f"{run_dir}: not a run directory")
     out = Path(out_dir) if out_dir else run_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    with locks.writer_lock(out, "report folder"):  # one writer of the report at a time
+        return _write_report(run_dir, out)
+
+
+def _write_report(run_dir: Path, out: Path) -> Path:
     if (run_dir / "ablation.json").exists():  # an `assemblenet ablate --out` folder: its tables only
         sections = _ablation_sections(run_dir, out) or [
             Section("Ablations", ["No suite has finished a run yet (no <suite>/results.json)."])]

@@ -24,11 +24,13 @@ from typing import Any
 
 from model.oneshot import over_connected
 from model.structure import Structure, get_structure
+from pipelines import locks
 from pipelines.checks import write_json
 
 DEFAULT_THRESHOLD = 0.2  # AssembleNet++ §4.1: edges with weights above 0.2 are kept
 
 
+@locks.writes("out_dir", "search folder")
 def run_search(*, structure: str | Path | Structure, data: str, out_dir: str | Path,
                train: Mapping[str, Any] | None = None, eval_data: str | None = None,
                threshold: float = DEFAULT_THRESHOLD, verbose: int | str = "auto") -> dict[str, Any]:

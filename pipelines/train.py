@@ -39,12 +39,12 @@ from typing import Any
 import keras
 import numpy as np
 
-from model.assemblenet import TEMPORAL_POOLS
+from model.assemblenet import TEMPORAL_POOLS, check_peers
 from model.layers import ATTENTION_MODES
 from model.optimizer import MomentumL2
-from pipelines import distributed
+from pipelines import distributed, locks
 from pipelines.checks import write_json
-from pipelines.configs import check_fields
+from pipelines.configs import RUN_RECIPE, check_fields
 
 DATASETS = ("charades", "toyota")
 PRECISIONS = ("fp32", "bf16")
@@ -52,6 +52,11 @@ STRATEGIES = ("auto", "cpu", "mirrored", "tpu")
 CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"
 KEEP_CHECKPOINTS = 2
+# The default peak learning rate per video of the batch (scaled linearly with the batch). AssembleNet
+# A.6 gives two: 25.6 at batch 128 for Charades' multi-label sigmoid loss, and 3.2 at batch 512 for
+# the single-label softmax loss of Moments in Time, which Toyota's 31-way softmax takes (our choice:
+# AssembleNet++ gives no Toyota learning rate).
+LEARNING_RATE_PER_VIDEO = {"charades": 25.6 / 128, "toyota": 3.2 / 512}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +64,8 @@ class TrainConfig:
     """One training run. Defaults are the papers' recipe; clip shape and batch are CPU-sized.
 
     The paper trains Charades with T=128 frames at 224x224, batch 128, 50k steps (A.6); pass those
-    on a TPU/GPU pod. `learning_rate=None` scales the paper's 25.6 at batch 128 linearly with
-    `batch_size` (0.2 per video).
+    on a TPU/GPU pod. `learning_rate=None` scales the dataset's rate linearly with `batch_size`
+    (`LEARNING_RATE_PER_VIDEO`: Charades 25.6 at batch 128; Toyota 3.2 at batch 512, the softmax rate).
     """
 
     structure: str = "tiny"
@@ -132,8 +137,9 @@ class TrainConfig:
 
     @property
     def peak_learning_rate(self) -> float:
-        # AssembleNet A.6: 25.6 for Charades at batch 128 (MiT: 3.2 at batch 512).
-        return self.learning_rate if self.learning_rate is not None else 25.6 / 128 * self.batch_size
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return LEARNING_RATE_PER_VIDEO[self.dataset] * self.batch_size
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -149,7 +155,7 @@ class TrainConfig:
 
 def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str | None = None,
           classes: str | None = None, verbose: int | str = "auto", input_pipeline: str = "auto",
-          input_workers: int | None = None) -> dict[str, Any]:
+          input_workers: int | None = None, recipe: dict[str, Any] | None = None) -> dict[str, Any]:
     """Trains `config.structure` on the TFRecords `data` (a directory or glob) into `workdir`.
 
     Running it again with the same config and workdir resumes from the last checkpoint.
@@ -158,8 +164,21 @@ def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str
     Returns the final epoch's logs plus `steps` (the optimizer's step counter), `epochs`,
     `initial_epoch` (where this call started) and `workdir`. `input_pipeline` ('auto', 'tfdata',
     'native') and `input_workers` choose the reader (`_dataset`); neither changes the clips, so a run
-    may resume with the other one.
+    may resume with the other one. `recipe` (the whole recipe file `config` came from, if any) is kept
+    as RUN_DIR/recipe.json, whose `evaluate` section `pipelines.evaluate.evaluate_run` follows.
     """
+    distributed.initialize()  # a no-op unless the environment describes a multi-process run
+    # One writer per run directory (pipelines.locks): process 0 of a multi-process run writes it.
+    with locks.writer_lock(workdir, "run directory") if distributed.is_chief() else contextlib.nullcontext():
+        return _train(config=config, data=data, workdir=workdir, eval_data=eval_data, classes=classes,
+                      verbose=verbose, input_pipeline=input_pipeline, input_workers=input_workers,
+                      recipe=recipe)
+
+
+def _train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str | None,
+           classes: str | None, verbose: int | str, input_pipeline: str,
+           input_workers: int | None, recipe: dict[str, Any] | None) -> dict[str, Any]:
+    """`train` once the run directory's lock is held."""
     from model.structure import get_structure
     from pipelines.checks import check_records, records_settings, run_settings
 
@@ -171,6 +190,7 @@ def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str
         raise ValueError(f"--eval-data {eval_data}: validation during a multi-process run is not supported "
                          "(processes would see unequal batches); run `assemblenet evaluate` on the run directory")
     structure = get_structure(config.structure)
+    check_peers(structure, config.attention, config.default_peers)  # before anything is written
     # The settings the run's data was made with are written once (preprocess.json, what `predict`
     # repeats); a resume, and the validation data, must be records made with the same ones.
     settings_path = workdir / "preprocess.json"
@@ -191,6 +211,8 @@ def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str
         _write_json(workdir / "classes.json", class_names)
     if saved is None and chief:  # what `predict` needs to preprocess a raw video the same way
         _write_json(settings_path, settings.to_json())
+    if recipe is not None and chief:  # the evaluation protocol `evaluate run` follows
+        _write_json(workdir / RUN_RECIPE, recipe)
 
     reader = dict(input_pipeline=input_pipeline, input_workers=input_workers)
 
@@ -552,14 +574,6 @@ def _data_folder(data: str) -> Path:
 
 
 PREPROCESS_KEYS = ("dataset", "num_classes", "fps", "size", "flow", "segmenter")  # RecordSettings' fields
-
-
-def preprocess_settings(data: str) -> dict[str, Any] | None:
-    """fps, frame size, flow method and segmenter the records of `data` were made with (their headers and
-    the preprocessing job's summary.json), as RUN_DIR/preprocess.json holds them."""
-    from pipelines.checks import records_settings
-
-    return records_settings(data).to_json()
 
 
 def num_classes_in(data: str) -> int:

@@ -1,7 +1,9 @@
 """The tf.data reader: TFRecords of `preprocessing.schema` -> (inputs dict, labels) clips.
 
 Per video: pick `frames` consecutive stored frames (training: a random start; evaluation: `clips_per_video`
-evenly spaced starts, AssembleNet A.7), decode only those, apply one geometric augmentation to every
+starts, evenly spaced or drawn from a fixed seed (`eval_starts`; AssembleNet A.7 tests on "five random
+128 frame crops", which `pipelines.evaluate` takes by default for Charades and from a run's recipe)),
+decode only those, apply one geometric augmentation to every
 modality, and scale each modality as docs/CONTRACTS.md says:
 - rgb: float32 (T, S, S, 3) in [-1, 1];
 - flow: float32 (T, S, S, 2), pixels / 20 (x then y); pixel values are those of the resized frames

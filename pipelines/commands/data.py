@@ -58,11 +58,13 @@ def register(subparsers):
 
 
 def synth_command(args):
+    from pipelines.locks import writer_lock
     from preprocessing.synthetic import generate
 
-    result = generate(args.out, format=args.format, videos=args.videos, seed=args.seed,
-                      num_classes=args.classes, height=args.height, width=args.width, fps=args.fps,
-                      progress=True)
+    with writer_lock(args.out, "dataset folder"):  # one `synth` per --out
+        result = generate(args.out, format=args.format, videos=args.videos, seed=args.seed,
+                          num_classes=args.classes, height=args.height, width=args.width, fps=args.fps,
+                          progress=True)
     print(json.dumps({k: v for k, v in result.items() if k != "class_names"}, indent=1))
 
 

@@ -27,13 +27,19 @@ def register(subparsers):
     run.add_argument("run_dir")
     run.add_argument("--data", required=True, help="TFRecord file pattern of the test split")
     run.add_argument("--dataset", choices=["charades", "toyota"], help="default: from RUN_DIR/config.json")
-    run.add_argument("--clips", type=Range(int, 1, 1000), default=5, help="clips per video (AssembleNet A.7: 5)")
+    run.add_argument("--config",
+                     help="the recipe whose `evaluate` section sets --clips, --clip-starts and --size: a shipped "
+                     "one by name (see configs/) or a JSON file; default: the recipe the run was trained "
+                     "with (RUN_DIR/recipe.json); the flags below override it")
+    run.add_argument("--clips", type=Range(int, 1, 1000), default=None,
+                     help="clips per video (default: the recipe's, else 5, AssembleNet A.7)")
     run.add_argument("--clip-starts", choices=["random", "even"], default=None,
-                     help="where the clips start: random from a fixed seed (Charades default, AssembleNet "
-                     "A.7) or evenly spaced (Toyota default)")
+                     help="where the clips start: random from a fixed seed or evenly spaced (default: the "
+                     "recipe's `crops`; without a recipe random for Charades, AssembleNet A.7, even for Toyota)")
     run.add_argument("--size", type=SIDE, default=None,
-                     help="test resolution (default: Charades 256 x train size / 224 rounded to a multiple "
-                     "of 32, i.e. 256 for the paper's 224 training, AssembleNet A.7; Toyota: the training size)")
+                     help="test resolution (default: the recipe's, scaled if the run trained at another size "
+                     "than the recipe's; without a recipe Charades 256 x train size / 224 rounded to a "
+                     "multiple of 32, AssembleNet A.7, and Toyota the training size)")
     run.add_argument("--seed", type=SEED, default=0, help="seed of the random clip starts")
     run.add_argument("--batch-size", type=positive(), default=4)
     add_input_flags(run)
@@ -74,7 +80,7 @@ def run_command(args) -> int:
 
     result = evaluate_run(args.run_dir, args.data, dataset=args.dataset, clips=args.clips,
                           batch_size=args.batch_size, size=args.size, clip_starts=args.clip_starts,
-                          seed=args.seed, input_pipeline=args.input_pipeline,
+                          config=args.config, seed=args.seed, input_pipeline=args.input_pipeline,
                           input_workers=args.input_workers)
     _print(result, args.json, ("mAP", "wAP", "accuracy", "mean_per_class_accuracy", "num_videos"))
     return 0

@@ -65,8 +65,9 @@ FLAGS = {
     "steps": (positive(), None, 1000, "training steps (paper: 50000)"),
     "steps_per_epoch": (positive(), None, 100, "steps between checkpoints; must divide --steps"),
     "momentum": (fraction(high_open=True), None, 0.9, "SGD momentum"),
-    "learning_rate": (positive(float, 1e4), None, None,
-                      "peak learning rate (default: 0.2 x batch size, AssembleNet A.6)"),
+    "learning_rate": (positive(float, 1e4), None, None, "peak learning rate (default: per video of the batch, "
+                      "AssembleNet A.6: Charades 0.2 x batch size, i.e. 25.6 at 128; Toyota's softmax loss "
+                      "3.2/512 x batch size)"),
     "warmup_steps": (non_negative(), None, 0, "linear warm-up steps before the cosine decay (paper: 12000)"),
     "restarts": (non_negative(int, 1000), None, 0, "warm restarts of the cosine (AssembleNet++ §4.3: 1 = two cycles)"),
     "restart_multiplier": (Range(float, 1.0, 1000.0), None, 1.0,
@@ -77,7 +78,9 @@ FLAGS = {
     "strategy": (str, ("auto", "cpu", "mirrored", "tpu"), "auto", "distribution (docs/training.md)"),
     "tpu": (str, None, None, "TPU name or grpc://host:port, for --strategy tpu"),
     "seed": (SEED, None, 0, "random seed"),
-    "temporal_pool": (str, ("max", "avg"), "max", "pooling of per-frame logits over time"),
+    "temporal_pool": (str, ("max", "avg"), "max", "the sink's pooling over time: of the features before the FC "
+                      "(structure sink pool_then_fc, AssembleNet A.5) or of the per-frame logits (fc_then_pool, "
+                      "AssembleNet++ A.3); max for Charades (A.5)"),
 }
 
 
@@ -114,11 +117,13 @@ def train_command(args) -> int:
     if args.structure:
         check_structure_file(args.structure)  # before the Keras import: a typo is reported at once
     initialize(args.coordinator, args.num_processes, args.process_id)
+    from pipelines.configs import recipe_of
     from pipelines.train import train
 
     config = config_from_args(args)
     result = train(config=config, data=args.data, workdir=args.workdir, eval_data=args.eval_data,
                    classes=args.classes, verbose=2 if args.quiet else "auto",
-                   input_pipeline=args.input_pipeline, input_workers=args.input_workers)
+                   input_pipeline=args.input_pipeline, input_workers=args.input_workers,
+                   recipe=recipe_of(args.config))
     print(json.dumps(result, indent=2))
     return 0

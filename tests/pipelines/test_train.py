@@ -58,9 +58,9 @@ def test_cli_builds_the_config_from_flags(monkeypatch, tmp_path):
     seen = {}
 
     def fake_train(*, config, data, workdir, eval_data, classes, verbose, input_pipeline="auto",
-                   input_workers=None):
+                   input_workers=None, recipe=None):
         seen.update(config=config, data=data, workdir=workdir, eval_data=eval_data,
-                    reader=(input_pipeline, input_workers))
+                    reader=(input_pipeline, input_workers), recipe=recipe)
         return {"steps": config.steps}
 
     monkeypatch.setattr("pipelines.train.train", fake_train)
@@ -74,6 +74,7 @@ def test_cli_builds_the_config_from_flags(monkeypatch, tmp_path):
     assert seen["config"] == TrainConfig(structure="tiny", frames=4, size=32, seed=3, steps=40,
                                          steps_per_epoch=10, restarts=1, learning_rate=0.05, precision="bf16")
     assert seen["data"] == "d/*.tfrecord" and seen["eval_data"] is None
+    assert seen["recipe"] is None  # a plain TrainConfig file is no recipe: the run keeps none
 
 
 # -- learning-rate schedule ----------------------------------------------------------------
