@@ -73,7 +73,6 @@ def ablate_command(args) -> int:
     from pipelines.ablation.benchmark import versioned
     from pipelines.ablation.harness import Budget
     from pipelines.ablation.runner import run_suites
-    from pipelines.locks import writer_lock
 
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "learning_rate", "frames", "size")
                  if getattr(args, k) is not None}
@@ -84,8 +83,9 @@ def ablate_command(args) -> int:
     budget = Budget(**overrides)
     bench = {k: getattr(args, k) for k in ("train_clips", "val_clips", "test_clips") if getattr(args, k) is not None}
     config = versioned(args.benchmark, seed=args.bench_seed, frames=budget.frames, size=budget.size, **bench)
-    with writer_lock(args.out, "ablation folder"):  # one `ablate` per --out
-        tables = run_suites(args.suite, out=args.out, seeds=args.seeds, budget=budget, benchmark=config,
-                            progress=not args.quiet)
+    # No writer lock: an ablation folder is written by cooperating processes by design (one per suite on
+    # one GPU, say); its store is append-only and takes the first row of a run (pipelines.ablation.runner).
+    tables = run_suites(args.suite, out=args.out, seeds=args.seeds, budget=budget, benchmark=config,
+                        progress=not args.quiet)
     print(f"{args.out}/results.md ({', '.join(f'{name}: {len(rows)} rows' for name, rows in tables.items())})")
     return 0

@@ -95,7 +95,6 @@ def _commands(tmp_path: Path) -> dict[str, list[str]]:
         "evolve": ["evolve", "--data", data, "--out", "{folder}"],
         "search": ["search", "--structure", "tiny", "--data", data, "--out", "{folder}"],
         "attention-search": ["attention-search", "--out", "{folder}"],
-        "ablate": ["ablate", "--suite", "pruning", "--out", "{folder}"],
         "evaluate run": ["evaluate", "run", str(run), "--data", data],
         "report": ["report", str(run), "--out", "{folder}"],
         "export": ["export", str(run), "--out", "{folder}"],
@@ -103,7 +102,7 @@ def _commands(tmp_path: Path) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("command", ["train", "preprocess", "synth", "evolve", "search", "attention-search",
-                                     "ablate", "evaluate run", "report", "export"])
+                                     "evaluate run", "report", "export"])
 def test_every_writing_command_refuses_a_second_writer_in_one_line(tmp_path, holder, capsys, command):
     argv = _commands(tmp_path)[command]
     folder = tmp_path / "evaluated" if command == "evaluate run" else tmp_path / "out"
