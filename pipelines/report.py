@@ -329,6 +329,9 @@ def _ablation_sections(run_dir: Path, out: Path) -> list[Section]:
             spread = "" if std is None or std != std else f" ± {100 * std:.2f}"
             paper = f"; paper {row['paper']:.2f}" if row.get("paper") is not None else ""
             section.table.append((row["variant"], f"{100 * row['mean']:.2f}{spread} (n={row['n']}){paper}"))
+        for test in data.get("comparisons") or ():  # the suite's tested differences (runner.comparisons)
+            section.table.append((f"{test['a']} − {test['b']}",
+                                  f"{100 * test['difference']:+.2f} points, p = {test['p']:.3g} (permutation test)"))
         plots.plot_ablation(data["rows"], out / name, title=section.title, metric=data.get("metric", "score"))
         section.figures.append((name, f"{path.relative_to(run_dir)}: per variant mean ± std over seeds"))
         # A suite's own figures (e.g. the evolution suite's Fig. 4 curve): <suite>/figures.json {png: caption}.

@@ -146,7 +146,7 @@ def test_v2_suites_write_their_verdicts(tmp_path):
     budget = Budget(steps=60, batch_size=4, frames=4, size=32, warmup_steps=0)
     tables = runner.run_suites(["connections", "oneshot", "attention"], out=tmp_path, seeds=[0, 1, 2],
                                budget=budget, benchmark=B.versioned("v2", **SMALL), train=trainer,
-                               progress=False, report=False)
+                               progress=False)
     assert [r["variant"] for r in tables["attention"]] == ["none, with object", "static, with object",
                                                            "self, with object", "peer, with object"]
     summary = (tmp_path / "connections" / "summary.json").read_text()
@@ -158,6 +158,9 @@ def test_v2_suites_write_their_verdicts(tmp_path):
     results = (tmp_path / "results.md").read_text()
     # peer (0.6 + 0.01 seed) vs none (0.5 + 0.01 seed) over 3 seeds each: fully separated, exact p = 0.1.
     assert "| peer, with object − none, with object | 10.00 | 3 vs 3 | 0.1 |" in results
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert "+10.00 points, p = 0.1 (permutation test)" in html
+    assert "σ(w) of every connection over training (decoy edges red); found in 3 of 3 seeds" in html
     searched = Structure.from_json(tmp_path / "attention" / "searched_object.json")
     assert decoy_stems(searched) and not any(j in decoy_stems(searched) for j, _ in searched.edges())
     assert over_connected(with_decoy("tiny")).name == "tiny_decoy_oneshot"
