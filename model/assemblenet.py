@@ -15,12 +15,18 @@ from collections.abc import Mapping
 import keras
 
 from model.blocks import apply_block, apply_stem, conv_bn
-from model.layers import ATTENTION_MODES, ChannelAttention, ConnectionFusion, SpatialMaxPool
+from model.layers import ATTENTION_MODES, ChannelAttention, ConnectionFusion, EdgeGates, SpatialMaxPool, VideoConv
 from model.optimizer import MomentumL2  # noqa: F401  (registered, so a model.keras loads with its optimizer)
 from model.structure import Structure, get_structure, stream_modality
 
 INPUT_CHANNELS = {"rgb": 3, "flow": 2}
 TEMPORAL_POOLS = ("max", "avg")
+# Where a block's connection weights σ(w) sit (AssembleNet++ Eq. 1 fixes the sum, not the order):
+# "project_first": each input is max-pooled and 1x1-conv + batch-normed to the block's width, then
+#   weighted and summed (the project's default);
+# "weight_first": each input is max-pooled and weighted, inputs of equal width are summed, then one 1x1
+#   conv without batch norm per other width (the reference implementation's order, layers.EdgeGates).
+FUSION_ORDERS = ("project_first", "weight_first")
 
 
 def default_peer(structure: Structure, index: int) -> int:
@@ -52,9 +58,25 @@ def _match_input(x, *, target_stride, source_stride, width, name):
     factor = target_stride // source_stride
     if factor > 1:
         x = SpatialMaxPool(factor, name=f"{name}_pool")(x)
-    if x.shape[-1] != width:
+    if width is not None and x.shape[-1] != width:
         x = conv_bn(x, width, (1, 1, 1), relu=False, name=f"{name}_proj")
     return x
+
+
+def _weight_first(pooled, width, *, name):
+    """Σ_j σ(w_j)·x_j in the reference implementation's order: weight each input, sum the inputs of one
+    width, then a 1x1 conv (no batch norm) from each other width to the block's `width`."""
+    gated = EdgeGates(len(pooled), name=f"{name}_fusion")(pooled)
+    groups: dict[int, list] = {}
+    for x in gated:
+        groups.setdefault(int(x.shape[-1]), []).append(x)
+    parts = []
+    for channels, xs in sorted(groups.items()):
+        x = xs[0] if len(xs) == 1 else keras.layers.Add(name=f"{name}_sum{channels}")(xs)
+        if channels != width:
+            x = VideoConv(width, (1, 1, 1), name=f"{name}_proj{channels}")(x)
+        parts.append(x)
+    return parts[0] if len(parts) == 1 else keras.layers.Add(name=f"{name}_fused")(parts)
 
 
 def check_peers(structure: Structure, attention: str, default_peers: bool = False) -> None:
@@ -73,7 +95,8 @@ def check_peers(structure: Structure, attention: str, default_peers: bool = Fals
 
 
 def build_assemblenet(structure, num_classes: int, *, attention: str = "none", default_peers: bool = False,
-                      temporal_pool: str = "max", frames=None, size=None, name=None) -> keras.Model:
+                      temporal_pool: str = "max", frames=None, size=None, name=None,
+                      fusion_order: str = "project_first") -> keras.Model:
     """Builds the model of `structure` (a Structure, a named structure or a JSON path).
 
     Inputs: a dict keyed by `structure.modalities` (see docs/CONTRACTS.md); output: logits.
@@ -85,6 +108,11 @@ def build_assemblenet(structure, num_classes: int, *, attention: str = "none", d
     if attention not in ATTENTION_MODES:
         raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
     check_peers(structure, attention, default_peers)
+    if fusion_order not in FUSION_ORDERS:
+        raise ValueError(f"fusion_order must be one of {FUSION_ORDERS}, got {fusion_order!r}")
+    if fusion_order == "weight_first" and attention == "self":
+        raise ValueError("attention 'self' gates each input at the block's width, before the sum: it needs "
+                         "fusion_order='project_first'")
     if temporal_pool not in TEMPORAL_POOLS:
         raise ValueError(f"temporal_pool must be one of {TEMPORAL_POOLS}, got {temporal_pool!r}")
     if int(num_classes) < 1:
@@ -100,10 +128,17 @@ def build_assemblenet(structure, num_classes: int, *, attention: str = "none", d
         i = node.index
         fused_stride = max(strides[j] for j in node.inputs)
         width = structure.fused_channels(i)
-        matched = [_match_input(outputs[j], target_stride=fused_stride, source_stride=strides[j],
-                                width=width, name=f"block{i}_from{j}") for j in node.inputs]
+        if fusion_order == "weight_first":
+            pooled = [_match_input(outputs[j], target_stride=fused_stride, source_stride=strides[j], width=None,
+                                   name=f"block{i}_from{j}") for j in node.inputs]
+            fused = _weight_first(pooled, width, name=f"block{i}")
+            matched = None
+        else:
+            matched = [_match_input(outputs[j], target_stride=fused_stride, source_stride=strides[j],
+                                    width=width, name=f"block{i}_from{j}") for j in node.inputs]
+            fused = None
         x = _fuse(structure, node, matched, outputs, attention=attention, width=width,
-                  strides=(strides, fused_stride))
+                  strides=(strides, fused_stride), fused=fused)
         x = apply_block(x, node, repeats=structure.repeats[node.level - 1],
                         width=structure.level_widths[node.level - 1], name=f"block{i}")
         if node.cell is not None:
@@ -116,16 +151,18 @@ def build_assemblenet(structure, num_classes: int, *, attention: str = "none", d
     return keras.Model(inputs, logits, name=name or structure.name)
 
 
-def _fuse(structure: Structure, node, matched, outputs: Mapping[int, object], *, attention, width, strides):
+def _fuse(structure: Structure, node, matched, outputs: Mapping[int, object], *, attention, width, strides,
+          fused=None):
     """Eq. 1 (none), Eq. 3 (static/self/peer) or Eq. 4 (search) of AssembleNet++; `conv`: Table 4's
     1x1 convolution of the peer added to the fused input. `strides`: (every node's cumulative stride,
     the fused input's)."""
     i = node.index
-    if attention == "self":
-        # The source of each connection's attention is the connection itself (x_k = x_j).
-        gate = ChannelAttention("self", width, name=f"block{i}_attention")
-        matched = [gate([x]) for x in matched]
-    fused = ConnectionFusion(len(matched), name=f"block{i}_fusion")(matched)
+    if fused is None:  # project_first: weight the matched inputs and sum them here
+        if attention == "self":
+            # The source of each connection's attention is the connection itself (x_k = x_j).
+            gate = ChannelAttention("self", width, name=f"block{i}_attention")
+            matched = [gate([x]) for x in matched]
+        fused = ConnectionFusion(len(matched), name=f"block{i}_fusion")(matched)
     if attention in ("none", "self"):
         return fused
     # With one attention source per block, A_i(x_k) is the same for every connection (j, i), so

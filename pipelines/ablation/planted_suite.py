@@ -28,7 +28,8 @@ from pipelines.ablation.runner import SuiteContext, suite
 from pipelines.ablation.suites import ATTENTIONS, layout_for, searched_structure
 from pipelines.checks import UserError
 
-CONNECTIONS = "over-connected, no attention"
+FUSION_ORDERS = ("project_first", "weight_first")  # model.assemblenet.FUSION_ORDERS, without importing Keras
+CONNECTIONS = {order: f"over-connected, {order.replace('_', ' ')}" for order in FUSION_ORDERS}
 TRACE_POINTS = 30  # σ(w) recorded this many times over a training run
 
 
@@ -53,40 +54,50 @@ def decoy_verdict(edge_weights: Mapping[str, Mapping[str, float]], decoys: Seque
 
 @suite("connections", title="AssembleNet §3.2: connection learning turns the decoy stream's edges down",
        paper={}, paper_source="AssembleNet §3.2 (connection weights σ(w) guide evolution; the paper reports "
-                              "no planted edge)", order=(CONNECTIONS,))
+                              "no planted edge)", order=tuple(CONNECTIONS.values()),
+       compare=[tuple(CONNECTIONS[o] for o in reversed(FUSION_ORDERS))])
 def connections(ctx: SuiteContext) -> None:
+    """Per fusion order (where σ(w) sits relative to the inputs' 1x1 conv + batch norm,
+    model.assemblenet.FUSION_ORDERS) and seed: the over-connected model with σ(w) traced."""
     _needs_v2(ctx, "the decoy stream")
     supernet = over_connected(layout_for(ctx))
     decoys = decoy_stems(supernet)
     every = max(1, ctx.budget.steps // TRACE_POINTS)
-    ctx.expect(len(ctx.seeds))
-    rows = []
-    for seed in ctx.seeds:
-        row = ctx.run(f"over-connected/seed{seed}",
-                      functools.partial(ctx.train, supernet, attention="none", seed=seed, trace_every=every),
-                      variant=CONNECTIONS, seed=seed)
-        rows.append({"seed": seed, "score": row["score"], **decoy_verdict(row["edge_weights"], decoys),
-                     "trace": row["edge_trace"]})
-    write_connections(rows, decoys, ctx.out)
+    ctx.expect(len(FUSION_ORDERS) * len(ctx.seeds))
+    for order in FUSION_ORDERS:
+        rows = []
+        for seed in ctx.seeds:
+            key = f"over-connected/seed{seed}" if order == "project_first" else f"over-connected/{order}/seed{seed}"
+            row = ctx.run(key, functools.partial(ctx.train, supernet, attention="none", seed=seed,
+                                                 trace_every=every, fusion_order=order),
+                          variant=CONNECTIONS[order], seed=seed)
+            rows.append({"seed": seed, "score": row["score"], **decoy_verdict(row["edge_weights"], decoys),
+                         "trace": row["edge_trace"]})
+        write_connections(rows, decoys, ctx.out, tag=order)
 
 
-def write_connections(rows: Sequence[Mapping[str, Any]], decoys: Sequence[int], folder: str | Path) -> dict:
+def write_connections(rows: Sequence[Mapping[str, Any]], decoys: Sequence[int], folder: str | Path,
+                      tag: str = "project_first") -> dict:
+    """summary_<tag>.json / .md and sigma_<tag>.png for one fusion order's seeds; figures.json lists them."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    summary = {"seeds": [r["seed"] for r in rows], "decoy_stems": list(decoys),
+    summary = {"fusion_order": tag, "seeds": [r["seed"] for r in rows], "decoy_stems": list(decoys),
                "found_in": sum(r["found"] for r in rows),
                "per_seed": [{k: v for k, v in r.items() if k != "trace"} for r in rows]}
-    (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (folder / f"summary_{tag}.json").write_text(json.dumps(summary, indent=1) + "\n")
     lines = ["| seed | top-1 | decoy edges: max σ(w) | mean | real edges: median σ(w) | min | found |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['seed']} | {100 * r['score']:.1f} | {r['decoy_max']:.3f} | {r['decoy_mean']:.3f} | "
               f"{r['real_median']:.3f} | {r['real_min']:.3f} | {'yes' if r['found'] else 'no'} |" for r in rows]
-    lines += ["", f"Every decoy edge below the real edges' median in {summary['found_in']} of {len(rows)} seeds."]
-    (folder / "summary.md").write_text("\n".join(lines) + "\n")
-    png = plot_sigma(rows, decoys, folder / "sigma_over_training.png")
-    (folder / "figures.json").write_text(json.dumps(
-        {png.name: f"σ(w) of every connection over training (decoy edges red); found in {summary['found_in']} "
-                   f"of {len(rows)} seeds"}, indent=1) + "\n")
+    lines += ["", f"Fusion order {tag}: every decoy edge below the real edges' median in {summary['found_in']} "
+                  f"of {len(rows)} seeds."]
+    (folder / f"summary_{tag}.md").write_text("\n".join(lines) + "\n")
+    png = plot_sigma(rows, decoys, folder / f"sigma_{tag}.png")
+    figures_path = folder / "figures.json"
+    figures = json.loads(figures_path.read_text()) if figures_path.exists() else {}
+    figures[png.name] = (f"σ(w) of every connection over training, fusion order {tag} (decoy edges red); "
+                         f"found in {summary['found_in']} of {len(rows)} seeds")
+    figures_path.write_text(json.dumps(figures, indent=1) + "\n")
     return summary
 
 

@@ -127,7 +127,7 @@ class PlantedTrainer:
         self.calls = []
 
     def __call__(self, structure, bench, *, attention="none", seed=0, trace_every=0, **kwargs):
-        self.calls.append((structure.name, attention, seed, trace_every))
+        self.calls.append((structure.name, attention, seed, trace_every, kwargs.get("fusion_order")))
         decoys = {str(d) for d in decoy_stems(structure)}
         weights = {str(n.index): {str(j): 0.1 if str(j) in decoys else 0.6 for j in n.inputs}
                    for n in structure.blocks}
@@ -149,10 +149,11 @@ def test_v2_suites_write_their_verdicts(tmp_path):
                                progress=False)
     assert [r["variant"] for r in tables["attention"]] == ["none, with object", "static, with object",
                                                            "self, with object", "peer, with object"]
-    summary = (tmp_path / "connections" / "summary.json").read_text()
-    assert '"found_in": 3' in summary
-    assert (tmp_path / "connections" / "sigma_over_training.png").stat().st_size > 1000
-    assert {c[3] for c in trainer.calls if c[0].endswith("_oneshot") and c[1] == "none"} == {2}  # 60 steps / 30
+    for order in ("project_first", "weight_first"):
+        assert '"found_in": 3' in (tmp_path / "connections" / f"summary_{order}.json").read_text()
+        assert (tmp_path / "connections" / f"sigma_{order}.png").stat().st_size > 1000
+    traced = [c for c in trainer.calls if c[0].endswith("_oneshot") and c[1] == "none"]
+    assert {c[3] for c in traced} == {2} and len(traced) == 6  # 60 steps / 30; 2 fusion orders x 3 seeds
     oneshot = (tmp_path / "oneshot" / "summary.md").read_text()
     assert "Decoy edges removed: 100% ± 0%; real edges removed: 0% ± 0%" in oneshot
     results = (tmp_path / "results.md").read_text()
@@ -160,7 +161,7 @@ def test_v2_suites_write_their_verdicts(tmp_path):
     assert "| peer, with object − none, with object | 10.00 | 3 vs 3 | 0.1 |" in results
     html = (tmp_path / "report" / "index.html").read_text()
     assert "+10.00 points, p = 0.1 (permutation test)" in html
-    assert "σ(w) of every connection over training (decoy edges red); found in 3 of 3 seeds" in html
+    assert "fusion order weight_first (decoy edges red); found in 3 of 3" in html
     searched = Structure.from_json(tmp_path / "attention" / "searched_object.json")
     assert decoy_stems(searched) and not any(j in decoy_stems(searched) for j, _ in searched.edges())
     assert over_connected(with_decoy("tiny")).name == "tiny_decoy_oneshot"
