@@ -121,6 +121,68 @@ def test_pruning_keeps_gates_strictly_above_0_2_and_the_argmax_peer():
     assert pruning.keeps(0.2001) and not pruning.keeps(0.2) and not pruning.keeps(0.1)
 
 
+class _Variable:
+    def __init__(self, values):
+        self.values = np.asarray(values, "float32")
+
+    def numpy(self):
+        return self.values
+
+
+class _Model:
+    """What pruning reads of a trained model: get_layer(name) (ValueError when absent) and its variables."""
+
+    def __init__(self, layers):
+        self.layers = layers
+
+    def get_layer(self, name):
+        if name not in self.layers:
+            raise ValueError(f"no layer {name}")
+        return self.layers[name]
+
+
+def test_learned_weights_are_read_as_sigmoid_w_and_softmax_h_and_pruned():
+    from types import SimpleNamespace
+
+    s = get_structure("tiny")
+    rng = np.random.default_rng(2)
+    layers, raw_w, raw_h = {}, {}, {}
+    for node in s.blocks:
+        raw_w[node.index] = rng.normal(scale=2.0, size=len(node.inputs))
+        layers[f"block{node.index}_fusion"] = SimpleNamespace(w=_Variable(raw_w[node.index]))
+        raw_h[node.index] = rng.normal(size=len(s.peers(node.index)))
+        layers[f"block{node.index}_attention"] = SimpleNamespace(mode="search", h=_Variable(raw_h[node.index]))
+    last = s.blocks[-1].index
+    layers[f"block{last}_attention"] = SimpleNamespace(mode="peer")  # not a search layer: no h to read
+    model = _Model(layers)
+    weights = pruning.connection_weights(model, s)
+    attention = pruning.attention_weights(model, s)
+    for node in s.blocks:
+        gates = 1 / (1 + np.exp(-raw_w[node.index].astype("float32").astype("float64")))
+        assert list(weights[str(node.index)]) == [str(j) for j in node.inputs]
+        np.testing.assert_allclose(list(weights[str(node.index)].values()), gates, rtol=1e-12)
+        if node.index == last:
+            assert str(last) not in attention
+            continue
+        h = raw_h[node.index].astype("float32").astype("float64")
+        mix = np.exp(h) / np.exp(h).sum()
+        assert list(attention[str(node.index)]) == [str(p) for p in s.peers(node.index)]
+        np.testing.assert_allclose(list(attention[str(node.index)].values()), mix, rtol=1e-12)
+    pruned = pruning.prune(s, model, name="cut")
+    assert pruned.name == "cut" and pruning.prune(s, model).name == "tiny_pruned"
+    for node in s.blocks:
+        gates = weights[str(node.index)]
+        kept = tuple(j for j in node.inputs if gates[str(j)] > 0.2) or (max(node.inputs, key=lambda j: gates[str(j)]),)
+        assert pruned.node(node.index).inputs == kept
+        if node.index != last:
+            mix = attention[str(node.index)]
+            assert pruned.node(node.index).peer == int(max(mix, key=mix.get))
+    del layers[f"block{last}_fusion"]
+    assert str(last) not in pruning.connection_weights(model, s)
+    with pytest.raises(ValueError, match=f"block {last}: no learned connection weights"):
+        pruning.prune(s, model)
+
+
 # -- AssembleNet Eq. 2 ------------------------------------------------------------------------------------
 
 def _eq2(parent, weights, possible, threshold, draws):
