@@ -91,3 +91,26 @@ def test_chance_map_is_the_mean_over_200_seeded_random_rankings():
     rng = np.random.default_rng(0)
     expected = np.mean([metrics.charades_map(rng.random(labels.shape), labels).mAP for _ in range(200)])
     assert metrics.chance_map(labels) == pytest.approx(expected, abs=1e-12)
+
+
+def test_messages_list_at_most_ten_offenders():
+    scores = np.full(12, np.nan)
+    with pytest.raises(ValueError, match=rf"NaN at positions \[{', '.join(map(str, range(10)))}\]$"):
+        metrics.average_precision(scores, np.ones(12))
+    with pytest.raises(ValueError, match=rf"got \[{', '.join(['5'] * 10)}\]$"):
+        metrics.confusion_matrix(np.full(12, 5), np.zeros(12, int), 2)
+
+
+def test_more_than_twenty_missing_classes_end_with_an_ellipsis_and_warn_at_the_caller():
+    labels = np.zeros((2, 22), int)
+    labels[:, 0] = 1  # 21 classes missing: 20 listed, then " ..."
+    with pytest.warns(UserWarning) as record:
+        metrics.charades_map(np.ones((2, 22)), labels)
+    assert str(record[0].message).endswith(f"{list(range(1, 21))} ...")
+    assert record[0].filename == __file__
+
+
+def test_unsigned_scores_rank_by_value_and_counts_are_integers():
+    # uint8 scores negated without a float conversion would wrap around (-200 → 56).
+    assert metrics.average_precision(np.array([3, 200, 7], np.uint8), [0, 1, 0]) == 1.0
+    assert metrics.confusion_matrix([0, 1], [1, 1], 2).dtype.kind == "i"
