@@ -110,6 +110,6 @@ def test_more_than_twenty_missing_classes_end_with_an_ellipsis():
 
 
 def test_unsigned_scores_rank_by_value_and_counts_are_integers():
-    # uint8 scores negated without a float conversion would wrap around (-200 → 56).
-    assert metrics.average_precision(np.array([3, 200, 7], np.uint8), [0, 1, 0]) == 1.0
+    # uint8 scores negated without a float conversion wrap around: -0 = 0 would rank before -5 = 251.
+    assert metrics.average_precision(np.array([0, 5, 3], np.uint8), [0, 1, 0]) == 1.0
     assert metrics.confusion_matrix([0, 1], [1, 1], 2).dtype.kind == "i"
