@@ -101,3 +101,64 @@ def test_clip_labels_are_the_actions_overlapping_the_half_open_clip_span():
     toyota = clips.clip_labels(labels=[4], label_start=[0.0], label_end=[9.0], fps=8.0, start=160, frames=8,
                                dataset="toyota", num_classes=6, whole_video=False)
     np.testing.assert_array_equal(toyota, [0, 0, 0, 0, 1, 0])
+
+
+def test_video_key_is_63_bits_of_blake2b_and_the_same_for_str_and_bytes():
+    import hashlib
+
+    digest = hashlib.blake2b(b"AB12C", digest_size=8).digest()
+    expected = int.from_bytes(digest, "little") >> 1
+    assert clips.video_key("AB12C") == clips.video_key(b"AB12C") == expected < 2**63
+
+
+def test_decisions_differ_by_seed_and_wrap_the_seed_to_32_bits():
+    def decision(seed, video_id="v"):
+        d = clips.decide(num_frames=90, height=40, width=60, frames=8, clips=3, training=True, seed=seed,
+                         epoch=0, video_id=video_id)
+        return d.starts.tolist(), d.y0, d.x0, d.side, d.flip
+
+    assert decision(3) == decision(3 + 2**32) != decision(4)
+    d = clips.decide(num_frames=90, height=40, width=60, frames=8, clips=3, training=True, seed=0, epoch=0,
+                     video_id="v")
+    assert d.starts.dtype == np.int32 and isinstance(d.flip, bool)
+    flips = [clips.decide(num_frames=9, height=8, width=8, frames=8, clips=1, training=True, seed=0, epoch=e,
+                          video_id="v").flip for e in range(200)]
+    assert 70 < sum(flips) < 130  # probability 1/2
+    with pytest.raises(ValueError, match=r"^eval_starts='middle': expected one of \('random', 'even'\)$"):
+        clips.decide(num_frames=9, height=8, width=8, frames=8, clips=1, training=False, seed=0, epoch=0,
+                     video_id="v", eval_starts="middle")
+
+
+def test_random_evaluation_starts_differ_between_videos():
+    starts = {tuple(clips.decide(num_frames=40, height=8, width=8, frames=8, clips=5, training=False, seed=0,
+                                 epoch=0, video_id=f"v{v}", eval_starts="random").starts) for v in range(5)}
+    assert len(starts) > 1
+
+
+def test_a_one_pixel_video_gets_a_one_pixel_crop():
+    d = clips.decide(num_frames=9, height=1, width=5, frames=8, clips=1, training=True, seed=0, epoch=0,
+                     video_id="v")
+    assert (d.side, d.y0) == (1, 0)
+
+
+def test_clip_labels_edges_compare_in_float32_and_ignore_out_of_range_ids():
+    # Clip from frame 3 at 30 fps: t0 = float32(3) / float32(30). An action ending a quarter of a float32
+    # step after t0 rounds to t0 in float32: it does not overlap (as in the tf.data reader), though it
+    # would in float64.
+    t0 = np.float32(3) / np.float32(30)
+    end = float(t0) + float(np.spacing(t0)) / 4
+    assert end > float(t0) and np.float32(end) == t0
+
+    def labels(**kwargs):
+        common = dict(labels=[1], label_start=[0.0], label_end=[end], fps=30.0, start=3, frames=8,
+                      dataset="charades", num_classes=6, whole_video=False)
+        return clips.clip_labels(**{**common, **kwargs})
+
+    got = labels()
+    assert got.dtype == np.float32 and got.tolist() == [0] * 6
+    start = float(np.float32(11) / np.float32(30)) - float(np.spacing(np.float32(11 / 30))) / 4
+    assert labels(label_start=[start], label_end=[9.0]).tolist() == [0] * 6  # starts at t1 in float32
+    assert labels(labels=[-1, 6, 7, 2], label_start=[0.0] * 4, label_end=[9.0] * 4).tolist() == [0, 0, 1, 0, 0, 0]
+    toyota = clips.clip_labels(labels=3, label_start=0.0, label_end=9.0, fps=30.0, start=0, frames=8,
+                               dataset="toyota", num_classes=6, whole_video=False)
+    assert toyota.tolist() == [0, 0, 0, 1, 0, 0]
