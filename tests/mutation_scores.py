@@ -1,7 +1,8 @@
 """The mutation score of each mutated module after `mutmut run` (`make mutation`, docs/testing.md).
 
 Reads mutmut's per-file results (mutants/<path>.meta) and prints, per module, the mutants killed
-(a test failed, or timed out) over those checked; mutants no test reaches count as survivors.
+(a test failed, or timed out) over those checked; mutants no test reaches count as survivors, and
+mutants not checked yet (an interrupted run) are listed apart and left out of the score.
 """
 
 import json
@@ -28,15 +29,15 @@ def main() -> int:
     if not table:
         print("no mutmut results under mutants/: run `mutmut run` first", file=sys.stderr)
         return 1
-    print(f"{'module':32} {'killed':>7} {'survived':>9} {'no tests':>9} {'other':>6} {'score':>7}")
+    print(f"{'module':32} {'killed':>7} {'survived':>9} {'no tests':>9} {'unchecked':>10} {'score':>7}")
     for module, counts in table.items():
         killed = counts.get("killed", 0) + counts.get("timeout", 0)
         survived = counts.get("survived", 0)
         untested = counts.get("no tests", 0)
-        other = sum(counts.values()) - killed - survived - untested
+        unchecked = sum(counts.values()) - killed - survived - untested
         total = killed + survived + untested
         score = f"{100 * killed / total:.0f} %" if total else "-"
-        print(f"{module:32} {killed:7} {survived:9} {untested:9} {other:6} {score:>7}")
+        print(f"{module:32} {killed:7} {survived:9} {untested:9} {unchecked:10} {score:>7}")
     return 0
 
 
