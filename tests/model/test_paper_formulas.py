@@ -233,3 +233,54 @@ def test_weight_decay_covers_kernels_only_not_w_v_h_or_biases():
     for v in variables:
         after = keras.ops.convert_to_numpy(v)
         assert np.allclose(after, 0.7) != v.path.endswith("kernel"), v.path
+
+
+def test_pruning_edge_cases():
+    from types import SimpleNamespace
+
+    s = get_structure("tiny")
+    blocks = [n for n in s.blocks if len(n.inputs) >= 3]
+    weak, other = blocks[0], blocks[1]
+    weights = {str(n.index): {str(j): 0.9 for j in n.inputs} for n in s.blocks}
+    # Every gate of `weak` at or below 0.2: the strongest (not the first, not the largest index) survives.
+    for j, gate in zip(weak.inputs, [0.05, 0.19] + [0.1] * (len(weak.inputs) - 2), strict=True):
+        weights[str(weak.index)][str(j)] = gate
+    weights[str(other.index)][str(other.inputs[0])] = 0.4
+    pruned = pruning.prune_weights(s, weights, threshold=0.5)
+    assert pruned.node(weak.index).inputs == (weak.inputs[1],)
+    assert other.inputs[0] not in pruned.node(other.index).inputs  # 0.4 ≤ the threshold passed
+    # Peers chosen once are kept when no attention weights are given.
+    peers = {str(n.index): {str(p): float(p == s.peers(n.index)[0]) for p in s.peers(n.index)} for n in s.blocks}
+    chosen = pruning.prune_weights(s, weights, peers)
+    again = pruning.prune_weights(chosen, weights)
+    assert [n.peer for n in again.blocks] == [s.peers(n.index)[0] for n in s.blocks]
+
+    # Reading a model: a block without a fusion layer or with a non-search attention layer in the middle is
+    # skipped, the others are read; huge h stays finite; a weight count that does not match the inputs fails.
+    layers = {f"block{n.index}_fusion": SimpleNamespace(w=_Variable(np.zeros(len(n.inputs)))) for n in s.blocks}
+    for n in s.blocks:
+        layers[f"block{n.index}_attention"] = SimpleNamespace(
+            mode="search", h=_Variable(np.arange(len(s.peers(n.index))) * 10.0 + 700.0))
+    middle = s.blocks[1].index
+    del layers[f"block{middle}_fusion"]
+    layers[f"block{middle}_attention"] = SimpleNamespace()  # no mode at all
+    model = _Model(layers)
+    assert set(pruning.connection_weights(model, s)) == {str(n.index) for n in s.blocks} - {str(middle)}
+    attention = pruning.attention_weights(model, s)
+    assert set(attention) == {str(n.index) for n in s.blocks} - {str(middle)}
+    for n in s.blocks:
+        if n.index != middle:
+            e = np.exp(np.arange(len(s.peers(n.index))) * 10.0)
+            np.testing.assert_allclose(list(attention[str(n.index)].values()), e / e.sum())
+    layers[f"block{middle}_fusion"] = SimpleNamespace(w=_Variable(np.zeros(len(s.node(middle).inputs) + 1)))
+    with pytest.raises(ValueError):
+        pruning.connection_weights(model, s)
+    layers[f"block{middle}_attention"] = SimpleNamespace(mode="search", h=_Variable(np.zeros(1 + len(s.peers(middle)))))
+    with pytest.raises(ValueError):
+        pruning.attention_weights(model, s)
+    layers[f"block{middle}_fusion"] = SimpleNamespace(w=_Variable(np.full(len(s.node(middle).inputs), 0.1)))
+    # σ(0) = 0.5 everywhere else, σ(0.1) ≈ 0.525 in `middle`: a threshold of 0.51 passed to prune keeps only those.
+    layers[f"block{middle}_attention"] = SimpleNamespace(mode="peer")
+    cut = pruning.prune(s, model, threshold=0.51)
+    assert cut.node(middle).inputs == s.node(middle).inputs
+    assert all(len(cut.node(n.index).inputs) == 1 for n in s.blocks if n.index != middle)
