@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test test-tf test-jax lint clean
+.PHONY: install system-deps demo test test-tf test-jax lint mutation clean
 
 $(STAMP): setup.py
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
@@ -41,8 +41,15 @@ test: $(STAMP) system-deps
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q tests
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/model
 
+# Mutation testing of the core (docs/testing.md): mutmut mutates the modules of [tool.mutmut] in
+# pyproject.toml in a copy under mutants/ and runs the tests that cover each mutant. Slow; not in `make test`.
+# Then: `$(BIN)/mutmut results` lists the surviving mutants, `$(BIN)/mutmut show NAME` shows one.
+mutation: $(STAMP)
+	KERAS_BACKEND=tensorflow $(BIN)/mutmut run
+	$(BIN)/python -m tests.mutation_scores
+
 lint: $(STAMP)
 	$(BIN)/ruff check model preprocessing pipelines dags tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) runs build mutants *.egg-info

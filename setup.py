@@ -26,7 +26,8 @@ EXTRAS = {
         "scikit-video",
         "keras-hub",
     ],
-    "dev": ["pytest", "ruff", "scikit-learn", "selenium"],
+    # mutmut: `make mutation` (docs/testing.md), pinned because its config keys change between majors.
+    "dev": ["pytest", "ruff", "scikit-learn", "selenium", "mutmut>=3.8,<4"],
     "jax": ["jax[cpu]"],
     # What the TensorFlow-free input path needs beside keras + jax (docs/training.md "Input path").
     "tffree": ["protobuf>=4.21", "google-crc32c", "opencv-python-headless>=4.10", "numpy>=1.26"],

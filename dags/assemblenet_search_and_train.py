@@ -16,6 +16,7 @@ from __future__ import annotations
 from airflow.sdk import Param, dag
 
 from dags._common import DEFAULT_ARGS, ROUTING_PARAMS, context_params, cpu_task, gpu_task, run_folder
+from model.pruning import PRUNE_THRESHOLD
 
 PARAMS = {
     "structure": Param("runs/embedded/evolution/best_structure.json", type="string",
@@ -29,7 +30,8 @@ PARAMS = {
     "dataset": Param("charades", enum=["charades", "toyota"], description="multi-label (sigmoid) or "
                      "single-label (softmax)"),
     "search_steps": Param(8, type="integer", description="training steps of the one-shot model"),
-    "threshold": Param(0.2, type=["number", "integer"], description="pruning threshold on σ(w) (§4.1: 0.2)"),
+    "threshold": Param(PRUNE_THRESHOLD, type=["number", "integer"],
+                       description=f"pruning threshold on σ(w) (§4.1: {PRUNE_THRESHOLD})"),
     "steps": Param(16, type="integer", description="full training steps (paper: 50000)"),
     "steps_per_epoch": Param(4, type="integer", description="steps between checkpoints; divides both step "
                              "counts"),

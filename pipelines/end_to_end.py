@@ -30,6 +30,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from model.pruning import PRUNE_THRESHOLD
 from pipelines.checks import write_json
 from pipelines.configs import check_fields
 
@@ -77,7 +78,8 @@ class EndToEndConfig:
     batch_size: int = _help("batch size of every training (paper: 128)", 8)
     learning_rate: float = _help("peak learning rate of every training", 0.4)
     clips: int = _help("clips per test video, max-pooled (AssembleNet A.7: 5)", 3)
-    threshold: float = _help("one-shot pruning threshold on sigmoid(w) (AssembleNet++ §4.1)", 0.2)
+    threshold: float = _help("one-shot pruning threshold on sigmoid(w) (AssembleNet++ §4.1)",
+                             PRUNE_THRESHOLD)
 
     def __post_init__(self):
         for name in ("videos", "num_classes", "population", "children_per_round", "proxy_steps",
@@ -267,7 +269,7 @@ def finish_evolution(state_dir: str) -> str:
 # -- one-shot search, training, evaluation, report ----------------------------------------------------
 
 def one_shot_search(*, structure: str, data: str, eval_data: str | None, out: str, train: dict[str, Any],
-                    threshold: float = 0.2) -> str:
+                    threshold: float = PRUNE_THRESHOLD) -> str:
     """AssembleNet++ §3.5: trains the over-connected attention-search model of `structure`'s layout
     and prunes it; returns out/final_structure.json."""
     from pipelines.search import run_search

@@ -2,7 +2,7 @@
 
 `plot_connectivity` draws a structure like Figure 4(a) of AssembleNet++: nodes placed in rows by
 level (stems at the bottom), edge darkness = the learned σ(w) of the connection (§3.3), edges below
-0.2 faded (the pruning threshold of §4.1), and the direct edges from the object stem in blue.
+`model.pruning.PRUNE_THRESHOLD` (0.2, §4.1) faded, and the direct edges from the object stem in blue.
 `plot_fitness` draws an evolution's progress like Figure 4 of AssembleNet: the mean fitness of the
 three best models in the pool after each round, over every child's fitness.
 """
@@ -17,8 +17,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch
 
+from model.pruning import PRUNE_THRESHOLD, keeps
+
 DPI = 100
-PRUNE_THRESHOLD = 0.2  # AssembleNet++ §4.1: connections with σ(w) > 0.2 are kept and shown
 _MODALITY_COLOURS = {"rgb": "#d62728", "flow": "#2ca02c", "object": "#1f77b4"}
 _OBJECT_BLUE = (0.12, 0.35, 0.85)
 
@@ -178,7 +179,7 @@ def plot_connectivity(structure, weights: Mapping | None, path: str | Path, *,
         is_object = source.is_stem and source.modality == "object"
         if math.isnan(w):
             colour, alpha, width, style = (0.45, 0.45, 0.45), 0.8, 1.0, "--"
-        elif w <= threshold:
+        elif not keeps(w, threshold):
             colour, alpha, width, style = ((0.55, 0.7, 1.0) if is_object else (0.7, 0.7, 0.7)), 0.35, 0.6, ":"
         else:
             darkness = min(max(w, 0.0), 1.0)
@@ -208,7 +209,7 @@ def plot_connectivity(structure, weights: Mapping | None, path: str | Path, *,
     for side in ("top", "right", "bottom"):
         ax.spines[side].set_visible(False)
     known = [w for w in edges.values() if not math.isnan(w)]
-    kept = sum(w > threshold for w in known)
+    kept = sum(keeps(w, threshold) for w in known)
     note = (f"{kept} of {len(known)} learned edges with σ(w) > {threshold} (darker = larger); "
             f"faded dotted: ≤ {threshold}; blue: from the object stem") if known else \
         "no learned weights: the structure's edges (dashed)"

@@ -35,6 +35,7 @@ import json
 import shutil
 from pathlib import Path
 
+from model.pruning import PRUNE_THRESHOLD
 from pipelines import locks, plots
 
 
@@ -73,12 +74,13 @@ def _write_report(run_dir: Path, out: Path) -> Path:
         _evaluation_section(run_dir, out),
         _connectivity_section(run_dir, out, "", "Learned connectivity",
                               "Edge darkness is the learned connection weight σ(w) (AssembleNet++ §3.3); "
-                              "edges below 0.2 are faded, edges from the object stem are blue (Fig. 4(a))."),
+                              f"edges at or below {PRUNE_THRESHOLD} are faded, edges from the object stem are blue "
+                              "(Fig. 4(a))."),
         _attention_section(run_dir, out),
         _evolution_section(run_dir, out),
         _connectivity_section(run_dir, out, "search", "One-shot search: learned connectivity",
                               "The one-shot model connects every block to all lower levels and learns the "
-                              "weights (AssembleNet++ §3.5); those above 0.2 are kept when pruning."),
+                              f"weights (AssembleNet++ §3.5); those above {PRUNE_THRESHOLD} are kept when pruning."),
         _attention_nas_section(run_dir, out),
     ]
     title = f"AssembleNet run report: {run_dir.resolve().name}"

@@ -23,17 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from model.oneshot import over_connected
+from model.pruning import PRUNE_THRESHOLD
 from model.structure import Structure, get_structure
 from pipelines import locks
 from pipelines.checks import write_json
-
-DEFAULT_THRESHOLD = 0.2  # AssembleNet++ §4.1: edges with weights above 0.2 are kept
 
 
 @locks.writes("out_dir", "search folder")
 def run_search(*, structure: str | Path | Structure, data: str, out_dir: str | Path,
                train: Mapping[str, Any] | None = None, eval_data: str | None = None,
-               threshold: float = DEFAULT_THRESHOLD, verbose: int | str = "auto") -> dict[str, Any]:
+               threshold: float = PRUNE_THRESHOLD, verbose: int | str = "auto") -> dict[str, Any]:
     """Trains the one-shot search model of `structure`'s layout on `data` and prunes it.
 
     `train` holds TrainConfig fields (steps, frames, size, batch_size, dataset, ...); `structure`

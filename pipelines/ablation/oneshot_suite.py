@@ -40,13 +40,14 @@ from typing import Any
 import numpy as np
 
 from model.oneshot import over_connected
+from model.pruning import PRUNE_THRESHOLD
 from model.structure import Structure, get_structure
 from pipelines.ablation.harness import decoy_stems
 from pipelines.ablation.runner import SuiteContext, suite
 from pipelines.ablation.suites import LAYOUT, layout_for, search_key
 
 SEARCH, PRUNED = "one-shot search", "pruned (peer)"
-THRESHOLD = 0.2  # AssembleNet++ §4.1: connections with σ(w) > 0.2 are kept (model.pruning's default)
+THRESHOLD = PRUNE_THRESHOLD  # AssembleNet++ §4.1: connections with σ(w) > 0.2 are kept
 
 
 def search_run(ctx: SuiteContext, layout: Structure, seed: int) -> dict[str, Any]:
@@ -226,7 +227,7 @@ def plot_oneshot(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], 
     labels = [str(r["seed"]) for r in rows]
     kept = [r["edges_kept"] for r in rows]
     removed = [r["edges_removed"] for r in rows]
-    ax.bar(labels, kept, color="#4c72b0", label="kept (σ(w) > 0.2)")
+    ax.bar(labels, kept, color="#4c72b0", label=f"kept (σ(w) > {summary['threshold']:g})")
     ax.bar(labels, removed, bottom=kept, color="#dd8452", label="removed")
     ax.set_xlabel("search seed")
     ax.set_ylabel("connections")

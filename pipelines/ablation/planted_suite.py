@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from model.oneshot import over_connected
+from model.pruning import PRUNE_THRESHOLD
 from pipelines.ablation.harness import decoy_stems
 from pipelines.ablation.runner import SuiteContext, suite
 from pipelines.ablation.suites import ATTENTIONS, layout_for, searched_structure
@@ -115,7 +116,7 @@ def plot_sigma(rows: Sequence[Mapping[str, Any]], decoys: Sequence[int], path: s
                 bad = j in decoys
                 ax.plot(steps, values, color="#c44e52" if bad else "#999999", lw=1.2 if bad else 0.6,
                         alpha=1.0 if bad else 0.6, zorder=3 if bad else 2)
-        ax.axhline(0.2, color="k", ls=":", lw=0.8)
+        ax.axhline(PRUNE_THRESHOLD, color="k", ls=":", lw=0.8)
         ax.set_title(f"seed {r['seed']}: {'found' if r['found'] else 'not found'}", fontsize=9)
         ax.set_xlabel("step")
         if k == 0:

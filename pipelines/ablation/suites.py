@@ -49,7 +49,7 @@ def layout_for(ctx: SuiteContext, layout=LAYOUT) -> Structure:
 def searched_structure(ctx: SuiteContext, object_stem: bool = True, layout=LAYOUT) -> Structure:
     """The pruned one-shot search result of `layout` (with or without its object stem) on ctx.bench,
     with one argmax peer per block; trained once per output folder and reused by every suite."""
-    from model.pruning import DEFAULT_THRESHOLD, prune_weights  # imports Keras: not at suite registration
+    from model.pruning import PRUNE_THRESHOLD, prune_weights
 
     layout = layout_for(ctx, layout)
     if not object_stem:
@@ -59,7 +59,7 @@ def searched_structure(ctx: SuiteContext, object_stem: bool = True, layout=LAYOU
     row = ctx.run(search_key(layout, SEARCH_SEED, tag),
                   functools.partial(ctx.train, supernet, attention="search", seed=SEARCH_SEED),
                   shared=True, aux=True, seed=SEARCH_SEED)
-    final = prune_weights(supernet, row["edge_weights"], row["attention_weights"], threshold=DEFAULT_THRESHOLD,
+    final = prune_weights(supernet, row["edge_weights"], row["attention_weights"], threshold=PRUNE_THRESHOLD,
                           name=f"{layout.name}_searched_{tag}")
     final.save(ctx.out / f"searched_{tag}.json")
     (ctx.out / f"search_{tag}.json").write_text(json.dumps(

@@ -2,6 +2,7 @@
 
 import json
 
+from model.pruning import PRUNE_THRESHOLD
 from pipelines.commands import fraction
 from pipelines.commands.train import FLAGS as TRAIN_FLAGS
 
@@ -21,8 +22,9 @@ def register(subparsers):
     parser.add_argument("--eval-data", help="TFRecords evaluated after every epoch")
     parser.add_argument("--out", required=True,
                         help="output folder: final_structure.json, search_summary.json, run/")
-    parser.add_argument("--threshold", type=fraction(high_open=True), default=0.2,
-                        help="connections with sigmoid(w) <= this are pruned (AssembleNet++ §4.1: 0.2)")
+    parser.add_argument("--threshold", type=fraction(high_open=True), default=PRUNE_THRESHOLD,
+                        help="connections with sigmoid(w) <= this are pruned (AssembleNet++ §4.1: "
+                             f"{PRUNE_THRESHOLD})")
     parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
     recipe = parser.add_argument_group("training recipe (TrainConfig)")
     for name in SEARCH_TRAIN_FLAGS:

@@ -4,7 +4,7 @@ import pytest
 
 from model.assemblenet import build_assemblenet
 from model.pruning import attention_weights, connection_weights, prune
-from model.structure import Structure, assemblenet50, tiny
+from model.structure import Structure, tiny
 from model.summary import model_summary
 
 T, S, K = 4, 32, 3
@@ -92,16 +92,6 @@ def test_pruning_round_trip_rebuilds_as_a_peer_model():
     # A block whose every σ(w) is below the threshold keeps its strongest input.
     model.get_layer("block3_fusion").w.assign(np.array([-5.0, -2.0, -4.0], "float32"))
     assert prune(s, model).node(3).inputs == (1,)
-
-
-def test_summary_counts_flops_of_the_paper_model():
-    summary = model_summary(assemblenet50(), frames=8, size=64, num_classes=10)
-    assert summary["params"] == build_assemblenet(assemblenet50(), 10).count_params()
-    # Hand count of the RGB stem's 7x7/2 conv at 8x64x64: 2·(8·32·32)·32·49·3 multiply-adds x2.
-    stem_conv = 2 * (8 * 32 * 32) * 32 * 49 * 3
-    assert summary["flops"] > 10 * stem_conv
-    peer = model_summary(assemblenet50(), attention="peer", default_peers=True, frames=8, size=64, num_classes=10)
-    assert 0 < peer["flops"] - summary["flops"] < 0.01 * summary["flops"]
 
 
 def test_summary_reports_what_an_attention_cell_adds():

@@ -26,6 +26,33 @@ def test_ties_keep_input_order_like_matlab_sort():
     assert metrics.average_precision([0.5, 0.5, 0.5], [1, 0, 0]) == pytest.approx(1.0)
 
 
+def _reference_ap(scores, labels):
+    """The official MATLAB definition written out: rank by a stable descending sort (Python's `sorted` is
+    stable, so tied videos keep their input order), then average precision@k over the positives' ranks."""
+    ranking = sorted(range(len(scores)), key=lambda i: -scores[i])
+    hits, total = 0, 0.0
+    for k, i in enumerate(ranking, start=1):
+        if labels[i]:
+            hits += 1
+            total += hits / k
+    return total / hits
+
+
+def test_ties_among_many_videos_keep_input_order():
+    # 60 videos on 4 score levels: long runs of ties mixing positives and negatives. An unstable sort
+    # (numpy's default introsort, stable only on short arrays) or one that reverses tied runs ranks them
+    # otherwise and changes the AP.
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        scores = rng.integers(0, 4, size=60) / 4.0
+        labels = (rng.random(60) < 0.4).astype(int)
+        assert metrics.average_precision(scores, labels) == pytest.approx(_reference_ap(scores, labels), abs=1e-12)
+    scores = np.repeat([0.5, 0.25], 20)
+    labels = np.tile([0, 1], 20)
+    # Within each tied run negatives come first: precision at the j-th positive is j / (2j).
+    assert metrics.average_precision(scores, labels) == pytest.approx(0.5)
+
+
 def test_minus_inf_ranks_last():
     # The positive with -inf comes after both negatives: AP = (1/2)(1/1 + 2/4).
     ap = metrics.average_precision([0.9, -np.inf, 0.1, 0.2], [1, 1, 0, 0])

@@ -18,12 +18,13 @@ def _video(t=5, h=16, w=20):
 def test_round_trip():
     rgb, flow, objects = _video()
     data = schema.encode_example(video_id="AB12C", dataset="charades", fps=6.0, rgb=rgb, num_classes=10,
-                                 labels=[3, 7], label_start=[0.0, 0.5], label_end=[1.0, 0.75], flow=flow,
+                                 labels=[3, 7], label_start=[0.25, 0.5], label_end=[1.0, 0.75], flow=flow,
                                  objects=objects)
     out = schema.decode_example(data)
     assert out["video_id"] == "AB12C" and out["dataset"] == "charades" and out["num_frames"] == 5
     assert (out["height"], out["width"], out["num_classes"]) == (16, 20, 10)
     assert out["labels"] == [3, 7] and out["label_end"] == pytest.approx([1.0, 0.75])
+    assert out["label_start"] == pytest.approx([0.25, 0.5]) and out["fps"] == pytest.approx(6.0)
     assert np.abs(out["rgb"].astype(int) - rgb).mean() < 2  # JPEG
     np.testing.assert_array_equal(out["flow"][:4], flow)  # PNG: lossless
     np.testing.assert_array_equal(out["flow"][4], flow[3])  # the last flow frame repeats
@@ -34,6 +35,8 @@ def test_round_trip():
     assert parsed["video_id"].numpy() == b"AB12C"
     assert parsed["rgb"].shape == (5,) and parsed["flow_x"].shape == (5,) and parsed["object"].shape == (5,)
     np.testing.assert_array_equal(parsed["labels"].numpy(), [3, 7])
+    np.testing.assert_allclose(parsed["label_start"].numpy(), [0.25, 0.5])
+    np.testing.assert_allclose(parsed["label_end"].numpy(), [1.0, 0.75])
     png = tf.io.decode_png(parsed["flow_y"][2], channels=1).numpy()[..., 0]
     np.testing.assert_array_equal(png, flow[2, ..., 1])
 
