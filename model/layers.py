@@ -93,23 +93,12 @@ class ConnectionFusion(keras.layers.Layer):
 
 
 @_serializable
-class EdgeGates(keras.layers.Layer):
+class EdgeGates(ConnectionFusion):
     """[σ(w_j)·x_j for each input j], returned separately: the weighting of AssembleNet++ Eq. 1 applied
     to a block's inputs before their channels are matched, the order of the reference implementation
     (tensorflow/models official/projects/assemblenet: weighted inputs of equal width are summed, then one
-    1x1 convolution without batch norm per width). One scalar w per connection, initialised at 0 like
-    ConnectionFusion's, and read the same way (model.pruning.connection_weights)."""
-
-    def __init__(self, num_inputs, **kwargs):
-        super().__init__(**kwargs)
-        if int(num_inputs) < 1:
-            raise ValueError(f"num_inputs must be >= 1, got {num_inputs}")
-        self.num_inputs = int(num_inputs)
-
-    def build(self, input_shape):
-        if len(input_shape) != self.num_inputs:
-            raise ValueError(f"{self.name}: expected {self.num_inputs} inputs, got {len(input_shape)}")
-        self.w = self.add_weight(name="w", shape=(self.num_inputs,), initializer="zeros")
+    1x1 convolution without batch norm per width). The same weights as ConnectionFusion (one scalar w
+    per connection, initialised at 0), read the same way (model.pruning.connection_weights)."""
 
     def call(self, inputs):
         gates = ops.sigmoid(ops.cast(self.w, "float32"))
@@ -117,9 +106,6 @@ class EdgeGates(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return list(input_shape)
-
-    def get_config(self):
-        return {**super().get_config(), "num_inputs": self.num_inputs}
 
 
 @_serializable
