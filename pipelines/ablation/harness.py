@@ -302,7 +302,16 @@ def train_and_score(structure, bench, *, attention: str = "none", object_stem: b
     feeder = Feeder(bench, modalities)
     losses = []
     compile_seconds = 0.0
-    trace = {"steps": [0], "weights": connection_weights(model, structure)} if trace_every else None
+    trace = {"steps": [], "weights": {}}
+
+    def record(step: int) -> None:  # σ(w) of every connection after `step` steps (trace_every > 0)
+        trace["steps"].append(step)
+        for block, row in connection_weights(model, structure).items():
+            for j, value in row.items():
+                trace["weights"].setdefault(block, {}).setdefault(j, []).append(value)
+
+    if trace_every:
+        record(0)
     for step, index in enumerate(batch_indices(len(bench.labels("train")), budget.batch_size, budget.steps, seed)):
         first = time.time()
         loss = model.train_on_batch(*feeder.batch("train", index))
@@ -311,12 +320,8 @@ def train_and_score(structure, bench, *, attention: str = "none", object_stem: b
             compile_seconds = time.time() - first
         if not np.isfinite(losses[-1]):
             break
-        if trace and ((step + 1) % trace_every == 0 or step + 1 == budget.steps):
-            trace["steps"].append(step + 1)
-            now = connection_weights(model, structure)
-            for block, row in now.items():
-                for j, value in row.items():
-                    trace["weights"][block][j] = [*np.atleast_1d(trace["weights"][block][j]), value]
+        if trace_every and ((step + 1) % trace_every == 0 or step + 1 == budget.steps):
+            record(step + 1)
     logits = predict(model, bench, eval_split, modalities, budget.batch_size, feeder)
     predicted = logits.argmax(-1)
     true = bench.labels(eval_split)
@@ -341,10 +346,8 @@ def train_and_score(structure, bench, *, attention: str = "none", object_stem: b
     if len(failed):  # benchmark v2: the score on the clips whose segmenter failed, and on the others
         result["score_segmenter_failed"] = float(np.mean(predicted[failed] == true[failed]))
         result["score_segmenter_ok"] = float(np.mean(predicted[~failed] == true[~failed]))
-    if trace:
-        result["edge_trace"] = {"steps": trace["steps"],
-                                "weights": {b: {j: [float(v) for v in np.atleast_1d(vals)] for j, vals in row.items()}
-                                            for b, row in trace["weights"].items()}}
+    if trace_every:
+        result["edge_trace"] = trace
     result["seconds"] = time.time() - started
     keras.backend.clear_session()
     return result
