@@ -273,8 +273,9 @@ def train_and_score(structure, bench, *, attention: str = "none", object_stem: b
     "edge_weights" ({"<block>": {"<input>": σ(w)}}, model/evolution.py's JSON form), "attention_weights"
     (search models: {"<block>": {"<peer>": softmax(h)}}; else {}), "structure" (the JSON trained),
     "attention", "seed", "eval_split"}; with `trace_every` = k > 0 also "edge_trace" ({"steps": [...],
-    "weights": {"<block>": {"<input>": [σ(w) at each of those steps]}}}: σ(w) after every k-th step,
-    the connection-learning curve of AssembleNet §3.2).
+    "weights": {"<block>": {"<input>": [σ(w) at each of those steps]}}, "score": [top-1 on eval_split at
+    each of those steps]}: the connection-learning curve of AssembleNet §3.2 beside the learning curve
+    that a suite's step budget is chosen from).
     """
     import keras
 
@@ -302,13 +303,15 @@ def train_and_score(structure, bench, *, attention: str = "none", object_stem: b
     feeder = Feeder(bench, modalities)
     losses = []
     compile_seconds = 0.0
-    trace = {"steps": [], "weights": {}}
+    trace = {"steps": [], "weights": {}, "score": []}
 
-    def record(step: int) -> None:  # σ(w) of every connection after `step` steps (trace_every > 0)
+    def record(step: int) -> None:  # after `step` steps (trace_every > 0): σ(w) of every connection, top-1
         trace["steps"].append(step)
         for block, row in connection_weights(model, structure).items():
             for j, value in row.items():
                 trace["weights"].setdefault(block, {}).setdefault(j, []).append(value)
+        logits = predict(model, bench, eval_split, modalities, budget.batch_size, feeder)
+        trace["score"].append(float(np.mean(logits.argmax(-1) == bench.labels(eval_split))))
 
     if trace_every:
         record(0)

@@ -117,6 +117,12 @@ def plot_sigma(rows: Sequence[Mapping[str, Any]], decoys: Sequence[int], path: s
                 ax.plot(steps, values, color="#c44e52" if bad else "#999999", lw=1.2 if bad else 0.6,
                         alpha=1.0 if bad else 0.6, zorder=3 if bad else 2)
         ax.axhline(PRUNE_THRESHOLD, color="k", ls=":", lw=0.8)
+        if r["trace"].get("score"):  # the learning curve on a second axis: where training stops paying
+            acc = ax.twinx()
+            acc.plot(steps, [100 * v for v in r["trace"]["score"]], color="#4c72b0", ls="--", lw=1.0)
+            acc.set_ylim(0, 100)
+            if k == len(rows) - 1:
+                acc.set_ylabel("validation top-1 % (blue, dashed)")
         ax.set_title(f"seed {r['seed']}: {'found' if r['found'] else 'not found'}", fontsize=9)
         ax.set_xlabel("step")
         if k == 0:

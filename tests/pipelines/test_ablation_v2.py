@@ -136,8 +136,8 @@ class PlantedTrainer:
         row = {"score": 0.5 + 0.1 * (attention == "peer") + 0.01 * seed, "params": 10, "edge_weights": weights,
                "attention_weights": mix}
         if trace_every:
-            row["edge_trace"] = {"steps": [0, 2], "weights": {b: {j: [0.5, v] for j, v in r.items()}
-                                                             for b, r in weights.items()}}
+            row["edge_trace"] = {"steps": [0, 2], "score": [0.1, 0.5],
+                                 "weights": {b: {j: [0.5, v] for j, v in r.items()} for b, r in weights.items()}}
         return row
 
 
@@ -182,7 +182,8 @@ def test_train_and_score_feeds_the_decoy_and_traces_sigma(v2):
     row = train_and_score(structure, v2, budget=budget, trace_every=2)
     (stem,) = decoy_stems(structure)
     trace = row["edge_trace"]
-    assert trace["steps"] == [0, 2, 3]
+    assert trace["steps"] == [0, 2, 3] and len(trace["score"]) == 3
+    assert trace["score"][-1] == pytest.approx(row["score"])  # the last point is the run's own score
     assert trace["weights"]["3"][str(stem)][0] == pytest.approx(0.5)  # σ(0): every edge starts even
     assert trace["weights"]["3"][str(stem)][-1] == pytest.approx(row["edge_weights"]["3"][str(stem)])
     assert trace["weights"]["3"][str(stem)][-1] != pytest.approx(0.5)  # it learned
