@@ -25,14 +25,16 @@ def stream_modality(stream: str) -> str:
     """The modality of an input stream: a stream is a modality (`flow`) or a second input of a modality's
     kind with a tag of its own (`flow_decoy`: a flow stem fed from the input named `flow_decoy`, e.g. the
     ablation benchmark's decoy stream). Returns "" where `stream` names no modality."""
-    modality, _, tag = str(stream).partition("_")
-    if modality not in MODALITIES or (_ and not (tag and tag.replace("_", "").isalnum())):
+    modality, separator, tag = str(stream).partition("_")
+    if modality not in MODALITIES or (separator and not tag.replace("_", "").isalnum()):
         return ""
     return modality
 
 
 def is_stream(item) -> bool:
     return isinstance(item, str) and bool(stream_modality(item))
+
+
 NUM_LEVELS = 4
 # Appendix A.2 of AssembleNet: the 3x3 conv width D_v is fixed per level.
 LEVEL_WIDTHS = (64, 128, 256, 512)
