@@ -111,7 +111,9 @@ def test_decoy_verdict():
     weights = {"5": {"0": 0.6, "1": 0.7, "9": 0.1}, "6": {"1": 0.5, "9": 0.45}}
     verdict = decoy_verdict(weights, [9])
     assert verdict["real_median"] == 0.6 and verdict["decoy_max"] == 0.45 and verdict["found"]
-    assert not decoy_verdict({"5": {"0": 0.3, "1": 0.7, "9": 0.6}}, [9])["found"]
+    assert verdict["decoy_lowest_in_block"] == 2  # the decoy is the weakest input of blocks 5 and 6
+    missed = decoy_verdict({"5": {"0": 0.3, "1": 0.7, "9": 0.6}}, [9])
+    assert not missed["found"] and missed["decoy_lowest_in_block"] == 0
 
 
 def test_permutation_test_exact_values():
