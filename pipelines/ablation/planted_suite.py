@@ -4,7 +4,8 @@
 decoy stem (model.oneshot: every L(j) < L(i) edge, the decoy stem's included) trained without attention,
 σ(w) of every edge recorded over training. The decoy stream shows another clip's flow, so each of its
 edges is wrong by construction; the planted answer is found in a seed when every decoy edge ends below
-the median of the real edges. OUT/connections/summary.json, summary.md and sigma_over_training.png.
+the median of the real edges; both fusion orders (model.assemblenet.FUSION_ORDERS). Per order:
+OUT/connections/summary_<order>.json, summary_<order>.md and sigma_<order>.png (σ(w) and top-1 over steps).
 
 `attention` (AssembleNet++ Tables 1 and 3, on the clips whose reliable modality changes): attention
 none / static / self / peer on the one-shot search's pruned structure with objects (the structure
@@ -15,7 +16,6 @@ the others (rows' `score_segmenter_failed`, `score_segmenter_ok`).
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from model.pruning import PRUNE_THRESHOLD
 from pipelines.ablation.harness import decoy_stems
 from pipelines.ablation.runner import SuiteContext, suite
 from pipelines.ablation.suites import ATTENTIONS, layout_for, searched_structure
-from pipelines.checks import UserError
+from pipelines.checks import UserError, read_json, write_json
 
 FUSION_ORDERS = ("project_first", "weight_first")  # model.assemblenet.FUSION_ORDERS, without importing Keras
 CONNECTIONS = {order: f"over-connected, {order.replace('_', ' ')}" for order in FUSION_ORDERS}
@@ -88,7 +88,7 @@ def write_connections(rows: Sequence[Mapping[str, Any]], decoys: Sequence[int], 
     summary = {"fusion_order": tag, "seeds": [r["seed"] for r in rows], "decoy_stems": list(decoys),
                "found_in": sum(r["found"] for r in rows),
                "per_seed": [{k: v for k, v in r.items() if k != "trace"} for r in rows]}
-    (folder / f"summary_{tag}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(folder / f"summary_{tag}.json", summary)
     lines = ["| seed | top-1 | decoy edges: max σ(w) | mean | lowest of their block | real edges: median σ(w) "
              "| min | found |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['seed']} | {100 * r['score']:.1f} | {r['decoy_max']:.3f} | {r['decoy_mean']:.3f} | "
@@ -99,10 +99,10 @@ def write_connections(rows: Sequence[Mapping[str, Any]], decoys: Sequence[int], 
     (folder / f"summary_{tag}.md").write_text("\n".join(lines) + "\n")
     png = plot_sigma(rows, decoys, folder / f"sigma_{tag}.png")
     figures_path = folder / "figures.json"
-    figures = json.loads(figures_path.read_text()) if figures_path.exists() else {}
+    figures = read_json(figures_path) if figures_path.exists() else {}
     figures[png.name] = (f"σ(w) of every connection over training, fusion order {tag} (decoy edges red); "
                          f"found in {summary['found_in']} of {len(rows)} seeds")
-    figures_path.write_text(json.dumps(figures, indent=1) + "\n")
+    write_json(figures_path, figures)
     return summary
 
 
