@@ -7,7 +7,7 @@ edges is wrong by construction; the planted answer is found in a seed when every
 the median of the real edges; both fusion orders (model.assemblenet.FUSION_ORDERS). Per order:
 OUT/connections/summary_<order>.json, summary_<order>.md and sigma_<order>.png (σ(w) and top-1 over steps).
 
-`attention` (AssembleNet++ Tables 1 and 3, on the clips whose reliable modality changes): attention
+`attention` (AssembleNet++ Table 1, on the clips whose reliable modality changes): attention
 none / static / self / peer on the one-shot search's pruned structure with objects (the structure
 table1 and table4 use), each row also scored separately on the clips whose segmenter failed and on
 the others (rows' `score_segmenter_failed`, `score_segmenter_ok`).
@@ -141,7 +141,7 @@ ATTENTION_ROWS = tuple(f"{a}, with object" for a in ATTENTIONS)
 ATTENTION_PAPER = dict(zip(ATTENTION_ROWS, (50.43, 51.15, 55.40, 56.38), strict=True))  # Table 1, with objects
 
 
-@suite("attention", title="AssembleNet++ Tables 1 and 3 on per-clip reliability: attention none / static / "
+@suite("attention", title="AssembleNet++ Table 1 on per-clip reliability: attention none / static / "
                           "self / peer", paper=ATTENTION_PAPER,
        paper_source="AssembleNet++ Table 1 (Charades mAP, with objects)", order=ATTENTION_ROWS,
        compare=[(f"{a}, with object", f"{b}, with object") for a in ("self", "peer") for b in ("none", "static")]
