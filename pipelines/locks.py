@@ -2,7 +2,7 @@
 
 Two `train` processes into one `--workdir` would interleave history.csv and overwrite each other's
 checkpoints; two `preprocess` jobs into one OUT would race on its shards. So the writing commands
-(train, evaluate run, preprocess, synth, evolve, search, attention-search, ablate; report and export
+(train, evaluate run, preprocess, synth, evolve, search, attention-search; report and export
 into their output folders) hold `FOLDER/.assemblenet.lock` while they run, and a second writer is
 refused at start with a one-line `FolderBusy` naming the holder (pid, host, command, since when).
 

@@ -29,8 +29,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
-# Which feature lists hold each model modality (as preprocessing.schema.MODALITY_KEYS).
-MODALITY_KEYS = {"rgb": ("rgb",), "flow": ("flow_x", "flow_y"), "object": ("object",)}
+from preprocessing.schema import MODALITY_KEYS  # which feature lists hold each model modality
+
 SUMMARY = "summary.json"
 
 
