@@ -30,13 +30,16 @@ number for that row where the paper gives one, the per-seed scores) and OUT/resu
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import fcntl
+import hashlib
 import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +199,24 @@ class SuiteContext:
         if stored is not None:
             self.progress.update(1)
             return stored
+        with self._claim(full_key):
+            stored = self.store.get(full_key)  # another process may have run it while this one waited
+            if stored is not None:
+                self.progress.update(1)
+                return stored
+            return self._execute(key, full_key, fn, shared, labels)
+
+    def _claim(self, full_key: str):
+        """Blocks while another process on the folder runs the same key (e.g. several processes whose
+        suites share the one-shot search): one trains it, the others then read its row. An flock, so a
+        killed holder frees it at once."""
+        claims = self.store.path.parent / ".claims"
+        claims.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha1(full_key.encode()).hexdigest()[:16]
+        return _flocked(claims / f"{name}.lock")
+
+    def _execute(self, key: str, full_key: str, fn: Callable[[], Mapping[str, Any]], shared: bool,
+                 labels: Mapping[str, Any]) -> dict:
         self.progress.set_postfix_str(key, refresh=True)
         started = time.time()
         result = dict(fn())
@@ -206,6 +227,16 @@ class SuiteContext:
         self.calls += 1
         self.progress.update(1)
         return row
+
+
+@contextlib.contextmanager
+def _flocked(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
 
 
 class _NoProgress:

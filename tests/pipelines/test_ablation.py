@@ -7,6 +7,10 @@ well-formed, in seconds. The real harness is tested in test_ablation_harness.py.
 
 import json
 import math
+import multiprocessing
+import os
+import threading
+from pathlib import Path
 
 import pytest
 
@@ -94,6 +98,37 @@ def test_a_run_finished_by_another_process_is_reused(tmp_path):
     assert ctx.run("b", lambda: pytest.fail("ran a finished run")) == {"key": "s/b", "score": 0.7}
     assert ctx.run("c", lambda: {"score": 0.1}, variant="c")["suite"] == "s"
     assert runner.ResultStore(tmp_path / "r.jsonl").get("s/c")["variant"] == "c"
+
+
+def _run_claimed(folder, started, release, key):
+    store = runner.ResultStore(Path(folder) / "r.jsonl")
+    ctx = runner.SuiteContext("s", bench=None, budget=BUDGET, seeds=[0], out=Path(folder) / "s", store=store,
+                              train=FakeTrainer())
+
+    def slow():
+        started.set()
+        release.wait(30)
+        return {"score": 0.25, "pid": os.getpid()}
+
+    ctx.run(key, slow, shared=True)
+
+
+def test_a_run_another_process_is_running_is_waited_for_not_repeated(tmp_path):
+    # Several `ablate` processes whose suites share the one-shot search: one trains it, the rest wait.
+    mp = multiprocessing.get_context("fork")
+    started, release = mp.Event(), mp.Event()
+    other = mp.Process(target=_run_claimed, args=(str(tmp_path), started, release, "search"))
+    other.start()
+    assert started.wait(30)
+    store = runner.ResultStore(tmp_path / "r.jsonl")
+    ctx = runner.SuiteContext("s", bench=None, budget=BUDGET, seeds=[0], out=tmp_path / "s", store=store,
+                              train=FakeTrainer())
+    threading.Timer(0.5, release.set).start()
+    row = ctx.run("search", lambda: pytest.fail("ran a run another process was running"), shared=True)
+    other.join(30)
+    assert row["pid"] == other.pid and row["score"] == 0.25
+    assert len((tmp_path / "r.jsonl").read_text().splitlines()) == 1
+    assert ctx.run("other", lambda: {"score": 0.5})["score"] == 0.5  # a different key is not blocked
 
 
 def test_aggregate_mean_std_paper_and_seeds():
