@@ -260,6 +260,25 @@ def predict(model, bench, split: str, modalities, batch_size: int, feeder: Feede
     return np.concatenate(outputs)
 
 
+def stem_rms(model, structure, inputs) -> dict[str, float]:
+    """{"<stem index>": root-mean-square of that stem's output on `inputs`}. A stem the network has
+    silenced (its batch-norm scale driven to ~0, or every ReLU dead) passes nothing on, and then the σ(w)
+    of its outgoing connections receives no gradient (∂L/∂w = ∂L/∂x_in · σ'(w) · x_out, Eq. 3 of
+    AssembleNet++): the connection weight stays where it was however useless the stream is."""
+    import keras
+
+    names = {}
+    for layer in model.layers:  # the last layer of each stem, in the functional graph's order
+        for node in structure.stems:
+            if layer.name.startswith(f"stem{node.index}_"):
+                names[node.index] = layer.name
+    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names.values()])
+    outputs = probe.predict_on_batch(inputs)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return {str(i): float(np.sqrt(np.mean(np.square(np.asarray(o, np.float32)))))
+            for i, o in zip(names, outputs, strict=True)}
+
+
 def train_and_score(structure, bench, *, attention: str = "none", object_stem: bool = True, seed: int = 0,
                     budget: Budget | None = None, eval_split: str = "val", trace_every: int = 0,
                     **model_options) -> dict[str, Any]:
@@ -272,7 +291,7 @@ def train_and_score(structure, bench, *, attention: str = "none", object_stem: b
     "compile_seconds" (the first step), "final_loss" (mean of the last 10% of steps),
     "edge_weights" ({"<block>": {"<input>": σ(w)}}, model/evolution.py's JSON form), "attention_weights"
     (search models: {"<block>": {"<peer>": softmax(h)}}; else {}), "structure" (the JSON trained),
-    "attention", "seed", "eval_split"}; with `trace_every` = k > 0 also "edge_trace" ({"steps": [...],
+    "attention", "seed", "eval_split", "stem_rms" (see `stem_rms`)}; with `trace_every` = k > 0 also "edge_trace" ({"steps": [...],
     "weights": {"<block>": {"<input>": [σ(w) at each of those steps]}}, "score": [top-1 on eval_split at
     each of those steps]}: the connection-learning curve of AssembleNet §3.2 beside the learning curve
     that a suite's step budget is chosen from).
@@ -345,6 +364,8 @@ def train_and_score(structure, bench, *, attention: str = "none", object_stem: b
         "seed": int(seed),
         "eval_split": eval_split,
     }
+    result["stem_rms"] = stem_rms(model, structure, feeder.batch(eval_split, np.arange(budget.batch_size)
+                                                                 % len(true))[0])
     failed = bench.splits[eval_split].object_failed
     if len(failed):  # benchmark v2: the score on the clips whose segmenter failed, and on the others
         result["score_segmenter_failed"] = float(np.mean(predicted[failed] == true[failed]))

@@ -322,3 +322,24 @@ def test_a_guided_search_on_the_real_harness_inherits_its_learned_weights(tmp_pa
     assert {e for e, w in learned.items() if w > 0.5} <= set(Structure.from_json(child["structure"]).edges())
     harness = json.loads((folder / "c0000" / "harness.json").read_text())
     assert harness["eval_split"] == "val" and parent["fitness"] == harness["score"]
+
+
+def test_stem_rms_reads_each_stems_output_and_sees_a_silenced_one():
+    """The diagnostic behind the connections suite's finding: a stem whose layers were zeroed passes
+    nothing on (its RMS is 0) while the others stay live."""
+    from model.assemblenet import build_assemblenet
+    from pipelines.ablation.harness import stem_rms
+
+    structure = tiny()
+    model = build_assemblenet(structure, 4, frames=4, size=16)
+    rng = np.random.default_rng(0)
+    inputs = {t.name.split(":")[0]: rng.normal(size=(2, *t.shape[1:])).astype("float32") for t in model.inputs}
+    live = stem_rms(model, structure, inputs)
+    assert set(live) == {str(n.index) for n in structure.stems} and all(v > 0 for v in live.values())
+    silenced = next(n.index for n in structure.stems if n.modality == "rgb")
+    for layer in model.layers:
+        if layer.name.startswith(f"stem{silenced}_"):
+            layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
+    after = stem_rms(model, structure, inputs)
+    assert after[str(silenced)] == 0.0
+    assert all(after[k] == pytest.approx(v, rel=1e-5) for k, v in live.items() if k != str(silenced))
