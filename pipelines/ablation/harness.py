@@ -291,7 +291,8 @@ def train_and_score(structure, bench, *, attention: str = "none", object_stem: b
     "compile_seconds" (the first step), "final_loss" (mean of the last 10% of steps),
     "edge_weights" ({"<block>": {"<input>": σ(w)}}, model/evolution.py's JSON form), "attention_weights"
     (search models: {"<block>": {"<peer>": softmax(h)}}; else {}), "structure" (the JSON trained),
-    "attention", "seed", "eval_split", "stem_rms" (see `stem_rms`)}; with `trace_every` = k > 0 also "edge_trace" ({"steps": [...],
+    "attention", "seed", "eval_split", "stem_rms" (see `stem_rms`)}; with `trace_every` = k > 0 also
+    "edge_trace" ({"steps": [...],
     "weights": {"<block>": {"<input>": [σ(w) at each of those steps]}}, "score": [top-1 on eval_split at
     each of those steps]}: the connection-learning curve of AssembleNet §3.2 beside the learning curve
     that a suite's step budget is chosen from).
