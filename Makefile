@@ -35,11 +35,13 @@ system-deps:
 demo: $(STAMP)
 	$(BIN)/python -m pipelines.demo
 
-# The whole suite under TensorFlow, then the model tests again under JAX.
+# The whole suite under TensorFlow, then the model tests and the TV-L1 tests (keras.ops and its Pallas
+# kernel; one kernel test is JAX-only) again under JAX.
 test: $(STAMP) system-deps
 	$(BIN)/ruff check model preprocessing pipelines dags tests benchmarks
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q tests
-	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/model
+	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/model \
+	  tests/preprocessing/test_tvl1.py tests/preprocessing/test_kernels.py
 
 # Mutation testing of the core (docs/testing.md): mutmut mutates the modules of [tool.mutmut] in
 # pyproject.toml in a copy under mutants/ and runs the tests that cover each mutant. Slow; not in `make test`.

@@ -12,8 +12,8 @@ OpenCV; a frame is the centre square resized to `--size`):
 EPE is averaged over the pixels whose displaced position stays inside the frame.
 
 Methods (one JSON line per method and set):
-- `tensor`: `model.tvl1.tvl1_flow` (keras.ops reference), compiled (XLA) on the default device;
-- `kernel`: the same with the inner iterations in the Pallas kernel (model/kernels/; JAX on a GPU only);
+- `tensor`: `preprocessing.tvl1.tvl1_flow` (keras.ops reference), compiled (XLA) on the default device;
+- `kernel`: the same with the inner iterations in the Pallas kernel (preprocessing/kernels/; JAX on a GPU only);
 - `tensor-cpu`: the reference path pinned to the CPU (JAX only; the CPU row on a GPU machine);
 - `opencv`: cv2.optflow.DualTVL1OpticalFlow with its defaults (skipped with a note when OpenCV contrib is
   absent, e.g. opencv-python-headless on the GPU machine);
@@ -235,7 +235,7 @@ def _opencv_tvl1_available():
 def _skimage_pairs(first, second):
     from skimage.registration import optical_flow_tvl1
 
-    from model.tvl1 import _LUMA
+    from preprocessing.tvl1 import _LUMA
 
     out = np.empty(first.shape[:3] + (2,), np.float32)
     for i, (a, b) in enumerate(zip(first, second, strict=True)):
@@ -300,7 +300,7 @@ def main(argv=None):
     parser.add_argument("--backend", help="KERAS_BACKEND for the tensor methods (default: environment)")
     for name, kind in (("scales", int), ("warps", int), ("iterations", int), ("smoothing", float),
                        ("median", int)):
-        parser.add_argument(f"--{name}", type=kind, help=f"tensor: {name} (default: model.tvl1's)")
+        parser.add_argument(f"--{name}", type=kind, help=f"tensor: {name} (default: preprocessing.tvl1's)")
     args = parser.parse_args(argv)
     if args.backend:
         os.environ["KERAS_BACKEND"] = args.backend
@@ -393,8 +393,8 @@ def main(argv=None):
 
 def _set_kernel_config(config):
     """BLOCK:CHUNK:WARPS -> the kernel module's defaults; drops compiled functions built with others."""
-    from model.kernels import tvl1_pallas
     from preprocessing import flow
+    from preprocessing.kernels import tvl1_pallas
 
     try:
         block, chunk, warps = (int(v) for v in config.split(":"))
@@ -405,7 +405,7 @@ def _set_kernel_config(config):
 
 
 def _tensor_params(params):
-    from model import tvl1
+    from preprocessing import tvl1
 
     defaults = {"scales": tvl1.DEFAULT_SCALES, "warps": tvl1.DEFAULT_WARPS,
                 "iterations": tvl1.DEFAULT_ITERATIONS, "smoothing": tvl1.DEFAULT_SMOOTHING,

@@ -2,9 +2,9 @@
 
 Two interchangeable backends:
 - `opencv`: cv2.optflow.DualTVL1OpticalFlow (Sánchez et al., IPOL 2013), one pair at a time, the reference;
-- `tensor`: `model.tvl1.tvl1_flow` (keras.ops), all pairs of a video batched and compiled once per
+- `tensor`: `preprocessing.tvl1.tvl1_flow` (keras.ops), all pairs of a video batched and compiled once per
   shape (XLA through `tf.function(jit_compile=True)` under TensorFlow, `jax.jit` under JAX); under JAX on
-  a GPU its inner iterations run in the Pallas kernel of model/kernels/ (`implementation="auto"`).
+  a GPU its inner iterations run in the Pallas kernel of preprocessing/kernels/ (`implementation="auto"`).
 
 Both read the frames as OpenCV's RGB->gray luma and return (u, v) in pixels with
 second(x + flow(x)) ≈ first(x).
@@ -94,7 +94,7 @@ def _tvl1_function(params, compiled):
     """The tensor backend's pair function for one parameter set, compiled for the active Keras backend."""
     import keras
 
-    from model.tvl1 import rgb_to_gray, tvl1_flow
+    from preprocessing.tvl1 import rgb_to_gray, tvl1_flow
 
     def flow_fn(first, second):
         return tvl1_flow(rgb_to_gray(first), rgb_to_gray(second), **dict(params))
@@ -225,7 +225,7 @@ def flow_pairs(first, second, method="opencv", *, batch_size=DEFAULT_BATCH_SIZE,
                **params):
     """TV-L1 flow for independent pairs: (N, H, W, 3) uint8 RGB `first` and `second` -> (N, H, W, 2) float32.
 
-    `params` go to the backend: for `tensor` the keywords of `model.tvl1.tvl1_flow` (tau, lambda_, theta,
+    `params` go to the backend: for `tensor` the keywords of `preprocessing.tvl1.tvl1_flow` (tau, lambda_, theta,
     scales, warps, iterations, smoothing, median, implementation); for `opencv` the same names (scales,
     warps, iterations map to nscales, warpings, innerIterations) or any other DualTVL1OpticalFlow setter
     name (e.g. epsilon).

@@ -4,7 +4,7 @@
 def register(subparsers):
     parser = subparsers.add_parser("flow", help="TV-L1 flow of one image pair to an .npy")
     parser.add_argument("--method", choices=("tensor", "opencv"), default="opencv",
-                        help="tensor: model.tvl1 in keras.ops; opencv: cv2.optflow DualTVL1 (the reference)")
+                        help="tensor: preprocessing.tvl1 in keras.ops; opencv: cv2.optflow DualTVL1 (the reference)")
     parser.add_argument("--first", required=True, help="first image (any format OpenCV reads)")
     parser.add_argument("--second", required=True, help="second image, same size")
     parser.add_argument("--out", required=True,

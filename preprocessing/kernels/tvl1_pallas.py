@@ -1,6 +1,6 @@
 """The TV-L1 primal-dual inner iterations as one Pallas kernel (JAX; Triton lowering on NVIDIA GPUs).
 
-`model.tvl1._iteration` is the reference: per iteration it reads and writes ~10 float maps, which XLA
+`preprocessing.tvl1._iteration` is the reference: per iteration it reads and writes ~10 float maps, which XLA
 does through HBM (~60 bytes per pixel per iteration). This kernel runs `chunk` iterations per launch with a
 tile's state in registers; the one-pixel shifts of the stencil (backward-difference divergence of p,
 forward-difference gradient of u) go through a per-program scratch buffer that stays in L1/L2, separated by
@@ -83,7 +83,7 @@ def _kernel(u1, u2, px1, px2, py1, py2, gx, gy, inv, rhoc,  # inputs, flat (B*H*
 
     def body(_, state):
         u_1, u_2, p_x1, p_x2, p_y1, p_y2 = state
-        # Thresholding (model.tvl1._iteration): v = u - clip(rho/|∇I1|², ±λθ) ∇I1.
+        # Thresholding (preprocessing.tvl1._iteration): v = u - clip(rho/|∇I1|², ±λθ) ∇I1.
         rho = rho_c + grad_x * u_1 + grad_y * u_2
         step = jnp.clip(rho * inv_grad_sq, -lambda_theta, lambda_theta)
         v_1, v_2 = u_1 - step * grad_x, u_2 - step * grad_y
@@ -145,7 +145,7 @@ def _launcher(batch, height, width, iterations, tau, lambda_, theta, block, num_
 
 def tvl1_iterations(flow, p_x, p_y, grad_w, inv_grad_sq, rho_c, *, tau, lambda_, theta, iterations,
                     block=None, chunk=None, num_warps=None, interpret=False):
-    """`iterations` primal-dual iterations of `model.tvl1._iteration` on (B, H, W, ·) maps.
+    """`iterations` primal-dual iterations of `preprocessing.tvl1._iteration` on (B, H, W, ·) maps.
 
     Same arguments and results as the reference loop: flow, p_x, p_y (B, H, W, 2), grad_w (B, H, W, 2),
     inv_grad_sq and rho_c (B, H, W, 1) -> (flow, p_x, p_y). `interpret=True` runs Pallas' interpreter

@@ -1,4 +1,4 @@
-"""model/kernels/: the Pallas TV-L1 kernel equals the keras.ops reference (Pallas interpret mode on CPU)."""
+"""preprocessing/kernels/: the Pallas TV-L1 kernel equals the keras.ops reference (Pallas interpret mode on CPU)."""
 
 import keras
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 
 pytest.importorskip("jax", reason="the Pallas kernels are JAX code (setup.py's jax extra)")
 
-from model import tvl1  # noqa: E402
-from model.kernels import tvl1_inner_iterations, tvl1_pallas  # noqa: E402
-from model.kernels.tvl1_pallas import tvl1_iterations  # noqa: E402
+from preprocessing import tvl1  # noqa: E402
+from preprocessing.kernels import tvl1_inner_iterations, tvl1_pallas  # noqa: E402
+from preprocessing.kernels.tvl1_pallas import tvl1_iterations  # noqa: E402
 
 # Float32 with reordered sums (the kernel's per-pixel arithmetic vs XLA's fusions): equal to ~1e-5 px
 # after a few iterations; 1e-4 absolute leaves room and still catches any stencil, border or halo error

@@ -1,8 +1,8 @@
-"""Hand-written kernels for model/ (JAX Pallas), and the one place that chooses them.
+"""Hand-written kernels for preprocessing/tvl1.py (JAX Pallas), and the one place that chooses them.
 
-The keras.ops code in model/ stays the reference, the CPU/TPU path and the tests' oracle; a kernel only
-replaces it where it was written for: JAX on an NVIDIA GPU (Pallas' Triton lowering). This package is the
-one part of model/ that imports JAX, and only when a kernel is asked for.
+The keras.ops code of preprocessing/tvl1.py stays the reference, the CPU/TPU path and the tests' oracle; a
+kernel only replaces it where it was written for: JAX on an NVIDIA GPU (Pallas' Triton lowering). This
+package imports JAX only when a kernel is asked for.
 """
 
 TVL1_IMPLEMENTATIONS = ("auto", "reference", "kernel", "interpret")
@@ -36,6 +36,6 @@ def tvl1_inner_iterations(implementation="auto"):
                          "use 'interpret' on the CPU")
     import functools
 
-    from model.kernels.tvl1_pallas import tvl1_iterations
+    from preprocessing.kernels.tvl1_pallas import tvl1_iterations
 
     return functools.partial(tvl1_iterations, interpret=implementation == "interpret")

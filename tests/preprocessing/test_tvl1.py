@@ -1,10 +1,10 @@
-"""TV-L1 in keras.ops (model/tvl1.py): recovers known flows, keeps OpenCV's convention, layer checks."""
+"""TV-L1 in keras.ops (preprocessing/tvl1.py): recovers known flows, keeps OpenCV's convention, layer checks."""
 
 import keras
 import numpy as np
 import pytest
 
-from model.tvl1 import TVL1Flow, pyramid_depth, rgb_to_gray, tvl1_flow, warp_bilinear
+from preprocessing.tvl1 import TVL1Flow, pyramid_depth, rgb_to_gray, tvl1_flow, warp_bilinear
 from tests.helpers import run_layer_test
 
 # Small settings, and one shape (2 pairs of 48x48) everywhere: JAX compiles each op once per shape when
@@ -144,7 +144,7 @@ def test_large_displacement_needs_the_deeper_pyramid():
 
 
 def test_median_filter_removes_an_outlier():
-    from model.tvl1 import _median_filter
+    from preprocessing.tvl1 import _median_filter
 
     flow = np.zeros((1, 7, 7, 2), "float32")
     flow[0, 3, 3] = [9.0, -9.0]

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from model.kernels import tvl1_inner_iterations
+from preprocessing.kernels import tvl1_inner_iterations
 
 # IPOL's GRAD_IS_ZERO: below it the thresholding leaves the flow unchanged.
 _GRAD_IS_ZERO = 1e-10
@@ -196,7 +196,7 @@ def _median_filter(flow, size):
 def _tvl1_scale(image0, image1, flow, *, tau, lambda_, theta, warps, iterations, median=0, inner=None):
     """Warps x iterations of the TV-L1 scheme at one pyramid scale; returns the refined (B, H, W, 2) flow.
 
-    `inner`: a kernel running the iterations (see `model.kernels.tvl1_inner_iterations`), or None for the
+    `inner`: a kernel running the iterations (see `preprocessing.kernels.tvl1_inner_iterations`), or None for the
     keras.ops loop below (the reference).
     """
     step = _iteration(float(tau), float(lambda_), float(theta))
@@ -265,7 +265,7 @@ def tvl1_flow(frame0, frame1, *, tau=0.25, lambda_=0.15, theta=0.3, scales=DEFAU
       iterations: fixed primal-dual iterations per warp.
       smoothing: sigma of the Gaussian presmoothing of both frames (IPOL uses 0.8; 0 disables).
       median: side of the median filter applied to the flow after each warp (IPOL/OpenCV use 5; 0 off).
-      implementation: who runs the inner iterations (`model.kernels.tvl1_inner_iterations`): `auto` (the
+      implementation: who runs the inner iterations (`preprocessing.kernels.tvl1_inner_iterations`): `auto` (the
         Pallas kernel on JAX + GPU, else keras.ops), `reference` (keras.ops), `kernel`, `interpret`.
 
     Returns:
