@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install system-deps demo test test-tf test-jax lint mutation clean
+.PHONY: install system-deps demo test lint mutation clean
 
 $(STAMP): setup.py
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
