@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -154,20 +155,21 @@ def run_settings(path: str | Path) -> RecordSettings | None:
 
 # -- resuming a run directory -----------------------------------------------------------------
 
-def check_resume(workdir: Path, config: Mapping[str, Any], structure: Mapping[str, Any],
-                 saved_config: Mapping[str, Any]) -> None:
+def check_resume(config_path: Path, structure_path: Path, config: Mapping[str, Any],
+                 structure: Mapping[str, Any], saved_config: Mapping[str, Any]) -> None:
     """Raises UserError when a resumed run asks for another config or another structure than the
-    run directory was started with (config.json and structure.json, both read before either is
-    written). The structure is compared by content, not by the path or name it was given as:
-    editing a structure file between runs is a change even though the path is the same."""
+    run directory was started with (its config.json and structure.json, `config_path` and
+    `structure_path` from pipelines.rundir, both read before either is written). The structure is
+    compared by content, not by the path or name it was given as: editing a structure file between
+    runs is a change even though the path is the same."""
     changed = {k: (v, config.get(k)) for k, v in saved_config.items()
                if k != "structure" and config.get(k) != v}
     if changed:
         listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
-        raise UserError(f"{workdir / 'config.json'}: this run directory was started with another config "
+        raise UserError(f"{config_path}: this run directory was started with another config "
                         f"({listed}); use a new --workdir, or the same flags to resume")
-    path = workdir / "structure.json"
-    check_same_structure(path, structure, f"use a new --workdir, or pass --structure {path} to resume")
+    check_same_structure(structure_path, structure,
+                         f"use a new --workdir, or pass --structure {structure_path} to resume")
 
 
 def check_same_structure(path: Path, structure: Mapping[str, Any], remedy: str) -> None:
@@ -219,7 +221,7 @@ def dataset_class_names(dataset: str, classes: str | None, num_classes: int) -> 
     return names if names is not None and len(names) == num_classes else None
 
 
-# -- reading user files with messages that name them -------------------------------------------------
+# -- reading user files with messages that name them; writing files atomically ----------------------
 
 def read_text(path: str | Path, what: str = "") -> str:
     """The UTF-8 text of `path`; a missing file or non-UTF-8 bytes raise a UserError naming it."""
@@ -258,15 +260,35 @@ def check_utf8(path: str | Path | None, what: str = "") -> None:
         read_text(path, what)
 
 
-def write_json(path: str | Path, value: Any, *, indent: int = 1, default=None) -> None:
-    """Atomic: a reader (or a resumed run) sees the old file or the new one, never half of one; the
-    temporary name carries the process id, so processes writing the same folder do not collide.
-    `default`: json.dumps's converter for values JSON lacks (e.g. numpy scalars)."""
+def write_text(path: str | Path, text: str) -> None:
+    """Atomic: a reader (or a resumed run) sees the old file or the new one, never half of one.
+
+    The text goes to a temporary file in the same folder (so the rename cannot cross filesystems),
+    is fsync-ed, then replaces `path`. The temporary name carries the process and thread ids, so
+    processes and threads writing the same folder do not collide; a failed write removes it and
+    raises an OSError naming `path`.
+    The run directory's module (pipelines/rundir.py) is where callers get this writer from."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=indent, default=default) + "\n")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(text.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(error, OSError):  # a full disk: name the file (the bare error of `write` names none)
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from None
+        raise
+
+
+def write_json(path: str | Path, value: Any, *, indent: int = 1, default=None) -> None:
+    """`value` as JSON (and a final newline), written atomically by `write_text`.
+    `default`: json.dumps's converter for values JSON lacks (e.g. numpy scalars)."""
+    write_text(path, json.dumps(value, indent=indent, default=default) + "\n")
 
 
 def read_json(path: str | Path, what: str = "") -> Any:

@@ -24,11 +24,6 @@ PREPROCESS_KEYS = ("dataset", "split", "fps", "size", "flow", "segmenter")
 EVALUATE_KEYS = ("clips", "size", "crops")
 
 
-# A run trained from a recipe keeps the whole file here, so that `evaluate run` follows its `evaluate`
-# section (the run directory's other files: docs/CONTRACTS.md).
-RUN_RECIPE = "recipe.json"
-
-
 def recipe_names() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.json"))
 
@@ -82,8 +77,8 @@ def recipe_of(name_or_path: str | Path | None) -> dict[str, Any] | None:
 
 
 def run_recipe(run_dir: str | Path) -> dict[str, Any] | None:
-    """The recipe a run was trained from (RUN_DIR/recipe.json), or None."""
-    from pipelines.checks import read_json
+    """The recipe a run was trained from (RUN_DIR/recipe.json, which `train` keeps so that `evaluate run`
+    follows its `evaluate` section), or None."""
+    from pipelines.rundir import RECIPE, RunDir
 
-    path = Path(run_dir) / RUN_RECIPE
-    return read_json(path, "recipe") if path.exists() else None
+    return RunDir(run_dir).read_if_exists(RECIPE)

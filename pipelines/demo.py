@@ -25,10 +25,11 @@ from pathlib import Path
 
 from pipelines.airflow_local import LocalAirflow, task_output, terminate_on_sigterm
 from pipelines.end_to_end import PROJECT_ROOT
+from pipelines.rundir import METRICS, RunDir
 
 DAG_ID = "assemblenet_end_to_end"
 MARKER = ".assemblenet-demo"
-OUTPUTS = ("report/index.html", "metrics.json", "evolution/best_structure.json",
+OUTPUTS = ("report/index.html", METRICS, "evolution/best_structure.json",
            "search/final_structure.json")
 # Two tasks at once (the CI machine's 2 cores); the GPU pool lets both be trainings.
 PARALLELISM = 2
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nThe demo failed after {minutes:.1f} min (missing: {missing}). Airflow's logs: "
               f"{airflow_home / 'logs'}", file=sys.stderr)
         return status or 1
-    metrics = json.loads((workdir / "metrics.json").read_text())
+    metrics = RunDir(workdir).read(METRICS)
     headline = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("mAP", "wAP", "chance_mAP") if k in metrics)
     print(f"\n==> Demo finished in {minutes:.1f} min. Test {headline}.")
     for name in OUTPUTS:

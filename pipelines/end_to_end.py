@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from model.pruning import PRUNE_THRESHOLD
-from pipelines.checks import write_json
 from pipelines.configs import check_fields
+from pipelines.rundir import CLASSES, RunDir, read_json, write_json
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 LOCAL_RUNNERS = ("", "FnApiRunner", "local", "DirectRunner")
@@ -144,7 +143,7 @@ def make_synthetic_data(out: str, *, videos: int, num_classes: int, seed: int, t
                "val_fraction": val_fraction, "min_seconds": min_seconds, "max_seconds": max_seconds}
     done = root / "splits.json"
     if done.exists():
-        previous = json.loads(done.read_text())
+        previous = read_json(done)
         if previous["request"] == request:
             return previous["paths"]
     info = synthetic.generate(root, format="charades", videos=videos, seed=seed, num_classes=num_classes,
@@ -300,12 +299,11 @@ def evaluate(*, workdir: str, data: str, clips: int = 5) -> str:
     from pipelines.evaluate import evaluate_run
 
     banner(f"evaluation on {data} ({clips} clips per video)")
-    names = Path(workdir) / "classes.json"
-    class_names = json.loads(names.read_text()) if names.exists() else None
-    result = evaluate_run(workdir, data, clips=clips, class_names=class_names)
+    run = RunDir(workdir)
+    result = evaluate_run(run.path, data, clips=clips, class_names=run.read_if_exists(CLASSES))
     headline = {k: result[k] for k in ("mAP", "wAP", "accuracy", "top1") if k in result}
     banner(f"evaluation: {headline}")
-    return str(Path(workdir) / "metrics.json")
+    return str(run.metrics)
 
 
 def report(workdir: str) -> str:

@@ -16,7 +16,6 @@ name, a duplicate video raise a ValueError naming the file and line.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 
 from pipelines import locks, metrics
 from pipelines.checks import UserError, check_utf8, read_text
+from pipelines.rundir import CONFIG, METRICS, MODEL, RECIPE, RunDir
 from preprocessing import charades, toyota
 
 CHARADES_NUM_CLASSES = charades.NUM_CLASSES
@@ -275,17 +275,17 @@ def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int =
         clip_starts = "random" if dataset == "charades" else "even"
     if clip_starts not in CLIP_STARTS:
         raise ValueError(f"clip_starts={clip_starts!r}: expected one of {CLIP_STARTS}")
-    run_dir = Path(run_dir)
-    config = _read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
-    frames = frames or _config_value(config, "frames", run_dir)
-    size = size or default_test_size(dataset, _config_value(config, "size", run_dir))
+    run = RunDir(run_dir)
+    config = run.read_if_exists(CONFIG, {})
+    frames = frames or _config_value(config, "frames", run)
+    size = size or default_test_size(dataset, _config_value(config, "size", run))
     num_classes = num_classes or config.get("num_classes") or num_classes_in(data)
-    structure = Structure.from_json(run_dir / "structure.json")
+    structure = Structure.from_json(run.structure)
     check_records(data, dataset=dataset, num_classes=num_classes, modalities=structure.modalities,
-                  source=f"the run {run_dir}", settings=run_settings(run_dir / "preprocess.json"),
-                  settings_from=str(run_dir / "preprocess.json"))
+                  source=f"the run {run.path}", settings=run_settings(run.preprocess),
+                  settings_from=str(run.preprocess))
     if model is None:
-        model = at_size(keras.models.load_model(run_dir / "model.keras"), size)
+        model = at_size(keras.models.load_model(run.model), size)
     ds = loader.make_reader(tfrecord_files(data), pipeline=input_pipeline, workers=input_workers,
                             modalities=structure.modalities, frames=frames, size=size, training=False,
                             batch_size=batch_size, dataset=dataset, num_classes=num_classes,
@@ -307,7 +307,7 @@ def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int =
         predictions = dict(zip(videos, 1.0 / (1.0 + np.exp(-scores)), strict=True))
         result = score_charades(predictions, dict(zip(videos, labels, strict=True)), names)
         result["chance_mAP"] = metrics.chance_map(labels)
-        write_charades_submission(run_dir / "predictions.txt", predictions)
+        write_charades_submission(run.charades_predictions, predictions)
     else:
         default = list(toyota.CLASSES) if num_classes == toyota.NUM_CLASSES else None
         names = list(class_names or default or find_class_names(data, num_classes)
@@ -315,13 +315,13 @@ def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int =
         true = [names[int(c)] for c in labels.argmax(axis=1)]
         predicted = [names[int(c)] for c in scores.argmax(axis=1)]
         result = score_toyota(true, predicted, names)
-        with open(run_dir / "predictions.csv", "w", newline="") as f:
+        with open(run.toyota_predictions, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["video", "prediction"])
             writer.writerows(zip(videos, predicted, strict=True))
     result.update(dataset=dataset, clips=clips, clip_starts=clip_starts, seed=seed, size=size,
                   frames=frames, data=str(data), recipe=recipe)
-    (run_dir / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    run.write(METRICS, result)
     return result
 
 
@@ -335,14 +335,13 @@ def evaluate_run(run_dir: str | Path, data: str, *, dataset: str | None = None, 
     (RUN_DIR/recipe.json); arguments given here win. The recipe's `size` is for its own training size
     (256 for 224, A.7): a run trained at another size is tested at the same ratio (`scaled_test_size`).
     Without a recipe: 5 clips and `evaluate_model`'s dataset defaults."""
-    from pipelines.configs import RUN_RECIPE, recipe_of, run_recipe
+    from pipelines.configs import recipe_of, run_recipe
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "model.keras").exists():
-        raise ValueError(f"{run_dir}: no model.keras (train the run first)")
-    run_config = _read_json(run_dir / "config.json") if (run_dir / "config.json").exists() else {}
+    run = RunDir(run_dir)
+    run.require(MODEL, why=" (train the run first)")
+    run_config = run.read_if_exists(CONFIG, {})
     if dataset is None:
-        dataset = _config_value(run_config, "dataset", run_dir)
+        dataset = _config_value(run_config, "dataset", run)
     recipe = recipe_of(config) if config else run_recipe(run_dir)
     if config and recipe is None:
         raise UserError(f"--config {config}: not a recipe (no 'train' and 'evaluate' sections); name one of "
@@ -355,26 +354,19 @@ def evaluate_run(run_dir: str | Path, data: str, *, dataset: str | None = None, 
     if size is None and "size" in protocol:
         recipe_size = recipe.get("train", {}).get("size")
         size = protocol["size"] if recipe_size is None else scaled_test_size(
-            protocol["size"], recipe_size, _config_value(run_config, "size", run_dir))
-    with locks.writer_lock(run_dir, "run directory"):  # metrics.json and predictions: one writer
-        return evaluate_model(run_dir=run_dir, data=data, dataset=dataset, clips=clips, batch_size=batch_size,
+            protocol["size"], recipe_size, _config_value(run_config, "size", run))
+    with locks.writer_lock(run.path, "run directory"):  # metrics.json and predictions: one writer
+        return evaluate_model(run_dir=run.path, data=data, dataset=dataset, clips=clips, batch_size=batch_size,
                               size=size, clip_starts=clip_starts,
-                              recipe=None if recipe is None else recipe.get("name", str(config or RUN_RECIPE)),
+                              recipe=None if recipe is None else recipe.get("name", str(config or RECIPE)),
                               **kwargs)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read JSON ({err})") from None
-
-
-def _config_value(config: dict, key: str, run_dir: Path):
+def _config_value(config: dict, key: str, run: RunDir):
     """A value from config.json, top-level or inside one nested section (e.g. {"data": {"frames": ...}})."""
     if key in config:
         return config[key]
     for value in config.values():
         if isinstance(value, dict) and key in value:
             return value[key]
-    raise ValueError(f"{run_dir / 'config.json'}: no {key!r}; pass {key}= explicitly")
+    raise ValueError(f"{run.config}: no {key!r}; pass {key}= explicitly")

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import json
 import os
 import signal
 import sys
@@ -44,10 +43,14 @@ import numpy as np
 from model import evolution
 from model.structure import Structure
 from pipelines import locks
-from pipelines.checks import UserError, write_json
+from pipelines.checks import UserError
+from pipelines.rundir import CONFIG, CONNECTION_WEIGHTS, METRICS, STRUCTURE, RunDir, read_json, write_json
 
 STATE = "state.json"
 CHILDREN = "children"
+SPEC = "spec.json"  # children/<child>/: the proposed child
+RESULT = "result.json"  # children/<child>/: its fitness and learned edge weights
+RUN = "run"  # children/<child>/: the proxy training run (a pipelines.rundir run directory)
 Evaluate = Callable[[Structure, Path], tuple[float, Mapping]]
 
 
@@ -135,12 +138,12 @@ class TrainEvaluator:
             raise ValueError("TrainEvaluator: no eval_data; a search gets it from init_search (held-out videos "
                              "of --data) so that no child is scored on its own training clips")
         workdir = Path(workdir)
-        path = structure.save(workdir / "structure.json")
+        path = structure.save(workdir / STRUCTURE)
         config = TrainConfig(**{**self.train, "structure": str(path)})
-        run = workdir / "run"
-        train(config=config, data=self.data, workdir=run, verbose=0)
-        metrics = score_run(run, self.eval_data, clips=self.clips, batch_size=self.batch_size)
-        weights = json.loads((run / "connection_weights.json").read_text())
+        run = RunDir(workdir / RUN)
+        train(config=config, data=self.data, workdir=run.path, verbose=0)
+        metrics = score_run(run.path, self.eval_data, clips=self.clips, batch_size=self.batch_size)
+        weights = run.read(CONNECTION_WEIGHTS)
         keras.backend.clear_session()
         return metrics["fitness"], weights
 
@@ -155,10 +158,10 @@ def score_run(run_dir: str | Path, data: str, *, clips: int = 1, batch_size: int
     from pipelines.train import tfrecord_files
     from preprocessing.loader import make_reader, to_numpy
 
-    run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
-    structure = Structure.from_json(run_dir / "structure.json")
-    model = keras.models.load_model(run_dir / "model.keras")
+    run = RunDir(run_dir)
+    config = run.read(CONFIG)
+    structure = Structure.from_json(run.structure)
+    model = keras.models.load_model(run.model)
     ds = make_reader(tfrecord_files(data), modalities=structure.modalities, frames=config["frames"],
                       size=config["size"], training=False, batch_size=batch_size, dataset=config["dataset"],
                       num_classes=config["num_classes"], clips_per_video=clips)
@@ -182,17 +185,14 @@ def score_run(run_dir: str | Path, data: str, *, clips: int = 1, batch_size: int
                   "top5": float(np.mean((top5 == true[:, None]).any(axis=1)))}
     result.update(fitness=evolution.fitness_from_metrics(result), num_videos=len(pooled), clips=clips,
                   data=str(data))
-    write_json(run_dir / "metrics.json", result)
+    run.write(METRICS, result)
     return result
 
 
 # -- state ---------------------------------------------------------------------------------------
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read the search state ({err})") from None
+    return read_json(path, "search state")
 
 
 @contextlib.contextmanager
@@ -302,8 +302,8 @@ def _rng(state: Mapping[str, Any]) -> np.random.Generator:
 
 def _load_child(state_dir: Path, child: str) -> tuple[Structure, dict, dict | None]:
     folder = _child_dir(state_dir, child)
-    spec = _read_json(folder / "spec.json")
-    result = _read_json(folder / "result.json") if (folder / "result.json").exists() else None
+    spec = _read_json(folder / SPEC)
+    result = _read_json(folder / RESULT) if (folder / RESULT).exists() else None
     return Structure.from_json(spec["structure"]), spec, result
 
 
@@ -339,7 +339,7 @@ def propose_children(state_dir: str | Path, n: int) -> list[str]:
                 structure, info = evolution.make_child(
                     parent_structure, weights, config.space, rng, strategy=config.strategy,
                     keep_threshold=config.keep_threshold, name=child)
-            write_json(_child_dir(state_dir, child) / "spec.json",
+            write_json(_child_dir(state_dir, child) / SPEC,
                         {"child": child, "parent": parent, "phase": phase, "info": info,
                          "structure": structure.to_json()})
             state["next_child"] = number + 1
@@ -357,10 +357,10 @@ def evaluate_child(state_dir: str | Path, child: str, evaluate: Evaluate | None 
     stored TrainEvaluator is used. Touches nothing but the child's folder, so many run at once."""
     state_dir = Path(state_dir)
     folder = _child_dir(state_dir, child)
-    if (folder / "result.json").exists():
-        return _read_json(folder / "result.json")
-    if not (folder / "spec.json").exists():
-        raise ValueError(f"{folder / 'spec.json'}: no such child; propose_children() writes it")
+    if (folder / RESULT).exists():
+        return _read_json(folder / RESULT)
+    if not (folder / SPEC).exists():
+        raise ValueError(f"{folder / SPEC}: no such child; propose_children() writes it")
     if evaluate is None:
         spec = load_state(state_dir).get("evaluator")
         if not spec:
@@ -368,8 +368,8 @@ def evaluate_child(state_dir: str | Path, child: str, evaluate: Evaluate | None 
         evaluate = TrainEvaluator(**spec)
     structure, _, _ = _load_child(state_dir, child)
     with _child_lock(state_dir, child):
-        if (folder / "result.json").exists():  # finished by another process meanwhile
-            return _read_json(folder / "result.json")
+        if (folder / RESULT).exists():  # finished by another process meanwhile
+            return _read_json(folder / RESULT)
         start = time.monotonic()
         fitness, weights = evaluate(structure, folder)
         if not np.isfinite(fitness):
@@ -378,7 +378,7 @@ def evaluate_child(state_dir: str | Path, child: str, evaluate: Evaluate | None 
         result = {"child": child, "fitness": float(fitness),
                   "edge_weights": evolution.edge_weights_to_json(edges),
                   "seconds": round(time.monotonic() - start, 3)}
-        write_json(folder / "result.json", result)
+        write_json(folder / RESULT, result)
     return result
 
 
@@ -471,7 +471,7 @@ def _evaluation_brief(evaluation: Mapping[str, Any] | None) -> dict[str, Any] | 
 # -- the driver ---------------------------------------------------------------------------------------
 
 def _unfinished(state_dir: Path, state: Mapping[str, Any]) -> list[str]:
-    return [c for c in state["pending"] if not (_child_dir(state_dir, c) / "result.json").exists()]
+    return [c for c in state["pending"] if not (_child_dir(state_dir, c) / RESULT).exists()]
 
 
 def run_evolution(out_dir: str | Path, config: EvolutionConfig, *, evaluate: Evaluate | None = None,

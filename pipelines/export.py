@@ -13,12 +13,13 @@ backend Keras converts the model with jax2tf, which also needs TensorFlow instal
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from pipelines import locks
+from pipelines.checks import UserError
+from pipelines.rundir import CLASSES, MODEL, RunDir, write_json
 
 
 def export(*, run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Any]:
@@ -27,21 +28,19 @@ def export(*, run_dir: str | Path, out_dir: str | Path | None = None) -> dict[st
     import pipelines.train  # noqa: F401  (registers the learning-rate schedule held by the optimizer)
     from model import assemblenet  # noqa: F401  (registers the custom layers for load_model)
 
-    run_dir = Path(run_dir)
-    source = run_dir / "model.keras"
-    if not source.is_file():
-        raise ValueError(f"{run_dir}: no model.keras to export (train the run first)")
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "export"
+    run = RunDir(run_dir)
+    if not run.model.is_file():
+        raise UserError(f"{run.path}: no {MODEL} to export (train the run first)")
+    out_dir = Path(out_dir) if out_dir is not None else run.path / "export"
     with locks.writer_lock(out_dir, "export folder"):  # one writer of the export at a time
-        return _write_export(run_dir, out_dir)
+        return _write_export(run, out_dir)
 
 
-def _write_export(run_dir: Path, out_dir: Path) -> dict[str, Any]:
+def _write_export(run: RunDir, out_dir: Path) -> dict[str, Any]:
     import keras
 
-    source = run_dir / "model.keras"
-    trained = keras.models.load_model(source)
-    keras_path = out_dir / "model.keras"
+    trained = keras.models.load_model(run.model)
+    keras_path = out_dir / MODEL
     # The same graph without the optimizer: serving needs no training state.
     bare = keras.Model(trained.input, trained.output, name=trained.name)
     bare.save(str(keras_path))
@@ -54,7 +53,7 @@ def _write_export(run_dir: Path, out_dir: Path) -> dict[str, Any]:
         "output": {"shape": list(bare.outputs[0].shape), "kind": "logits"},
         "endpoint": "serve",
     }
-    if (run_dir / "classes.json").exists():
-        shutil.copyfile(run_dir / "classes.json", out_dir / "classes.json")
-    (out_dir / "export.json").write_text(json.dumps(signature, indent=2) + "\n")
+    if run.classes.exists():
+        shutil.copyfile(run.classes, out_dir / CLASSES)
+    write_json(out_dir / "export.json", signature, indent=2)
     return {"keras": str(keras_path), "saved_model": str(saved_model), **signature}

@@ -21,6 +21,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from pipelines.rundir import read_json
+
 SPLIT = "split.json"
 
 
@@ -81,7 +83,7 @@ def holdout_split(data: str, out: str | Path, fraction: float) -> dict[str, Any]
     out = Path(out)
     record = out / SPLIT
     if record.is_file():
-        split = json.loads(record.read_text())
+        split = read_json(record)
         if split["source"] != str(data) or split["fraction"] != fraction:
             raise ValueError(f"{record}: this search held out {split['fraction']} of {split['source']}, not "
                              f"{fraction} of {data}; use a new --out or the same data")
@@ -114,7 +116,7 @@ def holdout_split(data: str, out: str | Path, fraction: float) -> dict[str, Any]
                              f"videos leaves the {part} part empty; pass --eval-data or change the fraction")
         summary = Path(data if Path(data).is_dir() else Path(data).parent) / "summary.json"
         if summary.is_file():  # the preprocessing settings travel with the records
-            settings = json.loads(summary.read_text())
+            settings = read_json(summary)
             (tmp / part / "summary.json").write_text(json.dumps({**settings, "holdout_part": part}, indent=1))
     split = {"mode": "held-out", "source": str(data), "fraction": fraction, "train": str(out / "train"),
              "eval": str(out / "heldout"), "train_videos": len(parts["train"]),

@@ -34,9 +34,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pipelines import rundir
 from pipelines.checks import UserError
 
-LOCK_FILE = ".assemblenet.lock"
+LOCK_FILE = rundir.LOCK  # the same name in every folder a command writes
 
 # Lock files this thread holds -> how many nested holders. Per thread: two threads of one process
 # writing the same folder are two writers.

@@ -14,7 +14,6 @@ TFRecords' summary.json; class names from RUN_DIR/classes.json when training fou
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.checks import dataset_class_names
+from pipelines.rundir import CLASSES, CONFIG, MODEL, STRUCTURE, RunDir
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
@@ -29,18 +29,14 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     from model.structure import Structure
     from pipelines.checks import run_settings
 
-    run_dir = Path(run_dir)
-    for name in ("config.json", "structure.json", "model.keras"):
-        if not (run_dir / name).exists():
-            raise ValueError(f"{run_dir}: no {name}; is this a finished training run directory?")
-    config = json.loads((run_dir / "config.json").read_text())
-    settings = run_settings(run_dir / "preprocess.json")  # preprocessing.records.RecordSettings
-    classes = run_dir / "classes.json"
+    run = RunDir(run_dir)
+    run.require(CONFIG, STRUCTURE, MODEL, why="; is this a finished training run directory?")
+    settings = run_settings(run.preprocess)  # preprocessing.records.RecordSettings
     return {
-        "config": config,
-        "structure": Structure.from_json(run_dir / "structure.json"),
+        "config": run.read(CONFIG),
+        "structure": Structure.from_json(run.structure),
         "preprocess": settings.to_json() if settings is not None else None,
-        "classes": json.loads(classes.read_text()) if classes.exists() else None,
+        "classes": run.read_if_exists(CLASSES),
     }
 
 
@@ -74,20 +70,20 @@ def video_scores(*, run_dir: str | Path, video: str | Path, clips: int = 5, segm
     from preprocessing.loader import make_reader, to_numpy, write_records
     from preprocessing.segment import make_segmenter
 
-    run_dir, video = Path(run_dir), Path(video)
-    run = load_run(run_dir)
+    folder, video = RunDir(run_dir), Path(video)
+    run = load_run(folder.path)
     config, structure, stored = run["config"], run["structure"], run["preprocess"] or {}
     settings = {"fps": fps, "size": size, "flow": flow, "segmenter": segmenter}
     for key, value in settings.items():
         if value is None:
             if key not in stored:
-                raise ValueError(f"{run_dir}/preprocess.json has no {key!r} (the training data had no "
+                raise ValueError(f"{folder.preprocess} has no {key!r} (the training data had no "
                                  f"summary.json): pass --{key}")
             settings[key] = stored[key]
     if "flow" in structure.modalities and settings["flow"] == "none":
-        raise ValueError(f"{run_dir}: the model takes flow, but flow='none'")
+        raise ValueError(f"{folder.path}: the model takes flow, but flow='none'")
     if "object" in structure.modalities and settings["segmenter"] in (None, "", "none"):
-        raise ValueError(f"{run_dir}: the model takes object masks: pass a segmenter (--segmenter)")
+        raise ValueError(f"{folder.path}: the model takes object masks: pass a segmenter (--segmenter)")
     if not video.is_file():
         raise ValueError(f"{video}: no such video file")
 
@@ -100,7 +96,7 @@ def video_scores(*, run_dir: str | Path, video: str | Path, clips: int = 5, segm
     task = VideoTask(id=video.stem, path=str(video), labels=(), label_start=(), label_end=())
     serialized, _ = process_video(task, pre, segment)
     if model is None:
-        model = keras.models.load_model(run_dir / "model.keras")
+        model = keras.models.load_model(folder.model)
     # The clips `evaluate run` scores (pipelines.evaluate: Charades = AssembleNet A.7's random starts
     # from seed 0 at the test size; Toyota = evenly spaced at the training size): clip decisions depend
     # on the video id only, so predict reproduces the evaluation's scores of a test video.

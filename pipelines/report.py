@@ -31,12 +31,22 @@ import base64
 import csv
 import dataclasses
 import html
-import json
 import shutil
 from pathlib import Path
 
 from model.pruning import PRUNE_THRESHOLD
 from pipelines import locks, plots
+from pipelines.rundir import (
+    ATTENTION_WEIGHTS,
+    CONFIG,
+    CONNECTION_WEIGHTS,
+    HISTORY,
+    METRICS,
+    STRUCTURE,
+    SUMMARY,
+    RunDir,
+    read_json,
+)
 
 
 @dataclasses.dataclass
@@ -93,13 +103,6 @@ def _write_report(run_dir: Path, out: Path) -> Path:
 # ----------------------------------------------------------------------------------------------
 # Sections.
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
-
-
 def _absent(section: Section, *names: str) -> Section:
     section.lines.append(f"Not available: {' and '.join(names)} absent from the run directory.")
     return section
@@ -115,8 +118,9 @@ def _format_count(value) -> str:
 
 def _summary_section(run_dir: Path) -> Section:
     section = Section("Model summary")
-    if (run_dir / "summary.json").exists():
-        summary = _read_json(run_dir / "summary.json")
+    run = RunDir(run_dir)
+    if run.summary.exists():
+        summary = run.read(SUMMARY)
         for key, value in summary.items():
             if key == "params":
                 section.table.append(("parameters", f"{_format_count(value)} ({int(value):,})"))
@@ -125,15 +129,15 @@ def _summary_section(run_dir: Path) -> Section:
             elif isinstance(value, (str, int, float, bool)):
                 section.table.append((key, str(value)))
     else:
-        _absent(section, "summary.json")
-    if (run_dir / "metrics.json").exists():
-        metrics = _read_json(run_dir / "metrics.json")
+        _absent(section, SUMMARY)
+    if run.metrics.exists():
+        metrics = run.read(METRICS)
         for key in ("mAP", "wAP", "accuracy", "mean_per_class_accuracy", "num_videos", "clips"):
             if key in metrics:
                 value = metrics[key]
                 section.table.append((key, f"{value:.4f}" if isinstance(value, float) else str(value)))
-    if (run_dir / "config.json").exists():
-        config = _read_json(run_dir / "config.json")
+    if run.config.exists():
+        config = run.read(CONFIG)
         flat = {k: v for k, v in config.items() if isinstance(v, (str, int, float, bool))}
         if flat:
             section.lines.append("Configuration: " + ", ".join(f"{k}={v}" for k, v in flat.items()) + ".")
@@ -157,9 +161,9 @@ def read_history(path: str | Path) -> dict[str, list[float]]:
 
 def _training_section(run_dir: Path, out: Path) -> Section:
     section = Section("Training curves")
-    path = run_dir / "history.csv"
+    path = RunDir(run_dir).history
     if not path.exists():
-        return _absent(section, "history.csv")
+        return _absent(section, HISTORY)
     history = read_history(path)
     if len(history) < 2:
         section.lines.append(f"{path.name} has no numeric epoch rows yet.")
@@ -175,9 +179,10 @@ def _training_section(run_dir: Path, out: Path) -> Section:
 
 def _evaluation_section(run_dir: Path, out: Path) -> Section:
     section = Section("Evaluation")
-    if not (run_dir / "metrics.json").exists():
-        return _absent(section, "metrics.json")
-    metrics = _read_json(run_dir / "metrics.json")
+    run = RunDir(run_dir)
+    if not run.metrics.exists():
+        return _absent(section, METRICS)
+    metrics = run.read(METRICS)
     if "per_class_ap" in metrics:
         section.lines.append(f"Charades mAP {metrics['mAP']:.4f}, weighted AP {metrics['wAP']:.4f} over "
                              f"{metrics.get('num_videos', '?')} videos (official Charades_v1_classify "
@@ -206,7 +211,7 @@ def _evaluation_section(run_dir: Path, out: Path) -> Section:
                                           mean=metrics["mean_per_class_accuracy"])
             section.figures.append(("per_class_accuracy.png", "Accuracy of each class present"))
     else:
-        section.lines.append("metrics.json holds neither Charades (per_class_ap) nor Toyota (accuracy) "
+        section.lines.append(f"{METRICS} holds neither Charades (per_class_ap) nor Toyota (accuracy) "
                              "results.")
     return section
 
@@ -215,22 +220,22 @@ def _connectivity_section(run_dir: Path, out: Path, subdir: str, title: str, exp
     from model.structure import Structure
 
     section = Section(title)
-    folder = run_dir / subdir if subdir else run_dir
+    folder = RunDir(run_dir / subdir if subdir else run_dir)  # a run, or a one-shot search's OUT (same names)
     prefix = f"{subdir}/" if subdir else ""
-    if not (folder / "structure.json").exists():
-        return _absent(section, f"{prefix}structure.json")
-    structure = Structure.from_json(folder / "structure.json")
+    if not folder.structure.exists():
+        return _absent(section, f"{prefix}{STRUCTURE}")
+    structure = Structure.from_json(folder.structure)
     weights = None
-    if (folder / "connection_weights.json").exists():
-        weights = _read_json(folder / "connection_weights.json")
+    if folder.connection_weights.exists():
+        weights = folder.read(CONNECTION_WEIGHTS)
         section.lines.append(explanation)
     else:
-        _absent(section, f"{prefix}connection_weights.json")
+        _absent(section, f"{prefix}{CONNECTION_WEIGHTS}")
         section.lines.append("The structure's edges are drawn without learned weights.")
     name = f"{subdir or 'learned'}_connectivity.png"
     plots.plot_connectivity(structure, weights, out / name, title=f"{title} ({structure.name})")
-    if (folder / "final_structure.json").exists():
-        pruned = Structure.from_json(folder / "final_structure.json")
+    if (folder.path / "final_structure.json").exists():
+        pruned = Structure.from_json(folder.path / "final_structure.json")
         pruned_name = f"{subdir or 'learned'}_pruned.png"
         plots.plot_connectivity(pruned, weights, out / pruned_name, title=f"Pruned structure ({pruned.name})")
         section.figures.append((pruned_name, f"{prefix}final_structure.json: the edges kept after pruning"))
@@ -242,11 +247,12 @@ def _connectivity_section(run_dir: Path, out: Path, subdir: str, title: str, exp
 
 def _attention_section(run_dir: Path, out: Path) -> Section:
     section = Section("Peer-attention weights")
-    if not (run_dir / "attention_weights.json").exists():
-        return _absent(section, "attention_weights.json")
-    attention = _read_json(run_dir / "attention_weights.json")
+    run = RunDir(run_dir)
+    if not run.attention_weights.exists():
+        return _absent(section, ATTENTION_WEIGHTS)
+    attention = run.read(ATTENTION_WEIGHTS)
     if not attention:
-        section.lines.append("attention_weights.json is empty.")
+        section.lines.append(f"{ATTENTION_WEIGHTS} is empty.")
         return section
     section.lines.append("softmax(h) over each block's candidate peers (AssembleNet++ §3.4–3.5); "
                          "the arg-max is the peer kept by the attention search.")
@@ -266,7 +272,7 @@ def _evolution_section(run_dir: Path, out: Path) -> Section:
     path = next((p for p in candidates if p.exists()), None)
     if path is None:
         return _absent(section, "evolution/history.json")
-    history = _read_json(path)
+    history = read_json(path)
     if not isinstance(history, list) or not history:
         section.lines.append(f"{path.relative_to(run_dir)} holds no evaluated child.")
         return section
@@ -276,7 +282,7 @@ def _evolution_section(run_dir: Path, out: Path) -> Section:
     section.lines.append(f"{len(history)} models over {rounds} rounds; best fitness "
                          f"{float(best['fitness']):.4f} at round {best['round']}.")
     state = path.parent / "state.json"
-    evaluation = _read_json(state).get("evaluation") if state.exists() else None
+    evaluation = read_json(state).get("evaluation") if state.exists() else None
     if evaluation:
         section.lines.append(_fitness_data_line(evaluation))
     section.figures.append(("evolution_fitness.png", "Fitness of each child and mean of the top 3 per round "
@@ -317,7 +323,7 @@ def _ablation_sections(run_dir: Path, out: Path) -> list[Section]:
     """One section per ablation suite table (RUN_DIR/<suite>/results.json, `assemblenet ablate`)."""
     sections = []
     for path in sorted(run_dir.glob("*/results.json")):
-        data = _read_json(path)
+        data = read_json(path)
         if not isinstance(data, dict) or "suite" not in data or not data.get("rows"):
             continue
         name = f"ablation_{data['suite']}.png"
@@ -337,7 +343,7 @@ def _ablation_sections(run_dir: Path, out: Path) -> list[Section]:
         plots.plot_ablation(data["rows"], out / name, title=section.title, metric=data.get("metric", "score"))
         section.figures.append((name, f"{path.relative_to(run_dir)}: per variant mean ± std over seeds"))
         # A suite's own figures (e.g. the evolution suite's Fig. 4 curve): <suite>/figures.json {png: caption}.
-        extra = _read_json(path.parent / "figures.json") if (path.parent / "figures.json").exists() else {}
+        extra = read_json(path.parent / "figures.json") if (path.parent / "figures.json").exists() else {}
         for figure, caption in (extra.items() if isinstance(extra, dict) else ()):
             if Path(figure).name == figure and (path.parent / figure).is_file():  # a file of <suite>/ only
                 shutil.copyfile(path.parent / figure, out / f"ablation_{data['suite']}_{figure}")

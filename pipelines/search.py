@@ -26,7 +26,7 @@ from model.oneshot import over_connected
 from model.pruning import PRUNE_THRESHOLD
 from model.structure import Structure, get_structure
 from pipelines import locks
-from pipelines.checks import write_json
+from pipelines.rundir import ATTENTION_WEIGHTS, CONNECTION_WEIGHTS, STRUCTURE, RunDir, write_json
 
 
 @locks.writes("out_dir", "search folder")
@@ -55,24 +55,26 @@ def run_search(*, structure: str | Path | Structure, data: str, out_dir: str | P
     out.mkdir(parents=True, exist_ok=True)
     layout = get_structure(structure)
     recipe = TrainConfig(**train)
-    settings_path = out / "run" / "preprocess.json"  # the search's training run, when resumed
+    run = RunDir(out / "run")  # the search's training run (when resumed, already there)
     check_records(data, dataset=recipe.dataset, num_classes=recipe.num_classes, modalities=layout.modalities,
-                  source="the search", settings=run_settings(settings_path), settings_from=str(settings_path))
+                  source="the search", settings=run_settings(run.preprocess), settings_from=str(run.preprocess))
     supernet = over_connected(layout)
     # Resuming: the layout must be the one the run's checkpoints were trained from (pipelines/checks.py).
-    check_same_structure(out / "run" / "structure.json", supernet.to_json(),
+    check_same_structure(run.structure, supernet.to_json(),
                          "use a new --out, or pass the layout the search was started with")
-    supernet.save(out / "structure.json")
-    config = TrainConfig(**{**train, "structure": str(out / "structure.json"), "attention": "search"})
-    metrics = train_run(config=config, data=data, workdir=out / "run", eval_data=eval_data, verbose=verbose)
+    # OUT/structure.json, connection_weights.json, attention_weights.json: the run directory's names, so
+    # that `assemblenet report OUT` draws the one-shot model like a run's (pipelines.report).
+    supernet.save(out / STRUCTURE)
+    config = TrainConfig(**{**train, "structure": str(out / STRUCTURE), "attention": "search"})
+    metrics = train_run(config=config, data=data, workdir=run.path, eval_data=eval_data, verbose=verbose)
 
-    trained = keras.models.load_model(out / "run" / "model.keras")
+    trained = keras.models.load_model(run.model)
     weights = connection_weights(trained, supernet)
     attention = attention_weights(trained, supernet)
     final = prune(supernet, trained, threshold=threshold, name=f"{layout.name}_searched")
     final.save(out / "final_structure.json")
-    write_json(out / "connection_weights.json", weights, indent=2)
-    write_json(out / "attention_weights.json", attention, indent=2)
+    write_json(out / CONNECTION_WEIGHTS, weights, indent=2)
+    write_json(out / ATTENTION_WEIGHTS, attention, indent=2)
     summary = search_summary(layout, supernet, final, weights, attention, threshold)
     summary["training"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
     write_json(out / "search_summary.json", summary, indent=2)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -42,15 +43,14 @@ import numpy as np
 from model.assemblenet import TEMPORAL_POOLS, check_peers
 from model.layers import ATTENTION_MODES
 from model.optimizer import MomentumL2
-from pipelines import distributed, locks
-from pipelines.checks import write_json
-from pipelines.configs import RUN_RECIPE, check_fields
+from pipelines import distributed, locks, rundir
+from pipelines.configs import check_fields
+from pipelines.rundir import RunDir, write_json
 
 DATASETS = ("charades", "toyota")
 PRECISIONS = ("fp32", "bf16")
 STRATEGIES = ("auto", "cpu", "mirrored", "tpu")
-CHECKPOINTS = "checkpoints"
-LATEST = "latest.json"
+LATEST = "latest.json"  # in RUN_DIR/checkpoints/: names the newest complete checkpoint
 KEEP_CHECKPOINTS = 2
 # The default peak learning rate per video of the batch (scaled linearly with the batch). AssembleNet
 # A.6 gives two: 25.6 at batch 128 for Charades' multi-label sigmoid loss, and 3.2 at batch 512 for
@@ -148,7 +148,7 @@ class TrainConfig:
     def from_json(cls, data: dict[str, Any] | str | Path, source: str = "TrainConfig") -> TrainConfig:
         if isinstance(data, (str, Path)):
             source = str(data)
-            data = json.loads(Path(data).read_text())
+            data = rundir.read_json(data)
         check_fields(cls, data, source=source, noun="TrainConfig field(s)")
         return cls(**data)
 
@@ -183,6 +183,7 @@ def _train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: st
     from pipelines.checks import check_records, records_settings, run_settings
 
     workdir = Path(workdir)
+    run = RunDir(workdir)
     distributed.initialize()  # a no-op unless the environment describes a multi-process run
     chief = distributed.is_chief()
     distributed.local_batch_size(config.batch_size)  # fails now if the processes cannot split the batch
@@ -193,7 +194,7 @@ def _train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: st
     check_peers(structure, config.attention, config.default_peers)  # before anything is written
     # The settings the run's data was made with are written once (preprocess.json, what `predict`
     # repeats); a resume, and the validation data, must be records made with the same ones.
-    settings_path = workdir / "preprocess.json"
+    settings_path = run.preprocess
     saved = run_settings(settings_path)
     info = check_records(data, dataset=config.dataset, num_classes=config.num_classes,
                          modalities=structure.modalities, source="the run", settings=saved,
@@ -208,11 +209,11 @@ def _train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: st
     _prepare_workdir(workdir, config, structure, write=chief)
     class_names = find_class_names(data, config.num_classes, classes)
     if class_names is not None and chief:
-        _write_json(workdir / "classes.json", class_names)
+        _write_json(run.classes, class_names)
     if saved is None and chief:  # what `predict` needs to preprocess a raw video the same way
         _write_json(settings_path, settings.to_json())
     if recipe is not None and chief:  # the evaluation protocol `evaluate run` follows
-        _write_json(workdir / RUN_RECIPE, recipe)
+        _write_json(run.recipe, recipe)
 
     reader = dict(input_pipeline=input_pipeline, input_workers=input_workers)
 
@@ -241,6 +242,7 @@ def train_model(config: TrainConfig, structure, workdir: str | Path, *, train_da
     train the same replicated weights and save into scratch folders (`_chief_or_scratch`).
     """
     workdir = Path(workdir)
+    run = RunDir(workdir)
     chief = distributed.is_chief()
     distributed.check_same_across_processes(
         [zlib.crc32(json.dumps(config.to_json(), sort_keys=True).encode())], "the training config (CRC-32)")
@@ -248,20 +250,20 @@ def train_model(config: TrainConfig, structure, workdir: str | Path, *, train_da
     with _precision(config.precision), distribution_scope(config.strategy, config.tpu):
         schedule = make_schedule(config)
         model = _build_and_compile(config, structure, schedule)
-        initial_epoch = restore_checkpoint(model, workdir / CHECKPOINTS)
+        initial_epoch = restore_checkpoint(model, run.checkpoints)
         step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
         distributed.check_same_across_processes(
-            [initial_epoch, step], f"the checkpoint restored from {workdir / CHECKPOINTS} as [epoch, step] (every "
+            [initial_epoch, step], f"the checkpoint restored from {run.checkpoints} as [epoch, step] (every "
             "process must read the same run directory: put --workdir on a filesystem all hosts share)")
         if chief:
             workdir.mkdir(parents=True, exist_ok=True)
-            _truncate_history(workdir / "history.csv", initial_epoch)
+            _truncate_history(run.history, initial_epoch)
         keras.utils.set_random_seed(config.seed + initial_epoch)
         train_ds = train_data(initial_epoch)
         val_ds = val_data() if val_data is not None else None
         callbacks = [_LearningRateLog(schedule),
-                     *([_History(str(workdir / "history.csv"), append=True)] if chief else []),
-                     _Checkpoint(workdir / CHECKPOINTS), *(_tensorboard(workdir / "logs") if chief else [])]
+                     *([_History(str(run.history), append=True)] if chief else []),
+                     _Checkpoint(run.checkpoints), *(_tensorboard(run.logs) if chief else [])]
         history = model.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch,
                             steps_per_epoch=config.steps_per_epoch, validation_data=val_ds,
                             callbacks=callbacks, shuffle=False, verbose=verbose)  # make_dataset shuffles
@@ -281,16 +283,17 @@ def _prepare_workdir(workdir: Path, config: TrainConfig, structure, write: bool 
     are the ones the run was started with before writing anything (pipelines.checks.check_resume)."""
     from pipelines.checks import check_resume
 
-    path = workdir / "config.json"
+    run = RunDir(workdir)
     if write:
         workdir.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        check_resume(workdir, config.to_json(), structure.to_json(), TrainConfig.from_json(path).to_json())
-        if (workdir / "structure.json").exists():
+    if run.config.exists():
+        check_resume(run.config, run.structure, config.to_json(), structure.to_json(),
+                     TrainConfig.from_json(run.config).to_json())
+        if run.structure.exists():
             return
     if write:
-        structure.save(workdir / "structure.json")
-        _write_json(path, config.to_json())
+        _write_json(run.structure, structure.to_json())
+        _write_json(run.config, config.to_json())
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -318,10 +321,9 @@ def _truncate_history(path: Path, initial_epoch: int) -> None:
     for row in rows[1:]:
         if len(row) == len(header) and row[0].isdigit() and int(row[0]) < initial_epoch:
             kept.append(row)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        csv.writer(f).writerows([header, *kept] if kept or initial_epoch else [])
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    csv.writer(text).writerows([header, *kept] if kept or initial_epoch else [])
+    rundir.write_text(path, text.getvalue())
 
 
 # -- checkpoints ---------------------------------------------------------------------------
@@ -352,8 +354,7 @@ def save_checkpoint(model, directory: Path, epoch: int) -> Path:
     final = directory / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    _write_json(directory / LATEST, {"checkpoint": name, "epoch": epoch, "step": step})
-    _fsync(directory / LATEST)
+    _write_json(directory / LATEST, {"checkpoint": name, "epoch": epoch, "step": step})  # fsync-ed, then renamed
     for old in sorted(directory.glob("epoch-*"))[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -609,7 +610,7 @@ def find_class_names(data: str, num_classes: int, classes: str | None = None) ->
         if not path.is_file():
             continue
         if path.suffix == ".json":
-            names = [str(n) for n in json.loads(path.read_text())]
+            names = [str(n) for n in rundir.read_json(path)]
         else:
             lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
             coded = all(re.match(r"^c\d{3} ", line) for line in lines)
@@ -627,22 +628,23 @@ def write_final(model, structure, config: TrainConfig, workdir: Path) -> None:
     from model.pruning import attention_weights, connection_weights
     from model.summary import model_summary
 
+    run = RunDir(workdir)
     tmp = workdir / ".model.tmp.keras"
     try:
         model.save(str(tmp))
     except OSError as error:  # a full disk: the checkpoints are complete, the final model can be redone
         tmp.unlink(missing_ok=True)
-        raise OSError(error.errno, f"{error.strerror or error}; the checkpoints in {workdir / CHECKPOINTS} are "
+        raise OSError(error.errno, f"{error.strerror or error}; the checkpoints in {run.checkpoints} are "
                       "kept: free space and run the same command again to write the model",
-                      str(workdir / "model.keras")) from None
-    os.replace(tmp, workdir / "model.keras")
-    _write_json(workdir / "connection_weights.json", connection_weights(model, structure))
+                      str(run.model)) from None
+    os.replace(tmp, run.model)
+    _write_json(run.connection_weights, connection_weights(model, structure))
     if config.attention == "search":
-        _write_json(workdir / "attention_weights.json", attention_weights(model, structure))
+        _write_json(run.attention_weights, attention_weights(model, structure))
     summary = model_summary(structure, attention=config.attention, default_peers=config.default_peers,
                             frames=config.frames, size=config.size, num_classes=config.num_classes,
                             temporal_pool=config.temporal_pool)
-    _write_json(workdir / "summary.json",
+    _write_json(run.summary,
                 {**summary, "structure": structure.name, "attention": config.attention})
 
 

@@ -5,6 +5,7 @@ import sys
 
 from pipelines.commands import SEED, SIDE, Range, positive
 from pipelines.commands.train import add_input_flags
+from pipelines.rundir import CONFIG, MODEL, RECIPE
 
 
 def register(subparsers):
@@ -23,14 +24,14 @@ def register(subparsers):
     toyota.add_argument("--json", action="store_true", help="print the full result as JSON")
     toyota.set_defaults(func=toyota_command)
 
-    run = kinds.add_parser("run", help="evaluate RUN_DIR/model.keras on TFRecords (N clips a video)")
+    run = kinds.add_parser("run", help=f"evaluate RUN_DIR/{MODEL} on TFRecords (N clips a video)")
     run.add_argument("run_dir")
     run.add_argument("--data", required=True, help="TFRecord file pattern of the test split")
-    run.add_argument("--dataset", choices=["charades", "toyota"], help="default: from RUN_DIR/config.json")
+    run.add_argument("--dataset", choices=["charades", "toyota"], help=f"default: from RUN_DIR/{CONFIG}")
     run.add_argument("--config",
                      help="the recipe whose `evaluate` section sets --clips, --clip-starts and --size: a shipped "
                      "one by name (see configs/) or a JSON file; default: the recipe the run was trained "
-                     "with (RUN_DIR/recipe.json); the flags below override it")
+                     f"with (RUN_DIR/{RECIPE}); the flags below override it")
     run.add_argument("--clips", type=Range(int, 1, 1000), default=None,
                      help="clips per video (default: the recipe's, else 5, AssembleNet A.7)")
     run.add_argument("--clip-starts", choices=["random", "even"], default=None,

@@ -2,10 +2,12 @@
 
 import json
 
+from pipelines.rundir import MODEL
+
 
 def register(subparsers):
-    parser = subparsers.add_parser("export", help="export RUN_DIR/model.keras as .keras + TF SavedModel")
-    parser.add_argument("run_dir", help="a training run directory (holds model.keras)")
+    parser = subparsers.add_parser("export", help=f"export RUN_DIR/{MODEL} as .keras + TF SavedModel")
+    parser.add_argument("run_dir", help=f"a training run directory (holds {MODEL})")
     parser.add_argument("--out", help="output directory (default: RUN_DIR/export)")
     parser.set_defaults(func=export_command)
 

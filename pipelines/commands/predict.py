@@ -3,12 +3,13 @@
 import json
 
 from pipelines.commands import FPS, SIDE, Range, positive
+from pipelines.rundir import MODEL
 
 
 def register(subparsers):
     parser = subparsers.add_parser("predict", help="preprocess one video like the training data and "
                                    "print its top classes")
-    parser.add_argument("--model", required=True, help="a training run directory (holds model.keras)")
+    parser.add_argument("--model", required=True, help=f"a training run directory (holds {MODEL})")
     parser.add_argument("--video", required=True, help="a video file (mp4, ...)")
     parser.add_argument("--top", type=positive(), default=5, help="how many classes to print")
     parser.add_argument("--clips", type=Range(int, 1, 1000), default=5, help="clips max-pooled (AssembleNet A.7: 5)")

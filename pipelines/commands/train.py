@@ -3,6 +3,7 @@
 import json
 
 from pipelines.commands import SEED, SIDE, Range, fraction, non_negative, positive
+from pipelines.rundir import CONFIG
 
 
 def register(subparsers):
@@ -19,7 +20,7 @@ def register(subparsers):
     parser.add_argument("--config",
                         help="a recipe to start from: a shipped one by name (charades_assemblenet50, "
                              "charades_assemblenet_plus50, toyota_cs_assemblenet_plus50; see configs/) or "
-                             "a JSON file (a recipe or a run's config.json); the flags below override it")
+                             f"a JSON file (a recipe or a run's {CONFIG}); the flags below override it")
     recipe = parser.add_argument_group("recipe (defaults: the papers' recipe, CPU-sized clips)")
     _add_config_flags(recipe)
     parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
