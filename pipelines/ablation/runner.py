@@ -35,6 +35,7 @@ import csv
 import dataclasses
 import fcntl
 import hashlib
+import io
 import json
 import math
 import os
@@ -43,7 +44,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.checks import UserError
+from pipelines.checks import UserError, write_text
 
 STORE = "results.jsonl"
 SETTINGS = "ablation.json"
@@ -312,13 +313,12 @@ def write_table(table: Sequence[Mapping[str, Any]], folder: str | Path, info: Su
     _atomic_write(folder / "results.json", json.dumps(
         {"suite": info.name, "title": info.title, "metric": info.metric, "paper_source": info.paper_source,
          "rows": _plain(list(table)), "comparisons": _plain(comparisons(table, info))}, indent=2) + "\n")
-    tmp = folder / ".results.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(TABLE_COLUMNS)
-        for row in table:
-            writer.writerow([_csv_value(row.get(c)) for c in TABLE_COLUMNS])
-    os.replace(tmp, folder / "results.csv")
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(TABLE_COLUMNS)
+    for row in table:
+        writer.writerow([_csv_value(row.get(c)) for c in TABLE_COLUMNS])
+    _atomic_write(folder / "results.csv", buffer.getvalue())
 
 
 def _csv_value(value) -> str:
@@ -332,9 +332,8 @@ def _csv_value(value) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    # Several `ablate` processes may share OUT: the writer's temporary file is per process and thread.
+    write_text(path, text)
 
 
 def _fmt(value, scale: float = 1.0) -> str:
