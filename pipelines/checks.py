@@ -9,7 +9,7 @@ Toyota run with the Charades loss or dying inside TensorFlow on a missing object
 `check_resume` compares what a run directory was started with (config.json, structure.json)
 with what a resumed run asks for, before anything in the directory is touched.
 
-`UserError` is the exception for mistakes the user can fix; the CLI (pipelines/cli.py) prints its
+`UserError` is the exception for mistakes the user can fix; the CLI (pipelines/cli) prints its
 message as one line. It is a ValueError, so library callers that catch ValueError still do.
 
 The records are read through their owner, preprocessing/records.py: the header (the first

@@ -100,7 +100,7 @@ def test_cli_parses_into_the_search_function():
             "1,2,2,1",
         ]
     )
-    assert args.func.__module__ == "pipelines.commands.attention_search"
+    assert args.func.__module__ == "pipelines.cli.commands.attention_search"
     assert (args.backbone, args.steps, args.after_levels, args.blocks, args.arch_lr) == (
         "assemblenet",
         5,

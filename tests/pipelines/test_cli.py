@@ -122,7 +122,7 @@ def test_missing_modality_is_one_line_without_tensorflow_noise(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-# -- numbers: range-checked where the flags are declared (pipelines/commands Range) ----------------------
+# -- numbers: range-checked where the flags are declared (pipelines/cli/commands Range) ----------------------
 
 def _flag_error(capsys, *argv):
     from pipelines import cli
@@ -158,7 +158,7 @@ def test_every_numeric_flag_declares_its_range_and_bare_floats_are_still_finite(
     import argparse
 
     from pipelines import cli
-    from pipelines.commands import Range
+    from pipelines.cli.commands import Range
 
     def actions(parser):
         for action in parser._actions:

@@ -16,7 +16,7 @@ from model.evolution import SearchSpace, parse_edge_weights
 from model.oneshot import over_connected
 from model.structure import Structure, get_structure
 from pipelines import cli
-from pipelines.commands import evolve as evolve_command
+from pipelines.cli.commands import evolve as evolve_command
 from pipelines.evolve import EvolutionConfig, TrainEvaluator, load_state
 from pipelines.search import search_summary
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.commands import train as train_command
+from pipelines.cli.commands import train as train_command
 from pipelines.train import TrainConfig, WarmupCosine, _truncate_history
 
 # -- config --------------------------------------------------------------------------------

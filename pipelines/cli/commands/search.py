@@ -3,8 +3,8 @@
 import json
 
 from model.pruning import PRUNE_THRESHOLD
-from pipelines.commands import fraction
-from pipelines.commands.train import FLAGS as TRAIN_FLAGS
+from pipelines.cli.commands import fraction
+from pipelines.cli.commands.train import FLAGS as TRAIN_FLAGS
 
 # Every training flag but --attention and --default-peers (the search model always uses
 # attention="search": it learns the peers).

@@ -3,7 +3,7 @@
 import argparse
 import json
 
-from pipelines.commands import FPS, MAX_SIDE, SEED, SIDE, WORKERS, Range, positive
+from pipelines.cli.commands import FPS, MAX_SIDE, SEED, SIDE, WORKERS, Range, positive
 
 
 def register(subparsers):

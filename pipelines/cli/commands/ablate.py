@@ -2,7 +2,7 @@
 
 import argparse
 
-from pipelines.commands import SEED, positive
+from pipelines.cli.commands import SEED, positive
 
 
 def _positive(text: str) -> int:

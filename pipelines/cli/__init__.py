@@ -1,6 +1,6 @@
 """The `assemblenet` command line.
 
-Each module in `pipelines/commands/` defines `register(subparsers)`, which adds one subcommand
+Each module in `pipelines/cli/commands/` defines `register(subparsers)`, which adds one subcommand
 and sets `func` to the importable function that does the work. The CLI only parses arguments.
 Heavy imports (TensorFlow, Beam, OpenCV) happen inside those functions, so `--help` is fast.
 
@@ -23,8 +23,8 @@ import pkgutil
 import sys
 import tempfile
 
-from pipelines import commands
 from pipelines.checks import UserError
+from pipelines.cli import commands
 
 DEBUG_ENV = "ASSEMBLENET_DEBUG"
 # TensorFlow/XLA/gRPC start-up logging (CUDA probing, CPU features, oneDNN) that would bury a one-line
@@ -56,7 +56,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(1, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
     def _get_value(self, action, arg_string):
-        # Numbers are declared with pipelines.commands.Range (finite, within the flag's bounds); a flag
+        # Numbers are declared with pipelines.cli.commands.Range (finite, within the flag's bounds); a flag
         # still declared with a bare float gets the finite check here: nan and inf never reach a command.
         value = super()._get_value(action, arg_string)
         if isinstance(value, float) and not math.isfinite(value):
@@ -188,7 +188,3 @@ def _quiet_logging() -> None:
 def _quiet_import(name: str) -> None:
     if name not in sys.modules and not any(isinstance(f, _QuietFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietFinder(name))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

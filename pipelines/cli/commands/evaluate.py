@@ -3,8 +3,8 @@
 import json
 import sys
 
-from pipelines.commands import SEED, SIDE, Range, positive
-from pipelines.commands.train import add_input_flags
+from pipelines.cli.commands import SEED, SIDE, Range, positive
+from pipelines.cli.commands.train import add_input_flags
 from pipelines.rundir import CONFIG, MODEL, RECIPE
 
 

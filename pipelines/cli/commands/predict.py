@@ -2,7 +2,7 @@
 
 import json
 
-from pipelines.commands import FPS, SIDE, Range, positive
+from pipelines.cli.commands import FPS, SIDE, Range, positive
 from pipelines.rundir import MODEL
 
 

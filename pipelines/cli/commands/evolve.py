@@ -3,8 +3,8 @@
 import argparse
 import json
 
-from pipelines.commands import SEED, WORKERS, Range, fraction, non_negative, positive
-from pipelines.commands.train import FLAGS as TRAIN_FLAGS
+from pipelines.cli.commands import SEED, WORKERS, Range, fraction, non_negative, positive
+from pipelines.cli.commands.train import FLAGS as TRAIN_FLAGS
 
 # The proxy training budget of each child: these TrainConfig flags are passed through.
 # (--strategy is the search strategy here; children train with the default distribution strategy.)

@@ -2,7 +2,7 @@
 
 import json
 
-from pipelines.commands import SIDE, positive
+from pipelines.cli.commands import SIDE, positive
 
 
 def register(subparsers):

@@ -1,6 +1,6 @@
 """`assemblenet attention-search`: the AttentionNAS cell search (pipelines/attention_search.py)."""
 
-from pipelines.commands import SEED, SIDE, fraction, non_negative, positive
+from pipelines.cli.commands import SEED, SIDE, fraction, non_negative, positive
 
 
 def _ints(text):

@@ -2,7 +2,7 @@
 
 import json
 
-from pipelines.commands import SEED, SIDE, Range, fraction, non_negative, positive
+from pipelines.cli.commands import SEED, SIDE, Range, fraction, non_negative, positive
 from pipelines.rundir import CONFIG
 
 

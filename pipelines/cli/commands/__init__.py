@@ -3,7 +3,7 @@
 Every numeric flag is declared with a `Range`: its value must be a finite number (nan and inf are
 refused) within the bounds the flag allows, and a value outside them is a one-line error naming the
 flag, the value and the range (`argument --fps: expected a number in (0, 240], got '1e9'`).
-pipelines/cli.py's parser gives the flags still declared with a bare `int` or `float` the same
+pipelines/cli's parser gives the flags still declared with a bare `int` or `float` the same
 finite-number check, so no number reaches a command unchecked.
 """
 
