@@ -33,7 +33,7 @@ system-deps:
 	  || { echo "apt-get install$$missing failed; install them yourself and run make test again" >&2; exit 1; }
 
 demo: $(STAMP)
-	$(BIN)/python -m pipelines.demo
+	$(BIN)/python -m pipelines.orchestration.demo
 
 # The whole suite under TensorFlow, then the model tests and the TV-L1 tests (keras.ops and its Pallas
 # kernel; one kernel test is JAX-only) again under JAX.

@@ -1,6 +1,6 @@
 """Pieces the DAG files share: Params from a config dataclass, the run folder, evolution rounds.
 
-Only wiring: every task body calls a function of `pipelines.end_to_end` (imported inside the task,
+Only wiring: every task body calls a function of `pipelines.orchestration.end_to_end` (imported inside the task,
 so parsing a DAG file imports no TensorFlow or Beam).
 """
 
@@ -13,7 +13,7 @@ from airflow.sdk import Param, get_current_context, task, task_group
 
 from dags._routing import CPU_QUEUE, GPU_POOL, GPU_QUEUE
 
-# Every task is safe to run again (pipelines/end_to_end.py), so a task whose process or worker died
+# Every task is safe to run again (pipelines/orchestration/end_to_end.py), so a task whose process or worker died
 # is retried; a bad param (AirflowFailException) is not.
 DEFAULT_ARGS = {"retries": 2, "retry_delay": timedelta(seconds=10)}
 
@@ -72,7 +72,7 @@ def context_params() -> dict:
 
 def run_folder(workdir: str) -> str:
     """`workdir`, or runs/<dag id>/<run id> when it is empty: each run writes to its own folder."""
-    from pipelines.end_to_end import run_folder as folder
+    from pipelines.orchestration.end_to_end import run_folder as folder
 
     context = get_current_context()
     return folder(workdir, context["dag"].dag_id, context["run_id"])
@@ -80,14 +80,14 @@ def run_folder(workdir: str) -> str:
 
 @cpu_task
 def next_children(state_dir: str) -> list[str]:
-    from pipelines.end_to_end import next_children as children
+    from pipelines.orchestration.end_to_end import next_children as children
 
     return children(state_dir, int(context_params()["children_per_round"]))
 
 
 @gpu_task
 def evaluate_child(state_dir: str, child: str) -> float:
-    from pipelines.end_to_end import evaluate_child as evaluate
+    from pipelines.orchestration.end_to_end import evaluate_child as evaluate
 
     return evaluate(state_dir, child)
 
@@ -95,7 +95,7 @@ def evaluate_child(state_dir: str, child: str) -> float:
 # An empty round (the budget is spent) skips its mapped evaluation; the round still closes.
 @cpu_task(trigger_rule="none_failed")
 def integrate(state_dir: str, fitness=None) -> str:
-    from pipelines.end_to_end import integrate as integrate_results
+    from pipelines.orchestration.end_to_end import integrate as integrate_results
 
     integrate_results(state_dir)
     return state_dir

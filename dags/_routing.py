@@ -14,7 +14,7 @@ instances are created), installed by an `airflow_local_settings.py` holding
 
     from dags._routing import task_instance_mutation_hook
 
-(pipelines/airflow_local.py writes it into AIRFLOW_HOME/config/). Nothing here imports Airflow:
+(pipelines/orchestration/airflow_local.py writes it into AIRFLOW_HOME/config/). Nothing here imports Airflow:
 the scheduler imports this module.
 """
 

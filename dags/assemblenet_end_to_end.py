@@ -7,9 +7,9 @@
                                                              ▲
                                           preprocess_test ───┘
 
-Params are the fields of `pipelines.end_to_end.EndToEndConfig` (defaults: the demo's minute-scale
+Params are the fields of `pipelines.orchestration.end_to_end.EndToEndConfig` (defaults: the demo's minute-scale
 budgets). Outputs go to `workdir`, or runs/assemblenet_end_to_end/<run id>; every task can be
-retried (see pipelines/end_to_end.py). The number of evolution rounds per run is fixed when the
+retried (see pipelines/orchestration/end_to_end.py). The number of evolution rounds per run is fixed when the
 file is parsed (EVOLUTION_ROUNDS); the search budget is exactly those rounds' children.
 """
 
@@ -27,7 +27,7 @@ from dags._common import (
     params_of,
     run_folder,
 )
-from pipelines.end_to_end import EndToEndConfig
+from pipelines.orchestration.end_to_end import EndToEndConfig
 
 EVOLUTION_ROUNDS = 2
 
@@ -45,8 +45,8 @@ def _config():
 
 @cpu_task
 def make_synthetic_data() -> dict:
-    from pipelines.end_to_end import banner
-    from pipelines.end_to_end import make_synthetic_data as generate
+    from pipelines.orchestration.end_to_end import banner
+    from pipelines.orchestration.end_to_end import make_synthetic_data as generate
 
     config = _config()
     workdir = run_folder(config.workdir)
@@ -58,7 +58,7 @@ def make_synthetic_data() -> dict:
 
 
 def _preprocess(inputs: dict, split: str) -> str:
-    from pipelines.end_to_end import banner, preprocess
+    from pipelines.orchestration.end_to_end import banner, preprocess
 
     config = _config()
     out = f"{inputs['workdir']}/data/{split}"
@@ -86,8 +86,8 @@ def preprocess_test(inputs: dict) -> str:
 
 @cpu_task
 def start_evolution(train: str, val: str) -> str:
-    from pipelines.end_to_end import banner
-    from pipelines.end_to_end import start_evolution as start
+    from pipelines.orchestration.end_to_end import banner
+    from pipelines.orchestration.end_to_end import start_evolution as start
 
     config = _config()
     state_dir = f"{run_folder(config.workdir)}/evolution"
@@ -101,14 +101,14 @@ def start_evolution(train: str, val: str) -> str:
 
 @cpu_task
 def finish_evolution(state_dir: str) -> str:
-    from pipelines.end_to_end import finish_evolution as finish
+    from pipelines.orchestration.end_to_end import finish_evolution as finish
 
     return finish(state_dir)
 
 
 @gpu_task
 def one_shot_search(structure: str, train: str, val: str) -> str:
-    from pipelines.end_to_end import one_shot_search as search
+    from pipelines.orchestration.end_to_end import one_shot_search as search
 
     config = _config()
     return search(structure=structure, data=train, eval_data=val, out=f"{run_folder(config.workdir)}/search",
@@ -117,7 +117,7 @@ def one_shot_search(structure: str, train: str, val: str) -> str:
 
 @gpu_task
 def train_final(structure: str, train: str, val: str) -> str:
-    from pipelines.end_to_end import train_final as train_model
+    from pipelines.orchestration.end_to_end import train_final as train_model
 
     config = _config()
     return train_model(structure=structure, data=train, eval_data=val, workdir=run_folder(config.workdir),
@@ -126,14 +126,14 @@ def train_final(structure: str, train: str, val: str) -> str:
 
 @gpu_task
 def evaluate(workdir: str, test: str) -> str:
-    from pipelines.end_to_end import evaluate as evaluate_run
+    from pipelines.orchestration.end_to_end import evaluate as evaluate_run
 
     return evaluate_run(workdir=workdir, data=test, clips=_config().clips)
 
 
 @cpu_task
 def report(workdir: str, metrics: str) -> str:
-    from pipelines.end_to_end import report as build
+    from pipelines.orchestration.end_to_end import report as build
 
     return build(workdir)
 

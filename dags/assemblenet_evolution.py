@@ -61,8 +61,8 @@ def _check_proxy_train(fields: dict) -> None:
 
 @cpu_task
 def start_evolution() -> str:
-    from pipelines.end_to_end import banner, resolve
-    from pipelines.end_to_end import start_evolution as start
+    from pipelines.orchestration.end_to_end import banner, resolve
+    from pipelines.orchestration.end_to_end import start_evolution as start
 
     params = context_params()
     _check_proxy_train(params["proxy_train"])
@@ -78,7 +78,7 @@ def start_evolution() -> str:
 
 @cpu_task
 def finish_evolution(state_dir: str) -> str:
-    from pipelines.end_to_end import finish_evolution as finish
+    from pipelines.orchestration.end_to_end import finish_evolution as finish
 
     return finish(state_dir)
 

@@ -52,7 +52,7 @@ PARAMS = {
 @cpu_task
 def locate_inputs() -> dict:
     """The videos folder and annotation file: the given ones, or the synthetic set's."""
-    from pipelines.end_to_end import make_synthetic_data, resolve
+    from pipelines.orchestration.end_to_end import make_synthetic_data, resolve
 
     params = context_params()
     if params["videos"]:
@@ -70,7 +70,7 @@ def locate_inputs() -> dict:
 
 @cpu_task
 def preprocess(inputs: dict) -> dict:
-    from pipelines.end_to_end import banner, beam_pipeline_args, preprocess, resolve
+    from pipelines.orchestration.end_to_end import banner, beam_pipeline_args, preprocess, resolve
 
     params = context_params()
     args = beam_pipeline_args(params["runner"], project=params["project"], region=params["region"],

@@ -57,14 +57,14 @@ def _train_fields(params: dict, steps: int) -> dict:
 
 
 def _optional(path: str) -> str | None:
-    from pipelines.end_to_end import resolve
+    from pipelines.orchestration.end_to_end import resolve
 
     return resolve(path) if path else None
 
 
 @gpu_task
 def one_shot_search() -> str:
-    from pipelines.end_to_end import one_shot_search as search
+    from pipelines.orchestration.end_to_end import one_shot_search as search
 
     params = context_params()
     # `warmup_steps` is meant for the full training (the search budget may be shorter than it).
@@ -76,7 +76,7 @@ def one_shot_search() -> str:
 
 @gpu_task
 def train_final(structure: str) -> str:
-    from pipelines.end_to_end import train_final as train_model
+    from pipelines.orchestration.end_to_end import train_final as train_model
 
     params = context_params()
     return train_model(structure=structure, data=_optional(params["data"]),
@@ -86,7 +86,7 @@ def train_final(structure: str) -> str:
 
 @gpu_task
 def evaluate(workdir: str) -> str:
-    from pipelines.end_to_end import evaluate as evaluate_run
+    from pipelines.orchestration.end_to_end import evaluate as evaluate_run
 
     params = context_params()
     return evaluate_run(workdir=workdir, data=_optional(params["test_data"]), clips=params["clips"])
@@ -94,7 +94,7 @@ def evaluate(workdir: str) -> str:
 
 @cpu_task
 def report(workdir: str, metrics: str) -> str:
-    from pipelines.end_to_end import report as build
+    from pipelines.orchestration.end_to_end import report as build
 
     return build(workdir)
 

@@ -4,7 +4,8 @@ consuming the `gpu` queue and one the `cpu` queue (a GPU host and a CPU host).
 The DAG is tests/dags/routing_dag/routing_probe.py: the evolution DAG's routing shape (CPU tasks around
 a mapped GPU task in the GPU pool) declared with the project's `cpu_task` / `gpu_task` and routing
 params, with task bodies that do no work, so that the test spends its time on routing only. The
-scheduler applies the project's cluster policy (dags/_routing.py, installed by pipelines/airflow_local.py).
+scheduler applies the project's cluster policy (dags/_routing.py, installed by
+pipelines/orchestration/airflow_local.py).
 
 Each worker reports its own name as the hostname of the task instances it runs
 (tests/dags/worker_identity.py), so the metadata database says which worker ran each task: every
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.airflow_local import LocalAirflow, airflow_executable, die_with_parent, free_port
+from pipelines.orchestration.airflow_local import LocalAirflow, airflow_executable, die_with_parent, free_port
 
 DAG_ID = "routing_probe"
 DAGS = Path(__file__).resolve().parent / "routing_dag"

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from model.structure import Structure
-from pipelines.airflow_local import LocalAirflow
-from pipelines.demo import DAG_ID, airflow_env
+from pipelines.orchestration.airflow_local import LocalAirflow
+from pipelines.orchestration.demo import DAG_ID, airflow_env
 
 TINY = {"videos": 8, "min_seconds": 2.5, "max_seconds": 3.5, "fps": 4.0, "frame_size": 32,
         "population": 1, "children_per_round": 1, "proxy_steps": 4, "search_steps": 2, "train_steps": 12,

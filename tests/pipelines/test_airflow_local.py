@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from pipelines.airflow_local import AirflowError, LocalAirflow
+from pipelines.orchestration.airflow_local import AirflowError, LocalAirflow
 
 CHAINED = """\
 [worker] starting

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from pipelines import demo
-from pipelines.airflow_local import LocalAirflow, processes_in_sessions
+from pipelines.orchestration import demo
+from pipelines.orchestration.airflow_local import LocalAirflow, processes_in_sessions
 
 
 def test_fresh_folder_empties_its_own_folder_and_refuses_others(tmp_path):
@@ -47,9 +47,9 @@ def test_interrupted_demo_stops_every_airflow_process(tmp_path):
     workdir = tmp_path / "demo"
     conf = {"videos": 8, "min_seconds": 2.5, "max_seconds": 3.5, "frame_size": 32}
     env = {**os.environ, "PYTHONPATH": str(demo.PROJECT_ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "pipelines.demo", "--workdir", str(workdir), "--conf",
-                                json.dumps(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                               cwd=demo.PROJECT_ROOT, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "pipelines.orchestration.demo", "--workdir", str(workdir),
+                                "--conf", json.dumps(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env=env, cwd=demo.PROJECT_ROOT, text=True)
     seen = []
     try:
         deadline = time.monotonic() + 600

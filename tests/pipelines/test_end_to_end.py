@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from model import evolution
-from pipelines import end_to_end, evolve
+from pipelines import evolve
+from pipelines.orchestration import end_to_end
 
 
 def test_validation_ids_are_a_deterministic_share_independent_of_order():

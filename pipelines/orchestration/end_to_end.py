@@ -33,7 +33,7 @@ from model.pruning import PRUNE_THRESHOLD
 from pipelines.configs import check_fields
 from pipelines.rundir import CLASSES, RunDir, read_json, write_json
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_RUNNERS = ("", "FnApiRunner", "local", "DirectRunner")
 
 

@@ -1,7 +1,7 @@
-"""`make demo` (`python -m pipelines.demo`): the whole system, orchestrated by Airflow, on one machine.
+"""`make demo` (`python -m pipelines.orchestration.demo`): the whole system, orchestrated by Airflow, on one machine.
 
 Runs the `assemblenet_end_to_end` DAG the way a deployment does: Airflow 3's scheduler, DAG
-processor and API server (pipelines/airflow_local.py), started here with the LocalExecutor on
+processor and API server (pipelines/orchestration/airflow_local.py), started here with the LocalExecutor on
 SQLite in runs/demo/airflow (AIRFLOW_HOME; example DAGs off), the DAG run triggered with the
 demo's conf and awaited, each task state printed as it changes, then Airflow's processes ended,
 also when the demo is interrupted (Ctrl-C or SIGTERM). Every task runs in its own process through
@@ -11,7 +11,7 @@ anything else). Airflow's logs are in runs/demo/airflow/logs (one file per task 
 console shows task states and the stage banners of the tasks' output.
 
 Outputs: runs/demo/report/index.html, runs/demo/metrics.json, runs/demo/evolution/best_structure.json,
-runs/demo/search/final_structure.json (and the rest of the run folder, see pipelines/end_to_end.py).
+runs/demo/search/final_structure.json (and the rest of the run folder, see pipelines/orchestration/end_to_end.py).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.airflow_local import LocalAirflow, task_output, terminate_on_sigterm
-from pipelines.end_to_end import PROJECT_ROOT
+from pipelines.orchestration.airflow_local import LocalAirflow, task_output, terminate_on_sigterm
+from pipelines.orchestration.end_to_end import PROJECT_ROOT
 from pipelines.rundir import METRICS, RunDir
 
 DAG_ID = "assemblenet_end_to_end"
@@ -43,7 +43,7 @@ def fresh_folder(workdir: Path) -> None:
                              "move it away or pass another --workdir")
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / MARKER).write_text("made by pipelines.demo; the next demo run deletes this folder\n")
+    (workdir / MARKER).write_text("made by pipelines.orchestration.demo; the next demo run deletes this folder\n")
 
 
 def airflow_env(airflow_home: Path) -> dict[str, str]:

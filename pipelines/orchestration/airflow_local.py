@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 COMPONENTS = ("api-server", "dag-processor", "scheduler")
 FINISHED = ("success", "failed")
 # A traceback's last line: "ImportError: ...", "airflow.sdk.exceptions.AirflowException: ...".
