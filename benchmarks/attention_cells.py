@@ -1,7 +1,7 @@
 """Searched AttentionNAS cells vs the non-local block vs no cell, over search seeds and training seeds.
 
 AttentionNAS's claim (abstract): searched cells inserted into I3D-R50 beat non-local blocks. Here, on the
-synthetic proxy task of pipelines/attention_search.py (in-memory clips, no TFRecords, no TensorFlow
+synthetic proxy task of pipelines/attention_search/ (in-memory clips, no TFRecords, no TensorFlow
 needed), for each backbone:
   - `resnet`: the small I3D-style ResNet of model/resnet.py, cells after res3_0 and res4_0;
   - `assemblenet`: AssembleNet structure `tiny`, cells after every block of levels 2 and 3;

@@ -3,7 +3,7 @@
     locate_inputs ─► preprocess
 
 Videos (+ annotations) -> TFRecord shards, summary.json and dead_letter.jsonl in `out`
-(pipelines/preprocess.py). Locally Beam's FnApiRunner runs it inside the task; with
+(pipelines/preprocess/). Locally Beam's FnApiRunner runs it inside the task; with
 runner=DataflowRunner the task submits the job to Dataflow and waits for it (project, region,
 temp_location gs://..., the package's setup.py for the workers; videos and out on gs://).
 A retried run skips the videos already written. With `videos` empty (the default) a synthetic

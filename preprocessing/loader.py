@@ -172,7 +172,7 @@ def write_records(path: str | Path, records) -> None:
 
 def encode_records(records) -> bytes:
     """The bytes of a TFRecord file holding `records` (for writers that go through other file systems,
-    e.g. Beam's FileSystems in pipelines/preprocess.py)."""
+    e.g. Beam's FileSystems in pipelines/preprocess/)."""
     crc = _writer_crc()
     return b"".join(_frame(data, crc) for data in records)
 

@@ -298,7 +298,7 @@ def test_killed_preprocess_keeps_finished_videos_and_resumes_to_identical_output
     kwargs = _charades_kwargs(tiny_charades, tmp_path / "killed", videos=videos, annotations=csv_path,
                               num_shards=3)
     code = f"from pipelines.preprocess import run_preprocess; run_preprocess(**{kwargs!r})"
-    env = dict(os.environ, PYTHONPATH=str(Path(preprocess.__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(preprocess.__file__).resolve().parents[2]))
     process = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)
     staging = tmp_path / "killed" / preprocess.STAGING
     deadline = time.monotonic() + 300

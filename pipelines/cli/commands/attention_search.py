@@ -1,4 +1,4 @@
-"""`assemblenet attention-search`: the AttentionNAS cell search (pipelines/attention_search.py)."""
+"""`assemblenet attention-search`: the AttentionNAS cell search (pipelines/attention_search/)."""
 
 from pipelines.cli.commands import SEED, SIDE, fraction, non_negative, positive
 

@@ -1,0 +1,233 @@
+"""Configuration and model: the search's settings (`SearchConfig`), the proxy backbone with cells inserted, the
+batches it trains on (synthetic or TFRecords, split by video id) and its evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import numpy as np
+
+from pipelines.attention_search.synthetic import SYNTHETIC_CLASSES, synthetic_batch
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    backbone: str = "resnet"  # resnet | assemblenet
+    structure: str = "tiny"  # AssembleNet structure name or JSON path (backbone=assemblenet)
+    steps: int = 200
+    frames: int = 8
+    size: int = 32
+    batch_size: int = 8
+    seed: int = 0
+    # Network weights (DARTS §3.1.1): SGD, momentum 0.9, L2 3e-4, cosine from lr to lr_min.
+    optimizer: str = "sgd"  # sgd | adam
+    lr: float = 0.025
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    # Architecture weights (DARTS §3.1.1): Adam, β (0.5, 0.999), L2 1e-3 on α. The rate: None = DARTS's
+    # 3e-4 scaled to this search's number of architecture steps (architecture_learning_rate).
+    arch_lr: float | None = None
+    arch_beta_1: float = 0.5
+    arch_weight_decay: float = 1e-3
+    arch_start: float = 0.0  # fraction of the steps before architecture updates begin (DARTS: none)
+    heldout_fraction: float = 0.5  # --data: share of the videos (by id) for the architecture steps
+    train_lr: float = 1e-3  # train_and_evaluate: Adam rate of a fixed cell's training
+    final_temperature: float = 1.0  # softmax temperature at the last step (geometric from 1; 1 = none)
+    num_operations: int = 3
+    candidates: dict | None = None  # restricts the supernet's candidates (see model.attention_nas.cell)
+    width: int = 8  # ResNet base width (proxy backbone)
+    blocks: tuple[int, ...] = (1, 1, 1, 1)  # ResNet blocks per stage (proxy backbone)
+    positions: tuple[str, ...] = ("res3_0", "res4_0")  # ResNet cell positions
+    after_levels: tuple[int, ...] = (2, 3)  # AssembleNet cell levels
+    data: str | None = None  # TFRecord pattern; None = the synthetic task
+    dataset: str = "charades"
+    num_classes: int = len(SYNTHETIC_CLASSES)
+    eval_batches: int = 8
+    recalibration_batches: int = 20  # BatchNorm re-estimation before evaluating (evaluate_accuracy)
+    eager: bool = False  # TensorFlow only: run_eagerly (tracing the supernet costs ~1 min on CPU)
+
+    def __post_init__(self):
+        if self.backbone not in ("resnet", "assemblenet"):
+            raise ValueError(f"backbone must be 'resnet' or 'assemblenet', got {self.backbone!r}")
+        if self.steps < 1 or self.batch_size < 1 or self.frames < 1 or self.size < 1:
+            raise ValueError(f"steps, batch_size, frames and size must be positive: {self}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if not 0 < self.heldout_fraction < 1:
+            raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        if not 0 <= self.arch_start < 1:
+            raise ValueError(f"arch_start must be in [0, 1), got {self.arch_start}")
+        if self.arch_lr is not None and not self.arch_lr > 0:
+            raise ValueError(f"arch_lr must be positive (or None: DARTS's budget), got {self.arch_lr}")
+        if not 0 < self.final_temperature <= 1:
+            raise ValueError(f"final_temperature must be in (0, 1], got {self.final_temperature}")
+        if self.data is None and self.num_classes != len(SYNTHETIC_CLASSES):
+            raise ValueError(
+                f"the synthetic task has {len(SYNTHETIC_CLASSES)} classes, got num_classes={self.num_classes}"
+            )
+
+
+def build_backbone(config: SearchConfig, cell_config: dict | None):
+    """(model, modalities): the proxy backbone with `cell_config` at the configured positions."""
+    if config.backbone == "resnet":
+        from model.resnet import build_resnet3d
+
+        cells = {p: cell_config for p in config.positions} if cell_config else None
+        model = build_resnet3d(
+            config.num_classes,
+            blocks=config.blocks,
+            width=config.width,
+            cells=cells,
+            frames=config.frames,
+            size=config.size,
+        )
+        return model, ("rgb",)
+    from model.assemblenet import build_assemblenet
+    from model.attention_nas import insert_cells
+    from model.structure import get_structure
+
+    structure = get_structure(config.structure)
+    if cell_config:
+        structure = insert_cells(structure, cell_config, after_levels=config.after_levels)
+    model = build_assemblenet(structure, config.num_classes, frames=config.frames, size=config.size)
+    return model, structure.modalities
+
+
+def _model_inputs(model, inputs: dict):
+    return inputs["rgb"] if not isinstance(model.input, dict) else inputs
+
+
+def video_ids(pattern: str) -> list[str]:
+    """Every video id in the TFRecords matching `pattern` (sorted), read without decoding frames."""
+    import glob
+
+    from preprocessing.loader import read_record, scan_records
+    from preprocessing.schema import read_video_id
+
+    files = sorted(glob.glob(pattern))
+    if not files:
+        raise ValueError(f"--data: no TFRecord files match {pattern!r}")
+    ids = set()
+    for path in files:  # no TensorFlow: the records' own framing (preprocessing.loader)
+        with open(path, "rb") as handle:
+            for offset, length in scan_records(path):
+                ids.add(read_video_id(read_record(handle, path, offset, length)))
+    return sorted(ids)
+
+
+def heldout_split(ids, fraction: float) -> tuple[list[str], list[str]]:
+    """(training ids, held-out ids): a deterministic split by a hash of each id (independent of order
+    and of the other ids, so adding videos never moves one across), at least one video on each side."""
+    ids = sorted(set(ids))
+    if len(ids) < 2:
+        raise ValueError(f"the held-out split needs at least 2 videos, got {len(ids)}")
+    key = lambda v: int(hashlib.sha1(v.encode()).hexdigest()[:12], 16) / 16**12
+    heldout = [v for v in ids if key(v) < fraction]
+    if not heldout or len(heldout) == len(ids):  # tiny sets: the lowest / highest hash moves over
+        ranked = sorted(ids, key=key)
+        heldout = ranked[:1] if not heldout else ranked[:-1]
+    train = [v for v in ids if v not in set(heldout)]
+    return train, sorted(heldout)
+
+
+def _batches(
+    config: SearchConfig, modalities, seed: int, *, training: bool = True, only_ids=None, seen=None
+):
+    """Endless (inputs, labels) batches: synthetic, or the TFRecords through preprocessing.dataset
+    (restricted to the videos in `only_ids` when given: full batches of those videos only)."""
+    if config.data is None:
+        rng = np.random.default_rng(seed)
+        while True:
+            yield synthetic_batch(
+                rng, config.batch_size, frames=config.frames, size=config.size, modalities=modalities
+            )
+    from preprocessing.loader import make_reader, to_numpy
+
+    dataset = make_reader(
+        config.data,
+        modalities=modalities,
+        frames=config.frames,
+        size=config.size,
+        training=training,
+        batch_size=config.batch_size,
+        dataset=config.dataset,
+        num_classes=config.num_classes,
+        seed=seed,
+        repeat=training,  # every pass draws new clips (preprocessing.clips.decide of the pass)
+        with_ids=only_ids is not None,
+    )
+    if only_ids is None:
+        while True:
+            for inputs, labels in dataset:
+                yield {k: np.array(to_numpy(v)) for k, v in inputs.items()}, np.array(to_numpy(labels))
+    keep_ids = set(only_ids)
+    pending = []
+    while True:
+        for inputs, labels, ids in dataset:
+            inputs = {k: np.array(to_numpy(v)) for k, v in inputs.items()}
+            labels, ids = np.array(to_numpy(labels)), np.array(to_numpy(ids)).reshape(-1)
+            for n, video in enumerate(ids):
+                video = video.decode() if isinstance(video, bytes) else str(video)
+                if video in keep_ids:
+                    pending.append(({m: x[n] for m, x in inputs.items()}, labels[n], video))
+            while len(pending) >= config.batch_size:
+                chunk, pending = pending[: config.batch_size], pending[config.batch_size :]
+                if seen is not None:
+                    seen.update(c[2] for c in chunk)
+                batch = {m: np.stack([c[0][m] for c in chunk]) for m in chunk[0][0]}
+                yield batch, np.stack([c[1] for c in chunk])
+
+
+def _loss_fn(config: SearchConfig):
+    import keras
+
+    if config.data is None:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if config.dataset == "charades":  # multi-hot
+        return keras.losses.BinaryCrossentropy(from_logits=True)
+    return keras.losses.CategoricalCrossentropy(from_logits=True)
+
+
+def _correct(logits, labels) -> int:
+    predicted = np.argmax(logits, axis=-1)
+    truth = labels if labels.ndim == 1 else np.argmax(labels, axis=-1)
+    return int(np.sum(predicted == truth))
+
+
+def recalibrate_batchnorm(model, batches, num_batches: int = 20) -> None:
+    """Re-estimates every BatchNorm's moving statistics as the plain average over `num_batches` batches.
+
+    After a few hundred steps the moving averages (momentum 0.99) still lag the weights, most of all
+    behind a cell whose zero-initialised γ grows during training; one-shot NAS re-estimates them before
+    evaluating (the project applies it to every compared model alike)."""
+    import keras
+
+    layers = [
+        layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for k in range(1, num_batches + 1):
+            for layer in layers:
+                layer.momentum = 1.0 - 1.0 / k  # running mean over the k batches seen
+            inputs, _ = next(batches)
+            model(_model_inputs(model, inputs), training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+
+
+def evaluate_accuracy(model, config: SearchConfig, modalities, *, seed: int) -> float:
+    """Top-1 accuracy on `eval_batches` batches never used in training (their own seed), after
+    recalibrating BatchNorm on other unseen batches."""
+    recalibrate_batchnorm(model, _batches(config, modalities, seed + 1), config.recalibration_batches)
+    batches = _batches(config, modalities, seed, training=False)
+    correct = total = 0
+    for _ in range(config.eval_batches):
+        inputs, labels = next(batches)
+        logits = np.asarray(model.predict_on_batch(_model_inputs(model, inputs)))
+        correct += _correct(logits, labels)
+        total += len(labels)
+    return correct / total
