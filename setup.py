@@ -38,7 +38,7 @@ setup(
     version="0.1.0",
     description="AssembleNet, AssembleNet++ and AttentionNAS for video activity recognition",
     python_requires=">=3.11",
-    packages=find_packages(include=["model*", "preprocessing*", "pipelines*", "dags*", "configs"]),
+    packages=find_packages(include=["model*", "preprocessing*", "pipelines*", "ablation*", "dags*", "configs"]),
     package_data={"configs": ["*.json"]},  # `assemblenet train --config NAME` finds them beside pipelines/
     install_requires=CORE,
     extras_require=EXTRAS,

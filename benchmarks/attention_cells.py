@@ -41,8 +41,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ablation.stats import permutation_test  # noqa: E402
 from model.attention_nas import NONLOCAL, cell_cost, load_cell  # noqa: E402
-from pipelines.ablation.stats import permutation_test  # noqa: E402
 from pipelines.attention_search import (  # noqa: E402
     SearchConfig,
     cell_input_shapes,

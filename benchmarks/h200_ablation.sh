@@ -22,7 +22,7 @@ t0=$(date +%s)
 # The benchmark first (one process, all cores), so that the jobs do not each make it.
 python3 - "$BENCH" "$OUT" ${ABLATE_FLAGS:-} <<'PY'
 import sys
-from pipelines.ablation.benchmark import load_or_generate, versioned
+from ablation.benchmark import load_or_generate, versioned
 seed = int(sys.argv[sys.argv.index("--bench-seed") + 1]) if "--bench-seed" in sys.argv else 0
 load_or_generate(versioned(sys.argv[1], seed=seed), sys.argv[2] + "/benchmark", progress=False)
 PY

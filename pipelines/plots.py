@@ -285,7 +285,7 @@ def plot_fitness(history: Sequence[Mapping], path: str | Path, *, k: int = 3) ->
 # Ablations.
 
 def plot_ablation(table: Sequence[Mapping], path: str | Path, *, title: str, metric: str) -> Path:
-    """One ablation suite (pipelines/ablation/runner.py's table): mean ± std (ddof 1) over seeds per
+    """One ablation suite (ablation/runner.py's table): mean ± std (ddof 1) over seeds per
     variant, each seed as a dot, beside the paper's number for the row where it gives one. Two panels,
     because the benchmark's metric and the paper's (Charades mAP) are not on one scale. Rows with a
     numeric "x" (e.g. Fig. 4(b)'s object fraction) are drawn as a curve over x."""

@@ -20,7 +20,7 @@ Inputs (all optional):
     attention_nas/cell.png             the AttentionNAS cell, embedded as is
 So `assemblenet report` also works on an `assemblenet search --out` or `assemblenet evolve` folder.
 An `assemblenet ablate --out` folder (it holds ablation.json) gets a report of its own: per suite
-(<suite>/results.json, pipelines/ablation/runner.py) a bar chart with error bars beside the paper's
+(<suite>/results.json, ablation/runner.py) a bar chart with error bars beside the paper's
 numbers, and the table, and the suite's own figures (<suite>/figures.json {png in <suite>/: caption},
 e.g. the evolution suite's Fig. 4 curve).
 """

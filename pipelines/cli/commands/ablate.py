@@ -70,9 +70,9 @@ def register(subparsers):
 
 
 def ablate_command(args) -> int:
-    from pipelines.ablation.benchmark import versioned
-    from pipelines.ablation.harness import Budget
-    from pipelines.ablation.runner import run_suites
+    from ablation.benchmark import versioned
+    from ablation.harness import Budget
+    from ablation.runner import run_suites
 
     overrides = {k: getattr(args, k) for k in ("steps", "batch_size", "learning_rate", "frames", "size")
                  if getattr(args, k) is not None}
@@ -84,7 +84,7 @@ def ablate_command(args) -> int:
     bench = {k: getattr(args, k) for k in ("train_clips", "val_clips", "test_clips") if getattr(args, k) is not None}
     config = versioned(args.benchmark, seed=args.bench_seed, frames=budget.frames, size=budget.size, **bench)
     # No writer lock: an ablation folder is written by cooperating processes by design (one per suite on
-    # one GPU, say); its store is append-only and takes the first row of a run (pipelines.ablation.runner).
+    # one GPU, say); its store is append-only and takes the first row of a run (ablation.runner).
     tables = run_suites(args.suite, out=args.out, seeds=args.seeds, budget=budget, benchmark=config,
                         progress=not args.quiet)
     print(f"{args.out}/results.md ({', '.join(f'{name}: {len(rows)} rows' for name, rows in tables.items())})")

@@ -44,9 +44,9 @@ from typing import Any
 
 import numpy as np
 
+from ablation.runner import suite
 from model import evolution
 from model.structure import Structure
-from pipelines.ablation.runner import suite
 from pipelines.checks import write_json
 
 METHODS = evolution.STRATEGIES  # ("guided", "random-edges", "random-search")
@@ -232,7 +232,7 @@ class WorkerTrain:
 
 @functools.lru_cache(maxsize=2)
 def _cached_bench(path: str):
-    from pipelines.ablation.benchmark import load
+    from ablation.benchmark import load
 
     return load(path)
 

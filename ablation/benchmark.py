@@ -30,7 +30,7 @@ accuracy). The modalities carry the two factors unequally, like Charades' (Assem
 
 Splits: train / val / test of fixed sizes, each generated from its own stream of `seed` (so adding
 train clips changes no val clip), classes balanced and shuffled. `load_or_generate` caches the
-arrays under a hash of the config; `python -m pipelines.ablation.benchmark --out DIR --seed S`
+arrays under a hash of the config; `python -m ablation.benchmark --out DIR --seed S`
 regenerates the whole benchmark and prints its oracle check (`oracle_check`: a softmax-regression
 probe per modality, measured, see docs/ablations.md).
 """
@@ -565,11 +565,11 @@ def _probe_scores(predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]
 
 
 def main(argv=None) -> int:
-    """`python -m pipelines.ablation.benchmark --out DIR [--seed S] ...`: regenerates the benchmark into
+    """`python -m ablation.benchmark --out DIR [--seed S] ...`: regenerates the benchmark into
     DIR/benchmark-<digest>.npz (+ .json) and prints its oracle check."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m pipelines.ablation.benchmark", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ablation.benchmark", description=main.__doc__)
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--version", choices=sorted(VERSIONS), default="v1",

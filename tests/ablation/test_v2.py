@@ -6,13 +6,13 @@ import hashlib
 import numpy as np
 import pytest
 
+from ablation import benchmark as B
+from ablation import runner
+from ablation.harness import Budget, decoy_stems, with_decoy
+from ablation.planted_suite import decoy_verdict
+from ablation.stats import permutation_test
 from model.oneshot import over_connected
 from model.structure import Structure, get_structure, stream_modality
-from pipelines.ablation import benchmark as B
-from pipelines.ablation import runner
-from pipelines.ablation.harness import Budget, decoy_stems, with_decoy
-from pipelines.ablation.planted_suite import decoy_verdict
-from pipelines.ablation.stats import permutation_test
 from pipelines.checks import UserError
 
 SMALL = dict(frames=4, size=32, train_clips=24, val_clips=12, test_clips=2)
@@ -177,7 +177,7 @@ def test_v2_suites_refuse_v1(tmp_path):
 
 
 def test_train_and_score_feeds_the_decoy_and_traces_sigma(v2):
-    from pipelines.ablation.harness import train_and_score
+    from ablation.harness import train_and_score
 
     structure = with_decoy("tiny")
     budget = Budget(steps=3, batch_size=4, frames=4, size=32, warmup_steps=0)

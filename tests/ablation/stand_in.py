@@ -1,4 +1,4 @@
-"""A deterministic stand-in for pipelines.ablation.harness.train_and_score, in microseconds.
+"""A deterministic stand-in for ablation.harness.train_and_score, in microseconds.
 
 Every edge gets a fixed quality q(e) from a hash of what it connects; the score is the sum of q over the
 edges (+0.5 on the test split, so a test score is told from a validation one), the "learned" σ(w) of
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ablation.harness import Budget
 from model import evolution
 from model.structure import Structure
-from pipelines.ablation.harness import Budget
 
 BUDGET = Budget(steps=2, warmup_steps=0, batch_size=4, frames=4, size=32)
 LOG = "FAKE_HARNESS_LOG"

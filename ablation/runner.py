@@ -1,6 +1,6 @@
 """The ablation runner: registered suites, a resumable result store, per-suite tables and results.md.
 
-The contract the suites build on (pipelines/ablation/suites.py, evolution_suite.py, oneshot_suite.py):
+The contract the suites build on (ablation/suites.py, evolution_suite.py, oneshot_suite.py):
 
     @suite("table1", title="...", paper={"variant": number, ...}, metric="top-1 accuracy (%)")
     def table1(ctx: SuiteContext) -> None:
@@ -176,7 +176,7 @@ class SuiteContext:
         self.progress = progress if progress is not None else _NoProgress()
         self.calls = 0  # how many runs this context executed (not loaded from the store)
         if train is None:
-            from pipelines.ablation.harness import train_and_score
+            from ablation.harness import train_and_score
 
             train = train_and_score
         self.trainer = train  # fn(structure, bench, **kwargs); worker processes get it (evolution suite)
@@ -295,7 +295,7 @@ TABLE_COLUMNS = ("variant", "n", "mean", "std", "paper", "params", "scores")
 def comparisons(table: Sequence[Mapping[str, Any]], info: SuiteInfo) -> list[dict]:
     """For each of the suite's (a, b) pairs with scores in both rows: mean(a) − mean(b) and the
     two-sided permutation-test p-value over the per-seed scores."""
-    from pipelines.ablation.stats import permutation_test
+    from ablation.stats import permutation_test
 
     rows = {r["variant"]: r for r in table}
     out = []
@@ -407,8 +407,8 @@ def load_suites() -> None:
     """Imports the modules that register suites (those present on this branch)."""
     import importlib
 
-    for module in ("pipelines.ablation.suites", "pipelines.ablation.evolution_suite",
-                   "pipelines.ablation.oneshot_suite", "pipelines.ablation.planted_suite"):
+    for module in ("ablation.suites", "ablation.evolution_suite",
+                   "ablation.oneshot_suite", "ablation.planted_suite"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as err:
@@ -424,8 +424,8 @@ def run_suites(names: Sequence[str], *, out: str | Path, seeds: Sequence[int] = 
     and size are the budget's)."""
     from tqdm import tqdm
 
-    from pipelines.ablation.benchmark import BenchmarkConfig, load_or_generate
-    from pipelines.ablation.harness import Budget
+    from ablation.benchmark import BenchmarkConfig, load_or_generate
+    from ablation.harness import Budget
 
     load_suites()
     unknown = [n for n in names if n not in SUITES]

@@ -1,4 +1,4 @@
-"""The controlled benchmark (pipelines/ablation/benchmark.py): deterministic, and its documented
+"""The controlled benchmark (ablation/benchmark.py): deterministic, and its documented
 properties hold: the class is motion x object, the flow is the motion field plus noise, the masks are
 noisy at the configured rates, and each modality alone tells only part of the class."""
 
@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from pipelines.ablation import benchmark as B
+from ablation import benchmark as B
 
 SMALL = B.BenchmarkConfig(seed=3, frames=8, size=32, train_clips=72, val_clips=24, test_clips=12)
 

@@ -1,9 +1,9 @@
-"""The ablation runner and suites (pipelines/ablation/): resume without redoing finished runs, tables,
+"""The ablation runner and suites (ablation/): resume without redoing finished runs, tables,
 the suites' variants, the report section and the CLI's one-line errors.
 
 The suite tests replace `train_and_score` with `FakeTrainer`, a deterministic stand-in that records
 each call: they check what each suite trains (structures, attention, seeds) and that its table is
-well-formed, in seconds. The real harness is tested in test_ablation_harness.py."""
+well-formed, in seconds. The real harness is tested in tests/ablation/test_harness.py."""
 
 import json
 import math
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from ablation import runner
+from ablation.benchmark import BenchmarkConfig
+from ablation.harness import Budget
 from model.structure import get_structure
-from pipelines.ablation import runner
-from pipelines.ablation.benchmark import BenchmarkConfig
-from pipelines.ablation.harness import Budget
 from pipelines.checks import UserError
 from tests.pipelines.test_cli import assert_one_line, run_cli
 

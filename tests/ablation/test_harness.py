@@ -1,12 +1,12 @@
-"""pipelines/ablation/harness.py: the structure variants, the batch sampler, and one real
+"""ablation/harness.py: the structure variants, the batch sampler, and one real
 train_and_score on a tiny benchmark (a few steps: the keys and their ranges, not the accuracy)."""
 
 import numpy as np
 import pytest
 
+from ablation import harness as H
+from ablation.benchmark import BenchmarkConfig, generate
 from model.structure import tiny
-from pipelines.ablation import harness as H
-from pipelines.ablation.benchmark import BenchmarkConfig, generate
 
 
 def test_without_object_stem_and_modalities():

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from ablation.benchmark import DECOY_STREAM
 from model.structure import Node, Structure, get_structure
-from pipelines.ablation.benchmark import DECOY_STREAM
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,10 +299,10 @@ def train_and_score(structure, bench, *, attention: str = "none", object_stem: b
     """
     import keras
 
+    from ablation.benchmark import NUM_OBJECTS
     from model.assemblenet import build_assemblenet
     from model.evolution import edge_weights_to_json, parse_edge_weights
     from model.pruning import attention_weights, connection_weights
-    from pipelines.ablation.benchmark import NUM_OBJECTS
 
     budget = budget or Budget()
     if (bench.frames, bench.size) != (budget.frames, budget.size):

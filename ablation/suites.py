@@ -14,16 +14,16 @@ from __future__ import annotations
 import functools
 import json
 
-from model.oneshot import over_connected
-from model.structure import Structure, get_structure
-from pipelines.ablation.harness import (
+from ablation.harness import (
     with_decoy,
     with_modalities,
     with_object_fraction,
     with_random_peers,
     without_object_stem,
 )
-from pipelines.ablation.runner import SuiteContext, suite
+from ablation.runner import SuiteContext, suite
+from model.oneshot import over_connected
+from model.structure import Structure, get_structure
 
 LAYOUT = "tiny"
 SEARCH_SEED = 0  # the one search whose peers every row uses (peer agreement across seeds: oneshot suite)

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from ablation.harness import decoy_stems
+from ablation.runner import SuiteContext, suite
+from ablation.suites import ATTENTIONS, layout_for, searched_structure
 from model.oneshot import over_connected
 from model.pruning import PRUNE_THRESHOLD
-from pipelines.ablation.harness import decoy_stems
-from pipelines.ablation.runner import SuiteContext, suite
-from pipelines.ablation.suites import ATTENTIONS, layout_for, searched_structure
 from pipelines.checks import UserError, read_json, write_json
 
 FUSION_ORDERS = ("project_first", "weight_first")  # model.assemblenet.FUSION_ORDERS, without importing Keras

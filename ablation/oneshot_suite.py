@@ -7,7 +7,7 @@ weights are then pruned as the project's search does (model.pruning.prune_weight
 σ(w) ≤ 0.2 go (§4.1), each block keeps its argmax-h peer (§3.5).
 
 The searches are the runner's shared runs `oneshot-search/<layout>/object/seed<k>`, the same that
-suites table1 and table4 take their peers from (pipelines/ablation/suites.py, seed 0): the stability
+suites table1 and table4 take their peers from (ablation/suites.py, seed 0): the stability
 measured here is that of the peers those tables use. Rows, per seed (`score`: top-1 on the validation
 split, as in table1 / table4; nothing here selects on it):
 
@@ -39,12 +39,12 @@ from typing import Any
 
 import numpy as np
 
+from ablation.harness import decoy_stems
+from ablation.runner import SuiteContext, suite
+from ablation.suites import LAYOUT, layout_for, search_key
 from model.oneshot import over_connected
 from model.pruning import PRUNE_THRESHOLD
 from model.structure import Structure, get_structure
-from pipelines.ablation.harness import decoy_stems
-from pipelines.ablation.runner import SuiteContext, suite
-from pipelines.ablation.suites import LAYOUT, layout_for, search_key
 
 SEARCH, PRUNED = "one-shot search", "pruned (peer)"
 THRESHOLD = PRUNE_THRESHOLD  # AssembleNet++ §4.1: connections with σ(w) > 0.2 are kept

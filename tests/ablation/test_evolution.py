@@ -2,7 +2,7 @@
 
 The suites run through the runner (run_suites) on a tiny generated benchmark, with a deterministic
 stand-in for the harness's training (the runner's `train=` seam) so that each test takes seconds:
-tests/pipelines/ablation_stand_in.py. It logs every call to a file, so resuming can be checked to
+tests/ablation/stand_in.py. It logs every call to a file, so resuming can be checked to
 retrain nothing finished, also across worker processes.
 """
 
@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ablation import evolution_suite, oneshot_suite
+from ablation.benchmark import BenchmarkConfig
+from ablation.runner import run_suites
 from model import evolution
 from model.oneshot import over_connected
 from model.structure import Structure, tiny
-from pipelines.ablation import evolution_suite, oneshot_suite
-from pipelines.ablation.benchmark import BenchmarkConfig
-from pipelines.ablation.runner import run_suites
-from tests.pipelines.ablation_stand_in import BUDGET, LOG, Killed, fake_train
+from tests.ablation.stand_in import BUDGET, LOG, Killed, fake_train
 
 SPACE = evolution.SearchSpace(width_scale=16, repeats=(0.5,) * 4)
 SMALL = evolution_suite.EvolutionSuiteConfig(population_size=3, rounds=4, space=SPACE)
@@ -46,7 +46,7 @@ def _run(names, out, seeds=(0, 1, 2), train=fake_train, report=False):
 
 def _train(structure, **kwargs):
     """ctx.train of the stand-in, for calling the suite's functions directly."""
-    from pipelines.ablation.benchmark import generate
+    from ablation.benchmark import generate
 
     bench = _train.bench = getattr(_train, "bench", None) or generate(dataclasses.replace(BENCH, frames=4, size=32))
     return fake_train(structure, bench, budget=BUDGET, **kwargs)
@@ -172,7 +172,7 @@ def test_worker_processes_give_the_rows_of_one_process(calls, tmp_path, monkeypa
     _run(["evolution"], tmp_path / "parallel", seeds=[0, 1])
     assert len(calls()) == 2 * 2 * (3 * 8 + 1)
     # The workers load the runner's cached benchmark instead of receiving it pickled.
-    from pipelines.ablation.benchmark import generate, load, load_or_generate
+    from ablation.benchmark import generate, load, load_or_generate
 
     bench = load_or_generate(dataclasses.replace(BENCH, frames=BUDGET.frames, size=BUDGET.size),
                              tmp_path / "parallel" / "benchmark")
@@ -265,7 +265,7 @@ def test_the_suites_register_without_importing_keras():
     import subprocess
     import sys
 
-    code = ("import sys; from pipelines.ablation import runner; runner.load_suites(); "
+    code = ("import sys; from ablation import runner; runner.load_suites(); "
             "assert {'evolution', 'oneshot'} <= set(runner.SUITES); print('keras' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
@@ -292,8 +292,8 @@ def test_chance_agreement_is_the_mean_of_one_over_the_peer_count():
 def test_a_guided_search_on_the_real_harness_inherits_its_learned_weights(tmp_path):
     """The harness's real result feeds evolve.py: fitness from the validation split, the parent's
     trained σ(w) into Eq. 2 (B = 0.5: only edges the training pushed above 0.5 are kept)."""
-    from pipelines.ablation.benchmark import generate
-    from pipelines.ablation.harness import train_and_score
+    from ablation.benchmark import generate
+    from ablation.harness import train_and_score
 
     bench = generate(dataclasses.replace(BENCH, frames=BUDGET.frames, size=BUDGET.size))
     config = dataclasses.replace(SMALL, population_size=1, rounds=1, keep_threshold=0.5,
@@ -327,8 +327,8 @@ def test_a_guided_search_on_the_real_harness_inherits_its_learned_weights(tmp_pa
 def test_stem_rms_reads_each_stems_output_and_sees_a_silenced_one():
     """The diagnostic behind the connections suite's finding: a stem whose layers were zeroed passes
     nothing on (its RMS is 0) while the others stay live."""
+    from ablation.harness import stem_rms
     from model.assemblenet import build_assemblenet
-    from pipelines.ablation.harness import stem_rms
 
     structure = tiny()
     model = build_assemblenet(structure, 4, frames=4, size=16)
