@@ -7,6 +7,8 @@ gradients of the child's weights; the masked edges' own parameters (and a block 
 exactly zero gradient, and scrambling them changes nothing. Both fusion orders.
 """
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -135,42 +137,58 @@ def test_masked_fusion_layers_config_round_trip():
 
 # -- a masked edge has no effect ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("fusion_order", ["project_first", "weight_first"])
-def test_masked_edges_change_nothing_the_child_computes(fusion_order):
-    maximal, big, small = _pair(SPARSE, fusion_order)
+# Both fusion orders under both backends (the masked sum has a custom gradient per backend); the
+# attention modes, which add no backend-specific code to the masking, under TensorFlow only (each costs
+# seconds there, tens of seconds of XLA compilation under JAX on this CPU).
+_TF_ONLY = pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="attention modes: TensorFlow only")
+# Block 3 feeds nothing in SPARSE; as block 5's peer it is read again (`peer` attention).
+PEERS = {3: 0, 4: 1, 5: 3, 6: 4, 7: 5}
+PEERED = SPARSE.replace(name="peered", nodes=tuple(
+    n if n.is_stem else dataclasses.replace(n, peer=PEERS[n.index]) for n in SPARSE.nodes))
+
+
+@pytest.mark.parametrize("fusion_order, attention, child", [
+    ("project_first", "none", SPARSE), ("weight_first", "none", SPARSE),
+    pytest.param("project_first", "self", SPARSE, marks=_TF_ONLY),
+    pytest.param("project_first", "search", SPARSE, marks=_TF_ONLY),
+    pytest.param("weight_first", "peer", PEERED, marks=_TF_ONLY)],
+    ids=lambda v: v.name if isinstance(v, Structure) else None)
+def test_masked_edges_change_nothing_the_child_computes(fusion_order, attention, child):
+    maximal, big, small = _pair(child, fusion_order, attention)
     x, labels = _inputs(), np.eye(5, dtype="float32")[[1, 3]]
     # What only masked edges read does not matter: scramble it (kernels, batch-norm statistics, the
-    # masked edges' w, the dead block 3).
+    # masked edges' w, the dead block 3 where nothing reads it).
     rng = np.random.default_rng(1)
     child_paths = {v.path for v in small.weights}
     for v in big.weights:
         if v.path not in child_paths and not v.path.endswith("/mask"):
             v.assign(rng.uniform(0.5, 3.0, v.shape).astype("float32"))
-    for i, j in _masked(maximal, SPARSE):
+    for i, j in _masked(maximal, child):
         w = big.get_layer(f"block{i}_fusion").w
         w.assign(np.where(np.array(maximal.node(i).inputs) == j, 2.5, w.numpy()).astype("float32"))
     (grads_big, logits_big), (grads_small, logits_small) = _gradients(big, x, labels), _gradients(small, x, labels)
     np.testing.assert_allclose(logits_big, logits_small, rtol=RTOL, atol=ATOL)
-    shared = child_values(big, small, maximal, SPARSE)
-    live = SPARSE.live()
+    shared = child_values(big, small, maximal, child)
     for v in small.trainable_variables:
         g_big = grads_big[v.path]
         if v.path.endswith("_fusion/w"):
             block = int(v.path[len("block"):].split("_")[0])
             inputs = list(maximal.node(block).inputs)
             np.testing.assert_array_equal(  # σ(w) of a masked edge learns nothing
-                g_big[[k for k, j in enumerate(inputs) if j not in SPARSE.node(block).inputs]], 0.0)
-            g_big = g_big[[inputs.index(j) for j in SPARSE.node(block).inputs]]
+                g_big[[k for k, j in enumerate(inputs) if j not in child.node(block).inputs]], 0.0)
+            g_big = g_big[[inputs.index(j) for j in child.node(block).inputs]]
         np.testing.assert_allclose(g_big, grads_small[v.path], rtol=1e-3, atol=1e-5, err_msg=v.path)
     # Everything only masked edges (or the dead block 3) read gets exactly zero gradient.
     for v in big.trainable_variables:
         if v.path not in child_paths:
             assert not np.any(grads_big[v.path]), v.path
-    assert 3 not in live and not any(p.startswith("block3_") for p in child_paths)
+    read = attention in ("search", "peer")  # every lower node is a peer in `search`; block 3 is one in PEERED
+    assert (3 in child.live(via_peers=True) or attention == "search") == read
+    assert any(p.startswith("block3_") for p in child_paths) == read
     # Inference reads the moving statistics: the masked layers' (scrambled, then updated) change nothing.
     np.testing.assert_allclose(big.predict_on_batch(x), small.predict_on_batch(x), rtol=RTOL, atol=ATOL)
     # Batch-norm moving statistics of the child's layers after one training-mode pass: the same.
-    for path, (a, b) in child_values(big, small, maximal, SPARSE).items():
+    for path, (a, b) in child_values(big, small, maximal, child).items():
         if "moving" in path:
             np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL, err_msg=path)
     assert shared  # the comparison covered the child's variables
