@@ -11,6 +11,8 @@ per shape.
 tests/model/test_edge_masks.py.)
 """
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -138,3 +140,17 @@ def test_the_evolution_suite_takes_the_fast_path_only_when_asked(bench, monkeypa
     monkeypatch.setenv(suite.FASTPATH_ENV, "yes")
     with pytest.raises(ValueError, match="expected 0 or 1"):
         suite.fast_children(real)
+
+
+def test_a_child_of_another_shape_gets_a_model_of_its_own(bench):
+    trainer = fastpath.ChildTrainer(bench, BUDGET, max_models=2)
+    redilated = MINI.replace(nodes=tuple(n if n.index != 4 else dataclasses.replace(n, dilation=4) for n in MINI.nodes))
+    first, new = trainer.entry(MINI)
+    assert new and trainer.entry(SPARSE) == (first, False)  # only edges differ: the same model
+    other, new = trainer.entry(redilated)
+    assert new and other is not first and trainer.compiles == 2
+    assert trainer.entry(MINI, fusion_order="weight_first")[1]  # another graph: another model
+    assert trainer.compiles == 3 and len(trainer.models) == 2  # the least recently used one was dropped
+    assert trainer.entry(MINI)[1]
+    with pytest.raises(ValueError, match="not supported"):
+        trainer.entry(MINI, temporal="max")
