@@ -63,10 +63,12 @@ def _match_input(x, *, target_stride, source_stride, width, name):
     return x
 
 
-def _weight_first(pooled, width, *, name):
+def _weight_first(pooled, width, *, name, masked=False):
     """Σ_j σ(w_j)·x_j in the reference implementation's order: weight each input, sum the inputs of one
-    width, then a 1x1 conv (no batch norm) from each other width to the block's `width`."""
-    gated = EdgeGates(len(pooled), name=f"{name}_fusion")(pooled)
+    width, then a 1x1 conv (no batch norm) from each other width to the block's `width`. With `masked`,
+    Σ_j m_j σ(w_j)·x_j: a width whose inputs are all masked sums to zero, and its bias-free conv of zero
+    adds zero."""
+    gated = EdgeGates(len(pooled), masked=masked, name=f"{name}_fusion")(pooled)
     groups: dict[int, list] = {}
     for x in gated:
         groups.setdefault(int(x.shape[-1]), []).append(x)
@@ -96,13 +98,16 @@ def check_peers(structure: Structure, attention: str, default_peers: bool = Fals
 
 def build_assemblenet(structure, num_classes: int, *, attention: str = "none", default_peers: bool = False,
                       temporal_pool: str = "max", frames=None, size=None, name=None,
-                      fusion_order: str = "project_first") -> keras.Model:
+                      fusion_order: str = "project_first", edge_masks: bool = False) -> keras.Model:
     """Builds the model of `structure` (a Structure, a named structure or a JSON path).
 
     Inputs: a dict keyed by `structure.modalities` (see docs/CONTRACTS.md); output: logits.
     `frames` and `size` may stay None (any clip length and resolution whose sides are multiples of 32).
     `attention="peer"` uses the peers the structure names; blocks without one are an error unless
     `default_peers` (then `default_peer` picks them).
+    `edge_masks=True` gives every block's fusion a non-trainable 0/1 mask over its inputs (AssembleNet++
+    Eq. 1/3 summed over the connections whose mask is 1): a model of a maximal structure then trains any
+    child whose edges are a subset, without being rebuilt (model.edge_masks). All masks start at 1.
     """
     structure = get_structure(structure)
     if attention not in ATTENTION_MODES:
@@ -131,14 +136,14 @@ def build_assemblenet(structure, num_classes: int, *, attention: str = "none", d
         if fusion_order == "weight_first":
             pooled = [_match_input(outputs[j], target_stride=fused_stride, source_stride=strides[j], width=None,
                                    name=f"block{i}_from{j}") for j in node.inputs]
-            fused = _weight_first(pooled, width, name=f"block{i}")
+            fused = _weight_first(pooled, width, name=f"block{i}", masked=edge_masks)
             matched = None
         else:
             matched = [_match_input(outputs[j], target_stride=fused_stride, source_stride=strides[j],
                                     width=width, name=f"block{i}_from{j}") for j in node.inputs]
             fused = None
         x = _fuse(structure, node, matched, outputs, attention=attention, width=width,
-                  strides=(strides, fused_stride), fused=fused)
+                  strides=(strides, fused_stride), fused=fused, masked=edge_masks)
         x = apply_block(x, node, repeats=structure.repeats[node.level - 1],
                         width=structure.level_widths[node.level - 1], name=f"block{i}")
         if node.cell is not None:
@@ -152,7 +157,7 @@ def build_assemblenet(structure, num_classes: int, *, attention: str = "none", d
 
 
 def _fuse(structure: Structure, node, matched, outputs: Mapping[int, object], *, attention, width, strides,
-          fused=None):
+          fused=None, masked=False):
     """Eq. 1 (none), Eq. 3 (static/self/peer) or Eq. 4 (search) of AssembleNet++; `conv`: Table 4's
     1x1 convolution of the peer added to the fused input. `strides`: (every node's cumulative stride,
     the fused input's)."""
@@ -162,7 +167,9 @@ def _fuse(structure: Structure, node, matched, outputs: Mapping[int, object], *,
             # The source of each connection's attention is the connection itself (x_k = x_j).
             gate = ChannelAttention("self", width, name=f"block{i}_attention")
             matched = [gate([x]) for x in matched]
-        fused = ConnectionFusion(len(matched), name=f"block{i}_fusion")(matched)
+        # Eq. 1 (Eq. 3 with `self`): Σ_j σ(w_ji)·x_j; with `masked`, Σ_j m_ji σ(w_ji)·x_j, so a connection
+        # with m_ji = 0 (absent from the child a maximal model trains) adds nothing and learns nothing.
+        fused = ConnectionFusion(len(matched), masked=masked, name=f"block{i}_fusion")(matched)
     if attention in ("none", "self"):
         return fused
     # With one attention source per block, A_i(x_k) is the same for every connection (j, i), so

@@ -2,7 +2,7 @@
 
 - `PooledOneHot`: the object stem (AssembleNet++ §3.2): one-hot of an integer class map, max-pooled.
 - `ConnectionFusion`: the weighted sum of a block's inputs, x_in = Σ_j σ(w_j)·x_j (AssembleNet §3.1,
-  AssembleNet++ Eq. 1).
+  AssembleNet++ Eq. 1), optionally over a runtime 0/1 mask of the connections (`masked`).
 - `VideoConv`: a factorised video convolution (per-frame 2D, temporal 1D or 1x1x1) lowered to the
   2D convolutions and matrix products accelerators run fastest.
 - `ChannelAttention`: channel-wise attention σ(FC(GAP(x_k))) per frame (AssembleNet++ Eq. 2) in the
@@ -69,27 +69,38 @@ class ConnectionFusion(keras.layers.Layer):
 
     One scalar w per connection, learned by back-propagation; σ(w) is what evolution (AssembleNet
     Eq. 2) and pruning read. Initialised at 0 (σ = 0.5) so that no connection starts preferred.
+
+    `masked=True` adds a non-trainable 0/1 vector m (initialised to ones) and computes
+    Σ_j m_j σ(w_j)·x_j: a graph built with every connection runs any subset of them, chosen by
+    assigning m, without being rebuilt or recompiled (model.edge_masks). An input with m_j = 0 adds
+    exactly zero, and its w_j and everything that feeds only that input get exactly zero gradient.
     """
 
-    def __init__(self, num_inputs, **kwargs):
+    def __init__(self, num_inputs, masked=False, **kwargs):
         super().__init__(**kwargs)
         if int(num_inputs) < 1:
             raise ValueError(f"num_inputs must be >= 1, got {num_inputs}")
         self.num_inputs = int(num_inputs)
+        self.masked = bool(masked)
 
     def build(self, input_shape):
         if len(input_shape) != self.num_inputs:
             raise ValueError(f"{self.name}: expected {self.num_inputs} inputs, got {len(input_shape)}")
         self.w = self.add_weight(name="w", shape=(self.num_inputs,), initializer="zeros")
+        if self.masked:
+            self.mask = self.add_weight(name="mask", shape=(self.num_inputs,), initializer="ones",
+                                        trainable=False)
 
     def call(self, inputs):
+        if self.masked:
+            return _masked_weighted_sum(ops.cast(self.w, "float32"), ops.cast(self.mask, "float32"), *inputs)
         return _weighted_sum(ops.cast(self.w, "float32"), *inputs)
 
     def compute_output_shape(self, input_shape):
         return input_shape[0]
 
     def get_config(self):
-        return {**super().get_config(), "num_inputs": self.num_inputs}
+        return {**super().get_config(), "num_inputs": self.num_inputs, "masked": self.masked}
 
 
 @_serializable
@@ -98,11 +109,18 @@ class EdgeGates(ConnectionFusion):
     to a block's inputs before their channels are matched, the order of the reference implementation
     (tensorflow/models official/projects/assemblenet: weighted inputs of equal width are summed, then one
     1x1 convolution without batch norm per width). The same weights as ConnectionFusion (one scalar w
-    per connection, initialised at 0), read the same way (model.pruning.connection_weights)."""
+    per connection, initialised at 0), read the same way (model.pruning.connection_weights); with
+    `masked=True`, m_j σ(w_j)·x_j (see ConnectionFusion)."""
 
     def call(self, inputs):
         gates = ops.sigmoid(ops.cast(self.w, "float32"))
-        return [x * ops.cast(gates[j], x.dtype) for j, x in enumerate(inputs)]
+        gated = [x * ops.cast(gates[j], x.dtype) for j, x in enumerate(inputs)]
+        if self.masked:
+            # Eq. 1 over the child's connections only: m_j = 0 selects zero for x_j's term (a select, not a
+            # product, so nothing x_j holds leaks through) and so zero gradient for w_j and x_j.
+            keep = self.mask > 0
+            gated = [ops.where(keep[j], x, ops.zeros_like(x)) for j, x in enumerate(gated)]
+        return gated
 
     def compute_output_shape(self, input_shape):
         return list(input_shape)
@@ -159,6 +177,30 @@ def _weighted_sum(w, *xs):
         g32 = ops.cast(g, "float32")
         sums = ops.stack([ops.sum(g32 * ops.cast(x, "float32")) for x in xs])
         return (sums * gates * (1.0 - gates), *[g * cast_gates[j] for j in range(len(xs))])
+
+    return out, grad
+
+
+@ops.custom_gradient
+def _masked_weighted_sum(w, mask, *xs):
+    """Σ_j m_j σ(w_j)·x_j (AssembleNet++ Eq. 1 over the connections with m_j = 1), with `_weighted_sum`'s
+    float32 gradient of w. A masked input is selected away, not multiplied by 0, so it adds nothing and
+    the gradients of w_j and x_j are exactly zero whatever x_j holds (even inf or NaN)."""
+    sig = ops.sigmoid(w)
+    keep = mask > 0
+    cast_gates = ops.cast(sig, xs[0].dtype)
+    terms = [ops.where(keep[j], x * cast_gates[j], ops.zeros_like(x)) for j, x in enumerate(xs)]
+    out = terms[0]
+    for term in terms[1:]:
+        out = out + term
+
+    def grad(*args, upstream=None):
+        g = args[0] if upstream is None else upstream
+        g32 = ops.cast(g, "float32")
+        sums = ops.stack([ops.sum(g32 * ops.cast(x, "float32")) for x in xs])
+        dw = ops.where(keep, sums * sig * (1.0 - sig), ops.zeros_like(sig))
+        return (dw, ops.zeros_like(mask),
+                *[ops.where(keep[j], g * cast_gates[j], ops.zeros_like(g)) for j in range(len(xs))])
 
     return out, grad
 

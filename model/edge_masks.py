@@ -1,0 +1,154 @@
+"""A child structure as runtime data over one maximal graph: edge masks instead of a rebuild.
+
+An architecture search trains many children that differ mostly in their edges (AssembleNet §3.2:
+Eq. 2 rewires a parent, and node mutations are rarer). Built with `edge_masks=True`
+(model.assemblenet), every block's fusion computes Σ_j m_ji σ(w_ji)·x_j (AssembleNet++ Eq. 1/3) over
+the inputs of a *maximal* structure, with m a non-trainable 0/1 vector. Setting m to a child's edges
+makes that one compiled model compute the child: a masked input adds an exact zero to the sum, so the
+forward pass, every batch-norm statistic of the child's layers and every gradient of the child's
+weights are the child's own; the masked connection's w, projection and any block that only masked
+connections read get exactly zero gradient (their batch-norm moving statistics still move, but nothing
+the output reads depends on them).
+
+What must be equal for two children to share a maximal model is their *shape*: the nodes (levels, C,
+r, strides, peers, cells) and, per block, the fused input's cumulative stride and width, which depend on
+the edges (§3.1: inputs are max-pooled to the smallest size and projected to the widest width).
+`maximal(child)` is the child's layout with every edge L(j) < L(i) that keeps those shapes (the
+over-connected graph of AssembleNet++ §3.3, model.oneshot, less the edges that would change a shape);
+children with the same `signature` have the same maximal structure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+
+from model.structure import Structure, get_structure
+
+
+def fused_shapes(structure: Structure) -> dict[int, tuple[int, int]]:
+    """{block: (cumulative stride of its fused input, its width)}: what a block's edges fix (§3.1)."""
+    strides = structure.cumulative_stride()
+    return {n.index: (max(strides[int(j)] for j in n.inputs), structure.fused_channels(n.index))
+            for n in structure.blocks}
+
+
+def _is_object(structure: Structure, index: int) -> bool:
+    node = structure.node(index)
+    return node.is_stem and node.modality == "object"
+
+
+def _keeps_shape(structure: Structure, j: int, i: int, strides, shape) -> bool:
+    """Whether adding edge (j, i) leaves block i's fused stride and width as they are."""
+    fused_stride, width = shape
+    if strides[j] > fused_stride or fused_stride % strides[j]:
+        return False  # it would shrink the fused input (max-pooling only goes down, §3.1)
+    if _is_object(structure, j):
+        return True  # object one-hots never set the width
+    non_object = [k for k in structure.node(i).inputs if not _is_object(structure, int(k))]
+    channels = structure.node(j).output_channels
+    # A block fed only by object stems takes its own 4C; a non-object input must then bring exactly it.
+    return channels <= width if non_object else channels == width
+
+
+def maximal(structure, name: str | None = None) -> Structure:
+    """`structure`'s layout with every edge (j, i), L(j) < L(i), that keeps each block's fused stride
+    and width (`fused_shapes`): the largest graph whose masked model runs `structure` exactly. Nodes,
+    channels, dilations, strides, peers and cells are kept; inputs are sorted."""
+    structure = get_structure(structure)
+    strides = structure.cumulative_stride()
+    shapes = fused_shapes(structure)
+    nodes = []
+    for n in structure.nodes:
+        if not n.is_stem:
+            inputs = {int(j) for j in n.inputs}
+            inputs |= {m.index for m in structure.nodes
+                       if m.level < n.level and _keeps_shape(structure, m.index, n.index, strides, shapes[n.index])}
+            n = dataclasses.replace(n, inputs=tuple(sorted(inputs)))
+        nodes.append(n)
+    return structure.replace(name=name or f"{structure.name}_maximal", nodes=tuple(nodes))
+
+
+def signature(structure) -> str:
+    """The key of the compiled model that can train `structure`: its maximal structure as JSON, without
+    the name. Two structures with the same signature differ only in edges."""
+    data = maximal(structure).to_json()
+    data.pop("name")
+    return json.dumps(data, sort_keys=True)
+
+
+def mask_values(maximal_structure: Structure, child: Structure) -> dict[int, np.ndarray]:
+    """{block: 0/1 float32 vector over the maximal structure's inputs of that block}: 1 where the child
+    has the edge. Raises ValueError if `child` is not `maximal_structure` with a subset of its edges."""
+    if len(child.nodes) != len(maximal_structure.nodes):
+        raise ValueError(f"child {child.name!r} has {len(child.nodes)} nodes, the maximal structure "
+                         f"{maximal_structure.name!r} {len(maximal_structure.nodes)}: not a sub-structure")
+    for field in ("repeats", "level_widths", "sink"):
+        if getattr(child, field) != getattr(maximal_structure, field):
+            raise ValueError(f"child {child.name!r}: {field}={getattr(child, field)!r}, the maximal structure "
+                             f"has {getattr(maximal_structure, field)!r}")
+    masks = {}
+    for n in maximal_structure.nodes:
+        try:
+            c = child.node(n.index)
+        except KeyError:
+            raise ValueError(f"child {child.name!r} has no node {n.index}") from None
+        same = dataclasses.replace(c, inputs=n.inputs) == n
+        if not same:
+            raise ValueError(f"child {child.name!r}: node {n.index} is {c.to_json()}, the maximal structure's "
+                             f"is {n.to_json()} (only the inputs of a block may differ)")
+        if n.is_stem:
+            if c.inputs != n.inputs:
+                raise ValueError(f"child {child.name!r}: stem {n.index} reads {c.inputs}, expected {n.inputs}")
+            continue
+        extra = set(c.inputs) - set(n.inputs)
+        if extra:
+            raise ValueError(f"child {child.name!r}: edges {sorted((j, n.index) for j in extra)} are not in the "
+                             f"maximal structure {maximal_structure.name!r} (they would change block "
+                             f"{n.index}'s fused shape: another signature)")
+        masks[n.index] = np.array([1.0 if j in c.inputs else 0.0 for j in n.inputs], np.float32)
+    if fused_shapes(child) != fused_shapes(maximal_structure):
+        raise ValueError(f"child {child.name!r}: fused strides/widths {fused_shapes(child)} differ from the "
+                         f"maximal structure's {fused_shapes(maximal_structure)}")
+    return masks
+
+
+def set_masks(model, maximal_structure: Structure, child: Structure) -> None:
+    """Assigns the child's edges to the masks of a model built from `maximal_structure` with
+    `edge_masks=True`: no rebuild, no recompilation (the masks are variables)."""
+    for block, values in mask_values(maximal_structure, child).items():
+        layer = model.get_layer(f"block{block}_fusion")
+        if not getattr(layer, "masked", False):
+            raise ValueError(f"layer {layer.name} has no edge mask: build the model with edge_masks=True")
+        layer.mask.assign(values)
+
+
+def copy_weights(source, target, *, source_structure: Structure, target_structure: Structure) -> int:
+    """Copies every variable of `target` from the variable of the same path in `source` (layer names are
+    the builder's: `block{i}_from{j}_proj_conv`, ...); a fusion's w is copied input by input (the two
+    structures may list different inputs of a block), and edge masks are left as they are.
+    Returns the number of variables copied; a target variable without a source is an error."""
+    by_path = {v.path: v for v in source.weights}
+    copied = 0
+    for v in target.weights:
+        layer, _, name = v.path.rpartition("/")
+        if name == "mask" and layer.endswith("_fusion"):
+            continue
+        if name == "w" and layer.endswith("_fusion"):
+            block = int(layer[len("block"):-len("_fusion")])
+            src_inputs = list(source_structure.node(block).inputs)
+            src = np.asarray(by_path[v.path].numpy())
+            values = np.asarray(v.numpy()).copy()
+            for k, j in enumerate(target_structure.node(block).inputs):
+                if j not in src_inputs:
+                    raise ValueError(f"copy_weights: edge ({j}, {block}) has no weight in the source")
+                values[k] = src[src_inputs.index(j)]
+            v.assign(values)
+        elif v.path not in by_path:
+            raise ValueError(f"copy_weights: the source model has no variable {v.path!r}")
+        else:
+            v.assign(by_path[v.path].numpy())
+        copied += 1
+    return copied
