@@ -130,7 +130,7 @@ def test_children_of_one_shape_compile_once(trainer):
 
 def test_the_evolution_suite_takes_the_fast_path_only_when_asked(bench, monkeypatch):
     from ablation import evolution_suite as suite
-    from tests.ablation_stand_in import fake_train
+    from tests.ablation.stand_in import fake_train
 
     real = suite.WorkerTrain(H.train_and_score, bench, BUDGET)
     stand_in = suite.WorkerTrain(fake_train, bench, BUDGET)
