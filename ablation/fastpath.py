@@ -34,6 +34,7 @@ import numpy as np
 
 from ablation.harness import Budget, Feeder, _compile, batch_indices, predict, without_object_stem
 from model.structure import Structure, get_structure
+from pipelines import compile_cache
 
 # Variables whose layer declares no `<name>_initializer` attribute: the builder's own layers'
 # (ConnectionFusion/EdgeGates w: zeros, σ = 0.5; its edge mask: ones; ChannelAttention's v and h: zeros).
@@ -93,6 +94,7 @@ class ChildTrainer:
     maximal structure and model."""
 
     def __init__(self, bench, budget: Budget | None = None, *, max_models: int = 8):
+        compile_cache.enable()
         self.bench = bench
         self.budget = budget or Budget()
         if (bench.frames, bench.size) != (self.budget.frames, self.budget.size):

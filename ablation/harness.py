@@ -25,6 +25,7 @@ import numpy as np
 
 from ablation.benchmark import DECOY_STREAM
 from model.structure import Node, Structure, get_structure
+from pipelines import compile_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,6 +305,7 @@ def train_and_score(structure, bench, *, attention: str = "none", object_stem: b
     from model.evolution import edge_weights_to_json, parse_edge_weights
     from model.pruning import attention_weights, connection_weights
 
+    compile_cache.enable()  # the seeds of a row, and other processes, reuse one compiled program
     budget = budget or Budget()
     if (bench.frames, bench.size) != (budget.frames, budget.size):
         raise ValueError(f"benchmark clips are {bench.frames} x {bench.size}², the budget asks for "

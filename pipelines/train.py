@@ -43,7 +43,7 @@ import numpy as np
 from model.assemblenet import TEMPORAL_POOLS, check_peers
 from model.layers import ATTENTION_MODES
 from model.optimizer import MomentumL2
-from pipelines import distributed, locks, rundir
+from pipelines import compile_cache, distributed, locks, rundir
 from pipelines.configs import check_fields
 from pipelines.rundir import RunDir, write_json
 
@@ -182,6 +182,7 @@ def _train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: st
     from model.structure import get_structure
     from pipelines.checks import check_records, records_settings, run_settings
 
+    compile_cache.enable()  # under JAX: a resumed run or an equal-shaped child loads its program
     workdir = Path(workdir)
     run = RunDir(workdir)
     distributed.initialize()  # a no-op unless the environment describes a multi-process run
