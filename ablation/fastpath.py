@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ablation.harness import Budget, Feeder, _compile, batch_indices, predict, without_object_stem
+from ablation.harness import Budget, Feeder, _compile, predict, scores, train_steps, without_object_stem
 from model.structure import Structure, get_structure
 from pipelines import compile_cache
 
@@ -210,7 +210,6 @@ class ChildTrainer:
         """harness.train_and_score of `structure` on the bound benchmark and budget (`budget`, if given,
         must be the bound one), on the compiled maximal model. The result has the harness's keys, plus
         `compiled` and `traces`."""
-        from ablation.benchmark import NUM_OBJECTS
         from model.evolution import edge_weights_to_json, parse_edge_weights
         from model.pruning import attention_weights, connection_weights
 
@@ -234,44 +233,14 @@ class ChildTrainer:
             return {str(n.index): {str(j): full[str(n.index)][str(j)] for j in n.inputs} for n in structure.blocks
                     if f"block{n.index}_fusion" in plain_layers}
 
-        losses = []
-        compile_seconds = 0.0
-        trace = {"steps": [], "weights": {}, "score": []}
-
-        def record(step: int) -> None:
-            trace["steps"].append(step)
-            for block, row in child_connections().items():
-                for j, value in row.items():
-                    trace["weights"].setdefault(block, {}).setdefault(j, []).append(value)
-            logits = predict(model, bench, eval_split, modalities, budget.batch_size, feeder)
-            trace["score"].append(float(np.mean(logits.argmax(-1) == bench.labels(eval_split))))
-
-        if trace_every:
-            record(0)
-        for step, index in enumerate(batch_indices(len(bench.labels("train")), budget.batch_size, budget.steps, seed)):
-            first = time.time()
-            loss = model.train_on_batch(*feeder.batch("train", index))
-            losses.append(float(np.asarray(loss if np.ndim(loss) == 0 else loss[0])))
-            if step == 0:
-                compile_seconds = time.time() - first
-            if not np.isfinite(losses[-1]):
-                break
-            if trace_every and ((step + 1) % trace_every == 0 or step + 1 == budget.steps):
-                record(step + 1)
+        losses, compile_seconds, trace = train_steps(model, bench, feeder, budget, seed, eval_split,
+                                                     child_connections, trace_every)
         logits = predict(model, bench, eval_split, modalities, budget.batch_size, feeder)
-        predicted = logits.argmax(-1)
-        true = bench.labels(eval_split)
-        tail = losses[-max(1, len(losses) // 10):]
         search = ({b: row for b, row in attention_weights(model, compiled.structure).items()
                    if f"block{b}_attention" in plain_layers} if attention == "search" else {})
         result = {
-            "score": float(np.mean(predicted == true)),
-            "motion_accuracy": float(np.mean(predicted // NUM_OBJECTS == true // NUM_OBJECTS)),
-            "object_accuracy": float(np.mean(predicted % NUM_OBJECTS == true % NUM_OBJECTS)),
+            **scores(logits, bench, eval_split, losses),
             "params": params,
-            "final_loss": float(np.mean(tail)),
-            "diverged": bool(not np.isfinite(losses[-1])),
-            "steps": len(losses),
             "compile_seconds": compile_seconds,
             "edge_weights": edge_weights_to_json(parse_edge_weights(child_connections())),
             "attention_weights": search,
@@ -283,14 +252,11 @@ class ChildTrainer:
             "traces": compiled.traces[0],
         }
         names, stems = compiled.stems
-        outputs = stems.predict_on_batch(feeder.batch(eval_split, np.arange(budget.batch_size) % len(true))[0])
+        batch = feeder.batch(eval_split, np.arange(budget.batch_size) % len(bench.labels(eval_split)))[0]
+        outputs = stems.predict_on_batch(batch)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         result["stem_rms"] = {str(i): float(np.sqrt(np.mean(np.square(np.asarray(o, np.float32)))))
                               for i, o in zip(names, outputs, strict=True)}
-        failed = bench.splits[eval_split].object_failed
-        if len(failed):
-            result["score_segmenter_failed"] = float(np.mean(predicted[failed] == true[failed]))
-            result["score_segmenter_ok"] = float(np.mean(predicted[~failed] == true[~failed]))
         if trace_every:
             result["edge_trace"] = trace
         result["seconds"] = time.time() - started

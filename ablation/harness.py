@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -261,6 +261,62 @@ def predict(model, bench, split: str, modalities, batch_size: int, feeder: Feede
     return np.concatenate(outputs)
 
 
+def train_steps(model, bench, feeder: Feeder, budget: Budget, seed: int, eval_split: str,
+                connections: Callable[[], Mapping[str, Mapping[str, float]]], trace_every: int = 0):
+    """`budget.steps` steps of `model` on bench's train split (batch_indices(seed)); stops at a non-finite
+    loss. Returns (losses, compile_seconds: the first step's time, trace: with trace_every = k > 0, σ(w)
+    from `connections()` and the top-1 on eval_split after every k steps; see train_and_score)."""
+    losses: list[float] = []
+    compile_seconds = 0.0
+    trace = {"steps": [], "weights": {}, "score": []}
+
+    def record(step: int) -> None:
+        trace["steps"].append(step)
+        for block, row in connections().items():
+            for j, value in row.items():
+                trace["weights"].setdefault(block, {}).setdefault(j, []).append(value)
+        logits = predict(model, bench, eval_split, feeder.modalities, budget.batch_size, feeder)
+        trace["score"].append(float(np.mean(logits.argmax(-1) == bench.labels(eval_split))))
+
+    if trace_every:
+        record(0)
+    for step, index in enumerate(batch_indices(len(bench.labels("train")), budget.batch_size, budget.steps, seed)):
+        first = time.time()
+        loss = model.train_on_batch(*feeder.batch("train", index))
+        losses.append(float(np.asarray(loss if np.ndim(loss) == 0 else loss[0])))
+        if step == 0:
+            compile_seconds = time.time() - first
+        if not np.isfinite(losses[-1]):
+            break
+        if trace_every and ((step + 1) % trace_every == 0 or step + 1 == budget.steps):
+            record(step + 1)
+    return losses, compile_seconds, (trace if trace_every else None)
+
+
+def scores(logits, bench, eval_split: str, losses: Sequence[float]) -> dict[str, Any]:
+    """The scores of train_and_score's result from eval_split's logits and the training losses:
+    top-1, the two factors, the final loss, divergence, steps, and on benchmark v2 the top-1 on the
+    clips whose segmenter failed and on the others."""
+    from ablation.benchmark import NUM_OBJECTS
+
+    predicted = np.asarray(logits).argmax(-1)
+    true = bench.labels(eval_split)
+    tail = losses[-max(1, len(losses) // 10):]
+    result = {
+        "score": float(np.mean(predicted == true)),
+        "motion_accuracy": float(np.mean(predicted // NUM_OBJECTS == true // NUM_OBJECTS)),
+        "object_accuracy": float(np.mean(predicted % NUM_OBJECTS == true % NUM_OBJECTS)),
+        "final_loss": float(np.mean(tail)),
+        "diverged": bool(not np.isfinite(losses[-1])),
+        "steps": len(losses),
+    }
+    failed = bench.splits[eval_split].object_failed
+    if len(failed):  # benchmark v2: the score on the clips whose segmenter failed, and on the others
+        result["score_segmenter_failed"] = float(np.mean(predicted[failed] == true[failed]))
+        result["score_segmenter_ok"] = float(np.mean(predicted[~failed] == true[~failed]))
+    return result
+
+
 def stem_rms(model, structure, inputs) -> dict[str, float]:
     """{"<stem index>": root-mean-square of that stem's output on `inputs`}. A stem the network has
     silenced (its batch-norm scale driven to ~0, or every ReLU dead) passes nothing on, and then the σ(w)
@@ -300,7 +356,6 @@ def train_and_score(structure, bench, *, attention: str = "none", object_stem: b
     """
     import keras
 
-    from ablation.benchmark import NUM_OBJECTS
     from model.assemblenet import build_assemblenet
     from model.evolution import edge_weights_to_json, parse_edge_weights
     from model.pruning import attention_weights, connection_weights
@@ -323,42 +378,12 @@ def train_and_score(structure, bench, *, attention: str = "none", object_stem: b
     _compile(model, budget)
     modalities = structure.modalities
     feeder = Feeder(bench, modalities)
-    losses = []
-    compile_seconds = 0.0
-    trace = {"steps": [], "weights": {}, "score": []}
-
-    def record(step: int) -> None:  # after `step` steps (trace_every > 0): σ(w) of every connection, top-1
-        trace["steps"].append(step)
-        for block, row in connection_weights(model, structure).items():
-            for j, value in row.items():
-                trace["weights"].setdefault(block, {}).setdefault(j, []).append(value)
-        logits = predict(model, bench, eval_split, modalities, budget.batch_size, feeder)
-        trace["score"].append(float(np.mean(logits.argmax(-1) == bench.labels(eval_split))))
-
-    if trace_every:
-        record(0)
-    for step, index in enumerate(batch_indices(len(bench.labels("train")), budget.batch_size, budget.steps, seed)):
-        first = time.time()
-        loss = model.train_on_batch(*feeder.batch("train", index))
-        losses.append(float(np.asarray(loss if np.ndim(loss) == 0 else loss[0])))
-        if step == 0:
-            compile_seconds = time.time() - first
-        if not np.isfinite(losses[-1]):
-            break
-        if trace_every and ((step + 1) % trace_every == 0 or step + 1 == budget.steps):
-            record(step + 1)
+    losses, compile_seconds, trace = train_steps(model, bench, feeder, budget, seed, eval_split,
+                                                 lambda: connection_weights(model, structure), trace_every)
     logits = predict(model, bench, eval_split, modalities, budget.batch_size, feeder)
-    predicted = logits.argmax(-1)
-    true = bench.labels(eval_split)
-    tail = losses[-max(1, len(losses) // 10):]
     result = {
-        "score": float(np.mean(predicted == true)),
-        "motion_accuracy": float(np.mean(predicted // NUM_OBJECTS == true // NUM_OBJECTS)),
-        "object_accuracy": float(np.mean(predicted % NUM_OBJECTS == true % NUM_OBJECTS)),
+        **scores(logits, bench, eval_split, losses),
         "params": int(model.count_params()),
-        "final_loss": float(np.mean(tail)),
-        "diverged": bool(not np.isfinite(losses[-1])),
-        "steps": len(losses),
         "compile_seconds": compile_seconds,
         "edge_weights": edge_weights_to_json(parse_edge_weights(connection_weights(model, structure))),
         "attention_weights": attention_weights(model, structure) if attention == "search" else {},
@@ -366,13 +391,9 @@ def train_and_score(structure, bench, *, attention: str = "none", object_stem: b
         "attention": attention,
         "seed": int(seed),
         "eval_split": eval_split,
+        "stem_rms": stem_rms(model, structure, feeder.batch(eval_split, np.arange(budget.batch_size)
+                                                            % len(bench.labels(eval_split)))[0]),
     }
-    result["stem_rms"] = stem_rms(model, structure, feeder.batch(eval_split, np.arange(budget.batch_size)
-                                                                 % len(true))[0])
-    failed = bench.splits[eval_split].object_failed
-    if len(failed):  # benchmark v2: the score on the clips whose segmenter failed, and on the others
-        result["score_segmenter_failed"] = float(np.mean(predicted[failed] == true[failed]))
-        result["score_segmenter_ok"] = float(np.mean(predicted[~failed] == true[~failed]))
     if trace_every:
         result["edge_trace"] = trace
     result["seconds"] = time.time() - started
