@@ -38,7 +38,7 @@ demo: $(STAMP)
 # The whole suite under TensorFlow, then the model tests and the TV-L1 tests (keras.ops and its Pallas
 # kernel; one kernel test is JAX-only) again under JAX.
 test: $(STAMP) system-deps
-	$(BIN)/ruff check model preprocessing pipelines dags tests benchmarks
+	$(BIN)/ruff check model preprocessing pipelines ablation dags tests benchmarks
 	KERAS_BACKEND=tensorflow $(BIN)/python -m pytest -q tests
 	KERAS_BACKEND=jax $(BIN)/python -m pytest -q tests/model \
 	  tests/preprocessing/test_tvl1.py tests/preprocessing/test_kernels.py
@@ -51,7 +51,7 @@ mutation: $(STAMP)
 	$(BIN)/python -m tests.mutation_scores
 
 lint: $(STAMP)
-	$(BIN)/ruff check model preprocessing pipelines dags tests benchmarks
+	$(BIN)/ruff check model preprocessing pipelines ablation dags tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs build mutants *.egg-info
