@@ -20,7 +20,8 @@ The contract the suites build on (ablation/suites.py, evolution_suite.py, onesho
 The store is OUT/results.jsonl, append-only: one JSON line per finished run, written with a single
 `write` on an O_APPEND descriptor and fsync-ed, so a kill leaves at most one torn last line, which
 loading skips (and the run is redone). Several processes may run suites into one folder: a key not
-yet stored is looked up again on disk before it runs, so a run another process finished is reused.
+yet stored is looked up again on disk before it runs, so a run another process finished is reused,
+and one that another process is running is waited for (a per-key flock under OUT/.claims/).
 OUT/ablation.json holds the benchmark and budget the folder was started with; resuming with others is
 refused (their rows would not be comparable).
 
