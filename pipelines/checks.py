@@ -204,7 +204,6 @@ def structure_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> lis
 
 # -- class names that travel with the records ----------------------------------------------------------
 
-CLASSES_JSON = "classes.json"
 
 
 def dataset_class_names(dataset: str, classes: str | None, num_classes: int) -> list[str] | None:

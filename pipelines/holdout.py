@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.rundir import read_json
+from preprocessing.records import SUMMARY as RECORDS_SUMMARY
 
 SPLIT = "split.json"
 
@@ -114,10 +115,10 @@ def holdout_split(data: str, out: str | Path, fraction: float) -> dict[str, Any]
         if not parts[part]:
             raise ValueError(f"--data {data}: holding out {fraction} of its {sum(map(len, parts.values()))} "
                              f"videos leaves the {part} part empty; pass --eval-data or change the fraction")
-        summary = Path(data if Path(data).is_dir() else Path(data).parent) / "summary.json"
+        summary = Path(data if Path(data).is_dir() else Path(data).parent) / RECORDS_SUMMARY
         if summary.is_file():  # the preprocessing settings travel with the records
             settings = read_json(summary)
-            (tmp / part / "summary.json").write_text(json.dumps({**settings, "holdout_part": part}, indent=1))
+            (tmp / part / RECORDS_SUMMARY).write_text(json.dumps({**settings, "holdout_part": part}, indent=1))
     split = {"mode": "held-out", "source": str(data), "fraction": fraction, "train": str(out / "train"),
              "eval": str(out / "heldout"), "train_videos": len(parts["train"]),
              "eval_videos": len(parts["heldout"]), "heldout_ids": sorted(parts["heldout"])}

@@ -46,6 +46,7 @@ from model.optimizer import MomentumL2
 from pipelines import compile_cache, distributed, locks, rundir
 from pipelines.configs import check_fields
 from pipelines.rundir import RunDir, write_json
+from preprocessing import charades, records
 
 DATASETS = ("charades", "toyota")
 PRECISIONS = ("fp32", "bf16")
@@ -591,7 +592,7 @@ def num_classes_in(data: str) -> int:
     raise ValueError(f"--data {data}: every TFRecord file is empty; cannot read num_classes")
 
 
-CLASS_FILES = ("classes.json", "classes.txt", "Charades_v1_classes.txt")
+CLASS_FILES = (records.CLASSES, "classes.txt", charades.CLASSES_FILE)
 
 
 def find_class_names(data: str, num_classes: int, classes: str | None = None) -> list[str] | None:

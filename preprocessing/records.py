@@ -31,7 +31,8 @@ from typing import Any
 
 from preprocessing.schema import MODALITY_KEYS  # which feature lists hold each model modality
 
-SUMMARY = "summary.json"
+SUMMARY = "summary.json"  # the folder's settings, counts and digest (written last)
+CLASSES = "classes.json"  # the class names, in label order
 
 
 class RecordsError(ValueError):

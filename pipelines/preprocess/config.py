@@ -8,12 +8,14 @@ import hashlib
 import json
 import re
 
+from preprocessing import records
+
 NAMESPACE = "assemblenet.preprocess"
 SHARD_PREFIX = "data"
 _SHARD_NAME = re.compile(rf"^{SHARD_PREFIX}-(\d{{5}})-of-(\d{{5}})\.tfrecord$")
 VIDEOS_PER_SHARD = 50
 MANIFEST = "manifest.json"
-CLASSES_FILE = "classes.json"
+CLASSES_FILE = records.CLASSES  # the records folder's names are preprocessing.records'
 STAGING = "_staging"
 MANIFEST_VERSION = 1
 # What a record depends on besides its annotation row; a change of any of these changes every record.

@@ -39,6 +39,7 @@ from pipelines.preprocess.transforms import (
     make_pipeline,
     write_dead_letters,
 )
+from preprocessing.records import SUMMARY as RECORDS_SUMMARY
 
 
 @locks.writes("out", "records folder")
@@ -216,7 +217,7 @@ def _output_problem(out: str, manifest: dict | None, settings: dict, existing_sh
 def clear_output(out: str) -> None:
     """Deletes what the job writes in `out` (shards and their lists, manifest, summaries, staging)."""
     names = [f"{SHARD_PREFIX}-*-of-*.tfrecord", f"{SHARD_PREFIX}-*-of-*.ids", f"{SHARD_PREFIX}-*-of-*.records.json",
-             MANIFEST, CLASSES_FILE, "summary.json", "dead_letter.jsonl"]
+             MANIFEST, CLASSES_FILE, RECORDS_SUMMARY, "dead_letter.jsonl"]
     _delete([path for name in names for path in _list(_join(out, name))])
     clear_staging(_join(out, STAGING))
 
@@ -278,7 +279,7 @@ def write_summary(out: str, tasks: list[VideoTask], config: PreprocessConfig, nu
         "frames_written": sum(entries[i].get("frames", 0) for i in written),
         "this_run": this_run or {},
     }
-    _write_atomic(_join(out, "summary.json"), json.dumps(summary, indent=1).encode())
+    _write_atomic(_join(out, RECORDS_SUMMARY), json.dumps(summary, indent=1).encode())
     return summary
 
 
