@@ -32,7 +32,18 @@ from typing import Any
 
 import numpy as np
 
-from ablation.harness import Budget, Feeder, _compile, predict, scores, train_steps, without_object_stem
+from ablation.harness import (
+    Budget,
+    Feeder,
+    _compile,
+    check_inputs,
+    predict,
+    probe_rms,
+    scores,
+    stem_probe,
+    train_steps,
+    without_object_stem,
+)
 from model.structure import Structure, get_structure
 from pipelines import compile_cache
 
@@ -80,7 +91,7 @@ class _Compiled:
     model: Any
     optimizer_state: list  # the optimizer's variables before the first step
     feeder: Feeder
-    stems: Any  # a model of the stems' outputs, for harness.stem_rms's statistic
+    stems: Any  # harness.stem_probe of the model: its stems' outputs, for the stem_rms statistic
     traces: list  # [how many times the train step was traced]: 1 if no child made it compile again
 
 
@@ -97,9 +108,7 @@ class ChildTrainer:
         compile_cache.enable()
         self.bench = bench
         self.budget = budget or Budget()
-        if (bench.frames, bench.size) != (self.budget.frames, self.budget.size):
-            raise ValueError(f"benchmark clips are {bench.frames} x {bench.size}², the budget asks for "
-                             f"{self.budget.frames} x {self.budget.size}²")
+        check_inputs(bench, self.budget)
         if int(max_models) < 1:
             raise ValueError(f"max_models={max_models}: expected >= 1")
         self.max_models = int(max_models)
@@ -129,7 +138,6 @@ class ChildTrainer:
     def entry(self, structure: Structure, attention: str = "none", **model_options) -> tuple[_Compiled, bool]:
         """The compiled model that trains `structure` (built and compiled on first use); and whether
         this call compiled it."""
-        import keras
 
         from model import edge_masks
         from model.assemblenet import build_assemblenet
@@ -157,14 +165,8 @@ class ChildTrainer:
 
         model.train_step = train_step
         state = [np.array(v.numpy()) for v in model.optimizer.variables]
-        last = {}
-        for layer in model.layers:  # the last layer of each stem, in the functional graph's order (harness.stem_rms)
-            for n in maximal.stems:
-                if layer.name.startswith(f"stem{n.index}_"):
-                    last[n.index] = layer.name
-        stems = keras.Model(model.inputs, [model.get_layer(n).output for n in last.values()])
-        compiled = _Compiled(maximal, model, state, Feeder(self.bench, maximal.modalities), (list(last), stems),
-                             traces)
+        compiled = _Compiled(maximal, model, state, Feeder(self.bench, maximal.modalities),
+                             stem_probe(model, maximal), traces)
         self.models[key] = compiled
         self.compiles += 1
         while len(self.models) > self.max_models:
@@ -216,8 +218,7 @@ class ChildTrainer:
         if budget is not None and budget != self.budget:
             raise ValueError(f"ChildTrainer was made for {self.budget}, got budget={budget}")
         bench, budget = self.bench, self.budget
-        if eval_split not in bench.splits:
-            raise ValueError(f"eval_split {eval_split!r}: expected one of {sorted(bench.splits)}")
+        check_inputs(bench, budget, eval_split)
         started = time.time()
         structure = self.child_structure(structure, attention=attention, object_stem=object_stem,
                                          default_peers=bool(model_options.get("default_peers")))
@@ -251,12 +252,8 @@ class ChildTrainer:
             "compiled": new,
             "traces": compiled.traces[0],
         }
-        names, stems = compiled.stems
         batch = feeder.batch(eval_split, np.arange(budget.batch_size) % len(bench.labels(eval_split)))[0]
-        outputs = stems.predict_on_batch(batch)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        result["stem_rms"] = {str(i): float(np.sqrt(np.mean(np.square(np.asarray(o, np.float32)))))
-                              for i, o in zip(names, outputs, strict=True)}
+        result["stem_rms"] = probe_rms(compiled.stems, batch)
         if trace_every:
             result["edge_trace"] = trace
         result["seconds"] = time.time() - started

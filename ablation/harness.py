@@ -322,6 +322,11 @@ def stem_rms(model, structure, inputs) -> dict[str, float]:
     silenced (its batch-norm scale driven to ~0, or every ReLU dead) passes nothing on, and then the σ(w)
     of its outgoing connections receives no gradient (∂L/∂w = ∂L/∂x_in · σ'(w) · x_out, Eq. 3 of
     AssembleNet++): the connection weight stays where it was however useless the stream is."""
+    return probe_rms(stem_probe(model, structure), inputs)
+
+
+def stem_probe(model, structure):
+    """(stem indices, a model of `model`'s inputs to those stems' outputs), for `probe_rms`."""
     import keras
 
     names = {}
@@ -329,11 +334,25 @@ def stem_rms(model, structure, inputs) -> dict[str, float]:
         for node in structure.stems:
             if layer.name.startswith(f"stem{node.index}_"):
                 names[node.index] = layer.name
-    probe = keras.Model(model.inputs, [model.get_layer(n).output for n in names.values()])
-    outputs = probe.predict_on_batch(inputs)
+    return list(names), keras.Model(model.inputs, [model.get_layer(n).output for n in names.values()])
+
+
+def probe_rms(probe, inputs) -> dict[str, float]:
+    """{"<stem index>": RMS of that stem's output on `inputs`} from `stem_probe`'s (indices, model)."""
+    indices, model = probe
+    outputs = model.predict_on_batch(inputs)
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
     return {str(i): float(np.sqrt(np.mean(np.square(np.asarray(o, np.float32)))))
-            for i, o in zip(names, outputs, strict=True)}
+            for i, o in zip(indices, outputs, strict=True)}
+
+
+def check_inputs(bench, budget: Budget, eval_split: str | None = None) -> None:
+    """The benchmark's clips are the budget's shape and `eval_split` (if given) is one of its splits."""
+    if (bench.frames, bench.size) != (budget.frames, budget.size):
+        raise ValueError(f"benchmark clips are {bench.frames} x {bench.size}², the budget asks for "
+                         f"{budget.frames} x {budget.size}²")
+    if eval_split is not None and eval_split not in bench.splits:
+        raise ValueError(f"eval_split {eval_split!r}: expected one of {sorted(bench.splits)}")
 
 
 def train_and_score(structure, bench, *, attention: str = "none", object_stem: bool = True, seed: int = 0,
@@ -362,11 +381,7 @@ def train_and_score(structure, bench, *, attention: str = "none", object_stem: b
 
     compile_cache.enable()  # the seeds of a row, and other processes, reuse one compiled program
     budget = budget or Budget()
-    if (bench.frames, bench.size) != (budget.frames, budget.size):
-        raise ValueError(f"benchmark clips are {bench.frames} x {bench.size}², the budget asks for "
-                         f"{budget.frames} x {budget.size}²")
-    if eval_split not in bench.splits:
-        raise ValueError(f"eval_split {eval_split!r}: expected one of {sorted(bench.splits)}")
+    check_inputs(bench, budget, eval_split)
     structure = get_structure(structure)
     if not object_stem:
         structure = without_object_stem(structure)

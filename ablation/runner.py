@@ -311,7 +311,7 @@ def comparisons(table: Sequence[Mapping[str, Any]], info: SuiteInfo) -> list[dic
 def write_table(table: Sequence[Mapping[str, Any]], folder: str | Path, info: SuiteInfo) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / "results.json", json.dumps(
+    write_text(folder / "results.json", json.dumps(
         {"suite": info.name, "title": info.title, "metric": info.metric, "paper_source": info.paper_source,
          "rows": _plain(list(table)), "comparisons": _plain(comparisons(table, info))}, indent=2) + "\n")
     buffer = io.StringIO(newline="")
@@ -319,7 +319,7 @@ def write_table(table: Sequence[Mapping[str, Any]], folder: str | Path, info: Su
     writer.writerow(TABLE_COLUMNS)
     for row in table:
         writer.writerow([_csv_value(row.get(c)) for c in TABLE_COLUMNS])
-    _atomic_write(folder / "results.csv", buffer.getvalue())
+    write_text(folder / "results.csv", buffer.getvalue())
 
 
 def _csv_value(value) -> str:
@@ -330,11 +330,6 @@ def _csv_value(value) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    # Several `ablate` processes may share OUT: the writer's temporary file is per process and thread.
-    write_text(path, text)
 
 
 def _fmt(value, scale: float = 1.0) -> str:
@@ -380,7 +375,7 @@ def write_tables(out: str | Path, names: Iterable[str] | None = None) -> dict[st
         write_table(table, out / name, info)
         tables[name] = table
         parts.append(markdown_table(table, info))
-    _atomic_write(out / "results.md", "\n".join(parts) + "\n")
+    write_text(out / "results.md", "\n".join(parts) + "\n")
     return tables
 
 
@@ -401,7 +396,7 @@ def check_settings(out: Path, settings: Mapping[str, Any]) -> None:
                                 "use a new --out or the same settings")
         return
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, json.dumps(_plain(dict(settings)), indent=2) + "\n")
+    write_text(path, json.dumps(_plain(dict(settings)), indent=2) + "\n")
 
 
 def load_suites() -> None:
