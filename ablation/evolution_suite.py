@@ -53,10 +53,6 @@ METHODS = evolution.STRATEGIES  # ("guided", "random-edges", "random-search")
 BASELINES = evolution.HAND_DESIGNED
 TOP_K = 3  # Figure 4 plots the mean fitness of the three best models of the pool
 WORKERS_ENV = "ASSEMBLENET_ABLATION_WORKERS"
-# ASSEMBLENET_ABLATION_FASTPATH=1: the searches' children train on ablation/fastpath.py (one
-# compiled model per shape, docs/ablations.md); the best child's test run and the baselines stay on the
-# harness. Off by default.
-FASTPATH_ENV = "ASSEMBLENET_ABLATION_FASTPATH"
 
 # AssembleNet Table 3, Moments in Time top-1 (%): the evolved AssembleNet-50 is the guided search's
 # result and "Random (+ connection learning)" the random search's; the standard evolution has no row
@@ -127,24 +123,14 @@ def _scalars(result: Mapping[str, Any]) -> dict[str, Any]:
 
 # -- one search, one baseline -----------------------------------------------------------------------
 
-def fastpath_from_env() -> bool:
-    raw = os.environ.get(FASTPATH_ENV, "0")
-    if raw not in ("0", "1"):
-        raise ValueError(f"{FASTPATH_ENV}={raw!r}: expected 0 or 1")
-    return raw == "1"
-
-
-_CHILD_TRAINERS: dict[tuple, Any] = {}
-
-
 def fast_children(train: Train) -> Train:
     """`train` for the searches' children: with ASSEMBLENET_ABLATION_FASTPATH=1 and the real harness
-    (ctx.train or a WorkerTrain of harness.train_and_score), a fastpath.ChildTrainer on its benchmark and
-    budget (one per process and benchmark, so its compiled models serve every search of the process);
+    (ctx.train or a WorkerTrain of harness.train_and_score), the process's fastpath.ChildTrainer on its
+    benchmark and budget (`fastpath.trainer_for`: its compiled models serve every search of the process);
     otherwise `train` itself (e.g. the tests' stand-in)."""
-    from ablation import harness
+    from ablation import fastpath, harness
 
-    if not fastpath_from_env():
+    if not fastpath.enabled():
         return train
     if isinstance(train, WorkerTrain):
         fn, bench, budget = train.fn, _load_bench(train.bench), train.budget
@@ -153,12 +139,7 @@ def fast_children(train: Train) -> Train:
         fn, bench, budget = (getattr(owner, name, None) for name in ("trainer", "bench", "budget"))
     if fn is not harness.train_and_score or bench is None:
         return train
-    key = (id(bench), budget)
-    if key not in _CHILD_TRAINERS:
-        from ablation.fastpath import ChildTrainer
-
-        _CHILD_TRAINERS[key] = ChildTrainer(bench, budget)
-    return _CHILD_TRAINERS[key]
+    return fastpath.trainer_for(bench, budget)
 
 
 def child_evaluator(train: Train, *, seed: int) -> Callable[[Structure, Path], tuple[float, Mapping]]:

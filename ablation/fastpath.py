@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import time
 import zlib
 from typing import Any
@@ -50,8 +51,33 @@ from pipelines import compile_cache
 # Variables whose layer declares no `<name>_initializer` attribute: the builder's own layers'
 # (ConnectionFusion/EdgeGates w: zeros, σ = 0.5; its edge mask: ones; ChannelAttention's v and h: zeros).
 _DEFAULT_INITIALIZERS = {"w": "zeros", "mask": "ones", "v": "zeros", "h": "zeros"}
+# ASSEMBLENET_ABLATION_FASTPATH=1: every suite's runs (ctx.train) and the evolution searches' children train
+# on a ChildTrainer of this process (`trainer_for`); off by default. A folder's runs are all made one way
+# (runner.check_settings records it), since the fast path's initial weights come from the same
+# initializers but other random draws than the plain path's (`reinitialize`).
+FASTPATH_ENV = "ASSEMBLENET_ABLATION_FASTPATH"
 # Model options that change the compiled graph (and so the cache key) besides structure and attention.
 MODEL_OPTIONS = ("fusion_order", "temporal_pool", "default_peers")
+
+
+def enabled() -> bool:
+    """Whether ASSEMBLENET_ABLATION_FASTPATH asks for the fast path ("0", the default, or "1")."""
+    raw = os.environ.get(FASTPATH_ENV, "0")
+    if raw not in ("0", "1"):
+        raise ValueError(f"{FASTPATH_ENV}={raw!r}: expected 0 or 1")
+    return raw == "1"
+
+
+_TRAINERS: dict[tuple, ChildTrainer] = {}
+
+
+def trainer_for(bench, budget: Budget) -> ChildTrainer:
+    """The process's ChildTrainer for `bench` and `budget` (made on first use), so that every suite and
+    search of the process shares its compiled models."""
+    key = (id(bench), budget)
+    if key not in _TRAINERS:
+        _TRAINERS[key] = ChildTrainer(bench, budget)
+    return _TRAINERS[key]
 
 
 def _own_variables(model):

@@ -183,8 +183,14 @@ class SuiteContext:
         self.trainer = train  # fn(structure, bench, **kwargs); worker processes get it (evolution suite)
 
     def train(self, structure, **kwargs) -> dict:
-        """harness.train_and_score(structure, bench, budget=ctx.budget, **kwargs)."""
+        """harness.train_and_score(structure, bench, budget=ctx.budget, **kwargs); with
+        ASSEMBLENET_ABLATION_FASTPATH=1, the same run on the process's fastpath.ChildTrainer (one compiled
+        model per shape signature, attention and model options, shared by every suite of the process)."""
         kwargs.setdefault("budget", self.budget)
+        from ablation import fastpath, harness
+
+        if self.trainer is harness.train_and_score and fastpath.enabled():
+            return fastpath.trainer_for(self.bench, self.budget)(structure, **kwargs)
         return self.trainer(structure, self.bench, **kwargs)
 
     def expect(self, runs: int) -> None:
@@ -383,11 +389,12 @@ def write_tables(out: str | Path, names: Iterable[str] | None = None) -> dict[st
 # Running suites.
 
 def check_settings(out: Path, settings: Mapping[str, Any]) -> None:
-    """Refuses to resume OUT with another benchmark or budget (one line, naming what differs)."""
+    """Refuses to resume OUT with another benchmark, budget or trainer (one line, naming what differs).
+    `trainer` is {"fastpath": true} for a folder run with ASSEMBLENET_ABLATION_FASTPATH=1, else absent."""
     path = out / SETTINGS
     if path.exists():
         stored = json.loads(path.read_text())
-        for section in ("benchmark", "budget"):
+        for section in ("benchmark", "budget", "trainer"):
             old, new = stored.get(section, {}), _plain(settings.get(section, {}))
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if diff:
@@ -433,7 +440,12 @@ def run_suites(names: Sequence[str], *, out: str | Path, seeds: Sequence[int] = 
     config = dataclasses.replace(benchmark or BenchmarkConfig(), frames=budget.frames, size=budget.size)
     out = Path(out)
     # Seeds may grow between runs of one folder (more rows); the benchmark and budget may not.
-    check_settings(out, {"benchmark": dataclasses.asdict(config), "budget": dataclasses.asdict(budget)})
+    from ablation import fastpath
+
+    settings = {"benchmark": dataclasses.asdict(config), "budget": dataclasses.asdict(budget)}
+    if fastpath.enabled() and train is None:
+        settings["trainer"] = {"fastpath": True}
+    check_settings(out, settings)
     bench = load_or_generate(config, out / "benchmark", progress=progress)
     store = ResultStore(out / STORE)
     for name in names:

@@ -134,14 +134,14 @@ def test_the_evolution_suite_takes_the_fast_path_only_when_asked(bench, monkeypa
 
     real = suite.WorkerTrain(H.train_and_score, bench, BUDGET)
     stand_in = suite.WorkerTrain(fake_train, bench, BUDGET)
-    monkeypatch.delenv(suite.FASTPATH_ENV, raising=False)
+    monkeypatch.delenv(fastpath.FASTPATH_ENV, raising=False)
     assert suite.fast_children(real) is real  # off by default
-    monkeypatch.setenv(suite.FASTPATH_ENV, "1")
+    monkeypatch.setenv(fastpath.FASTPATH_ENV, "1")
     fast = suite.fast_children(real)
     assert isinstance(fast, fastpath.ChildTrainer) and fast.bench is bench and fast.budget == BUDGET
     assert suite.fast_children(real) is fast  # one per process and benchmark: its compiled models are shared
     assert suite.fast_children(stand_in) is stand_in
-    monkeypatch.setenv(suite.FASTPATH_ENV, "yes")
+    monkeypatch.setenv(fastpath.FASTPATH_ENV, "yes")
     with pytest.raises(ValueError, match="expected 0 or 1"):
         suite.fast_children(real)
 

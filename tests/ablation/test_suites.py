@@ -247,6 +247,30 @@ def test_objects_suite_with_real_training(tmp_path):
     assert (tmp_path / "report" / "ablation_objects.png").exists()
 
 
+def test_objects_suite_on_the_fast_path_compiles_once_and_keeps_its_folder_to_it(tmp_path, monkeypatch):
+    """With ASSEMBLENET_ABLATION_FASTPATH=1 a suite's runs train on one ChildTrainer: fraction 0 has no
+    object stem (a model of its own), fractions ½ and 1 differ only in object edges (one model for their
+    four runs); each row
+    reports the plain model's parameters. The folder is then refused to the plain path."""
+    from ablation import fastpath
+
+    monkeypatch.setenv(fastpath.FASTPATH_ENV, "1")
+    monkeypatch.setattr(fastpath, "_TRAINERS", {})
+    tables = runner.run_suites(["objects"], out=tmp_path, seeds=[0, 1], budget=BUDGET, benchmark=BENCH,
+                               progress=False, report=False)
+    stored = runner.ResultStore(tmp_path / runner.STORE).suite_rows("objects")
+    assert [r["compiled"] for r in stored] == [True, False, True, False, False, False]
+    (trainer,) = fastpath._TRAINERS.values()
+    assert trainer.compiles == 2
+    params = [r["params"] for r in tables["objects"]]
+    assert params[0] < params[1] < params[2]
+    assert json.loads((tmp_path / runner.SETTINGS).read_text())["trainer"] == {"fastpath": True}
+    monkeypatch.setenv(fastpath.FASTPATH_ENV, "0")
+    with pytest.raises(UserError, match="another trainer"):
+        runner.run_suites(["objects"], out=tmp_path, seeds=[0], budget=BUDGET, benchmark=BENCH,
+                          progress=False, report=False)
+
+
 def test_modalities_suite_small(tmp_path):
     trainer = FakeTrainer()
     tables = run(tmp_path, ["modalities"], trainer, seeds=(0, 1, 2), report=False)
