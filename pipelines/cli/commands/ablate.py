@@ -45,8 +45,8 @@ def register(subparsers):
         "ablate", help="run ablation suites (AssembleNet++ Tables 1 and 4, Fig. 4b, ...) on the controlled "
                        "benchmark; run again with the same flags to resume")
     parser.add_argument("--suite", required=True, type=_suites,
-                        help="comma-separated suites: table1, table4, objects, modalities, evolution, oneshot "
-                             "(docs/ablations.md)")
+                        help="comma-separated suites: table1, table4, objects, modalities, evolution, oneshot; "
+                             "on --benchmark v2 also connections, attention (docs/ablations.md)")
     parser.add_argument("--out", required=True, help="output folder: results.jsonl, tables, results.md, report/")
     parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="training seeds (default: 0,1,2)")
     budget = parser.add_argument_group("budget (the same for every row)")
