@@ -207,8 +207,13 @@ class LocalAirflow:
             time.sleep(0.2)
         for process in self.processes.values():
             _signal_group(process.pid, signal.SIGKILL)
-        for pid in self.leftover_processes():
-            _signal(pid, signal.SIGKILL)
+        # A process may fork between a scan and its kill (an executor starting a task), and a killed one
+        # stays listed until the kernel has torn it down: scan and kill again until none is left.
+        kill_deadline = time.monotonic() + 10
+        while (leftover := self.leftover_processes()) and time.monotonic() < kill_deadline:
+            for pid in leftover:
+                _signal(pid, signal.SIGKILL)
+            time.sleep(0.1)
         for process in self.processes.values():
             try:
                 process.wait(5)
