@@ -50,7 +50,7 @@ def _check_proxy_train(fields: dict) -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
     from pipelines.configs import check_fields
-    from pipelines.train import TrainConfig
+    from pipelines.train_config import TrainConfig
 
     try:
         check_fields(TrainConfig, fields, source="assemblenet_evolution param proxy_train",

@@ -15,12 +15,11 @@ from collections.abc import Mapping
 import keras
 
 from model.blocks import apply_block, apply_stem, conv_bn
-from model.layers import ATTENTION_MODES, ChannelAttention, ConnectionFusion, EdgeGates, SpatialMaxPool, VideoConv
+from model.layers import ChannelAttention, ConnectionFusion, EdgeGates, SpatialMaxPool, VideoConv
 from model.optimizer import MomentumL2  # noqa: F401  (registered, so a model.keras loads with its optimizer)
-from model.structure import Structure, get_structure, stream_modality
+from model.structure import ATTENTION_MODES, TEMPORAL_POOLS, Structure, get_structure, stream_modality
 
 INPUT_CHANNELS = {"rgb": 3, "flow": 2}
-TEMPORAL_POOLS = ("max", "avg")
 # Where a block's connection weights σ(w) sit (AssembleNet++ Eq. 1 fixes the sum, not the order):
 # "project_first": each input is max-pooled and 1x1-conv + batch-normed to the block's width, then
 #   weighted and summed (the project's default);

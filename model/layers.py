@@ -17,9 +17,8 @@ Tensors are channels-last video: (batch, time, height, width, channels).
 import keras
 from keras import ops
 
-# `conv` is not attention: AssembleNet++ Table 4's control, a 1x1 convolution with the parameters of the
-# peer-attention FC (see ChannelAttention).
-ATTENTION_MODES = ("none", "static", "self", "peer", "search", "conv")
+from model.structure import ATTENTION_MODES
+
 # Spatial convolutions on fewer input channels are zero-padded to this many (see `VideoConv`).
 MIN_CONV_CHANNELS = 8
 

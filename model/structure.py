@@ -48,6 +48,13 @@ NUM_OBJECT_CLASSES = 151
 # FC per frame ("block 14 is followed by a FC layer to generate logits") → temporal max pooling of
 # the logits. For max pooling the two are different functions (for average pooling, the same one).
 SINK_ORDERS = ("pool_then_fc", "fc_then_pool")
+# The sink's temporal pooling (of the features, or of the per-frame logits: SINK_ORDERS).
+TEMPORAL_POOLS = ("max", "avg")
+# How the blocks weigh their inputs (AssembleNet++ §3.4-3.5). `conv` is not attention: AssembleNet++
+# Table 4's control, a 1x1 convolution with the parameters of the peer-attention FC (see
+# model.layers.ChannelAttention). Declared here, beside the structure and without Keras, so that configs
+# and the command line check a mode without loading a model.
+ATTENTION_MODES = ("none", "static", "self", "peer", "search", "conv")
 
 
 def default_sink(nodes: Sequence[Node]) -> str:

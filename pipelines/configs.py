@@ -1,10 +1,173 @@
-"""What the run configurations share: the unknown-field check, and the recipe files of configs/."""
+"""What the run configurations share: each setting declared once, the flags and reading made from it,
+and the recipe files of configs/.
 
+A config is a frozen dataclass whose fields are declared with `setting(default, help, choices=...,
+type=...)`: the field's type, default, help text, choices and range (`type`: a `Range` or another
+argparse type) in one place. From those fields:
+
+    add_flags(parser, TrainConfig, names)       # one argparse flag per field (dashes for underscores)
+    flag_values(TrainConfig, args, names)       # {field: value} of the flags given on the command line
+    from_args(SearchConfig, args, names)        # the config of the flags (unset ones: the field's default)
+    load(TrainConfig, data, source=...)         # a dict or JSON file, every value checked, naming the field
+
+and the DAGs' Params (dags/_common.py `params_of`). This module imports no Keras: the CLI builds its
+flags from it without loading a model.
+"""
+
+from __future__ import annotations
+
+import argparse
 import dataclasses
+import math
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+# -- numbers: the one way their ranges are declared -------------------------------------------------
+
+MAX_SIDE = 4096  # frame side in pixels
+MAX_COUNT = 10**9  # steps, videos, shards: large enough for any run, small enough to catch a typo
+MAX_SEED = 2**32 - 1  # numpy's seeds
+
+
+class Range:
+    """An argparse `type`: a finite `kind` (int or float) in [low, high] (an end is excluded when
+    `low_open` / `high_open`; None: unbounded on that side)."""
+
+    def __init__(self, kind: type, low: float | None = None, high: float | None = None, *,
+                 low_open: bool = False, high_open: bool = False):
+        self.kind, self.low, self.high, self.low_open, self.high_open = kind, low, high, low_open, high_open
+        self.__name__ = kind.__name__  # argparse names the type in its own messages
+
+    def contains(self, value) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        noun = "an integer" if self.kind is int else "a number"
+        if self.low is not None and self.high is not None:
+            return (f"{noun} in {'(' if self.low_open else '['}{_show(self.low)}, "
+                    f"{_show(self.high)}{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{noun} {'>' if self.low_open else '>='} {_show(self.low)}"
+        if self.high is not None:
+            return f"{noun} {'<' if self.high_open else '<='} {_show(self.high)}"
+        return f"a finite {'integer' if self.kind is int else 'number'}"
+
+    def __call__(self, text: str):
+        value = self.kind(text)  # not a number at all: argparse's own "invalid int value: 'abc'"
+        if not self.contains(value):
+            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {text!r}")
+        return value
+
+    def __repr__(self) -> str:
+        return f"Range({self.describe()})"
+
+
+def _show(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def positive(kind: type = int, high: float | None = MAX_COUNT) -> Range:
+    """> 0 (ints: >= 1)."""
+    return Range(kind, 1, high) if kind is int else Range(kind, 0.0, high, low_open=True)
+
+
+def non_negative(kind: type = int, high: float | None = MAX_COUNT) -> Range:
+    return Range(kind, 0 if kind is int else 0.0, high)
+
+
+def fraction(*, low_open: bool = False, high_open: bool = False) -> Range:
+    """A number in [0, 1] (ends excluded as asked)."""
+    return Range(float, 0.0, 1.0, low_open=low_open, high_open=high_open)
+
+
+SIDE = Range(int, 8, MAX_SIDE)
+SEED = Range(int, 0, MAX_SEED)
+
+# -- settings: a dataclass field that carries its help text, choices and range -----------------------
+
+_NO_FLAG_DEFAULT = object()
+
+
+def setting(default: Any, help: str | None, *, choices: tuple | None = None, type: Any = None,
+            flag: bool = True, flag_default: Any = _NO_FLAG_DEFAULT, metavar: str | None = None):
+    """A config field declared once: `default`, `help` (None: a flag without help text), `choices`,
+    `type` (a `Range`, or a parser of the flag's text such as a comma-separated list). `flag=False`:
+    no command-line flag is made from it (set in code or config files only). `flag_default`: what the
+    flag's parser holds when the flag is absent, where that differs from `default` (the command
+    resolves it)."""
+    metadata = {"help": help, "choices": None if choices is None else tuple(choices), "type": type,
+                "flag": flag, "metavar": metavar}
+    if flag_default is not _NO_FLAG_DEFAULT:
+        metadata["flag_default"] = flag_default
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def settings(cls, names=None) -> list[dataclasses.Field]:
+    """The fields of `cls` named in `names` (in that order), or every field that has a flag."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    if names is None:
+        return [f for f in fields.values() if f.metadata.get("flag", True)]
+    return [fields[name] for name in names]
+
+
+def flag_name(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def _flag_type(field: dataclasses.Field):
+    if field.metadata.get("type") is not None:
+        return field.metadata["type"]
+    kind = _base_type(field)
+    return None if kind in (str, bool) else kind
+
+
+def add_flags(parser, cls, names=None, *, overrides: bool = False) -> None:
+    """One flag per field of `cls` (`names`, in order; default: every field with a flag).
+
+    `overrides=False`: a flag holds its field's default when absent, a bool field is a switch
+    (store_true) and the help is the field's own. `overrides=True` (flags laid over a config file):
+    every flag holds None when absent, so only the flags given override the file, a bool field is a
+    switch that sets True, and the help ends with the field's default ("(default: 16)")."""
+    for field in settings(cls, names):
+        meta, flag = field.metadata, flag_name(field.name)
+        text = meta.get("help")
+        extra = {"metavar": meta["metavar"]} if meta.get("metavar") else {}
+        if _base_type(field) is bool:
+            if overrides:
+                parser.add_argument(flag, dest=field.name, action="store_const", const=True, default=None,
+                                    help=text)
+            else:
+                parser.add_argument(flag, dest=field.name, action="store_true", help=text)
+            continue
+        if overrides:
+            default, text = None, f"{text} (default: {field.default})"
+        else:
+            default = meta.get("flag_default", field.default)
+        kind = _flag_type(field)
+        if overrides and kind is None:
+            kind = str
+        parser.add_argument(flag, dest=field.name, type=kind, choices=meta.get("choices"), default=default,
+                            help=text, **extra)
+
+
+def flag_values(cls, args, names=None) -> dict[str, Any]:
+    """{field: value} of the flags of `cls` that hold a value (None: absent, see `add_flags`)."""
+    return {f.name: getattr(args, f.name) for f in settings(cls, names) if getattr(args, f.name) is not None}
+
+
+def from_args(cls, args, names=None, **fields):
+    """The `cls` of the parsed flags (`names`; absent ones take the field's default) and `fields`."""
+    return cls(**{**flag_values(cls, args, names), **fields})
+
+
+# -- reading a config back: every value checked, naming the source and the field ---------------------
 
 def check_fields(cls, data: Mapping[str, Any], *, source: str, noun: str) -> None:
     """Raises one ValueError naming `source` and every key of `data` that is not a field of `cls`."""
@@ -12,6 +175,90 @@ def check_fields(cls, data: Mapping[str, Any], *, source: str, noun: str) -> Non
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{source}: unknown {noun} {unknown}; expected some of {sorted(names)}")
+
+
+def _base_type(field: dataclasses.Field):
+    """int, float, str, bool, tuple or dict: the field's type without `| None`."""
+    hint = field.type
+    if isinstance(hint, str):
+        text = hint.replace(" | None", "").replace("None | ", "").strip()
+        for name, kind in (("tuple", tuple), ("dict", dict), ("bool", bool), ("int", int), ("float", float),
+                           ("str", str)):
+            if text == name or text.startswith(f"{name}["):
+                return kind
+        return object
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        kinds = [k for k in typing.get_args(hint) if k is not type(None)]
+        hint = kinds[0] if len(kinds) == 1 else object
+        origin = typing.get_origin(hint)
+    return origin or hint
+
+
+def _optional(field: dataclasses.Field) -> bool:
+    hint = field.type
+    if isinstance(hint, str):
+        return "None" in hint
+    return type(None) in typing.get_args(hint)
+
+
+def _value_error(cls, field: dataclasses.Field, value: Any) -> str | None:
+    """What is wrong with `value` for `field` (None: nothing). Non-finite numbers are left to the
+    config's own check, which names them."""
+    if value is None:
+        return None if _optional(field) else "expected a value, got null"
+    kind, meta = _base_type(field), field.metadata
+    if kind is bool and not isinstance(value, bool):
+        return "expected true or false"
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        return "expected an integer"
+    if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return "expected a number"
+    if kind is str and not isinstance(value, str):
+        return "expected a string"
+    if kind is tuple and not isinstance(value, (list, tuple)):
+        return "expected a list"
+    if kind is dict and not isinstance(value, dict):
+        return "expected an object"
+    if meta.get("choices") and value not in meta["choices"]:
+        return f"expected one of {meta['choices']}"
+    bounds = meta.get("type")
+    if isinstance(bounds, Range) and not (isinstance(value, float) and not math.isfinite(value)) \
+            and not bounds.contains(value):
+        return f"expected {bounds.describe()}"
+    return None
+
+
+def load(cls, data: Mapping[str, Any] | str | Path, *, source: str | None = None, noun: str | None = None):
+    """A `cls` from a dict or a JSON file: unknown keys, and values of the wrong type, outside the
+    field's choices or range, are one ValueError naming `source` (the file) and the field; so is
+    whatever the config's own validation refuses (naming the file when `data` is one; from a dict its
+    message is the config's own). Lists become tuples for tuple fields."""
+    from pipelines.checks import read_json  # names the file, line and column of bad JSON
+
+    name, from_file = cls.__name__, isinstance(data, (str, Path))
+    if from_file:
+        source = source or str(data)
+        data = read_json(data)
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a JSON object of {name} fields, got {type(data).__name__}")
+    source = source or name
+    check_fields(cls, data, source=source, noun=noun or f"{name} field(s)")
+    prefix = "" if source == name else f"{source}: "
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = dict(data)
+    for key, value in data.items():
+        problem = _value_error(cls, fields[key], value)
+        if problem:
+            raise ValueError(f"{prefix}{name}.{key}={value!r}: {problem}")
+        if _base_type(fields[key]) is tuple and isinstance(value, list):
+            values[key] = tuple(value)
+    try:
+        return cls(**values)
+    except ValueError as error:
+        if not from_file or str(error).startswith(prefix):
+            raise
+        raise ValueError(f"{prefix}{error}") from None
 
 
 # -- recipe files (configs/*.json) ----------------------------------------------------------------

@@ -40,118 +40,15 @@ from typing import Any
 import keras
 import numpy as np
 
-from model.assemblenet import TEMPORAL_POOLS, check_peers
-from model.layers import ATTENTION_MODES
+from model.assemblenet import check_peers
 from model.optimizer import MomentumL2
 from pipelines import compile_cache, distributed, locks, rundir
-from pipelines.configs import check_fields
 from pipelines.rundir import RunDir, write_json
+from pipelines.train_config import TrainConfig, first_cycle  # the settings, declared without Keras
 from preprocessing import charades, records
 
-DATASETS = ("charades", "toyota")
-PRECISIONS = ("fp32", "bf16")
-STRATEGIES = ("auto", "cpu", "mirrored", "tpu")
 LATEST = "latest.json"  # in RUN_DIR/checkpoints/: names the newest complete checkpoint
 KEEP_CHECKPOINTS = 2
-# The default peak learning rate per video of the batch (scaled linearly with the batch). AssembleNet
-# A.6 gives two: 25.6 at batch 128 for Charades' multi-label sigmoid loss, and 3.2 at batch 512 for
-# the single-label softmax loss of Moments in Time, which Toyota's 31-way softmax takes (our choice:
-# AssembleNet++ gives no Toyota learning rate).
-LEARNING_RATE_PER_VIDEO = {"charades": 25.6 / 128, "toyota": 3.2 / 512}
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """One training run. Defaults are the papers' recipe; clip shape and batch are CPU-sized.
-
-    The paper trains Charades with T=128 frames at 224x224, batch 128, 50k steps (A.6); pass those
-    on a TPU/GPU pod. `learning_rate=None` scales the dataset's rate linearly with `batch_size`
-    (`LEARNING_RATE_PER_VIDEO`: Charades 25.6 at batch 128; Toyota 3.2 at batch 512, the softmax rate).
-    """
-
-    structure: str = "tiny"
-    attention: str = "none"
-    default_peers: bool = False
-    dataset: str = "charades"
-    num_classes: int | None = None
-    frames: int = 16
-    size: int = 64
-    batch_size: int = 8
-    steps: int = 1000
-    steps_per_epoch: int = 100
-    momentum: float = 0.9
-    learning_rate: float | None = None
-    warmup_steps: int = 0
-    restarts: int = 0
-    restart_multiplier: float = 1.0
-    weight_decay: float = 1e-4
-    label_smoothing: float = 0.2
-    precision: str = "fp32"
-    strategy: str = "auto"
-    tpu: str | None = None
-    seed: int = 0
-    temporal_pool: str = "max"
-
-    def __post_init__(self):
-        for field in dataclasses.fields(self):  # a recipe or config.json may hold NaN or Infinity
-            value = getattr(self, field.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"TrainConfig.{field.name}={value}: must be a finite number")
-        for field, allowed in (("attention", ATTENTION_MODES), ("dataset", DATASETS),
-                               ("precision", PRECISIONS), ("strategy", STRATEGIES),
-                               ("temporal_pool", TEMPORAL_POOLS)):
-            if getattr(self, field) not in allowed:
-                raise ValueError(f"TrainConfig.{field}={getattr(self, field)!r}: expected one of {allowed}")
-        for field in ("frames", "size", "batch_size", "steps", "steps_per_epoch"):
-            if int(getattr(self, field)) <= 0:
-                raise ValueError(f"TrainConfig.{field}={getattr(self, field)!r}: must be positive")
-        if self.steps % self.steps_per_epoch:
-            raise ValueError(f"TrainConfig.steps={self.steps} must be a multiple of "
-                             f"steps_per_epoch={self.steps_per_epoch} (one checkpoint per epoch)")
-        if not 0 <= self.warmup_steps < self.steps:
-            raise ValueError(f"TrainConfig.warmup_steps={self.warmup_steps}: expected "
-                             f"0 <= warmup_steps < steps={self.steps}")
-        if self.restarts < 0 or self.restart_multiplier < 1:
-            raise ValueError(f"TrainConfig.restarts={self.restarts}, "
-                             f"restart_multiplier={self.restart_multiplier}: expected >= 0 and >= 1")
-        first_cycle = WarmupCosine(1.0, 0, self.steps, restarts=self.restarts,
-                                   multiplier=self.restart_multiplier).first_cycle
-        if self.warmup_steps >= first_cycle:
-            raise ValueError(f"TrainConfig.warmup_steps={self.warmup_steps}: the warm-up is part of the first "
-                             f"cosine cycle ({first_cycle:g} steps of {self.steps} with restarts={self.restarts}) "
-                             "and must be shorter than it")
-        if self.num_classes is not None and self.num_classes <= 0:
-            raise ValueError(f"TrainConfig.num_classes={self.num_classes}: must be positive, "
-                             "or None to read it from the data")
-        if self.learning_rate is not None and self.learning_rate <= 0:
-            raise ValueError(f"TrainConfig.learning_rate={self.learning_rate}: must be positive")
-        if not 0 <= self.label_smoothing < 1 or self.weight_decay < 0:
-            raise ValueError(f"TrainConfig: label_smoothing={self.label_smoothing} must be in [0, 1) and "
-                             f"weight_decay={self.weight_decay} non-negative")
-        if self.strategy == "tpu" and not self.tpu:
-            raise ValueError("TrainConfig.strategy='tpu' needs TrainConfig.tpu "
-                             "(a Cloud TPU name or grpc://host:port address)")
-
-    @property
-    def epochs(self) -> int:
-        return self.steps // self.steps_per_epoch
-
-    @property
-    def peak_learning_rate(self) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return LEARNING_RATE_PER_VIDEO[self.dataset] * self.batch_size
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any] | str | Path, source: str = "TrainConfig") -> TrainConfig:
-        if isinstance(data, (str, Path)):
-            source = str(data)
-            data = rundir.read_json(data)
-        check_fields(cls, data, source=source, noun="TrainConfig field(s)")
-        return cls(**data)
 
 
 def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str | None = None,
@@ -494,8 +391,7 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     @property
     def first_cycle(self) -> float:
         """Length of cycle 0 (warm-up included): the cycles' lengths L, mL, m²L, ... sum to total_steps."""
-        cycles, m = self.restarts + 1, self.multiplier
-        return self.total_steps / cycles if m == 1 else self.total_steps * (m - 1) / (m**cycles - 1)
+        return first_cycle(self.total_steps, self.restarts, self.multiplier)
 
     def cycle_starts(self) -> list[float]:
         """The step at which each cycle starts (0 for the first)."""

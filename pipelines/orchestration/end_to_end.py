@@ -284,8 +284,8 @@ def one_shot_search(*, structure: str, data: str, eval_data: str | None, out: st
 def train_final(*, structure: str, data: str, eval_data: str | None, workdir: str, train: dict[str, Any],
                 attention: str = "peer") -> str:
     """Trains the searched structure with peer attention (AssembleNet++ §3.4) into `workdir`."""
-    from pipelines.train import TrainConfig
     from pipelines.train import train as train_run
+    from pipelines.train_config import TrainConfig
 
     banner(f"full training of {structure} ({train.get('steps')} steps)")
     config = TrainConfig(**{**train, "structure": structure, "attention": attention})

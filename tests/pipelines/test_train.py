@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.cli.commands import train as train_command
 from pipelines.train import TrainConfig, WarmupCosine, _truncate_history
 
 # -- config --------------------------------------------------------------------------------
@@ -44,12 +44,39 @@ def test_config_json_round_trip_and_validation(tmp_path):
 
 
 def test_cli_flags_cover_every_config_field_with_its_default():
+    import argparse
+
+    from pipelines import cli
+
     fields = {name: value for name, value in TrainConfig().to_json().items() if name != "structure"}
-    assert set(train_command.FLAGS) == set(fields)
-    for name, (_, choices, shown_default, _) in train_command.FLAGS.items():
-        assert shown_default == fields[name], f"--{name}: help {shown_default}, TrainConfig {fields[name]}"
-        if choices:
-            assert fields[name] in choices
+    train = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {a.dest: a for a in train.choices["train"]._actions if a.dest in fields}
+    assert set(flags) == set(fields)
+    for name, action in flags.items():
+        assert action.option_strings == [f"--{name.replace('_', '-')}"]
+        assert action.default is None  # unset: the --config file's value, else TrainConfig's
+        if isinstance(fields[name], bool):
+            assert action.const is True
+            continue
+        shown_default = action.help.rsplit("(default: ", 1)[1].rstrip(")")
+        assert shown_default == str(fields[name]), f"--{name}: help {shown_default}, TrainConfig {fields[name]}"
+        if action.choices:
+            assert fields[name] in action.choices
+
+
+def test_a_bad_config_value_names_the_file_and_the_field(tmp_path):
+    path = tmp_path / "config.json"
+    for value, message in (('"sixteen"', "expected an integer"), ("0", r"expected an integer in \[1, 4096\]"),
+                           ("16.5", "expected an integer")):
+        path.write_text(f'{{"frames": {value}}}')
+        with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}: TrainConfig.frames=.*: {message}$"):
+            TrainConfig.from_json(path)
+    path.write_text('{"attention": "selfie"}')
+    with pytest.raises(ValueError, match=r"^.*config.json: TrainConfig.attention='selfie': expected one of"):
+        TrainConfig.from_json(path)
+    path.write_text('{"steps": 10, "steps_per_epoch": 3}')  # the config's own check, naming the file
+    with pytest.raises(ValueError, match=r"^.*config.json: TrainConfig.steps=10 must be a multiple"):
+        TrainConfig.from_json(path)
 
 
 def test_cli_builds_the_config_from_flags(monkeypatch, tmp_path):

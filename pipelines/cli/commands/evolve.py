@@ -4,7 +4,8 @@ import argparse
 import json
 
 from pipelines.cli.commands import SEED, WORKERS, Range, fraction, non_negative, positive
-from pipelines.cli.commands.train import FLAGS as TRAIN_FLAGS
+from pipelines.configs import add_flags, flag_values
+from pipelines.train_config import TrainConfig
 
 # The proxy training budget of each child: these TrainConfig flags are passed through.
 # (--strategy is the search strategy here; children train with the default distribution strategy.)
@@ -71,10 +72,7 @@ def register(subparsers):
     space.add_argument("--repeats", type=_numbers(float), default="1.5,2,3,1.5",
                        help="module repeats m per level (paper: 1.5,2,3,1.5; tiny proxies: 0.5,0.5,0.5,0.5)")
     proxy = parser.add_argument_group("proxy training of each child (TrainConfig; paper: 10k steps)")
-    for name in PROXY_FLAGS:
-        kind, choices, default, text = TRAIN_FLAGS[name]
-        proxy.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, choices=choices, default=None,
-                           help=f"{text} (default: {default})")
+    add_flags(proxy, TrainConfig, PROXY_FLAGS, overrides=True)
     parser.set_defaults(func=evolve_command)
 
 
@@ -90,7 +88,7 @@ def configs_from_args(args):
     config = EvolutionConfig(population_size=args.population, rounds=args.rounds,
                              tournament_size=args.tournament, strategy=args.strategy,
                              keep_threshold=threshold, seed=args.search_seed, space=space)
-    train = {name: getattr(args, name) for name in PROXY_FLAGS if getattr(args, name) is not None}
+    train = flag_values(TrainConfig, args, PROXY_FLAGS)
     return config, TrainEvaluator(data=args.data, eval_data=args.eval_data, train=train, holdout=args.holdout)
 
 

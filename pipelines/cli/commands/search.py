@@ -4,11 +4,12 @@ import json
 
 from model.pruning import PRUNE_THRESHOLD
 from pipelines.cli.commands import fraction
-from pipelines.cli.commands.train import FLAGS as TRAIN_FLAGS
+from pipelines.configs import add_flags, flag_values, settings
+from pipelines.train_config import TrainConfig
 
 # Every training flag but --attention and --default-peers (the search model always uses
 # attention="search": it learns the peers).
-SEARCH_TRAIN_FLAGS = tuple(name for name in TRAIN_FLAGS if name not in ("attention", "default_peers"))
+SEARCH_TRAIN_FLAGS = tuple(f.name for f in settings(TrainConfig) if f.name not in ("attention", "default_peers"))
 
 
 def register(subparsers):
@@ -27,10 +28,7 @@ def register(subparsers):
                              f"{PRUNE_THRESHOLD})")
     parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
     recipe = parser.add_argument_group("training recipe (TrainConfig)")
-    for name in SEARCH_TRAIN_FLAGS:
-        kind, choices, default, text = TRAIN_FLAGS[name]
-        recipe.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, choices=choices,
-                            default=None, help=f"{text} (default: {default})")
+    add_flags(recipe, TrainConfig, SEARCH_TRAIN_FLAGS, overrides=True)
     parser.set_defaults(func=search_command)
 
 
@@ -39,7 +37,7 @@ def search_command(args) -> int:
     from pipelines.search import run_search
 
     check_structure_file(args.structure)
-    train = {name: getattr(args, name) for name in SEARCH_TRAIN_FLAGS if getattr(args, name) is not None}
+    train = flag_values(TrainConfig, args, SEARCH_TRAIN_FLAGS)
     summary = run_search(structure=args.structure, data=args.data, out_dir=args.out, train=train,
                          eval_data=args.eval_data, threshold=args.threshold,
                          verbose=2 if args.quiet else "auto")

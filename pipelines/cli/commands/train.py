@@ -2,8 +2,10 @@
 
 import json
 
-from pipelines.cli.commands import SEED, SIDE, Range, fraction, non_negative, positive
+from pipelines.cli.commands import non_negative, positive
+from pipelines.configs import add_flags, flag_values
 from pipelines.rundir import CONFIG
+from pipelines.train_config import TrainConfig
 
 
 def register(subparsers):
@@ -49,60 +51,18 @@ def add_input_flags(parser) -> None:
                         "one per core up to 16, env ASSEMBLENET_INPUT_WORKERS)")
 
 
-# One flag per TrainConfig field (dashes for underscores): (type, choices, default shown, help).
-# Written out rather than read from TrainConfig so that `--help` imports no Keras; a test keeps
-# the two in step. Unset flags take TrainConfig's defaults.
-FLAGS = {
-    "attention": (str, ("none", "static", "self", "peer", "search", "conv"), "none",
-                  "connection attention (AssembleNet++ §3.4-3.5)"),
-    "default_peers": (bool, None, False, "with --attention peer on a structure without peers, use the "
-                      "project's default peers instead of failing (the papers' come from `assemblenet search`)"),
-    "dataset": (str, ("charades", "toyota"), "charades",
-                "label format: multi-label Charades (sigmoid) or Toyota (softmax)"),
-    "num_classes": (positive(), None, None, "default: the num_classes stored in the TFRecords"),
-    "frames": (positive(int, 4096), None, 16, "clip length T (paper: 128 for Charades)"),
-    "size": (SIDE, None, 64, "square crop size in pixels (paper: 224)"),
-    "batch_size": (positive(), None, 8, "global batch size, split over the replicas and processes (paper: 128)"),
-    "steps": (positive(), None, 1000, "training steps (paper: 50000)"),
-    "steps_per_epoch": (positive(), None, 100, "steps between checkpoints; must divide --steps"),
-    "momentum": (fraction(high_open=True), None, 0.9, "SGD momentum"),
-    "learning_rate": (positive(float, 1e4), None, None, "peak learning rate (default: per video of the batch, "
-                      "AssembleNet A.6: Charades 0.2 x batch size, i.e. 25.6 at 128; Toyota's softmax loss "
-                      "3.2/512 x batch size)"),
-    "warmup_steps": (non_negative(), None, 0, "linear warm-up steps before the cosine decay (paper: 12000)"),
-    "restarts": (non_negative(int, 1000), None, 0, "warm restarts of the cosine (AssembleNet++ §4.3: 1 = two cycles)"),
-    "restart_multiplier": (Range(float, 1.0, 1000.0), None, 1.0,
-                           "each cosine cycle this many times longer than the last"),
-    "weight_decay": (fraction(), None, 0.0001, "L2 of conv/dense kernels, through the momentum (AssembleNet A.6)"),
-    "label_smoothing": (fraction(high_open=True), None, 0.2, "label smoothing"),
-    "precision": (str, ("fp32", "bf16"), "fp32", "bf16 = Keras mixed_bfloat16 policy"),
-    "strategy": (str, ("auto", "cpu", "mirrored", "tpu"), "auto", "distribution (docs/training.md)"),
-    "tpu": (str, None, None, "TPU name or grpc://host:port, for --strategy tpu"),
-    "seed": (SEED, None, 0, "random seed"),
-    "temporal_pool": (str, ("max", "avg"), "max", "the sink's pooling over time: of the features before the FC "
-                      "(structure sink pool_then_fc, AssembleNet A.5) or of the per-frame logits (fc_then_pool, "
-                      "AssembleNet++ A.3); max for Charades (A.5)"),
-}
-
-
 def _add_config_flags(group, names=None) -> None:
-    for name in names or FLAGS:
-        kind, choices, default, text = FLAGS[name]
-        flag = f"--{name.replace('_', '-')}"
-        if kind is bool:  # a switch: absent leaves the config file's value
-            group.add_argument(flag, dest=name, action="store_const", const=True, default=None, help=text)
-            continue
-        group.add_argument(flag, dest=name, type=kind, choices=choices, default=None,
-                           help=f"{text} (default: {default})")
+    """One flag per TrainConfig field (pipelines.train_config; every field but --structure), laid over
+    the --config file: only the flags given override it, and unset fields take TrainConfig's defaults."""
+    add_flags(group, TrainConfig, names, overrides=True)
 
 
 def config_from_args(args):
     """The TrainConfig of `--config` (a recipe name or file) with the flags set on top."""
     from pipelines.configs import load_config_file
-    from pipelines.train import TrainConfig
 
     base, _ = load_config_file(args.config) if args.config else ({}, None)
-    overrides = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
+    overrides = flag_values(TrainConfig, args)
     if args.structure is not None:
         overrides["structure"] = args.structure
     elif "structure" not in base:
