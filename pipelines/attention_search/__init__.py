@@ -25,19 +25,20 @@ static, moving on a line, blinking, or jumping between two far places — plus a
 pixel noise. A single frame cannot tell static / blinking / jumping apart, so the task needs temporal
 (or spatiotemporal) reasoning and the search has a signal.
 
-The package: `synthetic` (the proxy task), `backbone` (SearchConfig, the backbone, its batches and evaluation),
+The package: `synthetic` (the proxy task), `config` (SearchConfig: every setting, its help text and range, the
+flags of `assemblenet attention-search`), `backbone` (the backbone, its batches and evaluation),
 `driver` (the search and the fixed-cell training) and `drawing` (cell.png); their public names are importable
 from `pipelines.attention_search` itself.
 """
 
 from pipelines.attention_search.backbone import (
-    SearchConfig,
     build_backbone,
     evaluate_accuracy,
     heldout_split,
     recalibrate_batchnorm,
     video_ids,
 )
+from pipelines.attention_search.config import SearchConfig
 from pipelines.attention_search.drawing import draw_cell
 from pipelines.attention_search.driver import (
     DARTS_ARCH_LR,

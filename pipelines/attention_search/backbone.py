@@ -1,72 +1,14 @@
-"""Configuration and model: the search's settings (`SearchConfig`), the proxy backbone with cells inserted, the
-batches it trains on (synthetic or TFRecords, split by video id) and its evaluation."""
+"""The model: the proxy backbone with cells inserted, the batches it trains on (synthetic or TFRecords, split by
+video id) and its evaluation. The search's settings (`SearchConfig`) are pipelines.attention_search.config."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 
 import numpy as np
 
-from pipelines.attention_search.synthetic import SYNTHETIC_CLASSES, synthetic_batch
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchConfig:
-    backbone: str = "resnet"  # resnet | assemblenet
-    structure: str = "tiny"  # AssembleNet structure name or JSON path (backbone=assemblenet)
-    steps: int = 200
-    frames: int = 8
-    size: int = 32
-    batch_size: int = 8
-    seed: int = 0
-    # Network weights (DARTS §3.1.1): SGD, momentum 0.9, L2 3e-4, cosine from lr to lr_min.
-    optimizer: str = "sgd"  # sgd | adam
-    lr: float = 0.025
-    lr_min: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    # Architecture weights (DARTS §3.1.1): Adam, β (0.5, 0.999), L2 1e-3 on α. The rate: None = DARTS's
-    # 3e-4 scaled to this search's number of architecture steps (architecture_learning_rate).
-    arch_lr: float | None = None
-    arch_beta_1: float = 0.5
-    arch_weight_decay: float = 1e-3
-    arch_start: float = 0.0  # fraction of the steps before architecture updates begin (DARTS: none)
-    heldout_fraction: float = 0.5  # --data: share of the videos (by id) for the architecture steps
-    train_lr: float = 1e-3  # train_and_evaluate: Adam rate of a fixed cell's training
-    final_temperature: float = 1.0  # softmax temperature at the last step (geometric from 1; 1 = none)
-    num_operations: int = 3
-    candidates: dict | None = None  # restricts the supernet's candidates (see model.attention_nas.cell)
-    width: int = 8  # ResNet base width (proxy backbone)
-    blocks: tuple[int, ...] = (1, 1, 1, 1)  # ResNet blocks per stage (proxy backbone)
-    positions: tuple[str, ...] = ("res3_0", "res4_0")  # ResNet cell positions
-    after_levels: tuple[int, ...] = (2, 3)  # AssembleNet cell levels
-    data: str | None = None  # TFRecord pattern; None = the synthetic task
-    dataset: str = "charades"
-    num_classes: int = len(SYNTHETIC_CLASSES)
-    eval_batches: int = 8
-    recalibration_batches: int = 20  # BatchNorm re-estimation before evaluating (evaluate_accuracy)
-    eager: bool = False  # TensorFlow only: run_eagerly (tracing the supernet costs ~1 min on CPU)
-
-    def __post_init__(self):
-        if self.backbone not in ("resnet", "assemblenet"):
-            raise ValueError(f"backbone must be 'resnet' or 'assemblenet', got {self.backbone!r}")
-        if self.steps < 1 or self.batch_size < 1 or self.frames < 1 or self.size < 1:
-            raise ValueError(f"steps, batch_size, frames and size must be positive: {self}")
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if not 0 < self.heldout_fraction < 1:
-            raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
-        if not 0 <= self.arch_start < 1:
-            raise ValueError(f"arch_start must be in [0, 1), got {self.arch_start}")
-        if self.arch_lr is not None and not self.arch_lr > 0:
-            raise ValueError(f"arch_lr must be positive (or None: DARTS's budget), got {self.arch_lr}")
-        if not 0 < self.final_temperature <= 1:
-            raise ValueError(f"final_temperature must be in (0, 1], got {self.final_temperature}")
-        if self.data is None and self.num_classes != len(SYNTHETIC_CLASSES):
-            raise ValueError(
-                f"the synthetic task has {len(SYNTHETIC_CLASSES)} classes, got num_classes={self.num_classes}"
-            )
+from pipelines.attention_search.config import SearchConfig
+from pipelines.attention_search.synthetic import synthetic_batch
 
 
 def build_backbone(config: SearchConfig, cell_config: dict | None):

@@ -15,7 +15,6 @@ import numpy as np
 
 from pipelines import locks
 from pipelines.attention_search.backbone import (
-    SearchConfig,
     _batches,
     _loss_fn,
     _model_inputs,
@@ -24,7 +23,9 @@ from pipelines.attention_search.backbone import (
     heldout_split,
     video_ids,
 )
+from pipelines.attention_search.config import SearchConfig
 from pipelines.attention_search.drawing import draw_cell
+from pipelines.rundir import write_json
 
 # DARTS §3.1.1 (CIFAR-10): 50 epochs over the 25 000-image training half at batch 64 = 391 steps an
 # epoch, one architecture step per weight step, Adam at 3e-4.
@@ -284,8 +285,8 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dic
     accuracy = (
         evaluate_accuracy(model, config, modalities, seed=config.seed + 1000) if config.data is None else None
     )
-    (out / "cell.json").write_text(json.dumps(cell, indent=2) + "\n")
-    (out / "arch_weights.json").write_text(json.dumps(weights, indent=2) + "\n")
+    write_json(out / "cell.json", cell, indent=2)  # the project's atomic writer (pipelines/rundir.py)
+    write_json(out / "arch_weights.json", weights, indent=2)
     draw_cell(cell, out / "cell.png", weights=weights["operations"])
     plot_entropy(history, out / "entropy.png")
     if seen is not None:
@@ -316,7 +317,7 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dic
         "cell": cell,
         "history": history,
     }
-    (out / "search.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json(out / "search.json", record, indent=2)
     return record
 
 

@@ -112,6 +112,28 @@ def test_cli_parses_into_the_search_function():
         SearchConfig(backbone="vgg")
 
 
+def test_cli_flags_are_the_search_config_fields_with_their_defaults(monkeypatch):
+    import dataclasses
+
+    from pipelines.attention_search.config import FLAGS_FIRST, FLAGS_REST
+    from pipelines.cli.commands.attention_search import run
+
+    flagged = {f.name for f in dataclasses.fields(SearchConfig) if f.metadata["flag"]}
+    assert set(FLAGS_FIRST + FLAGS_REST) == flagged
+    args = build_parser().parse_args(["attention-search", "--out", "o"])
+    defaults = SearchConfig()
+    for name in flagged - {"num_classes"}:  # unset --num-classes: the synthetic task's (the field's default)
+        assert getattr(args, name) == getattr(defaults, name), name
+    assert args.num_classes is None
+    seen = {}
+    record = {"supernet_accuracy": None, "final_mean_entropy": 0.5}
+    monkeypatch.setattr("pipelines.attention_search.search",
+                        lambda *, config, out_dir: seen.update(config=config, out=out_dir) or record)
+    assert run(build_parser().parse_args(["attention-search", "--out", "o", "--blocks", "1,2,2,1",
+                                          "--eager", "--lr", "0.5"])) == 0
+    assert seen == {"config": SearchConfig(blocks=(1, 2, 2, 1), eager=True, lr=0.5), "out": "o"}
+
+
 @pytest.mark.slow
 def test_end_to_end_search_then_train_the_derived_cell(tmp_path):
     """Short search on the synthetic task → derived cell inserted into a small ResNet and an AssembleNet

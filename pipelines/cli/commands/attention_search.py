@@ -1,14 +1,10 @@
-"""`assemblenet attention-search`: the AttentionNAS cell search (pipelines/attention_search/)."""
+"""`assemblenet attention-search`: the AttentionNAS cell search (pipelines/attention_search/).
 
-from pipelines.cli.commands import SEED, SIDE, fraction, non_negative, positive
+Its flags are SearchConfig's fields (pipelines/attention_search/config.py), made by pipelines.configs.add_flags.
+"""
 
-
-def _ints(text):
-    return tuple(int(v) for v in text.split(",") if v.strip())
-
-
-def _strs(text):
-    return tuple(v.strip() for v in text.split(",") if v.strip())
+from pipelines.attention_search.config import FLAGS_FIRST, FLAGS_REST, SearchConfig
+from pipelines.configs import add_flags, from_args
 
 
 def register(subparsers):
@@ -18,89 +14,16 @@ def register(subparsers):
         description="Trains a supernet cell inside a small backbone and writes OUT/cell.json, "
         "OUT/arch_weights.json, OUT/cell.png and OUT/search.json.",
     )
-    p.add_argument("--backbone", choices=("resnet", "assemblenet"), default="resnet")
-    p.add_argument(
-        "--structure", default="tiny", help="AssembleNet structure name or JSON path (assemblenet)"
-    )
+    add_flags(p, SearchConfig, FLAGS_FIRST)
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--steps", type=positive(), default=200)
-    p.add_argument("--frames", type=positive(int, 4096), default=8)
-    p.add_argument("--size", type=SIDE, default=32)
-    p.add_argument(
-        "--data", default=None, help="TFRecord pattern; without it the synthetic proxy task is used"
-    )
-    p.add_argument("--dataset", choices=("charades", "toyota"), default="charades")
-    p.add_argument("--num-classes", type=positive(), default=None, help="classes of --data (synthetic: 4)")
-    p.add_argument("--batch-size", type=positive(), default=8)
-    p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument(
-        "--optimizer", choices=("sgd", "adam"), default="sgd", help="network weights (DARTS: SGD, cosine)"
-    )
-    p.add_argument("--lr", type=positive(float, 1e4), default=0.025,
-                   help="network weights' learning rate (DARTS 0.025)")
-    p.add_argument("--lr-min", type=non_negative(float, 1e4), default=0.001,
-                   help="end of the cosine schedule (DARTS 0.001)")
-    p.add_argument("--weight-decay", type=fraction(), default=3e-4, help="L2 on the network weights (DARTS)")
-    p.add_argument(
-        "--arch-lr",
-        type=positive(float, 1e4),
-        default=None,
-        help="Adam rate of the architecture weights (default: DARTS's 3e-4 x 19 550 steps spread over this "
-        "search's architecture steps, docs/attention_nas.md)",
-    )
-    p.add_argument("--arch-weight-decay", type=fraction(), default=1e-3, help="L2 on the architecture weights")
-    p.add_argument("--arch-start", type=fraction(high_open=True), default=0.0,
-                   help="fraction of steps before arch updates")
-    p.add_argument(
-        "--final-temperature", type=positive(float, 1e4), default=1.0,
-        help="softmax temperature at the last step (1 = none)"
-    )
-    p.add_argument(
-        "--heldout-fraction",
-        type=fraction(low_open=True, high_open=True),
-        default=0.5,
-        help="--data: share of the videos (split by id) used only for the architecture steps",
-    )
-    p.add_argument("--num-operations", type=positive(int, 1000), default=3)
-    p.add_argument("--width", type=positive(int, 4096), default=8, help="ResNet base width")
-    p.add_argument("--blocks", type=_ints, default=(1, 1, 1, 1), help="ResNet blocks per stage, e.g. 1,1,1,1")
-    p.add_argument("--positions", type=_strs, default=("res3_0", "res4_0"), help="ResNet cell positions")
-    p.add_argument("--after-levels", type=_ints, default=(2, 3), help="AssembleNet levels that get a cell")
-    p.add_argument("--eager", action="store_true", help="no tf.function (faster for a few steps)")
+    add_flags(p, SearchConfig, FLAGS_REST)
     p.set_defaults(func=run)
 
 
 def run(args):
-    from pipelines.attention_search import SYNTHETIC_CLASSES, SearchConfig, search
+    from pipelines.attention_search import search
 
-    num_classes = args.num_classes or len(SYNTHETIC_CLASSES)
-    config = SearchConfig(
-        backbone=args.backbone,
-        structure=args.structure,
-        steps=args.steps,
-        frames=args.frames,
-        size=args.size,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        lr_min=args.lr_min,
-        weight_decay=args.weight_decay,
-        arch_lr=args.arch_lr,
-        arch_weight_decay=args.arch_weight_decay,
-        arch_start=args.arch_start,
-        final_temperature=args.final_temperature,
-        heldout_fraction=args.heldout_fraction,
-        num_operations=args.num_operations,
-        width=args.width,
-        blocks=args.blocks,
-        positions=args.positions,
-        after_levels=args.after_levels,
-        data=args.data,
-        dataset=args.dataset,
-        num_classes=num_classes,
-        eager=args.eager,
-    )
+    config = from_args(SearchConfig, args, FLAGS_FIRST + FLAGS_REST)  # no --num-classes: the field's default
     record = search(config=config, out_dir=args.out)
     accuracy = record["supernet_accuracy"]
     print(
