@@ -24,7 +24,7 @@ import numpy as np
 
 from pipelines import locks, metrics
 from pipelines.checks import UserError, check_utf8, read_text
-from pipelines.rundir import CONFIG, METRICS, MODEL, RECIPE, RunDir
+from pipelines.rundir import METRICS, MODEL, RECIPE, RunDir
 from preprocessing import charades, toyota
 
 CHARADES_NUM_CLASSES = charades.NUM_CLASSES
@@ -276,10 +276,10 @@ def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int =
     if clip_starts not in CLIP_STARTS:
         raise ValueError(f"clip_starts={clip_starts!r}: expected one of {CLIP_STARTS}")
     run = RunDir(run_dir)
-    config = run.read_if_exists(CONFIG, {})
+    config = _run_config(run)
     frames = frames or _config_value(config, "frames", run)
     size = size or default_test_size(dataset, _config_value(config, "size", run))
-    num_classes = num_classes or config.get("num_classes") or num_classes_in(data)
+    num_classes = num_classes or (config.num_classes if config else None) or num_classes_in(data)
     structure = Structure.from_json(run.structure)
     check_records(data, dataset=dataset, num_classes=num_classes, modalities=structure.modalities,
                   source=f"the run {run.path}", settings=run_settings(run.preprocess),
@@ -339,7 +339,7 @@ def evaluate_run(run_dir: str | Path, data: str, *, dataset: str | None = None, 
 
     run = RunDir(run_dir)
     run.require(MODEL, why=" (train the run first)")
-    run_config = run.read_if_exists(CONFIG, {})
+    run_config = _run_config(run)
     if dataset is None:
         dataset = _config_value(run_config, "dataset", run)
     recipe = recipe_of(config) if config else run_recipe(run_dir)
@@ -362,11 +362,16 @@ def evaluate_run(run_dir: str | Path, data: str, *, dataset: str | None = None, 
                               **kwargs)
 
 
-def _config_value(config: dict, key: str, run: RunDir):
-    """A value from config.json, top-level or inside one nested section (e.g. {"data": {"frames": ...}})."""
-    if key in config:
-        return config[key]
-    for value in config.values():
-        if isinstance(value, dict) and key in value:
-            return value[key]
-    raise ValueError(f"{run.config}: no {key!r}; pass {key}= explicitly")
+def _run_config(run: RunDir):
+    """RUN_DIR/config.json as the TrainConfig it holds (a bad value: one line naming the file and the
+    field), or None when the run has none."""
+    from pipelines.train_config import TrainConfig
+
+    return TrainConfig.from_json(run.config) if run.config.exists() else None
+
+
+def _config_value(config, key: str, run: RunDir):
+    """A setting of the run's TrainConfig; without config.json the caller must pass it."""
+    if config is None:
+        raise ValueError(f"{run.config}: no {key!r}; pass {key}= explicitly")
+    return getattr(config, key)

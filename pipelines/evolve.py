@@ -44,7 +44,7 @@ from model import evolution
 from model.structure import Structure
 from pipelines import locks
 from pipelines.checks import UserError
-from pipelines.rundir import CONFIG, CONNECTION_WEIGHTS, METRICS, STRUCTURE, RunDir, read_json, write_json
+from pipelines.rundir import CONNECTION_WEIGHTS, METRICS, STRUCTURE, RunDir, read_json, write_json
 
 STATE = "state.json"
 CHILDREN = "children"
@@ -157,15 +157,16 @@ def score_run(run_dir: str | Path, data: str, *, clips: int = 1, batch_size: int
     import model.assemblenet  # noqa: F401  (registers the custom layers for load_model)
     from pipelines import metrics
     from pipelines.train import tfrecord_files
+    from pipelines.train_config import TrainConfig
     from preprocessing.loader import make_reader, to_numpy
 
     run = RunDir(run_dir)
-    config = run.read(CONFIG)
+    config = TrainConfig.from_json(run.config)
     structure = Structure.from_json(run.structure)
     model = keras.models.load_model(run.model)
-    ds = make_reader(tfrecord_files(data), modalities=structure.modalities, frames=config["frames"],
-                      size=config["size"], training=False, batch_size=batch_size, dataset=config["dataset"],
-                      num_classes=config["num_classes"], clips_per_video=clips)
+    ds = make_reader(tfrecord_files(data), modalities=structure.modalities, frames=config.frames,
+                      size=config.size, training=False, batch_size=batch_size, dataset=config.dataset,
+                      num_classes=config.num_classes, clips_per_video=clips)
     ids, scores, labels = [], [], []
     for element in ds:  # (inputs, labels), plus the video ids when clips > 1
         scores.append(keras.ops.convert_to_numpy(model(element[0], training=False)))
@@ -177,7 +178,7 @@ def score_run(run_dir: str | Path, data: str, *, clips: int = 1, batch_size: int
             ids += [f"clip{len(ids) + k}" for k in range(len(labels[-1]))]
     _, pooled = metrics.max_pool_clips(ids, np.concatenate(scores))
     _, truth = metrics.max_pool_clips(ids, np.concatenate(labels))
-    if config["dataset"] == "charades":
+    if config.dataset == "charades":
         result: dict[str, Any] = {"mAP": metrics.charades_map(pooled, truth).mAP}
     else:
         true = truth.argmax(axis=1)

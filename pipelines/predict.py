@@ -22,10 +22,12 @@ import numpy as np
 
 from pipelines.checks import dataset_class_names
 from pipelines.rundir import CLASSES, CONFIG, MODEL, STRUCTURE, RunDir
+from pipelines.train_config import TrainConfig
 
 
 def load_run(run_dir: str | Path) -> dict[str, Any]:
-    """config.json, structure.json, preprocess.json and classes.json of a run (the last two optional)."""
+    """config.json (a TrainConfig), structure.json, preprocess.json and classes.json of a run (the last two
+    optional). A bad value in config.json is one line naming the file and the field."""
     from model.structure import Structure
     from pipelines.checks import run_settings
 
@@ -33,7 +35,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     run.require(CONFIG, STRUCTURE, MODEL, why="; is this a finished training run directory?")
     settings = run_settings(run.preprocess)  # preprocessing.records.RecordSettings
     return {
-        "config": run.read(CONFIG),
+        "config": TrainConfig.from_json(run.config),
         "structure": Structure.from_json(run.structure),
         "preprocess": settings.to_json() if settings is not None else None,
         "classes": run.read_if_exists(CLASSES),
@@ -51,7 +53,7 @@ def predict(*, run_dir: str | Path, video: str | Path, top: int = 5, clips: int 
     scores = video_scores(run_dir=run_dir, video=video, clips=clips, segmenter=segmenter, fps=fps,
                           size=size, flow=flow, model=model)
     run = load_run(run_dir)
-    names = run["classes"] or dataset_class_names(run["config"].get("dataset", ""), None, len(scores)) \
+    names = run["classes"] or dataset_class_names(run["config"].dataset, None, len(scores)) \
         or [f"class {i}" for i in range(len(scores))]
     order = np.argsort(-scores, kind="stable")[:top]
     return [(names[i], float(scores[i])) for i in order]
@@ -87,8 +89,10 @@ def video_scores(*, run_dir: str | Path, video: str | Path, clips: int = 5, segm
     if not video.is_file():
         raise ValueError(f"{video}: no such video file")
 
-    num_classes = int(config["num_classes"])
-    pre = PreprocessConfig(dataset=config["dataset"], num_classes=num_classes, fps=float(settings["fps"]),
+    if config.num_classes is None:
+        raise ValueError(f"{folder.config}: num_classes is null (a finished run records its classes)")
+    num_classes = config.num_classes
+    pre = PreprocessConfig(dataset=config.dataset, num_classes=num_classes, fps=float(settings["fps"]),
                            size=int(settings["size"]), flow=settings["flow"], segmenter=settings["segmenter"],
                            videos_dir=str(video.parent))
     segment = make_segmenter(pre.segmenter, videos_dir=video.parent) if "object" in structure.modalities \
@@ -100,20 +104,20 @@ def video_scores(*, run_dir: str | Path, video: str | Path, clips: int = 5, segm
     # The clips `evaluate run` scores (pipelines.evaluate: Charades = AssembleNet A.7's random starts
     # from seed 0 at the test size; Toyota = evenly spaced at the training size): clip decisions depend
     # on the video id only, so predict reproduces the evaluation's scores of a test video.
-    test_size = default_test_size(config["dataset"], int(config["size"]))
+    test_size = default_test_size(config.dataset, config.size)
     if hasattr(model, "get_config"):
         model = at_size(model, test_size)
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "video.tfrecord")
         write_records(path, [serialized])
-        ds = make_reader(path, modalities=structure.modalities, frames=int(config["frames"]),
+        ds = make_reader(path, modalities=structure.modalities, frames=config.frames,
                          size=test_size, training=False, batch_size=clips, workers=0, seed=0,
-                         eval_starts="random" if config["dataset"] == "charades" else "even",
-                         dataset=config["dataset"], num_classes=num_classes, clips_per_video=clips)
+                         eval_starts="random" if config.dataset == "charades" else "even",
+                         dataset=config.dataset, num_classes=num_classes, clips_per_video=clips)
         logits = [np.array(keras.ops.convert_to_numpy(model({k: to_numpy(v) for k, v in element[0].items()},
                                                             training=False))) for element in ds]
     pooled = np.concatenate(logits).astype("float64").max(axis=0)  # AssembleNet A.7: max over clips
-    if config["dataset"] == "charades":
+    if config.dataset == "charades":
         return 1.0 / (1.0 + np.exp(-pooled))
     shifted = np.exp(pooled - pooled.max())
     return shifted / shifted.sum()

@@ -189,3 +189,23 @@ def test_the_library_refuses_nan_and_huge_frame_rates_too(tmp_path):
             run_preprocess(dataset="toyota", videos=str(tmp_path), out=str(tmp_path / "out"), fps=fps)
         with pytest.raises(ValueError, match=r"fps must be in \(0, 240\]"):
             decode_video(tmp_path / "missing.mp4", fps=fps)
+
+
+def test_predict_and_evaluate_read_the_run_config_typed_naming_file_and_field(tmp_path, capsys):
+    """RUN_DIR/config.json is read back into a TrainConfig: a bad value is one line naming both."""
+    from model.structure import tiny
+    from pipelines import cli
+
+    run = tmp_path / "run"
+    tiny().save(run / "structure.json")
+    (run / "model.keras").write_bytes(b"")
+    (run / "config.json").write_text(json.dumps({"dataset": "charades", "frames": "eight", "num_classes": 4}))
+    line = f"{run / 'config.json'}: TrainConfig.frames='eight': expected an integer"
+    assert cli.main(["evaluate", "run", str(run), "--data", str(tmp_path / "none")]) == 1
+    assert capsys.readouterr().err == f"assemblenet evaluate: error: {line}\n"
+    assert cli.main(["predict", "--model", str(run), "--video", str(tmp_path / "v.mp4")]) == 1
+    assert capsys.readouterr().err == f"assemblenet predict: error: {line}\n"
+    (run / "config.json").write_text(json.dumps({"dataset": "charades", "frames": 8, "stpes": 4}))
+    assert cli.main(["evaluate", "run", str(run), "--data", str(tmp_path / "none")]) == 1
+    assert capsys.readouterr().err.startswith(
+        f"assemblenet evaluate: error: {run / 'config.json'}: unknown TrainConfig field(s) ['stpes']")
