@@ -37,18 +37,22 @@ def gpu_task(python_callable=None, **kwargs):
     """@task on the GPU queue, holding a slot of the GPU pool."""
     return task(python_callable, queue=GPU_QUEUE, pool=GPU_POOL, **kwargs)
 
-_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
+_FIELD_DEFAULT = object()
+
+
+def param_of(config_class, name: str, default=_FIELD_DEFAULT, description: str | None = None) -> Param:
+    """The Param of field `name` of a config dataclass: its default (or `default`, the DAG's own), its help
+    text (or `description`), and its type, choices and range (pipelines.configs.json_schema)."""
+    from pipelines.configs import json_schema
+
+    field = next(f for f in dataclasses.fields(config_class) if f.name == name)
+    return Param(field.default if default is _FIELD_DEFAULT else default,
+                 description=description or field.metadata.get("help") or "", **json_schema(config_class, name))
 
 
 def params_of(config_class) -> dict[str, Param]:
-    """One Param per field of a frozen config dataclass: its default and its help text."""
-    params = {}
-    for field in dataclasses.fields(config_class):
-        kind = _JSON_TYPES[type(field.default)] if field.default is not None else "null"
-        if kind == "number":
-            kind = ["number", "integer"]
-        params[field.name] = Param(field.default, type=kind, description=field.metadata.get("help", ""))
-    return params
+    """One Param per field of a frozen config dataclass (`param_of`)."""
+    return {field.name: param_of(config_class, field.name) for field in dataclasses.fields(config_class)}
 
 
 def context_params() -> dict:

@@ -46,15 +46,15 @@ PARAMS = {
 
 
 def _check_proxy_train(fields: dict) -> None:
-    """`proxy_train` holds TrainConfig fields: a mistyped one fails the run (no retry), naming it."""
+    """`proxy_train` holds TrainConfig fields: a mistyped one, or a bad value, fails the run (no retry),
+    naming it."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from pipelines.configs import check_fields
+    from pipelines.configs import load
     from pipelines.train_config import TrainConfig
 
     try:
-        check_fields(TrainConfig, fields, source="assemblenet_evolution param proxy_train",
-                     noun="TrainConfig field(s)")
+        load(TrainConfig, fields, source="assemblenet_evolution param proxy_train", noun="TrainConfig field(s)")
     except ValueError as error:
         raise AirflowFailException(str(error)) from None
 

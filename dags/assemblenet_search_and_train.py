@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag
 
-from dags._common import DEFAULT_ARGS, ROUTING_PARAMS, context_params, cpu_task, gpu_task, run_folder
+from dags._common import DEFAULT_ARGS, ROUTING_PARAMS, context_params, cpu_task, gpu_task, param_of, run_folder
 from model.pruning import PRUNE_THRESHOLD
+from pipelines.train_config import TrainConfig
 
+# The settings of the trainings (TrainConfig's fields: help, type, choices and range from
+# pipelines/train_config.py) with this DAG's small defaults; the rest are the DAG's own.
 PARAMS = {
     "structure": Param("runs/embedded/evolution/best_structure.json", type="string",
                        description="block layout to search: a named structure (tiny, assemblenet50, "
@@ -27,24 +30,21 @@ PARAMS = {
     "eval_data": Param("", type="string", description="validation TFRecords evaluated every epoch (or '')"),
     "test_data": Param("runs/embedded/data/test", type="string", description="TFRecords of the evaluation"),
     "workdir": Param("", type="string", description="run folder; empty: runs/<dag id>/<run id>"),
-    "dataset": Param("charades", enum=["charades", "toyota"], description="multi-label (sigmoid) or "
-                     "single-label (softmax)"),
-    "search_steps": Param(8, type="integer", description="training steps of the one-shot model"),
+    "dataset": param_of(TrainConfig, "dataset"),
+    "search_steps": param_of(TrainConfig, "steps", 8, "training steps of the one-shot model"),
     "threshold": Param(PRUNE_THRESHOLD, type=["number", "integer"],
                        description=f"pruning threshold on σ(w) (§4.1: {PRUNE_THRESHOLD})"),
-    "steps": Param(16, type="integer", description="full training steps (paper: 50000)"),
-    "steps_per_epoch": Param(4, type="integer", description="steps between checkpoints; divides both step "
-                             "counts"),
-    "frames": Param(8, type="integer", description="clip length T (paper: 32 to 128)"),
-    "size": Param(32, type="integer", description="crop size (paper: 224)"),
-    "batch_size": Param(4, type="integer", description="global batch size (paper: 128)"),
-    "learning_rate": Param(0.1, type=["null", "number", "integer"],
-                           description="peak learning rate; null: the dataset's rate per video x batch size "
-                           "(AssembleNet A.6: Charades 0.2, Toyota 3.2/512)"),
-    "warmup_steps": Param(0, type="integer", description="linear warm-up steps"),
-    "precision": Param("fp32", enum=["fp32", "bf16"], description="bf16 on TPU"),
-    "strategy": Param("auto", enum=["auto", "cpu", "mirrored", "tpu"], description="distribution strategy"),
-    "tpu": Param("", type="string", description="TPU name or grpc://host:8470 (strategy tpu)"),
+    "steps": param_of(TrainConfig, "steps", 16, "full training steps (paper: 50000)"),
+    "steps_per_epoch": param_of(TrainConfig, "steps_per_epoch", 4,
+                                "steps between checkpoints; divides both step counts"),
+    "frames": param_of(TrainConfig, "frames", 8),
+    "size": param_of(TrainConfig, "size", 32),
+    "batch_size": param_of(TrainConfig, "batch_size", 4),
+    "learning_rate": param_of(TrainConfig, "learning_rate", 0.1),
+    "warmup_steps": param_of(TrainConfig, "warmup_steps", 0),
+    "precision": param_of(TrainConfig, "precision"),
+    "strategy": param_of(TrainConfig, "strategy"),
+    "tpu": param_of(TrainConfig, "tpu", ""),
     "clips": Param(5, type="integer", description="clips per test video, max-pooled (A.7: 5)"),
 }
 

@@ -167,6 +167,28 @@ def from_args(cls, args, names=None, **fields):
     return cls(**{**flag_values(cls, args, names), **fields})
 
 
+def json_schema(cls, name: str) -> dict[str, Any]:
+    """The JSON-schema keywords of field `name` of `cls` (what an Airflow Param validates): its type
+    (with null when the field may be None), its choices (`enum`) and its range (`minimum`, ...)."""
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    meta = field.metadata
+    if meta.get("choices"):
+        return {"enum": list(meta["choices"])}
+    kind = {bool: ["boolean"], int: ["integer"], float: ["number", "integer"], str: ["string"],
+            tuple: ["array"], dict: ["object"]}.get(_base_type(field), [])
+    schema: dict[str, Any] = {}
+    if kind:
+        kinds = (["null"] if _optional(field) else []) + kind
+        schema["type"] = kinds[0] if len(kinds) == 1 else kinds
+    bounds = meta.get("type")
+    if isinstance(bounds, Range):
+        if bounds.low is not None:
+            schema["exclusiveMinimum" if bounds.low_open else "minimum"] = bounds.low
+        if bounds.high is not None:
+            schema["exclusiveMaximum" if bounds.high_open else "maximum"] = bounds.high
+    return schema
+
+
 # -- reading a config back: every value checked, naming the source and the field ---------------------
 
 def check_fields(cls, data: Mapping[str, Any], *, source: str, noun: str) -> None:

@@ -29,16 +29,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+from model.evolution import STRATEGIES
 from model.pruning import PRUNE_THRESHOLD
-from pipelines.configs import check_fields
+from pipelines.configs import MAX_COUNT, SEED, SIDE, Range, fraction, load, positive, setting
 from pipelines.rundir import CLASSES, RunDir, read_json, write_json
+from preprocessing.flow import METHODS as FLOW_METHODS
+from preprocessing.video import MAX_FPS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_RUNNERS = ("", "FnApiRunner", "local", "DirectRunner")
-
-
-def _help(text: str, default: Any) -> Any:
-    return dataclasses.field(default=default, metadata={"help": text})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,36 +48,43 @@ class EndToEndConfig:
     ~200 children of 10k steps each); they exercise every stage, they do not reproduce its numbers.
     """
 
-    workdir: str = _help("run folder (relative paths are taken from the project root); empty: "
-                         "runs/<dag id>/<run id>", "")
-    videos: int = _help("synthetic Charades-format videos to generate (train + val + test)", 64)
-    min_seconds: float = _help("shortest synthetic video, seconds", 3.0)
-    max_seconds: float = _help("longest synthetic video, seconds", 5.0)
-    num_classes: int = _help("synthetic action classes", 6)
-    seed: int = _help("seed of the data, the search and the training", 0)
-    test_fraction: float = _help("share of the videos in the test split", 0.3)
-    val_fraction: float = _help("share of the training videos held out for the search fitness", 0.25)
-    fps: float = _help("decoding frame rate of preprocessing (AssembleNet A.6: 6)", 4.0)
-    frame_size: int = _help("shorter side of the stored frames, pixels", 40)
-    flow: str = _help("optical flow: opencv (TV-L1) | tensor | none", "opencv")
-    segmenter: str = _help("object masks: oracle (the generator's ground truth) | a keras-hub preset | "
-                           "none", "oracle")
-    runner: str = _help("Beam runner of preprocessing", "FnApiRunner")
-    population: int = _help("evolution: population size, all evaluated in the first round", 2)
-    children_per_round: int = _help("evolution: children proposed and evaluated (mapped) per later round", 2)
-    evolution_strategy: str = _help("evolution: guided | random-edges | random-search", "guided")
-    object_stem: bool = _help("evolution: add the object stem (AssembleNet++)", True)
-    proxy_steps: int = _help("evolution: training steps of each child (paper: 10k)", 20)
-    search_steps: int = _help("one-shot search: training steps of the over-connected model", 40)
-    train_steps: int = _help("full training steps of the pruned structure (paper: 50k)", 400)
-    steps_per_epoch: int = _help("steps between checkpoints (divides every step count above)", 20)
-    frames: int = _help("clip length T of every training (paper: 32..128)", 8)
-    size: int = _help("square crop of every training, pixels (paper: 224)", 32)
-    batch_size: int = _help("batch size of every training (paper: 128)", 8)
-    learning_rate: float = _help("peak learning rate of every training", 0.4)
-    clips: int = _help("clips per test video, max-pooled (AssembleNet A.7: 5)", 3)
-    threshold: float = _help("one-shot pruning threshold on sigmoid(w) (AssembleNet++ §4.1)",
-                             PRUNE_THRESHOLD)
+    workdir: str = setting("", "run folder (relative paths are taken from the project root); empty: "
+                           "runs/<dag id>/<run id>")
+    videos: int = setting(64, "synthetic Charades-format videos to generate (train + val + test)",
+                          type=Range(int, 4, MAX_COUNT))
+    min_seconds: float = setting(3.0, "shortest synthetic video, seconds", type=positive(float))
+    max_seconds: float = setting(5.0, "longest synthetic video, seconds", type=positive(float))
+    num_classes: int = setting(6, "synthetic action classes", type=positive())
+    seed: int = setting(0, "seed of the data, the search and the training", type=SEED)
+    test_fraction: float = setting(0.3, "share of the videos in the test split",
+                                   type=fraction(low_open=True, high_open=True))
+    val_fraction: float = setting(0.25, "share of the training videos held out for the search fitness",
+                                  type=fraction(low_open=True, high_open=True))
+    fps: float = setting(4.0, "decoding frame rate of preprocessing (AssembleNet A.6: 6)",
+                         type=Range(float, 0.0, MAX_FPS, low_open=True))
+    frame_size: int = setting(40, "shorter side of the stored frames, pixels", type=SIDE)
+    flow: str = setting("opencv", "optical flow: opencv (TV-L1) | tensor | none", choices=(*FLOW_METHODS, "none"))
+    segmenter: str = setting("oracle", "object masks: oracle (the generator's ground truth) | a keras-hub preset | "
+                             "none")
+    runner: str = setting("FnApiRunner", "Beam runner of preprocessing")
+    population: int = setting(2, "evolution: population size, all evaluated in the first round", type=positive())
+    children_per_round: int = setting(2, "evolution: children proposed and evaluated (mapped) per later round",
+                                      type=positive())
+    evolution_strategy: str = setting("guided", "evolution: guided | random-edges | random-search",
+                                      choices=STRATEGIES)
+    object_stem: bool = setting(True, "evolution: add the object stem (AssembleNet++)")
+    proxy_steps: int = setting(20, "evolution: training steps of each child (paper: 10k)", type=positive())
+    search_steps: int = setting(40, "one-shot search: training steps of the over-connected model", type=positive())
+    train_steps: int = setting(400, "full training steps of the pruned structure (paper: 50k)", type=positive())
+    steps_per_epoch: int = setting(20, "steps between checkpoints (divides every step count above)",
+                                   type=positive())
+    frames: int = setting(8, "clip length T of every training (paper: 32..128)", type=positive(int, 4096))
+    size: int = setting(32, "square crop of every training, pixels (paper: 224)", type=SIDE)
+    batch_size: int = setting(8, "batch size of every training (paper: 128)", type=positive())
+    learning_rate: float = setting(0.4, "peak learning rate of every training", type=positive(float, 1e4))
+    clips: int = setting(3, "clips per test video, max-pooled (AssembleNet A.7: 5)", type=Range(int, 1, 1000))
+    threshold: float = setting(PRUNE_THRESHOLD, "one-shot pruning threshold on sigmoid(w) (AssembleNet++ §4.1)",
+                               type=fraction(high_open=True))
 
     def __post_init__(self):
         for name in ("videos", "num_classes", "population", "children_per_round", "proxy_steps",
@@ -94,9 +100,9 @@ class EndToEndConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> EndToEndConfig:
-        """From Airflow params (which also hold nothing else here); unknown keys fail loudly."""
-        check_fields(cls, params, source="EndToEndConfig", noun="parameter(s)")
-        return cls(**params)
+        """From Airflow params (which also hold nothing else here); unknown keys, and values of the wrong
+        type or outside a field's choices or range, fail loudly naming the parameter."""
+        return load(cls, params, source="EndToEndConfig", noun="parameter(s)")
 
     def train_fields(self) -> dict[str, Any]:
         """The TrainConfig fields shared by every training of the job (proxy, search, final)."""

@@ -103,3 +103,24 @@ def test_routing_policy_applies_the_runs_queue_and_pool_params():
     assert routed("cpu", "default_pool", conf) == ("highmem", "default_pool")
     assert routed("gpu", "gpu", {}) == ("gpu", "gpu")
     assert routed("cpu", "default_pool", {"gpu_queue": "a100"}) == ("cpu", "default_pool")
+
+
+def test_params_are_made_from_the_config_fields(dagbag):
+    """A DAG param that is a config field carries the field's help text, choices and range."""
+    import dataclasses
+
+    from pipelines.orchestration.end_to_end import EndToEndConfig
+    from pipelines.train_config import TrainConfig
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    params = dagbag.dags["assemblenet_search_and_train"].params
+    frames = params.get_param("frames")
+    assert (frames.value, frames.description) == (8, fields["frames"].metadata["help"])
+    assert (frames.schema["minimum"], frames.schema["maximum"]) == (1, 4096)
+    assert params.get_param("precision").schema["enum"] == list(fields["precision"].metadata["choices"])
+    assert params.get_param("tpu").value == ""
+    end_to_end = dagbag.dags["assemblenet_end_to_end"].params
+    for field in dataclasses.fields(EndToEndConfig):
+        param = end_to_end.get_param(field.name)
+        assert (param.value, param.description) == (field.default, field.metadata["help"]), field.name
+    assert end_to_end.get_param("flow").schema["enum"] == ["opencv", "tensor", "none"]
