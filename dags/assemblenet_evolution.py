@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag
 
-from dags._common import DEFAULT_ARGS, ROUTING_PARAMS, context_params, cpu_task, evolution_rounds
+from dags._common import DEFAULT_ARGS, ROUTING_PARAMS, context_params, cpu_task, evolution_rounds, param_of
+from pipelines.evolve import EvolutionConfig
 
 ROUNDS_PER_RUN = 4
 
@@ -25,19 +26,18 @@ PARAMS = {
     "data": Param("runs/embedded/data/train", type="string", description="TFRecords of the proxy training"),
     "eval_data": Param("", type="string", description="TFRecords the fitness is measured on (a validation "
                        "subset of the training set, as §3.2); empty: `data`"),
-    "population": Param(2, type="integer", description="population size |P| (paper: 20)"),
-    "rounds": Param(4, type="integer", description="children after the initial population (paper: ~200)"),
+    "population": param_of(EvolutionConfig, "population_size", 2),
+    "rounds": param_of(EvolutionConfig, "rounds", 4),
     "children_per_round": Param(2, type="integer", description="children evaluated in parallel per round "
                                 "(paper: 10 workers)"),
-    "tournament": Param(5, type="integer", description="tournament size (paper: 5)"),
-    "strategy": Param("guided", enum=["guided", "random-edges", "random-search"],
-                      description="guided = Eq. 2; the two baselines of Figure 4"),
+    "tournament": param_of(EvolutionConfig, "tournament_size"),
+    "strategy": param_of(EvolutionConfig, "strategy"),
     "object_stem": Param(False, type="boolean", description="add the object stem (AssembleNet++); the data "
                          "needs object masks"),
     "width_scale": Param(16, type="integer", description="divide every channel count (paper: 1)"),
     "repeats": Param([0.5, 0.5, 0.5, 0.5], type="array", description="module repeats per level (paper: "
                      "[1.5, 2, 3, 1.5])"),
-    "seed": Param(0, type="integer", description="seed of the search"),
+    "seed": param_of(EvolutionConfig, "seed"),
     "proxy_train": Param({"steps": 4, "steps_per_epoch": 4, "frames": 8, "size": 32, "batch_size": 4,
                           "learning_rate": 0.1}, type="object",
                          description="TrainConfig fields of each child's proxy training (paper: 10k steps, "

@@ -96,14 +96,16 @@ _NO_FLAG_DEFAULT = object()
 
 
 def setting(default: Any, help: str | None, *, choices: tuple | None = None, type: Any = None,
-            flag: bool = True, flag_default: Any = _NO_FLAG_DEFAULT, metavar: str | None = None):
+            flag: bool = True, flag_default: Any = _NO_FLAG_DEFAULT, metavar: str | None = None,
+            flag_name: str | None = None):
     """A config field declared once: `default`, `help` (None: a flag without help text), `choices`,
     `type` (a `Range`, or a parser of the flag's text such as a comma-separated list). `flag=False`:
     no command-line flag is made from it (set in code or config files only). `flag_default`: what the
     flag's parser holds when the flag is absent, where that differs from `default` (the command
-    resolves it)."""
+    resolves it). `flag_name`: the flag's name where it is not the field's (`population` for
+    `population_size`; it is also the parsed argument's name)."""
     metadata = {"help": help, "choices": None if choices is None else tuple(choices), "type": type,
-                "flag": flag, "metavar": metavar}
+                "flag": flag, "metavar": metavar, "flag_name": flag_name}
     if flag_default is not _NO_FLAG_DEFAULT:
         metadata["flag_default"] = flag_default
     return dataclasses.field(default=default, metadata=metadata)
@@ -115,6 +117,11 @@ def settings(cls, names=None) -> list[dataclasses.Field]:
     if names is None:
         return [f for f in fields.values() if f.metadata.get("flag", True)]
     return [fields[name] for name in names]
+
+
+def _dest(field: dataclasses.Field) -> str:
+    """The parsed argument's name of a field's flag."""
+    return field.metadata.get("flag_name") or field.name
 
 
 def flag_name(name: str) -> str:
@@ -136,15 +143,15 @@ def add_flags(parser, cls, names=None, *, overrides: bool = False) -> None:
     every flag holds None when absent, so only the flags given override the file, a bool field is a
     switch that sets True, and the help ends with the field's default ("(default: 16)")."""
     for field in settings(cls, names):
-        meta, flag = field.metadata, flag_name(field.name)
+        meta, dest = field.metadata, _dest(field)
+        flag = flag_name(dest)
         text = meta.get("help")
         extra = {"metavar": meta["metavar"]} if meta.get("metavar") else {}
         if _base_type(field) is bool:
             if overrides:
-                parser.add_argument(flag, dest=field.name, action="store_const", const=True, default=None,
-                                    help=text)
+                parser.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=text)
             else:
-                parser.add_argument(flag, dest=field.name, action="store_true", help=text)
+                parser.add_argument(flag, dest=dest, action="store_true", help=text)
             continue
         if overrides:
             default, text = None, f"{text} (default: {field.default})"
@@ -153,13 +160,13 @@ def add_flags(parser, cls, names=None, *, overrides: bool = False) -> None:
         kind = _flag_type(field)
         if overrides and kind is None:
             kind = str
-        parser.add_argument(flag, dest=field.name, type=kind, choices=meta.get("choices"), default=default,
+        parser.add_argument(flag, dest=dest, type=kind, choices=meta.get("choices"), default=default,
                             help=text, **extra)
 
 
 def flag_values(cls, args, names=None) -> dict[str, Any]:
     """{field: value} of the flags of `cls` that hold a value (None: absent, see `add_flags`)."""
-    return {f.name: getattr(args, f.name) for f in settings(cls, names) if getattr(args, f.name) is not None}
+    return {f.name: getattr(args, _dest(f)) for f in settings(cls, names) if getattr(args, _dest(f)) is not None}
 
 
 def from_args(cls, args, names=None, **fields):

@@ -44,6 +44,7 @@ from model import evolution
 from model.structure import Structure
 from pipelines import locks
 from pipelines.checks import UserError
+from pipelines.configs import SEED, Range, non_negative, positive, setting
 from pipelines.rundir import CONNECTION_WEIGHTS, METRICS, STRUCTURE, RunDir, read_json, write_json
 
 STATE = "state.json"
@@ -60,13 +61,18 @@ class EvolutionConfig:
     `population_size` random members are the first rounds, §4.2). `keep_threshold` is B of Eq. 2:
     a constant, or None for B ~ unif(0, 1) per child."""
 
-    population_size: int = 20
-    rounds: int = 100
-    tournament_size: int = 5
-    strategy: str = "guided"
-    keep_threshold: float | None = None
-    seed: int = 0
-    space: evolution.SearchSpace = evolution.SearchSpace()
+    population_size: int = setting(20, "population size |P| (paper: 20)", type=Range(int, 2, 100000),
+                                   flag_name="population")
+    rounds: int = setting(100, "children evaluated after the random initial population (paper: ~200)",
+                          type=non_negative())
+    tournament_size: int = setting(5, "tournament subset size (paper: 5)", type=positive(), flag_name="tournament")
+    strategy: str = setting("guided", "guided = Eq. 2; the two baselines of Figure 4", choices=evolution.STRATEGIES)
+    # `evolve --keep-threshold` takes a number or 'random' (None here): its flag is the command's own.
+    keep_threshold: float | None = setting(
+        None, "B of Eq. 2: a number in [0, 1], or None for B ~ unif(0, 1) per child", flag=False)
+    seed: int = setting(0, "seed of the search's random choices", type=SEED, flag_name="search_seed")
+    space: evolution.SearchSpace = setting(evolution.SearchSpace(), "the search space (model.evolution)",
+                                           flag=False)
 
     def __post_init__(self):
         if self.strategy not in evolution.STRATEGIES:

@@ -56,7 +56,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(1, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
     def _get_value(self, action, arg_string):
-        # Numbers are declared with pipelines.cli.commands.Range (finite, within the flag's bounds); a flag
+        # Numbers are declared with pipelines.configs.Range (finite, within the flag's bounds); a flag
         # still declared with a bare float gets the finite check here: nan and inf never reach a command.
         value = super()._get_value(action, arg_string)
         if isinstance(value, float) and not math.isfinite(value):

@@ -124,3 +124,9 @@ def test_params_are_made_from_the_config_fields(dagbag):
         param = end_to_end.get_param(field.name)
         assert (param.value, param.description) == (field.default, field.metadata["help"]), field.name
     assert end_to_end.get_param("flow").schema["enum"] == ["opencv", "tensor", "none"]
+    from pipelines.evolve import EvolutionConfig
+
+    evolution = {f.name: f for f in dataclasses.fields(EvolutionConfig)}
+    population = dagbag.dags["assemblenet_evolution"].params.get_param("population")
+    assert (population.value, population.description) == (2, evolution["population_size"].metadata["help"])
+    assert population.schema["minimum"] == 2  # as `assemblenet evolve --population`

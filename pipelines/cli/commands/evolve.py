@@ -3,8 +3,9 @@
 import argparse
 import json
 
-from pipelines.cli.commands import SEED, WORKERS, Range, fraction, non_negative, positive
-from pipelines.configs import add_flags, flag_values
+from pipelines.cli.commands import WORKERS, Range, fraction
+from pipelines.configs import add_flags, flag_values, from_args
+from pipelines.evolve import EvolutionConfig
 from pipelines.train_config import TrainConfig
 
 # The proxy training budget of each child: these TrainConfig flags are passed through.
@@ -54,15 +55,10 @@ def register(subparsers):
     parser.add_argument("--out", required=True,
                         help="search folder: state, children, history, best structure")
     search = parser.add_argument_group("search")
-    search.add_argument("--population", type=Range(int, 2, 100000), default=20, help="population size |P| (paper: 20)")
-    search.add_argument("--rounds", type=non_negative(), default=100,
-                        help="children evaluated after the random initial population (paper: ~200)")
-    search.add_argument("--tournament", type=positive(), default=5, help="tournament subset size (paper: 5)")
-    search.add_argument("--strategy", choices=("guided", "random-edges", "random-search"), default="guided",
-                        help="guided = Eq. 2; the two baselines of Figure 4")
+    add_flags(search, EvolutionConfig, ("population_size", "rounds", "tournament_size", "strategy"))
     search.add_argument("--keep-threshold", type=_threshold, default="random",
                         help="B of Eq. 2: a number in [0, 1], or 'random' for B ~ unif(0, 1) per child")
-    search.add_argument("--search-seed", type=SEED, default=0, help="seed of the search's random choices")
+    add_flags(search, EvolutionConfig, ("seed",))  # --search-seed
     search.add_argument("--workers", type=WORKERS, default=1, help="children trained in parallel processes")
     space = parser.add_argument_group("search space")
     space.add_argument("--stems", type=_numbers(int), default="2,4", help="stem counts to draw from (paper: 2,4)")
@@ -79,15 +75,13 @@ def register(subparsers):
 def configs_from_args(args):
     """(EvolutionConfig, TrainEvaluator) from the parsed flags."""
     from model.evolution import SearchSpace
-    from pipelines.evolve import EvolutionConfig, TrainEvaluator
+    from pipelines.evolve import TrainEvaluator
 
     threshold = None if args.keep_threshold == "random" else float(args.keep_threshold)
     space = SearchSpace(stem_counts=tuple(int(s) for s in args.stems.split(",")),
                         object_stem=args.object_stem, width_scale=args.width_scale,
                         repeats=tuple(float(m) for m in args.repeats.split(",")))
-    config = EvolutionConfig(population_size=args.population, rounds=args.rounds,
-                             tournament_size=args.tournament, strategy=args.strategy,
-                             keep_threshold=threshold, seed=args.search_seed, space=space)
+    config = from_args(EvolutionConfig, args, keep_threshold=threshold, space=space)
     train = flag_values(TrainConfig, args, PROXY_FLAGS)
     return config, TrainEvaluator(data=args.data, eval_data=args.eval_data, train=train, holdout=args.holdout)
 
