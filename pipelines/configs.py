@@ -111,6 +111,15 @@ def setting(default: Any, help: str | None, *, choices: tuple | None = None, typ
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def like(cls, name: str, default: Any, help: str, **changes):
+    """A field that holds the same setting as field `name` of `cls` (its type, choices and range), with
+    its own default and help text: e.g. the end-to-end job's `frames`, which every training takes."""
+    meta = dict({f.name: f for f in dataclasses.fields(cls)}[name].metadata)
+    meta.pop("help", None)
+    return setting(default, help, **{**{k: v for k, v in meta.items() if k in ("choices", "type", "metavar")},
+                                     **changes})
+
+
 def settings(cls, names=None) -> list[dataclasses.Field]:
     """The fields of `cls` named in `names` (in that order), or every field that has a flag."""
     fields = {f.name: f for f in dataclasses.fields(cls)}

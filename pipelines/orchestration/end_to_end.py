@@ -31,8 +31,9 @@ from typing import Any
 
 from model.evolution import STRATEGIES
 from model.pruning import PRUNE_THRESHOLD
-from pipelines.configs import MAX_COUNT, SEED, SIDE, Range, fraction, load, positive, setting
+from pipelines.configs import MAX_COUNT, SIDE, Range, fraction, like, load, positive, setting
 from pipelines.rundir import CLASSES, RunDir, read_json, write_json
+from pipelines.train_config import TrainConfig
 from preprocessing.flow import METHODS as FLOW_METHODS
 from preprocessing.video import MAX_FPS
 
@@ -55,7 +56,7 @@ class EndToEndConfig:
     min_seconds: float = setting(3.0, "shortest synthetic video, seconds", type=positive(float))
     max_seconds: float = setting(5.0, "longest synthetic video, seconds", type=positive(float))
     num_classes: int = setting(6, "synthetic action classes", type=positive())
-    seed: int = setting(0, "seed of the data, the search and the training", type=SEED)
+    seed: int = like(TrainConfig, "seed", 0, "seed of the data, the search and the training")
     test_fraction: float = setting(0.3, "share of the videos in the test split",
                                    type=fraction(low_open=True, high_open=True))
     val_fraction: float = setting(0.25, "share of the training videos held out for the search fitness",
@@ -76,12 +77,13 @@ class EndToEndConfig:
     proxy_steps: int = setting(20, "evolution: training steps of each child (paper: 10k)", type=positive())
     search_steps: int = setting(40, "one-shot search: training steps of the over-connected model", type=positive())
     train_steps: int = setting(400, "full training steps of the pruned structure (paper: 50k)", type=positive())
-    steps_per_epoch: int = setting(20, "steps between checkpoints (divides every step count above)",
-                                   type=positive())
-    frames: int = setting(8, "clip length T of every training (paper: 32..128)", type=positive(int, 4096))
-    size: int = setting(32, "square crop of every training, pixels (paper: 224)", type=SIDE)
-    batch_size: int = setting(8, "batch size of every training (paper: 128)", type=positive())
-    learning_rate: float = setting(0.4, "peak learning rate of every training", type=positive(float, 1e4))
+    steps_per_epoch: int = like(TrainConfig, "steps_per_epoch", 20,
+                                "steps between checkpoints (divides every step count above)")
+    # The settings every training of the job shares (`train_fields`): TrainConfig's types and ranges.
+    frames: int = like(TrainConfig, "frames", 8, "clip length T of every training (paper: 32..128)")
+    size: int = like(TrainConfig, "size", 32, "square crop of every training, pixels (paper: 224)")
+    batch_size: int = like(TrainConfig, "batch_size", 8, "batch size of every training (paper: 128)")
+    learning_rate: float = like(TrainConfig, "learning_rate", 0.4, "peak learning rate of every training")
     clips: int = setting(3, "clips per test video, max-pooled (AssembleNet A.7: 5)", type=Range(int, 1, 1000))
     threshold: float = setting(PRUNE_THRESHOLD, "one-shot pruning threshold on sigmoid(w) (AssembleNet++ §4.1)",
                                type=fraction(high_open=True))
@@ -291,7 +293,6 @@ def train_final(*, structure: str, data: str, eval_data: str | None, workdir: st
                 attention: str = "peer") -> str:
     """Trains the searched structure with peer attention (AssembleNet++ §3.4) into `workdir`."""
     from pipelines.train import train as train_run
-    from pipelines.train_config import TrainConfig
 
     banner(f"full training of {structure} ({train.get('steps')} steps)")
     config = TrainConfig(**{**train, "structure": structure, "attention": attention})
