@@ -9,9 +9,11 @@ argparse type) in one place. From those fields:
     flag_values(TrainConfig, args, names)       # {field: value} of the flags given on the command line
     from_args(SearchConfig, args, names)        # the config of the flags (unset ones: the field's default)
     load(TrainConfig, data, source=...)         # a dict or JSON file, every value checked, naming the field
+    json_schema(TrainConfig, "frames")          # type, enum, minimum/maximum: a DAG Param (dags/_common.py)
 
-and the DAGs' Params (dags/_common.py `params_of`). This module imports no Keras: the CLI builds its
-flags from it without loading a model.
+`like(TrainConfig, "frames", 8, help)` declares a field of another config that holds the same setting
+(its type, choices and range) under its own default and help. This module imports no Keras: the CLI
+builds its flags from it without loading a model.
 """
 
 from __future__ import annotations
