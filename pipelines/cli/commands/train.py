@@ -3,7 +3,7 @@
 import json
 
 from pipelines.cli.commands import non_negative, positive
-from pipelines.configs import add_flags, flag_values
+from pipelines.configs import add_flags, flag_values, load_config_file
 from pipelines.rundir import CONFIG
 from pipelines.train_config import TrainConfig
 
@@ -24,7 +24,9 @@ def register(subparsers):
                              "charades_assemblenet_plus50, toyota_cs_assemblenet_plus50; see configs/) or "
                              f"a JSON file (a recipe or a run's {CONFIG}); the flags below override it")
     recipe = parser.add_argument_group("recipe (defaults: the papers' recipe, CPU-sized clips)")
-    _add_config_flags(recipe)
+    # One flag per TrainConfig field but --structure (pipelines/train_config.py), laid over the --config
+    # file: only the flags given override it; unset fields take TrainConfig's defaults.
+    add_flags(recipe, TrainConfig, overrides=True)
     parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
     add_input_flags(parser)
     processes = parser.add_argument_group(
@@ -51,16 +53,8 @@ def add_input_flags(parser) -> None:
                         "one per core up to 16, env ASSEMBLENET_INPUT_WORKERS)")
 
 
-def _add_config_flags(group, names=None) -> None:
-    """One flag per TrainConfig field (pipelines.train_config; every field but --structure), laid over
-    the --config file: only the flags given override it, and unset fields take TrainConfig's defaults."""
-    add_flags(group, TrainConfig, names, overrides=True)
-
-
 def config_from_args(args):
     """The TrainConfig of `--config` (a recipe name or file) with the flags set on top."""
-    from pipelines.configs import load_config_file
-
     base, _ = load_config_file(args.config) if args.config else ({}, None)
     overrides = flag_values(TrainConfig, args)
     if args.structure is not None:
