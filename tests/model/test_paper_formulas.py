@@ -103,22 +103,23 @@ def test_the_pruning_threshold_is_the_papers():
 
 
 def test_pruning_keeps_gates_strictly_above_0_2_and_the_argmax_peer():
+    # §4.1 at σ(w) around 0.2: 0.21 and 0.25 survive the paper's 0.2 (not 0.3 or 0.22), 0.19 does not
+    # (not 0.1 or 0.18), and exactly 0.2 does not either (σ(w) > 0.2, not ≥).
     s = get_structure("tiny")
-    block = next(n for n in s.blocks if len(n.inputs) >= 2)
-    first, second = block.inputs[0], block.inputs[1]
+    block = next(n for n in s.blocks if len(n.inputs) >= 4)
+    gates = dict(zip(block.inputs, [0.25, 0.2, 0.21, 0.19], strict=False))
     weights = {str(n.index): {str(j): 0.9 for j in n.inputs} for n in s.blocks}
-    # 0.25 survives the paper's 0.2 (not 0.3); exactly 0.2 does not (σ(w) > 0.2, not ≥).
-    weights[str(block.index)][str(first)] = 0.25
-    weights[str(block.index)][str(second)] = 0.2
+    weights[str(block.index)].update({str(j): g for j, g in gates.items()})
     peers = s.peers(block.index)
     mix = {str(p): 0.1 for p in peers}
     mix[str(peers[-1])] = 0.6
     pruned = pruning.prune_weights(s, weights, {str(block.index): mix})
     node = pruned.node(block.index)
-    assert first in node.inputs and second not in node.inputs
-    assert set(node.inputs) == set(block.inputs) - {second}
+    expected = tuple(j for j in block.inputs if weights[str(block.index)][str(j)] > 0.2)
+    assert node.inputs == expected
+    assert [gates[j] for j in gates if j in node.inputs] == [0.25, 0.21]
     assert node.peer == peers[-1]
-    assert pruning.keeps(0.2001) and not pruning.keeps(0.2) and not pruning.keeps(0.1)
+    assert [pruning.keeps(g) for g in (0.1, 0.19, 0.2, 0.2001, 0.21, 0.25, 0.3)] == [False] * 3 + [True] * 4
 
 
 class _Variable:
