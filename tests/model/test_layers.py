@@ -66,6 +66,38 @@ def test_bad_arguments_raise_clear_errors():
         ConnectionFusion(2)([_video(4)])
 
 
+def test_fresh_attention_gates_by_one_half_and_mixes_peers_uniformly():
+    # v and h start at zero (AssembleNet++ §3.4-3.5): static attention gates every channel by σ(0) = 1/2,
+    # and search attention weights its peers equally, softmax(0) = 1/m, before any training.
+    x, peers = _video(3), [_video(2), _video(5, s=4)]
+    static = ChannelAttention("static", 3)
+    np.testing.assert_allclose(np.asarray(static([x])), 0.5 * x, rtol=1e-6)
+    search = ChannelAttention("search", 3, num_peers=2)
+    out = np.asarray(search([x, *peers]))
+    logits = sum(0.5 * (p.mean(axis=(2, 3)) @ kernel + bias)
+                 for p, (kernel, bias) in zip(peers, (fc.get_weights() for fc in search.fcs), strict=True))
+    np.testing.assert_allclose(out, x / (1 + np.exp(-logits))[:, :, None, None, :], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["static", "search"])
+def test_attention_keeps_the_compute_dtype_under_mixed_precision(mode):
+    # The gate is cast to the compute dtype: a float32 gate would promote bf16 activations to float32.
+    peers = [_video(4), _video(2)] if mode == "search" else []
+    layer = ChannelAttention(mode, 3, num_peers=max(len(peers), 1), dtype="mixed_bfloat16")
+    inputs = [_video(3), *peers]
+    assert keras.backend.standardize_dtype(layer(inputs).dtype) == "bfloat16"
+
+
+def test_attention_input_errors_name_the_bad_shape():
+    x = _video(3)
+    with pytest.raises(ValueError, match="x has 4 channels, expected 3"):
+        ChannelAttention("self", 3)([_video(4)])
+    with pytest.raises(ValueError, match="mode 'conv' takes 2 inputs, got 3"):
+        ChannelAttention("conv", 3)([x, x, x])
+    with pytest.raises(ValueError, match="mode 'search' takes 3 inputs, got 2"):
+        ChannelAttention("search", 3, num_peers=2)([x, x])
+
+
 @pytest.mark.parametrize("kernel, stride, dilation, channels, size", [
     ((1, 3, 3), 2, 1, 3, 8), ((3, 1, 1), 1, 2, 3, 8), ((1, 1, 1), 2, 1, 3, 8), ((1, 7, 7), 2, 1, 3, 8),
     ((5, 1, 1), 1, 4, 3, 8), ((3, 1, 1), 1, 3, 3, 8), ((3, 1, 1), 1, 8, 3, 8),
