@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from model import evolution, pruning
-from model.layers import ChannelAttention, ConnectionFusion
+from model.layers import ChannelAttention, ConnectionFusion, VideoConv
 from model.optimizer import MomentumL2, decays
 from model.structure import get_structure
 
@@ -217,13 +217,15 @@ def test_eq2_every_clause_on_edges_at_and_around_the_threshold(threshold):
 # -- the A.6 weight decay ---------------------------------------------------------------------------------
 
 def test_weight_decay_covers_kernels_only_not_w_v_h_or_biases():
+    # A.6's decay on a model with every kind of variable: a conv kernel, AssembleNet++'s connection weights
+    # w (Eq. 1), static attention v and search attention h (Eq. 4), an FC kernel and bias.
     x, peer = keras.Input((2, 4, 4, 3)), keras.Input((2, 4, 4, 5))
-    fused = ConnectionFusion(2, name="fusion")([x, x])
+    fused = ConnectionFusion(2, name="fusion")([VideoConv(3, (1, 3, 3), name="conv")(x), x])
     static = ChannelAttention("static", 3, name="static")([fused])
     out = ChannelAttention("search", 3, num_peers=1, name="search")([static, peer])
     model = keras.Model([x, peer], out)
     names = {v.path: decays(v) for v in model.trainable_variables}
-    assert names == {"fusion/w": False, "static/v": False, "search/h": False,
+    assert names == {"conv/kernel": True, "fusion/w": False, "static/v": False, "search/h": False,
                      "search/fc_0/kernel": True, "search/fc_0/bias": False}
     variables = model.trainable_variables
     for v in variables:
