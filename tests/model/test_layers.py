@@ -120,6 +120,16 @@ def test_attention_keeps_the_compute_dtype_under_mixed_precision(mode):
     assert keras.backend.standardize_dtype(layer(inputs).dtype) == "bfloat16"
 
 
+def test_fusion_and_object_stem_keep_the_compute_dtype_under_mixed_precision():
+    xs = [_video(4), _video(4)]
+    for layer in (ConnectionFusion(2, dtype="mixed_bfloat16"), EdgeGates(2, dtype="mixed_bfloat16")):
+        out = layer(xs)
+        for t in out if isinstance(out, list) else [out]:
+            assert keras.backend.standardize_dtype(t.dtype) == "bfloat16", layer
+    one_hot = PooledOneHot(5, pool_size=2, dtype="mixed_bfloat16")(RNG.integers(0, 5, (1, 2, 4, 4)).astype("int32"))
+    assert keras.backend.standardize_dtype(one_hot.dtype) == "bfloat16"
+
+
 def test_attention_input_errors_name_the_bad_shape():
     x = _video(3)
     with pytest.raises(ValueError, match="x has 4 channels, expected 3"):
