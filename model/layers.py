@@ -21,6 +21,9 @@ from model.structure import ATTENTION_MODES
 
 # Spatial convolutions on fewer input channels are zero-padded to this many (see `VideoConv`).
 MIN_CONV_CHANNELS = 8
+# `# pragma: no mutate block` on each constructor: `make mutation` (docs/testing.md) leaves constructors
+# unmutated, because Keras reads a layer's constructor arguments with inspect.getfullargspec, which does not
+# see through the wrapper mutmut puts around a mutated method (every layer would fail to build).
 
 
 def _serializable(cls):
@@ -36,7 +39,7 @@ class PooledOneHot(keras.layers.Layer):
     H and W must be multiples of `pool_size`.
     """
 
-    def __init__(self, num_classes, pool_size=4, **kwargs):
+    def __init__(self, num_classes, pool_size=4, **kwargs):  # pragma: no mutate block
         super().__init__(**kwargs)
         if int(num_classes) < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
@@ -75,7 +78,7 @@ class ConnectionFusion(keras.layers.Layer):
     exactly zero, and its w_j and everything that feeds only that input get exactly zero gradient.
     """
 
-    def __init__(self, num_inputs, masked=False, **kwargs):
+    def __init__(self, num_inputs, masked=False, **kwargs):  # pragma: no mutate block
         super().__init__(**kwargs)
         if int(num_inputs) < 1:
             raise ValueError(f"num_inputs must be >= 1, got {num_inputs}")
@@ -137,7 +140,7 @@ class SpatialMaxPool(keras.layers.Layer):
     gradients of the max.
     """
 
-    def __init__(self, pool_size, **kwargs):
+    def __init__(self, pool_size, **kwargs):  # pragma: no mutate block
         super().__init__(**kwargs)
         if int(pool_size) < 1:
             raise ValueError(f"pool_size must be >= 1, got {pool_size}")
@@ -224,7 +227,7 @@ class ChannelAttention(keras.layers.Layer):
     h is a trainable weight (zeros → uniform softmax); it receives gradients through the softmax.
     """
 
-    def __init__(self, mode, channels, num_peers=1, **kwargs):
+    def __init__(self, mode, channels, num_peers=1, **kwargs):  # pragma: no mutate block
         super().__init__(**kwargs)
         if mode not in ATTENTION_MODES[1:]:
             raise ValueError(f"attention mode must be one of {ATTENTION_MODES[1:]}, got {mode!r}")
@@ -356,7 +359,7 @@ class VideoConv(keras.layers.Layer):
     """
 
     def __init__(self, filters, kernel_size, strides=1, dilation_rate=1, kernel_initializer="he_normal",
-                 **kwargs):
+                 **kwargs):  # pragma: no mutate block
         super().__init__(**kwargs)
         kernel_size = tuple(int(k) for k in kernel_size)
         if len(kernel_size) != 3 or min(kernel_size) < 1:
@@ -450,7 +453,7 @@ class BatchNorm(keras.layers.BatchNormalization):
     - the ReLU's gradient mask is read off the output (z > 0), so no pre-activation tensor is kept.
     """
 
-    def __init__(self, relu=False, **kwargs):
+    def __init__(self, relu=False, **kwargs):  # pragma: no mutate block
         super().__init__(**kwargs)
         self.relu = bool(relu)
 

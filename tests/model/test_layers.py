@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from model.layers import BatchNorm, ChannelAttention, ConnectionFusion, PooledOneHot, SpatialMaxPool
+from model.layers import BatchNorm, ChannelAttention, ConnectionFusion, EdgeGates, PooledOneHot, SpatialMaxPool
 from tests.helpers import gradients, run_layer_test
 
 RNG = np.random.default_rng(0)
@@ -23,6 +23,12 @@ def test_pooled_one_hot_marks_classes_present_in_each_window():
     np.testing.assert_array_equal(out[0, 0, 0, 1], [1, 0, 0, 0, 0])
     run_layer_test(PooledOneHot, {"num_classes": 7, "pool_size": 4},
                    RNG.integers(0, 7, (2, 3, 8, 8)).astype("int32"), (2, 3, 2, 2, 7), run_fit=False)
+    # A non-square mask (H ≠ W) and unknown sizes.
+    wide = RNG.integers(0, 7, (1, 2, 4, 8)).astype("int32")
+    out = np.asarray(PooledOneHot(7, pool_size=2)(wide))
+    expected = np.eye(7)[wide].reshape(1, 2, 2, 2, 4, 2, 7).max(axis=(3, 5))
+    np.testing.assert_array_equal(out, expected)
+    assert PooledOneHot(7, pool_size=2).compute_output_shape((None, None, None, None)) == (None, None, None, None, 7)
 
 
 def test_connection_fusion_is_the_sigmoid_weighted_sum():
@@ -35,6 +41,32 @@ def test_connection_fusion_is_the_sigmoid_weighted_sum():
     np.testing.assert_allclose(np.asarray(layer([a, b])), sig[0] * a + sig[1] * b, rtol=1e-5, atol=1e-6)
     run_layer_test(ConnectionFusion, {"num_inputs": 3}, [_video(4), _video(4), _video(4)], (2, 3, 8, 8, 4),
                    expected_trainable_weights=1)
+
+
+def test_masked_fusion_and_edge_gates_weigh_only_the_unmasked_inputs():
+    # AssembleNet++ Eq. 1 over the connections with m_j = 1: Σ_j m_j σ(w_j)·x_j (ConnectionFusion), and the
+    # terms m_j σ(w_j)·x_j one by one (EdgeGates). The mask starts at ones and is not trained; a masked input
+    # adds exactly zero even when it holds inf.
+    xs = [_video(4) for _ in range(3)]
+    w = np.array([1.2, -0.4, 0.3], "float32")
+    sig = 1 / (1 + np.exp(-w.astype("float64")))
+    for cls in (ConnectionFusion, EdgeGates):
+        layer = cls(3, masked=True)
+        layer(xs)
+        assert [v.name for v in layer.trainable_weights] == ["w"]
+        assert [v.name for v in layer.non_trainable_weights] == ["mask"]
+        layer.w.assign(w)
+        terms = [sig[j] * xs[j] for j in range(3)]
+        out = layer(xs)
+        got = [np.asarray(t) for t in out] if cls is EdgeGates else np.asarray(out)
+        np.testing.assert_allclose(got, terms if cls is EdgeGates else sum(terms), rtol=1e-5, atol=1e-6)
+        layer.mask.assign(np.array([1.0, 0.0, 1.0], "float32"))
+        out = layer([xs[0], np.full_like(xs[1], np.inf), xs[2]])
+        expected = [terms[0], np.zeros_like(terms[1]), terms[2]]
+        got = [np.asarray(t) for t in out] if cls is EdgeGates else np.asarray(out)
+        np.testing.assert_allclose(got, expected if cls is EdgeGates else sum(expected), rtol=1e-5, atol=1e-6)
+    symbolic = [keras.Input((3, 8, 8, 4)), keras.Input((3, 8, 8, 6))]
+    assert [tuple(t.shape) for t in EdgeGates(2)(symbolic)] == [(None, 3, 8, 8, 4), (None, 3, 8, 8, 6)]
 
 
 @pytest.mark.parametrize("mode, sources, n_weights", [
@@ -64,6 +96,48 @@ def test_bad_arguments_raise_clear_errors():
         ChannelAttention("peer", 4, num_peers=3)
     with pytest.raises(ValueError, match="expected 2 inputs, got 1"):
         ConnectionFusion(2)([_video(4)])
+
+
+def test_fresh_attention_gates_by_one_half_and_mixes_peers_uniformly():
+    # v and h start at zero (AssembleNet++ §3.4-3.5): static attention gates every channel by σ(0) = 1/2,
+    # and search attention weights its peers equally, softmax(0) = 1/m, before any training.
+    x, peers = _video(3), [_video(2), _video(5, s=4)]
+    static = ChannelAttention("static", 3)
+    np.testing.assert_allclose(np.asarray(static([x])), 0.5 * x, rtol=1e-6)
+    search = ChannelAttention("search", 3, num_peers=2)
+    out = np.asarray(search([x, *peers]))
+    logits = sum(0.5 * (p.mean(axis=(2, 3)) @ kernel + bias)
+                 for p, (kernel, bias) in zip(peers, (fc.get_weights() for fc in search.fcs), strict=True))
+    np.testing.assert_allclose(out, x / (1 + np.exp(-logits))[:, :, None, None, :], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["static", "search"])
+def test_attention_keeps_the_compute_dtype_under_mixed_precision(mode):
+    # The gate is cast to the compute dtype: a float32 gate would promote bf16 activations to float32.
+    peers = [_video(4), _video(2)] if mode == "search" else []
+    layer = ChannelAttention(mode, 3, num_peers=max(len(peers), 1), dtype="mixed_bfloat16")
+    inputs = [_video(3), *peers]
+    assert keras.backend.standardize_dtype(layer(inputs).dtype) == "bfloat16"
+
+
+def test_fusion_and_object_stem_keep_the_compute_dtype_under_mixed_precision():
+    xs = [_video(4), _video(4)]
+    for layer in (ConnectionFusion(2, dtype="mixed_bfloat16"), EdgeGates(2, dtype="mixed_bfloat16")):
+        out = layer(xs)
+        for t in out if isinstance(out, list) else [out]:
+            assert keras.backend.standardize_dtype(t.dtype) == "bfloat16", layer
+    one_hot = PooledOneHot(5, pool_size=2, dtype="mixed_bfloat16")(RNG.integers(0, 5, (1, 2, 4, 4)).astype("int32"))
+    assert keras.backend.standardize_dtype(one_hot.dtype) == "bfloat16"
+
+
+def test_attention_input_errors_name_the_bad_shape():
+    x = _video(3)
+    with pytest.raises(ValueError, match="x has 4 channels, expected 3"):
+        ChannelAttention("self", 3)([_video(4)])
+    with pytest.raises(ValueError, match="mode 'conv' takes 2 inputs, got 3"):
+        ChannelAttention("conv", 3)([x, x, x])
+    with pytest.raises(ValueError, match="mode 'search' takes 3 inputs, got 2"):
+        ChannelAttention("search", 3, num_peers=2)([x, x])
 
 
 @pytest.mark.parametrize("kernel, stride, dilation, channels, size", [
@@ -136,14 +210,17 @@ def test_batch_norm_training_matches_keras_batch_norm_and_its_gradients(relu):
     np.testing.assert_allclose(inference, keras.ops.convert_to_numpy(expected), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("pool, size", [(2, 8), (4, 8), (2, 7), (4, 6)])
+@pytest.mark.parametrize("pool, size", [(2, 8), (4, 8), (2, 7), (4, 6), (2, (7, 8)), (2, (8, 7))])
 def test_spatial_max_pool_equals_max_pooling3d(pool, size):
-    """Reshape path where the pool divides the sides, reduce_window ('same' padding) elsewhere."""
-    x = _video(3, s=size)
+    """Reshape path where the pool divides the sides, reduce_window ('same' padding) elsewhere (also when
+    only one side is divisible)."""
+    h, w = size if isinstance(size, tuple) else (size, size)
+    x = RNG.normal(size=(2, 3, h, w, 3)).astype("float32")
     ref = keras.layers.MaxPooling3D((1, pool, pool), strides=(1, pool, pool), padding="same")(x)
     out = run_layer_test(SpatialMaxPool, {"pool_size": pool}, x, tuple(ref.shape))(x)
     np.testing.assert_array_equal(keras.ops.convert_to_numpy(out), keras.ops.convert_to_numpy(ref))
-    assert out.shape[2] == -(-size // pool)
+    assert (out.shape[2], out.shape[3]) == (-(-h // pool), -(-w // pool))
+    assert SpatialMaxPool(pool).compute_output_shape((None, None, None, None, 3)) == (None, None, None, None, 3)
 
 
 def test_connection_fusion_gradients_are_those_of_the_weighted_sum():

@@ -67,3 +67,18 @@ def test_config_round_trip_and_refuses_decoupled_decay():
         MomentumL2(l2=1e-4, weight_decay=1e-4)
     with pytest.raises(ValueError, match="l2=-1"):
         MomentumL2(l2=-1)
+
+
+def test_defaults_decay_nothing_and_other_arguments_reach_sgd():
+    # No l2 given: no decay term at all (l2 = 0 is valid, only a negative one is refused); SGD's own
+    # learning rate default; Keras's optimizer arguments (here clipnorm, name) pass through.
+    plain = MomentumL2()
+    assert plain.l2 == 0.0 and plain.momentum == 0.9
+    assert float(keras.ops.convert_to_numpy(plain.learning_rate)) == pytest.approx(0.01)
+    v = keras.Variable(np.full((2, 2), 3.0, "float32"), name="kernel")
+    plain.apply([keras.ops.zeros((2, 2))], [v])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), 3.0)
+    clipped = MomentumL2(l2=0.0, clipnorm=0.5, name="sgd_l2")
+    assert (clipped.clipnorm, clipped.name) == (0.5, "sgd_l2")
+    with pytest.raises(ValueError, match=r"^MomentumL2: pass the decay as l2=, not weight_decay="):
+        MomentumL2(weight_decay=1e-4)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from model import evolution, pruning
-from model.layers import ChannelAttention, ConnectionFusion
+from model.layers import ChannelAttention, ConnectionFusion, VideoConv
 from model.optimizer import MomentumL2, decays
 from model.structure import get_structure
 
@@ -103,22 +103,23 @@ def test_the_pruning_threshold_is_the_papers():
 
 
 def test_pruning_keeps_gates_strictly_above_0_2_and_the_argmax_peer():
+    # §4.1 at σ(w) around 0.2: 0.21 and 0.25 survive the paper's 0.2 (not 0.3 or 0.22), 0.19 does not
+    # (not 0.1 or 0.18), and exactly 0.2 does not either (σ(w) > 0.2, not ≥).
     s = get_structure("tiny")
-    block = next(n for n in s.blocks if len(n.inputs) >= 2)
-    first, second = block.inputs[0], block.inputs[1]
+    block = next(n for n in s.blocks if len(n.inputs) >= 4)
+    gates = dict(zip(block.inputs, [0.25, 0.2, 0.21, 0.19], strict=False))
     weights = {str(n.index): {str(j): 0.9 for j in n.inputs} for n in s.blocks}
-    # 0.25 survives the paper's 0.2 (not 0.3); exactly 0.2 does not (σ(w) > 0.2, not ≥).
-    weights[str(block.index)][str(first)] = 0.25
-    weights[str(block.index)][str(second)] = 0.2
+    weights[str(block.index)].update({str(j): g for j, g in gates.items()})
     peers = s.peers(block.index)
     mix = {str(p): 0.1 for p in peers}
     mix[str(peers[-1])] = 0.6
     pruned = pruning.prune_weights(s, weights, {str(block.index): mix})
     node = pruned.node(block.index)
-    assert first in node.inputs and second not in node.inputs
-    assert set(node.inputs) == set(block.inputs) - {second}
+    expected = tuple(j for j in block.inputs if weights[str(block.index)][str(j)] > 0.2)
+    assert node.inputs == expected
+    assert [gates[j] for j in gates if j in node.inputs] == [0.25, 0.21]
     assert node.peer == peers[-1]
-    assert pruning.keeps(0.2001) and not pruning.keeps(0.2) and not pruning.keeps(0.1)
+    assert [pruning.keeps(g) for g in (0.1, 0.19, 0.2, 0.2001, 0.21, 0.25, 0.3)] == [False] * 3 + [True] * 4
 
 
 class _Variable:
@@ -216,13 +217,15 @@ def test_eq2_every_clause_on_edges_at_and_around_the_threshold(threshold):
 # -- the A.6 weight decay ---------------------------------------------------------------------------------
 
 def test_weight_decay_covers_kernels_only_not_w_v_h_or_biases():
+    # A.6's decay on a model with every kind of variable: a conv kernel, AssembleNet++'s connection weights
+    # w (Eq. 1), static attention v and search attention h (Eq. 4), an FC kernel and bias.
     x, peer = keras.Input((2, 4, 4, 3)), keras.Input((2, 4, 4, 5))
-    fused = ConnectionFusion(2, name="fusion")([x, x])
+    fused = ConnectionFusion(2, name="fusion")([VideoConv(3, (1, 3, 3), name="conv")(x), x])
     static = ChannelAttention("static", 3, name="static")([fused])
     out = ChannelAttention("search", 3, num_peers=1, name="search")([static, peer])
     model = keras.Model([x, peer], out)
     names = {v.path: decays(v) for v in model.trainable_variables}
-    assert names == {"fusion/w": False, "static/v": False, "search/h": False,
+    assert names == {"conv/kernel": True, "fusion/w": False, "static/v": False, "search/h": False,
                      "search/fc_0/kernel": True, "search/fc_0/bias": False}
     variables = model.trainable_variables
     for v in variables:
