@@ -101,7 +101,6 @@ def run_suite(ctx: SuiteContext, layout: str | Structure = LAYOUT) -> dict[str, 
     peer-attention; then the summary over the seeds."""
     layout = get_structure(layout)
     ctx.expect(3 * len(ctx.seeds))
-    rows = []
     for seed in ctx.seeds:
         result = search_run(ctx, layout, seed)
         row = ctx.run(f"search/seed{seed}", functools.partial(pruning_stats, result, layout, seed),
@@ -109,8 +108,7 @@ def run_suite(ctx: SuiteContext, layout: str | Structure = LAYOUT) -> dict[str, 
         pruned = Structure.from_json(row["final_structure"])
         ctx.run(f"pruned/seed{seed}", functools.partial(ctx.train, pruned, attention="peer", seed=seed),
                 variant=PRUNED, seed=seed)
-        rows.append(row)
-    return write_summary(rows, layout, ctx.out)
+    return write_summary(ctx.folder_rows(SEARCH), layout, ctx.out)
 
 
 # -- over the seeds ------------------------------------------------------------------------------------

@@ -69,14 +69,13 @@ def connections(ctx: SuiteContext) -> None:
     every = max(1, ctx.budget.steps // TRACE_POINTS)
     ctx.expect(len(FUSION_ORDERS) * len(ctx.seeds))
     for order in FUSION_ORDERS:
-        rows = []
         for seed in ctx.seeds:
             key = f"over-connected/seed{seed}" if order == "project_first" else f"over-connected/{order}/seed{seed}"
-            row = ctx.run(key, functools.partial(ctx.train, supernet, attention="none", seed=seed,
-                                                 trace_every=every, fusion_order=order),
-                          variant=CONNECTIONS[order], seed=seed)
-            rows.append({"seed": seed, "score": row["score"], **decoy_verdict(row["edge_weights"], decoys),
-                         "trace": row["edge_trace"]})
+            ctx.run(key, functools.partial(ctx.train, supernet, attention="none", seed=seed, trace_every=every,
+                                           fusion_order=order),
+                    variant=CONNECTIONS[order], seed=seed)
+        rows = [{"seed": row["seed"], "score": row["score"], **decoy_verdict(row["edge_weights"], decoys),
+                 "trace": row["edge_trace"]} for row in ctx.folder_rows(CONNECTIONS[order])]
         write_connections(rows, decoys, ctx.out, tag=order)
 
 

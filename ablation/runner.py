@@ -193,6 +193,15 @@ class SuiteContext:
             return fastpath.trainer_for(self.bench, self.budget)(structure, **kwargs)
         return self.trainer(structure, self.bench, **kwargs)
 
+    def folder_rows(self, variant: str) -> list[dict]:
+        """Every finished row of this suite's `variant` in the folder, this process's seeds and any other
+        process's (several processes may share a folder, each with its own seeds), by seed: what a
+        summary over "the seeds" is written from, so the last process to finish does not write one over
+        its own seeds only."""
+        self.store.refresh()
+        rows = [r for r in self.store.suite_rows(self.name) if r.get("variant") == variant]
+        return sorted(rows, key=lambda r: int(r.get("seed", 0)))
+
     def expect(self, runs: int) -> None:
         """Sets the progress bar's total to `runs` (the runs this suite will make or load)."""
         self.progress.total = int(runs)

@@ -253,6 +253,18 @@ def test_the_oneshot_suite_prunes_at_0_2_and_reports_peer_agreement(calls, tmp_p
     assert "connections removed at σ(w) &gt; 0.2" in (tmp_path / "report" / "index.html").read_text()
 
 
+def test_the_oneshot_summary_covers_every_seed_of_the_folder_not_only_this_processs(calls, tmp_path):
+    """Processes sharing a folder each run their own seeds; the one that finishes last writes the summary
+    over every seed in results.jsonl, not over its own."""
+    _run(["oneshot"], tmp_path, seeds=[0, 2])
+    _run(["oneshot"], tmp_path, seeds=[1])
+    summary = json.loads((tmp_path / "oneshot" / "summary.json").read_text())
+    rows = {r["key"]: r for r in map(json.loads, (tmp_path / "results.jsonl").read_text().splitlines())}
+    assert summary["seeds"] == [0, 1, 2]
+    assert summary["removed"]["per_seed"] == [rows[f"oneshot/search/seed{s}"]["edges_removed"] for s in range(3)]
+    assert len((tmp_path / "oneshot" / "summary.csv").read_text().splitlines()) == 1 + 3 + 2
+
+
 def test_table1_reuses_the_oneshot_suites_search(calls, tmp_path):
     _run(["oneshot"], tmp_path, seeds=[0, 1])
     before = len(calls())

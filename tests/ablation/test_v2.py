@@ -2,6 +2,7 @@
 probe that checks both, tagged input streams in the model, σ(w) traces and the suites' summaries."""
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -192,3 +193,15 @@ def test_train_and_score_feeds_the_decoy_and_traces_sigma(v2):
     failed = v2.splits["val"].object_failed
     assert row["score"] == pytest.approx(row["score_segmenter_failed"] * failed.mean()
                                          + row["score_segmenter_ok"] * (1 - failed.mean()))
+
+
+def test_the_connections_summary_covers_every_seed_of_the_folder(tmp_path):
+    """Two processes' seeds in one folder: the summary and the plot of each fusion order hold all of them."""
+    budget = Budget(steps=60, batch_size=4, frames=4, size=32, warmup_steps=0)
+    for seeds in ([0, 2], [1]):
+        runner.run_suites(["connections"], out=tmp_path, seeds=seeds, budget=budget,
+                          benchmark=B.versioned("v2", **SMALL), train=PlantedTrainer(), progress=False)
+    for order in ("project_first", "weight_first"):
+        summary = json.loads((tmp_path / "connections" / f"summary_{order}.json").read_text())
+        assert summary["seeds"] == [0, 1, 2] and summary["found_in"] == 3
+        assert [r["seed"] for r in summary["per_seed"]] == [0, 1, 2]
