@@ -30,7 +30,8 @@ accuracy). The modalities carry the two factors unequally, like Charades' (Assem
 
 The `relation` variant (`versioned("relation")`) is another task on the same machinery (seeds, splits,
 cache), built so that only a long-range relation solves it (for AttentionNAS's search and the
-non-local block; docs/attention_nas.md): RGB only, 2 classes, "same" / "different". A small glyph (one
+non-local block; docs/attention_nas.md): RGB (flow is zero and the masks background: nothing moves,
+no object is labelled), 2 classes, "same" / "different". A small glyph (one
 of `patterns`) shows in one corner during the first `relation_window` frames, and a glyph shows in the
 opposite corner during the last `relation_window` frames; the class says whether the two glyphs are the
 same. Each glyph alone is uniform over the glyphs whatever the class, so no feature that sees only one
@@ -271,10 +272,16 @@ class Benchmark:
     def inputs(self, split: str, index, modalities=("rgb", "flow", "object")) -> dict[str, np.ndarray]:
         """Model inputs of clips `index` of `split`: rgb float32 in [-1, 1], flow float32 px/20, object int32."""
         data = self.splits[split]
-        if self.config.relation and set(modalities) - {"rgb"}:
-            raise ValueError(f"the relation variant has RGB only, asked for {list(modalities)}")
+        if self.config.relation and set(modalities) - {"rgb", "flow", "object"}:
+            raise ValueError(f"the relation variant has rgb, flow and object inputs, asked for {list(modalities)}")
         out = {}
         for m in modalities:
+            if self.config.relation and m != "rgb":
+                # A relation clip is static and labels no object: zero flow, background masks (so a
+                # three-stream AssembleNet runs on it; only RGB carries the task).
+                shape = (len(data.labels[index]), self.frames, self.size, self.size)
+                out[m] = np.zeros(shape + (2,), np.float32) if m == "flow" else np.zeros(shape, np.int32)
+                continue
             if m == "rgb":
                 out[m] = data.rgb[index].astype(np.float32) / 127.5 - 1.0
             elif m == "flow":

@@ -1,9 +1,11 @@
 """Configuration and model: the search's settings (`SearchConfig`), the proxy backbone with cells inserted, the
-batches it trains on (synthetic or TFRecords, split by video id) and its evaluation."""
+batches it trains on (the synthetic task, the planted relation task, or TFRecords split by video id) and its
+evaluation."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 
 import numpy as np
@@ -41,9 +43,17 @@ class SearchConfig:
     blocks: tuple[int, ...] = (1, 1, 1, 1)  # ResNet blocks per stage (proxy backbone)
     positions: tuple[str, ...] = ("res3_0", "res4_0")  # ResNet cell positions
     after_levels: tuple[int, ...] = (2, 3)  # AssembleNet cell levels
-    data: str | None = None  # TFRecord pattern; None = the synthetic task
+    data: str | None = None  # TFRecord pattern; None = the in-memory `task`
+    # Without --data: "synthetic" (the 4-class temporal task of synthetic.py, endless) or "relation" (the
+    # relation variant of ablation/benchmark.py: same/different glyphs far apart in space and time, a
+    # local cue right on 60 %; a fixed benchmark drawn from `task_seed`, the same for every search seed,
+    # with `task_clips` training clips and a quarter of that in its val and test splits).
+    task: str = "synthetic"
+    task_seed: int = 0
+    task_clips: int = 4096
+    task_cache: str | None = None  # folder caching the relation benchmark's arrays (None: made in memory)
     dataset: str = "charades"
-    num_classes: int = len(SYNTHETIC_CLASSES)
+    num_classes: int | None = None  # None: the task's (synthetic 4, relation 2); --data: required
     eval_batches: int = 8
     recalibration_batches: int = 20  # BatchNorm re-estimation before evaluating (evaluate_accuracy)
     eager: bool = False  # TensorFlow only: run_eagerly (tracing the supernet costs ~1 min on CPU)
@@ -63,10 +73,48 @@ class SearchConfig:
             raise ValueError(f"arch_lr must be positive (or None: DARTS's budget), got {self.arch_lr}")
         if not 0 < self.final_temperature <= 1:
             raise ValueError(f"final_temperature must be in (0, 1], got {self.final_temperature}")
-        if self.data is None and self.num_classes != len(SYNTHETIC_CLASSES):
+        if self.task not in TASK_CLASSES:
+            raise ValueError(f"task must be one of {sorted(TASK_CLASSES)}, got {self.task!r}")
+        if self.task_clips < 4:
+            raise ValueError(f"task_clips must be >= 4, got {self.task_clips}")
+        if self.num_classes is None:
+            if self.data is not None:
+                raise ValueError("--data needs num_classes")
+            object.__setattr__(self, "num_classes", TASK_CLASSES[self.task])  # the task's own
+        if self.data is None and self.num_classes != TASK_CLASSES[self.task]:
             raise ValueError(
-                f"the synthetic task has {len(SYNTHETIC_CLASSES)} classes, got num_classes={self.num_classes}"
+                f"the {self.task} task has {TASK_CLASSES[self.task]} classes, got num_classes={self.num_classes}"
             )
+
+
+TASK_CLASSES = {"synthetic": len(SYNTHETIC_CLASSES), "relation": 2}
+
+
+def relation_benchmark(config: SearchConfig):
+    """The relation benchmark (ablation.benchmark, variant "relation") of `config`: its clips at the
+    search's frames and size, drawn from `task_seed`; loaded once per process."""
+    from ablation.benchmark import versioned
+
+    quarter = max(2, config.task_clips // 4)
+    return _load_benchmark(
+        versioned(
+            "relation",
+            seed=config.task_seed,
+            frames=config.frames,
+            size=config.size,
+            train_clips=config.task_clips,
+            val_clips=quarter,
+            test_clips=quarter,
+        ),
+        config.task_cache,
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _load_benchmark(benchmark_config, cache_dir):
+    from ablation.benchmark import load_or_generate
+
+    return load_or_generate(benchmark_config, cache_dir)
 
 
 def build_backbone(config: SearchConfig, cell_config: dict | None):
@@ -133,10 +181,25 @@ def heldout_split(ids, fraction: float) -> tuple[list[str], list[str]]:
 
 
 def _batches(
-    config: SearchConfig, modalities, seed: int, *, training: bool = True, only_ids=None, seen=None
+    config: SearchConfig, modalities, seed: int, *, training: bool = True, only_ids=None, seen=None,
+    split: str = "train",
 ):
-    """Endless (inputs, labels) batches: synthetic, or the TFRecords through preprocessing.dataset
-    (restricted to the videos in `only_ids` when given: full batches of those videos only)."""
+    """Endless (inputs, labels) batches: synthetic; the relation benchmark's `split` (training: a new
+    permutation of its clips every pass, drawn from `seed`; else its clips in order); or the TFRecords
+    through preprocessing.dataset (restricted to the videos in `only_ids` when given: full batches of
+    those videos only)."""
+    if config.data is None and config.task == "relation":
+        bench = relation_benchmark(config)
+        n = len(bench.splits[split])
+        if n < config.batch_size:
+            raise ValueError(f"the relation task's {split} split has {n} clips, fewer than a batch of "
+                             f"{config.batch_size} (raise task_clips)")
+        rng = np.random.default_rng(seed)
+        while True:
+            order = rng.permutation(n) if training else np.arange(n)
+            for start in range(0, n - config.batch_size + 1, config.batch_size):
+                index = np.sort(order[start : start + config.batch_size])
+                yield bench.inputs(split, index, modalities), bench.labels(split)[index]
     if config.data is None:
         rng = np.random.default_rng(seed)
         while True:
@@ -221,11 +284,15 @@ def recalibrate_batchnorm(model, batches, num_batches: int = 20) -> None:
 
 def evaluate_accuracy(model, config: SearchConfig, modalities, *, seed: int) -> float:
     """Top-1 accuracy on `eval_batches` batches never used in training (their own seed), after
-    recalibrating BatchNorm on other unseen batches."""
+    recalibrating BatchNorm on other unseen batches. The relation task: on its whole test split (as many
+    full batches as it holds), BatchNorm recalibrated on training clips."""
     recalibrate_batchnorm(model, _batches(config, modalities, seed + 1), config.recalibration_batches)
-    batches = _batches(config, modalities, seed, training=False)
+    batches = _batches(config, modalities, seed, training=False, split="test")
+    count = config.eval_batches
+    if config.data is None and config.task == "relation":
+        count = len(relation_benchmark(config).splits["test"]) // config.batch_size
     correct = total = 0
-    for _ in range(config.eval_batches):
+    for _ in range(count):
         inputs, labels = next(batches)
         logits = np.asarray(model.predict_on_batch(_model_inputs(model, inputs)))
         correct += _correct(logits, labels)

@@ -31,8 +31,11 @@ def test_relation_variant_is_deterministic_from_its_seed_and_keeps_older_digests
                                          cue_accuracy=0.7).digest()
     # The relation fields stay out of v1's and v2's digests (their cache files keep their names).
     assert B.BenchmarkConfig().digest() == "beb91735853c"
-    with pytest.raises(ValueError, match="RGB only"):
-        a.inputs("train", [0], ("rgb", "flow"))
+    inputs = a.inputs("train", [0, 3], ("rgb", "flow", "object"))
+    assert inputs["rgb"].shape == (2, 16, 32, 32, 3) and inputs["rgb"].min() >= -1
+    assert inputs["flow"].shape == (2, 16, 32, 32, 2) and not inputs["flow"].any() and not inputs["object"].any()
+    with pytest.raises(ValueError, match="asked for"):
+        a.inputs("train", [0], ("rgb", B.DECOY_STREAM))
     with pytest.raises(ValueError, match="relation_window"):
         B.versioned("relation", frames=4, relation_window=2)
 

@@ -16,7 +16,8 @@ def register(subparsers):
         "attention-search",
         help="search an AttentionNAS attention cell (one-shot, DARTS-style)",
         description="Trains a supernet cell inside a small backbone and writes OUT/cell.json, "
-        "OUT/arch_weights.json, OUT/cell.png and OUT/search.json.",
+        "OUT/arch_weights.json, OUT/cell.png, OUT/entropy.png and OUT/search.json (per step: the entropy "
+        "of every choice and the cell the weights would give).",
     )
     p.add_argument("--backbone", choices=("resnet", "assemblenet"), default="resnet")
     p.add_argument(
@@ -27,10 +28,21 @@ def register(subparsers):
     p.add_argument("--frames", type=positive(int, 4096), default=8)
     p.add_argument("--size", type=SIDE, default=32)
     p.add_argument(
-        "--data", default=None, help="TFRecord pattern; without it the synthetic proxy task is used"
+        "--data", default=None, help="TFRecord pattern; without it the in-memory --task is used"
     )
+    p.add_argument(
+        "--task", choices=("synthetic", "relation"), default="synthetic",
+        help="without --data: synthetic (4 temporal patterns, endless clips) or relation (same/different "
+        "glyphs far apart in space and time, plus a local cue right on 60%%: needs attention; "
+        "ablation/benchmark.py, docs/attention_nas.md)",
+    )
+    p.add_argument("--task-seed", type=SEED, default=0, help="relation: the benchmark's seed (not the search's)")
+    p.add_argument("--task-clips", type=positive(), default=4096,
+                   help="relation: training clips (val and test: a quarter each)")
+    p.add_argument("--task-cache", default=None, help="relation: folder caching the benchmark's arrays")
     p.add_argument("--dataset", choices=("charades", "toyota"), default="charades")
-    p.add_argument("--num-classes", type=positive(), default=None, help="classes of --data (synthetic: 4)")
+    p.add_argument("--num-classes", type=positive(), default=None,
+                   help="classes of --data (without it: the task's, synthetic 4, relation 2)")
     p.add_argument("--batch-size", type=positive(), default=8)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument(
@@ -71,9 +83,8 @@ def register(subparsers):
 
 
 def run(args):
-    from pipelines.attention_search import SYNTHETIC_CLASSES, SearchConfig, search
+    from pipelines.attention_search import SearchConfig, search
 
-    num_classes = args.num_classes or len(SYNTHETIC_CLASSES)
     config = SearchConfig(
         backbone=args.backbone,
         structure=args.structure,
@@ -98,7 +109,11 @@ def run(args):
         after_levels=args.after_levels,
         data=args.data,
         dataset=args.dataset,
-        num_classes=num_classes,
+        num_classes=args.num_classes,
+        task=args.task,
+        task_seed=args.task_seed,
+        task_clips=args.task_clips,
+        task_cache=args.task_cache,
         eager=args.eager,
     )
     record = search(config=config, out_dir=args.out)
