@@ -17,15 +17,16 @@
 # Every unit (one search, or one variant over one group of training seeds) is its own process under
 # `timeout STEP_TIMEOUT` (570 s) and leaves OUT/.../.done when it finished: a rerun skips finished units,
 # so a cut run resumes where it stopped. Environment (defaults): OUT (runs/attention_nas_planted),
-# BACKBONES (resnet assemblenet), SEARCH_SEEDS (0 1 2), SEEDS (0,1,2,3,4), SEED_GROUPS (the SEEDS as one
-# group; e.g. "0,1,2 3,4" splits each variant's trainings over two processes), SEARCH_STEPS (600),
-# SEARCH_BATCH (32), STEPS (600), BATCH (32), FRAMES (16), SIZE (32), TASK_SEED (0), TASK_CLIPS (4096),
-# STEP_TIMEOUT (570). Wheels: where .whl/ exists they are installed into /tmp/site first.
+# BACKBONES (resnet assemblenet), SEARCH_SEEDS (0 1 2), SEEDS (0,1,2,3,4: the seeds the report pools),
+# SEED_GROUPS ("0,1,2 3,4": each variant's trainings in two processes, one compile each; SEEDS as one group
+# saves a compile, more groups shorten each process), SEARCH_STEPS (600), SEARCH_BATCH (32), STEPS (1000:
+# training steps of every compared model), BATCH (32), FRAMES (16), SIZE (32), TASK_SEED (0),
+# TASK_CLIPS (4096), STEP_TIMEOUT (570). Wheels: where .whl/ exists they are installed into /tmp/site first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/attention_nas_planted}; BACKBONES=${BACKBONES:-resnet assemblenet}
-SEARCH_SEEDS=${SEARCH_SEEDS:-0 1 2}; SEEDS=${SEEDS:-0,1,2,3,4}; SEED_GROUPS=${SEED_GROUPS:-$SEEDS}
-SEARCH_STEPS=${SEARCH_STEPS:-600}; SEARCH_BATCH=${SEARCH_BATCH:-32}; STEPS=${STEPS:-600}; BATCH=${BATCH:-32}
+SEARCH_SEEDS=${SEARCH_SEEDS:-0 1 2}; SEEDS=${SEEDS:-0,1,2,3,4}; SEED_GROUPS=${SEED_GROUPS:-0,1,2 3,4}
+SEARCH_STEPS=${SEARCH_STEPS:-600}; SEARCH_BATCH=${SEARCH_BATCH:-32}; STEPS=${STEPS:-1000}; BATCH=${BATCH:-32}
 FRAMES=${FRAMES:-16}; SIZE=${SIZE:-32}; TASK_SEED=${TASK_SEED:-0}; TASK_CLIPS=${TASK_CLIPS:-4096}
 STEP_TIMEOUT=${STEP_TIMEOUT:-570}
 mkdir -p "$OUT"
@@ -47,7 +48,7 @@ unit() {  # folder, command...: runs the command once (skipped when folder/.done
   if timeout "$STEP_TIMEOUT" "$@" > "$dir/log.txt" 2>&1; then
     echo "{\"seconds\": $(( $(date +%s) - t0 ))}" > "$dir/.done"; stamp "finished in $(( $(date +%s) - t0 )) s: $dir"
   else
-    FAILED=1; stamp "FAILED or cut (rc $?, rerun to resume): $dir"; tail -n 20 "$dir/log.txt"
+    local rc=$?; FAILED=1; stamp "FAILED or cut (rc $rc, rerun to resume): $dir"; tail -n 20 "$dir/log.txt"
   fi
 }
 
@@ -95,7 +96,7 @@ train() {
 
 report() {
   local dirs
-  dirs=$(find "$OUT/search" "$OUT/train" -name .done -printf '%h\n' 2>/dev/null | grep -v '/search/' | sort | paste -sd,)
+  dirs=$(find "$OUT/train" -name .done -printf '%h\n' 2>/dev/null | sort | paste -sd,)
   mkdir -p "$OUT/report"
   python3 benchmarks/attention_cells.py $TASK $SHAPE --steps "$STEPS" --batch-size "$BATCH" --seeds "$SEEDS" \
       --merge "$OUT/search,$dirs" --out "$OUT/report" > "$OUT/report/log.txt" 2>&1 || { FAILED=1; tail -n 20 "$OUT/report/log.txt"; }
