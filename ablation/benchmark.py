@@ -701,11 +701,19 @@ def oracle_check(bench: Benchmark, eval_split: str = "val") -> dict[str, dict[st
     three, trained on `train`, measured on `eval_split`. A measurement, not a target."""
     train, test = bench.splits["train"], bench.splits[eval_split]
     if bench.config.relation:
-        # The cue alone, and the same linear probe on pooled RGB (features of a 4 x 4 grid: local).
-        predicted = softmax_probe(probe_features(train, "rgb"), train.labels, probe_features(test, "rgb"),
-                                  bench.num_classes)
-        return {"cue": {"accuracy": float(np.mean(test.cue == test.labels))},
-                "rgb": {"accuracy": float(np.mean(predicted == test.labels))}}
+        # The cue alone; the linear probe on pooled RGB of the other variants; and two probes told where
+        # the glyphs are: "additive" (linear in the two glyphs' and the cue's pixels, i.e. a score
+        # g(early) + h(late) + c(cue), what no attention allows) and "relational" (the same plus
+        # |early - late| per glyph cell: a comparison of the two).
+        result = {"cue": {"accuracy": float(np.mean(test.cue == test.labels))}}
+        pairs = {"rgb": (probe_features(train, "rgb"), probe_features(test, "rgb"))}
+        parts = [relation_features(bench.config, data) for data in (train, test)]
+        pairs["additive"] = tuple(np.concatenate(p[:3], 1) for p in parts)
+        pairs["relational"] = tuple(np.concatenate(p[:3] + (np.abs(p[0] - p[1]),), 1) for p in parts)
+        for name, (xtr, xte) in pairs.items():
+            predicted = softmax_probe(xtr, train.labels, xte, bench.num_classes)
+            result[name] = {"accuracy": float(np.mean(predicted == test.labels))}
+        return result
     streams = ("rgb", "flow", "object") + ((DECOY_STREAM,) if bench.config.decoy else ())
     feats = {m: (probe_features(train, m), probe_features(test, m)) for m in streams}
     feats["all"] = tuple(np.concatenate([feats[m][i] for m in ("rgb", "flow", "object")], 1) for i in (0, 1))
@@ -719,6 +727,22 @@ def oracle_check(bench: Benchmark, eval_split: str = "val") -> dict[str, dict[st
             for subset, where in (("segmenter_failed", failed), ("segmenter_ok", ~failed)):
                 result[name][subset] = _probe_scores(predicted[where], test.labels[where])
     return result
+
+
+def relation_features(config: BenchmarkConfig, data: Split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(early, late, cue) per clip of a relation split: the early glyph's 3 x 3 cells (RGB means over its
+    frames), the late glyph's, and the cue square's mean RGB."""
+    n, w, cell = len(data.labels), config.relation_window, config.size // 16
+    early, late = np.empty((n, 27), np.float32), np.empty((n, 27), np.float32)
+    top, left, side = cue_box(config)
+    cue = data.rgb[:, :, top:top + side, left:left + side].astype(np.float32).mean(axis=(1, 2, 3)) / 127.5 - 1
+    for k in range(n):
+        for out, corner, frames in ((early, data.corner[k], slice(0, w)),
+                                    (late, 3 - data.corner[k], slice(config.frames - w, config.frames))):
+            top, left, side = glyph_box(config, int(corner))
+            patch = data.rgb[k, frames, top:top + side, left:left + side].astype(np.float32) / 127.5 - 1
+            out[k] = patch.mean(0).reshape(3, cell, 3, cell, 3).mean(axis=(1, 3)).reshape(-1)
+    return early, late, cue
 
 
 def _probe_scores(predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:

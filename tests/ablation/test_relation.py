@@ -85,3 +85,13 @@ def test_each_glyph_alone_says_nothing_about_the_class():
         counts = np.stack([np.bincount(data.pattern[data.labels == c, column], minlength=4) for c in (0, 1)])
         shares = counts / counts.sum(1, keepdims=True)
         assert np.abs(shares - 0.25).max() < 0.035  # uniform in each class (binomial sd 0.01)
+
+
+def test_oracle_probes_stop_at_the_cue_without_the_relation_and_pass_it_with_it():
+    """A linear probe told where the glyphs are: additive in the two glyphs (what local features allow)
+    it does no better than the cue; given |early - late| it solves the task."""
+    bench = B.generate(B.versioned("relation", seed=2, train_clips=768, val_clips=400, test_clips=4))
+    oracle = B.oracle_check(bench)
+    assert oracle["cue"]["accuracy"] == 0.6
+    assert abs(oracle["additive"]["accuracy"] - 0.6) < 0.06
+    assert oracle["relational"]["accuracy"] > 0.9
