@@ -711,7 +711,9 @@ def oracle_check(bench: Benchmark, eval_split: str = "val") -> dict[str, dict[st
         pairs["additive"] = tuple(np.concatenate(p[:3], 1) for p in parts)
         pairs["relational"] = tuple(np.concatenate(p[:3] + (np.abs(p[0] - p[1]),), 1) for p in parts)
         for name, (xtr, xte) in pairs.items():
-            predicted = softmax_probe(xtr, train.labels, xte, bench.num_classes)
+            # A smaller rate than the other variants' probe: at 0.5 the additive probe oscillates (measured
+            # on the default relation benchmark: 0.50, under the cue it holds as a feature).
+            predicted = softmax_probe(xtr, train.labels, xte, bench.num_classes, lr=0.05)
             result[name] = {"accuracy": float(np.mean(predicted == test.labels))}
         return result
     streams = ("rgb", "flow", "object") + ((DECOY_STREAM,) if bench.config.decoy else ())

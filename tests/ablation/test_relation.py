@@ -90,8 +90,9 @@ def test_each_glyph_alone_says_nothing_about_the_class():
 def test_oracle_probes_stop_at_the_cue_without_the_relation_and_pass_it_with_it():
     """A linear probe told where the glyphs are: additive in the two glyphs (what local features allow)
     it does no better than the cue; given |early - late| it solves the task."""
-    bench = B.generate(B.versioned("relation", seed=2, train_clips=768, val_clips=400, test_clips=4))
+    bench = B.generate(B.versioned("relation", seed=2, train_clips=1536, val_clips=400, test_clips=4))
     oracle = B.oracle_check(bench)
     assert oracle["cue"]["accuracy"] == 0.6
-    assert abs(oracle["additive"]["accuracy"] - 0.6) < 0.06
-    assert oracle["relational"]["accuracy"] > 0.9
+    # No better than the cue (400 clips: binomial sd 0.025); were a glyph alone informative, it would be.
+    assert oracle["additive"]["accuracy"] <= 0.6 + 0.05
+    assert oracle["relational"]["accuracy"] > 0.95
