@@ -325,7 +325,8 @@ def table(report: dict) -> str:
     lines = []
     for b in report["backbones"]:
         lines.append(
-            f"\n### {b['backbone']} ({report['args'].get('task', 'synthetic')} task; cells at {', '.join(b['positions'])}; "
+            f"\n### {b['backbone']} ({report['args'].get('task', 'synthetic')} task; "
+            f"cells at {', '.join(b['positions'])}; "
             f"{report['args']['steps']} training steps × batch {report['args']['batch_size']}, "
             f"{report['args']['frames']}×{report['args']['size']}² clips, training seeds "
             f"{','.join(map(str, report['args']['seeds']))})\n"

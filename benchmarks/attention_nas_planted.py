@@ -16,8 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 
 def load_searches(folder: Path) -> dict:
     """{backbone: {seed: search.json record}} under `folder`."""
