@@ -28,6 +28,20 @@ accuracy). The modalities carry the two factors unequally, like Charades' (Assem
   of up to `camera_pan` of the side over the clip (every pixel's flow shifts by it); the actor's
   start is drawn so that its whole path stays in the frame.
 
+The `relation` variant (`versioned("relation")`) is another task on the same machinery (seeds, splits,
+cache), built so that only a long-range relation solves it (for AttentionNAS's search and the
+non-local block; docs/attention_nas.md): RGB (flow is zero and the masks background: nothing moves,
+no object is labelled), 2 classes, "same" / "different". A small glyph (one
+of `patterns`) shows in one corner during the first `relation_window` frames, and a glyph shows in the
+opposite corner during the last `relation_window` frames; the class says whether the two glyphs are the
+same. Each glyph alone is uniform over the glyphs whatever the class, so no feature that sees only one
+of them carries anything about the class; a network whose every pooled feature sees at most one (its
+temporal receptive field shorter than the gap, then global average pooling and a linear layer: an
+additive score g(early) + h(late), which cannot express equality, XOR-like) is left with the local
+*cue*: a central square, present in every frame, whose colour shows one class and is right on exactly
+`cue_accuracy` of the clips of each split (default 0.6). So local features stop at the cue's accuracy
+while attention between the two corners allows up to 100 %.
+
 Splits: train / val / test of fixed sizes, each generated from its own stream of `seed` (so adding
 train clips changes no val clip), classes balanced and shuffled. `load_or_generate` caches the
 arrays under a hash of the config; `python -m ablation.benchmark --out DIR --seed S`
@@ -73,6 +87,18 @@ DECOY_STREAM = "flow_decoy"
 TYPE_COLOURS = ((0.85, -0.55, -0.55), (-0.55, 0.85, -0.55), (-0.55, -0.55, 0.85))
 # Mask noise states recorded per object and frame.
 MASK_OK, MASK_MISSED, MASK_WRONG = 0, 1, 2
+# The relation variant: its classes, and its glyphs (3 x 3 binary patterns, drawn at `size` // 16 px a
+# cell): each differs from every other in at least 4 of its 9 cells, and all have 5 cells on, so neither
+# a glyph's outline nor its brightness tells it from another.
+RELATION_CLASSES = ("same", "different")
+GLYPHS = (
+    ((1, 0, 1), (0, 1, 0), (1, 0, 1)),  # cross
+    ((0, 1, 0), (1, 1, 1), (0, 1, 0)),  # plus
+    ((1, 1, 1), (0, 0, 1), (0, 0, 1)),  # corner
+    ((1, 0, 0), (1, 0, 0), (1, 1, 1)),  # the opposite corner
+)
+# The cue square's colour per class it shows (far apart, as TYPE_COLOURS).
+CUE_COLOURS = ((0.85, -0.55, -0.55), (-0.55, -0.55, 0.85))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +134,13 @@ class BenchmarkConfig:
     # shows the colour of a random type, so RGB's colour cue is wrong two times in three. Which
     # modality to trust changes from clip to clip.
     object_failure_rate: float = 0.0
+    # The relation variant (module docstring; `RELATION` turns it on; off, its fields do not enter the
+    # digest): `patterns` glyphs (2..len(GLYPHS)), each shown for `relation_window` frames at the start
+    # (one corner) and the end (the opposite corner), and the cue, right on `cue_accuracy` of the clips.
+    relation: bool = False
+    patterns: int = 4
+    relation_window: int = 2
+    cue_accuracy: float = 0.6
 
     def __post_init__(self):
         if self.frames < 2 or self.size < 8:
@@ -120,6 +153,19 @@ class BenchmarkConfig:
             raise ValueError(f"BenchmarkConfig.distractors={self.distractors}: expected 0 <= low <= high")
         if not 0.0 <= self.object_failure_rate <= 1.0:
             raise ValueError(f"BenchmarkConfig.object_failure_rate={self.object_failure_rate} must be in [0, 1]")
+        if self.relation:
+            if self.decoy or self.object_failure_rate:
+                raise ValueError("BenchmarkConfig: the relation variant has no decoy stream and no segmenter "
+                                 f"failure (decoy={self.decoy}, object_failure_rate={self.object_failure_rate})")
+            if not 2 <= self.patterns <= len(GLYPHS):
+                raise ValueError(f"BenchmarkConfig.patterns={self.patterns} must be in 2..{len(GLYPHS)}")
+            if self.size < 16:
+                raise ValueError(f"BenchmarkConfig: the relation variant needs size >= 16, got {self.size}")
+            if self.relation_window < 1 or 2 * self.relation_window >= self.frames:
+                raise ValueError(f"BenchmarkConfig.relation_window={self.relation_window} must be >= 1 and "
+                                 f"leave a gap between the two glyphs in frames={self.frames}")
+            if not 0.0 <= self.cue_accuracy <= 1.0:
+                raise ValueError(f"BenchmarkConfig.cue_accuracy={self.cue_accuracy} must be in [0, 1]")
         if not (0 <= self.miss_rate and 0 <= self.wrong_label_rate and self.miss_rate + self.wrong_label_rate <= 1):
             raise ValueError(f"BenchmarkConfig: miss_rate={self.miss_rate} and wrong_label_rate="
                              f"{self.wrong_label_rate} must be >= 0 and sum to <= 1")
@@ -131,11 +177,19 @@ class BenchmarkConfig:
     def version(self) -> int:
         return 2 if self.decoy or self.object_failure_rate else 1
 
+    @property
+    def num_classes(self) -> int:
+        return len(RELATION_CLASSES) if self.relation else NUM_CLASSES
+
     def digest(self) -> str:
-        # v2's fields are left out where they are off, so a v1 config keeps its digest (and cache file).
+        # v2's fields are left out where they are off, and the relation variant's unless it is on, so a
+        # v1 config keeps its digest (and cache file).
         fields = dataclasses.asdict(self)
         for name in V2_FIELDS:
             if fields[name] == V1_OFF[name]:
+                del fields[name]
+        if not self.relation:
+            for name in RELATION_FIELDS:
                 del fields[name]
         text = json.dumps(fields, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -145,11 +199,17 @@ V1_OFF = {"decoy": False, "object_failure_rate": 0.0}
 V2_FIELDS = tuple(V1_OFF)
 # Benchmark v2: v1 plus the decoy stream and per-clip segmenter failure in half of the clips.
 V2 = {"decoy": True, "object_failure_rate": 0.5}
-VERSIONS = {"v1": {}, "v2": V2}
+RELATION_FIELDS = ("relation", "patterns", "relation_window", "cue_accuracy")
+# The relation variant: 16 frames of 32², 4096 / 1024 / 1024 clips. The last early frame (1) and the first
+# late one (14) span 14 frames, one more than the temporal receptive field of the proxy ResNet of
+# pipelines/attention_search (5 + 4 x 2 = 13 frames: no unit of it sees both glyphs).
+RELATION = {"relation": True, "frames": 16, "size": 32, "train_clips": 4096, "val_clips": 1024,
+            "test_clips": 1024}
+VERSIONS = {"v1": {}, "v2": V2, "relation": RELATION}
 
 
 def versioned(version: str = "v1", **fields) -> BenchmarkConfig:
-    """The BenchmarkConfig of benchmark `version` ("v1" or "v2") with `fields` set."""
+    """The BenchmarkConfig of benchmark `version` ("v1", "v2" or "relation") with `fields` set."""
     if version not in VERSIONS:
         raise ValueError(f"benchmark version {version!r}: expected one of {sorted(VERSIONS)}")
     return BenchmarkConfig(**{**VERSIONS[version], **fields})
@@ -163,7 +223,10 @@ class Split:
     (the pan in px/frame: the scene moves by -camera in the image); mask_state uint8 (N, O, T) for the
     O object slots (slot 0 = actor; padded slots are 255); slot_type int16 (N, O) (type index, -1 = no
     object); v2 only (else empty): object_failed bool (N,) (the clip's segmenter failed), decoy_source
-    int32 (N,) (the clip whose flow the decoy stream shows)."""
+    int32 (N,) (the clip whose flow the decoy stream shows). The relation variant fills rgb, labels and
+    its own fields, the others are empty: pattern int32 (N, 2) (the early and the late glyph), corner
+    int32 (N,) (the early glyph's corner: 0 top left, 1 top right, 2 bottom left, 3 bottom right; the late
+    one is in 3 - corner), cue int32 (N,) (the class the cue square shows)."""
 
     rgb: np.ndarray
     flow: np.ndarray
@@ -178,6 +241,9 @@ class Split:
     slot_type: np.ndarray
     object_failed: np.ndarray
     decoy_source: np.ndarray
+    pattern: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))
+    corner: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))
+    cue: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -186,12 +252,14 @@ class Split:
 class Benchmark:
     """The three splits of one config, with model inputs in the layout of docs/CONTRACTS.md."""
 
-    num_classes = NUM_CLASSES
-
     def __init__(self, config: BenchmarkConfig, splits: dict[str, Split], path: Path | None = None):
         self.config = config
         self.splits = splits
         self.path = path  # the .npz it was loaded from or cached in (worker processes load it from there)
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
 
     @property
     def frames(self) -> int:
@@ -204,8 +272,16 @@ class Benchmark:
     def inputs(self, split: str, index, modalities=("rgb", "flow", "object")) -> dict[str, np.ndarray]:
         """Model inputs of clips `index` of `split`: rgb float32 in [-1, 1], flow float32 px/20, object int32."""
         data = self.splits[split]
+        if self.config.relation and set(modalities) - {"rgb", "flow", "object"}:
+            raise ValueError(f"the relation variant has rgb, flow and object inputs, asked for {list(modalities)}")
         out = {}
         for m in modalities:
+            if self.config.relation and m != "rgb":
+                # A relation clip is static and labels no object: zero flow, background masks (so a
+                # three-stream AssembleNet runs on it; only RGB carries the task).
+                shape = (len(data.labels[index]), self.frames, self.size, self.size)
+                out[m] = np.zeros(shape + (2,), np.float32) if m == "flow" else np.zeros(shape, np.int32)
+                continue
             if m == "rgb":
                 out[m] = data.rgb[index].astype(np.float32) / 127.5 - 1.0
             elif m == "flow":
@@ -223,6 +299,11 @@ class Benchmark:
         return self.splits[split].labels
 
     def describe(self) -> dict[str, Any]:
+        if self.config.relation:
+            return {"config": dataclasses.asdict(self.config), "digest": self.config.digest(),
+                    "classes": list(RELATION_CLASSES), "clips": {s: len(self.splits[s]) for s in self.splits},
+                    "metric": f"top-1 accuracy (2 balanced classes; chance 0.5; the cue alone "
+                              f"{self.config.cue_accuracy:g})"}
         return {"config": dataclasses.asdict(self.config), "digest": self.config.digest(),
                 "classes": class_names(), "clips": {s: len(self.splits[s]) for s in self.splits},
                 "metric": "top-1 accuracy (single label, 12 balanced classes; chance 1/12)"}
@@ -287,6 +368,8 @@ def generate_split(config: BenchmarkConfig, split: str, progress: bool = False, 
     from tqdm import tqdm
 
     n = config.clips(split)
+    if config.relation:
+        return generate_relation_split(config, split)
     labels = _split_rng(config.seed, split).permutation(np.arange(n) % NUM_CLASSES).astype(np.int32)
     out = _empty_split(config, labels)
     chunk = 64
@@ -431,6 +514,80 @@ def _render_clip(config: BenchmarkConfig, rng: np.random.Generator, out: Split, 
     out.object[k] = mask
 
 
+# ----------------------------------------------------------------------------------------------
+# The relation variant (module docstring).
+
+def relation_label(early, late):
+    """The class of a relation clip: 0 ("same") where the two glyphs are equal, else 1 ("different")."""
+    return (np.asarray(early) != np.asarray(late)).astype(np.int32)
+
+
+def glyph_box(config: BenchmarkConfig, corner: int) -> tuple[int, int, int]:
+    """(top, left, side) in px of the glyph drawn in `corner` (0 top left, 1 top right, 2 bottom left,
+    3 bottom right): 3 cells of size // 16 px, size // 16 px from the edges."""
+    cell = config.size // 16
+    side, margin = 3 * cell, cell
+    far = config.size - margin - side
+    return (margin if corner < 2 else far), (margin if corner % 2 == 0 else far), side
+
+
+def cue_box(config: BenchmarkConfig) -> tuple[int, int, int]:
+    """(top, left, side) of the cue square: size // 8 px in the centre."""
+    side = config.size // 8
+    return (config.size - side) // 2, (config.size - side) // 2, side
+
+
+def render_relation_clip(config: BenchmarkConfig, rng: np.random.Generator, early: int, late: int, corner: int,
+                         cue: int) -> np.ndarray:
+    """(T, S, S, 3) float rgb in [-1, 1] of one relation clip. The random draws (background, colour,
+    noise) do not depend on the glyphs, so the same `rng` state with another `late` changes only the late
+    glyph's pixels."""
+    t_len, s, w = config.frames, config.size, config.relation_window
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
+    base = rng.uniform(-0.7, -0.3, 3)
+    grad = rng.uniform(-0.2, 0.2, (2, 3))
+    frame = base + xx[..., None] * grad[0] + yy[..., None] * grad[1]
+    rgb = np.broadcast_to(frame, (t_len, s, s, 3)).copy()
+    colour = rng.uniform(0.3, 0.9, 3)  # both glyphs in the clip's one colour: colour tells nothing
+    cell = s // 16
+    for glyph, box_corner, frames in ((early, corner, slice(0, w)), (late, 3 - corner, slice(t_len - w, t_len))):
+        top, left, side = glyph_box(config, box_corner)
+        on = np.kron(np.asarray(GLYPHS[glyph], bool), np.ones((cell, cell), bool))
+        patch = rgb[frames, top:top + side, left:left + side]
+        patch[:, on] = colour
+    top, left, side = cue_box(config)
+    shade = np.asarray(CUE_COLOURS[cue]) + rng.normal(0, config.colour_jitter, 3)
+    rgb[:, top:top + side, left:left + side] = np.clip(shade, -1, 1)
+    rgb = rgb + rng.normal(0, config.rgb_noise, rgb.shape)
+    return np.clip(rgb, -1, 1)
+
+
+def generate_relation_split(config: BenchmarkConfig, split: str) -> Split:
+    """The clips of `split` of the relation variant. The split's stream draws the balanced, shuffled
+    labels and which clips' cue is right (exactly round(cue_accuracy × n) of them); each clip's own stream
+    its corner, glyphs and pixels."""
+    n = config.clips(split)
+    stream = _split_rng(config.seed, split)
+    labels = stream.permutation(np.arange(n) % len(RELATION_CLASSES)).astype(np.int32)
+    right = stream.permutation(np.arange(n) < round(config.cue_accuracy * n))
+    cue = np.where(right, labels, 1 - labels).astype(np.int32)
+    empty = np.zeros(0, np.int32)
+    out = Split(rgb=np.empty((n, config.frames, config.size, config.size, 3), np.uint8), flow=empty,
+                object=empty, labels=labels, motion=empty, object_type=empty, actor_path=empty,
+                actor_phase=empty, camera=empty, mask_state=empty, slot_type=empty, object_failed=empty,
+                decoy_source=empty, pattern=np.empty((n, 2), np.int32), corner=np.empty(n, np.int32), cue=cue)
+    for k in range(n):
+        rng = _split_rng(config.seed, split, k)
+        corner = int(rng.integers(4))
+        early = int(rng.integers(config.patterns))
+        # "different": the late glyph uniform over the others, so each glyph alone is uniform in both classes.
+        late = early if labels[k] == 0 else int((early + rng.integers(1, config.patterns)) % config.patterns)
+        out.corner[k], out.pattern[k] = corner, (early, late)
+        rgb = render_relation_clip(config, rng, early, late, corner, int(cue[k]))
+        out.rgb[k] = np.round((rgb + 1.0) * 127.5).astype(np.uint8)
+    return out
+
+
 def generate(config: BenchmarkConfig, progress: bool = False, workers: int | None = None) -> Benchmark:
     return Benchmark(config, {split: generate_split(config, split, progress, workers) for split in SPLITS})
 
@@ -543,6 +700,22 @@ def oracle_check(bench: Benchmark, eval_split: str = "val") -> dict[str, dict[st
     """Linear-probe accuracy (class, and its motion and object factors) of rgb, flow, object and all
     three, trained on `train`, measured on `eval_split`. A measurement, not a target."""
     train, test = bench.splits["train"], bench.splits[eval_split]
+    if bench.config.relation:
+        # The cue alone; the linear probe on pooled RGB of the other variants; and two probes told where
+        # the glyphs are: "additive" (linear in the two glyphs' and the cue's pixels, i.e. a score
+        # g(early) + h(late) + c(cue), what no attention allows) and "relational" (the same plus
+        # |early - late| per glyph cell: a comparison of the two).
+        result = {"cue": {"accuracy": float(np.mean(test.cue == test.labels))}}
+        pairs = {"rgb": (probe_features(train, "rgb"), probe_features(test, "rgb"))}
+        parts = [relation_features(bench.config, data) for data in (train, test)]
+        pairs["additive"] = tuple(np.concatenate(p[:3], 1) for p in parts)
+        pairs["relational"] = tuple(np.concatenate(p[:3] + (np.abs(p[0] - p[1]),), 1) for p in parts)
+        for name, (xtr, xte) in pairs.items():
+            # A smaller rate than the other variants' probe: at 0.5 the additive probe oscillates (measured
+            # on the default relation benchmark: 0.50, under the cue it holds as a feature).
+            predicted = softmax_probe(xtr, train.labels, xte, bench.num_classes, lr=0.05)
+            result[name] = {"accuracy": float(np.mean(predicted == test.labels))}
+        return result
     streams = ("rgb", "flow", "object") + ((DECOY_STREAM,) if bench.config.decoy else ())
     feats = {m: (probe_features(train, m), probe_features(test, m)) for m in streams}
     feats["all"] = tuple(np.concatenate([feats[m][i] for m in ("rgb", "flow", "object")], 1) for i in (0, 1))
@@ -556,6 +729,22 @@ def oracle_check(bench: Benchmark, eval_split: str = "val") -> dict[str, dict[st
             for subset, where in (("segmenter_failed", failed), ("segmenter_ok", ~failed)):
                 result[name][subset] = _probe_scores(predicted[where], test.labels[where])
     return result
+
+
+def relation_features(config: BenchmarkConfig, data: Split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(early, late, cue) per clip of a relation split: the early glyph's 3 x 3 cells (RGB means over its
+    frames), the late glyph's, and the cue square's mean RGB."""
+    n, w, cell = len(data.labels), config.relation_window, config.size // 16
+    early, late = np.empty((n, 27), np.float32), np.empty((n, 27), np.float32)
+    top, left, side = cue_box(config)
+    cue = data.rgb[:, :, top:top + side, left:left + side].astype(np.float32).mean(axis=(1, 2, 3)) / 127.5 - 1
+    for k in range(n):
+        for out, corner, frames in ((early, data.corner[k], slice(0, w)),
+                                    (late, 3 - data.corner[k], slice(config.frames - w, config.frames))):
+            top, left, side = glyph_box(config, int(corner))
+            patch = data.rgb[k, frames, top:top + side, left:left + side].astype(np.float32) / 127.5 - 1
+            out[k] = patch.mean(0).reshape(3, cell, 3, cell, 3).mean(axis=(1, 3)).reshape(-1)
+    return early, late, cue
 
 
 def _probe_scores(predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -573,15 +762,15 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--version", choices=sorted(VERSIONS), default="v1",
-                        help="v1, or v2: v1 plus a decoy stream and per-clip segmenter failure")
-    parser.add_argument("--frames", type=int, default=BenchmarkConfig.frames)
-    parser.add_argument("--size", type=int, default=BenchmarkConfig.size)
-    parser.add_argument("--train-clips", type=int, default=BenchmarkConfig.train_clips)
-    parser.add_argument("--val-clips", type=int, default=BenchmarkConfig.val_clips)
-    parser.add_argument("--test-clips", type=int, default=BenchmarkConfig.test_clips)
+                        help="v1; v2: v1 plus a decoy stream and per-clip segmenter failure; relation: the "
+                        "same/different task that needs attention")
+    # Unset: the version's own value (the relation variant's clips are 16 x 32²), else the config's default.
+    for name in ("frames", "size", "train_clips", "val_clips", "test_clips"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
     args = parser.parse_args(argv)
-    config = versioned(args.version, seed=args.seed, frames=args.frames, size=args.size,
-                       train_clips=args.train_clips, val_clips=args.val_clips, test_clips=args.test_clips)
+    sizes = {name: getattr(args, name) for name in ("frames", "size", "train_clips", "val_clips", "test_clips")
+             if getattr(args, name) is not None}
+    config = versioned(args.version, seed=args.seed, **sizes)
     bench = load_or_generate(config, args.out, progress=True)
     oracle = oracle_check(bench)
     path = Path(args.out) / f"benchmark-{config.digest()}-oracle.json"

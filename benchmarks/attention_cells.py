@@ -5,7 +5,10 @@ synthetic proxy task of pipelines/attention_search/ (in-memory clips, no TFRecor
 needed), for each backbone:
   - `resnet`: the small I3D-style ResNet of model/resnet.py, cells after res3_0 and res4_0;
   - `assemblenet`: AssembleNet structure `tiny`, cells after every block of levels 2 and 3;
-one search per --search-seeds seed (DARTS settings of SearchConfig unless overridden), then every
+With --task relation, the same on the planted relation task of ablation/benchmark.py (same/different
+glyphs far apart in space and time, a local cue right on 60 %; scored on its whole test split), where
+local features alone stop at the cue and attention can go further (docs/attention_nas.md).
+One search per --search-seeds seed (DARTS settings of SearchConfig unless overridden), then every
 variant — no cell, non-local block, non-local block widened to the searched cells' mean added params
 ("non-local (matched)", where a reduction ≤ 1 reaches it), each search seed's derived cell, and that
 design at the cell `width` whose added params come closest to the non-local block's ("searched, matched
@@ -121,6 +124,7 @@ def run_backbone(backbone: str, args, out: Path) -> dict:
         num_operations=args.num_operations,
         eval_batches=args.eval_batches,
         recalibration_batches=args.recalibration_batches,
+        **task_fields(args),
     )
     shapes = cell_input_shapes(base)
     cache: dict = {}
@@ -175,7 +179,7 @@ def run_backbone(backbone: str, args, out: Path) -> dict:
             params = result["params"]
         rows.append(
             {"variant": name, "cell": cell, "model_params": params, **added_cost(cell, shapes)}
-            | {"top1": summary(accuracies)}
+            | {"top1": summary(accuracies), "seeds": list(args.seeds)}
         )
         print(f"[{backbone}] {name}: {np.mean(accuracies):.3f} ± {np.std(accuracies, ddof=1):.3f}", flush=True)
         partial.write_text(json.dumps({"searches": searches, "results": rows}, indent=2) + "\n")
@@ -269,7 +273,7 @@ def merge(directories: list, args) -> dict:
             entry["rows"] += json.loads(partial.read_text())["results"]
     for backbone, entry in backbones.items():
         config = SearchConfig(
-            backbone=backbone, structure=args.structure, frames=args.frames, size=args.size
+            backbone=backbone, structure=args.structure, frames=args.frames, size=args.size, **task_fields(args)
         )
         shapes = cell_input_shapes(config)
         for directory in map(Path, directories):
@@ -285,6 +289,7 @@ def merge(directories: list, args) -> dict:
                     **s["cell"], "width": row["cell"]["width"]
                 }:
                     row["variant"] = f"searched, matched cost (search seed {s['seed']}, width {row['cell']['width']:g})"
+        entry["rows"] = pool_rows(entry["rows"])
         entry["report"] = {
             "backbone": backbone,
             "positions": list(shapes),
@@ -295,11 +300,33 @@ def merge(directories: list, args) -> dict:
     return {"args": vars(args), "merged_from": directories, "backbones": [e["report"] for e in backbones.values()]}
 
 
+def pool_rows(rows: list) -> list:
+    """Rows of the same variant (e.g. its training seeds run in several processes) as one row over their
+    seeds, a seed trained twice counted once (the first); rows without seeds stay as they are."""
+    pooled, order = {}, []
+    for row in rows:
+        name = row["variant"]
+        if name not in pooled or "seeds" not in row or "seeds" not in pooled[name]:
+            if name in pooled:  # no seeds to pool by: keep both rows apart
+                name = f"{name} [{len(order)}]"
+            pooled[name] = {**row, "variant": row["variant"]}
+            order.append(name)
+            continue
+        have = pooled[name]
+        values = dict(zip(have["seeds"], have["top1"]["values"], strict=True))
+        for seed, value in zip(row["seeds"], row["top1"]["values"], strict=True):
+            values.setdefault(seed, value)
+        have["seeds"] = sorted(values)
+        have["top1"] = summary([values[k] for k in have["seeds"]])
+    return [pooled[name] for name in order]
+
+
 def table(report: dict) -> str:
     lines = []
     for b in report["backbones"]:
         lines.append(
-            f"\n### {b['backbone']} (cells at {', '.join(b['positions'])}; "
+            f"\n### {b['backbone']} ({report['args'].get('task', 'synthetic')} task; "
+            f"cells at {', '.join(b['positions'])}; "
             f"{report['args']['steps']} training steps × batch {report['args']['batch_size']}, "
             f"{report['args']['frames']}×{report['args']['size']}² clips, training seeds "
             f"{','.join(map(str, report['args']['seeds']))})\n"
@@ -343,6 +370,12 @@ def table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def task_fields(args) -> dict:
+    """The SearchConfig fields of --task (synthetic: the proxy task; relation: the planted task)."""
+    return {"task": args.task, "task_seed": args.task_seed, "task_clips": args.task_clips,
+            "task_cache": args.task_cache}
+
+
 def _ints(text):
     return [int(v) for v in text.split(",") if v.strip()]
 
@@ -355,6 +388,14 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=_ints, default=[0, 1, 2, 3, 4], help="training seeds")
     parser.add_argument("--search-steps", type=int, default=300)
     parser.add_argument("--steps", type=int, default=200, help="training steps of every compared model")
+    parser.add_argument(
+        "--task", choices=("synthetic", "relation"), default="synthetic",
+        help="synthetic: the 4-class temporal proxy; relation: the planted task that needs attention "
+        "(ablation/benchmark.py's relation variant; use --frames 16)",
+    )
+    parser.add_argument("--task-seed", type=int, default=0, help="relation: the benchmark's seed")
+    parser.add_argument("--task-clips", type=int, default=4096, help="relation: training clips (val, test: 1/4)")
+    parser.add_argument("--task-cache", default=None, help="relation: folder caching the benchmark's arrays")
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)

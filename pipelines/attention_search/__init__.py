@@ -20,7 +20,12 @@ exclusions, supernet accuracy, losses and per-choice entropies per step).
 Both steps are Keras's own `train_on_batch` with one optimiser (model.attention_nas.AlternatingAdam) that
 updates one group of variables per step, so the search runs under any backend (TensorFlow, JAX).
 
-The synthetic task (no --data): every clip holds a coloured disc doing one of four temporal patterns —
+The relation task (`--task relation`, no --data): the relation variant of ablation/benchmark.py, a
+same/different judgement between two glyphs far apart in space and time plus a local cue right on 60 %
+of the clips, so only attention across the clip beats the cue; weights train on its train split, the
+architecture on its val split, the supernet is scored on its test split.
+
+The synthetic task (no --data, the default): every clip holds a coloured disc doing one of four temporal patterns —
 static, moving on a line, blinking, or jumping between two far places — plus a static distractor disc and
 pixel noise. A single frame cannot tell static / blinking / jumping apart, so the task needs temporal
 (or spatiotemporal) reasoning and the search has a signal.
@@ -36,6 +41,7 @@ from pipelines.attention_search.backbone import (
     evaluate_accuracy,
     heldout_split,
     recalibrate_batchnorm,
+    relation_benchmark,
     video_ids,
 )
 from pipelines.attention_search.config import SearchConfig
@@ -46,6 +52,7 @@ from pipelines.attention_search.driver import (
     architecture_learning_rate,
     cell_input_shapes,
     choice_entropies,
+    chosen_operations,
     entropies_at_temperature,
     logit_spread,
     plot_entropy,
@@ -61,6 +68,7 @@ __all__ = [
     "build_backbone",
     "cell_input_shapes",
     "choice_entropies",
+    "chosen_operations",
     "DARTS_ARCH_LR",
     "DARTS_ARCH_STEPS",
     "draw_cell",
@@ -70,6 +78,7 @@ __all__ = [
     "logit_spread",
     "plot_entropy",
     "recalibrate_batchnorm",
+    "relation_benchmark",
     "search",
     "search_space",
     "SearchConfig",

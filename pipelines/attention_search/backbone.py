@@ -1,14 +1,43 @@
-"""The model: the proxy backbone with cells inserted, the batches it trains on (synthetic or TFRecords, split by
-video id) and its evaluation. The search's settings (`SearchConfig`) are pipelines.attention_search.config."""
+"""The model: the proxy backbone with cells inserted, the batches it trains on (the synthetic task, the planted
+relation task, or TFRecords split by video id) and its evaluation. The search's settings (`SearchConfig`) are
+pipelines.attention_search.config."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
 
 from pipelines.attention_search.config import SearchConfig
 from pipelines.attention_search.synthetic import synthetic_batch
+
+
+def relation_benchmark(config: SearchConfig):
+    """The relation benchmark (ablation.benchmark, variant "relation") of `config`: its clips at the
+    search's frames and size, drawn from `task_seed`; loaded once per process."""
+    from ablation.benchmark import versioned
+
+    quarter = max(2, config.task_clips // 4)
+    return _load_benchmark(
+        versioned(
+            "relation",
+            seed=config.task_seed,
+            frames=config.frames,
+            size=config.size,
+            train_clips=config.task_clips,
+            val_clips=quarter,
+            test_clips=quarter,
+        ),
+        config.task_cache,
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _load_benchmark(benchmark_config, cache_dir):
+    from ablation.benchmark import load_or_generate
+
+    return load_or_generate(benchmark_config, cache_dir)
 
 
 def build_backbone(config: SearchConfig, cell_config: dict | None):
@@ -75,10 +104,25 @@ def heldout_split(ids, fraction: float) -> tuple[list[str], list[str]]:
 
 
 def _batches(
-    config: SearchConfig, modalities, seed: int, *, training: bool = True, only_ids=None, seen=None
+    config: SearchConfig, modalities, seed: int, *, training: bool = True, only_ids=None, seen=None,
+    split: str = "train",
 ):
-    """Endless (inputs, labels) batches: synthetic, or the TFRecords through preprocessing.dataset
-    (restricted to the videos in `only_ids` when given: full batches of those videos only)."""
+    """Endless (inputs, labels) batches: synthetic; the relation benchmark's `split` (training: a new
+    permutation of its clips every pass, drawn from `seed`; else its clips in order); or the TFRecords
+    through preprocessing.dataset (restricted to the videos in `only_ids` when given: full batches of
+    those videos only)."""
+    if config.data is None and config.task == "relation":
+        bench = relation_benchmark(config)
+        n = len(bench.splits[split])
+        if n < config.batch_size:
+            raise ValueError(f"the relation task's {split} split has {n} clips, fewer than a batch of "
+                             f"{config.batch_size} (raise task_clips)")
+        rng = np.random.default_rng(seed)
+        while True:
+            order = rng.permutation(n) if training else np.arange(n)
+            for start in range(0, n - config.batch_size + 1, config.batch_size):
+                index = np.sort(order[start : start + config.batch_size])
+                yield bench.inputs(split, index, modalities), bench.labels(split)[index]
     if config.data is None:
         rng = np.random.default_rng(seed)
         while True:
@@ -163,11 +207,15 @@ def recalibrate_batchnorm(model, batches, num_batches: int = 20) -> None:
 
 def evaluate_accuracy(model, config: SearchConfig, modalities, *, seed: int) -> float:
     """Top-1 accuracy on `eval_batches` batches never used in training (their own seed), after
-    recalibrating BatchNorm on other unseen batches."""
+    recalibrating BatchNorm on other unseen batches. The relation task: on its whole test split (as many
+    full batches as it holds), BatchNorm recalibrated on training clips."""
     recalibrate_batchnorm(model, _batches(config, modalities, seed + 1), config.recalibration_batches)
-    batches = _batches(config, modalities, seed, training=False)
+    batches = _batches(config, modalities, seed, training=False, split="test")
+    count = config.eval_batches
+    if config.data is None and config.task == "relation":
+        count = len(relation_benchmark(config).splits["test"]) // config.batch_size
     correct = total = 0
-    for _ in range(config.eval_batches):
+    for _ in range(count):
         inputs, labels = next(batches)
         logits = np.asarray(model.predict_on_batch(_model_inputs(model, inputs)))
         correct += _correct(logits, labels)

@@ -20,9 +20,13 @@ def _strs(text):
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+# Classes of each in-memory task (without --data).
+TASK_CLASSES = {"synthetic": len(SYNTHETIC_CLASSES), "relation": 2}
+
 # The flags of `assemblenet attention-search`, in their --help order (--out comes after FLAGS_FIRST).
 FLAGS_FIRST = ("backbone", "structure")
-FLAGS_REST = ("steps", "frames", "size", "data", "dataset", "num_classes", "batch_size", "seed", "optimizer", "lr",
+FLAGS_REST = ("steps", "frames", "size", "data", "task", "task_seed", "task_clips", "task_cache", "dataset",
+              "num_classes", "batch_size", "seed", "optimizer", "lr",
               "lr_min", "weight_decay", "arch_lr", "arch_weight_decay", "arch_start", "final_temperature",
               "heldout_fraction", "num_operations", "width", "blocks", "positions", "after_levels", "eager")
 
@@ -63,11 +67,22 @@ class SearchConfig:
     blocks: tuple[int, ...] = setting((1, 1, 1, 1), "ResNet blocks per stage, e.g. 1,1,1,1", type=_ints)
     positions: tuple[str, ...] = setting(("res3_0", "res4_0"), "ResNet cell positions", type=_strs)
     after_levels: tuple[int, ...] = setting((2, 3), "AssembleNet levels that get a cell", type=_ints)
-    data: str | None = setting(None, "TFRecord pattern; without it the synthetic proxy task is used")
+    data: str | None = setting(None, "TFRecord pattern; without it the in-memory --task is used")
+    # Without --data: "synthetic" (the 4-class temporal task of synthetic.py, endless) or "relation" (the
+    # relation variant of ablation/benchmark.py: same/different glyphs far apart in space and time, a
+    # local cue right on 60 %; a fixed benchmark drawn from `task_seed`, the same for every search seed,
+    # with `task_clips` training clips and a quarter of that in its val and test splits).
+    task: str = setting(
+        "synthetic", "without --data: synthetic (4 temporal patterns, endless clips) or relation (same/different "
+        "glyphs far apart in space and time, plus a local cue right on 60%%: needs attention; "
+        "ablation/benchmark.py, docs/attention_nas.md)", choices=("synthetic", "relation"))
+    task_seed: int = setting(0, "relation: the benchmark's seed (not the search's)", type=SEED)
+    task_clips: int = setting(4096, "relation: training clips (val and test: a quarter each)", type=positive())
+    task_cache: str | None = setting(None, "relation: folder caching the benchmark's arrays")
     dataset: str = setting("charades", None, choices=("charades", "toyota"))
-    # The flag is unset by default: the synthetic task's classes, or --data's.
-    num_classes: int = setting(len(SYNTHETIC_CLASSES), "classes of --data (synthetic: 4)", type=positive(),
-                               flag_default=None)
+    # None: the task's classes (synthetic 4, relation 2); --data: required.
+    num_classes: int | None = setting(None, "classes of --data (without it: the task's, synthetic 4, relation 2)",
+                                      type=positive())
     eval_batches: int = setting(8, "batches of the synthetic task's evaluation", flag=False)
     recalibration_batches: int = setting(
         20, "BatchNorm re-estimation before evaluating (evaluate_accuracy)", flag=False)
@@ -89,7 +104,15 @@ class SearchConfig:
             raise ValueError(f"arch_lr must be positive (or None: DARTS's budget), got {self.arch_lr}")
         if not 0 < self.final_temperature <= 1:
             raise ValueError(f"final_temperature must be in (0, 1], got {self.final_temperature}")
-        if self.data is None and self.num_classes != len(SYNTHETIC_CLASSES):
+        if self.task not in TASK_CLASSES:
+            raise ValueError(f"task must be one of {sorted(TASK_CLASSES)}, got {self.task!r}")
+        if self.task_clips < 4:
+            raise ValueError(f"task_clips must be >= 4, got {self.task_clips}")
+        if self.num_classes is None:
+            if self.data is not None:
+                raise ValueError("--data needs num_classes")
+            object.__setattr__(self, "num_classes", TASK_CLASSES[self.task])  # the task's own
+        if self.data is None and self.num_classes != TASK_CLASSES[self.task]:
             raise ValueError(
-                f"the synthetic task has {len(SYNTHETIC_CLASSES)} classes, got num_classes={self.num_classes}"
+                f"the {self.task} task has {TASK_CLASSES[self.task]} classes, got num_classes={self.num_classes}"
             )

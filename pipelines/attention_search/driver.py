@@ -21,6 +21,7 @@ from pipelines.attention_search.backbone import (
     build_backbone,
     evaluate_accuracy,
     heldout_split,
+    relation_benchmark,
     video_ids,
 )
 from pipelines.attention_search.config import SearchConfig
@@ -125,6 +126,16 @@ def choice_entropies(weights: dict) -> dict:
                 continue
             out[f"{op}.{choice}"] = -sum(p * math.log(p) for p in values if p > 0) / math.log(len(values))
     return out
+
+
+def chosen_operations(cell: dict) -> dict:
+    """{"op{i}.{choice}": the candidate a derived cell takes} (its inputs as a list): what the search
+    would choose were it stopped here, recorded per step so the choices can be plotted over the search."""
+    return {
+        f"op{i}.{key}": value
+        for i, op in enumerate(cell["operations"], start=1)
+        for key, value in op.items()
+    }
 
 
 def entropies_at_temperature(weights: dict, temperature: float) -> dict:
@@ -236,7 +247,19 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dic
     )
     arch_vars = architecture_variables(model)
     cells = supernet_cells(model)
-    if config.data is None:
+    if config.data is None and config.task == "relation":
+        bench = relation_benchmark(config)
+        split = {
+            "kind": "relation",
+            "benchmark": bench.describe(),
+            "train": "the benchmark's train split",
+            "heldout": "the benchmark's val split (architecture steps)",
+            "evaluation": "the benchmark's test split",
+        }
+        train_batches = _batches(config, modalities, config.seed)
+        heldout_batches = _batches(config, modalities, config.seed + 1, split="val")
+        seen = None
+    elif config.data is None:
         split = {
             "kind": "synthetic",
             "train": f"synthetic clips drawn from seed {config.seed}",
@@ -266,7 +289,8 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dic
             optimizer.set_phase("architecture")
             inputs, labels = next(heldout_batches)
             arch_loss = float(np.asarray(model.train_on_batch(_model_inputs(model, inputs), labels)))
-        entropy = choice_entropies(architecture_weights(model))
+        step_weights = architecture_weights(model)
+        entropy = choice_entropies(step_weights)
         history.append(
             {
                 "step": step,
@@ -275,6 +299,7 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dic
                 "temperature": temperature,
                 "mean_entropy": float(np.mean(list(entropy.values()))) if entropy else 0.0,
                 "entropy": entropy,
+                "chosen": chosen_operations(derive_cell(step_weights)),
             }
         )
 

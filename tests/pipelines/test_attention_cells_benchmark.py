@@ -1,6 +1,7 @@
 """benchmarks/attention_cells.py: the searched cell at matched added cost, and the pooled statistics."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,38 @@ def test_statistics_pool_full_width_and_matched_cells_apart():
         "searched, matched cost vs none", "non-local vs none",
     }
     assert [AC.variant_kind(r["variant"]) for r in rows] == ["none", "non-local", "searched", "searched-matched"]
+
+
+def test_pool_rows_joins_one_variants_seed_groups_and_counts_a_repeated_seed_once():
+    row = lambda name, seeds, values: {"variant": name, "seeds": seeds, "top1": AC.summary(values)}
+    rows = [row("none", [0, 1], [0.5, 0.7]), row("non-local", [0], [0.9]), row("none", [1, 2], [0.1, 0.6])]
+    pooled = AC.pool_rows(rows)
+    assert [r["variant"] for r in pooled] == ["none", "non-local"]
+    assert pooled[0]["seeds"] == [0, 1, 2] and pooled[0]["top1"]["values"] == [0.5, 0.7, 0.6]  # seed 1: first run
+    assert pooled[0]["top1"]["mean"] == pytest.approx(0.6) and pooled[0]["top1"]["n"] == 3
+    # Rows of older reports (no seeds) are not merged into one another.
+    old = [{"variant": "none", "top1": AC.summary([0.2])}, {"variant": "none", "top1": AC.summary([0.4])}]
+    assert [r["top1"]["values"] for r in AC.pool_rows(old)] == [[0.2], [0.4]]
+
+
+def test_planted_plot_reports_when_each_choice_settled(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "attention_nas_planted", Path(__file__).resolve().parents[2] / "benchmarks" / "attention_nas_planted.py"
+    )
+    planted = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(planted)
+    chosen = ["temporal", "spatial", "temporal", "temporal"]
+    history = [{"step": s, "mean_entropy": 1 - 0.1 * s, "entropy": {"op1.dimension": 1 - 0.1 * s},
+                "chosen": {"op1.dimension": c}} for s, c in enumerate(chosen)]
+    assert planted.settled_at(history, "op1.dimension") == 2
+    for seed in (0, 1):
+        folder = tmp_path / "search" / "resnet" / f"search_seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / "search.json").write_text(
+            json.dumps({"config": {"seed": seed}, "history": history, "supernet_accuracy": 0.75})
+        )
+    assert planted.main(["plot", "--searches", str(tmp_path / "search"), "--out", str(tmp_path / "report")]) == 0
+    table = (tmp_path / "report" / "choices.md").read_text()
+    assert "| op1.dimension | temporal (0.700; 2) | temporal (0.700; 2) |" in table
+    assert "| supernet top-1 (test split) | 0.750 | 0.750 |" in table
+    assert (tmp_path / "report" / "choices_resnet.png").read_bytes()[:4] == b"\x89PNG"

@@ -11,13 +11,16 @@ from model.attention_nas import normalize_cell
 from pipelines.attention_search import (
     SearchConfig,
     build_backbone,
+    chosen_operations,
     draw_cell,
     heldout_split,
+    relation_benchmark,
     search,
     search_space,
     synthetic_batch,
     train_and_evaluate,
 )
+from pipelines.attention_search.backbone import _batches
 from pipelines.cli import build_parser
 
 SMALL_SPACE = {  # 2 dimensions, g1/g2 fixed
@@ -318,3 +321,50 @@ def test_temperature_schedule_and_entropy_at_temperature():
     assert abs(entropies_at_temperature(weights, 1.0)["op1.g3"] - (h([0.6, 0.4]) + 1) / 2) < 1e-12
     assert abs(entropies_at_temperature(weights, 0.5)["op1.g3"] - (h([9 / 13, 4 / 13]) + 1) / 2) < 1e-12
     assert entropies_at_temperature({"per_cell": {"a": cell}}, 0.01)["op1.g3"] < 1e-14
+
+
+def test_relation_task_batches_cover_each_split_once_per_pass_and_evaluate_the_test_split_in_order():
+    config = SearchConfig(task="relation", batch_size=4, frames=6, size=16, task_clips=16, task_seed=3)
+    assert config.num_classes == 2  # the task's own
+    bench = relation_benchmark(config)
+    assert [len(bench.splits[s]) for s in ("train", "val", "test")] == [16, 4, 4]
+    assert bench.config.seed == 3 and bench.config.frames == 6 and bench.config.size == 16
+    batches = _batches(config, ("rgb", "flow", "object"), 0)
+    first_pass = [next(batches) for _ in range(4)]
+    seen = np.concatenate([x["rgb"] for x, _ in first_pass])
+    # one pass holds every training clip once (compared by their pixels), in a shuffled order
+    assert sorted(map(bytes, seen.reshape(16, -1).round(3))) == sorted(
+        map(bytes, bench.inputs("train", np.arange(16))["rgb"].reshape(16, -1).round(3))
+    )
+    assert first_pass[0][0]["flow"].shape == (4, 6, 16, 16, 2) and not first_pass[0][0]["flow"].any()
+    test = _batches(config, ("rgb",), 0, training=False, split="test")
+    inputs, labels = next(test)
+    np.testing.assert_array_equal(inputs["rgb"], bench.inputs("test", np.arange(4))["rgb"])
+    np.testing.assert_array_equal(labels, bench.labels("test"))
+    with pytest.raises(ValueError, match="relation task has 2 classes"):
+        SearchConfig(task="relation", num_classes=4)
+    with pytest.raises(ValueError, match="task must be one of"):
+        SearchConfig(task="kinetics")
+
+
+@pytest.mark.slow
+def test_search_on_the_relation_task_records_the_chosen_cell_per_step(tmp_path):
+    config = SearchConfig(task="relation", steps=2, batch_size=4, frames=6, size=16, task_clips=16,
+                          num_operations=2, candidates=SMALL_SPACE, recalibration_batches=1, eager=True)
+    record = search(config=config, out_dir=tmp_path)
+    assert record["split"]["kind"] == "relation"
+    assert record["split"]["benchmark"]["clips"] == {"train": 16, "val": 4, "test": 4}
+    assert record["config"]["num_classes"] == 2 and record["config"]["task"] == "relation"
+    # scored on the one full test batch of 4 clips
+    assert record["supernet_accuracy"] in (0.0, 0.25, 0.5, 0.75, 1.0)
+    history = record["history"]
+    assert len(history) == 2 and history[-1]["chosen"] == chosen_operations(record["cell"])
+    assert set(history[0]["chosen"]) == {f"op{i}.{k}" for i in (1, 2) for k in record["cell"]["operations"][0]}
+    assert history[-1]["chosen"]["op1.inputs"] == [0]
+
+
+def test_cli_parses_the_relation_task():
+    args = build_parser().parse_args(
+        ["attention-search", "--out", "o", "--task", "relation", "--task-clips", "64", "--task-seed", "2"]
+    )
+    assert (args.task, args.task_clips, args.task_seed, args.num_classes) == ("relation", 64, 2, None)

@@ -12,7 +12,8 @@ def register(subparsers):
         "attention-search",
         help="search an AttentionNAS attention cell (one-shot, DARTS-style)",
         description="Trains a supernet cell inside a small backbone and writes OUT/cell.json, "
-        "OUT/arch_weights.json, OUT/cell.png and OUT/search.json.",
+        "OUT/arch_weights.json, OUT/cell.png, OUT/entropy.png and OUT/search.json (per step: the entropy "
+        "of every choice and the cell the weights would give).",
     )
     add_flags(p, SearchConfig, FLAGS_FIRST)
     p.add_argument("--out", required=True, help="output directory")
@@ -23,7 +24,7 @@ def register(subparsers):
 def run(args):
     from pipelines.attention_search import search
 
-    config = from_args(SearchConfig, args, FLAGS_FIRST + FLAGS_REST)  # no --num-classes: the field's default
+    config = from_args(SearchConfig, args, FLAGS_FIRST + FLAGS_REST)  # no --num-classes: the task's classes
     record = search(config=config, out_dir=args.out)
     accuracy = record["supernet_accuracy"]
     print(
