@@ -32,7 +32,6 @@ from __future__ import annotations
 import csv
 import functools
 import itertools
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from ablation.suites import LAYOUT, layout_for, search_key
 from model.oneshot import over_connected
 from model.pruning import PRUNE_THRESHOLD
 from model.structure import Structure, get_structure
+from pipelines.checks import write_json, write_text
 
 SEARCH, PRUNED = "one-shot search", "pruned (peer)"
 THRESHOLD = PRUNE_THRESHOLD  # AssembleNet++ §4.1: connections with σ(w) > 0.2 are kept
@@ -195,8 +195,8 @@ def write_summary(rows: Sequence[Mapping[str, Any]], layout: Structure, folder: 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows, layout)
-    (folder / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (folder / "summary.md").write_text(summary_markdown(rows, summary))
+    write_json(folder / "summary.json", summary)
+    write_text(folder / "summary.md", summary_markdown(rows, summary))
     with open(folder / "summary.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
@@ -211,7 +211,7 @@ def write_summary(rows: Sequence[Mapping[str, Any]], layout: Structure, folder: 
         caption.append(f"argmax peers the same in every seed for {100 * summary['peers_all_agree']:.0f}% of the "
                        f"blocks, pairwise {100 * summary['peers_pairwise']:.0f}% (chance "
                        f"{100 * summary['peer_chance']:.0f}%)")
-    (folder / "figures.json").write_text(json.dumps({png.name: "; ".join(caption)}, indent=1) + "\n")
+    write_json(folder / "figures.json", {png.name: "; ".join(caption)})
     return summary
 
 

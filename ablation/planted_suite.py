@@ -27,7 +27,7 @@ from ablation.runner import SuiteContext, suite
 from ablation.suites import ATTENTIONS, layout_for, searched_structure
 from model.oneshot import over_connected
 from model.pruning import PRUNE_THRESHOLD
-from pipelines.checks import UserError, read_json, write_json
+from pipelines.checks import UserError, read_json, write_json, write_text
 
 FUSION_ORDERS = ("project_first", "weight_first")  # model.assemblenet.FUSION_ORDERS, without importing Keras
 CONNECTIONS = {order: f"over-connected, {order.replace('_', ' ')}" for order in FUSION_ORDERS}
@@ -95,7 +95,7 @@ def write_connections(rows: Sequence[Mapping[str, Any]], decoys: Sequence[int], 
               f"{'yes' if r['found'] else 'no'} |" for r in rows]
     lines += ["", f"Fusion order {tag}: every decoy edge below the real edges' median in {summary['found_in']} "
                   f"of {len(rows)} seeds."]
-    (folder / f"summary_{tag}.md").write_text("\n".join(lines) + "\n")
+    write_text(folder / f"summary_{tag}.md", "\n".join(lines) + "\n")
     png = plot_sigma(rows, decoys, folder / f"sigma_{tag}.png")
     figures_path = folder / "figures.json"
     figures = read_json(figures_path) if figures_path.exists() else {}

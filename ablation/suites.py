@@ -12,7 +12,6 @@ layout (model.oneshot) trained with attention "search", pruned at σ(w) > 0.2 wi
 from __future__ import annotations
 
 import functools
-import json
 
 from ablation.harness import (
     with_decoy,
@@ -24,6 +23,7 @@ from ablation.harness import (
 from ablation.runner import SuiteContext, suite
 from model.oneshot import over_connected
 from model.structure import Structure, get_structure
+from pipelines.checks import write_json
 
 LAYOUT = "tiny"
 SEARCH_SEED = 0  # the one search whose peers every row uses (peer agreement across seeds: oneshot suite)
@@ -62,10 +62,10 @@ def searched_structure(ctx: SuiteContext, object_stem: bool = True, layout=LAYOU
     final = prune_weights(supernet, row["edge_weights"], row["attention_weights"], threshold=PRUNE_THRESHOLD,
                           name=f"{layout.name}_searched_{tag}")
     final.save(ctx.out / f"searched_{tag}.json")
-    (ctx.out / f"search_{tag}.json").write_text(json.dumps(
-        {"score": row["score"], "edge_weights": row["edge_weights"],
-         "attention_weights": row["attention_weights"],
-         "peers": {str(n.index): n.peer for n in final.blocks}}, indent=2) + "\n")
+    write_json(ctx.out / f"search_{tag}.json",
+               {"score": row["score"], "edge_weights": row["edge_weights"],
+                "attention_weights": row["attention_weights"],
+                "peers": {str(n.index): n.peer for n in final.blocks}}, indent=2)
     return final
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -168,9 +170,17 @@ class Structure:
                 "sink": self.sink, "nodes": [n.to_json() for n in self.nodes]}
 
     def save(self, path: str | Path) -> Path:
+        """Atomic: the JSON goes to a temporary file in the same folder, which then replaces `path`, so a
+        reader or a resumed run sees the old structure or the new one, never half of one. (model/ does not
+        import pipelines/, whose writer, pipelines.checks.write_text, also fsyncs.)"""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     def replace(self, **changes) -> Structure:

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +72,19 @@ def test_peer_must_be_lower_level():
 def test_unknown_structure_name_lists_the_known_ones():
     with pytest.raises(ValueError, match="assemblenet50"):
         get_structure("assemblenet18")
+
+
+def test_save_replaces_the_file_whole_and_a_failed_save_keeps_the_old_one(tmp_path, monkeypatch):
+    path = get_structure("tiny").save(tmp_path / "s.json")
+    before = path.read_text()
+    write_text = Path.write_text
+
+    def half_then_full_disk(self, text, *args, **kwargs):
+        write_text(self, text[:10], *args, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full_disk)
+    with pytest.raises(OSError, match="disk full"):
+        get_structure("tiny").replace(name="other").save(path)
+    assert path.read_text() == before  # not truncated by the failed write
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.json"]  # no temporary file left
