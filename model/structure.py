@@ -170,14 +170,17 @@ class Structure:
                 "sink": self.sink, "nodes": [n.to_json() for n in self.nodes]}
 
     def save(self, path: str | Path) -> Path:
-        """Atomic: the JSON goes to a temporary file in the same folder, which then replaces `path`, so a
-        reader or a resumed run sees the old structure or the new one, never half of one. (model/ does not
-        import pipelines/, whose writer, pipelines.checks.write_text, also fsyncs.)"""
+        """The one writer of structure files. Atomic, as pipelines.checks.write_text (which model/ does not
+        import): the JSON goes to a temporary file in the same folder, is fsync-ed, then replaces `path`,
+        so a reader or a resumed run sees the old structure or the new one, never half of one."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:
-            tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+            with open(tmp, "w") as handle:
+                handle.write(json.dumps(self.to_json(), indent=2) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

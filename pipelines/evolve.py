@@ -144,8 +144,7 @@ class TrainEvaluator:
             raise ValueError("TrainEvaluator: no eval_data; a search gets it from init_search (held-out videos "
                              "of --data) so that no child is scored on its own training clips")
         workdir = Path(workdir)
-        path = workdir / STRUCTURE
-        write_json(path, structure.to_json(), indent=2)
+        path = structure.save(workdir / STRUCTURE)
         config = TrainConfig(**{**self.train, "structure": str(path)})
         run = RunDir(workdir / RUN)
         train(config=config, data=self.data, workdir=run.path, verbose=0)
@@ -458,7 +457,7 @@ def finalize(state_dir: str | Path) -> dict[str, Any]:
     write_json(state_dir / "history.json", history)
     best = max(history, key=lambda h: (h["fitness"], -h["round"]))
     structure = Structure.from_json(best["structure"]).replace(name=f"evolved_{best['child']}")
-    write_json(state_dir / "best_structure.json", structure.to_json(), indent=2)
+    structure.save(state_dir / "best_structure.json")
     from pipelines.plots import plot_fitness
 
     plot_fitness(history, state_dir / "fitness.png")  # mean of the top 3 per round (Figure 4)

@@ -64,7 +64,7 @@ def run_search(*, structure: str | Path | Structure, data: str, out_dir: str | P
                          "use a new --out, or pass the layout the search was started with")
     # OUT/structure.json, connection_weights.json, attention_weights.json: the run directory's names, so
     # that `assemblenet report OUT` draws the one-shot model like a run's (pipelines.report).
-    write_json(out / STRUCTURE, supernet.to_json(), indent=2)
+    supernet.save(out / STRUCTURE)
     config = TrainConfig(**{**train, "structure": str(out / STRUCTURE), "attention": "search"})
     metrics = train_run(config=config, data=data, workdir=run.path, eval_data=eval_data, verbose=verbose)
 
@@ -72,7 +72,7 @@ def run_search(*, structure: str | Path | Structure, data: str, out_dir: str | P
     weights = connection_weights(trained, supernet)
     attention = attention_weights(trained, supernet)
     final = prune(supernet, trained, threshold=threshold, name=f"{layout.name}_searched")
-    write_json(out / "final_structure.json", final.to_json(), indent=2)
+    final.save(out / "final_structure.json")
     write_json(out / CONNECTION_WEIGHTS, weights, indent=2)
     write_json(out / ATTENTION_WEIGHTS, attention, indent=2)
     summary = search_summary(layout, supernet, final, weights, attention, threshold)

@@ -1,5 +1,5 @@
 import json
-from pathlib import Path
+import os
 
 import pytest
 
@@ -77,13 +77,11 @@ def test_unknown_structure_name_lists_the_known_ones():
 def test_save_replaces_the_file_whole_and_a_failed_save_keeps_the_old_one(tmp_path, monkeypatch):
     path = get_structure("tiny").save(tmp_path / "s.json")
     before = path.read_text()
-    write_text = Path.write_text
 
-    def half_then_full_disk(self, text, *args, **kwargs):
-        write_text(self, text[:10], *args, **kwargs)
+    def full_disk(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(Path, "write_text", half_then_full_disk)
+    monkeypatch.setattr(os, "fsync", full_disk)  # the write fails after the new text went out
     with pytest.raises(OSError, match="disk full"):
         get_structure("tiny").replace(name="other").save(path)
     assert path.read_text() == before  # not truncated by the failed write
