@@ -54,8 +54,17 @@ from pipelines.attention_search import (  # noqa: E402
 )
 
 
-def agreement(cells: list) -> dict:
-    """How many per-operation decisions (every choice and the input set) all derived cells share."""
+def agreement(cells: list, candidates: dict | None = None, *, draws: int = 20000) -> dict:
+    """How many per-operation decisions (every choice and the input set) all derived cells share, and,
+    given the search space's `candidates` ({choice: [candidate, ...]}), how often two search seeds pick
+    the same candidate of a categorical choice ("pairwise", over every pair of seeds and every op's
+    dimension / type / g1-g3 / activation / reduction) against chance: seeds that pick uniformly at random
+    agree on a choice of n candidates with probability 1/n ("chance", the mean of 1/n). "p" is the
+    one-sided Monte-Carlo probability that such random seeds agree at least as often ("draws" draws of
+    every seed's every choice, a fixed generator). The input sets are left out of the pairwise rate: a
+    derived cell keeps the inputs above a share of the strongest (derive_cell), which has no uniform
+    counterpart. An excluded pair (e.g. dot-product on a spatial map) is counted as allowed, which
+    lowers chance slightly below the true one for `type` and `dimension`."""
     agree, differ = 0, []
     for i, ops in enumerate(zip(*(c["operations"] for c in cells), strict=True), start=1):
         for key in ops[0]:
@@ -63,7 +72,24 @@ def agreement(cells: list) -> dict:
                 agree += 1
             else:
                 differ.append(f"op{i}.{key}")
-    return {"agree": agree, "total": agree + len(differ), "differ": differ}
+    out = {"agree": agree, "total": agree + len(differ), "differ": differ}
+    if candidates is None or len(cells) < 2:
+        return out
+    sizes, same = [], 0
+    pairs = [(a, b) for a in range(len(cells)) for b in range(a + 1, len(cells))]
+    for ops in zip(*(c["operations"] for c in cells), strict=True):
+        for key in ops[0]:
+            if key == "inputs":
+                continue
+            n = len(candidates[key])
+            sizes.append(n)
+            same += sum(ops[a][key] == ops[b][key] for a, b in pairs)
+    observed = same / (len(pairs) * len(sizes))
+    rng = np.random.default_rng(0)
+    picks = np.stack([rng.integers(0, n, size=(draws, len(cells))) for n in sizes], axis=1)  # draw, choice, seed
+    random_rate = np.mean([np.mean(picks[:, :, a] == picks[:, :, b], axis=1) for a, b in pairs], axis=0)
+    return {**out, "pairwise": observed, "chance": float(np.mean([1 / n for n in sizes])),
+            "choices": len(sizes), "p": float((np.sum(random_rate >= observed - 1e-12) + 1) / (draws + 1))}
 
 
 def summary(values) -> dict:
@@ -230,7 +256,8 @@ def statistics(searches: list, rows: list) -> dict:
             tests[f"{a} vs {b}"] = permutation_test(groups[a], groups[b])
     return {
         "searches": searches,
-        "agreement": agreement([s["cell"] for s in searches]) if len(searches) > 1 else None,
+        "agreement": (agreement([s["cell"] for s in searches], searches[0].get("candidates"))
+                      if len(searches) > 1 else None),
         "results": rows,
         "searched_pooled": summary(pools["searched"]) if pools["searched"] else None,
         "searched_matched_pooled": (
@@ -255,6 +282,7 @@ def search_summary(path: Path, shapes: dict) -> dict:
         "min_entropy": min(entropy.values()),
         "mean_entropy_by_step": [h["mean_entropy"] for h in record["history"]],
         "excluded": record["search_space"]["excluded"],
+        "candidates": record["search_space"]["candidates"],
         "messages": record["search_space"]["messages"],
         "cell": record["cell"],
         "cost": added_cost(record["cell"], shapes),
@@ -365,6 +393,12 @@ def table(report: dict) -> str:
                 f"- derived cells of the search seeds agree on {a['agree']} of {a['total']} decisions "
                 f"(differ: {', '.join(a['differ']) or '-'})"
             )
+            if "pairwise" in a:
+                lines.append(
+                    f"- pairwise agreement of the search seeds on the {a['choices']} categorical choices: "
+                    f"{a['pairwise']:.0%} (chance {a['chance']:.0%}; seeds picking at random agree this often "
+                    f"with p = {a['p']:.3g})"
+                )
         if b["seconds"] == b["seconds"]:  # not NaN (a merged report has no single duration)
             lines.append(f"- {b['seconds']:.0f} s ({b['search_seconds']:.0f} s searching)")
     return "\n".join(lines) + "\n"

@@ -13,6 +13,12 @@
 #           choice plots (OUT/report/choices_<backbone>.png).
 #
 #   bash benchmarks/attention_nas_planted.sh [STAGE...]        (default: data probe search train report)
+#   bash benchmarks/attention_nas_planted.sh parallel report   (the same units, several processes at once)
+#
+# `parallel` runs the data stage, then at once one process per backbone for the probe and one per
+# (backbone, search seed) for that seed's search and then its trainings: 2 + 2 x 3 processes sharing the GPU
+# (XLA_PYTHON_CLIENT_PREALLOCATE=false; each process compiles small models and is mostly host-bound, so
+# they overlap well on a 16-core host). Each chain logs to OUT/parallel/<name>.log.
 #
 # Every unit (one search, or one variant over one group of training seeds) is its own process under
 # `timeout STEP_TIMEOUT` (570 s) and leaves OUT/.../.done when it finished: a rerun skips finished units,
@@ -21,7 +27,8 @@
 # SEED_GROUPS ("0,1,2 3,4": each variant's trainings in two processes, one compile each; SEEDS as one group
 # saves a compile, more groups shorten each process), SEARCH_STEPS (600), SEARCH_BATCH (32), STEPS (1000:
 # training steps of every compared model), BATCH (32), FRAMES (16), SIZE (32), TASK_SEED (0),
-# TASK_CLIPS (4096), STEP_TIMEOUT (570). Wheels: where .whl/ exists they are installed into /tmp/site first.
+# TASK_CLIPS (4096), STEP_TIMEOUT (570), DEADLINE (unset: epoch seconds after which no unit runs, so a
+# command with a wall-clock limit can still write its report). Wheels: where .whl/ exists they are installed into /tmp/site first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/attention_nas_planted}; BACKBONES=${BACKBONES:-resnet assemblenet}
@@ -35,6 +42,7 @@ if [ -d .whl ] && [ ! -d /tmp/site ]; then
 fi
 export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=jax PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.85}
+if [[ " $* " == *" parallel "* ]]; then export XLA_PYTHON_CLIENT_PREALLOCATE=false; fi
 TASK="--task relation --task-seed $TASK_SEED --task-clips $TASK_CLIPS --task-cache $OUT/data"
 SHAPE="--frames $FRAMES --size $SIZE"
 FAILED=0
@@ -43,9 +51,13 @@ stamp() { echo "[$(date +%T)] $*"; }
 unit() {  # folder, command...: runs the command once (skipped when folder/.done exists), logged, timed
   local dir=$1; shift
   if [ -f "$dir/.done" ]; then stamp "done before: $dir"; return 0; fi
+  local limit=$STEP_TIMEOUT t0=$(date +%s)
+  if [ -n "${DEADLINE:-}" ]; then  # a unit never runs past DEADLINE (epoch seconds); none starts in its last 60 s
+    (( DEADLINE - t0 < limit )) && limit=$(( DEADLINE - t0 ))
+    if (( limit < 60 )); then stamp "past DEADLINE, not started: $dir"; FAILED=1; return 0; fi
+  fi
   mkdir -p "$dir"; stamp "start: $dir"
-  local t0=$(date +%s)
-  if timeout "$STEP_TIMEOUT" "$@" > "$dir/log.txt" 2>&1; then
+  if timeout "$limit" "$@" > "$dir/log.txt" 2>&1; then
     echo "{\"seconds\": $(( $(date +%s) - t0 ))}" > "$dir/.done"; stamp "finished in $(( $(date +%s) - t0 )) s: $dir"
   else
     local rc=$?; FAILED=1; stamp "FAILED or cut (rc $rc, rerun to resume): $dir"; tail -n 20 "$dir/log.txt"
@@ -92,6 +104,21 @@ train() {
       done
     done
   done
+}
+
+parallel() {  # data, then the probe per backbone and search + train per (backbone, search seed), concurrently
+  data
+  mkdir -p "$OUT/parallel"
+  local pids=() b k
+  for b in $BACKBONES; do
+    ( BACKBONES=$b; probe; exit $FAILED ) > "$OUT/parallel/probe_$b.log" 2>&1 & pids+=($!)
+    for k in $SEARCH_SEEDS; do
+      ( BACKBONES=$b; SEARCH_SEEDS=$k; search; train; exit $FAILED ) > "$OUT/parallel/${b}_search_seed$k.log" 2>&1 &
+      pids+=($!)
+    done
+  done
+  for k in "${pids[@]}"; do wait "$k" || FAILED=1; done
+  grep -h "FAILED\|finished" "$OUT"/parallel/*.log
 }
 
 report() {

@@ -57,6 +57,23 @@ def test_statistics_pool_full_width_and_matched_cells_apart():
     assert [AC.variant_kind(r["variant"]) for r in rows] == ["none", "non-local", "searched", "searched-matched"]
 
 
+def test_agreement_counts_seed_pairs_per_categorical_choice_against_one_over_n():
+    candidates = {"activation": ["none", "relu", "sigmoid", "softmax"], "type": ["map", "dot"]}
+    cell = lambda act, kind, inputs: {"operations": [{"inputs": inputs, "activation": act, "type": kind}]}
+    cells = [cell("relu", "map", [0]), cell("relu", "dot", [0]), cell("sigmoid", "map", [0, 1])]
+    a = AC.agreement(cells, candidates, draws=4000)
+    assert (a["agree"], a["total"], a["differ"]) == (0, 3, ["op1.inputs", "op1.activation", "op1.type"])
+    # pairs (0,1), (0,2), (1,2): activation agrees once, type once -> 2 of 6; inputs are left out
+    assert a["choices"] == 2 and a["pairwise"] == pytest.approx(2 / 6)
+    assert a["chance"] == pytest.approx((1 / 4 + 1 / 2) / 2)
+    # Three random seeds: `type` (2 candidates) always has 1 agreeing pair, all 3 with P 1/4; `activation`
+    # (4) has 0 pairs with P 24/64, 3 with P 4/64. Fewer than 2 of 6 only if type has 1 and activation 0.
+    assert a["p"] == pytest.approx(1 - (3 / 4) * (24 / 64), abs=0.03)
+    same = AC.agreement([cells[0]] * 3, candidates, draws=4000)
+    assert same["pairwise"] == 1.0 and same["p"] == pytest.approx((4 / 64) * (1 / 4), abs=0.006)
+    assert "pairwise" not in AC.agreement(cells)  # without the search space: the counts only
+
+
 def test_pool_rows_joins_one_variants_seed_groups_and_counts_a_repeated_seed_once():
     row = lambda name, seeds, values: {"variant": name, "seeds": seeds, "top1": AC.summary(values)}
     rows = [row("none", [0, 1], [0.5, 0.7]), row("non-local", [0], [0.9]), row("none", [1, 2], [0.1, 0.6])]
