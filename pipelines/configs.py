@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from preprocessing.video import MAX_FPS
+
 # -- numbers: the one way their ranges are declared -------------------------------------------------
 
 MAX_SIDE = 4096  # frame side in pixels
@@ -91,16 +93,19 @@ def fraction(*, low_open: bool = False, high_open: bool = False) -> Range:
 
 SIDE = Range(int, 8, MAX_SIDE)
 SEED = Range(int, 0, MAX_SEED)
+FPS = Range(float, 0.0, MAX_FPS, low_open=True)  # MAX_FPS: the decoder's
 
 # -- settings: a dataclass field that carries its help text, choices and range -----------------------
 
 _NO_FLAG_DEFAULT = object()
+REQUIRED = dataclasses.MISSING  # `setting(REQUIRED, ...)`: a field without a default, a required flag
 
 
 def setting(default: Any, help: str | None, *, choices: tuple | None = None, type: Any = None,
             flag: bool = True, flag_default: Any = _NO_FLAG_DEFAULT, metavar: str | None = None,
             flag_name: str | None = None):
-    """A config field declared once: `default`, `help` (None: a flag without help text), `choices`,
+    """A config field declared once: `default` (REQUIRED: none, the flag is required), `help` (None: a
+    flag without help text), `choices`,
     `type` (a `Range`, or a parser of the flag's text such as a comma-separated list). `flag=False`:
     no command-line flag is made from it (set in code or config files only). `flag_default`: what the
     flag's parser holds when the flag is absent, where that differs from `default` (the command
@@ -168,6 +173,8 @@ def add_flags(parser, cls, names=None, *, overrides: bool = False) -> None:
             default, text = None, f"{text} (default: {field.default})"
         else:
             default = meta.get("flag_default", field.default)
+        if default is REQUIRED:
+            extra["required"], default = True, None
         kind = _flag_type(field)
         if overrides and kind is None:
             kind = str

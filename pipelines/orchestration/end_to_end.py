@@ -31,11 +31,10 @@ from typing import Any
 
 from model.evolution import STRATEGIES
 from model.pruning import PRUNE_THRESHOLD
-from pipelines.configs import MAX_COUNT, SIDE, Range, fraction, like, load, positive, setting
+from pipelines.configs import MAX_COUNT, Range, fraction, like, load, positive, setting
+from pipelines.preprocess.config import PreprocessConfig
 from pipelines.rundir import CLASSES, RunDir, read_json, write_json
 from pipelines.train_config import TrainConfig
-from preprocessing.flow import METHODS as FLOW_METHODS
-from preprocessing.video import MAX_FPS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_RUNNERS = ("", "FnApiRunner", "local", "DirectRunner")
@@ -61,10 +60,10 @@ class EndToEndConfig:
                                    type=fraction(low_open=True, high_open=True))
     val_fraction: float = setting(0.25, "share of the training videos held out for the search fitness",
                                   type=fraction(low_open=True, high_open=True))
-    fps: float = setting(4.0, "decoding frame rate of preprocessing (AssembleNet A.6: 6)",
-                         type=Range(float, 0.0, MAX_FPS, low_open=True))
-    frame_size: int = setting(40, "shorter side of the stored frames, pixels", type=SIDE)
-    flow: str = setting("opencv", "optical flow: opencv (TV-L1) | tensor | none", choices=(*FLOW_METHODS, "none"))
+    # The preprocessing settings: PreprocessConfig's types, choices and ranges.
+    fps: float = like(PreprocessConfig, "fps", 4.0, "decoding frame rate of preprocessing (AssembleNet A.6: 6)")
+    frame_size: int = like(PreprocessConfig, "size", 40, "shorter side of the stored frames, pixels")
+    flow: str = like(PreprocessConfig, "flow", "opencv", "optical flow: opencv (TV-L1) | tensor | none")
     segmenter: str = setting("oracle", "object masks: oracle (the generator's ground truth) | a keras-hub preset | "
                              "none")
     runner: str = setting("FnApiRunner", "Beam runner of preprocessing")
@@ -196,8 +195,9 @@ def beam_pipeline_args(runner: str, *, project: str = "", region: str = "", temp
 
 
 def preprocess(*, dataset: str, videos: str, out: str, annotations: str | None = None,
-               split: str | None = None, fps: float = 6.0, size: int = 256, flow: str = "opencv",
-               segmenter: str = "none", runner: str = "FnApiRunner", pipeline_args: list[str] | None = None,
+               split: str | None = None, fps: float = PreprocessConfig.fps, size: int = PreprocessConfig.size,
+               flow: str = PreprocessConfig.flow, segmenter: str = PreprocessConfig.segmenter,
+               runner: str = "FnApiRunner", pipeline_args: list[str] | None = None,
                max_dead_letter_fraction: float = 0.0) -> dict[str, Any]:
     """Runs the Beam job (pipelines.preprocess) and checks its summary: every video accounted for,
     at least one written, no more dead letters than allowed (they are listed in out/dead_letter.jsonl)."""

@@ -44,12 +44,14 @@ from preprocessing.records import SUMMARY as RECORDS_SUMMARY
 
 @locks.writes("out", "records folder")
 def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | None = None,
-                   classes: str | None = None, split: str | None = None, fps: float = 6.0, size: int = 256,
-                   flow: str = "opencv", segmenter: str = "none", num_shards: int | None = None,
+                   classes: str | None = None, split: str | None = None, fps: float = PreprocessConfig.fps,
+                   size: int = PreprocessConfig.size, flow: str = PreprocessConfig.flow,
+                   segmenter: str = PreprocessConfig.segmenter, num_shards: int | None = None,
                    max_seconds: float | None = None, runner: str | None = None,
                    pipeline_args: list[str] | None = None, progress: bool = True, workers: int = 1,
                    replace: bool = False, compile_cache: str | None = None) -> dict:
-    """Runs the Beam job and returns the summary it writes to `out/summary.json`.
+    """Runs the Beam job and returns the summary it writes to `out/summary.json`. The settings' defaults,
+    choices and ranges are PreprocessConfig's.
 
     Charades: `annotations` is the split's CSV (Charades_v1_train.csv or _test.csv), `classes`
     the classes file (default: Charades_v1_classes.txt next to the CSV, else the official 157).

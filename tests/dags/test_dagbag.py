@@ -130,3 +130,13 @@ def test_params_are_made_from_the_config_fields(dagbag):
     population = dagbag.dags["assemblenet_evolution"].params.get_param("population")
     assert (population.value, population.description) == (2, evolution["population_size"].metadata["help"])
     assert population.schema["minimum"] == 2  # as `assemblenet evolve --population`
+    from pipelines.preprocess.config import PreprocessConfig
+
+    preprocess = dagbag.dags["assemblenet_preprocess"].params
+    fps, size = preprocess.get_param("fps"), preprocess.get_param("size")
+    assert (fps.value, fps.schema["exclusiveMinimum"], fps.schema["maximum"]) == (PreprocessConfig.fps, 0.0, 240.0)
+    assert (size.value, size.schema["minimum"], size.schema["maximum"]) == (PreprocessConfig.size, 8, 4096)
+    assert preprocess.get_param("flow").schema["enum"] == ["opencv", "tensor", "none"]
+    assert preprocess.get_param("flow").value == PreprocessConfig.flow == "opencv"
+    assert preprocess.get_param("dataset").schema["enum"] == ["charades", "toyota"]
+    assert preprocess.get_param("segmenter").value == PreprocessConfig.segmenter == "none"
