@@ -6,6 +6,7 @@ type=...)`: the field's type, default, help text, choices and range (`type`: a `
 argparse type) in one place. From those fields:
 
     add_flags(parser, TrainConfig, names)       # one argparse flag per field (dashes for underscores)
+    add_flag_like(parser, PreprocessConfig, "fps", None, help)  # a field's flag, its own default and help
     flag_values(TrainConfig, args, names)       # {field: value} of the flags given on the command line
     from_args(SearchConfig, args, names)        # the config of the flags (unset ones: the field's default)
     load(TrainConfig, data, source=...)         # a dict or JSON file, every value checked, naming the field
@@ -121,7 +122,7 @@ def setting(default: Any, help: str | None, *, choices: tuple | None = None, typ
 def like(cls, name: str, default: Any, help: str, **changes):
     """A field that holds the same setting as field `name` of `cls` (its type, choices and range), with
     its own default and help text: e.g. the end-to-end job's `frames`, which every training takes."""
-    meta = dict({f.name: f for f in dataclasses.fields(cls)}[name].metadata)
+    meta = dict(_field(cls, name).metadata)
     meta.pop("help", None)
     return setting(default, help, **{**{k: v for k, v in meta.items() if k in ("choices", "type", "metavar")},
                                      **changes})
@@ -154,32 +155,50 @@ def _flag_type(field: dataclasses.Field):
 def add_flags(parser, cls, names=None, *, overrides: bool = False) -> None:
     """One flag per field of `cls` (`names`, in order; default: every field with a flag).
 
-    `overrides=False`: a flag holds its field's default when absent, a bool field is a switch
-    (store_true) and the help is the field's own. `overrides=True` (flags laid over a config file):
-    every flag holds None when absent, so only the flags given override the file, a bool field is a
-    switch that sets True, and the help ends with the field's default ("(default: 16)")."""
+    `overrides=False`: a flag holds its field's default when absent (a field without one, REQUIRED: a
+    required flag), a bool field is a switch (store_true) and the help is the field's own.
+    `overrides=True` (flags laid over a config file): every flag holds None when absent, so only the
+    flags given override the file, a bool field is a switch that sets True, and the help ends with the
+    field's default ("(default: 16)")."""
     for field in settings(cls, names):
-        meta, dest = field.metadata, _dest(field)
-        flag = flag_name(dest)
-        text = meta.get("help")
-        extra = {"metavar": meta["metavar"]} if meta.get("metavar") else {}
-        if _base_type(field) is bool:
-            if overrides:
-                parser.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=text)
-            else:
-                parser.add_argument(flag, dest=dest, action="store_true", help=text)
-            continue
+        _add_flag(parser, field, overrides)
+
+
+def add_flag_like(parser, cls, name: str, default: Any, help: str, **changes) -> None:
+    """One flag holding the setting of field `name` of `cls` (its type, choices and range, as `like`)
+    under its own default and help text: e.g. `predict --fps`, whose default None means the run's own
+    preprocessing (`changes`: as `setting`, e.g. fewer `choices`)."""
+    field = like(cls, name, default, help, **changes)
+    field.name, field.type = name, _field(cls, name).type  # what the dataclass machinery sets on a field
+    _add_flag(parser, field, overrides=False)
+
+
+def _field(cls, name: str) -> dataclasses.Field:
+    return {f.name: f for f in dataclasses.fields(cls)}[name]
+
+
+def _add_flag(parser, field: dataclasses.Field, overrides: bool) -> None:
+    meta, dest = field.metadata, _dest(field)
+    flag = flag_name(dest)
+    text = meta.get("help")
+    extra = {"metavar": meta["metavar"]} if meta.get("metavar") else {}
+    if _base_type(field) is bool:
         if overrides:
-            default, text = None, f"{text} (default: {field.default})"
+            parser.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=text)
         else:
-            default = meta.get("flag_default", field.default)
-        if default is REQUIRED:
-            extra["required"], default = True, None
-        kind = _flag_type(field)
-        if overrides and kind is None:
-            kind = str
-        parser.add_argument(flag, dest=dest, type=kind, choices=meta.get("choices"), default=default,
-                            help=text, **extra)
+            parser.add_argument(flag, dest=dest, action="store_true", help=text)
+        return
+    if overrides:
+        default, text = None, f"{text} (default: {field.default})"
+    else:
+        default = meta.get("flag_default", field.default)
+    if default is REQUIRED:
+        extra["required"], default = True, None
+    kind = _flag_type(field)
+    if overrides and kind is None:
+        kind = str
+    parser.add_argument(flag, dest=dest, type=kind, choices=meta.get("choices"), default=default,
+                        help=text, **extra)
 
 
 def flag_values(cls, args, names=None) -> dict[str, Any]:
@@ -195,7 +214,7 @@ def from_args(cls, args, names=None, **fields):
 def json_schema(cls, name: str) -> dict[str, Any]:
     """The JSON-schema keywords of field `name` of `cls` (what an Airflow Param validates): its type
     (with null when the field may be None), its choices (`enum`) and its range (`minimum`, ...)."""
-    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    field = _field(cls, name)
     meta = field.metadata
     if meta.get("choices"):
         return {"enum": list(meta["choices"])}
