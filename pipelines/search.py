@@ -18,6 +18,7 @@ Writes to OUT/:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,17 @@ from model.oneshot import over_connected
 from model.pruning import PRUNE_THRESHOLD
 from model.structure import Structure, get_structure
 from pipelines import locks
+from pipelines.configs import fraction, setting
 from pipelines.rundir import ATTENTION_WEIGHTS, CONNECTION_WEIGHTS, STRUCTURE, RunDir, write_json
+
+
+@dataclasses.dataclass(frozen=True)
+class OneShotConfig:
+    """The one-shot search's own setting (its training is a TrainConfig): `assemblenet search --threshold`,
+    the DAG param and the end-to-end job's field are made from it."""
+
+    threshold: float = setting(PRUNE_THRESHOLD, "connections with sigmoid(w) <= this are pruned (AssembleNet++ "
+                               f"§4.1: {PRUNE_THRESHOLD})", type=fraction(high_open=True))
 
 
 @locks.writes("out_dir", "search folder")

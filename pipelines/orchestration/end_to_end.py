@@ -32,8 +32,10 @@ from typing import Any
 from model.evolution import STRATEGIES
 from model.pruning import PRUNE_THRESHOLD
 from pipelines.configs import MAX_COUNT, Range, fraction, like, load, positive, setting
+from pipelines.evaluate import CLIPS, EvaluateConfig
 from pipelines.preprocess.config import PreprocessConfig
 from pipelines.rundir import CLASSES, RunDir, read_json, write_json
+from pipelines.search import OneShotConfig
 from pipelines.train_config import TrainConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -83,9 +85,9 @@ class EndToEndConfig:
     size: int = like(TrainConfig, "size", 32, "square crop of every training, pixels (paper: 224)")
     batch_size: int = like(TrainConfig, "batch_size", 8, "batch size of every training (paper: 128)")
     learning_rate: float = like(TrainConfig, "learning_rate", 0.4, "peak learning rate of every training")
-    clips: int = setting(3, "clips per test video, max-pooled (AssembleNet A.7: 5)", type=Range(int, 1, 1000))
-    threshold: float = setting(PRUNE_THRESHOLD, "one-shot pruning threshold on sigmoid(w) (AssembleNet++ §4.1)",
-                               type=fraction(high_open=True))
+    clips: int = like(EvaluateConfig, "clips", 3, "clips per test video, max-pooled (AssembleNet A.7: 5)")
+    threshold: float = like(OneShotConfig, "threshold", PRUNE_THRESHOLD,
+                            "one-shot pruning threshold on sigmoid(w) (AssembleNet++ §4.1)")
 
     def __post_init__(self):
         for name in ("videos", "num_classes", "population", "children_per_round", "proxy_steps",
@@ -301,11 +303,13 @@ def train_final(*, structure: str, data: str, eval_data: str | None, workdir: st
     return workdir
 
 
-def evaluate(*, workdir: str, data: str, clips: int = 5) -> str:
-    """Scores workdir/model.keras on the test TFRecords; returns workdir/metrics.json."""
+def evaluate(*, workdir: str, data: str, clips: int | None = CLIPS) -> str:
+    """Scores workdir/model.keras on the test TFRecords (`clips` None: the run's recipe's, else CLIPS);
+    returns workdir/metrics.json."""
     from pipelines.evaluate import evaluate_run
 
-    banner(f"evaluation on {data} ({clips} clips per video)")
+    count = "the recipe's" if clips is None else clips
+    banner(f"evaluation on {data} ({count} clips per video)")
     run = RunDir(workdir)
     result = evaluate_run(run.path, data, clips=clips, class_names=run.read_if_exists(CLASSES))
     headline = {k: result[k] for k in ("mAP", "wAP", "accuracy", "top1") if k in result}

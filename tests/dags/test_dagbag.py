@@ -140,3 +140,10 @@ def test_params_are_made_from_the_config_fields(dagbag):
     assert preprocess.get_param("flow").value == PreprocessConfig.flow == "opencv"
     assert preprocess.get_param("dataset").schema["enum"] == ["charades", "toyota"]
     assert preprocess.get_param("segmenter").value == PreprocessConfig.segmenter == "none"
+    from model.pruning import PRUNE_THRESHOLD
+    from pipelines.evaluate import CLIPS
+
+    threshold, clips = params.get_param("threshold"), params.get_param("clips")  # assemblenet_search_and_train
+    assert (threshold.value, threshold.schema["minimum"], threshold.schema["exclusiveMaximum"]) == (
+        PRUNE_THRESHOLD, 0.0, 1.0)
+    assert (clips.value, clips.schema["minimum"], clips.schema["maximum"]) == (CLIPS, 1, 1000)

@@ -139,3 +139,21 @@ def test_evolution_then_one_shot_search_then_final_training(tmp_path):
     model = keras.models.load_model(run / "model.keras")
     assert model.output_shape == (None, 4)
     assert Structure.from_json(run / "structure.json") == final
+
+
+def test_search_threshold_flag_is_the_one_shot_config_field(monkeypatch, capsys):
+    """--threshold: OneShotConfig.threshold, whose default is model.pruning's PRUNE_THRESHOLD (§3.5, 0.2)."""
+    import dataclasses
+
+    from model.pruning import PRUNE_THRESHOLD
+    from pipelines.search import OneShotConfig
+
+    field = {f.name: f for f in dataclasses.fields(OneShotConfig)}["threshold"]
+    args = cli.build_parser().parse_args(["search", "--structure", "tiny", "--data", "d", "--out", "o"])
+    assert args.threshold == field.default == PRUNE_THRESHOLD == 0.2
+    args = cli.build_parser().parse_args(["search", "--structure", "tiny", "--data", "d", "--out", "o",
+                                          "--threshold", "0.35"])
+    assert args.threshold == 0.35
+    with pytest.raises(SystemExit):
+        cli.main(["search", "--structure", "tiny", "--data", "d", "--out", "o", "--threshold", "1"])
+    assert "argument --threshold: expected a number in [0, 1), got '1'" in capsys.readouterr().err

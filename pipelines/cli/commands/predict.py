@@ -2,8 +2,9 @@
 
 import json
 
-from pipelines.cli.commands import Range, positive
+from pipelines.cli.commands import positive
 from pipelines.configs import add_flag_like
+from pipelines.evaluate import CLIPS, EvaluateConfig
 from pipelines.preprocess.config import PreprocessConfig
 from pipelines.rundir import MODEL
 from preprocessing.flow import METHODS
@@ -15,7 +16,7 @@ def register(subparsers):
     parser.add_argument("--model", required=True, help=f"a training run directory (holds {MODEL})")
     parser.add_argument("--video", required=True, help="a video file (mp4, ...)")
     parser.add_argument("--top", type=positive(), default=5, help="how many classes to print")
-    parser.add_argument("--clips", type=Range(int, 1, 1000), default=5, help="clips max-pooled (AssembleNet A.7: 5)")
+    add_flag_like(parser, EvaluateConfig, "clips", CLIPS, f"clips max-pooled (AssembleNet A.7: {CLIPS})")
     # PreprocessConfig's settings (their types, choices and ranges); None: the run's preprocessing. A
     # flow is computed here, so --flow takes only the flow methods.
     add_flag_like(parser, PreprocessConfig, "segmenter", None, "object segmenter spec (default: the run's "
