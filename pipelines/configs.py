@@ -92,6 +92,18 @@ def fraction(*, low_open: bool = False, high_open: bool = False) -> Range:
     return Range(float, 0.0, 1.0, low_open=low_open, high_open=high_open)
 
 
+def comma_list(kind: type):
+    """An argparse `type`: comma-separated `kind`s ("2,4") as a tuple."""
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, e.g. 2,4; "
+                                             f"got {text!r}") from None
+    parse.__name__ = f"{kind.__name__} list"
+    return parse
+
+
 SIDE = Range(int, 8, MAX_SIDE)
 SEED = Range(int, 0, MAX_SEED)
 FPS = Range(float, 0.0, MAX_FPS, low_open=True)  # MAX_FPS: the decoder's
@@ -111,7 +123,12 @@ def setting(default: Any, help: str | None, *, choices: tuple | None = None, typ
     no command-line flag is made from it (set in code or config files only). `flag_default`: what the
     flag's parser holds when the flag is absent, where that differs from `default` (the command
     resolves it). `flag_name`: the flag's name where it is not the field's (`population` for
-    `population_size`; it is also the parsed argument's name)."""
+    `population_size`; it is also the parsed argument's name).
+
+    `model/` imports nothing of pipelines, so its dataclasses (model.evolution.SearchSpace) declare their
+    settings as plain field metadata that this module reads the same way: `help`, `choices`, `flag_name`,
+    `minimum` / `maximum` (an inclusive range, as `Range`) and `item` (a tuple field's element type: the
+    flag takes a comma-separated list)."""
     metadata = {"help": help, "choices": None if choices is None else tuple(choices), "type": type,
                 "flag": flag, "metavar": metavar, "flag_name": flag_name}
     if flag_default is not _NO_FLAG_DEFAULT:
@@ -122,10 +139,10 @@ def setting(default: Any, help: str | None, *, choices: tuple | None = None, typ
 def like(cls, name: str, default: Any, help: str, **changes):
     """A field that holds the same setting as field `name` of `cls` (its type, choices and range), with
     its own default and help text: e.g. the end-to-end job's `frames`, which every training takes."""
-    meta = dict(_field(cls, name).metadata)
-    meta.pop("help", None)
-    return setting(default, help, **{**{k: v for k, v in meta.items() if k in ("choices", "type", "metavar")},
-                                     **changes})
+    field = _field(cls, name)
+    same = {"choices": field.metadata.get("choices"), "type": _declared_type(field),
+            "metavar": field.metadata.get("metavar")}
+    return setting(default, help, **{**same, **changes})
 
 
 def settings(cls, names=None) -> list[dataclasses.Field]:
@@ -145,9 +162,29 @@ def flag_name(name: str) -> str:
     return f"--{name.replace('_', '-')}"
 
 
+def _bounds(field: dataclasses.Field) -> Range | None:
+    """The field's range: its `Range` type, or the plain `minimum` / `maximum` of model/'s metadata."""
+    meta = field.metadata
+    if isinstance(meta.get("type"), Range):
+        return meta["type"]
+    if meta.get("minimum") is not None or meta.get("maximum") is not None:
+        return Range(_base_type(field), meta.get("minimum"), meta.get("maximum"))
+    return None
+
+
+def _declared_type(field: dataclasses.Field):
+    """The parser of the field's flag its metadata declares (a type, a range, a list's items), or None."""
+    meta = field.metadata
+    if meta.get("type") is not None:
+        return meta["type"]
+    if meta.get("item") is not None:
+        return comma_list(meta["item"])
+    return _bounds(field)
+
+
 def _flag_type(field: dataclasses.Field):
-    if field.metadata.get("type") is not None:
-        return field.metadata["type"]
+    if _declared_type(field) is not None:
+        return _declared_type(field)
     kind = _base_type(field)
     return None if kind in (str, bool) else kind
 
@@ -224,8 +261,8 @@ def json_schema(cls, name: str) -> dict[str, Any]:
     if kind:
         kinds = (["null"] if _optional(field) else []) + kind
         schema["type"] = kinds[0] if len(kinds) == 1 else kinds
-    bounds = meta.get("type")
-    if isinstance(bounds, Range):
+    bounds = _bounds(field)
+    if bounds is not None:
         if bounds.low is not None:
             schema["exclusiveMinimum" if bounds.low_open else "minimum"] = bounds.low
         if bounds.high is not None:
@@ -288,8 +325,8 @@ def _value_error(cls, field: dataclasses.Field, value: Any) -> str | None:
         return "expected an object"
     if meta.get("choices") and value not in meta["choices"]:
         return f"expected one of {meta['choices']}"
-    bounds = meta.get("type")
-    if isinstance(bounds, Range) and not (isinstance(value, float) and not math.isfinite(value)) \
+    bounds = _bounds(field)
+    if bounds is not None and not (isinstance(value, float) and not math.isfinite(value)) \
             and not bounds.contains(value):
         return f"expected {bounds.describe()}"
     return None

@@ -29,7 +29,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from model.evolution import STRATEGIES
+from model.evolution import STRATEGIES, SearchSpace
 from model.pruning import PRUNE_THRESHOLD
 from pipelines.configs import MAX_COUNT, Range, fraction, like, load, positive, setting
 from pipelines.evaluate import CLIPS, EvaluateConfig
@@ -74,7 +74,7 @@ class EndToEndConfig:
                                       type=positive())
     evolution_strategy: str = setting("guided", "evolution: guided | random-edges | random-search",
                                       choices=STRATEGIES)
-    object_stem: bool = setting(True, "evolution: add the object stem (AssembleNet++)")
+    object_stem: bool = like(SearchSpace, "object_stem", True, "evolution: add the object stem (AssembleNet++)")
     proxy_steps: int = setting(20, "evolution: training steps of each child (paper: 10k)", type=positive())
     search_steps: int = setting(40, "one-shot search: training steps of the over-connected model", type=positive())
     train_steps: int = setting(400, "full training steps of the pruned structure (paper: 50k)", type=positive())
@@ -227,7 +227,6 @@ def start_evolution(state_dir: str, *, data: str, eval_data: str | None, populat
                     tournament: int = 5, seed: int = 0) -> str:
     """Creates the search state in `state_dir`, or checks that the one there has the same config
     (only `rounds` may grow), so a re-run resumes it. `train` holds the children's proxy TrainConfig."""
-    from model.evolution import SearchSpace
     from pipelines.evolve import EvolutionConfig, TrainEvaluator, init_search
 
     space = SearchSpace(object_stem=object_stem, width_scale=width_scale, repeats=tuple(repeats))
