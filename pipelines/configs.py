@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from collections.abc import Mapping
@@ -306,16 +307,19 @@ def _optional(field: dataclasses.Field) -> bool:
 
 
 def _value_error(cls, field: dataclasses.Field, value: Any) -> str | None:
-    """What is wrong with `value` for `field` (None: nothing). Non-finite numbers are left to the
-    config's own check, which names them."""
+    """What is wrong with `value` for `field` (None: nothing): its type, choices, range, or a number that
+    is not finite (a recipe or config.json may hold NaN or Infinity, which Python's json reads)."""
     if value is None:
         return None if _optional(field) else "expected a value, got null"
     kind, meta = _base_type(field), field.metadata
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
     if kind is bool and not isinstance(value, bool):
         return "expected true or false"
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+    # numbers.Integral / Real: numpy's scalars too (numbers.Real includes the integers).
+    if kind is int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
         return "expected an integer"
-    if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+    if kind is float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
         return "expected a number"
     if kind is str and not isinstance(value, str):
         return "expected a string"
@@ -326,10 +330,23 @@ def _value_error(cls, field: dataclasses.Field, value: Any) -> str | None:
     if meta.get("choices") and value not in meta["choices"]:
         return f"expected one of {meta['choices']}"
     bounds = _bounds(field)
-    if bounds is not None and not (isinstance(value, float) and not math.isfinite(value)) \
-            and not bounds.contains(value):
+    if bounds is not None and not bounds.contains(value):
         return f"expected {bounds.describe()}"
     return None
+
+
+def check(config) -> None:
+    """Refuses the first field of `config` whose value is not of the field's type, not among its
+    choices, outside its range or not finite: one ValueError naming the field and the value
+    (`TrainConfig.frames=0: expected an integer in [1, 4096]`). Each config's `__post_init__` calls it,
+    so a config made in code is held to what its flags and files are; the rules between fields stay
+    there, written by hand. (`load` adds the file's name.)"""
+    cls = type(config)
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        problem = _value_error(cls, field, value)
+        if problem:
+            raise ValueError(f"{cls.__name__}.{field.name}={value!r}: {problem}")
 
 
 def load(cls, data: Mapping[str, Any] | str | Path, *, source: str | None = None, noun: str | None = None):

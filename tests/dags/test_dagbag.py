@@ -129,7 +129,7 @@ def test_params_are_made_from_the_config_fields(dagbag):
     evolution = {f.name: f for f in dataclasses.fields(EvolutionConfig)}
     population = dagbag.dags["assemblenet_evolution"].params.get_param("population")
     assert (population.value, population.description) == (2, evolution["population_size"].metadata["help"])
-    assert population.schema["minimum"] == 2  # as `assemblenet evolve --population`
+    assert population.schema["minimum"] == 1  # as `assemblenet evolve --population`
     width_scale = dagbag.dags["assemblenet_evolution"].params.get_param("width_scale")
     assert (width_scale.value, width_scale.schema["minimum"], width_scale.schema["maximum"]) == (16, 1, 1024)
     from pipelines.preprocess.config import PreprocessConfig
