@@ -341,12 +341,17 @@ def check(config) -> None:
     (`TrainConfig.frames=0: expected an integer in [1, 4096]`). Each config's `__post_init__` calls it,
     so a config made in code is held to what its flags and files are; the rules between fields stay
     there, written by hand. (`load` adds the file's name.)"""
-    cls = type(config)
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        problem = _value_error(cls, field, value)
+    check_values(type(config), {f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+
+
+def check_values(cls, values: Mapping[str, Any]) -> None:
+    """`check` of some settings of `cls` before its config can be made (a job checks its arguments
+    before it reads its inputs): the first bad value is one ValueError naming `cls`'s field."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, value in values.items():
+        problem = _value_error(cls, fields[name], value)
         if problem:
-            raise ValueError(f"{cls.__name__}.{field.name}={value!r}: {problem}")
+            raise ValueError(f"{cls.__name__}.{name}={value!r}: {problem}")
 
 
 def load(cls, data: Mapping[str, Any] | str | Path, *, source: str | None = None, noun: str | None = None):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import locks, metrics
+from pipelines import configs, locks, metrics
 from pipelines.checks import UserError, check_utf8, read_text
 from pipelines.configs import SEED, SIDE, Range, positive, setting
 from pipelines.rundir import CONFIG, METRICS, MODEL, RECIPE, RunDir
@@ -217,6 +217,9 @@ class EvaluateConfig:
     seed: int = setting(0, "seed of the random clip starts", type=SEED)
     batch_size: int = setting(4, None, type=positive())
 
+    def __post_init__(self):
+        configs.check(self)
+
 
 MODEL_STRIDE = 32  # input sides must be multiples of the network's total stride (build_assemblenet)
 
@@ -291,14 +294,12 @@ def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int =
     from pipelines.train import find_class_names, num_classes_in, tfrecord_files
     from preprocessing import loader
 
-    if dataset not in ("charades", "toyota"):
-        raise ValueError(f"dataset must be 'charades' or 'toyota', got {dataset!r}")
-    if clips <= 0:
-        raise ValueError(f"clips must be positive, got {clips}")
+    if dataset is None:
+        raise ValueError(f"evaluate_model: dataset=None; expected one of {DATASETS}")
+    configs.check_values(EvaluateConfig, {"dataset": dataset, "clips": clips, "clip_starts": clip_starts,
+                                          "size": size, "seed": seed, "batch_size": batch_size})
     if clip_starts is None:
         clip_starts = "random" if dataset == "charades" else "even"
-    if clip_starts not in CLIP_STARTS:
-        raise ValueError(f"clip_starts={clip_starts!r}: expected one of {CLIP_STARTS}")
     run = RunDir(run_dir)
     config = _run_config(run)
     frames = frames or _config_value(config, "frames", run)

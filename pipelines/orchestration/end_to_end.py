@@ -31,6 +31,7 @@ from typing import Any
 
 from model.evolution import STRATEGIES, SearchSpace
 from model.pruning import PRUNE_THRESHOLD
+from pipelines import configs
 from pipelines.configs import MAX_COUNT, Range, fraction, like, load, positive, setting
 from pipelines.evaluate import CLIPS, EvaluateConfig
 from pipelines.preprocess.config import PreprocessConfig
@@ -53,7 +54,7 @@ class EndToEndConfig:
     workdir: str = setting("", "run folder (relative paths are taken from the project root); empty: "
                            "runs/<dag id>/<run id>")
     videos: int = setting(64, "synthetic Charades-format videos to generate (train + val + test)",
-                          type=Range(int, 4, MAX_COUNT))
+                          type=Range(int, 4, MAX_COUNT))  # >= 4: some for each of train, val and test
     min_seconds: float = setting(3.0, "shortest synthetic video, seconds", type=positive(float))
     max_seconds: float = setting(5.0, "longest synthetic video, seconds", type=positive(float))
     num_classes: int = setting(6, "synthetic action classes", type=positive())
@@ -90,16 +91,11 @@ class EndToEndConfig:
                             "one-shot pruning threshold on sigmoid(w) (AssembleNet++ §4.1)")
 
     def __post_init__(self):
-        for name in ("videos", "num_classes", "population", "children_per_round", "proxy_steps",
-                     "search_steps", "train_steps", "frames", "size", "batch_size", "clips"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"EndToEndConfig.{name}={getattr(self, name)!r}: must be >= 1")
+        configs.check(self)  # each field's type, choices and range (finite numbers only)
         for name in ("proxy_steps", "search_steps", "train_steps"):
             if getattr(self, name) % self.steps_per_epoch:
                 raise ValueError(f"EndToEndConfig.{name}={getattr(self, name)} must be a multiple of "
                                  f"steps_per_epoch={self.steps_per_epoch}")
-        if self.videos < 4:
-            raise ValueError(f"EndToEndConfig.videos={self.videos}: need >= 4 for train, val and test")
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> EndToEndConfig:

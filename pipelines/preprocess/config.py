@@ -8,6 +8,7 @@ import hashlib
 import json
 import re
 
+from pipelines import configs
 from pipelines.configs import FPS, REQUIRED, SIDE, positive, setting
 from pipelines.train_config import DATASETS
 from preprocessing import records
@@ -53,6 +54,9 @@ class PreprocessConfig:
         "", "--flow tensor: folder of the persistent XLA compilation cache, so a later job or another worker "
         "loads the compiled TV-L1 programs instead of compiling them (default: $ASSEMBLENET_COMPILE_CACHE, "
         "else ~/.cache/assemblenet/xla; 'none': off)", flag_default=None, metavar="DIR")
+
+    def __post_init__(self):
+        configs.check(self)  # each field's type, choices and range (finite numbers only)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -92,3 +92,35 @@ def test_a_bad_value_in_a_file_names_the_file_and_the_field(tmp_path):
     with pytest.raises(ValueError) as error:
         TrainConfig.from_json(path)
     assert str(error.value) == f"{path}: TrainConfig.label_smoothing=1.0: expected a number in [0, 1)"
+
+
+def test_the_jobs_check_their_settings_against_the_same_fields(tmp_path):
+    """run_search, evaluate_model and the end-to-end job refuse a bad setting with the message of the
+    config field that declares it, before they read anything."""
+    from pipelines.evaluate import EvaluateConfig, evaluate_model
+    from pipelines.orchestration.end_to_end import EndToEndConfig
+    from pipelines.search import OneShotConfig, run_search
+
+    with pytest.raises(ValueError) as error:
+        run_search(structure="tiny", data=str(tmp_path), out_dir=tmp_path / "search", threshold=1.0)
+    assert str(error.value) == "OneShotConfig.threshold=1.0: expected a number in [0, 1)"
+    for settings, message in (({"clips": 0}, "EvaluateConfig.clips=0: expected an integer in [1, 1000]"),
+                              ({"clip_starts": "middle"},
+                               "EvaluateConfig.clip_starts='middle': expected one of ('random', 'even')"),
+                              ({"dataset": "kinetics"},
+                               "EvaluateConfig.dataset='kinetics': expected one of ('charades', 'toyota')")):
+        with pytest.raises(ValueError) as error:
+            evaluate_model(**{"run_dir": tmp_path, "data": str(tmp_path), "dataset": "charades", **settings})
+        assert str(error.value) == message
+    with pytest.raises(ValueError) as error:
+        EvaluateConfig(batch_size=0)
+    assert str(error.value) == "EvaluateConfig.batch_size=0: expected an integer in [1, 1000000000]"
+    assert OneShotConfig().threshold == 0.2
+    with pytest.raises(ValueError) as error:
+        EndToEndConfig(videos=3)
+    assert str(error.value) == "EndToEndConfig.videos=3: expected an integer in [4, 1000000000]"
+    with pytest.raises(ValueError) as error:
+        EndToEndConfig(fps=float("nan"))
+    assert str(error.value) == "EndToEndConfig.fps=nan: must be a finite number"
+    with pytest.raises(ValueError, match=r"^EndToEndConfig.train_steps=30 must be a multiple of steps_per_epoch=20"):
+        EndToEndConfig(train_steps=30)
