@@ -119,12 +119,11 @@ def setting(default: Any, help: str | None, *, choices: tuple | None = None, typ
             flag: bool = True, flag_default: Any = _NO_FLAG_DEFAULT, metavar: str | None = None,
             flag_name: str | None = None):
     """A config field declared once: `default` (REQUIRED: none, the flag is required), `help` (None: a
-    flag without help text), `choices`,
-    `type` (a `Range`, or a parser of the flag's text such as a comma-separated list). `flag=False`:
-    no command-line flag is made from it (set in code or config files only). `flag_default`: what the
-    flag's parser holds when the flag is absent, where that differs from `default` (the command
-    resolves it). `flag_name`: the flag's name where it is not the field's (`population` for
-    `population_size`; it is also the parsed argument's name).
+    flag without help text), `choices`, `type` (a `Range`, or a parser of the flag's text such as a
+    comma-separated list). `flag=False`: no command-line flag is made from it (set in code or config
+    files only). `flag_default`: what the flag's parser holds when the flag is absent, where that
+    differs from `default` (the command resolves it). `flag_name`: the flag's name where it is not the
+    field's (`population` for `population_size`; it is also the parsed argument's name).
 
     `model/` imports nothing of pipelines, so its dataclasses (model.evolution.SearchSpace) declare their
     settings as plain field metadata that this module reads the same way: `help`, `choices`, `flag_name`,
@@ -184,8 +183,9 @@ def _declared_type(field: dataclasses.Field):
 
 
 def _flag_type(field: dataclasses.Field):
-    if _declared_type(field) is not None:
-        return _declared_type(field)
+    declared = _declared_type(field)
+    if declared is not None:
+        return declared
     kind = _base_type(field)
     return None if kind in (str, bool) else kind
 
@@ -312,7 +312,7 @@ def _value_error(cls, field: dataclasses.Field, value: Any) -> str | None:
     if value is None:
         return None if _optional(field) else "expected a value, got null"
     kind, meta = _base_type(field), field.metadata
-    if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, numbers.Real) and not math.isfinite(value):  # numpy's floats too
         return "must be a finite number"
     if kind is bool and not isinstance(value, bool):
         return "expected true or false"
