@@ -16,6 +16,7 @@ from __future__ import annotations
 from airflow.sdk import Param, dag
 
 from dags._common import DEFAULT_ARGS, ROUTING_PARAMS, context_params, cpu_task, evolution_rounds, param_of
+from model.evolution import SearchSpace
 from pipelines.evolve import EvolutionConfig
 
 ROUNDS_PER_RUN = 4
@@ -32,11 +33,12 @@ PARAMS = {
                                 "(paper: 10 workers)"),
     "tournament": param_of(EvolutionConfig, "tournament_size"),
     "strategy": param_of(EvolutionConfig, "strategy"),
-    "object_stem": Param(False, type="boolean", description="add the object stem (AssembleNet++); the data "
-                         "needs object masks"),
-    "width_scale": Param(16, type="integer", description="divide every channel count (paper: 1)"),
-    "repeats": Param([0.5, 0.5, 0.5, 0.5], type="array", description="module repeats per level (paper: "
-                     "[1.5, 2, 3, 1.5])"),
+    # The search space: model.evolution.SearchSpace's fields (type, range) with this DAG's tiny defaults.
+    "object_stem": param_of(SearchSpace, "object_stem", False, "add the object stem (AssembleNet++); the data "
+                            "needs object masks"),
+    "width_scale": param_of(SearchSpace, "width_scale", 16, "divide every channel count (paper: 1)"),
+    "repeats": param_of(SearchSpace, "repeats", [0.5, 0.5, 0.5, 0.5], "module repeats per level (paper: "
+                        "[1.5, 2, 3, 1.5])"),
     "seed": param_of(EvolutionConfig, "seed"),
     "proxy_train": Param({"steps": 4, "steps_per_epoch": 4, "frames": 8, "size": 32, "batch_size": 4,
                           "learning_rate": 0.1}, type="object",

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from airflow.sdk import Param, dag
 
-from dags._common import DEFAULT_ARGS, ROUTING_PARAMS, context_params, cpu_task
+from dags._common import DEFAULT_ARGS, ROUTING_PARAMS, context_params, cpu_task, param_of
+from pipelines.preprocess.config import PreprocessConfig
 
 PARAMS = {
-    "dataset": Param("charades", enum=["charades", "toyota"], description="annotation format"),
+    "dataset": param_of(PreprocessConfig, "dataset", "charades", "annotation format"),
     "videos": Param("", type="string", description="folder of the videos (Charades: <id>.mp4; Toyota: "
                     "the mp4/ folder), local or gs://; empty: generate synthetic Charades-format data"),
     "annotations": Param("", type="string", description="Charades: the split's CSV (Charades_v1_train.csv "
@@ -27,11 +28,13 @@ PARAMS = {
                    "clips); synthetic data: train | val | test; Charades: unused"),
     "out": Param("runs/embedded/data/train", type="string", description="output folder of the shards "
                  "(relative paths are taken from the project root), local or gs://"),
-    "fps": Param(6.0, type=["number", "integer"], description="decoding frame rate (AssembleNet A.6: 6)"),
-    "size": Param(256, type="integer", description="shorter side of the stored frames (paper: 256)"),
-    "flow": Param("opencv", enum=["opencv", "tensor", "none"], description="TV-L1 backend"),
-    "segmenter": Param("none", type="string", description="object masks: none | oracle (synthetic data) | a "
-                       "keras-hub preset name or downloaded preset folder, e.g. segformer_b0_ade20k_512"),
+    # The job's settings: PreprocessConfig's defaults, types, choices and ranges.
+    "fps": param_of(PreprocessConfig, "fps", description="decoding frame rate (AssembleNet A.6: 6)"),
+    "size": param_of(PreprocessConfig, "size", description="shorter side of the stored frames (paper: 256)"),
+    "flow": param_of(PreprocessConfig, "flow"),
+    "segmenter": param_of(PreprocessConfig, "segmenter", description="object masks: none | oracle (synthetic "
+                          "data) | a keras-hub preset name or downloaded preset folder, e.g. "
+                          "segformer_b0_ade20k_512"),
     "runner": Param("FnApiRunner", type="string", description="FnApiRunner (local) | DataflowRunner | any "
                     "Beam runner"),
     "project": Param("", type="string", description="Dataflow: GCP project"),

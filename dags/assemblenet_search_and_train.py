@@ -17,6 +17,8 @@ from airflow.sdk import Param, dag
 
 from dags._common import DEFAULT_ARGS, ROUTING_PARAMS, context_params, cpu_task, gpu_task, param_of, run_folder
 from model.pruning import PRUNE_THRESHOLD
+from pipelines.evaluate import CLIPS, EvaluateConfig
+from pipelines.search import OneShotConfig
 from pipelines.train_config import TrainConfig
 
 # The settings of the trainings (TrainConfig's fields: help, type, choices and range from
@@ -32,8 +34,8 @@ PARAMS = {
     "workdir": Param("", type="string", description="run folder; empty: runs/<dag id>/<run id>"),
     "dataset": param_of(TrainConfig, "dataset"),
     "search_steps": param_of(TrainConfig, "steps", 8, "training steps of the one-shot model"),
-    "threshold": Param(PRUNE_THRESHOLD, type=["number", "integer"],
-                       description=f"pruning threshold on σ(w) (§4.1: {PRUNE_THRESHOLD})"),
+    "threshold": param_of(OneShotConfig, "threshold", description=f"pruning threshold on σ(w) (§4.1: "
+                          f"{PRUNE_THRESHOLD})"),
     "steps": param_of(TrainConfig, "steps", 16, "full training steps (paper: 50000)"),
     "steps_per_epoch": param_of(TrainConfig, "steps_per_epoch", 4,
                                 "steps between checkpoints; divides both step counts"),
@@ -45,7 +47,7 @@ PARAMS = {
     "precision": param_of(TrainConfig, "precision"),
     "strategy": param_of(TrainConfig, "strategy"),
     "tpu": param_of(TrainConfig, "tpu", ""),
-    "clips": Param(5, type="integer", description="clips per test video, max-pooled (A.7: 5)"),
+    "clips": param_of(EvaluateConfig, "clips", CLIPS, f"clips per test video, max-pooled (A.7: {CLIPS})"),
 }
 
 

@@ -46,12 +46,19 @@ MUTATIONS = ("split", "merge", "dilation")
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
     """What evolution may build. `width_scale` divides every channel count (level totals,
-    the 3x3 widths D_v and the stems) for tiny proxy searches."""
+    the 3x3 widths D_v and the stems) for tiny proxy searches.
 
-    stem_counts: tuple[int, ...] = (2, 4)
-    object_stem: bool = False
-    width_scale: int = 1
-    repeats: tuple[float, ...] = REPEATS_50
+    The metadata of the first four fields is the help text and range of the `assemblenet evolve` flags
+    made from them: plain dicts that pipelines.configs reads (model/ imports nothing of pipelines)."""
+
+    stem_counts: tuple[int, ...] = dataclasses.field(default=(2, 4), metadata={
+        "help": "stem counts to draw from (paper: 2,4)", "flag_name": "stems", "item": int})
+    object_stem: bool = dataclasses.field(default=False, metadata={"help": "add the object stem (AssembleNet++)"})
+    width_scale: int = dataclasses.field(default=1, metadata={
+        "help": "divide every channel count by this (tiny proxy searches, e.g. 8 or 16)", "minimum": 1,
+        "maximum": 1024})
+    repeats: tuple[float, ...] = dataclasses.field(default=REPEATS_50, metadata={
+        "help": "module repeats m per level (paper: 1.5,2,3,1.5; tiny proxies: 0.5,0.5,0.5,0.5)", "item": float})
     dilations: tuple[int, ...] = DILATIONS
     initial_splits: tuple[int, int] = (1, 5)
     edge_probability: float = 0.5

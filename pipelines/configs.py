@@ -6,6 +6,7 @@ type=...)`: the field's type, default, help text, choices and range (`type`: a `
 argparse type) in one place. From those fields:
 
     add_flags(parser, TrainConfig, names)       # one argparse flag per field (dashes for underscores)
+    add_flag_like(parser, PreprocessConfig, "fps", None, help)  # a field's flag, its own default and help
     flag_values(TrainConfig, args, names)       # {field: value} of the flags given on the command line
     from_args(SearchConfig, args, names)        # the config of the flags (unset ones: the field's default)
     load(TrainConfig, data, source=...)         # a dict or JSON file, every value checked, naming the field
@@ -21,11 +22,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from preprocessing.video import MAX_FPS
 
 # -- numbers: the one way their ranges are declared -------------------------------------------------
 
@@ -89,23 +93,42 @@ def fraction(*, low_open: bool = False, high_open: bool = False) -> Range:
     return Range(float, 0.0, 1.0, low_open=low_open, high_open=high_open)
 
 
+def comma_list(kind: type):
+    """An argparse `type`: comma-separated `kind`s ("2,4") as a tuple."""
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, e.g. 2,4; "
+                                             f"got {text!r}") from None
+    parse.__name__ = f"{kind.__name__} list"
+    return parse
+
+
 SIDE = Range(int, 8, MAX_SIDE)
 SEED = Range(int, 0, MAX_SEED)
+FPS = Range(float, 0.0, MAX_FPS, low_open=True)  # MAX_FPS: the decoder's
 
 # -- settings: a dataclass field that carries its help text, choices and range -----------------------
 
 _NO_FLAG_DEFAULT = object()
+REQUIRED = dataclasses.MISSING  # `setting(REQUIRED, ...)`: a field without a default, a required flag
 
 
 def setting(default: Any, help: str | None, *, choices: tuple | None = None, type: Any = None,
             flag: bool = True, flag_default: Any = _NO_FLAG_DEFAULT, metavar: str | None = None,
             flag_name: str | None = None):
-    """A config field declared once: `default`, `help` (None: a flag without help text), `choices`,
-    `type` (a `Range`, or a parser of the flag's text such as a comma-separated list). `flag=False`:
-    no command-line flag is made from it (set in code or config files only). `flag_default`: what the
-    flag's parser holds when the flag is absent, where that differs from `default` (the command
-    resolves it). `flag_name`: the flag's name where it is not the field's (`population` for
-    `population_size`; it is also the parsed argument's name)."""
+    """A config field declared once: `default` (REQUIRED: none, the flag is required), `help` (None: a
+    flag without help text), `choices`, `type` (a `Range`, or a parser of the flag's text such as a
+    comma-separated list). `flag=False`: no command-line flag is made from it (set in code or config
+    files only). `flag_default`: what the flag's parser holds when the flag is absent, where that
+    differs from `default` (the command resolves it). `flag_name`: the flag's name where it is not the
+    field's (`population` for `population_size`; it is also the parsed argument's name).
+
+    `model/` imports nothing of pipelines, so its dataclasses (model.evolution.SearchSpace) declare their
+    settings as plain field metadata that this module reads the same way: `help`, `choices`, `flag_name`,
+    `minimum` / `maximum` (an inclusive range, as `Range`) and `item` (a tuple field's element type: the
+    flag takes a comma-separated list)."""
     metadata = {"help": help, "choices": None if choices is None else tuple(choices), "type": type,
                 "flag": flag, "metavar": metavar, "flag_name": flag_name}
     if flag_default is not _NO_FLAG_DEFAULT:
@@ -116,10 +139,10 @@ def setting(default: Any, help: str | None, *, choices: tuple | None = None, typ
 def like(cls, name: str, default: Any, help: str, **changes):
     """A field that holds the same setting as field `name` of `cls` (its type, choices and range), with
     its own default and help text: e.g. the end-to-end job's `frames`, which every training takes."""
-    meta = dict({f.name: f for f in dataclasses.fields(cls)}[name].metadata)
-    meta.pop("help", None)
-    return setting(default, help, **{**{k: v for k, v in meta.items() if k in ("choices", "type", "metavar")},
-                                     **changes})
+    field = _field(cls, name)
+    same = {"choices": field.metadata.get("choices"), "type": _declared_type(field),
+            "metavar": field.metadata.get("metavar")}
+    return setting(default, help, **{**same, **changes})
 
 
 def settings(cls, names=None) -> list[dataclasses.Field]:
@@ -139,9 +162,30 @@ def flag_name(name: str) -> str:
     return f"--{name.replace('_', '-')}"
 
 
+def _bounds(field: dataclasses.Field) -> Range | None:
+    """The field's range: its `Range` type, or the plain `minimum` / `maximum` of model/'s metadata."""
+    meta = field.metadata
+    if isinstance(meta.get("type"), Range):
+        return meta["type"]
+    if meta.get("minimum") is not None or meta.get("maximum") is not None:
+        return Range(_base_type(field), meta.get("minimum"), meta.get("maximum"))
+    return None
+
+
+def _declared_type(field: dataclasses.Field):
+    """The parser of the field's flag its metadata declares (a type, a range, a list's items), or None."""
+    meta = field.metadata
+    if meta.get("type") is not None:
+        return meta["type"]
+    if meta.get("item") is not None:
+        return comma_list(meta["item"])
+    return _bounds(field)
+
+
 def _flag_type(field: dataclasses.Field):
-    if field.metadata.get("type") is not None:
-        return field.metadata["type"]
+    declared = _declared_type(field)
+    if declared is not None:
+        return declared
     kind = _base_type(field)
     return None if kind in (str, bool) else kind
 
@@ -149,30 +193,50 @@ def _flag_type(field: dataclasses.Field):
 def add_flags(parser, cls, names=None, *, overrides: bool = False) -> None:
     """One flag per field of `cls` (`names`, in order; default: every field with a flag).
 
-    `overrides=False`: a flag holds its field's default when absent, a bool field is a switch
-    (store_true) and the help is the field's own. `overrides=True` (flags laid over a config file):
-    every flag holds None when absent, so only the flags given override the file, a bool field is a
-    switch that sets True, and the help ends with the field's default ("(default: 16)")."""
+    `overrides=False`: a flag holds its field's default when absent (a field without one, REQUIRED: a
+    required flag), a bool field is a switch (store_true) and the help is the field's own.
+    `overrides=True` (flags laid over a config file): every flag holds None when absent, so only the
+    flags given override the file, a bool field is a switch that sets True, and the help ends with the
+    field's default ("(default: 16)")."""
     for field in settings(cls, names):
-        meta, dest = field.metadata, _dest(field)
-        flag = flag_name(dest)
-        text = meta.get("help")
-        extra = {"metavar": meta["metavar"]} if meta.get("metavar") else {}
-        if _base_type(field) is bool:
-            if overrides:
-                parser.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=text)
-            else:
-                parser.add_argument(flag, dest=dest, action="store_true", help=text)
-            continue
+        _add_flag(parser, field, overrides)
+
+
+def add_flag_like(parser, cls, name: str, default: Any, help: str, **changes) -> None:
+    """One flag holding the setting of field `name` of `cls` (its type, choices and range, as `like`)
+    under its own default and help text: e.g. `predict --fps`, whose default None means the run's own
+    preprocessing (`changes`: as `setting`, e.g. fewer `choices`)."""
+    field = like(cls, name, default, help, **changes)
+    field.name, field.type = name, _field(cls, name).type  # what the dataclass machinery sets on a field
+    _add_flag(parser, field, overrides=False)
+
+
+def _field(cls, name: str) -> dataclasses.Field:
+    return {f.name: f for f in dataclasses.fields(cls)}[name]
+
+
+def _add_flag(parser, field: dataclasses.Field, overrides: bool) -> None:
+    meta, dest = field.metadata, _dest(field)
+    flag = flag_name(dest)
+    text = meta.get("help")
+    extra = {"metavar": meta["metavar"]} if meta.get("metavar") else {}
+    if _base_type(field) is bool:
         if overrides:
-            default, text = None, f"{text} (default: {field.default})"
+            parser.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=text)
         else:
-            default = meta.get("flag_default", field.default)
-        kind = _flag_type(field)
-        if overrides and kind is None:
-            kind = str
-        parser.add_argument(flag, dest=dest, type=kind, choices=meta.get("choices"), default=default,
-                            help=text, **extra)
+            parser.add_argument(flag, dest=dest, action="store_true", help=text)
+        return
+    if overrides:
+        default, text = None, f"{text} (default: {field.default})"
+    else:
+        default = meta.get("flag_default", field.default)
+    if default is REQUIRED:
+        extra["required"], default = True, None
+    kind = _flag_type(field)
+    if overrides and kind is None:
+        kind = str
+    parser.add_argument(flag, dest=dest, type=kind, choices=meta.get("choices"), default=default,
+                        help=text, **extra)
 
 
 def flag_values(cls, args, names=None) -> dict[str, Any]:
@@ -188,7 +252,7 @@ def from_args(cls, args, names=None, **fields):
 def json_schema(cls, name: str) -> dict[str, Any]:
     """The JSON-schema keywords of field `name` of `cls` (what an Airflow Param validates): its type
     (with null when the field may be None), its choices (`enum`) and its range (`minimum`, ...)."""
-    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    field = _field(cls, name)
     meta = field.metadata
     if meta.get("choices"):
         return {"enum": list(meta["choices"])}
@@ -198,8 +262,8 @@ def json_schema(cls, name: str) -> dict[str, Any]:
     if kind:
         kinds = (["null"] if _optional(field) else []) + kind
         schema["type"] = kinds[0] if len(kinds) == 1 else kinds
-    bounds = meta.get("type")
-    if isinstance(bounds, Range):
+    bounds = _bounds(field)
+    if bounds is not None:
         if bounds.low is not None:
             schema["exclusiveMinimum" if bounds.low_open else "minimum"] = bounds.low
         if bounds.high is not None:
@@ -243,16 +307,19 @@ def _optional(field: dataclasses.Field) -> bool:
 
 
 def _value_error(cls, field: dataclasses.Field, value: Any) -> str | None:
-    """What is wrong with `value` for `field` (None: nothing). Non-finite numbers are left to the
-    config's own check, which names them."""
+    """What is wrong with `value` for `field` (None: nothing): its type, choices, range, or a number that
+    is not finite (a recipe or config.json may hold NaN or Infinity, which Python's json reads)."""
     if value is None:
         return None if _optional(field) else "expected a value, got null"
     kind, meta = _base_type(field), field.metadata
+    if isinstance(value, numbers.Real) and not math.isfinite(value):  # numpy's floats too
+        return "must be a finite number"
     if kind is bool and not isinstance(value, bool):
         return "expected true or false"
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+    # numbers.Integral / Real: numpy's scalars too (numbers.Real includes the integers).
+    if kind is int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
         return "expected an integer"
-    if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+    if kind is float and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
         return "expected a number"
     if kind is str and not isinstance(value, str):
         return "expected a string"
@@ -262,11 +329,29 @@ def _value_error(cls, field: dataclasses.Field, value: Any) -> str | None:
         return "expected an object"
     if meta.get("choices") and value not in meta["choices"]:
         return f"expected one of {meta['choices']}"
-    bounds = meta.get("type")
-    if isinstance(bounds, Range) and not (isinstance(value, float) and not math.isfinite(value)) \
-            and not bounds.contains(value):
+    bounds = _bounds(field)
+    if bounds is not None and not bounds.contains(value):
         return f"expected {bounds.describe()}"
     return None
+
+
+def check(config) -> None:
+    """Refuses the first field of `config` whose value is not of the field's type, not among its
+    choices, outside its range or not finite: one ValueError naming the field and the value
+    (`TrainConfig.frames=0: expected an integer in [1, 4096]`). Each config's `__post_init__` calls it,
+    so a config made in code is held to what its flags and files are; the rules between fields stay
+    there, written by hand. (`load` adds the file's name.)"""
+    check_values(type(config), {f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+
+
+def check_values(cls, values: Mapping[str, Any]) -> None:
+    """`check` of some settings of `cls` before its config can be made (a job checks its arguments
+    before it reads its inputs): the first bad value is one ValueError naming `cls`'s field."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, value in values.items():
+        problem = _value_error(cls, fields[name], value)
+        if problem:
+            raise ValueError(f"{cls.__name__}.{name}={value!r}: {problem}")
 
 
 def load(cls, data: Mapping[str, Any] | str | Path, *, source: str | None = None, noun: str | None = None):

@@ -16,15 +16,18 @@ name, a duplicate video raise a ValueError naming the file and line.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from pipelines import locks, metrics
+from pipelines import configs, locks, metrics
 from pipelines.checks import UserError, check_utf8, read_text
-from pipelines.rundir import METRICS, MODEL, RECIPE, RunDir
+from pipelines.configs import SEED, SIDE, Range, positive, setting
+from pipelines.rundir import CONFIG, METRICS, MODEL, RECIPE, RunDir
+from pipelines.train_config import DATASETS
 from preprocessing import charades, toyota
 
 CHARADES_NUM_CLASSES = charades.NUM_CLASSES
@@ -193,6 +196,29 @@ def evaluate_toyota_predictions(predictions: str | Path) -> dict:
 CHARADES_TEST_SIZE = 256  # AssembleNet A.7: "the spatial resolution used for the testing is 256x256"
 CHARADES_TRAIN_SIZE = 224  # ... for a network trained at 224x224 (A.6)
 CLIP_STARTS = ("random", "even")
+CLIPS = 5  # AssembleNet A.7: five clips per test video, max-pooled
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """The settings of `evaluate run` (`evaluate_run`), whose flags are made from these fields. None: the
+    run's own (`dataset`) or the recipe's `evaluate` section, else the dataset's protocol (A.7)."""
+
+    dataset: str | None = setting(None, f"default: from RUN_DIR/{CONFIG}", choices=DATASETS)
+    clips: int | None = setting(None, f"clips per video (default: the recipe's, else {CLIPS}, AssembleNet A.7)",
+                                type=Range(int, 1, 1000))
+    clip_starts: str | None = setting(
+        None, "where the clips start: random from a fixed seed or evenly spaced (default: the recipe's `crops`; "
+        "without a recipe random for Charades, AssembleNet A.7, even for Toyota)", choices=CLIP_STARTS)
+    size: int | None = setting(
+        None, "test resolution (default: the recipe's, scaled if the run trained at another size than the "
+        "recipe's; without a recipe Charades 256 x train size / 224 rounded to a multiple of 32, AssembleNet "
+        "A.7, and Toyota the training size)", type=SIDE)
+    seed: int = setting(0, "seed of the random clip starts", type=SEED)
+    batch_size: int = setting(4, None, type=positive())
+
+    def __post_init__(self):
+        configs.check(self)
 
 
 MODEL_STRIDE = 32  # input sides must be multiples of the network's total stride (build_assemblenet)
@@ -239,10 +265,11 @@ def at_size(model, size: int):
     return resized
 
 
-def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int = 5, batch_size: int = 4,
+def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int = CLIPS,
+                   batch_size: int = EvaluateConfig.batch_size,
                    frames: int | None = None, size: int | None = None, num_classes: int | None = None,
                    class_names: Sequence[str] | None = None, model=None, clip_starts: str | None = None,
-                   seed: int = 0, input_pipeline: str = "auto", input_workers: int | None = None,
+                   seed: int = EvaluateConfig.seed, input_pipeline: str = "auto", input_workers: int | None = None,
                    recipe: str | None = None) -> dict:
     """Scores RUN_DIR/model.keras on the TFRecords `data` (folder or glob); writes RUN_DIR/metrics.json.
 
@@ -267,14 +294,12 @@ def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int =
     from pipelines.train import find_class_names, num_classes_in, tfrecord_files
     from preprocessing import loader
 
-    if dataset not in ("charades", "toyota"):
-        raise ValueError(f"dataset must be 'charades' or 'toyota', got {dataset!r}")
-    if clips <= 0:
-        raise ValueError(f"clips must be positive, got {clips}")
+    if dataset is None:
+        raise ValueError(f"evaluate_model: dataset=None; expected one of {DATASETS}")
+    configs.check_values(EvaluateConfig, {"dataset": dataset, "clips": clips, "clip_starts": clip_starts,
+                                          "size": size, "seed": seed, "batch_size": batch_size})
     if clip_starts is None:
         clip_starts = "random" if dataset == "charades" else "even"
-    if clip_starts not in CLIP_STARTS:
-        raise ValueError(f"clip_starts={clip_starts!r}: expected one of {CLIP_STARTS}")
     run = RunDir(run_dir)
     config = _run_config(run)
     frames = frames or _config_value(config, "frames", run)
@@ -326,7 +351,7 @@ def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int =
 
 
 def evaluate_run(run_dir: str | Path, data: str, *, dataset: str | None = None, clips: int | None = None,
-                 batch_size: int = 4, size: int | None = None, clip_starts: str | None = None,
+                 batch_size: int = EvaluateConfig.batch_size, size: int | None = None, clip_starts: str | None = None,
                  config: str | Path | None = None, **kwargs) -> dict:
     """Evaluates a training run directory; the dataset kind defaults to the run's config.json.
 
@@ -334,7 +359,8 @@ def evaluate_run(run_dir: str | Path, data: str, *, dataset: str | None = None, 
     recipe name or file, as `train --config`), else the recipe the run was trained from
     (RUN_DIR/recipe.json); arguments given here win. The recipe's `size` is for its own training size
     (256 for 224, A.7): a run trained at another size is tested at the same ratio (`scaled_test_size`).
-    Without a recipe: 5 clips and `evaluate_model`'s dataset defaults."""
+    Without a recipe: CLIPS (5) clips and `evaluate_model`'s dataset defaults. The settings' choices and
+    ranges are EvaluateConfig's."""
     from pipelines.configs import recipe_of, run_recipe
 
     run = RunDir(run_dir)
@@ -348,7 +374,7 @@ def evaluate_run(run_dir: str | Path, data: str, *, dataset: str | None = None, 
                         "configs/ or a recipe file")
     protocol = (recipe or {}).get("evaluate", {})
     if clips is None:
-        clips = int(protocol.get("clips", 5))
+        clips = int(protocol.get("clips", CLIPS))
     if clip_starts is None:
         clip_starts = protocol.get("crops")
     if size is None and "size" in protocol:

@@ -42,9 +42,9 @@ import numpy as np
 
 from model import evolution
 from model.structure import Structure
-from pipelines import locks
+from pipelines import configs, locks
 from pipelines.checks import UserError
-from pipelines.configs import SEED, Range, non_negative, positive, setting
+from pipelines.configs import SEED, Range, fraction, non_negative, positive, setting
 from pipelines.rundir import CONNECTION_WEIGHTS, METRICS, STRUCTURE, RunDir, read_json, write_json
 
 STATE = "state.json"
@@ -61,7 +61,8 @@ class EvolutionConfig:
     `population_size` random members are the first rounds, §4.2). `keep_threshold` is B of Eq. 2:
     a constant, or None for B ~ unif(0, 1) per child."""
 
-    population_size: int = setting(20, "population size |P| (paper: 20)", type=Range(int, 2, 100000),
+    # 1 is allowed: the ablations run one-member searches (tests/ablation/test_evolution.py).
+    population_size: int = setting(20, "population size |P| (paper: 20)", type=Range(int, 1, 100000),
                                    flag_name="population")
     rounds: int = setting(100, "children evaluated after the random initial population (paper: ~200)",
                           type=non_negative())
@@ -69,21 +70,14 @@ class EvolutionConfig:
     strategy: str = setting("guided", "guided = Eq. 2; the two baselines of Figure 4", choices=evolution.STRATEGIES)
     # `evolve --keep-threshold` takes a number or 'random' (None here): its flag is the command's own.
     keep_threshold: float | None = setting(
-        None, "B of Eq. 2: a number in [0, 1], or None for B ~ unif(0, 1) per child", flag=False)
+        None, "B of Eq. 2: a number in [0, 1], or None for B ~ unif(0, 1) per child", type=fraction(),
+        flag=False)
     seed: int = setting(0, "seed of the search's random choices", type=SEED, flag_name="search_seed")
     space: evolution.SearchSpace = setting(evolution.SearchSpace(), "the search space (model.evolution)",
                                            flag=False)
 
     def __post_init__(self):
-        if self.strategy not in evolution.STRATEGIES:
-            raise ValueError(f"EvolutionConfig.strategy={self.strategy!r}: "
-                             f"expected one of {evolution.STRATEGIES}")
-        if self.population_size < 1 or self.rounds < 0 or self.tournament_size < 1:
-            raise ValueError(f"EvolutionConfig: population_size={self.population_size} and tournament_size="
-                             f"{self.tournament_size} must be >= 1, rounds={self.rounds} >= 0")
-        if self.keep_threshold is not None and not 0.0 <= self.keep_threshold <= 1.0:
-            raise ValueError(f"EvolutionConfig.keep_threshold={self.keep_threshold}: expected B in [0, 1] "
-                             "or None (B ~ unif(0, 1))")
+        configs.check(self)  # each field's type, choices and range (the space checks itself)
 
     @property
     def total(self) -> int:

@@ -18,6 +18,7 @@ Writes to OUT/:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,21 @@ from typing import Any
 from model.oneshot import over_connected
 from model.pruning import PRUNE_THRESHOLD
 from model.structure import Structure, get_structure
-from pipelines import locks
+from pipelines import configs, locks
+from pipelines.configs import fraction, setting
 from pipelines.rundir import ATTENTION_WEIGHTS, CONNECTION_WEIGHTS, STRUCTURE, RunDir, write_json
+
+
+@dataclasses.dataclass(frozen=True)
+class OneShotConfig:
+    """The one-shot search's own setting (its training is a TrainConfig): `assemblenet search --threshold`,
+    the DAG param and the end-to-end job's field are made from it."""
+
+    threshold: float = setting(PRUNE_THRESHOLD, "connections with sigmoid(w) <= this are pruned (AssembleNet++ "
+                               f"§4.1: {PRUNE_THRESHOLD})", type=fraction(high_open=True))
+
+    def __post_init__(self):
+        configs.check(self)
 
 
 @locks.writes("out_dir", "search folder")
@@ -49,8 +63,7 @@ def run_search(*, structure: str | Path | Structure, data: str, out_dir: str | P
     for field in ("structure", "attention"):
         if field in train:
             raise ValueError(f"run_search: train[{field!r}] is set by the search; remove it")
-    if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"run_search: threshold={threshold} must be in [0, 1)")
+    configs.check_values(OneShotConfig, {"threshold": threshold})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     layout = get_structure(structure)

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 from typing import Any
 
@@ -81,40 +80,19 @@ class TrainConfig:
                                  choices=TEMPORAL_POOLS)
 
     def __post_init__(self):
-        for field in dataclasses.fields(self):  # a recipe or config.json may hold NaN or Infinity
-            value = getattr(self, field.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"TrainConfig.{field.name}={value}: must be a finite number")
-        for field, allowed in (("attention", ATTENTION_MODES), ("dataset", DATASETS),
-                               ("precision", PRECISIONS), ("strategy", STRATEGIES),
-                               ("temporal_pool", TEMPORAL_POOLS)):
-            if getattr(self, field) not in allowed:
-                raise ValueError(f"TrainConfig.{field}={getattr(self, field)!r}: expected one of {allowed}")
-        for field in ("frames", "size", "batch_size", "steps", "steps_per_epoch"):
-            if int(getattr(self, field)) <= 0:
-                raise ValueError(f"TrainConfig.{field}={getattr(self, field)!r}: must be positive")
+        configs.check(self)  # each field's type, choices and range (finite numbers only)
+        # The rules between fields.
         if self.steps % self.steps_per_epoch:
             raise ValueError(f"TrainConfig.steps={self.steps} must be a multiple of "
                              f"steps_per_epoch={self.steps_per_epoch} (one checkpoint per epoch)")
-        if not 0 <= self.warmup_steps < self.steps:
+        if self.warmup_steps >= self.steps:
             raise ValueError(f"TrainConfig.warmup_steps={self.warmup_steps}: expected "
                              f"0 <= warmup_steps < steps={self.steps}")
-        if self.restarts < 0 or self.restart_multiplier < 1:
-            raise ValueError(f"TrainConfig.restarts={self.restarts}, "
-                             f"restart_multiplier={self.restart_multiplier}: expected >= 0 and >= 1")
         cycle = first_cycle(self.steps, self.restarts, self.restart_multiplier)
         if self.warmup_steps >= cycle:
             raise ValueError(f"TrainConfig.warmup_steps={self.warmup_steps}: the warm-up is part of the first "
                              f"cosine cycle ({cycle:g} steps of {self.steps} with restarts={self.restarts}) "
                              "and must be shorter than it")
-        if self.num_classes is not None and self.num_classes <= 0:
-            raise ValueError(f"TrainConfig.num_classes={self.num_classes}: must be positive, "
-                             "or None to read it from the data")
-        if self.learning_rate is not None and self.learning_rate <= 0:
-            raise ValueError(f"TrainConfig.learning_rate={self.learning_rate}: must be positive")
-        if not 0 <= self.label_smoothing < 1 or self.weight_decay < 0:
-            raise ValueError(f"TrainConfig: label_smoothing={self.label_smoothing} must be in [0, 1) and "
-                             f"weight_decay={self.weight_decay} non-negative")
         if self.strategy == "tpu" and not self.tpu:
             raise ValueError("TrainConfig.strategy='tpu' needs TrainConfig.tpu "
                              "(a Cloud TPU name or grpc://host:port address)")

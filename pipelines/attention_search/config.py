@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 
+from pipelines import configs
 from pipelines.attention_search.synthetic import SYNTHETIC_CLASSES
-from pipelines.configs import SEED, SIDE, fraction, non_negative, positive, setting
+from pipelines.configs import MAX_COUNT, SEED, SIDE, Range, fraction, non_negative, positive, setting
 
 
 def _ints(text):
@@ -59,7 +60,7 @@ class SearchConfig:
         type=fraction(low_open=True, high_open=True))
     train_lr: float = setting(1e-3, "train_and_evaluate: Adam rate of a fixed cell's training", flag=False)
     final_temperature: float = setting(1.0, "softmax temperature at the last step (1 = none)",
-                                       type=positive(float, 1e4))
+                                       type=fraction(low_open=True))
     num_operations: int = setting(3, None, type=positive(int, 1000))
     candidates: dict | None = setting(
         None, "restricts the supernet's candidates (see model.attention_nas.cell)", flag=False)
@@ -75,9 +76,10 @@ class SearchConfig:
     task: str = setting(
         "synthetic", "without --data: synthetic (4 temporal patterns, endless clips) or relation (same/different "
         "glyphs far apart in space and time, plus a local cue right on 60%%: needs attention; "
-        "ablation/benchmark.py, docs/attention_nas.md)", choices=("synthetic", "relation"))
+        "ablation/benchmark.py, docs/attention_nas.md)", choices=tuple(TASK_CLASSES))
     task_seed: int = setting(0, "relation: the benchmark's seed (not the search's)", type=SEED)
-    task_clips: int = setting(4096, "relation: training clips (val and test: a quarter each)", type=positive())
+    task_clips: int = setting(4096, "relation: training clips (val and test: a quarter each)",
+                              type=Range(int, 4, MAX_COUNT))
     task_cache: str | None = setting(None, "relation: folder caching the benchmark's arrays")
     dataset: str = setting("charades", None, choices=("charades", "toyota"))
     # None: the task's classes (synthetic 4, relation 2); --data: required.
@@ -90,24 +92,8 @@ class SearchConfig:
     eager: bool = setting(False, "no tf.function (faster for a few steps)")
 
     def __post_init__(self):
-        if self.backbone not in ("resnet", "assemblenet"):
-            raise ValueError(f"backbone must be 'resnet' or 'assemblenet', got {self.backbone!r}")
-        if self.steps < 1 or self.batch_size < 1 or self.frames < 1 or self.size < 1:
-            raise ValueError(f"steps, batch_size, frames and size must be positive: {self}")
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if not 0 < self.heldout_fraction < 1:
-            raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
-        if not 0 <= self.arch_start < 1:
-            raise ValueError(f"arch_start must be in [0, 1), got {self.arch_start}")
-        if self.arch_lr is not None and not self.arch_lr > 0:
-            raise ValueError(f"arch_lr must be positive (or None: DARTS's budget), got {self.arch_lr}")
-        if not 0 < self.final_temperature <= 1:
-            raise ValueError(f"final_temperature must be in (0, 1], got {self.final_temperature}")
-        if self.task not in TASK_CLASSES:
-            raise ValueError(f"task must be one of {sorted(TASK_CLASSES)}, got {self.task!r}")
-        if self.task_clips < 4:
-            raise ValueError(f"task_clips must be >= 4, got {self.task_clips}")
+        configs.check(self)  # each field's type, choices and range (finite numbers only)
+        # The rules between fields: the in-memory task fixes the classes; --data needs them.
         if self.num_classes is None:
             if self.data is not None:
                 raise ValueError("--data needs num_classes")

@@ -29,13 +29,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-from model.evolution import STRATEGIES
+from model.evolution import STRATEGIES, SearchSpace
 from model.pruning import PRUNE_THRESHOLD
-from pipelines.configs import MAX_COUNT, SIDE, Range, fraction, like, load, positive, setting
+from pipelines import configs
+from pipelines.configs import MAX_COUNT, Range, fraction, like, load, positive, setting
+from pipelines.evaluate import CLIPS, EvaluateConfig
+from pipelines.preprocess.config import PreprocessConfig
 from pipelines.rundir import CLASSES, RunDir, read_json, write_json
+from pipelines.search import OneShotConfig
 from pipelines.train_config import TrainConfig
-from preprocessing.flow import METHODS as FLOW_METHODS
-from preprocessing.video import MAX_FPS
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_RUNNERS = ("", "FnApiRunner", "local", "DirectRunner")
@@ -52,7 +54,7 @@ class EndToEndConfig:
     workdir: str = setting("", "run folder (relative paths are taken from the project root); empty: "
                            "runs/<dag id>/<run id>")
     videos: int = setting(64, "synthetic Charades-format videos to generate (train + val + test)",
-                          type=Range(int, 4, MAX_COUNT))
+                          type=Range(int, 4, MAX_COUNT))  # >= 4: some for each of train, val and test
     min_seconds: float = setting(3.0, "shortest synthetic video, seconds", type=positive(float))
     max_seconds: float = setting(5.0, "longest synthetic video, seconds", type=positive(float))
     num_classes: int = setting(6, "synthetic action classes", type=positive())
@@ -61,10 +63,10 @@ class EndToEndConfig:
                                    type=fraction(low_open=True, high_open=True))
     val_fraction: float = setting(0.25, "share of the training videos held out for the search fitness",
                                   type=fraction(low_open=True, high_open=True))
-    fps: float = setting(4.0, "decoding frame rate of preprocessing (AssembleNet A.6: 6)",
-                         type=Range(float, 0.0, MAX_FPS, low_open=True))
-    frame_size: int = setting(40, "shorter side of the stored frames, pixels", type=SIDE)
-    flow: str = setting("opencv", "optical flow: opencv (TV-L1) | tensor | none", choices=(*FLOW_METHODS, "none"))
+    # The preprocessing settings: PreprocessConfig's types, choices and ranges.
+    fps: float = like(PreprocessConfig, "fps", 4.0, "decoding frame rate of preprocessing (AssembleNet A.6: 6)")
+    frame_size: int = like(PreprocessConfig, "size", 40, "shorter side of the stored frames, pixels")
+    flow: str = like(PreprocessConfig, "flow", "opencv", "optical flow: opencv (TV-L1) | tensor | none")
     segmenter: str = setting("oracle", "object masks: oracle (the generator's ground truth) | a keras-hub preset | "
                              "none")
     runner: str = setting("FnApiRunner", "Beam runner of preprocessing")
@@ -73,7 +75,7 @@ class EndToEndConfig:
                                       type=positive())
     evolution_strategy: str = setting("guided", "evolution: guided | random-edges | random-search",
                                       choices=STRATEGIES)
-    object_stem: bool = setting(True, "evolution: add the object stem (AssembleNet++)")
+    object_stem: bool = like(SearchSpace, "object_stem", True, "evolution: add the object stem (AssembleNet++)")
     proxy_steps: int = setting(20, "evolution: training steps of each child (paper: 10k)", type=positive())
     search_steps: int = setting(40, "one-shot search: training steps of the over-connected model", type=positive())
     train_steps: int = setting(400, "full training steps of the pruned structure (paper: 50k)", type=positive())
@@ -84,21 +86,16 @@ class EndToEndConfig:
     size: int = like(TrainConfig, "size", 32, "square crop of every training, pixels (paper: 224)")
     batch_size: int = like(TrainConfig, "batch_size", 8, "batch size of every training (paper: 128)")
     learning_rate: float = like(TrainConfig, "learning_rate", 0.4, "peak learning rate of every training")
-    clips: int = setting(3, "clips per test video, max-pooled (AssembleNet A.7: 5)", type=Range(int, 1, 1000))
-    threshold: float = setting(PRUNE_THRESHOLD, "one-shot pruning threshold on sigmoid(w) (AssembleNet++ §4.1)",
-                               type=fraction(high_open=True))
+    clips: int = like(EvaluateConfig, "clips", 3, "clips per test video, max-pooled (AssembleNet A.7: 5)")
+    threshold: float = like(OneShotConfig, "threshold", PRUNE_THRESHOLD,
+                            "one-shot pruning threshold on sigmoid(w) (AssembleNet++ §4.1)")
 
     def __post_init__(self):
-        for name in ("videos", "num_classes", "population", "children_per_round", "proxy_steps",
-                     "search_steps", "train_steps", "frames", "size", "batch_size", "clips"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"EndToEndConfig.{name}={getattr(self, name)!r}: must be >= 1")
+        configs.check(self)  # each field's type, choices and range (finite numbers only)
         for name in ("proxy_steps", "search_steps", "train_steps"):
             if getattr(self, name) % self.steps_per_epoch:
                 raise ValueError(f"EndToEndConfig.{name}={getattr(self, name)} must be a multiple of "
                                  f"steps_per_epoch={self.steps_per_epoch}")
-        if self.videos < 4:
-            raise ValueError(f"EndToEndConfig.videos={self.videos}: need >= 4 for train, val and test")
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> EndToEndConfig:
@@ -196,8 +193,9 @@ def beam_pipeline_args(runner: str, *, project: str = "", region: str = "", temp
 
 
 def preprocess(*, dataset: str, videos: str, out: str, annotations: str | None = None,
-               split: str | None = None, fps: float = 6.0, size: int = 256, flow: str = "opencv",
-               segmenter: str = "none", runner: str = "FnApiRunner", pipeline_args: list[str] | None = None,
+               split: str | None = None, fps: float = PreprocessConfig.fps, size: int = PreprocessConfig.size,
+               flow: str = PreprocessConfig.flow, segmenter: str = PreprocessConfig.segmenter,
+               runner: str = "FnApiRunner", pipeline_args: list[str] | None = None,
                max_dead_letter_fraction: float = 0.0) -> dict[str, Any]:
     """Runs the Beam job (pipelines.preprocess) and checks its summary: every video accounted for,
     at least one written, no more dead letters than allowed (they are listed in out/dead_letter.jsonl)."""
@@ -225,7 +223,6 @@ def start_evolution(state_dir: str, *, data: str, eval_data: str | None, populat
                     tournament: int = 5, seed: int = 0) -> str:
     """Creates the search state in `state_dir`, or checks that the one there has the same config
     (only `rounds` may grow), so a re-run resumes it. `train` holds the children's proxy TrainConfig."""
-    from model.evolution import SearchSpace
     from pipelines.evolve import EvolutionConfig, TrainEvaluator, init_search
 
     space = SearchSpace(object_stem=object_stem, width_scale=width_scale, repeats=tuple(repeats))
@@ -301,11 +298,13 @@ def train_final(*, structure: str, data: str, eval_data: str | None, workdir: st
     return workdir
 
 
-def evaluate(*, workdir: str, data: str, clips: int = 5) -> str:
-    """Scores workdir/model.keras on the test TFRecords; returns workdir/metrics.json."""
+def evaluate(*, workdir: str, data: str, clips: int | None = CLIPS) -> str:
+    """Scores workdir/model.keras on the test TFRecords (`clips` None: the run's recipe's, else CLIPS);
+    returns workdir/metrics.json."""
     from pipelines.evaluate import evaluate_run
 
-    banner(f"evaluation on {data} ({clips} clips per video)")
+    count = "the recipe's" if clips is None else clips
+    banner(f"evaluation on {data} ({count} clips per video)")
     run = RunDir(workdir)
     result = evaluate_run(run.path, data, clips=clips, class_names=run.read_if_exists(CLASSES))
     headline = {k: result[k] for k in ("mAP", "wAP", "accuracy", "top1") if k in result}

@@ -51,109 +51,41 @@ one record, its shard), `staging`, `shards`, `transforms` (the DoFn, PTransforms
 `job` (`run_preprocess`). Its public names are importable from `pipelines.preprocess` itself.
 """
 
-from pipelines.preprocess.config import (
-    CLASSES_FILE,
-    MANIFEST,
-    MANIFEST_VERSION,
-    NAMESPACE,
-    SETTINGS_KEYS,
-    SHARD_PREFIX,
-    STAGING,
-    VIDEOS_PER_SHARD,
-    PreprocessConfig,
-    VideoTask,
-    annotation_hash,
-    record_key,
-    settings_of,
-)
-from pipelines.preprocess.elements import (
-    canonical_example,
-    encode_video,
-    failure_reason,
-    process_video,
-    shard_index,
-    shard_name,
-)
-from pipelines.preprocess.inputs import EmptyInputError, charades_tasks, toyota_inputs
-from pipelines.preprocess.job import (
-    clear_output,
-    clear_staging,
-    job_error,
-    no_video_message,
-    run_preprocess,
-    summary_ok,
-    write_summary,
-)
-from pipelines.preprocess.shards import existing_output, existing_records, write_shard
-from pipelines.preprocess.staging import list_staged, read_staged_record, stage_dead_letter, stage_record, staged_path
-from pipelines.preprocess.transforms import (
-    FLOW_COUNTERS,
-    ProcessVideoFn,
-    ProcessVideos,
-    StagingProgress,
-    WriteShards,
-    build_pipeline,
-    count_flow,
-    enable_flow_compile_cache,
-    flow_summary,
-    is_local,
-    make_pipeline,
-    write_dead_letters,
-)
+import importlib
 
-# TFRecord framing as bytes: shards go through Beam's FileSystems (pipelines/holdout.py uses them too).
-from preprocessing.loader import decode_records, encode_records
+# The public names and the module of each. They are loaded on first use (PEP 562), so that importing
+# `pipelines.preprocess.config` (the settings the CLI makes its flags from) does not load Beam.
+_MODULES = {
+    "pipelines.preprocess.config": (
+        "CLASSES_FILE", "MANIFEST", "MANIFEST_VERSION", "NAMESPACE", "SETTINGS_KEYS", "SHARD_PREFIX", "STAGING",
+        "VIDEOS_PER_SHARD", "PreprocessConfig", "VideoTask", "annotation_hash", "record_key", "settings_of"),
+    "pipelines.preprocess.elements": (
+        "canonical_example", "encode_video", "failure_reason", "process_video", "shard_index", "shard_name"),
+    "pipelines.preprocess.inputs": ("EmptyInputError", "charades_tasks", "toyota_inputs"),
+    "pipelines.preprocess.job": (
+        "clear_output", "clear_staging", "job_error", "no_video_message", "run_preprocess", "summary_ok",
+        "write_summary"),
+    "pipelines.preprocess.shards": ("existing_output", "existing_records", "write_shard"),
+    "pipelines.preprocess.staging": (
+        "list_staged", "read_staged_record", "stage_dead_letter", "stage_record", "staged_path"),
+    "pipelines.preprocess.transforms": (
+        "FLOW_COUNTERS", "ProcessVideoFn", "ProcessVideos", "StagingProgress", "WriteShards", "build_pipeline",
+        "count_flow", "enable_flow_compile_cache", "flow_summary", "is_local", "make_pipeline",
+        "write_dead_letters"),
+    # TFRecord framing as bytes: shards go through Beam's FileSystems (pipelines/holdout.py uses them too).
+    "preprocessing.loader": ("decode_records", "encode_records"),
+}
+_HOME = {name: module for module, names in _MODULES.items() for name in names}
+__all__ = sorted(_HOME, key=str.lower)
 
-__all__ = [
-    "annotation_hash",
-    "build_pipeline",
-    "canonical_example",
-    "charades_tasks",
-    "CLASSES_FILE",
-    "clear_output",
-    "clear_staging",
-    "count_flow",
-    "decode_records",
-    "EmptyInputError",
-    "enable_flow_compile_cache",
-    "encode_records",
-    "encode_video",
-    "existing_output",
-    "existing_records",
-    "failure_reason",
-    "FLOW_COUNTERS",
-    "flow_summary",
-    "is_local",
-    "job_error",
-    "list_staged",
-    "make_pipeline",
-    "MANIFEST",
-    "MANIFEST_VERSION",
-    "NAMESPACE",
-    "no_video_message",
-    "PreprocessConfig",
-    "process_video",
-    "ProcessVideoFn",
-    "ProcessVideos",
-    "read_staged_record",
-    "record_key",
-    "run_preprocess",
-    "SETTINGS_KEYS",
-    "settings_of",
-    "shard_index",
-    "shard_name",
-    "SHARD_PREFIX",
-    "stage_dead_letter",
-    "stage_record",
-    "staged_path",
-    "STAGING",
-    "StagingProgress",
-    "summary_ok",
-    "toyota_inputs",
-    "VIDEOS_PER_SHARD",
-    "VideoTask",
-    "write_dead_letters",
-    "write_shard",
-    "write_summary",
-    "WriteShards",
-]
+
+def __getattr__(name):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOME[name]), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_HOME))

@@ -8,7 +8,11 @@ import hashlib
 import json
 import re
 
+from pipelines import configs
+from pipelines.configs import FPS, REQUIRED, SIDE, positive, setting
+from pipelines.train_config import DATASETS
 from preprocessing import records
+from preprocessing.flow import METHODS
 
 NAMESPACE = "assemblenet.preprocess"
 SHARD_PREFIX = "data"
@@ -18,25 +22,41 @@ MANIFEST = "manifest.json"
 CLASSES_FILE = records.CLASSES  # the records folder's names are preprocessing.records'
 STAGING = "_staging"
 MANIFEST_VERSION = 1
+FLOWS = (*METHODS, "none")  # preprocessing.flow's TV-L1 backends, or no flow
 # What a record depends on besides its annotation row; a change of any of these changes every record.
 SETTINGS_KEYS = ("dataset", "num_classes", "class_names", "fps", "size", "flow", "segmenter", "max_seconds")
 
 
 @dataclasses.dataclass(frozen=True)
 class PreprocessConfig:
-    dataset: str  # "charades" | "toyota"
-    num_classes: int
-    fps: float = 6.0  # AssembleNet A.6: 6 fps for Charades
-    size: int = 256  # shorter side of the stored frames (A.7 evaluates at 256)
-    flow: str = "opencv"  # "opencv" | "tensor" | "none"
-    segmenter: str = "none"  # see preprocessing.segment.make_segmenter
-    videos_dir: str = ""  # where the oracle segmenter looks for ../masks
-    max_seconds: float | None = None
-    class_names: tuple[str, ...] = ()  # the label space's names, when known (part of the settings)
-    staging: str = ""  # a folder: each finished video is written there at once (see pipelines/preprocess/__init__.py)
-    # --flow tensor: the persistent XLA cache folder ("": preprocessing.flow.default_compile_cache() of the
-    # worker; "none": off). Not a setting: the compiled programs, hence the records, are the same either way.
-    compile_cache: str = ""
+    """One preprocessing job's settings. `assemblenet preprocess` makes its --dataset, --fps, --size,
+    --flow, --segmenter, --max-seconds and --compile-cache flags from these fields (pipelines.configs);
+    the fields without a flag are filled in by the job (`run_preprocess`)."""
+
+    dataset: str = setting(REQUIRED, None, choices=DATASETS)
+    num_classes: int = setting(REQUIRED, "classes of the label space (from the annotations)", type=positive(),
+                               flag=False)
+    fps: float = setting(6.0, "target frame rate (AssembleNet A.6: 6 for Charades)", type=FPS)
+    # A.7 evaluates at 256.
+    size: int = setting(256, "shorter side of the stored frames", type=SIDE)
+    flow: str = setting("opencv", "TV-L1 backend", choices=FLOWS)
+    segmenter: str = setting(  # see preprocessing.segment.make_segmenter
+        "none", "none | oracle[:DIR] | a .keras file | a keras-hub preset name or directory")
+    videos_dir: str = setting("", "where the oracle segmenter looks for ../masks", flag=False)
+    max_seconds: float | None = setting(None, "decode at most this much of each video", type=positive(float, None))
+    class_names: tuple[str, ...] = setting(
+        (), "the label space's names, when known (part of the settings)", flag=False)
+    staging: str = setting("", "a folder: each finished video is written there at once "
+                           "(see pipelines/preprocess/__init__.py)", flag=False)
+    # "": preprocessing.flow.default_compile_cache() of each worker (the flag's None). Not one of
+    # SETTINGS_KEYS: the compiled programs, hence the records, are the same either way.
+    compile_cache: str = setting(
+        "", "--flow tensor: folder of the persistent XLA compilation cache, so a later job or another worker "
+        "loads the compiled TV-L1 programs instead of compiling them (default: $ASSEMBLENET_COMPILE_CACHE, "
+        "else ~/.cache/assemblenet/xla; 'none': off)", flag_default=None, metavar="DIR")
+
+    def __post_init__(self):
+        configs.check(self)  # each field's type, choices and range (finite numbers only)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ import re
 import time
 from pathlib import Path
 
-from pipelines import locks
+from pipelines import configs, locks
 from pipelines.preprocess.config import (
     CLASSES_FILE,
     MANIFEST,
@@ -44,12 +44,14 @@ from preprocessing.records import SUMMARY as RECORDS_SUMMARY
 
 @locks.writes("out", "records folder")
 def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | None = None,
-                   classes: str | None = None, split: str | None = None, fps: float = 6.0, size: int = 256,
-                   flow: str = "opencv", segmenter: str = "none", num_shards: int | None = None,
+                   classes: str | None = None, split: str | None = None, fps: float = PreprocessConfig.fps,
+                   size: int = PreprocessConfig.size, flow: str = PreprocessConfig.flow,
+                   segmenter: str = PreprocessConfig.segmenter, num_shards: int | None = None,
                    max_seconds: float | None = None, runner: str | None = None,
                    pipeline_args: list[str] | None = None, progress: bool = True, workers: int = 1,
                    replace: bool = False, compile_cache: str | None = None) -> dict:
-    """Runs the Beam job and returns the summary it writes to `out/summary.json`.
+    """Runs the Beam job and returns the summary it writes to `out/summary.json`. The settings' defaults,
+    choices and ranges are PreprocessConfig's.
 
     Charades: `annotations` is the split's CSV (Charades_v1_train.csv or _test.csv), `classes`
     the classes file (default: Charades_v1_classes.txt next to the CSV, else the official 157).
@@ -63,17 +65,9 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
     """
     from preprocessing import charades, toyota
 
-    if dataset not in ("charades", "toyota"):
-        raise ValueError(f"dataset must be 'charades' or 'toyota', got {dataset!r}")
-    if flow not in ("opencv", "tensor", "none"):
-        raise ValueError(f"flow must be 'opencv', 'tensor' or 'none', got {flow!r}")
-    from preprocessing.video import MAX_FPS
-
-    # `not a <= x` rather than `x < a`: nan fails every comparison and must be refused too.
-    if not 0 < fps <= MAX_FPS or not 8 <= size:
-        raise ValueError(f"need 0 < fps <= {MAX_FPS:g} and size >= 8, got fps={fps}, size={size}")
-    if max_seconds is not None and not 0 < max_seconds < math.inf:
-        raise ValueError(f"max_seconds must be a positive number, got {max_seconds}")
+    # The settings, before the inputs are read (nan and inf included): PreprocessConfig's choices and ranges.
+    configs.check_values(PreprocessConfig, {"dataset": dataset, "fps": fps, "size": size, "flow": flow,
+                                            "segmenter": segmenter, "max_seconds": max_seconds})
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if workers > 1 and not is_local(runner):

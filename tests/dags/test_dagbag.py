@@ -129,4 +129,23 @@ def test_params_are_made_from_the_config_fields(dagbag):
     evolution = {f.name: f for f in dataclasses.fields(EvolutionConfig)}
     population = dagbag.dags["assemblenet_evolution"].params.get_param("population")
     assert (population.value, population.description) == (2, evolution["population_size"].metadata["help"])
-    assert population.schema["minimum"] == 2  # as `assemblenet evolve --population`
+    assert population.schema["minimum"] == 1  # as `assemblenet evolve --population`
+    width_scale = dagbag.dags["assemblenet_evolution"].params.get_param("width_scale")
+    assert (width_scale.value, width_scale.schema["minimum"], width_scale.schema["maximum"]) == (16, 1, 1024)
+    from pipelines.preprocess.config import PreprocessConfig
+
+    preprocess = dagbag.dags["assemblenet_preprocess"].params
+    fps, size = preprocess.get_param("fps"), preprocess.get_param("size")
+    assert (fps.value, fps.schema["exclusiveMinimum"], fps.schema["maximum"]) == (PreprocessConfig.fps, 0.0, 240.0)
+    assert (size.value, size.schema["minimum"], size.schema["maximum"]) == (PreprocessConfig.size, 8, 4096)
+    assert preprocess.get_param("flow").schema["enum"] == ["opencv", "tensor", "none"]
+    assert preprocess.get_param("flow").value == PreprocessConfig.flow == "opencv"
+    assert preprocess.get_param("dataset").schema["enum"] == ["charades", "toyota"]
+    assert preprocess.get_param("segmenter").value == PreprocessConfig.segmenter == "none"
+    from model.pruning import PRUNE_THRESHOLD
+    from pipelines.evaluate import CLIPS
+
+    threshold, clips = params.get_param("threshold"), params.get_param("clips")  # assemblenet_search_and_train
+    assert (threshold.value, threshold.schema["minimum"], threshold.schema["exclusiveMaximum"]) == (
+        PRUNE_THRESHOLD, 0.0, 1.0)
+    assert (clips.value, clips.schema["minimum"], clips.schema["maximum"]) == (CLIPS, 1, 1000)

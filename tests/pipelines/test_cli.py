@@ -184,11 +184,22 @@ def test_the_library_refuses_nan_and_huge_frame_rates_too(tmp_path):
     from pipelines.preprocess import run_preprocess
     from preprocessing.video import decode_video
 
-    for fps in (float("nan"), 1e9):
-        with pytest.raises(ValueError, match=r"need 0 < fps <= 240 and size >= 8, got fps="):
+    for fps, problem in ((float("nan"), "must be a finite number"), (1e9, r"expected a number in \(0, 240\]")):
+        with pytest.raises(ValueError, match=rf"^PreprocessConfig.fps={fps!r}: {problem}$"):
             run_preprocess(dataset="toyota", videos=str(tmp_path), out=str(tmp_path / "out"), fps=fps)
         with pytest.raises(ValueError, match=r"fps must be in \(0, 240\]"):
             decode_video(tmp_path / "missing.mp4", fps=fps)
+    for settings, message in (({"size": 4}, "PreprocessConfig.size=4: expected an integer in [8, 4096]"),
+                              ({"flow": "farneback"},
+                               "PreprocessConfig.flow='farneback': expected one of ('opencv', 'tensor', 'none')"),
+                              ({"max_seconds": float("inf")},
+                               "PreprocessConfig.max_seconds=inf: must be a finite number"),
+                              ({"dataset": "kinetics"}, "PreprocessConfig.dataset='kinetics': expected one of "
+                               "('charades', 'toyota')")):
+        with pytest.raises(ValueError) as error:
+            run_preprocess(**{"dataset": "toyota", "videos": str(tmp_path), "out": str(tmp_path / "out"), **settings})
+        assert str(error.value) == message
+    assert not (tmp_path / "out").exists()  # refused before anything is read or written
 
 
 def test_predict_and_evaluate_read_the_run_config_typed_naming_file_and_field(tmp_path, capsys):

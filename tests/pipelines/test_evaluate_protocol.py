@@ -97,3 +97,28 @@ def test_a_saved_model_is_evaluated_at_the_test_size_with_its_weights(tmp_path):
         x["object"] = np.zeros((1, FRAMES, 64, 64), "int32")
     np.testing.assert_allclose(np.asarray(resized(x)), np.asarray(direct(x)), atol=1e-5)
     assert at_size(trained, 32) is trained
+
+
+def test_evaluate_run_flags_are_the_evaluate_config_fields(capsys):
+    """`evaluate run`'s settings flags hold EvaluateConfig's defaults, choices and ranges."""
+    import dataclasses
+
+    from pipelines import cli
+    from pipelines.evaluate import CLIP_STARTS, EvaluateConfig
+
+    args = cli.build_parser().parse_args(["evaluate", "run", "RUN", "--data", "d"])
+    for field in dataclasses.fields(EvaluateConfig):
+        assert getattr(args, field.name) == field.default, field.name
+    assert (args.dataset, args.clips, args.clip_starts, args.size, args.seed, args.batch_size) == (
+        None, None, None, None, 0, 4)
+    args = cli.build_parser().parse_args(["evaluate", "run", "RUN", "--data", "d", "--clips", "3",
+                                          "--clip-starts", "even", "--size", "160", "--dataset", "toyota"])
+    assert (args.clips, args.clip_starts, args.size, args.dataset) == (3, "even", 160, "toyota")
+    assert CLIP_STARTS == ("random", "even")
+    for flag, value, message in (
+            ("--clips", "0", "argument --clips: expected an integer in [1, 1000], got '0'"),
+            ("--clip-starts", "middle", "argument --clip-starts: invalid choice: 'middle'"),
+            ("--batch-size", "0", "argument --batch-size: expected an integer in [1, 1000000000], got '0'")):
+        with pytest.raises(SystemExit):
+            cli.main(["evaluate", "run", "RUN", "--data", "d", flag, value])
+        assert message in capsys.readouterr().err

@@ -89,3 +89,21 @@ def test_predict_prints_class_names_not_indices(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(predict_module, "video_scores", lambda **kwargs: scores)
     assert cli.main(["predict", "--model", str(run), "--video", "v.mp4", "--top", "2"]) == 0
     assert capsys.readouterr().out == f"1.0000  {toyota.CLASSES[30]}\n0.9667  {toyota.CLASSES[29]}\n"
+
+
+def test_predict_settings_flags_take_the_preprocess_fields_ranges_and_default_to_the_run(capsys):
+    """--fps/--size/--flow/--segmenter hold PreprocessConfig's settings; absent, they are None (the run's)."""
+    from pipelines import cli
+
+    args = cli.build_parser().parse_args(["predict", "--model", "r", "--video", "v.mp4"])
+    assert (args.fps, args.size, args.flow, args.segmenter) == (None, None, None, None)
+    args = cli.build_parser().parse_args(["predict", "--model", "r", "--video", "v.mp4", "--fps", "12.5",
+                                          "--size", "128", "--flow", "tensor", "--segmenter", "oracle"])
+    assert (args.fps, args.size, args.flow, args.segmenter) == (12.5, 128, "tensor", "oracle")
+    for flag, value, message in (
+            ("--fps", "300", "argument --fps: expected a number in (0, 240], got '300'"),
+            ("--size", "4", "argument --size: expected an integer in [8, 4096], got '4'"),
+            ("--flow", "none", "argument --flow: invalid choice: 'none'")):  # predict computes a flow
+        with pytest.raises(SystemExit):
+            cli.main(["predict", "--model", "r", "--video", "v.mp4", flag, value])
+        assert message in capsys.readouterr().err

@@ -358,6 +358,50 @@ def test_workers_flag_reaches_the_job(monkeypatch, tmp_path):
     assert (seen["flow"], seen["compile_cache"]) == ("tensor", str(tmp_path / "xla"))
 
 
+def test_preprocess_flags_are_the_config_fields_with_their_defaults(monkeypatch, tmp_path, capsys):
+    import dataclasses
+
+    from pipelines.cli import build_parser
+    from pipelines.preprocess.config import FLOWS, PreprocessConfig
+
+    fields = {f.name: f for f in dataclasses.fields(PreprocessConfig)}
+    args = build_parser().parse_args(["preprocess", "--dataset", "toyota", "--videos", "v", "--out", "o"])
+    assert (args.fps, args.size, args.flow, args.segmenter, args.max_seconds) == (6.0, 256, "opencv", "none", None)
+    for name in ("fps", "size", "flow", "segmenter", "max_seconds"):
+        assert getattr(args, name) == fields[name].default, name
+    assert args.compile_cache is None and fields["compile_cache"].default == ""  # each worker resolves ""
+    assert FLOWS == ("opencv", "tensor", "none")
+    seen = {}
+    monkeypatch.setattr(preprocess, "run_preprocess", lambda **kwargs: seen.update(kwargs) or {
+        "input": 1, "written": 1, "dead_lettered": 0, "unaccounted": []})
+    assert main(["preprocess", "--dataset", "charades", "--videos", "v", "--out", str(tmp_path / "o"),
+                 "--fps", "12.5", "--size", "128", "--flow", "none", "--segmenter", "oracle",
+                 "--max-seconds", "3"]) == 0
+    assert {k: seen[k] for k in ("dataset", "fps", "size", "flow", "segmenter", "max_seconds")} == {
+        "dataset": "charades", "fps": 12.5, "size": 128, "flow": "none", "segmenter": "oracle", "max_seconds": 3.0}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:  # --dataset is a field without a default: required
+        main(["preprocess", "--videos", "v", "--out", "o"])
+    assert exit_info.value.code == 1
+    assert "the following arguments are required: --dataset" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["preprocess", "--dataset", "toyota", "--videos", "v", "--out", "o", "--flow", "farneback"])
+    assert "argument --flow: invalid choice: 'farneback'" in capsys.readouterr().err
+
+
+def test_the_preprocess_settings_load_without_beam():
+    """The CLI makes its flags from PreprocessConfig: importing it must not load Beam (a slow `--help`)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipelines.preprocess.config, pipelines.cli; pipelines.cli.build_parser(); "
+            "print(sorted(m for m in ('apache_beam', 'tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "[]"
+    assert preprocess.run_preprocess.__module__ == "pipelines.preprocess.job"  # the package still re-exports
+
+
 # ---------------------------------------------------------------------------------------------
 # Toyota protocols (cross-subject, cross-view).
 

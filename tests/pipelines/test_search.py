@@ -41,6 +41,30 @@ def test_evolve_flags_build_the_configs(tmp_path):
         TrainEvaluator(data="d", train={"typo_field": 1})
 
 
+def test_search_space_flags_are_made_from_the_search_space_fields(capsys):
+    """--stems, --object-stem, --width-scale and --repeats: SearchSpace's fields (model/), whose plain
+    metadata holds their help text and range."""
+    import dataclasses
+
+    args = cli.build_parser().parse_args(["evolve", "--data", "d", "--out", "o"])
+    space = SearchSpace()
+    assert (args.stems, args.object_stem, args.width_scale, args.repeats) == (
+        space.stem_counts, space.object_stem, space.width_scale, space.repeats) == ((2, 4), False, 1,
+                                                                                      (1.5, 2.0, 3.0, 1.5))
+    fields = {f.name: f for f in dataclasses.fields(SearchSpace)}
+    evolve = next(a for a in cli.build_parser()._actions if a.dest == "command").choices["evolve"]
+    help_of = {a.dest: a.help for a in evolve._actions}
+    assert help_of["width_scale"] == fields["width_scale"].metadata["help"]
+    assert help_of["stems"] == fields["stem_counts"].metadata["help"] == "stem counts to draw from (paper: 2,4)"
+    for flag, value, message in (
+            ("--width-scale", "0", "argument --width-scale: expected an integer in [1, 1024], got '0'"),
+            ("--stems", "2,x", "argument --stems: expected comma-separated ints, e.g. 2,4; got '2,x'"),
+            ("--repeats", "1,a", "argument --repeats: expected comma-separated floats, e.g. 2,4; got '1,a'")):
+        with pytest.raises(SystemExit):
+            cli.main(["evolve", "--data", "d", "--out", "o", flag, value])
+        assert message in capsys.readouterr().err
+
+
 def test_search_summary_lists_what_was_kept():
     layout = get_structure("tiny")
     supernet = over_connected(layout)
@@ -139,3 +163,21 @@ def test_evolution_then_one_shot_search_then_final_training(tmp_path):
     model = keras.models.load_model(run / "model.keras")
     assert model.output_shape == (None, 4)
     assert Structure.from_json(run / "structure.json") == final
+
+
+def test_search_threshold_flag_is_the_one_shot_config_field(monkeypatch, capsys):
+    """--threshold: OneShotConfig.threshold, whose default is model.pruning's PRUNE_THRESHOLD (§3.5, 0.2)."""
+    import dataclasses
+
+    from model.pruning import PRUNE_THRESHOLD
+    from pipelines.search import OneShotConfig
+
+    field = {f.name: f for f in dataclasses.fields(OneShotConfig)}["threshold"]
+    args = cli.build_parser().parse_args(["search", "--structure", "tiny", "--data", "d", "--out", "o"])
+    assert args.threshold == field.default == PRUNE_THRESHOLD == 0.2
+    args = cli.build_parser().parse_args(["search", "--structure", "tiny", "--data", "d", "--out", "o",
+                                          "--threshold", "0.35"])
+    assert args.threshold == 0.35
+    with pytest.raises(SystemExit):
+        cli.main(["search", "--structure", "tiny", "--data", "d", "--out", "o", "--threshold", "1"])
+    assert "argument --threshold: expected a number in [0, 1), got '1'" in capsys.readouterr().err

@@ -11,6 +11,7 @@ finite-number check, so no number reaches a command unchecked.
 from __future__ import annotations
 
 from pipelines.configs import (  # noqa: F401  (the commands take them from here)
+    FPS,
     MAX_COUNT,
     MAX_SEED,
     MAX_SIDE,
@@ -21,9 +22,7 @@ from pipelines.configs import (  # noqa: F401  (the commands take them from here
     non_negative,
     positive,
 )
-from preprocessing.video import MAX_FPS
 
-# Bounds shared by several commands (MAX_FPS: the decoder's); `Range` and the bounds a config field
-# declares live in pipelines.configs, with the fields.
-FPS = Range(float, 0.0, MAX_FPS, low_open=True)
+# Bounds shared by several commands; `Range` and the bounds a config field declares (FPS, SIDE, SEED)
+# live in pipelines.configs, with the fields.
 WORKERS = Range(int, 1, 1024)

@@ -3,7 +3,10 @@
 import argparse
 import json
 
-from pipelines.cli.commands import FPS, MAX_SIDE, SEED, SIDE, WORKERS, Range, positive
+from pipelines.cli.commands import FPS, MAX_SIDE, SEED, WORKERS, Range, positive
+from pipelines.configs import add_flags
+from pipelines.preprocess.config import PreprocessConfig
+from preprocessing import toyota
 
 
 def register(subparsers):
@@ -23,24 +26,19 @@ def register(subparsers):
         "preprocess", help="videos -> TFRecords (rgb, TV-L1 flow, object masks) with Beam",
         description="Runs the Beam preprocessing job. Beam pipeline options (e.g. --project, --region, "
                     "--temp_location, --setup_file ./setup.py for Dataflow) go after `--`.")
-    pre.add_argument("--dataset", required=True, choices=["charades", "toyota"])
+    # The job's settings are PreprocessConfig's fields (pipelines/preprocess/config.py); the other flags
+    # say where the job reads and writes and how it runs.
+    add_flags(pre, PreprocessConfig, ("dataset",))
     pre.add_argument("--videos", required=True,
                      help="directory of the .mp4 files (local: sub-folders and .MP4 included; or gs://)")
     pre.add_argument("--out", required=True,
                      help="output directory for shards, dead_letter.jsonl, summary.json")
     pre.add_argument("--annotations", help="Charades: the split's CSV (Charades_v1_train.csv / _test.csv)")
     pre.add_argument("--classes", help="Charades: Charades_v1_classes.txt (default: next to the CSV)")
-    splits = ["cs-train", "cs-test", "cv1-train", "cv1-test", "cv2-train", "cv2-test"]
-    pre.add_argument("--split", choices=splits, help="Toyota split (default: every clip)")
-    pre.add_argument("--fps", type=FPS, default=6.0,
-                     help="target frame rate (AssembleNet A.6: 6 for Charades)")
-    pre.add_argument("--size", type=SIDE, default=256, help="shorter side of the stored frames")
-    pre.add_argument("--flow", default="opencv", choices=["opencv", "tensor", "none"], help="TV-L1 backend")
-    pre.add_argument("--segmenter", default="none",
-                     help="none | oracle[:DIR] | a .keras file | a keras-hub preset name or directory")
+    pre.add_argument("--split", choices=toyota.SPLITS, help="Toyota split (default: every clip)")
+    add_flags(pre, PreprocessConfig, ("fps", "size", "flow", "segmenter"))
     pre.add_argument("--num-shards", type=positive(), default=None, help="default: one per 50 videos")
-    pre.add_argument("--max-seconds", type=positive(float, None), default=None,
-                     help="decode at most this much of each video")
+    add_flags(pre, PreprocessConfig, ("max_seconds",))
     pre.add_argument("--runner", default=None, help="Beam runner (default: FnApiRunner, in process)")
     pre.add_argument("--workers", type=WORKERS, default=1,
                      help="local worker processes of the FnApiRunner (Beam's multi_processing mode); "
@@ -48,10 +46,7 @@ def register(subparsers):
     pre.add_argument("--replace", action="store_true",
                      help="OUT holds records of other settings or of videos not in this input: delete or "
                           "redo them so OUT matches this command (default: refuse)")
-    pre.add_argument("--compile-cache", default=None, metavar="DIR",
-                     help="--flow tensor: folder of the persistent XLA compilation cache, so a later job or "
-                          "another worker loads the compiled TV-L1 programs instead of compiling them "
-                          "(default: $ASSEMBLENET_COMPILE_CACHE, else ~/.cache/assemblenet/xla; 'none': off)")
+    add_flags(pre, PreprocessConfig, ("compile_cache",))
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")
     pre.add_argument("pipeline_args", nargs=argparse.REMAINDER, help="Beam pipeline options, after `--`")
     pre.set_defaults(func=preprocess_command)

@@ -3,9 +3,10 @@
 import json
 import sys
 
-from pipelines.cli.commands import SEED, SIDE, Range, positive
 from pipelines.cli.commands.train import add_input_flags
-from pipelines.rundir import CONFIG, MODEL, RECIPE
+from pipelines.configs import add_flags
+from pipelines.evaluate import EvaluateConfig
+from pipelines.rundir import MODEL, RECIPE
 
 
 def register(subparsers):
@@ -27,22 +28,12 @@ def register(subparsers):
     run = kinds.add_parser("run", help=f"evaluate RUN_DIR/{MODEL} on TFRecords (N clips a video)")
     run.add_argument("run_dir")
     run.add_argument("--data", required=True, help="TFRecord file pattern of the test split")
-    run.add_argument("--dataset", choices=["charades", "toyota"], help=f"default: from RUN_DIR/{CONFIG}")
+    add_flags(run, EvaluateConfig, ("dataset",))
     run.add_argument("--config",
                      help="the recipe whose `evaluate` section sets --clips, --clip-starts and --size: a shipped "
                      "one by name (see configs/) or a JSON file; default: the recipe the run was trained "
                      f"with (RUN_DIR/{RECIPE}); the flags below override it")
-    run.add_argument("--clips", type=Range(int, 1, 1000), default=None,
-                     help="clips per video (default: the recipe's, else 5, AssembleNet A.7)")
-    run.add_argument("--clip-starts", choices=["random", "even"], default=None,
-                     help="where the clips start: random from a fixed seed or evenly spaced (default: the "
-                     "recipe's `crops`; without a recipe random for Charades, AssembleNet A.7, even for Toyota)")
-    run.add_argument("--size", type=SIDE, default=None,
-                     help="test resolution (default: the recipe's, scaled if the run trained at another size "
-                     "than the recipe's; without a recipe Charades 256 x train size / 224 rounded to a "
-                     "multiple of 32, AssembleNet A.7, and Toyota the training size)")
-    run.add_argument("--seed", type=SEED, default=0, help="seed of the random clip starts")
-    run.add_argument("--batch-size", type=positive(), default=4)
+    add_flags(run, EvaluateConfig, ("clips", "clip_starts", "size", "seed", "batch_size"))
     add_input_flags(run)
     run.add_argument("--json", action="store_true", help="print the full result as JSON")
     run.set_defaults(func=run_command)

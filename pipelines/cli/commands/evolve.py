@@ -3,7 +3,8 @@
 import argparse
 import json
 
-from pipelines.cli.commands import WORKERS, Range, fraction
+from model.evolution import SearchSpace
+from pipelines.cli.commands import WORKERS, fraction
 from pipelines.configs import add_flags, flag_values, from_args
 from pipelines.evolve import EvolutionConfig
 from pipelines.train_config import TrainConfig
@@ -13,6 +14,8 @@ from pipelines.train_config import TrainConfig
 PROXY_FLAGS = ("dataset", "num_classes", "frames", "size", "batch_size", "steps", "steps_per_epoch",
                "learning_rate", "warmup_steps", "weight_decay", "label_smoothing", "precision", "seed",
                "temporal_pool")
+# The search space's flags (--stems, --object-stem, --width-scale, --repeats).
+SPACE_FLAGS = ("stem_counts", "object_stem", "width_scale", "repeats")
 
 
 def _threshold(text: str):
@@ -26,18 +29,6 @@ def _threshold(text: str):
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'random', got {text!r}")
     return value
-
-
-def _numbers(kind):
-    def parse(text: str) -> str:
-        try:
-            [kind(v) for v in text.split(",")]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, e.g. 2,4; "
-                                             f"got {text!r}") from None
-        return text
-    parse.__name__ = f"{kind.__name__} list"
-    return parse
 
 
 def register(subparsers):
@@ -61,12 +52,7 @@ def register(subparsers):
     add_flags(search, EvolutionConfig, ("seed",))  # --search-seed
     search.add_argument("--workers", type=WORKERS, default=1, help="children trained in parallel processes")
     space = parser.add_argument_group("search space")
-    space.add_argument("--stems", type=_numbers(int), default="2,4", help="stem counts to draw from (paper: 2,4)")
-    space.add_argument("--object-stem", action="store_true", help="add the object stem (AssembleNet++)")
-    space.add_argument("--width-scale", type=Range(int, 1, 1024), default=1,
-                       help="divide every channel count by this (tiny proxy searches, e.g. 8 or 16)")
-    space.add_argument("--repeats", type=_numbers(float), default="1.5,2,3,1.5",
-                       help="module repeats m per level (paper: 1.5,2,3,1.5; tiny proxies: 0.5,0.5,0.5,0.5)")
+    add_flags(space, SearchSpace, SPACE_FLAGS)  # model.evolution.SearchSpace's fields and their metadata
     proxy = parser.add_argument_group("proxy training of each child (TrainConfig; paper: 10k steps)")
     add_flags(proxy, TrainConfig, PROXY_FLAGS, overrides=True)
     parser.set_defaults(func=evolve_command)
@@ -74,13 +60,10 @@ def register(subparsers):
 
 def configs_from_args(args):
     """(EvolutionConfig, TrainEvaluator) from the parsed flags."""
-    from model.evolution import SearchSpace
     from pipelines.evolve import TrainEvaluator
 
     threshold = None if args.keep_threshold == "random" else float(args.keep_threshold)
-    space = SearchSpace(stem_counts=tuple(int(s) for s in args.stems.split(",")),
-                        object_stem=args.object_stem, width_scale=args.width_scale,
-                        repeats=tuple(float(m) for m in args.repeats.split(",")))
+    space = from_args(SearchSpace, args, SPACE_FLAGS)
     config = from_args(EvolutionConfig, args, keep_threshold=threshold, space=space)
     train = flag_values(TrainConfig, args, PROXY_FLAGS)
     return config, TrainEvaluator(data=args.data, eval_data=args.eval_data, train=train, holdout=args.holdout)

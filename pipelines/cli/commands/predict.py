@@ -2,8 +2,12 @@
 
 import json
 
-from pipelines.cli.commands import FPS, SIDE, Range, positive
+from pipelines.cli.commands import positive
+from pipelines.configs import add_flag_like
+from pipelines.evaluate import CLIPS, EvaluateConfig
+from pipelines.preprocess.config import PreprocessConfig
 from pipelines.rundir import MODEL
+from preprocessing.flow import METHODS
 
 
 def register(subparsers):
@@ -12,11 +16,14 @@ def register(subparsers):
     parser.add_argument("--model", required=True, help=f"a training run directory (holds {MODEL})")
     parser.add_argument("--video", required=True, help="a video file (mp4, ...)")
     parser.add_argument("--top", type=positive(), default=5, help="how many classes to print")
-    parser.add_argument("--clips", type=Range(int, 1, 1000), default=5, help="clips max-pooled (AssembleNet A.7: 5)")
-    parser.add_argument("--segmenter", help="object segmenter spec (default: the run's preprocessing)")
-    parser.add_argument("--fps", type=FPS, help="decode frame rate (default: the run's preprocessing)")
-    parser.add_argument("--size", type=SIDE, help="shorter side of the frames (default: the run's)")
-    parser.add_argument("--flow", choices=["opencv", "tensor"], help="flow method (default: the run's)")
+    add_flag_like(parser, EvaluateConfig, "clips", CLIPS, f"clips max-pooled (AssembleNet A.7: {CLIPS})")
+    # PreprocessConfig's settings (their types, choices and ranges); None: the run's preprocessing. A
+    # flow is computed here, so --flow takes only the flow methods.
+    add_flag_like(parser, PreprocessConfig, "segmenter", None, "object segmenter spec (default: the run's "
+                  "preprocessing)")
+    add_flag_like(parser, PreprocessConfig, "fps", None, "decode frame rate (default: the run's preprocessing)")
+    add_flag_like(parser, PreprocessConfig, "size", None, "shorter side of the frames (default: the run's)")
+    add_flag_like(parser, PreprocessConfig, "flow", None, "flow method (default: the run's)", choices=METHODS)
     parser.add_argument("--json", action="store_true", help="print [[class, score], ...] as JSON")
     parser.set_defaults(func=predict_command)
 

@@ -2,9 +2,8 @@
 
 import json
 
-from model.pruning import PRUNE_THRESHOLD
-from pipelines.cli.commands import fraction
 from pipelines.configs import add_flags, flag_values, settings
+from pipelines.search import OneShotConfig
 from pipelines.train_config import TrainConfig
 
 # Every training flag but --attention and --default-peers (the search model always uses
@@ -23,9 +22,7 @@ def register(subparsers):
     parser.add_argument("--eval-data", help="TFRecords evaluated after every epoch")
     parser.add_argument("--out", required=True,
                         help="output folder: final_structure.json, search_summary.json, run/")
-    parser.add_argument("--threshold", type=fraction(high_open=True), default=PRUNE_THRESHOLD,
-                        help="connections with sigmoid(w) <= this are pruned (AssembleNet++ §4.1: "
-                             f"{PRUNE_THRESHOLD})")
+    add_flags(parser, OneShotConfig, ("threshold",))
     parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of a progress bar")
     recipe = parser.add_argument_group("training recipe (TrainConfig)")
     add_flags(recipe, TrainConfig, SEARCH_TRAIN_FLAGS, overrides=True)
