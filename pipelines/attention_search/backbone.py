@@ -187,22 +187,65 @@ def recalibrate_batchnorm(model, batches, num_batches: int = 20) -> None:
 
     After a few hundred steps the moving averages (momentum 0.99) still lag the weights, most of all
     behind a cell whose zero-initialised γ grows during training; one-shot NAS re-estimates them before
-    evaluating (the project applies it to every compared model alike)."""
+    evaluating (the project applies it to every compared model alike).
+
+    Each batch runs through one compiled training-mode forward pass with every momentum at 0, so a
+    layer's moving statistics become that batch's; their mean over the batches is kept. (A forward pass
+    run eagerly instead costs a dispatch, and under JAX a compilation, per operation: on a supernet of
+    many candidate operations that took a minute on the CPU and longer on a shared GPU.)"""
     import keras
 
     layers = [
         layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)
     ]
+    if not layers or num_batches < 1:
+        return
     momenta = [layer.momentum for layer in layers]
+    sums = [[np.zeros(layer.moving_mean.shape, "float64"), np.zeros(layer.moving_variance.shape, "float64")]
+            for layer in layers]
     try:
-        for k in range(1, num_batches + 1):
-            for layer in layers:
-                layer.momentum = 1.0 - 1.0 / k  # running mean over the k batches seen
+        for layer in layers:
+            layer.momentum = 0.0  # read when the forward pass is traced: moving statistics := the batch's
+        forward = _training_forward(model)
+        for _ in range(num_batches):
             inputs, _ = next(batches)
-            model(_model_inputs(model, inputs), training=True)
+            forward(_model_inputs(model, inputs))
+            for total, layer in zip(sums, layers, strict=True):
+                total[0] += np.asarray(layer.moving_mean.value, "float64")
+                total[1] += np.asarray(layer.moving_variance.value, "float64")
+        for (mean, variance), layer in zip(sums, layers, strict=True):
+            layer.moving_mean.assign((mean / num_batches).astype(layer.moving_mean.dtype))
+            layer.moving_variance.assign((variance / num_batches).astype(layer.moving_variance.dtype))
     finally:
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum
+
+
+def _training_forward(model):
+    """model(x, training=True) compiled once, its variable updates (BatchNorm statistics) applied: under
+    JAX a jitted stateless call, under TensorFlow a tf.function; eager on other backends."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        @jax.jit
+        def step(trainable, non_trainable, x):
+            return model.stateless_call(trainable, non_trainable, x, training=True)[1]
+
+        def forward(x):
+            updated = step([v.value for v in model.trainable_variables],
+                           [v.value for v in model.non_trainable_variables], x)
+            for variable, value in zip(model.non_trainable_variables, updated, strict=True):
+                variable.assign(value)
+
+        return forward
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(lambda x: model(x, training=True))
+    return lambda x: model(x, training=True)
 
 
 def evaluate_accuracy(model, config: SearchConfig, modalities, *, seed: int) -> float:

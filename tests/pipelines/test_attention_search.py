@@ -370,3 +370,51 @@ def test_cli_parses_the_relation_task():
         ["attention-search", "--out", "o", "--task", "relation", "--task-clips", "64", "--task-seed", "2"]
     )
     assert (args.task, args.task_clips, args.task_seed, args.num_classes) == ("relation", 64, 2, None)
+
+
+RECALIBRATION_CHECK = r'''
+import numpy as np, keras
+from pipelines.attention_search.backbone import recalibrate_batchnorm
+
+rng = np.random.default_rng(3)
+inputs = keras.Input((4,))
+first = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3)
+dense = keras.layers.Dense(3, kernel_initializer=keras.initializers.Constant(rng.normal(size=(4, 3))),
+                           bias_initializer="ones")
+second = keras.layers.BatchNormalization(momentum=0.99, epsilon=1e-3)
+model = keras.Model(inputs, second(dense(first(inputs))))
+batches = [rng.normal(2.0, 3.0, size=(16, 4)).astype("float32") * np.array([1, 2, 3, 4], "float32")
+           for _ in range(3)]
+kernel = np.asarray(dense.kernel.value, "float64")
+means, variances = {0: [], 1: []}, {0: [], 1: []}
+for x in batches:  # each batch's statistics in numpy: BN normalises with the batch's own (training mode)
+    x = x.astype("float64")
+    means[0].append(x.mean(0)); variances[0].append(x.var(0))
+    h = (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-3) @ kernel + 1.0
+    means[1].append(h.mean(0)); variances[1].append(h.var(0))
+recalibrate_batchnorm(model, iter([({"rgb": x}, None) for x in batches]), num_batches=3)
+for k, layer in enumerate((first, second)):
+    np.testing.assert_allclose(layer.moving_mean.numpy(), np.mean(means[k], 0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), np.mean(variances[k], 0), rtol=1e-4)
+assert (first.momentum, second.momentum) == (0.9, 0.99)  # put back
+np.testing.assert_array_equal(np.asarray(dense.kernel.value, "float64"), kernel)  # no weight trained
+print("recalibration ok", keras.backend.backend())
+'''
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_batchnorm_recalibration_keeps_the_plain_mean_of_every_batchs_statistics(backend):
+    """Every BatchNorm's moving mean and variance after recalibration are the average of the statistics
+    of each batch (the second layer's computed from the first's batch-normalised output), under each
+    backend's compiled forward pass."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", RECALIBRATION_CHECK], env=env, capture_output=True,
+                            text=True, timeout=300, cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"recalibration ok {backend}" in result.stdout
