@@ -1,16 +1,18 @@
 """Train many children on one compiled model per shape: the harness's unit of work without a compile
 per child.
 
-A search's children mostly differ in their edges (AssembleNet §3.2), and a `tiny` child at the default
-budget spends more time compiling than training (docs/ablations.md). `ChildTrainer` builds, for each
-shape signature (model.edge_masks.signature: nodes, and each block's fused stride and width) and each
-attention mode and model option, the masked model of the maximal structure once (build_assemblenet with
-`edge_masks=True`) and compiles it once. Per child it
+A search's children mostly differ in their edges and temporal resolutions (AssembleNet §3.2), and a
+`tiny` child at the default budget spends more time compiling than training (docs/ablations.md).
+`ChildTrainer` builds, for each shape signature (model.edge_masks.signature: nodes without their
+dilations, and each block's fused stride and width) and each attention mode and model option, the masked
+model of the maximal structure once (build_assemblenet with `edge_masks=True` and `max_dilation`: edges
+and dilations are runtime data) and compiles it once. Per child it
 1. re-initialises every variable from the child's seed (each variable from its own seed, derived from
    the child's seed and the variable's path, with the initializer its layer declares),
 2. puts the optimizer back to its state before the first step (iterations 0, so the learning-rate
    schedule restarts; momentum slots 0),
-3. sets the edge masks to the child's edges (AssembleNet++ Eq. 1/3 over the child's connections),
+3. sets the edge masks to the child's edges (AssembleNet++ Eq. 1/3 over the child's connections) and
+   every temporal conv's dilation to its node's r,
 4. trains `budget.steps` steps on the same batches as `harness.train_and_score` and scores the child.
 It returns harness.train_and_score's result dict (edge weights restricted to the child's edges, the
 child's own parameter count), plus `compiled` (whether this child built and compiled a new model) and
@@ -45,6 +47,7 @@ from ablation.harness import (
     train_steps,
     without_object_stem,
 )
+from model.evolution import DILATIONS
 from model.structure import Structure, get_structure
 from pipelines import compile_cache
 
@@ -58,6 +61,14 @@ _DEFAULT_INITIALIZERS = {"w": "zeros", "mask": "ones", "v": "zeros", "h": "zeros
 FASTPATH_ENV = "ASSEMBLENET_ABLATION_FASTPATH"
 # Model options that change the compiled graph (and so the cache key) besides structure and attention.
 MODEL_OPTIONS = ("fusion_order", "temporal_pool", "default_peers")
+# The largest temporal resolution a compiled model runs without being rebuilt: the search space's (§3.2);
+# a structure with a larger r gets a model of its own, padded for its r.
+MAX_DILATION = max(DILATIONS)
+
+
+def max_dilation(structure: Structure) -> int:
+    """The `max_dilation` of the model that trains `structure`: MAX_DILATION, or its own largest r."""
+    return max(MAX_DILATION, *(n.dilation for n in structure.nodes))
 
 
 def enabled() -> bool:
@@ -173,13 +184,14 @@ class ChildTrainer:
             raise ValueError(f"ChildTrainer: model options {sorted(unknown)} are not supported; expected some "
                              f"of {MODEL_OPTIONS}")
         options = {k: v for k, v in model_options.items() if k != "default_peers"}
-        key = (edge_masks.signature(structure), attention, tuple(sorted(options.items())))
+        longest = max_dilation(structure)
+        key = (edge_masks.signature(structure), longest, attention, tuple(sorted(options.items())))
         if key in self.models:
             self.models.move_to_end(key)
             return self.models[key], False
         maximal = edge_masks.maximal(structure)
         model = build_assemblenet(maximal, self.bench.num_classes, attention=attention, frames=self.budget.frames,
-                                  size=self.budget.size, edge_masks=True, **options)
+                                  size=self.budget.size, edge_masks=True, max_dilation=longest, **options)
         _compile(model, self.budget)
         model.optimizer.build(model.trainable_variables)
         traces = [0]

@@ -97,7 +97,8 @@ def check_peers(structure: Structure, attention: str, default_peers: bool = Fals
 
 def build_assemblenet(structure, num_classes: int, *, attention: str = "none", default_peers: bool = False,
                       temporal_pool: str = "max", frames=None, size=None, name=None,
-                      fusion_order: str = "project_first", edge_masks: bool = False) -> keras.Model:
+                      fusion_order: str = "project_first", edge_masks: bool = False,
+                      max_dilation: int | None = None) -> keras.Model:
     """Builds the model of `structure` (a Structure, a named structure or a JSON path).
 
     Inputs: a dict keyed by `structure.modalities` (see docs/CONTRACTS.md); output: logits.
@@ -107,6 +108,10 @@ def build_assemblenet(structure, num_classes: int, *, attention: str = "none", d
     `edge_masks=True` gives every block's fusion a non-trainable 0/1 mask over its inputs (AssembleNet++
     Eq. 1/3 summed over the connections whose mask is 1): a model of a maximal structure then trains any
     child whose edges are a subset, without being rebuilt (model.edge_masks). All masks start at 1.
+    `max_dilation` makes every node's temporal resolution r runtime data (AssembleNet §3.2, mutation (1)):
+    each temporal conv reads r from a non-trainable variable (layers.VideoConv; at most `max_dilation`,
+    starting at the structure's r), so the same compiled model also runs any child that differs in
+    dilations (model.edge_masks.set_masks sets them). Without it, the model is the plain one.
     """
     structure = get_structure(structure)
     if attention not in ATTENTION_MODES:
@@ -121,13 +126,17 @@ def build_assemblenet(structure, num_classes: int, *, attention: str = "none", d
         raise ValueError(f"temporal_pool must be one of {TEMPORAL_POOLS}, got {temporal_pool!r}")
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if max_dilation is not None and int(max_dilation) < max(n.dilation for n in structure.nodes):
+        raise ValueError(f"max_dilation={max_dilation} is below structure {structure.name!r}'s largest "
+                         f"dilation {max(n.dilation for n in structure.nodes)}")
 
     inputs = build_inputs(structure, frames, size)
     strides = structure.cumulative_stride()
     outputs: dict[int, object] = {}
     for node in sorted(structure.nodes, key=lambda n: (n.level, n.index)):
         if node.is_stem:
-            outputs[node.index] = apply_stem(inputs[node.stream], node, name=f"stem{node.index}")
+            outputs[node.index] = apply_stem(inputs[node.stream], node, name=f"stem{node.index}",
+                                            max_dilation=max_dilation)
             continue
         i = node.index
         fused_stride = max(strides[j] for j in node.inputs)
@@ -144,7 +153,8 @@ def build_assemblenet(structure, num_classes: int, *, attention: str = "none", d
         x = _fuse(structure, node, matched, outputs, attention=attention, width=width,
                   strides=(strides, fused_stride), fused=fused, masked=edge_masks)
         x = apply_block(x, node, repeats=structure.repeats[node.level - 1],
-                        width=structure.level_widths[node.level - 1], name=f"block{i}")
+                        width=structure.level_widths[node.level - 1], name=f"block{i}",
+                        max_dilation=max_dilation)
         if node.cell is not None:
             from model.attention_nas import apply_cell
 

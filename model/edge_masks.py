@@ -10,9 +10,15 @@ weights are the child's own; the masked connection's w, projection and any block
 connections read get exactly zero gradient (their batch-norm moving statistics still move, but nothing
 the output reads depends on them).
 
+Temporal resolutions are runtime data too: built with `max_dilation`, every temporal conv reads its
+dilation r from a non-trainable variable (layers.VideoConv), which `set_masks` sets to the child's r
+(AssembleNet §3.2 mutation (1) changes a node's r, never a weight's shape).
+
 What must be equal for two children to share a maximal model is their *shape*: the nodes (levels, C,
-r, strides, peers, cells) and, per block, the fused input's cumulative stride and width, which depend on
-the edges (§3.1: inputs are max-pooled to the smallest size and projected to the widest width).
+strides, peers, cells; not r) and, per block, the fused input's cumulative stride and width, which
+depend on the edges (§3.1: inputs are max-pooled to the smallest size and projected to the widest
+width). Those two stay compile-time: a block's spatial size and channel count set every later tensor's
+shape, and making them a function of the level alone would change what the plain model computes.
 `maximal(child)` is the child's layout with every edge L(j) < L(i) that keeps those shapes (the
 over-connected graph of AssembleNet++ §3.3, model.oneshot, less the edges that would change a shape);
 children with the same `signature` have the same maximal structure.
@@ -22,10 +28,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 
 from model.structure import Structure, get_structure
+
+# The temporal convs of a node, as model.blocks names them: an RGB stem's k=5 conv, a block's k=3 ones.
+_TEMPORAL_CONV = re.compile(r"^(?:stem|block)(\d+)_(?:temporal|m\d+_a)_conv$")
 
 
 def fused_shapes(structure: Structure) -> dict[int, tuple[int, int]]:
@@ -72,10 +82,13 @@ def maximal(structure, name: str | None = None) -> Structure:
 
 
 def signature(structure) -> str:
-    """The key of the compiled model that can train `structure`: its maximal structure as JSON, without
-    the name. Two structures with the same signature differ only in edges."""
+    """The key of the compiled model (built with `max_dilation`) that can train `structure`: its maximal
+    structure as JSON, without the name and the dilations. Two structures with the same signature differ
+    only in edges and temporal resolutions."""
     data = maximal(structure).to_json()
     data.pop("name")
+    for node in data["nodes"]:
+        node.pop("dilation")
     return json.dumps(data, sort_keys=True)
 
 
@@ -95,10 +108,10 @@ def mask_values(maximal_structure: Structure, child: Structure) -> dict[int, np.
             c = child.node(n.index)
         except KeyError:
             raise ValueError(f"child {child.name!r} has no node {n.index}") from None
-        same = dataclasses.replace(c, inputs=n.inputs) == n
+        same = dataclasses.replace(c, inputs=n.inputs, dilation=n.dilation) == n
         if not same:
             raise ValueError(f"child {child.name!r}: node {n.index} is {c.to_json()}, the maximal structure's "
-                             f"is {n.to_json()} (only the inputs of a block may differ)")
+                             f"is {n.to_json()} (only the inputs and dilation of a node may differ)")
         if n.is_stem:
             if c.inputs != n.inputs:
                 raise ValueError(f"child {child.name!r}: stem {n.index} reads {c.inputs}, expected {n.inputs}")
@@ -115,26 +128,55 @@ def mask_values(maximal_structure: Structure, child: Structure) -> dict[int, np.
     return masks
 
 
+def temporal_convs(model) -> dict[int, list]:
+    """{node: its temporal conv layers} of a model built by model.assemblenet."""
+    convs: dict[int, list] = {}
+    for layer in model.layers:
+        found = _TEMPORAL_CONV.match(layer.name)
+        if found and layer.kernel_size[0] > 1:
+            convs.setdefault(int(found.group(1)), []).append(layer)
+    return convs
+
+
 def set_masks(model, maximal_structure: Structure, child: Structure) -> None:
     """Assigns the child's edges to the masks of a model built from `maximal_structure` with
-    `edge_masks=True`: no rebuild, no recompilation (the masks are variables)."""
-    for block, values in mask_values(maximal_structure, child).items():
+    `edge_masks=True`, and the child's temporal resolutions to its runtime dilations (built with
+    `max_dilation`): no rebuild, no recompilation (masks and dilations are variables). A child whose r
+    differs from the model's at a node with a compile-time temporal conv is an error."""
+    masks = mask_values(maximal_structure, child)
+    convs = temporal_convs(model)
+    for node in child.nodes:
+        for layer in convs.get(node.index, ()):
+            if layer.max_dilation is None:
+                if node.dilation != layer.dilation_rate:
+                    raise ValueError(f"child {child.name!r}: node {node.index} has r={node.dilation}, layer "
+                                     f"{layer.name} was built for r={layer.dilation_rate}: build the model with "
+                                     "max_dilation to make dilations runtime data")
+            elif node.dilation > layer.max_dilation:
+                raise ValueError(f"child {child.name!r}: node {node.index} has r={node.dilation}, above the "
+                                 f"model's max_dilation={layer.max_dilation}")
+    for block, values in masks.items():
         layer = model.get_layer(f"block{block}_fusion")
         if not getattr(layer, "masked", False):
             raise ValueError(f"layer {layer.name} has no edge mask: build the model with edge_masks=True")
         layer.mask.assign(values)
+    for node in child.nodes:
+        for layer in convs.get(node.index, ()):
+            if layer.max_dilation is not None:
+                layer.dilation.assign(node.dilation)
 
 
 def copy_weights(source, target, *, source_structure: Structure, target_structure: Structure) -> int:
     """Copies every variable of `target` from the variable of the same path in `source` (layer names are
     the builder's: `block{i}_from{j}_proj_conv`, ...); a fusion's w is copied input by input (the two
-    structures may list different inputs of a block), and edge masks are left as they are.
+    structures may list different inputs of a block), and edge masks and runtime dilations are left as
+    they are.
     Returns the number of variables copied; a target variable without a source is an error."""
     by_path = {v.path: v for v in source.weights}
     copied = 0
     for v in target.weights:
         layer, _, name = v.path.rpartition("/")
-        if name == "mask" and layer.endswith("_fusion"):
+        if (name == "mask" and layer.endswith("_fusion")) or name == "dilation":
             continue
         if name == "w" and layer.endswith("_fusion"):
             block = int(layer[len("block"):-len("_fusion")])

@@ -356,10 +356,16 @@ class VideoConv(keras.layers.Layer):
     - (kt, 1, 1) with dilation r: a 2D convolution over (T, H·W) with a (kt, 1) kernel (AssembleNet Eq. 1);
     - (1, 1, 1): a matrix product over channels (after spatial striding by slicing).
     cuDNN and XLA's GPU/TPU emitters handle these far better than generic 3D convolutions.
+
+    `max_dilation` (temporal kernels of odd kt only) makes the dilation runtime data: a non-trainable int32
+    variable `dilation` (starting at `dilation_rate`, at most `max_dilation`), and the convolution
+    Σ_j W_j · x(t + (j − ⌊kt/2⌋)·r), each shifted x a dynamic slice of x zero-padded by ⌊kt/2⌋·max_dilation
+    frames: the same function as the dilated conv for every r ≤ max_dilation, so one compiled program runs
+    any temporal resolution (AssembleNet §3.2, mutation (1): a node's r changes, its weights' shapes don't).
     """
 
     def __init__(self, filters, kernel_size, strides=1, dilation_rate=1, kernel_initializer="he_normal",
-                 **kwargs):  # pragma: no mutate block
+                 max_dilation=None, **kwargs):  # pragma: no mutate block
         super().__init__(**kwargs)
         kernel_size = tuple(int(k) for k in kernel_size)
         if len(kernel_size) != 3 or min(kernel_size) < 1:
@@ -372,19 +378,33 @@ class VideoConv(keras.layers.Layer):
         if kernel_size[0] > 1 and int(strides) != 1:
             raise ValueError("a temporal convolution takes no spatial stride (AssembleNet §3.1: no temporal "
                              f"striding), got strides={strides}")
+        if max_dilation is not None:
+            if kernel_size[0] == 1 or kernel_size[0] % 2 == 0:
+                raise ValueError(f"max_dilation needs a temporal kernel (k, 1, 1) with k odd, got {kernel_size}")
+            if int(max_dilation) < int(dilation_rate):
+                raise ValueError(f"max_dilation={max_dilation} must be >= dilation_rate={dilation_rate}")
         self.filters = int(filters)
         self.kernel_size = kernel_size
         self.strides = int(strides)
         self.dilation_rate = int(dilation_rate)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.max_dilation = None if max_dilation is None else int(max_dilation)
 
     @property
     def groups(self):
         return 1
 
+    @property
+    def dilation_initializer(self):
+        """The runtime dilation's initial value: `dilation_rate` (read by ablation.fastpath.reinitialize)."""
+        return keras.initializers.Constant(self.dilation_rate)
+
     def build(self, input_shape):
         self.kernel = self.add_weight(name="kernel", shape=self.kernel_size + (input_shape[-1], self.filters),
                                       initializer=self.kernel_initializer)
+        if self.max_dilation is not None:
+            self.dilation = self.add_weight(name="dilation", shape=(), dtype="int32", trainable=False,
+                                            initializer=self.dilation_initializer)
 
     def call(self, inputs):
         kt, kh, kw = self.kernel_size
@@ -408,6 +428,8 @@ class VideoConv(keras.layers.Layer):
                     frames, kernel = _pad_channels(frames, kernel, MIN_CONV_CHANNELS - inputs.shape[-1])
                 y = ops.conv(frames, kernel, strides=s, padding="same")
             return ops.reshape(y, (b, t, ops.shape(y)[1], ops.shape(y)[2], self.filters))
+        if self.max_dilation is not None:
+            return self._runtime_dilated(inputs, kernel)
         # Dilation r (AssembleNet Eq. 1) without a dilated conv kernel (a slow path in cuDNN, ~40x here):
         # frame t = q·r + p only meets frames (q ± 1)·r + p, so fold the r phases p into the space axis
         # and run an undilated conv over q. Zero-padding T to a multiple of r keeps it exact.
@@ -422,6 +444,26 @@ class VideoConv(keras.layers.Layer):
             y = ops.reshape(y, (b, t + pad, h * w, self.filters))[:, :t]
         return ops.reshape(y, (b, t, h, w, self.filters))
 
+    def _runtime_dilated(self, inputs, kernel):
+        """The temporal conv with the dilation read from `self.dilation`: tap j of the kernel meets the frame
+        shifted by (j − ⌊kt/2⌋)·r, taken as a slice of the input zero-padded by ⌊kt/2⌋·max_dilation frames on
+        each side ("same" padding: a frame outside the clip is a zero, as in the dilated conv)."""
+        kt = self.kernel_size[0]
+        half = kt // 2
+        pad = half * self.max_dilation
+        shape = ops.shape(inputs)
+        b, t, h, w, c = shape[0], shape[1], shape[2], shape[3], shape[4]
+        rows = ops.reshape(inputs, (b, t, h * w, c))
+        padded = ops.pad(rows, [[0, 0], [pad, pad], [0, 0], [0, 0]])
+        r = ops.minimum(ops.cast(self.dilation, "int32"), self.max_dilation)
+        y = None
+        for j in range(kt):
+            start = pad + (j - half) * r
+            shifted = ops.slice(padded, [0, start, 0, 0], [b, t, h * w, c])
+            tap = ops.matmul(shifted, kernel[j, 0, 0])
+            y = tap if y is None else y + tap
+        return ops.reshape(y, (b, t, h, w, self.filters))
+
     def compute_output_shape(self, input_shape):
         b, t, h, w, _ = input_shape
         s = self.strides
@@ -434,7 +476,8 @@ class VideoConv(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
                 "strides": self.strides, "dilation_rate": self.dilation_rate,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "max_dilation": self.max_dilation}
 
 
 @_serializable

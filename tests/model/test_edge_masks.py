@@ -29,6 +29,13 @@ MINI = Structure.create("mini", [
 # Block 3 loses its flow and object inputs (its width stays the stems' 16), block 4 nothing; block 5
 # takes only block 4 and the object stem; nothing reads block 3 then (a dead block).
 SPARSE = with_edges(MINI, [(0, 3), (0, 4), (1, 4), (2, 5), (4, 5), (5, 6), (4, 7), (6, 7)]).replace(name="sparse")
+# MINI with a (2+1)D module in every block (m = 1: 2D, then (2+1)D), so that every node but the flow and
+# object stems has a temporal conv; and SPARSE's edges with other temporal resolutions at four nodes
+# (§3.2 mutation (1)): the same compiled model trains it, its r set at run time.
+MINI_T = MINI.replace(name="mini_t", repeats=(1.0,) * 4)
+REDILATED = with_edges(MINI_T, SPARSE.edges()).replace(name="redilated", nodes=tuple(
+    dataclasses.replace(n, dilation={0: 8, 4: 1, 5: 4, 6: 8}.get(n.index, n.dilation))
+    for n in with_edges(MINI_T, SPARSE.edges()).nodes))
 # float32 on the CPU: the masked sum adds exact zeros, so the two paths differ only where XLA or
 # TensorFlow order a sum differently in two different graphs.
 RTOL, ATOL = 1e-4, 1e-5
@@ -41,11 +48,12 @@ def _inputs(batch=2, seed=0):
             "object": rng.integers(0, 151, (batch, 4, 32, 32)).astype("int32")}
 
 
-def _pair(child, fusion_order="project_first", attention="none"):
-    """(masked maximal model set to `child`, the plain model of `child` with the same weights)."""
-    maximal = edge_masks.maximal(child)
+def _pair(child, fusion_order="project_first", attention="none", parent=None):
+    """(masked maximal model set to `child`, the plain model of `child` with the same weights). The
+    maximal model is `parent`'s (default: the child's), with runtime dilations as the fast path builds it."""
+    maximal = edge_masks.maximal(parent or child)
     big = build_assemblenet(maximal, 5, frames=4, size=32, edge_masks=True, fusion_order=fusion_order,
-                            attention=attention)
+                            attention=attention, max_dilation=8)
     edge_masks.set_masks(big, maximal, child)
     small = build_assemblenet(child, 5, frames=4, size=32, fusion_order=fusion_order, attention=attention)
     assert edge_masks.copy_weights(big, small, source_structure=maximal, target_structure=child) == len(small.weights)
@@ -110,10 +118,35 @@ def test_maximal_is_the_over_connected_graph_where_shapes_allow():
         edge_masks.mask_values(edge_masks.maximal(MINI), shallow)
     with pytest.raises(ValueError, match=r"edges \[\(6, 7\)\] are not in the maximal structure"):
         edge_masks.mask_values(edge_masks.maximal(shallow), MINI)
-    other = MINI.replace(nodes=tuple(n if n.index != 4 else n.__class__(4, 1, (0, 1), 2, 4, 1) for n in MINI.nodes))
-    assert edge_masks.signature(other) != edge_masks.signature(MINI)  # another dilation
-    with pytest.raises(ValueError, match="only the inputs of a block may differ"):
-        edge_masks.mask_values(edge_masks.maximal(MINI), other)
+    # Another r is runtime data (the model's temporal convs read it): the same signature.
+    assert edge_masks.signature(REDILATED) == edge_masks.signature(MINI_T)
+    assert edge_masks.maximal(REDILATED).edges() == edge_masks.maximal(MINI_T).edges()
+    assert edge_masks.mask_values(edge_masks.maximal(MINI_T), REDILATED)[3].tolist() == [1, 0, 0]
+    wider = MINI.replace(nodes=tuple(n if n.index != 4 else dataclasses.replace(n, channels=4) for n in MINI.nodes))
+    assert edge_masks.signature(wider) != edge_masks.signature(MINI)  # another C
+    with pytest.raises(ValueError, match="only the inputs and dilation of a node may differ"):
+        edge_masks.mask_values(edge_masks.maximal(MINI), wider)
+
+
+def test_set_masks_sets_every_temporal_conv_to_its_node_r():
+    maximal = edge_masks.maximal(MINI_T)
+    model = build_assemblenet(maximal, 5, frames=4, size=32, edge_masks=True, max_dilation=8)
+    convs = edge_masks.temporal_convs(model)
+    # The RGB stem's k=5 conv and each block's (2+1)D module; the flow and object stems have none.
+    assert sorted(convs) == [0, 3, 4, 5, 6, 7]
+    assert [layer.name for layer in convs[0] + convs[5]] == ["stem0_temporal_conv", "block5_m1_a_conv"]
+    assert {i: int(c[0].dilation.numpy()) for i, c in convs.items()} == {n.index: n.dilation for n in MINI_T.nodes
+                                                                         if n.index in convs}
+    edge_masks.set_masks(model, maximal, REDILATED)
+    assert {i: int(c[0].dilation.numpy()) for i, c in convs.items()} == {0: 8, 3: 1, 4: 1, 5: 4, 6: 8, 7: 1}
+    too_long = REDILATED.replace(nodes=tuple(dataclasses.replace(n, dilation=16) if n.index == 6 else n
+                                             for n in REDILATED.nodes))
+    with pytest.raises(ValueError, match="r=16, above the model's max_dilation=8"):
+        edge_masks.set_masks(model, maximal, too_long)
+    fixed = build_assemblenet(maximal, 5, frames=4, size=32, edge_masks=True)  # dilations compiled in
+    with pytest.raises(ValueError, match="node 0 has r=8, layer stem0_temporal_conv was built for r=2"):
+        edge_masks.set_masks(fixed, maximal, REDILATED)
+    edge_masks.set_masks(fixed, maximal, with_edges(MINI_T, SPARSE.edges()))  # the model's own r: accepted
 
 
 def test_masked_fusion_layers_config_round_trip():
@@ -149,18 +182,19 @@ PEERED = SPARSE.replace(name="peered", nodes=tuple(
 
 
 @pytest.mark.parametrize("fusion_order, attention, child", [
-    ("project_first", "none", SPARSE), ("weight_first", "none", SPARSE),
+    ("project_first", "none", SPARSE), ("weight_first", "none", SPARSE), ("project_first", "none", REDILATED),
     *[(order, mode, {"SPARSE": SPARSE, "PEERED": PEERED}[name]) for order, mode, name in _ATTENTION_CASES]],
     ids=lambda v: v.name if isinstance(v, Structure) else None)
 def test_masked_edges_change_nothing_the_child_computes(fusion_order, attention, child):
-    maximal, big, small = _pair(child, fusion_order, attention)
+    # REDILATED runs on MINI_T's model: its other r are runtime data, like its edges.
+    maximal, big, small = _pair(child, fusion_order, attention, parent=MINI_T if child is REDILATED else None)
     x, labels = _inputs(), np.eye(5, dtype="float32")[[1, 3]]
     # What only masked edges read does not matter: scramble it (kernels, batch-norm statistics, the
     # masked edges' w, the dead block 3 where nothing reads it).
     rng = np.random.default_rng(1)
     child_paths = {v.path for v in small.weights}
     for v in big.weights:
-        if v.path not in child_paths and not v.path.endswith("/mask"):
+        if v.path not in child_paths and not v.path.endswith(("/mask", "/dilation")):
             v.assign(rng.uniform(0.5, 3.0, v.shape).astype("float32"))
     for i, j in _masked(maximal, child):
         w = big.get_layer(f"block{i}_fusion").w

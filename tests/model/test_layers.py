@@ -163,6 +163,53 @@ def test_video_conv_equals_conv3d(kernel, stride, dilation, channels, size):
                    x, out.shape)
 
 
+@pytest.mark.parametrize("kt", [3, 5])
+@pytest.mark.parametrize("frames", [3, 16])
+def test_video_conv_runtime_dilation_is_the_dilated_conv_for_every_r(kt, frames):
+    """One layer with `max_dilation` computes the dilated conv of every r of the search space (§3.2), the
+    r read from its variable: exactly, on integer-valued inputs and kernels (where float sums are exact
+    in any order), against both the compile-time VideoConv and Keras's Conv3D; clips shorter than r too."""
+    import keras
+
+    from model.evolution import DILATIONS
+    from model.layers import VideoConv
+
+    rng = np.random.default_rng(kt + frames)
+    x = rng.integers(-3, 4, (2, frames, 4, 4, 6)).astype("float32")
+    runtime = VideoConv(5, (kt, 1, 1), dilation_rate=2, max_dilation=max(DILATIONS))
+    runtime.build(x.shape)
+    assert int(runtime.dilation.numpy()) == 2 and not runtime.dilation.trainable
+    kernel = rng.integers(-3, 4, tuple(runtime.kernel.shape)).astype("float32")
+    runtime.kernel.assign(kernel)
+    outputs = set()
+    for r in DILATIONS:
+        runtime.dilation.assign(r)
+        fixed = VideoConv(5, (kt, 1, 1), dilation_rate=r)
+        ref = keras.layers.Conv3D(5, (kt, 1, 1), dilation_rate=(r, 1, 1), padding="same", use_bias=False)
+        fixed.build(x.shape)
+        ref.build(x.shape)
+        fixed.kernel.assign(kernel)
+        ref.kernel.assign(kernel)
+        out = np.asarray(runtime(x))
+        np.testing.assert_array_equal(out, np.asarray(fixed(x)), err_msg=f"r={r}")
+        np.testing.assert_array_equal(out, np.asarray(ref(x)), err_msg=f"r={r}")
+        outputs.add(out.tobytes())
+    assert len(outputs) == (len(DILATIONS) if frames > max(DILATIONS) else 3)  # r >= T: only the centre tap
+    run_layer_test(VideoConv, {"filters": 5, "kernel_size": (kt, 1, 1), "dilation_rate": 2, "max_dilation": 8},
+                   x, (2, frames, 4, 4, 5))
+
+
+def test_video_conv_runtime_dilation_arguments_are_checked():
+    from model.layers import VideoConv
+
+    with pytest.raises(ValueError, match="temporal kernel"):
+        VideoConv(5, (1, 3, 3), max_dilation=8)
+    with pytest.raises(ValueError, match="with k odd"):
+        VideoConv(5, (4, 1, 1), max_dilation=8)
+    with pytest.raises(ValueError, match="max_dilation=2 must be >= dilation_rate=4"):
+        VideoConv(5, (3, 1, 1), dilation_rate=4, max_dilation=2)
+
+
 def test_batch_norm_layer_standard_checks():
     layer = run_layer_test(BatchNorm, {"relu": True, "momentum": 0.9}, _video(4), (2, 3, 8, 8, 4),
                            expected_trainable_weights=2)
