@@ -6,9 +6,11 @@ A search's children mostly differ in their edges and temporal resolutions (Assem
 `ChildTrainer` builds, for each shape signature (model.edge_masks.signature: nodes without their
 dilations, and each block's fused stride and width) and each attention mode and model option, the masked
 model of the maximal structure once (build_assemblenet with `edge_masks=True` and `max_dilation`: edges
-and dilations are runtime data) and compiles it once. Per child it
+and dilations are runtime data; with attention `none` and `project_first` fusion also `runtime_width`,
+so each block's fused width is runtime data and leaves the signature) and compiles it once. Per child it
 1. re-initialises every variable from the child's seed (each variable from its own seed, derived from
-   the child's seed and the variable's path, with the initializer its layer declares),
+   the child's seed and the variable's path, with the initializer its layer declares; a conv reading a
+   runtime-width input is rescaled to the child's fan-in, `match_fan_in`),
 2. puts the optimizer back to its state before the first step (iterations 0, so the learning-rate
    schedule restarts; momentum slots 0),
 3. sets the edge masks to the child's edges (AssembleNet++ Eq. 1/3 over the child's connections) and
@@ -122,6 +124,32 @@ def reinitialize(model, seed: int) -> int:
     return count
 
 
+def uses_runtime_width(attention: str, fusion_order: str = "project_first") -> bool:
+    """Whether the fast path's model carries fused widths as runtime data (build_assemblenet's
+    `runtime_width`): with project_first fusion and no attention (the evolution searches' setting)."""
+    return attention == "none" and fusion_order == "project_first"
+
+
+def match_fan_in(model, child: Structure) -> int:
+    """Rescales each kernel that reads a block's runtime-width fused input (`block{i}_m0_a_conv`,
+    `block{i}_m0_shortcut_conv`: max_width input channels) by sqrt(max_width / W), W the child's fused
+    width, so that its first W rows, the ones the child reads, are drawn as the plain child's He-normal
+    kernel of fan-in W (a scaled truncated normal is the truncated normal of the scaled deviation).
+    Returns the number of kernels rescaled."""
+    from model import edge_masks
+
+    count = 0
+    for block in edge_masks.width_layers(model):
+        width = child.fused_channels(block)
+        for name in (f"block{block}_m0_a_conv", f"block{block}_m0_shortcut_conv"):
+            kernel = model.get_layer(name).kernel
+            carried = int(kernel.shape[-2])
+            if carried != width:
+                kernel.assign(np.asarray(kernel.numpy()) * np.float32(np.sqrt(carried / width)))
+                count += 1
+    return count
+
+
 @dataclasses.dataclass
 class _Compiled:
     structure: Structure  # the maximal structure the model was built for
@@ -185,13 +213,16 @@ class ChildTrainer:
                              f"of {MODEL_OPTIONS}")
         options = {k: v for k, v in model_options.items() if k != "default_peers"}
         longest = max_dilation(structure)
-        key = (edge_masks.signature(structure), longest, attention, tuple(sorted(options.items())))
+        widths = uses_runtime_width(attention, options.get("fusion_order", "project_first"))
+        key = (edge_masks.signature(structure, runtime_width=widths), longest, attention,
+               tuple(sorted(options.items())))
         if key in self.models:
             self.models.move_to_end(key)
             return self.models[key], False
-        maximal = edge_masks.maximal(structure)
+        maximal = edge_masks.maximal(structure, runtime_width=widths)
         model = build_assemblenet(maximal, self.bench.num_classes, attention=attention, frames=self.budget.frames,
-                                  size=self.budget.size, edge_masks=True, max_dilation=longest, **options)
+                                  size=self.budget.size, edge_masks=True, max_dilation=longest,
+                                  runtime_width=widths, **options)
         _compile(model, self.budget)
         model.optimizer.build(model.trainable_variables)
         traces = [0]
@@ -220,6 +251,7 @@ class ChildTrainer:
         compiled, new = self.entry(structure, attention, **model_options)
         model = compiled.model
         reinitialize(model, seed)
+        match_fan_in(model, structure)
         for v, value in zip(model.optimizer.variables, compiled.optimizer_state, strict=True):
             v.assign(value)
         model.reset_metrics()
@@ -291,7 +323,9 @@ class ChildTrainer:
             "traces": compiled.traces[0],
         }
         batch = feeder.batch(eval_split, np.arange(budget.batch_size) % len(bench.labels(eval_split)))[0]
-        result["stem_rms"] = probe_rms(compiled.stems, batch)
+        # The stems the plain model has: one that only feeds blocks nothing reads is not built there.
+        result["stem_rms"] = {i: rms for i, rms in probe_rms(compiled.stems, batch).items()
+                              if any(name.startswith(f"stem{i}_") for name in plain_layers)}
         if trace_every:
             result["edge_trace"] = trace
         result["seconds"] = time.time() - started

@@ -6,8 +6,10 @@ a fitness and one σ(w) per edge at random instead of training (seeded by the ch
 repeatable). A later child (one after the random initial population) "shares" when its key was seen
 before in its search. Keys:
 
-- `signature`: model.edge_masks.signature, the fast path's cache key (edges and dilations free);
-- `signature_with_r`: the signature plus every node's dilation, the key while dilations were compiled in;
+- `signature`: model.edge_masks.signature with runtime widths, the fast path's cache key for the
+  searches' models (attention none, project_first): edges, dilations and fused widths free;
+- `fixed_width`: the signature without runtime widths (the key with attention or weight_first fusion);
+- `signature_with_r`: that plus every node's dilation, the key while dilations were compiled in;
 - `nodes`: the node set alone (index, level, C, stride, stems): what split and merge change;
 - `fused_shapes`: the node set plus each block's fused stride and width, with every dilation and edge
   free (the signature less the maximal edge set).
@@ -45,13 +47,24 @@ def shape_key(structure) -> str:
     return json.dumps([node_key(structure), sorted(edge_masks.fused_shapes(structure).items())])
 
 
-def signature_with_r(structure) -> str:
+def signature(structure) -> str:
     from model import edge_masks
 
-    return json.dumps([edge_masks.signature(structure), [n.dilation for n in structure.nodes]])
+    return edge_masks.signature(structure, runtime_width=True)
 
 
-KEYS = {"signature": None, "signature_with_r": signature_with_r, "nodes": node_key, "fused_shapes": shape_key}
+def fixed_width(structure) -> str:
+    from model import edge_masks
+
+    return edge_masks.signature(structure)
+
+
+def signature_with_r(structure) -> str:
+    return json.dumps([fixed_width(structure), [n.dilation for n in structure.nodes]])
+
+
+KEYS = {"signature": signature, "fixed_width": fixed_width, "signature_with_r": signature_with_r,
+        "nodes": node_key, "fused_shapes": shape_key}
 
 
 def simulate(method: str, seed: int, config, out) -> list:
@@ -78,13 +91,12 @@ def main(argv=None) -> None:
     from pathlib import Path
 
     from ablation.evolution_suite import CONFIG, METHODS
-    from model import edge_masks
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--methods", default=",".join(METHODS))
     args = parser.parse_args(argv)
-    keys = {**KEYS, "signature": edge_masks.signature}
+    keys = KEYS
     totals = dict.fromkeys(keys, 0)
     later = 0
     with tempfile.TemporaryDirectory() as tmp:

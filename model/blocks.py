@@ -12,7 +12,7 @@ Convs are `VideoConv` layers: (1, k, k) per-frame 2D, (k, 1, 1) temporal or (1, 
 
 import keras
 
-from model.layers import BatchNorm, PooledOneHot, SpatialMaxPool, VideoConv
+from model.layers import BatchNorm, PooledOneHot, RuntimeWidth, SpatialMaxPool, VideoConv
 from model.structure import Node
 
 # Batch normalisation of every conv: the papers give no values; these are the reference
@@ -46,11 +46,18 @@ def conv_bn(x, filters, kernel, *, stride=1, dilation=1, relu=True, zero_gamma=F
                      gamma_initializer="zeros" if zero_gamma else "ones", name=f"{name}_bn")(x)
 
 
-def apply_residual_module(x, *, channels, width, temporal, dilation=1, stride=1, name, max_dilation=None):
+def apply_residual_module(x, *, channels, width, temporal, dilation=1, stride=1, name, max_dilation=None,
+                          runtime_width=None):
     """One bottleneck module: (1x1 | temporal k=3) → 3x3 (stride) → 1x1 (4C), plus the shortcut.
-    `max_dilation`: the temporal conv's dilation is runtime data (conv_bn)."""
+    `max_dilation`: the temporal conv's dilation is runtime data (conv_bn). `runtime_width` (the initial
+    W of a runtime-width input, model.assemblenet): x carries W in more channels, so whether the
+    shortcut is the identity (W = 4C, no stride) is decided at run time (layers.RuntimeWidth)."""
     shortcut = x
-    if x.shape[-1] != 4 * channels or stride != 1:
+    if runtime_width is not None and stride == 1 and 4 * channels <= x.shape[-1]:
+        conv = conv_bn(x, 4 * channels, (1, 1, 1), relu=False, name=f"{name}_shortcut")
+        shortcut = RuntimeWidth("identity_or_conv", int(x.shape[-1]), runtime_width, channels=4 * channels,
+                                name=f"{name}_shortcut_width")([x, conv])
+    elif x.shape[-1] != 4 * channels or stride != 1:
         shortcut = conv_bn(x, 4 * channels, (1, 1, 1), stride=stride, relu=False, name=f"{name}_shortcut")
     first_kernel = (3, 1, 1) if temporal else (1, 1, 1)
     y = conv_bn(x, channels, first_kernel, dilation=dilation, name=f"{name}_a", max_dilation=max_dilation)
@@ -66,14 +73,15 @@ def module_kinds(repeats):
     return [k % 2 == 1 for k in range(int(round(2 * repeats)))]
 
 
-def apply_block(x, node: Node, *, repeats, width, name, max_dilation=None):
+def apply_block(x, node: Node, *, repeats, width, name, max_dilation=None, runtime_width=None):
     """A convolutional block of AssembleNet Appendix A.4; the stride is at the first (2D) module.
-    `max_dilation`: the node's r is runtime data of its temporal convs (`block{i}_m{k}_a_conv`)."""
+    `max_dilation`: the node's r is runtime data of its temporal convs (`block{i}_m{k}_a_conv`);
+    `runtime_width`: x is a runtime-width fused input (apply_residual_module)."""
     for k, temporal in enumerate(module_kinds(repeats)):
         x = apply_residual_module(x, channels=node.channels, width=width, temporal=temporal,
                                   dilation=node.dilation if temporal else 1,
                                   stride=node.stride if k == 0 else 1, name=f"{name}_m{k}",
-                                  max_dilation=max_dilation)
+                                  max_dilation=max_dilation, runtime_width=runtime_width if k == 0 else None)
     return x
 
 

@@ -128,6 +128,70 @@ class EdgeGates(ConnectionFusion):
         return list(input_shape)
 
 
+WIDTH_MODES = ("pad_or_project", "mask", "identity_or_conv")
+
+
+@_serializable
+class RuntimeWidth(keras.layers.Layer):
+    """A block's fused width W (AssembleNet §3.1: "1x1 conv to match the bigger channel size") as runtime
+    data of a model that carries every W up to `max_width` in `max_width` channels, the channels from W
+    on zero. A non-trainable int32 variable `width` holds W (starting at `width`); `mode`:
+
+    - `pad_or_project`, inputs [x_j (`channels` wide), its 1x1 projection to max_width]: the projection
+      where channels ≠ W, else x_j zero-padded (the plain model projects an input only when its width
+      differs from W);
+    - `mask`, inputs [x (max_width)]: x with every channel from W on selected to zero;
+    - `identity_or_conv`, inputs [x (max_width), its shortcut conv (`channels` = 4C)]: x's first 4C
+      channels where W = 4C, else the conv (a residual module's shortcut is the identity exactly when its
+      input is 4C wide and it does not stride, Appendix A.4).
+
+    Selections, not products: what is not selected adds nothing and gets exactly zero gradient.
+    """
+
+    def __init__(self, mode, max_width, width, channels=None, **kwargs):  # pragma: no mutate block
+        super().__init__(**kwargs)
+        if mode not in WIDTH_MODES:
+            raise ValueError(f"mode must be one of {WIDTH_MODES}, got {mode!r}")
+        if not 1 <= int(width) <= int(max_width):
+            raise ValueError(f"width={width}: expected 1 <= width <= max_width={max_width}")
+        bad_channels = channels is not None and not 1 <= int(channels) <= int(max_width)
+        if (channels is None) != (mode == "mask") or bad_channels:
+            raise ValueError(f"mode {mode!r}: channels={channels}; expected None for 'mask', else an int in "
+                             f"1..max_width={max_width}")
+        self.mode = mode
+        self.max_width = int(max_width)
+        self.width = int(width)
+        self.channels = None if channels is None else int(channels)
+
+    @property
+    def width_initializer(self):
+        """The runtime width's initial value: `width` (read by ablation.fastpath.reinitialize)."""
+        return keras.initializers.Constant(self.width)
+
+    def build(self, input_shape):
+        self.runtime_width = self.add_weight(name="width", shape=(), dtype="int32", trainable=False,
+                                             initializer=self.width_initializer)
+
+    def call(self, inputs):
+        width = ops.cast(self.runtime_width, "int32")
+        if self.mode == "mask":
+            x = inputs[0]
+            keep = ops.arange(self.max_width, dtype="int32") < width
+            return ops.where(keep, x, ops.zeros_like(x))
+        x, other = inputs
+        if self.mode == "pad_or_project":
+            padded = ops.pad(x, [[0, 0]] * (len(x.shape) - 1) + [[0, self.max_width - self.channels]])
+            return ops.where(ops.equal(width, self.channels), padded, other)
+        return ops.where(ops.equal(width, self.channels), x[..., :self.channels], other)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[-1]
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode, "max_width": self.max_width, "width": self.width,
+                "channels": self.channels}
+
+
 @_serializable
 class SpatialMaxPool(keras.layers.Layer):
     """Max pool of a (B, T, H, W, C) video over p x p windows with stride p ('same' padding), i.e.

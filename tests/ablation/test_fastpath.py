@@ -5,8 +5,9 @@ per shape.
   harness.train_and_score (the plain path: a model built for the child alone), started from the same
   initial weights;
 - children of one shape compile once: the train step is traced once and, under JAX, XLA compiles
-  nothing for the later children, whether they differ in edges or in temporal resolutions (node
-  mutation (1) of AssembleNet §3.2); the same child and seed after other children repeats its run;
+  nothing for the later children, whether they differ in edges, in temporal resolutions (node
+  mutation (1) of AssembleNet §3.2) or in the fused widths their edges give; the same child and seed
+  after other children repeats its run;
 - re-initialisation is deterministic per seed.
 (That a masked edge has no effect on the forward pass, batch-norm statistics and gradients is tested in
 tests/model/test_edge_masks.py.)
@@ -24,7 +25,7 @@ from ablation.benchmark import BenchmarkConfig, generate
 from model import edge_masks
 from model.assemblenet import build_assemblenet
 from model.evolution import change_dilation, with_edges
-from tests.model.test_edge_masks import MINI, MINI_T, REDILATED, SPARSE, child_values
+from tests.model.test_edge_masks import MINI, MINI_T, REDILATED, REWIDTHED, SPARSE, child_values
 
 BUDGET = H.Budget(steps=4, batch_size=4, frames=4, size=32, warmup_steps=1, learning_rate=0.05,
                   jit_compile=keras.backend.backend() == "jax")
@@ -56,10 +57,11 @@ def trainer(bench):
     return fastpath.ChildTrainer(bench, BUDGET)
 
 
-@pytest.mark.parametrize("child, parent", [(SPARSE, MINI), (REDILATED, MINI_T)], ids=["sparse", "redilated"])
+@pytest.mark.parametrize("child, parent", [(SPARSE, MINI), (REDILATED, MINI_T), (REWIDTHED, MINI_T)],
+                         ids=["sparse", "redilated", "rewidthed"])
 def test_fast_path_equals_the_plain_path(bench, trainer, monkeypatch, child, parent):
     """The child trains on the model compiled for `parent` (REDILATED: other edges and other r at four
-    nodes, both set at run time)."""
+    nodes; REWIDTHED: other fused widths at blocks 4 and 5 as well; all set at run time)."""
     import model.assemblenet as builder
 
     seed = 5
@@ -76,7 +78,7 @@ def test_fast_path_equals_the_plain_path(bench, trainer, monkeypatch, child, par
         model = build(structure, *args, **kwargs)
         for v in model.weights:
             if not v.path.endswith("_fusion/w"):  # σ(w) starts at 0.5 on both paths
-                v.assign(start[v.path])
+                v.assign(edge_masks.child_value(start[v.path], tuple(v.shape)))
         plain["model"] = model
         return model
 
@@ -100,7 +102,8 @@ def test_fast_path_equals_the_plain_path(bench, trainer, monkeypatch, child, par
     moved = 0
     for path, (a, b) in values.items():
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5, err_msg=path)
-        moved += not np.array_equal(b, start[path]) if not path.endswith("_fusion/w") else 1
+        moved += not np.array_equal(b, edge_masks.child_value(start[path], b.shape)) if not path.endswith(
+            "_fusion/w") else 1
     assert moved > len(values) // 2  # the steps trained the weights compared
 
 
@@ -150,9 +153,10 @@ def test_children_differing_in_dilations_and_edges_compile_once(trainer):
         jax.monitoring.register_event_duration_secs_listener(listen)
     sparse_t = with_edges(MINI_T, SPARSE.edges())
     children = [MINI_T, REDILATED, change_dilation(change_dilation(MINI_T, 6, 1), 3, 4), sparse_t,
-                change_dilation(sparse_t, 0, 1), REDILATED]
-    assert len({edge_masks.signature(c) for c in children}) == 1
-    assert len({tuple(n.dilation for n in c.nodes) for c in children}) == 4
+                change_dilation(sparse_t, 0, 1), REDILATED, REWIDTHED]
+    assert len({edge_masks.signature(c, runtime_width=True) for c in children}) == 1
+    assert len({tuple(n.dilation for n in c.nodes) for c in children}) == 5
+    assert len({tuple(edge_masks.fused_shapes(c).items()) for c in children}) == 2
     before = trainer.compiles
     try:
         results = []
@@ -172,6 +176,22 @@ def test_children_differing_in_dilations_and_edges_compile_once(trainer):
     # sparse_t and REDILATED differ only in r (seed 3 both): different runs; so do sparse_t and its r=1 stem.
     assert results[3]["final_loss"] != results[1]["final_loss"]
     assert results[4]["final_loss"] != results[3]["final_loss"]
+    assert results[6]["params"] != results[0]["params"]  # the plain child's count: its own projections
+
+
+def test_runtime_width_kernels_start_at_the_child_fan_in(trainer):
+    """He-normal draws with the plain child's fan-in W for the kernels that read a block's runtime-width
+    input (max_width rows, the child reads the first W): the reinitialised kernel scaled by
+    sqrt(max_width / W)."""
+    compiled, _ = trainer.prepare(REWIDTHED, seed=4)
+    kernel = np.asarray(compiled.model.get_layer("block5_m0_a_conv").kernel.numpy())
+    fastpath.reinitialize(compiled.model, seed=4)
+    drawn = np.asarray(compiled.model.get_layer("block5_m0_a_conv").kernel.numpy())
+    assert kernel.shape[-2] == 8 and REWIDTHED.fused_channels(5) == 4
+    np.testing.assert_allclose(kernel, drawn * np.sqrt(2.0), rtol=1e-6)
+    assert fastpath.match_fan_in(compiled.model, MINI_T) == 4  # a and shortcut of blocks 3, 4: 8 rows, W = 4
+    assert fastpath.uses_runtime_width("none") and not fastpath.uses_runtime_width("peer")
+    assert not fastpath.uses_runtime_width("none", "weight_first")
 
 
 def test_the_evolution_suite_takes_the_fast_path_only_when_asked(bench, monkeypatch):

@@ -210,6 +210,41 @@ def test_video_conv_runtime_dilation_arguments_are_checked():
         VideoConv(5, (3, 1, 1), dilation_rate=4, max_dilation=2)
 
 
+def test_runtime_width_selects_by_the_width_it_holds():
+    """layers.RuntimeWidth in its three modes, with W set at run time: zero-padding x or taking its
+    projection, zeroing the channels from W on, the identity shortcut or the conv."""
+    from model.layers import RuntimeWidth
+
+    rng = np.random.default_rng(0)
+    x4, proj8, x8, conv4 = (rng.normal(size=(2, 2, 3, 3, c)).astype("float32") for c in (4, 8, 8, 4))
+    pad = RuntimeWidth("pad_or_project", 8, 4, channels=4)
+    out = np.asarray(pad([x4, proj8]))
+    np.testing.assert_array_equal(out[..., :4], x4)  # W = 4 = the input's width: unprojected
+    np.testing.assert_array_equal(out[..., 4:], 0.0)
+    pad.runtime_width.assign(8)
+    np.testing.assert_array_equal(np.asarray(pad([x4, proj8])), proj8)
+    mask = RuntimeWidth("mask", 8, 4)
+    np.testing.assert_array_equal(np.asarray(mask([x8])), np.concatenate([x8[..., :4], 0 * x8[..., 4:]], -1))
+    mask.runtime_width.assign(6)
+    np.testing.assert_array_equal(np.asarray(mask([x8]))[..., :6], x8[..., :6])
+    np.testing.assert_array_equal(np.asarray(mask([x8]))[..., 6:], 0.0)
+    shortcut = RuntimeWidth("identity_or_conv", 8, 4, channels=4)
+    np.testing.assert_array_equal(np.asarray(shortcut([x8, conv4])), x8[..., :4])  # W = 4C: identity
+    shortcut.runtime_width.assign(8)
+    np.testing.assert_array_equal(np.asarray(shortcut([x8, conv4])), conv4)
+    assert not shortcut.runtime_width.trainable and shortcut.runtime_width.dtype == "int32"
+    run_layer_test(RuntimeWidth, {"mode": "mask", "max_width": 8, "width": 4}, [x8], (2, 2, 3, 3, 8),
+                   expected_trainable_weights=0, run_fit=False)
+    run_layer_test(RuntimeWidth, {"mode": "pad_or_project", "max_width": 8, "width": 4, "channels": 4},
+                   [x4, proj8], (2, 2, 3, 3, 8), expected_trainable_weights=0, run_fit=False)
+    for bad, match in [({"mode": "sum", "max_width": 8, "width": 4}, "mode must be one of"),
+                       ({"mode": "mask", "max_width": 8, "width": 9}, "width=9"),
+                       ({"mode": "mask", "max_width": 8, "width": 4, "channels": 4}, "expected None for 'mask'"),
+                       ({"mode": "identity_or_conv", "max_width": 8, "width": 4}, "channels=None")]:
+        with pytest.raises(ValueError, match=match):
+            RuntimeWidth(**bad)
+
+
 def test_batch_norm_layer_standard_checks():
     layer = run_layer_test(BatchNorm, {"relu": True, "momentum": 0.9}, _video(4), (2, 3, 8, 8, 4),
                            expected_trainable_weights=2)
