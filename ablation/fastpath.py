@@ -32,7 +32,6 @@ import collections
 import dataclasses
 import os
 import time
-import zlib
 from typing import Any
 
 import numpy as np
@@ -49,13 +48,10 @@ from ablation.harness import (
     train_steps,
     without_object_stem,
 )
-from model.evolution import DILATIONS
+from model.edge_masks import MAX_DILATION, match_fan_in, max_dilation, reinitialize, uses_runtime_width
 from model.structure import Structure, get_structure
 from pipelines import compile_cache
 
-# Variables whose layer declares no `<name>_initializer` attribute: the builder's own layers'
-# (ConnectionFusion/EdgeGates w: zeros, σ = 0.5; its edge mask: ones; ChannelAttention's v and h: zeros).
-_DEFAULT_INITIALIZERS = {"w": "zeros", "mask": "ones", "v": "zeros", "h": "zeros"}
 # ASSEMBLENET_ABLATION_FASTPATH=1: every suite's runs (ctx.train) and the evolution searches' children train
 # on a ChildTrainer of this process (`trainer_for`); off by default. A folder's runs are all made one way
 # (runner.check_settings records it), since the fast path's initial weights come from the same
@@ -63,16 +59,8 @@ _DEFAULT_INITIALIZERS = {"w": "zeros", "mask": "ones", "v": "zeros", "h": "zeros
 FASTPATH_ENV = "ASSEMBLENET_ABLATION_FASTPATH"
 # Model options that change the compiled graph (and so the cache key) besides structure and attention.
 MODEL_OPTIONS = ("fusion_order", "temporal_pool", "default_peers")
-# The largest temporal resolution a compiled model runs without being rebuilt: the search space's (§3.2);
-# a structure with a larger r gets a model of its own, padded for its r.
-MAX_DILATION = max(DILATIONS)
-
-
-def max_dilation(structure: Structure) -> int:
-    """The `max_dilation` of the model that trains `structure`: MAX_DILATION, or its own largest r."""
-    return max(MAX_DILATION, *(n.dilation for n in structure.nodes))
-
-
+__all__ = ["MAX_DILATION", "ChildTrainer", "match_fan_in", "max_dilation", "reinitialize", "trainer_for",
+           "uses_runtime_width"]
 def enabled() -> bool:
     """Whether ASSEMBLENET_ABLATION_FASTPATH asks for the fast path ("0", the default, or "1")."""
     raw = os.environ.get(FASTPATH_ENV, "0")
@@ -91,63 +79,6 @@ def trainer_for(bench, budget: Budget) -> ChildTrainer:
     if key not in _TRAINERS:
         _TRAINERS[key] = ChildTrainer(bench, budget)
     return _TRAINERS[key]
-
-
-def _own_variables(model):
-    """(layer, variable) for every variable of `model`, with the (sub)layer that created it."""
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        for v in layer._trainable_variables + layer._non_trainable_variables:
-            yield layer, v
-
-
-def _variable_seed(seed: int, path: str) -> int:
-    return int(np.random.SeedSequence([int(seed), zlib.crc32(path.encode())]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-def reinitialize(model, seed: int) -> int:
-    """Gives every variable of `model` a fresh value from its layer's initializer, seeded by `seed` and
-    the variable's path (so a layer's initial weights do not depend on which other layers the model
-    has). Returns the number of variables set; a variable without a known initializer is an error."""
-    import keras
-
-    count = 0
-    for layer, v in _own_variables(model):
-        initializer = getattr(layer, f"{v.name}_initializer", None) or _DEFAULT_INITIALIZERS.get(v.name)
-        if initializer is None:
-            raise ValueError(f"reinitialize: no initializer known for {v.path} (layer {type(layer).__name__})")
-        initializer = keras.initializers.get(initializer)
-        config = initializer.get_config()
-        if "seed" in config:
-            initializer = type(initializer).from_config({**config, "seed": _variable_seed(seed, v.path)})
-        v.assign(initializer(tuple(v.shape), dtype=v.dtype))
-        count += 1
-    return count
-
-
-def uses_runtime_width(attention: str, fusion_order: str = "project_first") -> bool:
-    """Whether the fast path's model carries fused widths as runtime data (build_assemblenet's
-    `runtime_width`): with project_first fusion and no attention (the evolution searches' setting)."""
-    return attention == "none" and fusion_order == "project_first"
-
-
-def match_fan_in(model, child: Structure) -> int:
-    """Rescales each kernel that reads a block's runtime-width fused input (`block{i}_m0_a_conv`,
-    `block{i}_m0_shortcut_conv`: max_width input channels) by sqrt(max_width / W), W the child's fused
-    width, so that its first W rows, the ones the child reads, are drawn as the plain child's He-normal
-    kernel of fan-in W (a scaled truncated normal is the truncated normal of the scaled deviation).
-    Returns the number of kernels rescaled."""
-    from model import edge_masks
-
-    count = 0
-    for block in edge_masks.width_layers(model):
-        width = child.fused_channels(block)
-        for name in (f"block{block}_m0_a_conv", f"block{block}_m0_shortcut_conv"):
-            kernel = model.get_layer(name).kernel
-            carried = int(kernel.shape[-2])
-            if carried != width:
-                kernel.assign(np.asarray(kernel.numpy()) * np.float32(np.sqrt(carried / width)))
-                count += 1
-    return count
 
 
 @dataclasses.dataclass

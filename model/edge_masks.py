@@ -34,10 +34,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import zlib
 
+import keras
 import numpy as np
 
+from model.evolution import DILATIONS
 from model.structure import Structure, get_structure
+
+# Variables whose layer declares no `<name>_initializer` attribute: the builder's own layers'
+# (ConnectionFusion/EdgeGates w: zeros, σ = 0.5; its edge mask: ones; ChannelAttention's v and h: zeros).
+_DEFAULT_INITIALIZERS = {"w": "zeros", "mask": "ones", "v": "zeros", "h": "zeros"}
+# The largest temporal resolution a compiled model runs without being rebuilt: the search space's (§3.2);
+# a structure with a larger r gets a model of its own, padded for its r.
+MAX_DILATION = max(DILATIONS)
+
+
+def max_dilation(structure: Structure) -> int:
+    """The `max_dilation` of the model that trains `structure`: MAX_DILATION, or its own largest r."""
+    return max(MAX_DILATION, *(n.dilation for n in structure.nodes))
+
 
 # The temporal convs of a node, as model.blocks names them: an RGB stem's k=5 conv, a block's k=3 ones.
 _TEMPORAL_CONV = re.compile(r"^(?:stem|block)(\d+)_(?:temporal|m\d+_a)_conv$")
@@ -142,6 +158,12 @@ def mask_values(maximal_structure: Structure, child: Structure, *,
     return masks
 
 
+def uses_runtime_width(attention: str, fusion_order: str = "project_first") -> bool:
+    """Whether the fast path's model carries fused widths as runtime data (build_assemblenet's
+    `runtime_width`): with project_first fusion and no attention (the evolution searches' setting)."""
+    return attention == "none" and fusion_order == "project_first"
+
+
 def width_layers(model) -> dict[int, list]:
     """{block: its layers.RuntimeWidth layers} of a model built with `runtime_width=True`."""
     found: dict[int, list] = {}
@@ -234,3 +256,52 @@ def child_value(value: np.ndarray, shape: tuple) -> np.ndarray:
     if len(value.shape) != len(shape) or any(a < b for a, b in zip(value.shape, shape, strict=True)):
         raise ValueError(f"child_value: a {value.shape} variable holds no {tuple(shape)} child")
     return value[tuple(slice(0, n) for n in shape)]
+
+
+# -- a child's start on a maximal model (the fast path's re-initialisation) ---------------------------------
+
+def _own_variables(model):
+    """(layer, variable) for every variable of `model`, with the (sub)layer that created it."""
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        for v in layer._trainable_variables + layer._non_trainable_variables:
+            yield layer, v
+
+
+def _variable_seed(seed: int, path: str) -> int:
+    return int(np.random.SeedSequence([int(seed), zlib.crc32(path.encode())]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def reinitialize(model, seed: int) -> int:
+    """Gives every variable of `model` a fresh value from its layer's initializer, seeded by `seed` and
+    the variable's path (so a layer's initial weights do not depend on which other layers the model
+    has). Returns the number of variables set; a variable without a known initializer is an error."""
+    count = 0
+    for layer, v in _own_variables(model):
+        initializer = getattr(layer, f"{v.name}_initializer", None) or _DEFAULT_INITIALIZERS.get(v.name)
+        if initializer is None:
+            raise ValueError(f"reinitialize: no initializer known for {v.path} (layer {type(layer).__name__})")
+        initializer = keras.initializers.get(initializer)
+        config = initializer.get_config()
+        if "seed" in config:
+            initializer = type(initializer).from_config({**config, "seed": _variable_seed(seed, v.path)})
+        v.assign(initializer(tuple(v.shape), dtype=v.dtype))
+        count += 1
+    return count
+
+
+def match_fan_in(model, child: Structure) -> int:
+    """Rescales each kernel that reads a block's runtime-width fused input (`block{i}_m0_a_conv`,
+    `block{i}_m0_shortcut_conv`: max_width input channels) by sqrt(max_width / W), W the child's fused
+    width, so that its first W rows, the ones the child reads, are drawn as the plain child's He-normal
+    kernel of fan-in W (a scaled truncated normal is the truncated normal of the scaled deviation).
+    Returns the number of kernels rescaled."""
+    count = 0
+    for block in width_layers(model):
+        width = child.fused_channels(block)
+        for name in (f"block{block}_m0_a_conv", f"block{block}_m0_shortcut_conv"):
+            kernel = model.get_layer(name).kernel
+            carried = int(kernel.shape[-2])
+            if carried != width:
+                kernel.assign(np.asarray(kernel.numpy()) * np.float32(np.sqrt(carried / width)))
+                count += 1
+    return count
