@@ -130,3 +130,6 @@ def test_params_are_made_from_the_config_fields(dagbag):
     population = dagbag.dags["assemblenet_evolution"].params.get_param("population")
     assert (population.value, population.description) == (2, evolution["population_size"].metadata["help"])
     assert population.schema["minimum"] == 2  # as `assemblenet evolve --population`
+    fast_path = dagbag.dags["assemblenet_evolution"].params.get_param("fast_path")
+    assert (fast_path.value, fast_path.description) == (False, evolution["fast_path"].metadata["help"])
+    assert fast_path.schema["type"] == "boolean"
