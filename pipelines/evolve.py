@@ -76,8 +76,10 @@ class EvolutionConfig:
     fast_path: bool = setting(
         False, "train the children in the evolve process on one compiled masked model per shape "
                "(pipelines.fast_children): edges, temporal resolutions and, with attention none, fused widths "
-               "are runtime data, so only children with other nodes or fused strides compile again. A child's "
-               "score equals the plain run's started from the same weights (tests, both backends), but its "
+               "are runtime data, so only children with other nodes or fused strides compile again; a new "
+               "shape's model is larger than the child's own, so it pays off only where children share shapes "
+               "(docs/ablations.md). A child's score equals the plain run's started from the same weights "
+               "(tests, both backends), but its "
                "initial weights are other, equally distributed draws, so a search is trained one way: off by "
                "default, so that searches started without it resume as they were; needs --workers 1")
 
