@@ -1,16 +1,20 @@
 """Train many children on one compiled model per shape: the harness's unit of work without a compile
 per child.
 
-A search's children mostly differ in their edges (AssembleNet §3.2), and a `tiny` child at the default
-budget spends more time compiling than training (docs/ablations.md). `ChildTrainer` builds, for each
-shape signature (model.edge_masks.signature: nodes, and each block's fused stride and width) and each
-attention mode and model option, the masked model of the maximal structure once (build_assemblenet with
-`edge_masks=True`) and compiles it once. Per child it
+A search's children mostly differ in their edges and temporal resolutions (AssembleNet §3.2), and a
+`tiny` child at the default budget spends more time compiling than training (docs/ablations.md).
+`ChildTrainer` builds, for each shape signature (model.edge_masks.signature: nodes without their
+dilations, and each block's fused stride and width) and each attention mode and model option, the masked
+model of the maximal structure once (build_assemblenet with `edge_masks=True` and `max_dilation`: edges
+and dilations are runtime data; with attention `none` and `project_first` fusion also `runtime_width`,
+so each block's fused width is runtime data and leaves the signature) and compiles it once. Per child it
 1. re-initialises every variable from the child's seed (each variable from its own seed, derived from
-   the child's seed and the variable's path, with the initializer its layer declares),
+   the child's seed and the variable's path, with the initializer its layer declares; a conv reading a
+   runtime-width input is rescaled to the child's fan-in, `match_fan_in`),
 2. puts the optimizer back to its state before the first step (iterations 0, so the learning-rate
    schedule restarts; momentum slots 0),
-3. sets the edge masks to the child's edges (AssembleNet++ Eq. 1/3 over the child's connections),
+3. sets the edge masks to the child's edges (AssembleNet++ Eq. 1/3 over the child's connections) and
+   every temporal conv's dilation to its node's r,
 4. trains `budget.steps` steps on the same batches as `harness.train_and_score` and scores the child.
 It returns harness.train_and_score's result dict (edge weights restricted to the child's edges, the
 child's own parameter count), plus `compiled` (whether this child built and compiled a new model) and
@@ -28,7 +32,6 @@ import collections
 import dataclasses
 import os
 import time
-import zlib
 from typing import Any
 
 import numpy as np
@@ -45,12 +48,10 @@ from ablation.harness import (
     train_steps,
     without_object_stem,
 )
+from model.edge_masks import MAX_DILATION, match_fan_in, max_dilation, reinitialize, uses_runtime_width
 from model.structure import Structure, get_structure
 from pipelines import compile_cache
 
-# Variables whose layer declares no `<name>_initializer` attribute: the builder's own layers'
-# (ConnectionFusion/EdgeGates w: zeros, σ = 0.5; its edge mask: ones; ChannelAttention's v and h: zeros).
-_DEFAULT_INITIALIZERS = {"w": "zeros", "mask": "ones", "v": "zeros", "h": "zeros"}
 # ASSEMBLENET_ABLATION_FASTPATH=1: every suite's runs (ctx.train) and the evolution searches' children train
 # on a ChildTrainer of this process (`trainer_for`); off by default. A folder's runs are all made one way
 # (runner.check_settings records it), since the fast path's initial weights come from the same
@@ -58,8 +59,8 @@ _DEFAULT_INITIALIZERS = {"w": "zeros", "mask": "ones", "v": "zeros", "h": "zeros
 FASTPATH_ENV = "ASSEMBLENET_ABLATION_FASTPATH"
 # Model options that change the compiled graph (and so the cache key) besides structure and attention.
 MODEL_OPTIONS = ("fusion_order", "temporal_pool", "default_peers")
-
-
+__all__ = ["MAX_DILATION", "ChildTrainer", "match_fan_in", "max_dilation", "reinitialize", "trainer_for",
+           "uses_runtime_width"]
 def enabled() -> bool:
     """Whether ASSEMBLENET_ABLATION_FASTPATH asks for the fast path ("0", the default, or "1")."""
     raw = os.environ.get(FASTPATH_ENV, "0")
@@ -78,37 +79,6 @@ def trainer_for(bench, budget: Budget) -> ChildTrainer:
     if key not in _TRAINERS:
         _TRAINERS[key] = ChildTrainer(bench, budget)
     return _TRAINERS[key]
-
-
-def _own_variables(model):
-    """(layer, variable) for every variable of `model`, with the (sub)layer that created it."""
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        for v in layer._trainable_variables + layer._non_trainable_variables:
-            yield layer, v
-
-
-def _variable_seed(seed: int, path: str) -> int:
-    return int(np.random.SeedSequence([int(seed), zlib.crc32(path.encode())]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-def reinitialize(model, seed: int) -> int:
-    """Gives every variable of `model` a fresh value from its layer's initializer, seeded by `seed` and
-    the variable's path (so a layer's initial weights do not depend on which other layers the model
-    has). Returns the number of variables set; a variable without a known initializer is an error."""
-    import keras
-
-    count = 0
-    for layer, v in _own_variables(model):
-        initializer = getattr(layer, f"{v.name}_initializer", None) or _DEFAULT_INITIALIZERS.get(v.name)
-        if initializer is None:
-            raise ValueError(f"reinitialize: no initializer known for {v.path} (layer {type(layer).__name__})")
-        initializer = keras.initializers.get(initializer)
-        config = initializer.get_config()
-        if "seed" in config:
-            initializer = type(initializer).from_config({**config, "seed": _variable_seed(seed, v.path)})
-        v.assign(initializer(tuple(v.shape), dtype=v.dtype))
-        count += 1
-    return count
 
 
 @dataclasses.dataclass
@@ -173,13 +143,17 @@ class ChildTrainer:
             raise ValueError(f"ChildTrainer: model options {sorted(unknown)} are not supported; expected some "
                              f"of {MODEL_OPTIONS}")
         options = {k: v for k, v in model_options.items() if k != "default_peers"}
-        key = (edge_masks.signature(structure), attention, tuple(sorted(options.items())))
+        longest = max_dilation(structure)
+        widths = uses_runtime_width(attention, options.get("fusion_order", "project_first"))
+        key = (edge_masks.signature(structure, runtime_width=widths), longest, attention,
+               tuple(sorted(options.items())))
         if key in self.models:
             self.models.move_to_end(key)
             return self.models[key], False
-        maximal = edge_masks.maximal(structure)
+        maximal = edge_masks.maximal(structure, runtime_width=widths)
         model = build_assemblenet(maximal, self.bench.num_classes, attention=attention, frames=self.budget.frames,
-                                  size=self.budget.size, edge_masks=True, **options)
+                                  size=self.budget.size, edge_masks=True, max_dilation=longest,
+                                  runtime_width=widths, **options)
         _compile(model, self.budget)
         model.optimizer.build(model.trainable_variables)
         traces = [0]
@@ -208,6 +182,7 @@ class ChildTrainer:
         compiled, new = self.entry(structure, attention, **model_options)
         model = compiled.model
         reinitialize(model, seed)
+        match_fan_in(model, structure)
         for v, value in zip(model.optimizer.variables, compiled.optimizer_state, strict=True):
             v.assign(value)
         model.reset_metrics()
@@ -279,7 +254,9 @@ class ChildTrainer:
             "traces": compiled.traces[0],
         }
         batch = feeder.batch(eval_split, np.arange(budget.batch_size) % len(bench.labels(eval_split)))[0]
-        result["stem_rms"] = probe_rms(compiled.stems, batch)
+        # The stems the plain model has: one that only feeds blocks nothing reads is not built there.
+        result["stem_rms"] = {i: rms for i, rms in probe_rms(compiled.stems, batch).items()
+                              if any(name.startswith(f"stem{i}_") for name in plain_layers)}
         if trace_every:
             result["edge_trace"] = trace
         result["seconds"] = time.time() - started

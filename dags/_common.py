@@ -83,17 +83,20 @@ def run_folder(workdir: str) -> str:
 
 
 @cpu_task
-def next_children(state_dir: str) -> list[str]:
+def next_children(state_dir: str) -> list[list[str]]:
+    """The round's children as evaluation tasks: one child each, or the whole round in one task when the
+    search trains on the fast path (end_to_end.round_tasks)."""
     from pipelines.orchestration.end_to_end import next_children as children
+    from pipelines.orchestration.end_to_end import round_tasks
 
-    return children(state_dir, int(context_params()["children_per_round"]))
+    return round_tasks(state_dir, children(state_dir, int(context_params()["children_per_round"])))
 
 
 @gpu_task
-def evaluate_child(state_dir: str, child: str) -> float:
-    from pipelines.orchestration.end_to_end import evaluate_child as evaluate
+def evaluate_child(state_dir: str, children: list[str]) -> list[float]:
+    from pipelines.orchestration.end_to_end import evaluate_children
 
-    return evaluate(state_dir, child)
+    return evaluate_children(state_dir, children)
 
 
 # An empty round (the budget is spent) skips its mapped evaluation; the round still closes.
@@ -108,13 +111,13 @@ def integrate(state_dir: str, fitness=None) -> str:
 def evolution_rounds(state_dir, rounds: int):
     """`rounds` task groups round_1 .. round_<rounds>, each: propose (or pick up) the round's
     `children_per_round` (a DAG param) children -> evaluate them as mapped tasks (dynamic task
-    mapping) -> integrate them into the population. Returns the last group's output (the state
-    folder), to chain what follows."""
+    mapping: one per child, or one for the round on the fast path) -> integrate them into the
+    population. Returns the last group's output (the state folder), to chain what follows."""
     for number in range(1, rounds + 1):
         @task_group(group_id=f"round_{number}")
         def evolution_round(state):
             children = next_children(state)
-            fitness = evaluate_child.partial(state_dir=state).expand(child=children)
+            fitness = evaluate_child.partial(state_dir=state).expand(children=children)
             return integrate(state, fitness)
 
         state_dir = evolution_round(state_dir)

@@ -1,7 +1,8 @@
 """`assemblenet_evolution`: connection-learning-guided evolution (AssembleNet §3.2), resumable.
 
     start_evolution ─► round_1 ─► ... ─► round_<ROUNDS_PER_RUN> ─► finish_evolution
-    each round: next_children ─► evaluate_child (mapped: one task per child) ─► integrate
+    each round: next_children ─► evaluate_child (mapped: one task per child; with fast_path, one task
+                that trains the round's children in one process on shared compiled models) ─► integrate
 
 The search state lives in `state_dir` (pipelines/evolve.py), not in Airflow: every run of this DAG
 resumes it, runs ROUNDS_PER_RUN more rounds of `children_per_round` children each (the parallel
@@ -40,6 +41,7 @@ PARAMS = {
     "repeats": param_of(SearchSpace, "repeats", [0.5, 0.5, 0.5, 0.5], "module repeats per level (paper: "
                         "[1.5, 2, 3, 1.5])"),
     "seed": param_of(EvolutionConfig, "seed"),
+    "fast_path": param_of(EvolutionConfig, "fast_path"),
     "proxy_train": Param({"steps": 4, "steps_per_epoch": 4, "frames": 8, "size": 32, "batch_size": 4,
                           "learning_rate": 0.1}, type="object",
                          description="TrainConfig fields of each child's proxy training (paper: 10k steps, "
@@ -75,7 +77,7 @@ def start_evolution() -> str:
                  population=params["population"], rounds=params["rounds"], train=dict(params["proxy_train"]),
                  strategy=params["strategy"], object_stem=params["object_stem"],
                  width_scale=params["width_scale"], repeats=tuple(params["repeats"]),
-                 tournament=params["tournament"], seed=params["seed"])
+                 tournament=params["tournament"], seed=params["seed"], fast_path=params["fast_path"])
 
 
 @cpu_task

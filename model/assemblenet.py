@@ -15,7 +15,7 @@ from collections.abc import Mapping
 import keras
 
 from model.blocks import apply_block, apply_stem, conv_bn
-from model.layers import ChannelAttention, ConnectionFusion, EdgeGates, SpatialMaxPool, VideoConv
+from model.layers import ChannelAttention, ConnectionFusion, EdgeGates, RuntimeWidth, SpatialMaxPool, VideoConv
 from model.optimizer import MomentumL2  # noqa: F401  (registered, so a model.keras loads with its optimizer)
 from model.structure import ATTENTION_MODES, TEMPORAL_POOLS, Structure, get_structure, stream_modality
 
@@ -80,6 +80,40 @@ def _weight_first(pooled, width, *, name, masked=False):
     return parts[0] if len(parts) == 1 else keras.layers.Add(name=f"{name}_fused")(parts)
 
 
+def max_width_of(structure: Structure, index: int) -> int:
+    """The channels a runtime-width model carries for block `index`'s fused input: the widest of its
+    (maximal) non-object inputs, or its own 4C, which a child's block fed only by object stems takes
+    (Structure.fused_channels). Every child's W of that block is at most this."""
+    return max(structure.fused_channels(index), structure.node(index).output_channels)
+
+
+def _runtime_width_fusion(structure: Structure, node, outputs, strides, fused_stride):
+    """Eq. 1 of AssembleNet++ over the masked inputs, in `max_width_of` channels with the fused width W as
+    runtime data (layers.RuntimeWidth): an input as wide as W passes unprojected (zero-padded), any other
+    is 1x1-conv + batch-normed (§3.1) to max_width, whose channels from W on are selected away after the
+    sum. The first W channels are the plain model's fused input of a child whose block i has width W."""
+    i = node.index
+    top = max_width_of(structure, i)
+    width = structure.fused_channels(i)
+    matched = []
+    for j in node.inputs:
+        x = _match_input(outputs[j], target_stride=fused_stride, source_stride=strides[j], width=None,
+                         name=f"block{i}_from{j}")
+        channels = int(x.shape[-1])
+        if channels == top:  # j active means W >= its width = top, so W = top: never projected
+            matched.append(x)
+            continue
+        projected = conv_bn(x, top, (1, 1, 1), relu=False, name=f"block{i}_from{j}_proj")
+        source = structure.node(int(j))
+        if source.is_stem and source.modality == "object":  # one-hots never set W: always projected
+            matched.append(projected)
+        else:
+            matched.append(RuntimeWidth("pad_or_project", top, width, channels=channels,
+                                        name=f"block{i}_from{j}_width")([x, projected]))
+    fused = ConnectionFusion(len(matched), masked=True, name=f"block{i}_fusion")(matched)
+    return RuntimeWidth("mask", top, width, name=f"block{i}_width")([fused])
+
+
 def check_peers(structure: Structure, attention: str, default_peers: bool = False) -> None:
     """`peer` attention needs each block's peer; the papers take them from the one-shot search
     (argmax h, AssembleNet++ §3.5), so a structure without them is refused unless `default_peers`."""
@@ -97,7 +131,8 @@ def check_peers(structure: Structure, attention: str, default_peers: bool = Fals
 
 def build_assemblenet(structure, num_classes: int, *, attention: str = "none", default_peers: bool = False,
                       temporal_pool: str = "max", frames=None, size=None, name=None,
-                      fusion_order: str = "project_first", edge_masks: bool = False) -> keras.Model:
+                      fusion_order: str = "project_first", edge_masks: bool = False,
+                      max_dilation: int | None = None, runtime_width: bool = False) -> keras.Model:
     """Builds the model of `structure` (a Structure, a named structure or a JSON path).
 
     Inputs: a dict keyed by `structure.modalities` (see docs/CONTRACTS.md); output: logits.
@@ -107,6 +142,13 @@ def build_assemblenet(structure, num_classes: int, *, attention: str = "none", d
     `edge_masks=True` gives every block's fusion a non-trainable 0/1 mask over its inputs (AssembleNet++
     Eq. 1/3 summed over the connections whose mask is 1): a model of a maximal structure then trains any
     child whose edges are a subset, without being rebuilt (model.edge_masks). All masks start at 1.
+    `max_dilation` makes every node's temporal resolution r runtime data (AssembleNet §3.2, mutation (1)):
+    each temporal conv reads r from a non-trainable variable (layers.VideoConv; at most `max_dilation`,
+    starting at the structure's r), so the same compiled model also runs any child that differs in
+    dilations (model.edge_masks.set_masks sets them). Without it, the model is the plain one.
+    `runtime_width=True` (with `edge_masks`, `project_first`, attention `none`) makes each block's fused
+    width W runtime data too (`max_width_of`; layers.RuntimeWidth): the same model then runs any child
+    whose edges give a block another W.
     """
     structure = get_structure(structure)
     if attention not in ATTENTION_MODES:
@@ -117,21 +159,35 @@ def build_assemblenet(structure, num_classes: int, *, attention: str = "none", d
     if fusion_order == "weight_first" and attention == "self":
         raise ValueError("attention 'self' gates each input at the block's width, before the sum: it needs "
                          "fusion_order='project_first'")
+    if runtime_width and not (edge_masks and fusion_order == "project_first" and attention == "none"):
+        raise ValueError("runtime_width needs edge_masks=True, fusion_order='project_first' and attention 'none', "
+                         f"got edge_masks={edge_masks}, fusion_order={fusion_order!r}, attention={attention!r}")
     if temporal_pool not in TEMPORAL_POOLS:
         raise ValueError(f"temporal_pool must be one of {TEMPORAL_POOLS}, got {temporal_pool!r}")
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if max_dilation is not None and int(max_dilation) < max(n.dilation for n in structure.nodes):
+        raise ValueError(f"max_dilation={max_dilation} is below structure {structure.name!r}'s largest "
+                         f"dilation {max(n.dilation for n in structure.nodes)}")
 
     inputs = build_inputs(structure, frames, size)
     strides = structure.cumulative_stride()
     outputs: dict[int, object] = {}
     for node in sorted(structure.nodes, key=lambda n: (n.level, n.index)):
         if node.is_stem:
-            outputs[node.index] = apply_stem(inputs[node.stream], node, name=f"stem{node.index}")
+            outputs[node.index] = apply_stem(inputs[node.stream], node, name=f"stem{node.index}",
+                                            max_dilation=max_dilation)
             continue
         i = node.index
         fused_stride = max(strides[j] for j in node.inputs)
         width = structure.fused_channels(i)
+        if runtime_width:
+            x = _runtime_width_fusion(structure, node, outputs, strides, fused_stride)
+            x = apply_block(x, node, repeats=structure.repeats[node.level - 1],
+                            width=structure.level_widths[node.level - 1], name=f"block{i}",
+                            max_dilation=max_dilation, runtime_width=width)
+            outputs[i] = x
+            continue
         if fusion_order == "weight_first":
             pooled = [_match_input(outputs[j], target_stride=fused_stride, source_stride=strides[j], width=None,
                                    name=f"block{i}_from{j}") for j in node.inputs]
@@ -144,7 +200,8 @@ def build_assemblenet(structure, num_classes: int, *, attention: str = "none", d
         x = _fuse(structure, node, matched, outputs, attention=attention, width=width,
                   strides=(strides, fused_stride), fused=fused, masked=edge_masks)
         x = apply_block(x, node, repeats=structure.repeats[node.level - 1],
-                        width=structure.level_widths[node.level - 1], name=f"block{i}")
+                        width=structure.level_widths[node.level - 1], name=f"block{i}",
+                        max_dilation=max_dilation)
         if node.cell is not None:
             from model.attention_nas import apply_cell
 

@@ -128,6 +128,70 @@ class EdgeGates(ConnectionFusion):
         return list(input_shape)
 
 
+WIDTH_MODES = ("pad_or_project", "mask", "identity_or_conv")
+
+
+@_serializable
+class RuntimeWidth(keras.layers.Layer):
+    """A block's fused width W (AssembleNet §3.1: "1x1 conv to match the bigger channel size") as runtime
+    data of a model that carries every W up to `max_width` in `max_width` channels, the channels from W
+    on zero. A non-trainable int32 variable `width` holds W (starting at `width`); `mode`:
+
+    - `pad_or_project`, inputs [x_j (`channels` wide), its 1x1 projection to max_width]: the projection
+      where channels ≠ W, else x_j zero-padded (the plain model projects an input only when its width
+      differs from W);
+    - `mask`, inputs [x (max_width)]: x with every channel from W on selected to zero;
+    - `identity_or_conv`, inputs [x (max_width), its shortcut conv (`channels` = 4C)]: x's first 4C
+      channels where W = 4C, else the conv (a residual module's shortcut is the identity exactly when its
+      input is 4C wide and it does not stride, Appendix A.4).
+
+    Selections, not products: what is not selected adds nothing and gets exactly zero gradient.
+    """
+
+    def __init__(self, mode, max_width, width, channels=None, **kwargs):  # pragma: no mutate block
+        super().__init__(**kwargs)
+        if mode not in WIDTH_MODES:
+            raise ValueError(f"mode must be one of {WIDTH_MODES}, got {mode!r}")
+        if not 1 <= int(width) <= int(max_width):
+            raise ValueError(f"width={width}: expected 1 <= width <= max_width={max_width}")
+        bad_channels = channels is not None and not 1 <= int(channels) <= int(max_width)
+        if (channels is None) != (mode == "mask") or bad_channels:
+            raise ValueError(f"mode {mode!r}: channels={channels}; expected None for 'mask', else an int in "
+                             f"1..max_width={max_width}")
+        self.mode = mode
+        self.max_width = int(max_width)
+        self.width = int(width)
+        self.channels = None if channels is None else int(channels)
+
+    @property
+    def width_initializer(self):
+        """The runtime width's initial value: `width` (read by ablation.fastpath.reinitialize)."""
+        return keras.initializers.Constant(self.width)
+
+    def build(self, input_shape):
+        self.runtime_width = self.add_weight(name="width", shape=(), dtype="int32", trainable=False,
+                                             initializer=self.width_initializer)
+
+    def call(self, inputs):
+        width = ops.cast(self.runtime_width, "int32")
+        if self.mode == "mask":
+            x = inputs[0]
+            keep = ops.arange(self.max_width, dtype="int32") < width
+            return ops.where(keep, x, ops.zeros_like(x))
+        x, other = inputs
+        if self.mode == "pad_or_project":
+            padded = ops.pad(x, [[0, 0]] * (len(x.shape) - 1) + [[0, self.max_width - self.channels]])
+            return ops.where(ops.equal(width, self.channels), padded, other)
+        return ops.where(ops.equal(width, self.channels), x[..., :self.channels], other)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[-1]
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode, "max_width": self.max_width, "width": self.width,
+                "channels": self.channels}
+
+
 @_serializable
 class SpatialMaxPool(keras.layers.Layer):
     """Max pool of a (B, T, H, W, C) video over p x p windows with stride p ('same' padding), i.e.
@@ -356,10 +420,16 @@ class VideoConv(keras.layers.Layer):
     - (kt, 1, 1) with dilation r: a 2D convolution over (T, H·W) with a (kt, 1) kernel (AssembleNet Eq. 1);
     - (1, 1, 1): a matrix product over channels (after spatial striding by slicing).
     cuDNN and XLA's GPU/TPU emitters handle these far better than generic 3D convolutions.
+
+    `max_dilation` (temporal kernels of odd kt only) makes the dilation runtime data: a non-trainable int32
+    variable `dilation` (starting at `dilation_rate`, at most `max_dilation`), and the convolution
+    Σ_j W_j · x(t + (j − ⌊kt/2⌋)·r), each shifted x a dynamic slice of x zero-padded by ⌊kt/2⌋·max_dilation
+    frames: the same function as the dilated conv for every r ≤ max_dilation, so one compiled program runs
+    any temporal resolution (AssembleNet §3.2, mutation (1): a node's r changes, its weights' shapes don't).
     """
 
     def __init__(self, filters, kernel_size, strides=1, dilation_rate=1, kernel_initializer="he_normal",
-                 **kwargs):  # pragma: no mutate block
+                 max_dilation=None, **kwargs):  # pragma: no mutate block
         super().__init__(**kwargs)
         kernel_size = tuple(int(k) for k in kernel_size)
         if len(kernel_size) != 3 or min(kernel_size) < 1:
@@ -372,19 +442,33 @@ class VideoConv(keras.layers.Layer):
         if kernel_size[0] > 1 and int(strides) != 1:
             raise ValueError("a temporal convolution takes no spatial stride (AssembleNet §3.1: no temporal "
                              f"striding), got strides={strides}")
+        if max_dilation is not None:
+            if kernel_size[0] == 1 or kernel_size[0] % 2 == 0:
+                raise ValueError(f"max_dilation needs a temporal kernel (k, 1, 1) with k odd, got {kernel_size}")
+            if int(max_dilation) < int(dilation_rate):
+                raise ValueError(f"max_dilation={max_dilation} must be >= dilation_rate={dilation_rate}")
         self.filters = int(filters)
         self.kernel_size = kernel_size
         self.strides = int(strides)
         self.dilation_rate = int(dilation_rate)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.max_dilation = None if max_dilation is None else int(max_dilation)
 
     @property
     def groups(self):
         return 1
 
+    @property
+    def dilation_initializer(self):
+        """The runtime dilation's initial value: `dilation_rate` (read by ablation.fastpath.reinitialize)."""
+        return keras.initializers.Constant(self.dilation_rate)
+
     def build(self, input_shape):
         self.kernel = self.add_weight(name="kernel", shape=self.kernel_size + (input_shape[-1], self.filters),
                                       initializer=self.kernel_initializer)
+        if self.max_dilation is not None:
+            self.dilation = self.add_weight(name="dilation", shape=(), dtype="int32", trainable=False,
+                                            initializer=self.dilation_initializer)
 
     def call(self, inputs):
         kt, kh, kw = self.kernel_size
@@ -408,6 +492,8 @@ class VideoConv(keras.layers.Layer):
                     frames, kernel = _pad_channels(frames, kernel, MIN_CONV_CHANNELS - inputs.shape[-1])
                 y = ops.conv(frames, kernel, strides=s, padding="same")
             return ops.reshape(y, (b, t, ops.shape(y)[1], ops.shape(y)[2], self.filters))
+        if self.max_dilation is not None:
+            return self._runtime_dilated(inputs, kernel)
         # Dilation r (AssembleNet Eq. 1) without a dilated conv kernel (a slow path in cuDNN, ~40x here):
         # frame t = q·r + p only meets frames (q ± 1)·r + p, so fold the r phases p into the space axis
         # and run an undilated conv over q. Zero-padding T to a multiple of r keeps it exact.
@@ -422,6 +508,26 @@ class VideoConv(keras.layers.Layer):
             y = ops.reshape(y, (b, t + pad, h * w, self.filters))[:, :t]
         return ops.reshape(y, (b, t, h, w, self.filters))
 
+    def _runtime_dilated(self, inputs, kernel):
+        """The temporal conv with the dilation read from `self.dilation`: tap j of the kernel meets the frame
+        shifted by (j − ⌊kt/2⌋)·r, taken as a slice of the input zero-padded by ⌊kt/2⌋·max_dilation frames on
+        each side ("same" padding: a frame outside the clip is a zero, as in the dilated conv)."""
+        kt = self.kernel_size[0]
+        half = kt // 2
+        pad = half * self.max_dilation
+        shape = ops.shape(inputs)
+        b, t, h, w, c = shape[0], shape[1], shape[2], shape[3], shape[4]
+        rows = ops.reshape(inputs, (b, t, h * w, c))
+        padded = ops.pad(rows, [[0, 0], [pad, pad], [0, 0], [0, 0]])
+        r = ops.minimum(ops.cast(self.dilation, "int32"), self.max_dilation)
+        y = None
+        for j in range(kt):
+            start = pad + (j - half) * r
+            shifted = ops.slice(padded, [0, start, 0, 0], [b, t, h * w, c])
+            tap = ops.matmul(shifted, kernel[j, 0, 0])
+            y = tap if y is None else y + tap
+        return ops.reshape(y, (b, t, h, w, self.filters))
+
     def compute_output_shape(self, input_shape):
         b, t, h, w, _ = input_shape
         s = self.strides
@@ -434,7 +540,8 @@ class VideoConv(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": list(self.kernel_size),
                 "strides": self.strides, "dilation_rate": self.dilation_rate,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "max_dilation": self.max_dilation}
 
 
 @_serializable

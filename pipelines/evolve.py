@@ -75,6 +75,15 @@ class EvolutionConfig:
     seed: int = setting(0, "seed of the search's random choices", type=SEED, flag_name="search_seed")
     space: evolution.SearchSpace = setting(evolution.SearchSpace(), "the search space (model.evolution)",
                                            flag=False)
+    fast_path: bool = setting(
+        False, "train the children in the evolve process on one compiled masked model per shape "
+               "(pipelines.fast_children): edges, temporal resolutions and, with attention none, fused widths "
+               "are runtime data, so only children with other nodes or fused strides compile again; a new "
+               "shape's model is larger than the child's own, so it pays off only where children share shapes "
+               "(docs/ablations.md). A child's score equals the plain run's started from the same weights "
+               "(tests, both backends), but its "
+               "initial weights are other, equally distributed draws, so a search is trained one way: off by "
+               "default, so that searches started without it resume as they were; needs --workers 1")
 
     def __post_init__(self):
         configs.check(self)  # each field's type, choices and range (the space checks itself)
@@ -154,15 +163,27 @@ def score_run(run_dir: str | Path, data: str, *, clips: int = 1, batch_size: int
     import keras
 
     import model.assemblenet  # noqa: F401  (registers the custom layers for load_model)
-    from pipelines import metrics
-    from pipelines.train import tfrecord_files
     from pipelines.train_config import TrainConfig
-    from preprocessing.loader import make_reader, to_numpy
 
     run = RunDir(run_dir)
     config = TrainConfig.from_json(run.config)
     structure = Structure.from_json(run.structure)
     model = keras.models.load_model(run.model)
+    result = score_model(model, config, structure, data, clips=clips, batch_size=batch_size)
+    run.write(METRICS, result)
+    return result
+
+
+def score_model(model, config, structure: Structure, data: str, *, clips: int = 1,
+                batch_size: int = 4) -> dict[str, Any]:
+    """`score_run`'s metrics and fitness of a model in memory (of `structure`, trained with the
+    TrainConfig `config`) on `data`; writes nothing."""
+    import keras
+
+    from pipelines import metrics
+    from pipelines.train import tfrecord_files
+    from preprocessing.loader import make_reader, to_numpy
+
     ds = make_reader(tfrecord_files(data), modalities=structure.modalities, frames=config.frames,
                       size=config.size, training=False, batch_size=batch_size, dataset=config.dataset,
                       num_classes=config.num_classes, clips_per_video=clips)
@@ -186,7 +207,6 @@ def score_run(run_dir: str | Path, data: str, *, clips: int = 1, batch_size: int
                   "top5": float(np.mean((top5 == true[:, None]).any(axis=1)))}
     result.update(fitness=evolution.fitness_from_metrics(result), num_videos=len(pooled), clips=clips,
                   data=str(data))
-    run.write(METRICS, result)
     return result
 
 
@@ -363,10 +383,7 @@ def evaluate_child(state_dir: str | Path, child: str, evaluate: Evaluate | None 
     if not (folder / SPEC).exists():
         raise ValueError(f"{folder / SPEC}: no such child; propose_children() writes it")
     if evaluate is None:
-        spec = load_state(state_dir).get("evaluator")
-        if not spec:
-            raise ValueError(f"{state_dir / STATE}: the search has no stored evaluator; pass evaluate=")
-        evaluate = TrainEvaluator(**spec)
+        evaluate = stored_evaluator(state_dir)
     structure, _, _ = _load_child(state_dir, child)
     with _child_lock(state_dir, child):
         if (folder / RESULT).exists():  # finished by another process meanwhile
@@ -381,6 +398,21 @@ def evaluate_child(state_dir: str | Path, child: str, evaluate: Evaluate | None 
                   "seconds": round(time.monotonic() - start, 3)}
         write_json(folder / RESULT, result)
     return result
+
+
+def stored_evaluator(state_dir: str | Path) -> Evaluate:
+    """The search's stored TrainEvaluator, or with `fast_path` the process's FastChildren for it (its
+    compiled models serve every child this process evaluates)."""
+    state = load_state(state_dir)
+    spec = state.get("evaluator")
+    if not spec:
+        raise ValueError(f"{Path(state_dir) / STATE}: the search has no stored evaluator; pass evaluate=")
+    evaluator = TrainEvaluator(**spec)
+    if EvolutionConfig.from_json(state["config"]).fast_path:
+        from pipelines.fast_children import fast_children
+
+        return fast_children(evaluator)
+    return evaluator
 
 
 class ChildBusy(UserError):
@@ -488,6 +520,9 @@ def run_evolution(out_dir: str | Path, config: EvolutionConfig, *, evaluate: Eva
 
     if workers < 1:
         raise ValueError(f"workers={workers}: expected >= 1")
+    if config.fast_path and workers > 1:
+        raise UserError(f"--fast-path trains the children in this process on shared compiled models; "
+                        f"--workers {workers} would give each child a process of its own: use --workers 1")
     if evaluate is None and evaluator is None and not (Path(out_dir) / STATE).exists():
         raise ValueError("run_evolution: pass evaluate= or evaluator= to start a new search")
     state_dir = Path(out_dir)

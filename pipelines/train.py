@@ -350,6 +350,12 @@ def _build_and_compile(config: TrainConfig, structure, schedule):
     model = build_assemblenet(structure, config.num_classes, attention=config.attention,
                               default_peers=config.default_peers, temporal_pool=config.temporal_pool,
                               frames=config.frames, size=config.size)
+    return compile_model(model, config, schedule)
+
+
+def compile_model(model, config: TrainConfig, schedule):
+    """Compiles `model` with `config`'s optimizer (MomentumL2 on `schedule`), loss and metrics, and
+    builds the optimizer's variables: what every training run of the project trains with."""
     optimizer = MomentumL2(learning_rate=schedule, momentum=config.momentum, l2=config.weight_decay)
     if config.dataset == "charades":
         loss = keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)

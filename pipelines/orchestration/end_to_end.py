@@ -220,15 +220,16 @@ def preprocess(*, dataset: str, videos: str, out: str, annotations: str | None =
 def start_evolution(state_dir: str, *, data: str, eval_data: str | None, population: int, rounds: int,
                     train: dict[str, Any], strategy: str = "guided", object_stem: bool = True,
                     width_scale: int = 16, repeats: tuple[float, ...] = (0.5, 0.5, 0.5, 0.5),
-                    tournament: int = 5, seed: int = 0) -> str:
+                    tournament: int = 5, seed: int = 0, fast_path: bool = False) -> str:
     """Creates the search state in `state_dir`, or checks that the one there has the same config
-    (only `rounds` may grow), so a re-run resumes it. `train` holds the children's proxy TrainConfig."""
+    (only `rounds` may grow), so a re-run resumes it. `train` holds the children's proxy TrainConfig;
+    `fast_path`: EvolutionConfig.fast_path (a round's children train in one task, `round_tasks`)."""
     from pipelines.evolve import EvolutionConfig, TrainEvaluator, init_search
 
     space = SearchSpace(object_stem=object_stem, width_scale=width_scale, repeats=tuple(repeats))
     config = EvolutionConfig(population_size=population, rounds=rounds,
                              tournament_size=min(tournament, population), strategy=strategy, seed=seed,
-                             space=space)
+                             space=space, fast_path=fast_path)
     init_search(state_dir, config, TrainEvaluator(data=data, eval_data=eval_data, train=train))
     return state_dir
 
@@ -243,6 +244,24 @@ def next_children(state_dir: str, n: int) -> list[str]:
     children = pending or propose_children(state_dir, n)
     banner(f"evolution: evaluating {len(children)} children {children}")
     return children
+
+
+def round_tasks(state_dir: str, children: list[str]) -> list[list[str]]:
+    """The evaluation tasks of a round: one per child (the parallel workers of AssembleNet §3.2), or, when
+    the search's config has `fast_path`, one for the whole round, so that its children train in one
+    process on shared compiled models (pipelines.fast_children)."""
+    from pipelines.evolve import EvolutionConfig, load_state
+
+    if not children:
+        return []
+    if EvolutionConfig.from_json(load_state(state_dir)["config"]).fast_path:
+        return [list(children)]
+    return [[child] for child in children]
+
+
+def evaluate_children(state_dir: str, children: list[str]) -> list[float]:
+    """One evaluation task: its children in order, in this process (`evaluate_child` each)."""
+    return [evaluate_child(state_dir, child) for child in children]
 
 
 def evaluate_child(state_dir: str, child: str) -> float:

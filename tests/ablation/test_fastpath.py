@@ -5,7 +5,9 @@ per shape.
   harness.train_and_score (the plain path: a model built for the child alone), started from the same
   initial weights;
 - children of one shape compile once: the train step is traced once and, under JAX, XLA compiles
-  nothing for the later children; the same child and seed after other children repeats its run;
+  nothing for the later children, whether they differ in edges, in temporal resolutions (node
+  mutation (1) of AssembleNet §3.2) or in the fused widths their edges give; the same child and seed
+  after other children repeats its run;
 - re-initialisation is deterministic per seed.
 (That a masked edge has no effect on the forward pass, batch-norm statistics and gradients is tested in
 tests/model/test_edge_masks.py.)
@@ -22,8 +24,8 @@ from ablation import harness as H
 from ablation.benchmark import BenchmarkConfig, generate
 from model import edge_masks
 from model.assemblenet import build_assemblenet
-from model.evolution import with_edges
-from tests.model.test_edge_masks import MINI, SPARSE, child_values
+from model.evolution import change_dilation, with_edges
+from tests.model.test_edge_masks import MINI, MINI_T, REDILATED, REWIDTHED, SPARSE, child_values
 
 BUDGET = H.Budget(steps=4, batch_size=4, frames=4, size=32, warmup_steps=1, learning_rate=0.05,
                   jit_compile=keras.backend.backend() == "jax")
@@ -55,11 +57,19 @@ def trainer(bench):
     return fastpath.ChildTrainer(bench, BUDGET)
 
 
-def test_fast_path_equals_the_plain_path(bench, trainer, monkeypatch):
+@pytest.mark.parametrize("child, parent", [(SPARSE, MINI), (REDILATED, MINI_T), (REWIDTHED, MINI_T)],
+                         ids=["sparse", "redilated", "rewidthed"])
+def test_fast_path_equals_the_plain_path(bench, trainer, monkeypatch, child, parent):
+    """The child trains on the model compiled for `parent` (REDILATED: other edges and other r at four
+    nodes; REWIDTHED: other fused widths at blocks 4 and 5 as well; all set at run time)."""
     import model.assemblenet as builder
 
     seed = 5
-    compiled, _ = trainer.prepare(SPARSE, seed=seed)
+    trainer.entry(parent)
+    compiled, new = trainer.prepare(child, seed=seed)
+    assert not new and compiled.structure.edges() == edge_masks.maximal(parent).edges()
+    # Built for the parent's r: the child's r differ at four nodes (REDILATED) and are set at run time.
+    assert [n.dilation for n in compiled.structure.nodes] == [n.dilation for n in parent.nodes]
     start = {v.path: np.asarray(v.numpy()) for v in compiled.model.weights}
     plain = {}
     build = builder.build_assemblenet
@@ -68,14 +78,14 @@ def test_fast_path_equals_the_plain_path(bench, trainer, monkeypatch):
         model = build(structure, *args, **kwargs)
         for v in model.weights:
             if not v.path.endswith("_fusion/w"):  # σ(w) starts at 0.5 on both paths
-                v.assign(start[v.path])
+                v.assign(edge_masks.child_value(start[v.path], tuple(v.shape)))
         plain["model"] = model
         return model
 
     monkeypatch.setattr(builder, "build_assemblenet", build_from_fast_start)
-    reference = H.train_and_score(SPARSE, bench, seed=seed, budget=BUDGET)
+    reference = H.train_and_score(child, bench, seed=seed, budget=BUDGET)
     monkeypatch.undo()
-    fast = trainer(SPARSE, seed=seed, budget=BUDGET)
+    fast = trainer(child, seed=seed, budget=BUDGET)
     assert fast["score"] == reference["score"] and fast["params"] == reference["params"]
     assert fast["final_loss"] == pytest.approx(reference["final_loss"], rel=1e-4)
     assert set(fast["edge_weights"]) == set(reference["edge_weights"])
@@ -85,14 +95,15 @@ def test_fast_path_equals_the_plain_path(bench, trainer, monkeypatch):
             assert fast["edge_weights"][block][j] == pytest.approx(value, abs=1e-5)
     assert fast["stem_rms"] == pytest.approx(reference["stem_rms"], rel=1e-4)
     # The score of a 4-step model on 8 clips says little: compare the logits it comes from.
-    logits = [H.predict(m, bench, "val", SPARSE.modalities, BUDGET.batch_size, compiled.feeder)
+    logits = [H.predict(m, bench, "val", child.modalities, BUDGET.batch_size, compiled.feeder)
               for m in (compiled.model, plain["model"])]
     np.testing.assert_allclose(logits[0], logits[1], rtol=1e-4, atol=1e-5)
-    values = child_values(compiled.model, plain["model"], compiled.structure, SPARSE)
+    values = child_values(compiled.model, plain["model"], compiled.structure, child)
     moved = 0
     for path, (a, b) in values.items():
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5, err_msg=path)
-        moved += not np.array_equal(b, start[path]) if not path.endswith("_fusion/w") else 1
+        moved += not np.array_equal(b, edge_masks.child_value(start[path], b.shape)) if not path.endswith(
+            "_fusion/w") else 1
     assert moved > len(values) // 2  # the steps trained the weights compared
 
 
@@ -128,6 +139,61 @@ def test_children_of_one_shape_compile_once(trainer):
     assert len({r["final_loss"] for r in results[:3]}) == 3
 
 
+def test_children_differing_in_dilations_and_edges_compile_once(trainer):
+    """Node mutation (1) of AssembleNet §3.2 (a new r) and rewiring: one model, traced once; under JAX no
+    XLA compilation after the first child. The r matter: the same edges with other r train differently."""
+    compiles = []
+    if keras.backend.backend() == "jax":
+        import jax
+
+        def listen(event, duration, **kwargs):
+            if "backend_compile" in event:
+                compiles.append(event)
+
+        jax.monitoring.register_event_duration_secs_listener(listen)
+    sparse_t = with_edges(MINI_T, SPARSE.edges())
+    children = [MINI_T, REDILATED, change_dilation(change_dilation(MINI_T, 6, 1), 3, 4), sparse_t,
+                change_dilation(sparse_t, 0, 1), REDILATED, REWIDTHED]
+    assert len({edge_masks.signature(c, runtime_width=True) for c in children}) == 1
+    assert len({tuple(n.dilation for n in c.nodes) for c in children}) == 5
+    assert len({tuple(edge_masks.fused_shapes(c).items()) for c in children}) == 2
+    before = trainer.compiles
+    try:
+        results = []
+        for k, child in enumerate(children):
+            if k == 2:
+                compiles.clear()
+            results.append(trainer(child, seed=3))
+    finally:
+        if keras.backend.backend() == "jax":
+            jax.monitoring.unregister_event_duration_listener(listen)
+    assert trainer.compiles - before == int(results[0]["compiled"])  # MINI_T's model, if no test built it
+    assert not any(r["compiled"] for r in results[1:])
+    assert {r["traces"] for r in results} == {1}
+    if keras.backend.backend() == "jax":
+        assert compiles == [], compiles
+    assert results[5]["final_loss"] == results[1]["final_loss"]  # REDILATED again: the same run
+    # sparse_t and REDILATED differ only in r (seed 3 both): different runs; so do sparse_t and its r=1 stem.
+    assert results[3]["final_loss"] != results[1]["final_loss"]
+    assert results[4]["final_loss"] != results[3]["final_loss"]
+    assert results[6]["params"] != results[0]["params"]  # the plain child's count: its own projections
+
+
+def test_runtime_width_kernels_start_at_the_child_fan_in(trainer):
+    """He-normal draws with the plain child's fan-in W for the kernels that read a block's runtime-width
+    input (max_width rows, the child reads the first W): the reinitialised kernel scaled by
+    sqrt(max_width / W)."""
+    compiled, _ = trainer.prepare(REWIDTHED, seed=4)
+    kernel = np.asarray(compiled.model.get_layer("block5_m0_a_conv").kernel.numpy())
+    fastpath.reinitialize(compiled.model, seed=4)
+    drawn = np.asarray(compiled.model.get_layer("block5_m0_a_conv").kernel.numpy())
+    assert kernel.shape[-2] == 8 and REWIDTHED.fused_channels(5) == 4
+    np.testing.assert_allclose(kernel, drawn * np.sqrt(2.0), rtol=1e-6)
+    assert fastpath.match_fan_in(compiled.model, MINI_T) == 4  # a and shortcut of blocks 3, 4: 8 rows, W = 4
+    assert fastpath.uses_runtime_width("none") and not fastpath.uses_runtime_width("peer")
+    assert not fastpath.uses_runtime_width("none", "weight_first")
+
+
 def test_the_evolution_suite_takes_the_fast_path_only_when_asked(bench, monkeypatch):
     from ablation import evolution_suite as suite
     from tests.ablation.stand_in import fake_train
@@ -148,13 +214,17 @@ def test_the_evolution_suite_takes_the_fast_path_only_when_asked(bench, monkeypa
 
 def test_a_child_of_another_shape_gets_a_model_of_its_own(bench):
     trainer = fastpath.ChildTrainer(bench, BUDGET, max_models=2)
-    redilated = MINI.replace(nodes=tuple(n if n.index != 4 else dataclasses.replace(n, dilation=4) for n in MINI.nodes))
+    redilated = change_dilation(change_dilation(MINI, 4, 4), 0, 8)
+    wider = MINI.replace(nodes=tuple(n if n.index != 4 else dataclasses.replace(n, channels=4) for n in MINI.nodes))
     first, new = trainer.entry(MINI)
     assert new and trainer.entry(SPARSE) == (first, False)  # only edges differ: the same model
-    other, new = trainer.entry(redilated)
+    assert trainer.entry(redilated) == (first, False)  # only r differs: the same model (runtime dilations)
+    other, new = trainer.entry(wider)  # another C: another shape
     assert new and other is not first and trainer.compiles == 2
     assert trainer.entry(MINI, fusion_order="weight_first")[1]  # another graph: another model
     assert trainer.compiles == 3 and len(trainer.models) == 2  # the least recently used one was dropped
     assert trainer.entry(MINI)[1]
+    longer = change_dilation(MINI, 4, 16)  # beyond the search space's r: a model padded for it
+    assert trainer.entry(longer)[1] and fastpath.max_dilation(longer) == 16
     with pytest.raises(ValueError, match="not supported"):
         trainer.entry(MINI, temporal="max")

@@ -149,3 +149,6 @@ def test_params_are_made_from_the_config_fields(dagbag):
     assert (threshold.value, threshold.schema["minimum"], threshold.schema["exclusiveMaximum"]) == (
         PRUNE_THRESHOLD, 0.0, 1.0)
     assert (clips.value, clips.schema["minimum"], clips.schema["maximum"]) == (CLIPS, 1, 1000)
+    fast_path = dagbag.dags["assemblenet_evolution"].params.get_param("fast_path")
+    assert (fast_path.value, fast_path.description) == (False, evolution["fast_path"].metadata["help"])
+    assert fast_path.schema["type"] == "boolean"

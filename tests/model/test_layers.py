@@ -163,6 +163,88 @@ def test_video_conv_equals_conv3d(kernel, stride, dilation, channels, size):
                    x, out.shape)
 
 
+@pytest.mark.parametrize("kt", [3, 5])
+@pytest.mark.parametrize("frames", [3, 16])
+def test_video_conv_runtime_dilation_is_the_dilated_conv_for_every_r(kt, frames):
+    """One layer with `max_dilation` computes the dilated conv of every r of the search space (§3.2), the
+    r read from its variable: exactly, on integer-valued inputs and kernels (where float sums are exact
+    in any order), against both the compile-time VideoConv and Keras's Conv3D; clips shorter than r too."""
+    import keras
+
+    from model.evolution import DILATIONS
+    from model.layers import VideoConv
+
+    rng = np.random.default_rng(kt + frames)
+    x = rng.integers(-3, 4, (2, frames, 4, 4, 6)).astype("float32")
+    runtime = VideoConv(5, (kt, 1, 1), dilation_rate=2, max_dilation=max(DILATIONS))
+    runtime.build(x.shape)
+    assert int(runtime.dilation.numpy()) == 2 and not runtime.dilation.trainable
+    kernel = rng.integers(-3, 4, tuple(runtime.kernel.shape)).astype("float32")
+    runtime.kernel.assign(kernel)
+    outputs = set()
+    for r in DILATIONS:
+        runtime.dilation.assign(r)
+        fixed = VideoConv(5, (kt, 1, 1), dilation_rate=r)
+        ref = keras.layers.Conv3D(5, (kt, 1, 1), dilation_rate=(r, 1, 1), padding="same", use_bias=False)
+        fixed.build(x.shape)
+        ref.build(x.shape)
+        fixed.kernel.assign(kernel)
+        ref.kernel.assign(kernel)
+        out = np.asarray(runtime(x))
+        np.testing.assert_array_equal(out, np.asarray(fixed(x)), err_msg=f"r={r}")
+        np.testing.assert_array_equal(out, np.asarray(ref(x)), err_msg=f"r={r}")
+        outputs.add(out.tobytes())
+    assert len(outputs) == (len(DILATIONS) if frames > max(DILATIONS) else 3)  # r >= T: only the centre tap
+    run_layer_test(VideoConv, {"filters": 5, "kernel_size": (kt, 1, 1), "dilation_rate": 2, "max_dilation": 8},
+                   x, (2, frames, 4, 4, 5))
+
+
+def test_video_conv_runtime_dilation_arguments_are_checked():
+    from model.layers import VideoConv
+
+    with pytest.raises(ValueError, match="temporal kernel"):
+        VideoConv(5, (1, 3, 3), max_dilation=8)
+    with pytest.raises(ValueError, match="with k odd"):
+        VideoConv(5, (4, 1, 1), max_dilation=8)
+    with pytest.raises(ValueError, match="max_dilation=2 must be >= dilation_rate=4"):
+        VideoConv(5, (3, 1, 1), dilation_rate=4, max_dilation=2)
+
+
+def test_runtime_width_selects_by_the_width_it_holds():
+    """layers.RuntimeWidth in its three modes, with W set at run time: zero-padding x or taking its
+    projection, zeroing the channels from W on, the identity shortcut or the conv."""
+    from model.layers import RuntimeWidth
+
+    rng = np.random.default_rng(0)
+    x4, proj8, x8, conv4 = (rng.normal(size=(2, 2, 3, 3, c)).astype("float32") for c in (4, 8, 8, 4))
+    pad = RuntimeWidth("pad_or_project", 8, 4, channels=4)
+    out = np.asarray(pad([x4, proj8]))
+    np.testing.assert_array_equal(out[..., :4], x4)  # W = 4 = the input's width: unprojected
+    np.testing.assert_array_equal(out[..., 4:], 0.0)
+    pad.runtime_width.assign(8)
+    np.testing.assert_array_equal(np.asarray(pad([x4, proj8])), proj8)
+    mask = RuntimeWidth("mask", 8, 4)
+    np.testing.assert_array_equal(np.asarray(mask([x8])), np.concatenate([x8[..., :4], 0 * x8[..., 4:]], -1))
+    mask.runtime_width.assign(6)
+    np.testing.assert_array_equal(np.asarray(mask([x8]))[..., :6], x8[..., :6])
+    np.testing.assert_array_equal(np.asarray(mask([x8]))[..., 6:], 0.0)
+    shortcut = RuntimeWidth("identity_or_conv", 8, 4, channels=4)
+    np.testing.assert_array_equal(np.asarray(shortcut([x8, conv4])), x8[..., :4])  # W = 4C: identity
+    shortcut.runtime_width.assign(8)
+    np.testing.assert_array_equal(np.asarray(shortcut([x8, conv4])), conv4)
+    assert not shortcut.runtime_width.trainable and shortcut.runtime_width.dtype == "int32"
+    run_layer_test(RuntimeWidth, {"mode": "mask", "max_width": 8, "width": 4}, [x8], (2, 2, 3, 3, 8),
+                   expected_trainable_weights=0, run_fit=False)
+    run_layer_test(RuntimeWidth, {"mode": "pad_or_project", "max_width": 8, "width": 4, "channels": 4},
+                   [x4, proj8], (2, 2, 3, 3, 8), expected_trainable_weights=0, run_fit=False)
+    for bad, match in [({"mode": "sum", "max_width": 8, "width": 4}, "mode must be one of"),
+                       ({"mode": "mask", "max_width": 8, "width": 9}, "width=9"),
+                       ({"mode": "mask", "max_width": 8, "width": 4, "channels": 4}, "expected None for 'mask'"),
+                       ({"mode": "identity_or_conv", "max_width": 8, "width": 4}, "channels=None")]:
+        with pytest.raises(ValueError, match=match):
+            RuntimeWidth(**bad)
+
+
 def test_batch_norm_layer_standard_checks():
     layer = run_layer_test(BatchNorm, {"relu": True, "momentum": 0.9}, _video(4), (2, 3, 8, 8, 4),
                            expected_trainable_weights=2)

@@ -3,12 +3,15 @@
 The stages themselves run for real in tests/dags/test_end_to_end_dag.py (through Airflow).
 """
 
+import json
 import math
+import os
 from pathlib import Path
 
 import pytest
 
 from model import evolution
+from model.structure import Structure
 from pipelines import evolve
 from pipelines.orchestration import end_to_end
 
@@ -57,6 +60,30 @@ def test_config_rejects_typos_and_uneven_budgets():
 def _fake_evaluate(structure, workdir: Path):
     edges = structure.edges()
     return float(len(edges)), {e: 1 / (1 + math.exp(-(e[0] - e[1]))) for e in edges}
+
+
+def test_a_fast_path_round_is_one_task_that_trains_its_children_in_one_process(tmp_path, monkeypatch):
+    space = evolution.SearchSpace(width_scale=16, repeats=(0.5,) * 4)
+    plain, fast = tmp_path / "plain", tmp_path / "fast"
+    evolve.init_search(plain, evolve.EvolutionConfig(population_size=3, rounds=0, seed=1, space=space))
+    evolve.init_search(fast, evolve.EvolutionConfig(population_size=3, rounds=0, seed=1, space=space,
+                                                    fast_path=True))
+    children = end_to_end.next_children(str(plain), 3)
+    assert end_to_end.round_tasks(str(plain), children) == [["c0000"], ["c0001"], ["c0002"]]
+    assert end_to_end.round_tasks(str(fast), end_to_end.next_children(str(fast), 3)) == [children]
+    assert end_to_end.round_tasks(str(fast), []) == []  # a spent budget: no task
+    seen = []
+
+    def recording(structure, workdir):  # stands in for the process's FastChildren
+        seen.append((Path(workdir).name, os.getpid()))
+        return _fake_evaluate(structure, workdir)
+
+    monkeypatch.setattr(evolve, "stored_evaluator", lambda state_dir: recording)
+    fitness = end_to_end.evaluate_children(str(fast), children)
+    assert seen == [(child, os.getpid()) for child in children]
+    assert fitness == [json.loads((fast / "children" / c / "result.json").read_text())["fitness"] for c in children]
+    assert fitness == [float(len(Structure.from_json(json.loads(
+        (fast / "children" / c / "spec.json").read_text())["structure"]).edges())) for c in children]
 
 
 def test_a_retried_round_picks_up_its_children_instead_of_proposing_more(tmp_path):

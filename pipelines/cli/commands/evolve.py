@@ -49,7 +49,7 @@ def register(subparsers):
     add_flags(search, EvolutionConfig, ("population_size", "rounds", "tournament_size", "strategy"))
     search.add_argument("--keep-threshold", type=_threshold, default="random",
                         help="B of Eq. 2: a number in [0, 1], or 'random' for B ~ unif(0, 1) per child")
-    add_flags(search, EvolutionConfig, ("seed",))  # --search-seed
+    add_flags(search, EvolutionConfig, ("seed", "fast_path"))  # --search-seed, --fast-path
     search.add_argument("--workers", type=WORKERS, default=1, help="children trained in parallel processes")
     space = parser.add_argument_group("search space")
     add_flags(space, SearchSpace, SPACE_FLAGS)  # model.evolution.SearchSpace's fields and their metadata
