@@ -370,15 +370,19 @@ def test_preprocess_flags_are_the_config_fields_with_their_defaults(monkeypatch,
     for name in ("fps", "size", "flow", "segmenter", "max_seconds"):
         assert getattr(args, name) == fields[name].default, name
     assert args.compile_cache is None and fields["compile_cache"].default == ""  # each worker resolves ""
+    assert (args.flow_batch, args.segment_batch) == (fields["flow_batch"].default,
+                                                      fields["segment_batch"].default) == (256, 32)
     assert FLOWS == ("opencv", "tensor", "none")
     seen = {}
     monkeypatch.setattr(preprocess, "run_preprocess", lambda **kwargs: seen.update(kwargs) or {
         "input": 1, "written": 1, "dead_lettered": 0, "unaccounted": []})
     assert main(["preprocess", "--dataset", "charades", "--videos", "v", "--out", str(tmp_path / "o"),
                  "--fps", "12.5", "--size", "128", "--flow", "none", "--segmenter", "oracle",
-                 "--max-seconds", "3"]) == 0
-    assert {k: seen[k] for k in ("dataset", "fps", "size", "flow", "segmenter", "max_seconds")} == {
-        "dataset": "charades", "fps": 12.5, "size": 128, "flow": "none", "segmenter": "oracle", "max_seconds": 3.0}
+                 "--max-seconds", "3", "--flow-batch", "64", "--segment-batch", "8"]) == 0
+    assert {k: seen[k] for k in ("dataset", "fps", "size", "flow", "segmenter", "max_seconds", "flow_batch",
+                                 "segment_batch")} == {
+        "dataset": "charades", "fps": 12.5, "size": 128, "flow": "none", "segmenter": "oracle", "max_seconds": 3.0,
+        "flow_batch": 64, "segment_batch": 8}
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:  # --dataset is a field without a default: required
         main(["preprocess", "--videos", "v", "--out", "o"])
@@ -387,6 +391,9 @@ def test_preprocess_flags_are_the_config_fields_with_their_defaults(monkeypatch,
     with pytest.raises(SystemExit):
         main(["preprocess", "--dataset", "toyota", "--videos", "v", "--out", "o", "--flow", "farneback"])
     assert "argument --flow: invalid choice: 'farneback'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["preprocess", "--dataset", "toyota", "--videos", "v", "--out", "o", "--flow-batch", "0"])
+    assert "--flow-batch" in capsys.readouterr().err
 
 
 def test_the_preprocess_settings_load_without_beam():
@@ -501,10 +508,11 @@ def test_tensor_flow_job_reports_its_flow_stage_and_the_cache_changes_no_record(
     shutil.copytree(tiny_charades["videos_dir"], videos)
     info = dict(tiny_charades, videos_dir=str(videos))
     annotations, good, bad = _csv_with_bad_rows(info, tmp_path)
-    # 2 s at 4 fps: 8 frames, 7 pairs per video, padded to one batch of 8; 24 px: a shape of this test only.
+    # 2 s at 4 fps: 8 frames, 7 pairs per video, in batches of 8 pairs across videos (the last padded);
+    # 24 px: a shape of this test only.
     kwargs = dict(dataset="charades", videos=str(videos), annotations=str(annotations),
                   classes=tiny_charades["classes_file"], fps=4.0, size=24, flow="tensor", segmenter="none",
-                  max_seconds=2.0, num_shards=1, progress=False)
+                  max_seconds=2.0, num_shards=1, progress=False, flow_batch=8)
     cache = tmp_path / "cache"
     first = preprocess.run_preprocess(out=str(tmp_path / "a"), compile_cache=str(cache), **kwargs)
     dead = [json.loads(line) for line in (tmp_path / "a" / "dead_letter.jsonl").read_text().splitlines()]
@@ -513,8 +521,9 @@ def test_tensor_flow_job_reports_its_flow_stage_and_the_cache_changes_no_record(
     frames = [records[i]["frames"] for i in good]
     assert frames == [8] * len(good)
     flow = first["this_run"]["flow"]
+    calls = -(-7 * len(good) // 8)
     assert (flow["pairs"], flow["pairs_computed"], flow["calls"], flow["compiled_shapes"]) == (
-        7 * len(good), 8 * len(good), len(good), 1)
+        7 * len(good), 8 * calls, calls, 1)
     assert 0 < flow["compile_seconds"] <= flow["seconds"] <= first["this_run"]["seconds"]
     assert first["this_run"]["metrics"]["flow_pairs"] == 7 * len(good)
     if keras.backend.backend() == "jax":
@@ -528,6 +537,83 @@ def test_tensor_flow_job_reports_its_flow_stage_and_the_cache_changes_no_record(
     _assert_same_output(tmp_path / "a", tmp_path / "b")
     decoded = schema.decode_example(_records(tmp_path / "b")[0])
     assert decoded["flow"].shape == (8, 24, 32, 2) and abs(decoded["flow"].astype(int) - 128).max() > 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Flow and masks batched across videos: the same bytes whatever the batch sizes; failures stay per video.
+
+def _random_segmenter_file(path):
+    """A .keras segmenter with random weights: RGB (B, H, W, 3) -> 151 scores per pixel (any frame size)."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    outputs = keras.layers.Conv2D(151, 1)(x)
+    keras.Model(inputs, outputs).save(path)
+    return str(path)
+
+
+def test_records_are_byte_identical_whatever_the_batch_sizes(tiny_charades, tmp_path, own_compile_cache):
+    videos = tmp_path / "videos"
+    shutil.copytree(tiny_charades["videos_dir"], videos)
+    info = dict(tiny_charades, videos_dir=str(videos))
+    annotations, good, bad = _csv_with_bad_rows(info, tmp_path)
+    segmenter = _random_segmenter_file(tmp_path / "segmenter.keras")
+    # 8 frames and 7 pairs per video: batches of 5 pairs and 3 frames split videos across batches; 64 holds
+    # every video of the job in one padded batch; 1 is one pair (frame) per call.
+    kwargs = dict(dataset="charades", videos=str(videos), annotations=str(annotations),
+                  classes=tiny_charades["classes_file"], fps=4.0, size=24, flow="tensor", segmenter=segmenter,
+                  max_seconds=2.0, num_shards=2, progress=False, compile_cache="none")
+    summaries = {}
+    for flow_batch, segment_batch in ((1, 1), (5, 3), (64, 64)):
+        out = tmp_path / f"out_{flow_batch}_{segment_batch}"
+        summaries[flow_batch] = preprocess.run_preprocess(out=str(out), flow_batch=flow_batch,
+                                                          segment_batch=segment_batch, **kwargs)
+    for flow_batch, segment_batch in ((5, 3), (64, 64)):
+        _assert_same_output(tmp_path / "out_1_1", tmp_path / f"out_{flow_batch}_{segment_batch}")
+        this_run = summaries[flow_batch]["this_run"]
+        pairs, frames = 7 * len(good), 8 * len(good)
+        flow_calls, segment_calls = -(-pairs // flow_batch), -(-frames // segment_batch)
+        assert (this_run["flow"]["pairs"], this_run["flow"]["calls"], this_run["flow"]["pairs_computed"]) == (
+            pairs, flow_calls, flow_calls * flow_batch)
+        assert (this_run["segment"]["frames"], this_run["segment"]["calls"],
+                this_run["segment"]["frames_computed"]) == (frames, segment_calls, segment_calls * segment_batch)
+        assert this_run["segment"]["compiled_shapes"] == 1 and this_run["flow"]["compiled_shapes"] <= 1
+    dead = [json.loads(line) for line in (tmp_path / "out_5_3" / "dead_letter.jsonl").read_text().splitlines()]
+    assert {d["id"]: d["reason"].split(":")[0] for d in dead} == bad
+    # The batched records are those of the plain per-video function, and hold real flow and masks.
+    from preprocessing.segment import make_segmenter
+
+    task = next(t for t in preprocess.charades_tasks(str(videos), str(annotations), 10) if t.id == good[0])
+    config = preprocess.PreprocessConfig(dataset="charades", num_classes=10, fps=4.0, size=24, flow="tensor",
+                                         segmenter=segmenter, max_seconds=2.0)
+    alone, _ = preprocess.encode_video(task, config, make_segmenter(segmenter))
+    written = {schema.read_video_id(r): r for r in _records(tmp_path / "out_5_3")}
+    assert written[good[0]] == alone
+    decoded = schema.decode_example(alone)
+    assert abs(decoded["flow"].astype(int) - 128).max() > 2 and len(np.unique(decoded["object"])) > 1
+
+
+def test_a_video_failing_inside_a_batch_is_the_only_one_dead_lettered(tiny_charades, tmp_path):
+    rows = charades.read_annotations(tiny_charades["train_csv"], num_classes=10)
+    masks = tmp_path / "masks"
+    shutil.copytree(tiny_charades["masks_dir"], masks)
+    culprit = rows[1].id
+    kwargs = _charades_kwargs(tiny_charades, None, flow="opencv", num_shards=1, segment_batch=64,
+                              segmenter=f"oracle:{masks}")
+    whole = preprocess.run_preprocess(**dict(kwargs, out=str(tmp_path / "whole")))
+    (masks / f"{culprit}.npz").unlink()  # the oracle segmenter now fails on this video's frames only
+    broken = preprocess.run_preprocess(**dict(kwargs, out=str(tmp_path / "broken")))
+    assert whole["this_run"]["segment"]["calls"] == 1  # every video's frames in one batch
+    assert (broken["written"], broken["dead_lettered"]) == (len(rows) - 1, 1)
+    (dead,) = [json.loads(line) for line in (tmp_path / "broken" / "dead_letter.jsonl").read_text().splitlines()]
+    assert dead["id"] == culprit
+    assert dead["reason"] == f"FileNotFoundError: oracle segmenter: no ground-truth masks {masks / culprit}.npz"
+    # The others are written exactly as by the job where nothing failed.
+    assert [r for r in _records(tmp_path / "whole") if schema.read_video_id(r) != culprit] == \
+        _records(tmp_path / "broken")
 
 
 # -- a full disk: one line naming the path, the finished work kept ---------------------------------------
