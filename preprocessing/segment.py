@@ -22,6 +22,7 @@ class map back to the frame size with nearest-neighbour interpolation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 from pathlib import Path
@@ -132,6 +133,29 @@ class KerasSegmenter:
         self.converter = converter  # keras-hub ImageConverter (rescaling), applied after resizing
         self.batch_size = batch_size
 
+    @functools.cached_property
+    def _forward(self):
+        """The model's inference as one compiled program per input shape: `jax.jit` of its stateless call
+        under JAX (op-by-op dispatch would leave a GPU idle between small kernels), `tf.function` under
+        TensorFlow; the model call itself otherwise."""
+        import keras
+
+        model = self.model
+        if keras.backend.backend() == "jax":
+            import jax
+
+            def scores(trainable, non_trainable, x):
+                return model.stateless_call(trainable, non_trainable, x, training=False)[0]
+
+            compiled = jax.jit(scores)
+            return lambda x: compiled([v.value for v in model.trainable_variables],
+                                      [v.value for v in model.non_trainable_variables], x)
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            return tf.function(lambda x: model(x, training=False), autograph=False, reduce_retracing=False)
+        return lambda x: model(x, training=False)
+
     def __call__(self, frames: np.ndarray, times: np.ndarray, video_id: str) -> np.ndarray:
         return np.concatenate([self.segment_frames(frames[start:start + self.batch_size], None, [])
                                for start in range(0, len(frames), self.batch_size)])
@@ -154,7 +178,7 @@ class KerasSegmenter:
         with _SEEN_LOCK:
             new = key not in _SEEN
             _SEEN.add(key)
-        scores = ops.convert_to_numpy(self.model(x, training=False))
+        scores = ops.convert_to_numpy(self._forward(ops.convert_to_tensor(x)))
         out = resize_nearest(scores_to_classes(scores), height, width)
         if stats is not None:
             seconds = time.perf_counter() - start
