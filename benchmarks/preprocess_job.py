@@ -162,6 +162,7 @@ def main() -> None:
     parser.add_argument("--segmenter", choices=("segformer", "none"), default="segformer")
     parser.add_argument("--segmenter-size", type=int, default=512, help="the segmenter's square input")
     parser.add_argument("--workers", type=int, default=1, help="the job's local worker processes")
+    parser.add_argument("--decode-threads", type=int, default=4, help="videos each worker decodes at once")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls of each stage called directly")
     parser.add_argument("--without-tensorflow", action="store_true",
                         help="refuse every import of TensorFlow, as on a machine without it (KERAS_BACKEND=jax)")
@@ -193,7 +194,7 @@ def main() -> None:
                              out=str(out / "records"), fps=args.fps, size=args.size, flow="tensor",
                              segmenter=segmenter, progress=False, workers=args.workers,
                              compile_cache=str(out / "compile_cache"), flow_batch=args.flow_batch,
-                             segment_batch=args.segment_batch)
+                             segment_batch=args.segment_batch, decode_threads=args.decode_threads)
     this_run = summary["this_run"]
     flow, segment = this_run.get("flow", {}), this_run.get("segment", {})
     compile_seconds = flow.get("compile_seconds", 0) + segment.get("compile_seconds", 0)
@@ -212,7 +213,7 @@ def main() -> None:
     result = {"backend": keras.backend.backend(), "device": _device(), "make_videos_s": round(make_seconds, 1),
               "settings": {k: getattr(args, k) for k in ("videos", "seconds", "source_fps", "resolutions", "fps",
                                                         "size", "flow_batch", "segment_batch", "segmenter",
-                                                        "segmenter_size", "workers")},
+                                                        "segmenter_size", "workers", "decode_threads")},
               "job": job, "flow": flow_rates}
     hours = {"flow": _hours(direct_flow, flow_rates["in_job_pairs_per_s"], args.fps)}
     if segment:

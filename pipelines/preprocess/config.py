@@ -66,6 +66,11 @@ class PreprocessConfig:
         "this shape (the last of a bundle is padded). 32: a sixth of a 30 s Charades video at 6 fps, few "
         "enough frames at 512 px for SegFormer-B0's activations to fit a CPU host's memory",
         type=positive(), metavar="FRAMES")
+    decode_threads: int = setting(
+        4, "videos each worker decodes at once, in threads (OpenCV decodes outside Python's lock), so the "
+        "batched flow and segmentation do not wait on one decoder; 4: about a batch of 256 pairs of 30 s "
+        "videos at 6 fps in flight, while a 2-core host is not oversubscribed much", type=positive(),
+        metavar="N")
 
     def __post_init__(self):
         configs.check(self)  # each field's type, choices and range (finite numbers only)

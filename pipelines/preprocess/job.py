@@ -52,7 +52,8 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
                    pipeline_args: list[str] | None = None, progress: bool = True, workers: int = 1,
                    replace: bool = False, compile_cache: str | None = None,
                    flow_batch: int = PreprocessConfig.flow_batch,
-                   segment_batch: int = PreprocessConfig.segment_batch) -> dict:
+                   segment_batch: int = PreprocessConfig.segment_batch,
+                   decode_threads: int = PreprocessConfig.decode_threads) -> dict:
     """Runs the Beam job and returns the summary it writes to `out/summary.json`. The settings' defaults,
     choices and ranges are PreprocessConfig's.
 
@@ -64,7 +65,8 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
     `compile_cache`: with flow="tensor", the persistent XLA cache folder (None: $ASSEMBLENET_COMPILE_CACHE or
     ~/.cache/assemblenet/xla, resolved by each worker; "none": off).
     `flow_batch`, `segment_batch`: pairs per TV-L1 call and frames per segmentation call, each batch drawn
-    from several videos (pipelines/preprocess/batching.py); the records do not depend on them.
+    from several videos (pipelines/preprocess/batching.py); `decode_threads`: videos each worker decodes at
+    once. The records depend on none of the three.
     Raises EmptyInputError when there is nothing to process, and ValueError when no video was
     written (after writing dead_letter.jsonl and summary.json).
     """
@@ -73,7 +75,8 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
     # The settings, before the inputs are read (nan and inf included): PreprocessConfig's choices and ranges.
     configs.check_values(PreprocessConfig, {"dataset": dataset, "fps": fps, "size": size, "flow": flow,
                                             "segmenter": segmenter, "max_seconds": max_seconds,
-                                            "flow_batch": flow_batch, "segment_batch": segment_batch})
+                                            "flow_batch": flow_batch, "segment_batch": segment_batch,
+                                            "decode_threads": decode_threads})
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if workers > 1 and not is_local(runner):
@@ -100,7 +103,7 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
     config = PreprocessConfig(dataset=dataset, num_classes=num_classes, fps=fps, size=size, flow=flow,
                               segmenter=segmenter, videos_dir=str(videos), max_seconds=max_seconds,
                               class_names=class_names, staging=staging, compile_cache=compile_cache or "",
-                              flow_batch=flow_batch, segment_batch=segment_batch)
+                              flow_batch=flow_batch, segment_batch=segment_batch, decode_threads=decode_threads)
     settings = settings_of(config)
     wanted = {t.id for t in tasks} | {row["id"] for row in listing_dead}
 

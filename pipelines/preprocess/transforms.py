@@ -3,6 +3,7 @@ runner, and the progress bar drawn from the staged files."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sys
@@ -22,8 +23,9 @@ from pipelines.preprocess.staging import list_staged, stage_dead_letter, stage_r
 
 
 class ProcessVideoFn(beam.DoFn):
-    """Decodes each video, runs its flow and masks in batches across the videos of the bundle
-    (`batching.VideoBatcher`), encodes it; failures leave through the 'dead_letter' output with their reason.
+    """Decodes each video (`config.decode_threads` at once), runs its flow and masks in batches across the
+    videos of the bundle (`batching.VideoBatcher`), encodes it; failures leave through the 'dead_letter'
+    output with their reason.
 
     A video is emitted once all its pairs and frames are done: from `process`, or from `finish_bundle`,
     which runs the last (padded) batches. With `config.staging`, each outcome is also written there at once
@@ -38,7 +40,7 @@ class ProcessVideoFn(beam.DoFn):
         self.partial = Metrics.counter(NAMESPACE, "videos_partial")
         self.frames = Metrics.counter(NAMESPACE, "frames_written")
         self.segmenter = None
-        self.batcher = None
+        self.batcher = self.pool = self.decoding = None
 
     def setup(self):
         from preprocessing.segment import make_segmenter
@@ -49,25 +51,40 @@ class ProcessVideoFn(beam.DoFn):
                                         batch_size=self.config.segment_batch)
 
     def start_bundle(self):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.batcher = VideoBatcher(self.config, self.segmenter)
+        self.pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="decode")
+        self.decoding = collections.deque()  # (task, future of its decoded video), in input order
 
     def process(self, task: VideoTask):
         self.videos.inc()
-        try:
-            video = decode_task(task, self.config)
-        except Exception as error:  # every failure is recorded with its reason, none is silent
-            yield self._dead_letter(task, error)
-            return
-        finished = self.batcher.add(task, video)
-        self._count()
-        for item in finished:
-            yield self._outcome(item)
+        self.decoding.append((task, self.pool.submit(decode_task, task, self.config)))
+        # Videos go on to the batches in input order; at most twice the threads' videos wait decoded.
+        yield from self._decoded(keep=2 * self.config.decode_threads)
+
+    def _decoded(self, keep: int):
+        """Hands the decoded videos at the head of the queue to the batcher (waiting while more than
+        `keep` are queued); yields the outcomes of the videos that finished."""
+        while self.decoding and (len(self.decoding) > keep or self.decoding[0][1].done()):
+            task, future = self.decoding.popleft()
+            try:
+                video = future.result()
+            except Exception as error:  # every failure is recorded with its reason, none is silent
+                yield self._dead_letter(task, error)
+                continue
+            finished = self.batcher.add(task, video)
+            self._count()
+            for item in finished:
+                yield self._outcome(item)
 
     def finish_bundle(self):
+        outcomes = list(self._decoded(keep=0))
+        self.pool.shutdown()
         finished = self.batcher.flush()
         self._count()
-        for item in finished:
-            out = self._outcome(item)
+        outcomes += [self._outcome(item) for item in finished]
+        for out in outcomes:
             # finish_bundle has no input element to take a window from: the job's are all global.
             if isinstance(out, beam.pvalue.TaggedOutput):
                 yield beam.pvalue.TaggedOutput(out.tag, _global(out.value))

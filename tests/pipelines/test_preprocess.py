@@ -370,19 +370,19 @@ def test_preprocess_flags_are_the_config_fields_with_their_defaults(monkeypatch,
     for name in ("fps", "size", "flow", "segmenter", "max_seconds"):
         assert getattr(args, name) == fields[name].default, name
     assert args.compile_cache is None and fields["compile_cache"].default == ""  # each worker resolves ""
-    assert (args.flow_batch, args.segment_batch) == (fields["flow_batch"].default,
-                                                      fields["segment_batch"].default) == (256, 32)
+    assert (args.flow_batch, args.segment_batch, args.decode_threads) == (
+        fields["flow_batch"].default, fields["segment_batch"].default, fields["decode_threads"].default) == (256, 32, 4)
     assert FLOWS == ("opencv", "tensor", "none")
     seen = {}
     monkeypatch.setattr(preprocess, "run_preprocess", lambda **kwargs: seen.update(kwargs) or {
         "input": 1, "written": 1, "dead_lettered": 0, "unaccounted": []})
     assert main(["preprocess", "--dataset", "charades", "--videos", "v", "--out", str(tmp_path / "o"),
                  "--fps", "12.5", "--size", "128", "--flow", "none", "--segmenter", "oracle",
-                 "--max-seconds", "3", "--flow-batch", "64", "--segment-batch", "8"]) == 0
+                 "--max-seconds", "3", "--flow-batch", "64", "--segment-batch", "8", "--decode-threads", "2"]) == 0
     assert {k: seen[k] for k in ("dataset", "fps", "size", "flow", "segmenter", "max_seconds", "flow_batch",
-                                 "segment_batch")} == {
+                                 "segment_batch", "decode_threads")} == {
         "dataset": "charades", "fps": 12.5, "size": 128, "flow": "none", "segmenter": "oracle", "max_seconds": 3.0,
-        "flow_batch": 64, "segment_batch": 8}
+        "flow_batch": 64, "segment_batch": 8, "decode_threads": 2}
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:  # --dataset is a field without a default: required
         main(["preprocess", "--videos", "v", "--out", "o"])
@@ -567,10 +567,11 @@ def test_records_are_byte_identical_whatever_the_batch_sizes(tiny_charades, tmp_
                   classes=tiny_charades["classes_file"], fps=4.0, size=24, flow="tensor", segmenter=segmenter,
                   max_seconds=2.0, num_shards=2, progress=False, compile_cache="none")
     summaries = {}
-    for flow_batch, segment_batch in ((1, 1), (5, 3), (64, 64)):
+    for flow_batch, segment_batch, threads in ((1, 1, 1), (5, 3, 3), (64, 64, 4)):  # and videos decoded at once
         out = tmp_path / f"out_{flow_batch}_{segment_batch}"
         summaries[flow_batch] = preprocess.run_preprocess(out=str(out), flow_batch=flow_batch,
-                                                          segment_batch=segment_batch, **kwargs)
+                                                          segment_batch=segment_batch, decode_threads=threads,
+                                                          **kwargs)
     for flow_batch, segment_batch in ((5, 3), (64, 64)):
         _assert_same_output(tmp_path / "out_1_1", tmp_path / f"out_{flow_batch}_{segment_batch}")
         this_run = summaries[flow_batch]["this_run"]
