@@ -684,3 +684,24 @@ def test_a_full_disk_is_one_line_naming_the_path_and_the_finished_videos_resume(
 
     header = read_header(str(sorted(out.glob("*.tfrecord"))[0]))
     assert (header.settings.flow, header.settings.segmenter, header.settings.fps) == ("none", "none", 4.0)
+
+
+def test_video_batcher_returns_each_video_once_all_its_frames_are_done(tiny_charades):
+    from preprocessing.segment import make_segmenter
+
+    config = preprocess.PreprocessConfig(dataset="charades", num_classes=10, fps=4.0, size=32, flow="none",
+                                         segmenter="oracle", max_seconds=2.0, segment_batch=10)
+    segmenter = make_segmenter("oracle", videos_dir=tiny_charades["videos_dir"])
+    tasks = preprocess.charades_tasks(tiny_charades["videos_dir"], tiny_charades["train_csv"], 10)[:3]
+    videos = [preprocess.decode_task(t, config) for t in tasks]
+    assert [len(v.frames) for v in videos] == [8, 8, 8]
+    batcher = preprocess.VideoBatcher(config, segmenter)
+    assert batcher.add(tasks[0], videos[0]) == []  # 8 frames queued, fewer than a batch of 10
+    (first,) = batcher.add(tasks[1], videos[1])  # a batch of 10: video 0's 8 frames and 2 of video 1
+    assert first.task is tasks[0] and first.error is None
+    (second,) = batcher.add(tasks[2], videos[2])  # 14 queued: a batch of video 1's last 6 and 4 of video 2
+    assert second.task is tasks[1]
+    assert [item.task.id for item in batcher.flush()] == [tasks[2].id]  # its last 4 frames
+    _, stats = batcher.take_stats()
+    assert (stats.frames, stats.calls, stats.computed) == (24, 3, 24)  # the oracle reads files: no padding
+    assert np.array_equal(first.objects, segmenter(videos[0].frames, videos[0].times, tasks[0].id))
