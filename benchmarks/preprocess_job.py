@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--quick", action="store_true",
                         help=f"a small run that finishes in about a minute on a CPU: {QUICK}")
-    parser.add_argument("--videos", type=int, default=32)
+    parser.add_argument("--videos", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=CHARADES_MEAN_SECONDS)
     parser.add_argument("--source-fps", type=float, default=30.0)
     parser.add_argument("--resolutions", default="480x270", help="WxH,... of the videos, taken in turn")
