@@ -157,8 +157,13 @@ class KerasSegmenter:
         return lambda x: model(x, training=False)
 
     def __call__(self, frames: np.ndarray, times: np.ndarray, video_id: str) -> np.ndarray:
-        return np.concatenate([self.segment_frames(frames[start:start + self.batch_size], None, [])
-                               for start in range(0, len(frames), self.batch_size)])
+        out = []
+        for start in range(0, len(frames), self.batch_size):
+            chunk = frames[start:start + self.batch_size]
+            # The last chunk padded with its last frame: one compiled shape per frame size.
+            padded = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - len(chunk), axis=0)])
+            out.append(self.segment_frames(padded, None, [])[:len(chunk)])
+        return np.concatenate(out)
 
     def segment_frames(self, frames: np.ndarray, times: np.ndarray | None, video_ids: list[str],
                        stats: SegmentStats | None = None) -> np.ndarray:
