@@ -22,6 +22,8 @@ first, timed over `--repeats` calls. One JSON line:
   directly, their ratio (`in_job_fraction`), compiled shapes;
 - `charades`: 9,848 videos of 30.1 s on average (Charades v1 train + test) decoded at `--fps`: frames,
   and the GPU-hours of the whole job, and of each stage, at the measured rates (one worker on one GPU);
+- `records_identical_across_batches`: the first 3 videos run again as a job of their own at the same batch
+  sizes (must be byte-identical to the whole job's records) and at other ones (see `identical_when_rebatched`);
 - `tensorflow_loaded`: whether anything imported TensorFlow (`--without-tensorflow` refuses it, as on a GPU
   machine without it: the job writes its records without TensorFlow).
 
@@ -164,6 +166,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="the job's local worker processes")
     parser.add_argument("--decode-threads", type=int, default=4, help="videos each worker decodes at once")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls of each stage called directly")
+    parser.add_argument("--skip-identity-check", action="store_true",
+                        help="do not run 3 videos again (same and other batch sizes) to compare their records")
     parser.add_argument("--without-tensorflow", action="store_true",
                         help="refuse every import of TensorFlow, as on a machine without it (KERAS_BACKEND=jax)")
     args = parser.parse_args()
@@ -228,8 +232,51 @@ def main() -> None:
     result["charades"] = {"videos": CHARADES_VIDEOS, "frames": charades_frames,
                           "whole_job_gpu_hours": round(charades_frames / job["frames_per_s_compiled"] / 3600, 2),
                           "stage_gpu_hours": hours}
+    if not args.skip_identity_check:
+        result["records_identical_across_batches"] = identical_when_rebatched(args, videos, csv_path, out, segmenter)
     result["tensorflow_loaded"] = "tensorflow" in sys.modules
     print(json.dumps(result))
+
+
+def identical_when_rebatched(args, videos: Path, csv_path: Path, out: Path, segmenter: str) -> dict:
+    """The first 3 videos again, as a job of their own: at the same batch sizes (other neighbours and splits
+    in every batch: their records must be byte-identical to the whole job's, each pair and frame being
+    computed on its own by the same program), and at other batch sizes (a quarter of the pairs and half the
+    frames, plus one: other compiled programs, whose arithmetic may differ in the last bits on some
+    devices). For each: whether the records are identical, and how many stored values differ."""
+    from pipelines.preprocess import decode_records, run_preprocess
+    from preprocessing.schema import decode_example, read_video_id
+
+    lines = csv_path.read_text(encoding="utf-8").splitlines(keepends=True)
+    subset = out / "rebatched.csv"
+    subset.write_text("".join(lines[:4]), encoding="utf-8")
+
+    def records(folder: Path) -> dict[str, bytes]:
+        return {read_video_id(r): r for path in sorted(folder.glob("data-*.tfrecord"))
+                for r in decode_records(path.read_bytes(), str(path))}
+
+    whole = records(out / "records")
+    result = {}
+    for name, flow_batch, segment_batch in (("same_batch", args.flow_batch, args.segment_batch),
+                                            ("other_batch", args.flow_batch // 4 + 1, args.segment_batch // 2 + 1)):
+        folder = out / f"records_{name}"
+        shutil.rmtree(folder, ignore_errors=True)
+        run_preprocess(dataset="charades", videos=str(videos), annotations=str(subset), out=str(folder),
+                       fps=args.fps, size=args.size, flow="tensor", segmenter=segmenter, progress=False,
+                       compile_cache=str(out / "compile_cache"), flow_batch=flow_batch,
+                       segment_batch=segment_batch, decode_threads=args.decode_threads)
+        again = records(folder)
+        differing = {}
+        for video_id, data in again.items():
+            if whole.get(video_id) != data:
+                a, b = decode_example(data), decode_example(whole[video_id])
+                for key in ("rgb", "flow", "object"):
+                    if key in a:
+                        differing[key] = differing.get(key, 0) + int((a[key] != b[key]).sum())
+        result[name] = {"flow_batch": flow_batch, "segment_batch": segment_batch, "videos": len(again),
+                        "identical": bool(again) and all(whole.get(i) == d for i, d in again.items()),
+                        "values_differing": differing}
+    return result
 
 
 def _hours(direct_rate: float, in_job_rate: float, fps: float, pairs: bool = True) -> dict:

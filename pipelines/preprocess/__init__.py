@@ -14,7 +14,8 @@ one SequenceExample. Any failure sends the video to the dead-letter output with 
 `assemblenet.preprocess` namespace. A video decoded only up to a corruption is written, counted and
 listed in summary.json (`partial`).
 Inside the job the flow and the masks run on batches drawn from several videos (`batching`: `--flow-batch`
-pairs, `--segment-batch` frames per call, one shape per frame size), with the same bytes as `process_video`;
+pairs, `--segment-batch` frames per call, one shape per frame size); at one batch size the bytes do not
+depend on how the videos fall into batches;
 a failure inside a batch is retried video by video, so only the failing video is dead-lettered.
 summary.json's `this_run` says where the flow and segmentation time went (`flow`, `segment`).
 

@@ -8,8 +8,14 @@ and a video is returned as soon as all its pairs and frames are done. `flush()` 
 end of a bundle, padded to the same batch size where a compiled program runs it (`--flow tensor`, a Keras
 segmenter), so each frame size is compiled once per worker; padding never reaches a record.
 
-Every pair's flow and every frame's class map depends on that pair or frame alone, so the records are
-byte-identical whatever the batch sizes, and identical to `elements.encode_video`'s one video at a time.
+Every pair's flow and every frame's class map is computed on its own, by a program compiled for the batch
+shape: at one batch size the records are byte-identical however the videos fall into batches (their order,
+their neighbours, where a batch splits them, the padding). Programs compiled for other batch sizes may round
+differently in the last bits on some devices (XLA on a CPU: TV-L1 at 48 x 72 px, 5 vs 16 pairs a call, left
+1 of 124,416 stored flow values one quantisation step apart), so records made with other `--flow-batch` or
+`--segment-batch` values are byte-identical only where the device's arithmetic does not depend on the batch
+shape (tests/pipelines/test_preprocess.py checks 1, 5 and 64 pairs at 24 px; benchmarks/preprocess_job.py
+reports it for the device it runs on).
 
 Failures stay per video: when a batch raises, each of its videos is run again alone (still padded to
 the batch size); a video that fails alone is returned with its error and its other queued pairs and

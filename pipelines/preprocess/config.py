@@ -54,8 +54,8 @@ class PreprocessConfig:
         "", "--flow tensor: folder of the persistent XLA compilation cache, so a later job or another worker "
         "loads the compiled TV-L1 programs instead of compiling them (default: $ASSEMBLENET_COMPILE_CACHE, "
         "else ~/.cache/assemblenet/xla; 'none': off)", flag_default=None, metavar="DIR")
-    # Not SETTINGS_KEYS either: every pair and frame is computed on its own, so the records are byte-identical
-    # whatever the batch sizes (tests/pipelines/test_preprocess.py checks it).
+    # Not SETTINGS_KEYS either: every pair and frame is computed on its own, so the batch sizes change no record
+    # beyond the last-bit rounding of another compiled batch shape on some devices (pipelines/preprocess/batching.py).
     flow_batch: int = setting(
         256, "--flow tensor: frame pairs per TV-L1 call, drawn from several videos; every call has this one "
         "shape (the last of a bundle is padded), so it is compiled once per frame size. 256: where the "

@@ -16,8 +16,7 @@ def encode_video(task: VideoTask, config: PreprocessConfig, segmenter=None,
     info: `frames` stored, `source_frames` decoded, `declared_frames` (the container's count) and
     `partial` (decoding stopped at a corruption well before the declared end; frames were lost).
     `flow_stats`: a `preprocessing.flow.FlowStats` the flow's pairs, time and compilations are added to.
-    The job itself batches the flow and the masks across videos (pipelines/preprocess/batching.py) and
-    writes the same bytes.
+    The job itself batches the flow and the masks across videos (pipelines/preprocess/batching.py).
     """
     from preprocessing import flow as flow_lib
 

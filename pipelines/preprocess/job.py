@@ -66,7 +66,8 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
     ~/.cache/assemblenet/xla, resolved by each worker; "none": off).
     `flow_batch`, `segment_batch`: pairs per TV-L1 call and frames per segmentation call, each batch drawn
     from several videos (pipelines/preprocess/batching.py); `decode_threads`: videos each worker decodes at
-    once. The records depend on none of the three.
+    once. The records do not depend on them, but for the last-bit rounding of another compiled batch shape
+    on some devices (pipelines/preprocess/batching.py).
     Raises EmptyInputError when there is nothing to process, and ValueError when no video was
     written (after writing dead_letter.jsonl and summary.json).
     """

@@ -584,7 +584,17 @@ def test_records_are_byte_identical_whatever_the_batch_sizes(tiny_charades, tmp_
         assert this_run["segment"]["compiled_shapes"] == 1 and this_run["flow"]["compiled_shapes"] <= 1
     dead = [json.loads(line) for line in (tmp_path / "out_5_3" / "dead_letter.jsonl").read_text().splitlines()]
     assert {d["id"]: d["reason"].split(":")[0] for d in dead} == bad
-    # The batched records are those of the plain per-video function, and hold real flow and masks.
+    # The same batch sizes with other neighbours in every batch (a job of two of the videos): the same records.
+    rows = [r for r in charades.read_annotations(str(annotations), num_classes=10) if r.id in good[1:3]]
+    charades.write_annotations(tmp_path / "two.csv", rows)
+    preprocess.run_preprocess(out=str(tmp_path / "two"), flow_batch=5, segment_batch=3,
+                              **dict(kwargs, annotations=str(tmp_path / "two.csv")))
+    alone = {schema.read_video_id(r): r for r in _records(tmp_path / "two")}
+    assert sorted(alone) == sorted(good[1:3])
+    assert alone == {schema.read_video_id(r): r for r in _records(tmp_path / "out_5_3")
+                     if schema.read_video_id(r) in alone}
+    # The per-video function (8 pairs and 16 frames a call) gives the same record at this size, with real
+    # flow and masks.
     from preprocessing.segment import make_segmenter
 
     task = next(t for t in preprocess.charades_tasks(str(videos), str(annotations), 10) if t.id == good[0])

@@ -39,6 +39,12 @@ def test_quick_benchmark_runs_the_job_without_tensorflow_and_projects_from_its_r
                         rel_tol=0.01, abs_tol=0.01)
     assert math.isclose(charades["stage_gpu_hours"]["segment"]["in_job"],
                         charades["frames"] / segment["frames_per_s_compiled"] / 3600, rel_tol=0.01, abs_tol=0.01)
+    rebatched = result["records_identical_across_batches"]
+    assert rebatched["same_batch"] == {"flow_batch": 16, "segment_batch": 8, "videos": 3, "identical": True,
+                                       "values_differing": {}}
+    other = rebatched["other_batch"]
+    assert (other["flow_batch"], other["segment_batch"], other["videos"]) == (5, 5, 3)
+    assert other["values_differing"].get("rgb", 0) == 0  # only the programs' arithmetic can differ
     records = sorted((tmp_path / "records").glob("data-*.tfrecord"))
     assert records and json.loads((tmp_path / "records" / "summary.json").read_text())["segmenter"].endswith(
         "segformer_b0_random.keras")
