@@ -165,17 +165,23 @@ class KerasSegmenter:
             out.append(self.segment_frames(padded, None, [])[:len(chunk)])
         return np.concatenate(out)
 
-    def segment_frames(self, frames: np.ndarray, times: np.ndarray | None, video_ids: list[str],
-                       stats: SegmentStats | None = None) -> np.ndarray:
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size the model sees a frame of this size at: frames of every size that map to the same input
+        size can share a batch."""
+        return tuple(self.image_size) if self.image_size is not None else (height, width)
+
+    def segment_frames(self, frames, times: np.ndarray | None, video_ids: list[str],
+                       stats: SegmentStats | None = None):
+        """As the protocol's; `frames` may also be a list of frames of several sizes of one `input_size`
+        (a list of class maps then comes back)."""
         import cv2
         from keras import ops
 
         start = time.perf_counter()
-        height, width = frames.shape[1:3]
-        batch = frames
-        if self.image_size is not None and tuple(self.image_size) != (height, width):
-            h, w = self.image_size
-            batch = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR) for f in frames])
+        sizes = [frame.shape[:2] for frame in frames]
+        h, w = self.input_size(*sizes[0])
+        batch = np.stack([frame if frame.shape[:2] == (h, w) else
+                          cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR) for frame in frames])
         x = batch.astype(np.float32)
         if self.converter is not None:
             x = self.converter(x)
@@ -183,8 +189,10 @@ class KerasSegmenter:
         with _SEEN_LOCK:
             new = key not in _SEEN
             _SEEN.add(key)
-        scores = ops.convert_to_numpy(self._forward(ops.convert_to_tensor(x)))
-        out = resize_nearest(scores_to_classes(scores), height, width)
+        classes = scores_to_classes(ops.convert_to_numpy(self._forward(ops.convert_to_tensor(x))))
+        out = [resize_nearest(c[None], *size)[0] for c, size in zip(classes, sizes, strict=True)]
+        if isinstance(frames, np.ndarray):
+            out = np.stack(out)
         if stats is not None:
             seconds = time.perf_counter() - start
             stats.add(SegmentStats(frames=len(frames), computed=len(frames), calls=1, compiled=int(new),

@@ -2,7 +2,8 @@
 the per-frame segmentation of AssembleNet++ §3.2, run on batches drawn from several videos.
 
 A worker decodes each video on its own (`elements.decode_task`), then hands it to a `VideoBatcher`:
-its frame pairs join the flow queue of its frame size, its frames the segmentation queue of that size.
+its frame pairs join the flow queue of its frame size, its frames the segmentation queue of the size the
+segmenter sees them at (a fixed model input, such as SegFormer's 512 x 512, takes frames of every size).
 Whenever a queue holds `config.flow_batch` pairs (`config.segment_batch` frames) they run as one call,
 and a video is returned as soon as all its pairs and frames are done. `flush()` runs what is left at the
 end of a bundle, padded to the same batch size where a compiled program runs it (`--flow tensor`, a Keras
@@ -74,7 +75,9 @@ class VideoBatcher:
             item.left += len(frames) - 1
         if self.segmenter is not None:
             item.objects = np.empty((len(frames), *size), np.uint8)
-            self.segment_queues.setdefault(size, []).extend((item, i) for i in range(len(frames)))
+            # A segmenter with a fixed input size (SegFormer: 512 x 512) batches frames of every size together.
+            key = self.segmenter.input_size(*size) if hasattr(self.segmenter, "input_size") else size
+            self.segment_queues.setdefault(key, []).extend((item, i) for i in range(len(frames)))
             item.left += len(frames)
         if item.left == 0:
             self._done.append(item)
@@ -159,12 +162,16 @@ class VideoBatcher:
     def _segment(self, items: list, batch: int) -> None:
         from preprocessing.segment import SegmentStats
 
-        frames = np.stack([video.video.frames[i] for video, i in items])
+        frames = [video.video.frames[i] for video, i in items]
+        if len({frame.shape for frame in frames}) == 1:
+            frames = np.stack(frames)
         times = np.array([video.video.times[i] for video, i in items])
         ids = [video.task.id for video, _ in items]
         n = len(items)
-        if getattr(self.segmenter, "fixed_batch", False):
-            frames, times, ids = _pad(frames, batch), _pad(times, batch), ids + ids[-1:] * (batch - n)
+        if getattr(self.segmenter, "fixed_batch", False):  # one compiled shape: pad with the last frame
+            frames = list(frames) + [frames[-1]] * (batch - n)
+            frames = np.stack(frames) if len({frame.shape for frame in frames}) == 1 else frames
+            times, ids = _pad(times, batch), ids + ids[-1:] * (batch - n)
         stats = SegmentStats()
         objects = self.segmenter.segment_frames(frames, times, ids, stats)
         stats.frames = n  # the padding is counted in `computed`
