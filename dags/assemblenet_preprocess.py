@@ -35,6 +35,9 @@ PARAMS = {
     "segmenter": param_of(PreprocessConfig, "segmenter", description="object masks: none | oracle (synthetic "
                           "data) | a keras-hub preset name or downloaded preset folder, e.g. "
                           "segformer_b0_ade20k_512"),
+    "flow_batch": param_of(PreprocessConfig, "flow_batch"),
+    "segment_batch": param_of(PreprocessConfig, "segment_batch"),
+    "decode_threads": param_of(PreprocessConfig, "decode_threads"),
     "runner": Param("FnApiRunner", type="string", description="FnApiRunner (local) | DataflowRunner | any "
                     "Beam runner"),
     "project": Param("", type="string", description="Dataflow: GCP project"),
@@ -85,6 +88,8 @@ def preprocess(inputs: dict) -> dict:
                          annotations=inputs["annotations"], split=inputs["split"], out=out,
                          fps=params["fps"], size=params["size"],
                          flow=params["flow"], segmenter=params["segmenter"], runner=params["runner"],
+                         flow_batch=params["flow_batch"], segment_batch=params["segment_batch"],
+                         decode_threads=params["decode_threads"],
                          pipeline_args=args, max_dead_letter_fraction=params["max_dead_letter_fraction"])
     return {"out": out, "written": summary["written"], "dead_lettered": summary["dead_lettered"]}
 

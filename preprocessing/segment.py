@@ -21,6 +21,10 @@ class map back to the frame size with nearest-neighbour interpolation.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import threading
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -30,8 +34,36 @@ NUM_VALUES = 151  # ADE20K: 150 classes + 'other'
 
 
 class Segmenter(Protocol):
+    # Whether `segment_frames` runs a compiled model, whose batches a caller pads to one shape.
+    fixed_batch: bool
+
     def __call__(self, frames: np.ndarray, times: np.ndarray, video_id: str) -> np.ndarray:
         """uint8 RGB (T, H, W, 3) frames at `times` (seconds) -> uint8 (T, H, W) class map 0..150."""
+
+    def segment_frames(self, frames: np.ndarray, times: np.ndarray, video_ids: list[str],
+                       stats: SegmentStats | None = None) -> np.ndarray:
+        """The same for frames of several videos: frame i is at `times[i]` of video `video_ids[i]`.
+
+        Each frame's class map depends on that frame alone, so a batch gives the maps the frames would
+        get one video at a time."""
+
+
+@dataclasses.dataclass
+class SegmentStats:
+    """What `segment_frames` did, added up over calls (the fields of `preprocessing.flow.FlowStats`):
+    `frames` asked for, `computed` (padding included), model `calls`, shapes `compiled` (new to this
+    process), `seconds` in all and `compile_seconds` (the first call of each new shape, which also runs it)."""
+
+    frames: int = 0
+    computed: int = 0
+    calls: int = 0
+    compiled: int = 0
+    seconds: float = 0.0
+    compile_seconds: float = 0.0
+
+    def add(self, other: SegmentStats) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
 
 def scores_to_classes(scores: np.ndarray) -> np.ndarray:
@@ -55,8 +87,23 @@ def resize_nearest(masks: np.ndarray, height: int, width: int) -> np.ndarray:
 class OracleSegmenter:
     """Reads `masks_dir/<id>.npz` (`masks` uint8 (N, H, W) per source frame at `fps`)."""
 
+    fixed_batch = False  # a file read per video: nothing to compile, no padding
+
     def __init__(self, masks_dir):
         self.masks_dir = Path(masks_dir)
+
+    def segment_frames(self, frames: np.ndarray, times: np.ndarray, video_ids: list[str],
+                       stats: SegmentStats | None = None) -> np.ndarray:
+        start = time.perf_counter()
+        out = np.empty(frames.shape[:3], np.uint8)
+        ids = np.asarray(video_ids)
+        for video_id in dict.fromkeys(video_ids):  # each video's file once, in order
+            rows = np.flatnonzero(ids == video_id)
+            out[rows] = self(frames[rows], np.asarray(times)[rows], video_id)
+        if stats is not None:
+            stats.add(SegmentStats(frames=len(frames), computed=len(frames), calls=1,
+                                   seconds=time.perf_counter() - start))
+        return out
 
     def __call__(self, frames: np.ndarray, times: np.ndarray, video_id: str) -> np.ndarray:
         path = self.masks_dir / f"{video_id}.npz"
@@ -69,8 +116,16 @@ class OracleSegmenter:
         return resize_nearest(masks[index], frames.shape[1], frames.shape[2])
 
 
+# Input shapes each model has already run in this process: the first call of a shape compiles it (the
+# backend's graph or XLA program), which `SegmentStats` counts apart from the rate once compiled.
+_SEEN_LOCK = threading.Lock()
+_SEEN: set = set()
+
+
 class KerasSegmenter:
     """Any Keras model (a .keras file or a keras-hub ImageSegmenter preset) run frame-batch by batch."""
+
+    fixed_batch = True
 
     def __init__(self, model, *, image_size=None, converter=None, batch_size: int = 16):
         self.model = model
@@ -78,23 +133,71 @@ class KerasSegmenter:
         self.converter = converter  # keras-hub ImageConverter (rescaling), applied after resizing
         self.batch_size = batch_size
 
+    @functools.cached_property
+    def _forward(self):
+        """The model's inference as one compiled program per input shape: `jax.jit` of its stateless call
+        under JAX (op-by-op dispatch would leave a GPU idle between small kernels), `tf.function` under
+        TensorFlow; the model call itself otherwise."""
+        import keras
+
+        model = self.model
+        if keras.backend.backend() == "jax":
+            import jax
+
+            def scores(trainable, non_trainable, x):
+                return model.stateless_call(trainable, non_trainable, x, training=False)[0]
+
+            compiled = jax.jit(scores)
+            return lambda x: compiled([v.value for v in model.trainable_variables],
+                                      [v.value for v in model.non_trainable_variables], x)
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            return tf.function(lambda x: model(x, training=False), autograph=False, reduce_retracing=False)
+        return lambda x: model(x, training=False)
+
     def __call__(self, frames: np.ndarray, times: np.ndarray, video_id: str) -> np.ndarray:
+        out = []
+        for start in range(0, len(frames), self.batch_size):
+            chunk = frames[start:start + self.batch_size]
+            # The last chunk padded with its last frame: one compiled shape per frame size.
+            padded = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch_size - len(chunk), axis=0)])
+            out.append(self.segment_frames(padded, None, [])[:len(chunk)])
+        return np.concatenate(out)
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size the model sees a frame of this size at: frames of every size that map to the same input
+        size can share a batch."""
+        return tuple(self.image_size) if self.image_size is not None else (height, width)
+
+    def segment_frames(self, frames, times: np.ndarray | None, video_ids: list[str],
+                       stats: SegmentStats | None = None):
+        """As the protocol's; `frames` may also be a list of frames of several sizes of one `input_size`
+        (a list of class maps then comes back)."""
         import cv2
         from keras import ops
 
-        height, width = frames.shape[1:3]
-        out = []
-        for start in range(0, len(frames), self.batch_size):
-            batch = frames[start:start + self.batch_size]
-            if self.image_size is not None and tuple(self.image_size) != (height, width):
-                h, w = self.image_size
-                batch = np.stack([cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR) for f in batch])
-            x = batch.astype(np.float32)
-            if self.converter is not None:
-                x = self.converter(x)
-            scores = ops.convert_to_numpy(self.model(x, training=False))
-            out.append(resize_nearest(scores_to_classes(scores), height, width))
-        return np.concatenate(out)
+        start = time.perf_counter()
+        sizes = [frame.shape[:2] for frame in frames]
+        h, w = self.input_size(*sizes[0])
+        batch = np.stack([frame if frame.shape[:2] == (h, w) else
+                          cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR) for frame in frames])
+        x = batch.astype(np.float32)
+        if self.converter is not None:
+            x = self.converter(x)
+        key = (id(self.model), tuple(x.shape))
+        with _SEEN_LOCK:
+            new = key not in _SEEN
+            _SEEN.add(key)
+        classes = scores_to_classes(ops.convert_to_numpy(self._forward(ops.convert_to_tensor(x))))
+        out = [resize_nearest(c[None], *size)[0] for c, size in zip(classes, sizes, strict=True)]
+        if isinstance(frames, np.ndarray):
+            out = np.stack(out)
+        if stats is not None:
+            seconds = time.perf_counter() - start
+            stats.add(SegmentStats(frames=len(frames), computed=len(frames), calls=1, compiled=int(new),
+                                   seconds=seconds, compile_seconds=seconds if new else 0.0))
+        return out
 
 
 def _fixed_size(model) -> tuple[int, int] | None:

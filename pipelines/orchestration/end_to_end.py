@@ -196,7 +196,9 @@ def preprocess(*, dataset: str, videos: str, out: str, annotations: str | None =
                split: str | None = None, fps: float = PreprocessConfig.fps, size: int = PreprocessConfig.size,
                flow: str = PreprocessConfig.flow, segmenter: str = PreprocessConfig.segmenter,
                runner: str = "FnApiRunner", pipeline_args: list[str] | None = None,
-               max_dead_letter_fraction: float = 0.0) -> dict[str, Any]:
+               max_dead_letter_fraction: float = 0.0, flow_batch: int = PreprocessConfig.flow_batch,
+               segment_batch: int = PreprocessConfig.segment_batch,
+               decode_threads: int = PreprocessConfig.decode_threads) -> dict[str, Any]:
     """Runs the Beam job (pipelines.preprocess) and checks its summary: every video accounted for,
     at least one written, no more dead letters than allowed (they are listed in out/dead_letter.jsonl)."""
     from pipelines.preprocess import run_preprocess, summary_ok
@@ -204,7 +206,8 @@ def preprocess(*, dataset: str, videos: str, out: str, annotations: str | None =
     summary = run_preprocess(dataset=dataset, videos=videos, out=out, annotations=annotations or None,
                              split=split or None, fps=fps, size=size, flow=flow, segmenter=segmenter,
                              runner=None if runner in LOCAL_RUNNERS else runner,
-                             pipeline_args=pipeline_args)
+                             pipeline_args=pipeline_args, flow_batch=flow_batch, segment_batch=segment_batch,
+                             decode_threads=decode_threads)
     if not summary_ok(summary):
         raise ValueError(f"{out}/summary.json: videos unaccounted for: {summary['unaccounted'][:10]}")
     if summary["written"] == 0:

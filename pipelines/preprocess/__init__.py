@@ -13,6 +13,11 @@ one SequenceExample. Any failure sends the video to the dead-letter output with 
 `input == written + dead_lettered` always; every outcome is a `Metrics.counter` in the
 `assemblenet.preprocess` namespace. A video decoded only up to a corruption is written, counted and
 listed in summary.json (`partial`).
+Inside the job the flow and the masks run on batches drawn from several videos (`batching`: `--flow-batch`
+pairs, `--segment-batch` frames per call, one shape per frame size); at one batch size the bytes do not
+depend on how the videos fall into batches;
+a failure inside a batch is retried video by video, so only the failing video is dead-lettered.
+summary.json's `this_run` says where the flow and segmentation time went (`flow`, `segment`).
 
 What each record was made with (so that an output folder never mixes settings or hides stale labels):
   OUT/manifest.json                   the job's settings (`SETTINGS_KEYS`) and shard count
@@ -47,8 +52,9 @@ OpenCV). See docs/real_data.md.
 
 The package, one module per part of the job: `config` (settings, VideoTask, record keys), `inputs`
 (Charades and Toyota rows as tasks), `files` (Beam FileSystems access, atomic writes), `elements` (one video to
-one record, its shard), `staging`, `shards`, `transforms` (the DoFn, PTransforms, pipeline and runner) and
-`job` (`run_preprocess`). Its public names are importable from `pipelines.preprocess` itself.
+one record, its shard), `batching` (flow and masks batched across videos), `staging`, `shards`, `transforms`
+(the DoFn, PTransforms, pipeline and runner) and `job` (`run_preprocess`). Its public names are importable
+from `pipelines.preprocess` itself.
 """
 
 import importlib
@@ -60,7 +66,9 @@ _MODULES = {
         "CLASSES_FILE", "MANIFEST", "MANIFEST_VERSION", "NAMESPACE", "SETTINGS_KEYS", "SHARD_PREFIX", "STAGING",
         "VIDEOS_PER_SHARD", "PreprocessConfig", "VideoTask", "annotation_hash", "record_key", "settings_of"),
     "pipelines.preprocess.elements": (
-        "canonical_example", "encode_video", "failure_reason", "process_video", "shard_index", "shard_name"),
+        "canonical_example", "decode_task", "encode_decoded", "encode_video", "failure_reason", "process_video",
+        "shard_index", "shard_name"),
+    "pipelines.preprocess.batching": ("VideoBatcher",),
     "pipelines.preprocess.inputs": ("EmptyInputError", "charades_tasks", "toyota_inputs"),
     "pipelines.preprocess.job": (
         "clear_output", "clear_staging", "job_error", "no_video_message", "run_preprocess", "summary_ok",
@@ -69,9 +77,9 @@ _MODULES = {
     "pipelines.preprocess.staging": (
         "list_staged", "read_staged_record", "stage_dead_letter", "stage_record", "staged_path"),
     "pipelines.preprocess.transforms": (
-        "FLOW_COUNTERS", "ProcessVideoFn", "ProcessVideos", "StagingProgress", "WriteShards", "build_pipeline",
-        "count_flow", "enable_flow_compile_cache", "flow_summary", "is_local", "make_pipeline",
-        "write_dead_letters"),
+        "FLOW_COUNTERS", "SEGMENT_COUNTERS", "ProcessVideoFn", "ProcessVideos", "StagingProgress", "WriteShards",
+        "build_pipeline", "count_flow", "count_segment", "enable_flow_compile_cache", "flow_summary", "is_local",
+        "make_pipeline", "segment_summary", "write_dead_letters"),
     # TFRecord framing as bytes: shards go through Beam's FileSystems (pipelines/holdout.py uses them too).
     "preprocessing.loader": ("decode_records", "encode_records"),
 }

@@ -54,6 +54,23 @@ class PreprocessConfig:
         "", "--flow tensor: folder of the persistent XLA compilation cache, so a later job or another worker "
         "loads the compiled TV-L1 programs instead of compiling them (default: $ASSEMBLENET_COMPILE_CACHE, "
         "else ~/.cache/assemblenet/xla; 'none': off)", flag_default=None, metavar="DIR")
+    # Not SETTINGS_KEYS either: every pair and frame is computed on its own, so the batch sizes change no record
+    # beyond the last-bit rounding of another compiled batch shape on some devices (pipelines/preprocess/batching.py).
+    flow_batch: int = setting(
+        256, "--flow tensor: frame pairs per TV-L1 call, drawn from several videos; every call has this one "
+        "shape (the last of a bundle is padded), so it is compiled once per frame size. 256: where the "
+        "batched TV-L1 reaches its peak rate on an H200 (BENCHMARKS.md); about 1 MB of input per pair at 224 px",
+        type=positive(), metavar="PAIRS")
+    segment_batch: int = setting(
+        32, "frames per segmentation call, drawn from several videos; a Keras segmenter's calls all have "
+        "this shape (the last of a bundle is padded). 32: a sixth of a 30 s Charades video at 6 fps, few "
+        "enough frames at 512 px for SegFormer-B0's activations to fit a CPU host's memory",
+        type=positive(), metavar="FRAMES")
+    decode_threads: int = setting(
+        4, "videos each worker decodes at once, in threads (OpenCV decodes outside Python's lock), so the "
+        "batched flow and segmentation do not wait on one decoder; 4: about a batch of 256 pairs of 30 s "
+        "videos at 6 fps in flight, while a 2-core host is not oversubscribed much", type=positive(),
+        metavar="N")
 
     def __post_init__(self):
         configs.check(self)  # each field's type, choices and range (finite numbers only)

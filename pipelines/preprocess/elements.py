@@ -16,22 +16,38 @@ def encode_video(task: VideoTask, config: PreprocessConfig, segmenter=None,
     info: `frames` stored, `source_frames` decoded, `declared_frames` (the container's count) and
     `partial` (decoding stopped at a corruption well before the declared end; frames were lost).
     `flow_stats`: a `preprocessing.flow.FlowStats` the flow's pairs, time and compilations are added to.
+    The job itself batches the flow and the masks across videos (pipelines/preprocess/batching.py).
     """
     from preprocessing import flow as flow_lib
-    from preprocessing.schema import encode_example, validate_video_id
+
+    video = decode_task(task, config)
+    flow = None
+    if config.flow != "none":
+        flow = flow_lib.quantize_flow(flow_lib.compute_flow(video.frames, method=config.flow, stats=flow_stats))
+    objects = segmenter(video.frames, video.times, task.id) if segmenter is not None else None
+    return encode_decoded(task, config, video, flow, objects)
+
+
+def decode_task(task: VideoTask, config: PreprocessConfig):
+    """The video of `task` decoded at the job's fps and size (a `preprocessing.video.DecodedVideo`);
+    raises on a bad id or an undecodable file."""
+    from preprocessing.schema import validate_video_id
     from preprocessing.video import decode_video
 
     validate_video_id(task.id)
     temporary, local = _local_copy(task.path)
     try:
-        video = decode_video(local, fps=config.fps, shorter_side=config.size, max_seconds=config.max_seconds)
+        return decode_video(local, fps=config.fps, shorter_side=config.size, max_seconds=config.max_seconds)
     finally:
         if temporary:
             os.unlink(temporary)
-    flow = None
-    if config.flow != "none":
-        flow = flow_lib.quantize_flow(flow_lib.compute_flow(video.frames, method=config.flow, stats=flow_stats))
-    objects = segmenter(video.frames, video.times, task.id) if segmenter is not None else None
+
+
+def encode_decoded(task: VideoTask, config: PreprocessConfig, video, flow, objects) -> tuple[bytes, dict]:
+    """A decoded video, its quantised flow (uint8 (T-1, H, W, 2) or None) and class maps (uint8 (T, H, W)
+    or None) -> (serialized SequenceExample, info) as `encode_video`."""
+    from preprocessing.schema import encode_example
+
     ends = [video.duration if end < 0 else end for end in task.label_end]
     data = encode_example(video_id=task.id, dataset=config.dataset, fps=video.fps, rgb=video.frames,
                           num_classes=config.num_classes, labels=task.labels, label_start=task.label_start,

@@ -37,6 +37,7 @@ from pipelines.preprocess.transforms import (
     flow_summary,
     is_local,
     make_pipeline,
+    segment_summary,
     write_dead_letters,
 )
 from preprocessing.records import SUMMARY as RECORDS_SUMMARY
@@ -49,7 +50,10 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
                    segmenter: str = PreprocessConfig.segmenter, num_shards: int | None = None,
                    max_seconds: float | None = None, runner: str | None = None,
                    pipeline_args: list[str] | None = None, progress: bool = True, workers: int = 1,
-                   replace: bool = False, compile_cache: str | None = None) -> dict:
+                   replace: bool = False, compile_cache: str | None = None,
+                   flow_batch: int = PreprocessConfig.flow_batch,
+                   segment_batch: int = PreprocessConfig.segment_batch,
+                   decode_threads: int = PreprocessConfig.decode_threads) -> dict:
     """Runs the Beam job and returns the summary it writes to `out/summary.json`. The settings' defaults,
     choices and ranges are PreprocessConfig's.
 
@@ -60,6 +64,10 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
     `replace`: make `out` match this command (see pipelines/preprocess/__init__.py) instead of refusing.
     `compile_cache`: with flow="tensor", the persistent XLA cache folder (None: $ASSEMBLENET_COMPILE_CACHE or
     ~/.cache/assemblenet/xla, resolved by each worker; "none": off).
+    `flow_batch`, `segment_batch`: pairs per TV-L1 call and frames per segmentation call, each batch drawn
+    from several videos (pipelines/preprocess/batching.py); `decode_threads`: videos each worker decodes at
+    once. The records do not depend on them, but for the last-bit rounding of another compiled batch shape
+    on some devices (pipelines/preprocess/batching.py).
     Raises EmptyInputError when there is nothing to process, and ValueError when no video was
     written (after writing dead_letter.jsonl and summary.json).
     """
@@ -67,7 +75,9 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
 
     # The settings, before the inputs are read (nan and inf included): PreprocessConfig's choices and ranges.
     configs.check_values(PreprocessConfig, {"dataset": dataset, "fps": fps, "size": size, "flow": flow,
-                                            "segmenter": segmenter, "max_seconds": max_seconds})
+                                            "segmenter": segmenter, "max_seconds": max_seconds,
+                                            "flow_batch": flow_batch, "segment_batch": segment_batch,
+                                            "decode_threads": decode_threads})
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     if workers > 1 and not is_local(runner):
@@ -93,7 +103,8 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
     staging = _join(out, STAGING)
     config = PreprocessConfig(dataset=dataset, num_classes=num_classes, fps=fps, size=size, flow=flow,
                               segmenter=segmenter, videos_dir=str(videos), max_seconds=max_seconds,
-                              class_names=class_names, staging=staging, compile_cache=compile_cache or "")
+                              class_names=class_names, staging=staging, compile_cache=compile_cache or "",
+                              flow_batch=flow_batch, segment_batch=segment_batch, decode_threads=decode_threads)
     settings = settings_of(config)
     wanted = {t.id for t in tasks} | {row["id"] for row in listing_dead}
 
@@ -155,6 +166,8 @@ def run_preprocess(*, dataset: str, videos: str, out: str, annotations: str | No
                 "seconds": round(time.perf_counter() - started, 3)}
     if flow_stage := flow_summary(metrics):
         this_run["flow"] = flow_stage
+    if segment_stage := segment_summary(metrics):
+        this_run["segment"] = segment_stage
     summary = write_summary(out, tasks, config, shards, listing_dead=listing_dead, this_run=this_run, keys=keys)
     clear_staging(staging)
     if summary["written"] == 0:

@@ -3,6 +3,7 @@ runner, and the progress bar drawn from the staged files."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sys
@@ -13,17 +14,22 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from pipelines.preprocess.batching import VideoBatcher
 from pipelines.preprocess.config import NAMESPACE, PreprocessConfig, VideoTask, annotation_hash, record_key
-from pipelines.preprocess.elements import encode_video, failure_reason, shard_index
+from pipelines.preprocess.elements import decode_task, encode_decoded, failure_reason, shard_index
 from pipelines.preprocess.files import _join, _write_atomic
 from pipelines.preprocess.shards import write_shard
 from pipelines.preprocess.staging import list_staged, stage_dead_letter, stage_record
 
 
 class ProcessVideoFn(beam.DoFn):
-    """Runs `encode_video`; failures leave through the 'dead_letter' output with their reason.
+    """Decodes each video (`config.decode_threads` at once), runs its flow and masks in batches across the
+    videos of the bundle (`batching.VideoBatcher`), encodes it; failures leave through the 'dead_letter'
+    output with their reason.
 
-    With `config.staging`, each outcome is also written there at once (see pipelines/preprocess/__init__.py).
+    A video is emitted once all its pairs and frames are done: from `process`, or from `finish_bundle`,
+    which runs the last (padded) batches. With `config.staging`, each outcome is also written there at once
+    (see pipelines/preprocess/__init__.py).
     """
 
     def __init__(self, config: PreprocessConfig):
@@ -34,39 +40,94 @@ class ProcessVideoFn(beam.DoFn):
         self.partial = Metrics.counter(NAMESPACE, "videos_partial")
         self.frames = Metrics.counter(NAMESPACE, "frames_written")
         self.segmenter = None
+        self.batcher = self.pool = self.decoding = None
 
     def setup(self):
         from preprocessing.segment import make_segmenter
 
         if self.config.flow == "tensor":  # before anything compiles in this worker process
             enable_flow_compile_cache(self.config.compile_cache)
-        self.segmenter = make_segmenter(self.config.segmenter, videos_dir=self.config.videos_dir)
+        self.segmenter = make_segmenter(self.config.segmenter, videos_dir=self.config.videos_dir,
+                                        batch_size=self.config.segment_batch)
+
+    def start_bundle(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.batcher = VideoBatcher(self.config, self.segmenter)
+        self.pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="decode")
+        self.decoding = collections.deque()  # (task, future of its decoded video), in input order
 
     def process(self, task: VideoTask):
-        from preprocessing.flow import FlowStats
-
         self.videos.inc()
-        staging, key = self.config.staging, record_key(self.config, task)
-        flow_stats = FlowStats()
+        self.decoding.append((task, self.pool.submit(decode_task, task, self.config)))
+        # Videos go on to the batches in input order; at most twice the threads' videos wait decoded.
+        yield from self._decoded(keep=2 * self.config.decode_threads)
+
+    def _decoded(self, keep: int):
+        """Hands the decoded videos at the head of the queue to the batcher (waiting while more than
+        `keep` are queued); yields the outcomes of the videos that finished."""
+        while self.decoding and (len(self.decoding) > keep or self.decoding[0][1].done()):
+            task, future = self.decoding.popleft()
+            try:
+                video = future.result()
+            except Exception as error:  # every failure is recorded with its reason, none is silent
+                yield self._dead_letter(task, error)
+                continue
+            finished = self.batcher.add(task, video)
+            self._count()
+            for item in finished:
+                yield self._outcome(item)
+
+    def finish_bundle(self):
+        outcomes = list(self._decoded(keep=0))
+        self.pool.shutdown()
+        finished = self.batcher.flush()
+        self._count()
+        outcomes += [self._outcome(item) for item in finished]
+        for out in outcomes:
+            # finish_bundle has no input element to take a window from: the job's are all global.
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(out.tag, _global(out.value))
+            else:
+                yield _global(out)
+
+    def _count(self):
+        flow_stats, segment_stats = self.batcher.take_stats()
+        count_flow(flow_stats)
+        count_segment(segment_stats)
+
+    def _outcome(self, item):
+        if item.error is not None:
+            return self._dead_letter(item.task, item.error)
+        task = item.task
         try:
-            data, info = encode_video(task, self.config, self.segmenter, flow_stats)
+            data, info = encode_decoded(task, self.config, item.video, item.flow, item.objects)
         except Exception as error:  # every failure is recorded with its reason, none is silent
-            count_flow(flow_stats)
-            self.dead.inc()
-            reason = failure_reason(error)
-            Metrics.counter(NAMESPACE, f"dead_letter_{reason.split(':', 1)[0]}").inc()
-            row = {"id": task.id, "path": task.path, "reason": reason}
-            if staging:
-                stage_dead_letter(staging, key, row)
-            yield beam.pvalue.TaggedOutput("dead_letter", row)
-        else:
-            count_flow(flow_stats)
-            if staging:
-                stage_record(staging, task.id, key, data, dict(info, annotation=annotation_hash(task)))
-            self.written.inc()
-            self.partial.inc(int(info["partial"]))
-            self.frames.inc(info["frames"])
-            yield task.id, data
+            return self._dead_letter(task, error)
+        if self.config.staging:
+            stage_record(self.config.staging, task.id, record_key(self.config, task), data,
+                         dict(info, annotation=annotation_hash(task)))
+        self.written.inc()
+        self.partial.inc(int(info["partial"]))
+        self.frames.inc(info["frames"])
+        return task.id, data
+
+    def _dead_letter(self, task: VideoTask, error: BaseException):
+        self.dead.inc()
+        reason = failure_reason(error)
+        Metrics.counter(NAMESPACE, f"dead_letter_{reason.split(':', 1)[0]}").inc()
+        row = {"id": task.id, "path": task.path, "reason": reason}
+        if self.config.staging:
+            stage_dead_letter(self.config.staging, record_key(self.config, task), row)
+        return beam.pvalue.TaggedOutput("dead_letter", row)
+
+
+def _global(value):
+    from apache_beam.transforms.window import GlobalWindow
+    from apache_beam.utils.timestamp import MIN_TIMESTAMP
+    from apache_beam.utils.windowed_value import WindowedValue
+
+    return WindowedValue(value, MIN_TIMESTAMP, (GlobalWindow(),))
 
 
 # Counters of the flow stage (summed over videos and workers; `flow_summary` turns them into seconds and
@@ -101,6 +162,37 @@ def flow_summary(metrics: dict) -> dict:
             "calls": metrics.get("flow_calls", 0), "compiled_shapes": metrics.get("flow_compiled_shapes", 0),
             "seconds": round(seconds, 3), "compile_seconds": round(compile_seconds, 3),
             "pairs_per_s": round(pairs / max(seconds, 1e-9), 2), "pairs_per_s_compiled": round(pairs / run, 2)}
+
+
+# Counters of the segmentation stage, in the same style: frames asked for, frames run (padding included),
+# model calls, shapes compiled, milliseconds in segmentation (compilation included) and in compilation.
+SEGMENT_COUNTERS = ("segment_frames", "segment_frames_computed", "segment_calls", "segment_compiled_shapes",
+                    "segment_ms", "segment_compile_ms")
+
+
+def count_segment(stats) -> None:
+    """Adds a `preprocessing.segment.SegmentStats` to the job's counters (nothing when no frame was run)."""
+    if not stats.frames:
+        return
+    values = (stats.frames, stats.computed, stats.calls, stats.compiled, round(stats.seconds * 1000),
+              round(stats.compile_seconds * 1000))
+    for name, value in zip(SEGMENT_COUNTERS, values, strict=True):
+        Metrics.counter(NAMESPACE, name).inc(value)
+
+
+def segment_summary(metrics: dict) -> dict:
+    """Where the segmentation stage's time went, from the job's counters ({} when no frame was segmented);
+    as `flow_summary`, in frames."""
+    frames = metrics.get("segment_frames", 0)
+    if not frames:
+        return {}
+    seconds, compile_seconds = metrics.get("segment_ms", 0) / 1000, metrics.get("segment_compile_ms", 0) / 1000
+    run = max(seconds - compile_seconds, 1e-9)
+    return {"frames": frames, "frames_computed": metrics.get("segment_frames_computed", 0),
+            "calls": metrics.get("segment_calls", 0),
+            "compiled_shapes": metrics.get("segment_compiled_shapes", 0), "seconds": round(seconds, 3),
+            "compile_seconds": round(compile_seconds, 3), "frames_per_s": round(frames / max(seconds, 1e-9), 2),
+            "frames_per_s_compiled": round(frames / run, 2)}
 
 
 def enable_flow_compile_cache(folder: str) -> str | None:

@@ -370,15 +370,19 @@ def test_preprocess_flags_are_the_config_fields_with_their_defaults(monkeypatch,
     for name in ("fps", "size", "flow", "segmenter", "max_seconds"):
         assert getattr(args, name) == fields[name].default, name
     assert args.compile_cache is None and fields["compile_cache"].default == ""  # each worker resolves ""
+    assert (args.flow_batch, args.segment_batch, args.decode_threads) == (
+        fields["flow_batch"].default, fields["segment_batch"].default, fields["decode_threads"].default) == (256, 32, 4)
     assert FLOWS == ("opencv", "tensor", "none")
     seen = {}
     monkeypatch.setattr(preprocess, "run_preprocess", lambda **kwargs: seen.update(kwargs) or {
         "input": 1, "written": 1, "dead_lettered": 0, "unaccounted": []})
     assert main(["preprocess", "--dataset", "charades", "--videos", "v", "--out", str(tmp_path / "o"),
                  "--fps", "12.5", "--size", "128", "--flow", "none", "--segmenter", "oracle",
-                 "--max-seconds", "3"]) == 0
-    assert {k: seen[k] for k in ("dataset", "fps", "size", "flow", "segmenter", "max_seconds")} == {
-        "dataset": "charades", "fps": 12.5, "size": 128, "flow": "none", "segmenter": "oracle", "max_seconds": 3.0}
+                 "--max-seconds", "3", "--flow-batch", "64", "--segment-batch", "8", "--decode-threads", "2"]) == 0
+    assert {k: seen[k] for k in ("dataset", "fps", "size", "flow", "segmenter", "max_seconds", "flow_batch",
+                                 "segment_batch", "decode_threads")} == {
+        "dataset": "charades", "fps": 12.5, "size": 128, "flow": "none", "segmenter": "oracle", "max_seconds": 3.0,
+        "flow_batch": 64, "segment_batch": 8, "decode_threads": 2}
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:  # --dataset is a field without a default: required
         main(["preprocess", "--videos", "v", "--out", "o"])
@@ -387,6 +391,9 @@ def test_preprocess_flags_are_the_config_fields_with_their_defaults(monkeypatch,
     with pytest.raises(SystemExit):
         main(["preprocess", "--dataset", "toyota", "--videos", "v", "--out", "o", "--flow", "farneback"])
     assert "argument --flow: invalid choice: 'farneback'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["preprocess", "--dataset", "toyota", "--videos", "v", "--out", "o", "--flow-batch", "0"])
+    assert "--flow-batch" in capsys.readouterr().err
 
 
 def test_the_preprocess_settings_load_without_beam():
@@ -501,10 +508,11 @@ def test_tensor_flow_job_reports_its_flow_stage_and_the_cache_changes_no_record(
     shutil.copytree(tiny_charades["videos_dir"], videos)
     info = dict(tiny_charades, videos_dir=str(videos))
     annotations, good, bad = _csv_with_bad_rows(info, tmp_path)
-    # 2 s at 4 fps: 8 frames, 7 pairs per video, padded to one batch of 8; 24 px: a shape of this test only.
+    # 2 s at 4 fps: 8 frames, 7 pairs per video, in batches of 8 pairs across videos (the last padded);
+    # 24 px: a shape of this test only.
     kwargs = dict(dataset="charades", videos=str(videos), annotations=str(annotations),
                   classes=tiny_charades["classes_file"], fps=4.0, size=24, flow="tensor", segmenter="none",
-                  max_seconds=2.0, num_shards=1, progress=False)
+                  max_seconds=2.0, num_shards=1, progress=False, flow_batch=8)
     cache = tmp_path / "cache"
     first = preprocess.run_preprocess(out=str(tmp_path / "a"), compile_cache=str(cache), **kwargs)
     dead = [json.loads(line) for line in (tmp_path / "a" / "dead_letter.jsonl").read_text().splitlines()]
@@ -513,8 +521,9 @@ def test_tensor_flow_job_reports_its_flow_stage_and_the_cache_changes_no_record(
     frames = [records[i]["frames"] for i in good]
     assert frames == [8] * len(good)
     flow = first["this_run"]["flow"]
+    calls = -(-7 * len(good) // 8)
     assert (flow["pairs"], flow["pairs_computed"], flow["calls"], flow["compiled_shapes"]) == (
-        7 * len(good), 8 * len(good), len(good), 1)
+        7 * len(good), 8 * calls, calls, 1)
     assert 0 < flow["compile_seconds"] <= flow["seconds"] <= first["this_run"]["seconds"]
     assert first["this_run"]["metrics"]["flow_pairs"] == 7 * len(good)
     if keras.backend.backend() == "jax":
@@ -528,6 +537,94 @@ def test_tensor_flow_job_reports_its_flow_stage_and_the_cache_changes_no_record(
     _assert_same_output(tmp_path / "a", tmp_path / "b")
     decoded = schema.decode_example(_records(tmp_path / "b")[0])
     assert decoded["flow"].shape == (8, 24, 32, 2) and abs(decoded["flow"].astype(int) - 128).max() > 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Flow and masks batched across videos: the same bytes whatever the batch sizes; failures stay per video.
+
+def _random_segmenter_file(path):
+    """A .keras segmenter with random weights: RGB (B, H, W, 3) -> 151 scores per pixel (any frame size)."""
+    import keras
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    outputs = keras.layers.Conv2D(151, 1)(x)
+    keras.Model(inputs, outputs).save(path)
+    return str(path)
+
+
+def test_records_are_byte_identical_whatever_the_batch_sizes(tiny_charades, tmp_path, own_compile_cache):
+    videos = tmp_path / "videos"
+    shutil.copytree(tiny_charades["videos_dir"], videos)
+    info = dict(tiny_charades, videos_dir=str(videos))
+    annotations, good, bad = _csv_with_bad_rows(info, tmp_path)
+    segmenter = _random_segmenter_file(tmp_path / "segmenter.keras")
+    # 8 frames and 7 pairs per video: batches of 5 pairs and 3 frames split videos across batches; 64 holds
+    # every video of the job in one padded batch; 1 is one pair (frame) per call.
+    kwargs = dict(dataset="charades", videos=str(videos), annotations=str(annotations),
+                  classes=tiny_charades["classes_file"], fps=4.0, size=24, flow="tensor", segmenter=segmenter,
+                  max_seconds=2.0, num_shards=2, progress=False, compile_cache="none")
+    summaries = {}
+    for flow_batch, segment_batch, threads in ((1, 1, 1), (5, 3, 3), (64, 64, 4)):  # and videos decoded at once
+        out = tmp_path / f"out_{flow_batch}_{segment_batch}"
+        summaries[flow_batch] = preprocess.run_preprocess(out=str(out), flow_batch=flow_batch,
+                                                          segment_batch=segment_batch, decode_threads=threads,
+                                                          **kwargs)
+    for flow_batch, segment_batch in ((5, 3), (64, 64)):
+        _assert_same_output(tmp_path / "out_1_1", tmp_path / f"out_{flow_batch}_{segment_batch}")
+        this_run = summaries[flow_batch]["this_run"]
+        pairs, frames = 7 * len(good), 8 * len(good)
+        flow_calls, segment_calls = -(-pairs // flow_batch), -(-frames // segment_batch)
+        assert (this_run["flow"]["pairs"], this_run["flow"]["calls"], this_run["flow"]["pairs_computed"]) == (
+            pairs, flow_calls, flow_calls * flow_batch)
+        assert (this_run["segment"]["frames"], this_run["segment"]["calls"],
+                this_run["segment"]["frames_computed"]) == (frames, segment_calls, segment_calls * segment_batch)
+        assert this_run["segment"]["compiled_shapes"] == 1 and this_run["flow"]["compiled_shapes"] <= 1
+    dead = [json.loads(line) for line in (tmp_path / "out_5_3" / "dead_letter.jsonl").read_text().splitlines()]
+    assert {d["id"]: d["reason"].split(":")[0] for d in dead} == bad
+    # The same batch sizes with other neighbours in every batch (a job of two of the videos): the same records.
+    rows = [r for r in charades.read_annotations(str(annotations), num_classes=10) if r.id in good[1:3]]
+    charades.write_annotations(tmp_path / "two.csv", rows)
+    preprocess.run_preprocess(out=str(tmp_path / "two"), flow_batch=5, segment_batch=3,
+                              **dict(kwargs, annotations=str(tmp_path / "two.csv")))
+    alone = {schema.read_video_id(r): r for r in _records(tmp_path / "two")}
+    assert sorted(alone) == sorted(good[1:3])
+    assert alone == {schema.read_video_id(r): r for r in _records(tmp_path / "out_5_3")
+                     if schema.read_video_id(r) in alone}
+    # The per-video function (8 pairs and 16 frames a call) gives the same record at this size, with real
+    # flow and masks.
+    from preprocessing.segment import make_segmenter
+
+    task = next(t for t in preprocess.charades_tasks(str(videos), str(annotations), 10) if t.id == good[0])
+    config = preprocess.PreprocessConfig(dataset="charades", num_classes=10, fps=4.0, size=24, flow="tensor",
+                                         segmenter=segmenter, max_seconds=2.0)
+    alone, _ = preprocess.encode_video(task, config, make_segmenter(segmenter))
+    written = {schema.read_video_id(r): r for r in _records(tmp_path / "out_5_3")}
+    assert written[good[0]] == alone
+    decoded = schema.decode_example(alone)
+    assert abs(decoded["flow"].astype(int) - 128).max() > 2 and len(np.unique(decoded["object"])) > 1
+
+
+def test_a_video_failing_inside_a_batch_is_the_only_one_dead_lettered(tiny_charades, tmp_path):
+    rows = charades.read_annotations(tiny_charades["train_csv"], num_classes=10)
+    masks = tmp_path / "masks"
+    shutil.copytree(tiny_charades["masks_dir"], masks)
+    culprit = rows[1].id
+    kwargs = _charades_kwargs(tiny_charades, None, flow="opencv", num_shards=1, segment_batch=64,
+                              segmenter=f"oracle:{masks}")
+    whole = preprocess.run_preprocess(**dict(kwargs, out=str(tmp_path / "whole")))
+    (masks / f"{culprit}.npz").unlink()  # the oracle segmenter now fails on this video's frames only
+    broken = preprocess.run_preprocess(**dict(kwargs, out=str(tmp_path / "broken")))
+    assert whole["this_run"]["segment"]["calls"] == 1  # every video's frames in one batch
+    assert (broken["written"], broken["dead_lettered"]) == (len(rows) - 1, 1)
+    (dead,) = [json.loads(line) for line in (tmp_path / "broken" / "dead_letter.jsonl").read_text().splitlines()]
+    assert dead["id"] == culprit
+    assert dead["reason"] == f"FileNotFoundError: oracle segmenter: no ground-truth masks {masks / culprit}.npz"
+    # The others are written exactly as by the job where nothing failed.
+    assert [r for r in _records(tmp_path / "whole") if schema.read_video_id(r) != culprit] == \
+        _records(tmp_path / "broken")
 
 
 # -- a full disk: one line naming the path, the finished work kept ---------------------------------------
@@ -597,3 +694,24 @@ def test_a_full_disk_is_one_line_naming_the_path_and_the_finished_videos_resume(
 
     header = read_header(str(sorted(out.glob("*.tfrecord"))[0]))
     assert (header.settings.flow, header.settings.segmenter, header.settings.fps) == ("none", "none", 4.0)
+
+
+def test_video_batcher_returns_each_video_once_all_its_frames_are_done(tiny_charades):
+    from preprocessing.segment import make_segmenter
+
+    config = preprocess.PreprocessConfig(dataset="charades", num_classes=10, fps=4.0, size=32, flow="none",
+                                         segmenter="oracle", max_seconds=2.0, segment_batch=10)
+    segmenter = make_segmenter("oracle", videos_dir=tiny_charades["videos_dir"])
+    tasks = preprocess.charades_tasks(tiny_charades["videos_dir"], tiny_charades["train_csv"], 10)[:3]
+    videos = [preprocess.decode_task(t, config) for t in tasks]
+    assert [len(v.frames) for v in videos] == [8, 8, 8]
+    batcher = preprocess.VideoBatcher(config, segmenter)
+    assert batcher.add(tasks[0], videos[0]) == []  # 8 frames queued, fewer than a batch of 10
+    (first,) = batcher.add(tasks[1], videos[1])  # a batch of 10: video 0's 8 frames and 2 of video 1
+    assert first.task is tasks[0] and first.error is None
+    (second,) = batcher.add(tasks[2], videos[2])  # 14 queued: a batch of video 1's last 6 and 4 of video 2
+    assert second.task is tasks[1]
+    assert [item.task.id for item in batcher.flush()] == [tasks[2].id]  # its last 4 frames
+    _, stats = batcher.take_stats()
+    assert (stats.frames, stats.calls, stats.computed) == (24, 3, 24)  # the oracle reads files: no padding
+    assert np.array_equal(first.objects, segmenter(videos[0].frames, videos[0].times, tasks[0].id))

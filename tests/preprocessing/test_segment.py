@@ -71,3 +71,21 @@ def test_keras_hub_segformer_preset_directory(tmp_path):
     out = seg(frames, np.zeros(2), "v")
     assert seg.image_size == (64, 64) and out.shape == (2, 40, 50)
     assert out.min() >= 1 and out.max() <= 150  # 150 channels -> ADE20K ids 1..150
+
+
+def test_fixed_input_segmenter_batches_frames_of_several_sizes_as_one_at_a_time(tmp_path):
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((16, 16, 3))
+    outputs = keras.layers.Conv2D(151, 3, padding="same")(keras.layers.Rescaling(1 / 255)(inputs))
+    keras.Model(inputs, outputs).save(tmp_path / "fixed.keras")
+    seg = segment.make_segmenter(str(tmp_path / "fixed.keras"), batch_size=4)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((12, 20, 3), (24, 18, 3), (12, 20, 3))]
+    assert seg.input_size(12, 20) == seg.input_size(24, 18) == (16, 16)  # one queue for every frame size
+    stats = segment.SegmentStats()
+    together = seg.segment_frames(frames, np.zeros(3), ["a", "b", "a"], stats)
+    assert [m.shape for m in together] == [(12, 20), (24, 18), (12, 20)]
+    for frame, mask in zip(frames, together, strict=True):
+        assert np.array_equal(mask, seg(frame[None], np.zeros(1), "a")[0])
+    assert len(np.unique(np.concatenate([m.ravel() for m in together]))) > 1
+    assert (stats.frames, stats.calls) == (3, 1)

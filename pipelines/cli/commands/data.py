@@ -46,7 +46,7 @@ def register(subparsers):
     pre.add_argument("--replace", action="store_true",
                      help="OUT holds records of other settings or of videos not in this input: delete or "
                           "redo them so OUT matches this command (default: refuse)")
-    add_flags(pre, PreprocessConfig, ("compile_cache",))
+    add_flags(pre, PreprocessConfig, ("compile_cache", "flow_batch", "segment_batch", "decode_threads"))
     pre.add_argument("--no-progress", action="store_true", help="no progress bar")
     pre.add_argument("pipeline_args", nargs=argparse.REMAINDER, help="Beam pipeline options, after `--`")
     pre.set_defaults(func=preprocess_command)
@@ -75,6 +75,8 @@ def preprocess_command(args):
                              fps=args.fps, size=args.size, flow=args.flow, segmenter=args.segmenter,
                              num_shards=args.num_shards, max_seconds=args.max_seconds, runner=args.runner,
                              pipeline_args=extra, progress=not args.no_progress, workers=args.workers,
-                             replace=args.replace, compile_cache=args.compile_cache)
+                             replace=args.replace, compile_cache=args.compile_cache,
+                             flow_batch=args.flow_batch, segment_batch=args.segment_batch,
+                             decode_threads=args.decode_threads)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("this_run", "class_names")}))
     return 0 if summary_ok(summary) else 1
