@@ -383,7 +383,8 @@ def table(report: dict) -> str:
                 f"(min {s['min_entropy']:.3f}, max {s['max_entropy']:.3f}; 1 = uniform; "
                 f"{s.get('mean_entropy_at_temperature', s['mean_entropy']):.3f} at the final temperature "
                 f"{s.get('final_temperature', 1.0):g}), supernet top-1 "
-                f"{s['supernet_accuracy']:.3f}, cell adds {s['cost']['params']:,} params"
+                f"{'-' if s['supernet_accuracy'] is None else format(s['supernet_accuracy'], '.3f')}, "
+                f"cell adds {s['cost']['params']:,} params"
             )
         if b["searches"] and b["searches"][0]["messages"]:
             lines.append(f"- search space: {'; '.join(b['searches'][0]['messages'])}")

@@ -88,6 +88,10 @@ probe() {
 search() {
   for b in $BACKBONES; do
     for k in $SEARCH_SEEDS; do
+      if [ -f "$OUT/search/$b/search_seed$k/search.json" ] && [ ! -f "$OUT/search/$b/search_seed$k/.done" ]; then
+        # cut while scoring the supernet: the search itself is written (its supernet top-1 stays empty)
+        stamp "searched before, supernet not scored: $OUT/search/$b/search_seed$k"; continue
+      fi
       unit "$OUT/search/$b/search_seed$k" python3 -m pipelines.cli attention-search --backbone "$b" $TASK $SHAPE \
           --seed "$k" --steps "$SEARCH_STEPS" --batch-size "$SEARCH_BATCH" --out "$OUT/search/$b/search_seed$k"
     done

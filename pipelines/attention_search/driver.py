@@ -307,9 +307,6 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dic
     cell = derive_cell(weights)
     arch_steps = max(0, config.steps - arch_from)
     spread = logit_spread(arch_vars)
-    accuracy = (
-        evaluate_accuracy(model, config, modalities, seed=config.seed + 1000) if config.data is None else None
-    )
     write_json(out / "cell.json", cell, indent=2)  # the project's atomic writer (pipelines/rundir.py)
     write_json(out / "arch_weights.json", weights, indent=2)
     draw_cell(cell, out / "cell.png", weights=weights["operations"])
@@ -321,7 +318,7 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dic
         "config": dataclasses.asdict(config),
         "search_space": {"candidates": candidates, "excluded": excluded, "messages": messages},
         "split": split,
-        "supernet_accuracy": accuracy,
+        "supernet_accuracy": None,  # filled in below, once the supernet is scored
         "final_loss": float(np.mean([h["loss"] for h in last])),
         "first_loss": history[0]["loss"],
         "arch_variables": len(arch_vars),
@@ -342,7 +339,12 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dic
         "cell": cell,
         "history": history,
     }
+    # The search's outcome is written before the supernet is scored: scoring compiles the supernet twice
+    # more (BatchNorm recalibration, prediction), and a run cut during it still leaves what was searched.
     write_json(out / "search.json", record, indent=2)
+    if config.data is None:
+        record["supernet_accuracy"] = evaluate_accuracy(model, config, modalities, seed=config.seed + 1000)
+        write_json(out / "search.json", record, indent=2)
     return record
 
 

@@ -137,14 +137,34 @@ FLOW_COUNTERS = ("flow_pairs", "flow_pairs_computed", "flow_calls", "flow_compil
                  "flow_compile_ms")
 
 
+def _count(counters: tuple, stats, amount: int) -> None:
+    """Adds one stage's stats (`amount` of its items, computed, calls, compiled, seconds, compile seconds)
+    to the job's `counters` (nothing when the stage ran no item)."""
+    if not amount:
+        return
+    values = (amount, stats.computed, stats.calls, stats.compiled, round(stats.seconds * 1000),
+              round(stats.compile_seconds * 1000))
+    for name, value in zip(counters, values, strict=True):
+        Metrics.counter(NAMESPACE, name).inc(value)
+
+
+def _stage_summary(metrics: dict, prefix: str, item: str) -> dict:
+    """Where a stage's time went, from the job's `prefix`_ counters: {} when it ran no `item`."""
+    amount = metrics.get(f"{prefix}_{item}", 0)
+    if not amount:
+        return {}
+    seconds = metrics.get(f"{prefix}_ms", 0) / 1000
+    compile_seconds = metrics.get(f"{prefix}_compile_ms", 0) / 1000
+    run = max(seconds - compile_seconds, 1e-9)
+    return {item: amount, f"{item}_computed": metrics.get(f"{prefix}_{item}_computed", 0),
+            "calls": metrics.get(f"{prefix}_calls", 0), "compiled_shapes": metrics.get(f"{prefix}_compiled_shapes", 0),
+            "seconds": round(seconds, 3), "compile_seconds": round(compile_seconds, 3),
+            f"{item}_per_s": round(amount / max(seconds, 1e-9), 2), f"{item}_per_s_compiled": round(amount / run, 2)}
+
+
 def count_flow(stats) -> None:
     """Adds one video's `FlowStats` to the job's counters (nothing when it computed no flow)."""
-    if not stats.pairs:
-        return
-    values = (stats.pairs, stats.computed, stats.calls, stats.compiled, round(stats.seconds * 1000),
-              round(stats.compile_seconds * 1000))
-    for name, value in zip(FLOW_COUNTERS, values, strict=True):
-        Metrics.counter(NAMESPACE, name).inc(value)
+    _count(FLOW_COUNTERS, stats, stats.pairs)
 
 
 def flow_summary(metrics: dict) -> dict:
@@ -153,15 +173,7 @@ def flow_summary(metrics: dict) -> dict:
     `seconds` sums over worker processes (with --workers N it can exceed the job's wall time);
     `pairs_per_s_compiled` is the rate once every shape is compiled.
     """
-    pairs = metrics.get("flow_pairs", 0)
-    if not pairs:
-        return {}
-    seconds, compile_seconds = metrics.get("flow_ms", 0) / 1000, metrics.get("flow_compile_ms", 0) / 1000
-    run = max(seconds - compile_seconds, 1e-9)
-    return {"pairs": pairs, "pairs_computed": metrics.get("flow_pairs_computed", 0),
-            "calls": metrics.get("flow_calls", 0), "compiled_shapes": metrics.get("flow_compiled_shapes", 0),
-            "seconds": round(seconds, 3), "compile_seconds": round(compile_seconds, 3),
-            "pairs_per_s": round(pairs / max(seconds, 1e-9), 2), "pairs_per_s_compiled": round(pairs / run, 2)}
+    return _stage_summary(metrics, "flow", "pairs")
 
 
 # Counters of the segmentation stage, in the same style: frames asked for, frames run (padding included),
@@ -172,27 +184,13 @@ SEGMENT_COUNTERS = ("segment_frames", "segment_frames_computed", "segment_calls"
 
 def count_segment(stats) -> None:
     """Adds a `preprocessing.segment.SegmentStats` to the job's counters (nothing when no frame was run)."""
-    if not stats.frames:
-        return
-    values = (stats.frames, stats.computed, stats.calls, stats.compiled, round(stats.seconds * 1000),
-              round(stats.compile_seconds * 1000))
-    for name, value in zip(SEGMENT_COUNTERS, values, strict=True):
-        Metrics.counter(NAMESPACE, name).inc(value)
+    _count(SEGMENT_COUNTERS, stats, stats.frames)
 
 
 def segment_summary(metrics: dict) -> dict:
     """Where the segmentation stage's time went, from the job's counters ({} when no frame was segmented);
     as `flow_summary`, in frames."""
-    frames = metrics.get("segment_frames", 0)
-    if not frames:
-        return {}
-    seconds, compile_seconds = metrics.get("segment_ms", 0) / 1000, metrics.get("segment_compile_ms", 0) / 1000
-    run = max(seconds - compile_seconds, 1e-9)
-    return {"frames": frames, "frames_computed": metrics.get("segment_frames_computed", 0),
-            "calls": metrics.get("segment_calls", 0),
-            "compiled_shapes": metrics.get("segment_compiled_shapes", 0), "seconds": round(seconds, 3),
-            "compile_seconds": round(compile_seconds, 3), "frames_per_s": round(frames / max(seconds, 1e-9), 2),
-            "frames_per_s_compiled": round(frames / run, 2)}
+    return _stage_summary(metrics, "segment", "frames")
 
 
 def enable_flow_compile_cache(folder: str) -> str | None:
