@@ -138,6 +138,14 @@ class TrainEvaluator:
         return {"data": self.data, "eval_data": self.eval_data, "train": dict(self.train),
                 "clips": self.clips, "batch_size": self.batch_size, "holdout": self.holdout}
 
+    def run_dir(self, workdir: str | Path) -> RunDir:
+        """The child's proxy training run under its folder `workdir`."""
+        return RunDir(Path(workdir) / RUN)
+
+    def score(self, model, config, structure: Structure) -> dict[str, Any]:
+        """`score_model` of a trained child on this evaluator's `eval_data` (its clips and batch size)."""
+        return score_model(model, config, structure, self.eval_data, clips=self.clips, batch_size=self.batch_size)
+
     def __call__(self, structure: Structure, workdir: Path) -> tuple[float, dict]:
         import keras
 
@@ -149,7 +157,7 @@ class TrainEvaluator:
         workdir = Path(workdir)
         path = structure.save(workdir / STRUCTURE)
         config = TrainConfig(**{**self.train, "structure": str(path)})
-        run = RunDir(workdir / RUN)
+        run = self.run_dir(workdir)
         train(config=config, data=self.data, workdir=run.path, verbose=0)
         metrics = score_run(run.path, self.eval_data, clips=self.clips, batch_size=self.batch_size)
         weights = run.read(CONNECTION_WEIGHTS)

@@ -10,7 +10,7 @@ the ablation harness: every variable re-initialised from the proxy seed (per var
 matched to the child), the optimizer at its first step, the masks and dilations set; then
 `config.steps` steps of `pipelines.train`'s optimizer, loss, schedule and data stream (the same
 `_dataset` clips as the plain run's first epoch onwards), and the child is scored on the evaluator's
-held-out data with `evolve.score_model`.
+held-out data with the evaluator's `score` (`evolve.score_model`).
 
 The child's run directory holds what `TrainEvaluator`'s does for scoring and search records
 (config.json, structure.json, model.keras of the child's plain model with the trained weights,
@@ -123,13 +123,12 @@ class FastChildren:
 
         from model import edge_masks
         from model.assemblenet import build_assemblenet
-        from pipelines.evolve import RUN, score_model
-        from pipelines.rundir import CONNECTION_WEIGHTS, METRICS, STRUCTURE, RunDir
+        from pipelines.rundir import CONNECTION_WEIGHTS, METRICS, STRUCTURE
         from pipelines.train import _dataset, _precision, _prepare_workdir, write_final
 
         workdir = Path(workdir)
         config = self.config(structure.save(workdir / STRUCTURE))
-        run = RunDir(workdir / RUN)
+        run = self.evaluator.run_dir(workdir)
         _prepare_workdir(run.path, config, structure)
         entry, _ = self.prepare(structure, config)
         keras.utils.set_random_seed(config.seed)
@@ -137,8 +136,7 @@ class FastChildren:
             train_ds = _dataset(config, structure, self.evaluator.data, training=True, seed=config.seed)
             entry.model.fit(train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch, shuffle=False,
                             verbose=0)
-            result = score_model(entry.model, config, structure, self.evaluator.eval_data,
-                                 clips=self.evaluator.clips, batch_size=self.evaluator.batch_size)
+            result = self.evaluator.score(entry.model, config, structure)
             # The child's own model with the trained weights: what `assemblenet train`/`evaluate` read.
             plain = build_assemblenet(structure, config.num_classes, attention=config.attention,
                                       temporal_pool=config.temporal_pool, frames=config.frames, size=config.size)
