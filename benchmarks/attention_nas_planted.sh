@@ -7,16 +7,16 @@
 #   probe   no cell vs the non-local block, SEEDS training seeds: do local features stop at the cue?
 #   search  `assemblenet attention-search --task relation` per search seed (SEARCH_STEPS steps, architecture
 #           batch SEARCH_BATCH); search.json records every choice's entropy and the chosen cell per step;
-#   train   every search seed's derived cell at full width and at the non-local block's added params
-#           ("searched, matched cost"), SEEDS training seeds;
+#   train   every search seed's derived cell at the non-local block's added params ("searched-matched"; add
+#           "searched" to TRAIN_VARIANTS for the cell at full width), SEEDS training seeds;
 #   report  one table (OUT/report/results.md: none vs non-local vs searched, permutation tests) and the
 #           choice plots (OUT/report/choices_<backbone>.png).
 #
 #   bash benchmarks/attention_nas_planted.sh [STAGE...]        (default: data probe search train report)
 #   bash benchmarks/attention_nas_planted.sh parallel report   (the same units, several processes at once)
 #
-# `parallel` runs the data stage, then at once one process per backbone for the probe and one per
-# (backbone, search seed) for that seed's search and then its trainings: 2 + 2 x 3 processes sharing the GPU
+# `parallel` runs the data stage, then at once one process per (backbone, probe variant) and one per
+# (backbone, search seed) for that seed's search and then its trainings: 2 x 2 + 2 x 3 processes sharing the GPU
 # (XLA_PYTHON_CLIENT_PREALLOCATE=false; each process compiles small models and is mostly host-bound, so
 # they overlap well on a 16-core host). Each chain logs to OUT/parallel/<name>.log.
 #
@@ -27,7 +27,9 @@
 # SEED_GROUPS ("0,1,2 3,4": each variant's trainings in two processes, one compile each; SEEDS as one group
 # saves a compile, more groups shorten each process), SEARCH_STEPS (600), SEARCH_BATCH (32), STEPS (1000:
 # training steps of every compared model), BATCH (32), FRAMES (16), SIZE (32), TASK_SEED (0),
-# TASK_CLIPS (4096), STEP_TIMEOUT (570), DEADLINE (unset: epoch seconds after which no unit runs, so a
+# TASK_CLIPS (4096), PROBE_VARIANTS (none non-local), TRAIN_VARIANTS (searched-matched), SEARCH_DIR (OUT/search: where searches are written
+# and cells read; point it at another run's searches to train their cells on a held-out TASK_SEED with
+# held-out SEEDS), STEP_TIMEOUT (570), DEADLINE (unset: epoch seconds after which no unit runs, so a
 # command with a wall-clock limit can still write its report). Wheels: where .whl/ exists they are installed into /tmp/site first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +37,8 @@ OUT=${OUT:-runs/attention_nas_planted}; BACKBONES=${BACKBONES:-resnet assemblene
 SEARCH_SEEDS=${SEARCH_SEEDS:-0 1 2}; SEEDS=${SEEDS:-0,1,2,3,4}; SEED_GROUPS=${SEED_GROUPS:-0,1,2 3,4}
 SEARCH_STEPS=${SEARCH_STEPS:-600}; SEARCH_BATCH=${SEARCH_BATCH:-32}; STEPS=${STEPS:-1000}; BATCH=${BATCH:-32}
 FRAMES=${FRAMES:-16}; SIZE=${SIZE:-32}; TASK_SEED=${TASK_SEED:-0}; TASK_CLIPS=${TASK_CLIPS:-4096}
-STEP_TIMEOUT=${STEP_TIMEOUT:-570}
+STEP_TIMEOUT=${STEP_TIMEOUT:-570}; TRAIN_VARIANTS=${TRAIN_VARIANTS:-searched-matched}
+SEARCH_DIR=${SEARCH_DIR:-$OUT/search}
 mkdir -p "$OUT"
 if [ -d .whl ] && [ ! -d /tmp/site ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -79,21 +82,23 @@ compare() {  # backbone, variant, folder, extra flags...: one variant over each 
   done
 }
 
+PROBE_VARIANTS=${PROBE_VARIANTS:-none non-local}
 probe() {
   for b in $BACKBONES; do
-    for variant in none non-local; do compare "$b" "$variant" "$OUT/train/$b/$variant"; done
+    for variant in $PROBE_VARIANTS; do compare "$b" "$variant" "$OUT/train/$b/$variant"; done
   done
 }
 
 search() {
   for b in $BACKBONES; do
     for k in $SEARCH_SEEDS; do
-      if [ -f "$OUT/search/$b/search_seed$k/search.json" ] && [ ! -f "$OUT/search/$b/search_seed$k/.done" ]; then
+      local dir="$SEARCH_DIR/$b/search_seed$k"
+      if [ -f "$dir/search.json" ] && [ ! -f "$dir/.done" ]; then
         # cut while scoring the supernet: the search itself is written (its supernet top-1 stays empty)
-        stamp "searched before, supernet not scored: $OUT/search/$b/search_seed$k"; continue
+        stamp "searched before, supernet not scored: $dir"; continue
       fi
-      unit "$OUT/search/$b/search_seed$k" python3 -m pipelines.cli attention-search --backbone "$b" $TASK $SHAPE \
-          --seed "$k" --steps "$SEARCH_STEPS" --batch-size "$SEARCH_BATCH" --out "$OUT/search/$b/search_seed$k"
+      unit "$dir" python3 -m pipelines.cli attention-search --backbone "$b" $TASK $SHAPE \
+          --seed "$k" --steps "$SEARCH_STEPS" --batch-size "$SEARCH_BATCH" --out "$dir"
     done
   done
 }
@@ -101,21 +106,23 @@ search() {
 train() {
   for b in $BACKBONES; do
     for k in $SEARCH_SEEDS; do
-      local cell="$OUT/search/$b/search_seed$k/cell.json"
+      local cell="$SEARCH_DIR/$b/search_seed$k/cell.json"
       if [ ! -f "$cell" ]; then stamp "no $cell yet (run the search stage)"; FAILED=1; continue; fi
-      for variant in searched searched-matched; do
+      for variant in $TRAIN_VARIANTS; do
         compare "$b" "$variant" "$OUT/train/$b/$variant-search_seed$k" --cells "$cell"
       done
     done
   done
 }
 
-parallel() {  # data, then the probe per backbone and search + train per (backbone, search seed), concurrently
+parallel() {  # data, then the probe per (backbone, variant) and search + train per (backbone, search seed), at once
   data
   mkdir -p "$OUT/parallel"
-  local pids=() b k
+  local pids=() b k v
   for b in $BACKBONES; do
-    ( BACKBONES=$b; probe; exit $FAILED ) > "$OUT/parallel/probe_$b.log" 2>&1 & pids+=($!)
+    for v in $PROBE_VARIANTS; do
+      ( BACKBONES=$b; PROBE_VARIANTS=$v; probe; exit $FAILED ) > "$OUT/parallel/probe_${b}_$v.log" 2>&1 & pids+=($!)
+    done
     for k in $SEARCH_SEEDS; do
       ( BACKBONES=$b; SEARCH_SEEDS=$k; search; train; exit $FAILED ) > "$OUT/parallel/${b}_search_seed$k.log" 2>&1 &
       pids+=($!)
@@ -130,8 +137,8 @@ report() {
   dirs=$(find "$OUT/train" -name .done -printf '%h\n' 2>/dev/null | sort | paste -sd,)
   mkdir -p "$OUT/report"
   python3 benchmarks/attention_cells.py $TASK $SHAPE --steps "$STEPS" --batch-size "$BATCH" --seeds "$SEEDS" \
-      --merge "$OUT/search,$dirs" --out "$OUT/report" > "$OUT/report/log.txt" 2>&1 || { FAILED=1; tail -n 20 "$OUT/report/log.txt"; }
-  python3 benchmarks/attention_nas_planted.py plot --searches "$OUT/search" --out "$OUT/report" || FAILED=1
+      --merge "$SEARCH_DIR,$dirs" --out "$OUT/report" > "$OUT/report/log.txt" 2>&1 || { FAILED=1; tail -n 20 "$OUT/report/log.txt"; }
+  python3 benchmarks/attention_nas_planted.py plot --searches "$SEARCH_DIR" --out "$OUT/report" || FAILED=1
   cat "$OUT/report/results.md" "$OUT/report/choices.md" 2>/dev/null
 }
 

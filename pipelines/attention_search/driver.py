@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import locks
+from pipelines import compile_cache, locks
 from pipelines.attention_search.backbone import (
     _batches,
     _loss_fn,
@@ -181,6 +181,7 @@ def _compiled(cache, key, config: SearchConfig, cell_config, make_optimizer, los
         model, optimizer, modalities = cache[key]
         _reset(model, optimizer, config, cell_config)
         return model, optimizer, modalities
+    compile_cache.enable()  # under JAX: other seeds' processes, and later runs, load this program
     keras.utils.set_random_seed(config.seed)
     model, modalities = build_backbone(config, cell_config)
     optimizer = make_optimizer()
