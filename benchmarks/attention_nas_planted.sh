@@ -29,7 +29,7 @@
 # training steps of every compared model), BATCH (32), FRAMES (16), SIZE (32), TASK_SEED (0),
 # TASK_CLIPS (4096), PROBE_VARIANTS (none non-local), TRAIN_VARIANTS (searched-matched), SEARCH_DIR (OUT/search: where searches are written
 # and cells read; point it at another run's searches to train their cells on a held-out TASK_SEED with
-# held-out SEEDS), STEP_TIMEOUT (570), DEADLINE (unset: epoch seconds after which no unit runs, so a
+# held-out SEEDS: the search stage then runs nothing), STEP_TIMEOUT (570), DEADLINE (unset: epoch seconds after which no unit runs, so a
 # command with a wall-clock limit can still write its report). Wheels: where .whl/ exists they are installed into /tmp/site first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -90,6 +90,7 @@ probe() {
 }
 
 search() {
+  if [ "$SEARCH_DIR" != "$OUT/search" ]; then stamp "searches read from $SEARCH_DIR, none run here"; return 0; fi
   for b in $BACKBONES; do
     for k in $SEARCH_SEEDS; do
       local dir="$SEARCH_DIR/$b/search_seed$k"
