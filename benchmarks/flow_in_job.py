@@ -153,7 +153,7 @@ def main() -> None:
     t_video, _ = direct(per_video)
     t_across, _ = direct(across) if across else (float("nan"), 0)
     result = {
-        "backend": keras.backend.backend(), "device": _device(), "videos": len(decoded), "pairs": pairs,
+        "backend": keras.backend.backend(), "device": device_kind(), "videos": len(decoded), "pairs": pairs,
         "frame_sizes": sorted({f"{f.shape[1]}x{f.shape[2]}" for f in decoded}), "fps": args.fps,
         "job_none": none, "job_cold": cold, "job_warm": warm, "records_identical": identical,
         "job_cold_flow_pairs_per_s": round(pairs / max(cold["job_s"] - none["job_s"], 1e-9), 1),
@@ -165,7 +165,8 @@ def main() -> None:
     print(json.dumps(result))
 
 
-def _device() -> str:
+def device_kind() -> str:
+    """The JAX device the benchmark ran on (e.g. "NVIDIA H200"), or "cpu"."""
     try:
         import jax
 

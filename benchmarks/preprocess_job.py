@@ -46,6 +46,8 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.flow_in_job import device_kind  # noqa: E402 - after the repository root is on the path
+
 CHARADES_VIDEOS = 9848  # Charades v1: 7,985 training + 1,863 test videos
 CHARADES_MEAN_SECONDS = 30.1  # mean video length (Sigurdsson et al., 2016)
 QUICK = dict(videos=3, seconds=3.0, resolutions="96x64", size=48, flow_batch=16, segment_batch=8,
@@ -214,7 +216,7 @@ def main() -> None:
                   "in_job_pairs_per_s": flow.get("pairs_per_s_compiled"), "direct_pairs_per_s": round(direct_flow, 2),
                   "compiled_shapes": flow.get("compiled_shapes")}
     flow_rates["in_job_fraction"] = round(flow_rates["in_job_pairs_per_s"] / direct_flow, 3)
-    result = {"backend": keras.backend.backend(), "device": _device(), "make_videos_s": round(make_seconds, 1),
+    result = {"backend": keras.backend.backend(), "device": device_kind(), "make_videos_s": round(make_seconds, 1),
               "settings": {k: getattr(args, k) for k in ("videos", "seconds", "source_fps", "resolutions", "fps",
                                                         "size", "flow_batch", "segment_batch", "segmenter",
                                                         "segmenter_size", "workers", "decode_threads")},
@@ -293,15 +295,6 @@ class _NoTensorFlow:
         if name == "tensorflow" or name.startswith("tensorflow."):
             raise ImportError(f"{name}: refused by --without-tensorflow")
         return None
-
-
-def _device() -> str:
-    try:
-        import jax
-
-        return str(jax.devices()[0].device_kind)
-    except Exception:  # noqa: BLE001 - TensorFlow backend or no JAX: the CPU
-        return "cpu"
 
 
 if __name__ == "__main__":
