@@ -27,7 +27,7 @@ writes OUT/results.json and OUT/results.md (the table) and per search OUT/<backb
 KERAS_BACKEND=jax. Compiled models are reused across seeds (one compile per variant).
 Parallel processes: `--cells a/cell.json,... --variants searched` (or `none`, `non-local`) trains only
 those variants of cells searched earlier; `--merge DIR,DIR,...` writes one report from their folders
-(partial_<backbone>.json, written after every finished variant, and <backbone>/search_seed*/search.json).
+(partial_<backbone>.json, written after every finished training seed, and <backbone>/search_seed*/search.json).
 """
 
 from __future__ import annotations
@@ -202,13 +202,12 @@ def run_backbone(backbone: str, args, out: Path) -> dict:
         for seed in args.seeds:
             result = train_and_evaluate(train, cell, seed=seed, model_cache=cache)
             accuracies.append(result["accuracy"])
-            params = result["params"]
-        rows.append(
-            {"variant": name, "cell": cell, "model_params": params, **added_cost(cell, shapes)}
-            | {"top1": summary(accuracies), "seeds": list(args.seeds)}
-        )
+            row = {"variant": name, "cell": cell, "model_params": result["params"], **added_cost(cell, shapes)}
+            row |= {"top1": summary(accuracies), "seeds": list(args.seeds[: len(accuracies)])}
+            # after every seed, so that a run cut short keeps the seeds it finished
+            partial.write_text(json.dumps({"searches": searches, "results": [*rows, row]}, indent=2) + "\n")
+        rows.append(row)
         print(f"[{backbone}] {name}: {np.mean(accuracies):.3f} ± {np.std(accuracies, ddof=1):.3f}", flush=True)
-        partial.write_text(json.dumps({"searches": searches, "results": rows}, indent=2) + "\n")
     cache.clear()
 
     return {

@@ -135,7 +135,8 @@ parallel() {  # data, then the probe per (backbone, variant) and search + train 
 
 report() {
   local dirs
-  dirs=$(find "$OUT/train" -name .done -printf '%h\n' 2>/dev/null | sort | paste -sd,)
+  # every training folder: a unit cut short has written the seeds it finished to its partial_*.json
+  dirs=$(find "$OUT/train" -name 'partial_*.json' -printf '%h\n' 2>/dev/null | sort -u | paste -sd,)
   mkdir -p "$OUT/report"
   python3 benchmarks/attention_cells.py $TASK $SHAPE --steps "$STEPS" --batch-size "$BATCH" --seeds "$SEEDS" \
       --merge "$SEARCH_DIR,$dirs" --out "$OUT/report" > "$OUT/report/log.txt" 2>&1 || { FAILED=1; tail -n 20 "$OUT/report/log.txt"; }
