@@ -36,8 +36,16 @@ DEFAULT_BATCH_SIZE = 32
 COMPILE_CACHE_ENV = "ASSEMBLENET_COMPILE_CACHE"
 
 
+class Counters:
+    """A dataclass of counters that `add` sums field by field (FlowStats, segment.SegmentStats)."""
+
+    def add(self, other) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+
 @dataclasses.dataclass
-class FlowStats:
+class FlowStats(Counters):
     """What `flow_pairs` did, added up over the calls given the same object.
 
     `seconds` is the whole time spent in `flow_pairs`, compilation included; `compile_seconds` the part
@@ -53,10 +61,6 @@ class FlowStats:
     compiled: int = 0
     seconds: float = 0.0
     compile_seconds: float = 0.0
-
-    def add(self, other: "FlowStats") -> None:
-        for field in dataclasses.fields(self):
-            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
 
 def _check_frames(frames, name):

@@ -30,6 +30,8 @@ from typing import Protocol
 
 import numpy as np
 
+from preprocessing.flow import Counters
+
 NUM_VALUES = 151  # ADE20K: 150 classes + 'other'
 
 
@@ -49,7 +51,7 @@ class Segmenter(Protocol):
 
 
 @dataclasses.dataclass
-class SegmentStats:
+class SegmentStats(Counters):
     """What `segment_frames` did, added up over calls (the fields of `preprocessing.flow.FlowStats`):
     `frames` asked for, `computed` (padding included), model `calls`, shapes `compiled` (new to this
     process), `seconds` in all and `compile_seconds` (the first call of each new shape, which also runs it)."""
@@ -60,10 +62,6 @@ class SegmentStats:
     compiled: int = 0
     seconds: float = 0.0
     compile_seconds: float = 0.0
-
-    def add(self, other: SegmentStats) -> None:
-        for field in dataclasses.fields(self):
-            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
 
 def scores_to_classes(scores: np.ndarray) -> np.ndarray:
