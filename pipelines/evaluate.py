@@ -279,7 +279,7 @@ def evaluate_model(*, run_dir: str | Path, data: str, dataset: str, clips: int =
     of 32; the loaded model is rebuilt at that size by `at_size`). Toyota defaults to
     evenly spaced clips at the training size. `clip_starts` ('random' | 'even') and `size` override.
     Clips are read by `preprocessing.dataset.make_dataset` or the TensorFlow-free
-    `preprocessing.loader.NativeReader` (`input_pipeline`, as in `pipelines.train._dataset`).
+    `preprocessing.loader.NativeReader` (`input_pipeline`, as in `pipelines.train.build_dataset`).
     Frames and the training size come from RUN_DIR/config.json (a TrainConfig), the number of classes
     from the config or else the data.
     Writes RUN_DIR/predictions.txt (Charades submission format, re-scorable with `evaluate

@@ -9,7 +9,7 @@ reused by every later child of that signature in this process. Per child, as abl
 the ablation harness: every variable re-initialised from the proxy seed (per variable path, with fan-in
 matched to the child), the optimizer at its first step, the masks and dilations set; then
 `config.steps` steps of `pipelines.train`'s optimizer, loss, schedule and data stream (the same
-`_dataset` clips as the plain run's first epoch onwards), and the child is scored on the evaluator's
+`build_dataset` clips as the plain run's first epoch onwards), and the child is scored on the evaluator's
 held-out data with the evaluator's `score` (`evolve.score_model`).
 
 The child's run directory holds what `TrainEvaluator`'s does for scoring and search records
@@ -81,7 +81,7 @@ class FastChildren:
 
         from model import edge_masks
         from model.assemblenet import build_assemblenet
-        from pipelines.train import _precision, compile_model, make_schedule
+        from pipelines.train import compile_model, make_schedule, precision_scope
 
         widths = edge_masks.uses_runtime_width(config.attention)
         longest = edge_masks.max_dilation(structure)
@@ -91,7 +91,7 @@ class FastChildren:
             return self.models[key], False
         maximal = edge_masks.maximal(structure, runtime_width=widths)
         keras.utils.set_random_seed(config.seed)
-        with _precision(config.precision):
+        with precision_scope(config.precision):
             model = build_assemblenet(maximal, config.num_classes, attention=config.attention,
                                       temporal_pool=config.temporal_pool, frames=config.frames, size=config.size,
                                       edge_masks=True, max_dilation=longest, runtime_width=widths)
@@ -124,16 +124,16 @@ class FastChildren:
         from model import edge_masks
         from model.assemblenet import build_assemblenet
         from pipelines.rundir import CONNECTION_WEIGHTS, METRICS, STRUCTURE
-        from pipelines.train import _dataset, _precision, _prepare_workdir, write_final
+        from pipelines.train import build_dataset, precision_scope, prepare_workdir, write_final
 
         workdir = Path(workdir)
         config = self.config(structure.save(workdir / STRUCTURE))
         run = self.evaluator.run_dir(workdir)
-        _prepare_workdir(run.path, config, structure)
+        prepare_workdir(run.path, config, structure)
         entry, _ = self.prepare(structure, config)
         keras.utils.set_random_seed(config.seed)
-        with _precision(config.precision):
-            train_ds = _dataset(config, structure, self.evaluator.data, training=True, seed=config.seed)
+        with precision_scope(config.precision):
+            train_ds = build_dataset(config, structure, self.evaluator.data, training=True, seed=config.seed)
             entry.model.fit(train_ds, epochs=config.epochs, steps_per_epoch=config.steps_per_epoch, shuffle=False,
                             verbose=0)
             result = self.evaluator.score(entry.model, config, structure)

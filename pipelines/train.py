@@ -61,7 +61,7 @@ def train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: str
     class-names file (see `find_class_names`; default: one found next to the data).
     Returns the final epoch's logs plus `steps` (the optimizer's step counter), `epochs`,
     `initial_epoch` (where this call started) and `workdir`. `input_pipeline` ('auto', 'tfdata',
-    'native') and `input_workers` choose the reader (`_dataset`); neither changes the clips, so a run
+    'native') and `input_workers` choose the reader (`build_dataset`); neither changes the clips, so a run
     may resume with the other one. `recipe` (the whole recipe file `config` came from, if any) is kept
     as RUN_DIR/recipe.json, whose `evaluate` section `pipelines.evaluate.evaluate_run` follows.
     """
@@ -105,7 +105,7 @@ def _train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: st
                       settings=settings, settings_from=f"--data {data}")
     if config.num_classes is None:
         config = dataclasses.replace(config, num_classes=num_classes_in(data))
-    _prepare_workdir(workdir, config, structure, write=chief)
+    prepare_workdir(workdir, config, structure, write=chief)
     class_names = find_class_names(data, config.num_classes, classes)
     if class_names is not None and chief:
         _write_json(run.classes, class_names)
@@ -118,10 +118,10 @@ def _train(*, config: TrainConfig, data: str, workdir: str | Path, eval_data: st
 
     def train_data(initial_epoch: int):
         # A resumed run draws fresh (still deterministic) clips rather than replaying epoch 0's.
-        return _dataset(config, structure, data, training=True, seed=config.seed + initial_epoch, **reader)
+        return build_dataset(config, structure, data, training=True, seed=config.seed + initial_epoch, **reader)
 
     def val_data():
-        return _dataset(config, structure, eval_data, training=False, **reader)
+        return build_dataset(config, structure, eval_data, training=False, **reader)
 
     _, result = train_model(config, structure, workdir, train_data=train_data,
                             val_data=val_data if eval_data else None, verbose=verbose)
@@ -146,7 +146,7 @@ def train_model(config: TrainConfig, structure, workdir: str | Path, *, train_da
     distributed.check_same_across_processes(
         [zlib.crc32(json.dumps(config.to_json(), sort_keys=True).encode())], "the training config (CRC-32)")
     keras.utils.set_random_seed(config.seed)  # the same initial weights in every process
-    with _precision(config.precision), distribution_scope(config.strategy, config.tpu):
+    with precision_scope(config.precision), distribution_scope(config.strategy, config.tpu):
         schedule = make_schedule(config)
         model = _build_and_compile(config, structure, schedule)
         initial_epoch = restore_checkpoint(model, run.checkpoints)
@@ -176,7 +176,7 @@ def train_model(config: TrainConfig, structure, workdir: str | Path, *, train_da
 
 # -- run directory -------------------------------------------------------------------------
 
-def _prepare_workdir(workdir: Path, config: TrainConfig, structure, write: bool = True) -> None:
+def prepare_workdir(workdir: Path, config: TrainConfig, structure, write: bool = True) -> None:
     """Writes structure.json and config.json (the run's own copy of what it trains; only if `write`:
     process 0 of a multi-process run), or, resuming, checks that the config and the structure's content
     are the ones the run was started with before writing anything (pipelines.checks.check_resume)."""
@@ -436,7 +436,7 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
 # -- data ----------------------------------------------------------------------------------
 
-def _dataset(config: TrainConfig, structure, pattern: str, *, training: bool, seed: int | None = None,
+def build_dataset(config: TrainConfig, structure, pattern: str, *, training: bool, seed: int | None = None,
              input_pipeline: str = "auto", input_workers: int | None = None, shard_index: int = 0,
              num_shards: int = 1):
     """Training: endless batches of exactly `batch_size` clips (runs are counted in steps; epochs are
@@ -618,7 +618,7 @@ def _tensorboard(logdir: Path) -> list:
 # -- precision and distribution ------------------------------------------------------------
 
 @contextlib.contextmanager
-def _precision(precision: str) -> Iterator[None]:
+def precision_scope(precision: str) -> Iterator[None]:
     previous = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if precision == "bf16" else "float32")
     try:
