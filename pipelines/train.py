@@ -478,9 +478,6 @@ def _data_folder(data: str) -> Path:
     return data_folder(data)
 
 
-PREPROCESS_KEYS = ("dataset", "num_classes", "fps", "size", "flow", "segmenter")  # RecordSettings' fields
-
-
 def num_classes_in(data: str) -> int:
     """The label-space size stored in the records (the schema's `num_classes` context key of the first
     non-empty file's header; check_records has made sure every file agrees)."""
