@@ -53,6 +53,8 @@ from pipelines.attention_search import (  # noqa: E402
     train_and_evaluate,
 )
 
+JOINT = ("type", "dimension")  # chosen as one pair by derive_cell (agreement's docstring)
+
 
 def agreement(cells: list, candidates: dict | None = None, *, draws: int = 20000) -> dict:
     """How many per-operation decisions (every choice and the input set) all derived cells share, and,
@@ -63,8 +65,11 @@ def agreement(cells: list, candidates: dict | None = None, *, draws: int = 20000
     one-sided Monte-Carlo probability that such random seeds agree at least as often ("draws" draws of
     every seed's every choice, a fixed generator). The input sets are left out of the pairwise rate: a
     derived cell keeps the inputs above a share of the strongest (derive_cell), which has no uniform
-    counterpart. An excluded pair (e.g. dot-product on a spatial map) is counted as allowed, which
-    lowers chance slightly below the true one for `type` and `dimension`."""
+    counterpart. So are `type` and `dimension` (JOINT): derive_cell takes them as one pair by the
+    supernet's weight p_d · p_type|d, and where a pair is excluded (dot-product on a spatial map) the
+    dimension with fewer allowed types gets its whole p_d, so near-uniform weights — a search that
+    learned nothing — give every seed the same pair. Uniform-pick chance would count that as agreement;
+    "joint_agree" / "joint_total" only count the operations whose pair all seeds share."""
     agree, differ = 0, []
     for i, ops in enumerate(zip(*(c["operations"] for c in cells), strict=True), start=1):
         for key in ops[0]:
@@ -75,11 +80,13 @@ def agreement(cells: list, candidates: dict | None = None, *, draws: int = 20000
     out = {"agree": agree, "total": agree + len(differ), "differ": differ}
     if candidates is None or len(cells) < 2:
         return out
-    sizes, same = [], 0
+    sizes, same, joint = [], 0, []
     pairs = [(a, b) for a in range(len(cells)) for b in range(a + 1, len(cells))]
     for ops in zip(*(c["operations"] for c in cells), strict=True):
+        if any(key in ops[0] for key in JOINT):
+            joint.append(all([op.get(k) for k in JOINT] == [ops[0].get(k) for k in JOINT] for op in ops))
         for key in ops[0]:
-            if key == "inputs":
+            if key == "inputs" or key in JOINT:
                 continue
             n = len(candidates[key])
             sizes.append(n)
@@ -89,7 +96,8 @@ def agreement(cells: list, candidates: dict | None = None, *, draws: int = 20000
     picks = np.stack([rng.integers(0, n, size=(draws, len(cells))) for n in sizes], axis=1)  # draw, choice, seed
     random_rate = np.mean([np.mean(picks[:, :, a] == picks[:, :, b], axis=1) for a, b in pairs], axis=0)
     return {**out, "pairwise": observed, "chance": float(np.mean([1 / n for n in sizes])),
-            "choices": len(sizes), "p": float((np.sum(random_rate >= observed - 1e-12) + 1) / (draws + 1))}
+            "choices": len(sizes), "p": float((np.sum(random_rate >= observed - 1e-12) + 1) / (draws + 1)),
+            "joint_agree": int(sum(joint)), "joint_total": len(joint)}
 
 
 def summary(values) -> dict:
@@ -395,9 +403,11 @@ def table(report: dict) -> str:
             )
             if "pairwise" in a:
                 lines.append(
-                    f"- pairwise agreement of the search seeds on the {a['choices']} categorical choices: "
-                    f"{a['pairwise']:.0%} (chance {a['chance']:.0%}; seeds picking at random agree this often "
-                    f"with p = {a['p']:.3g})"
+                    f"- pairwise agreement of the search seeds on the {a['choices']} categorical choices derived "
+                    f"one by one: {a['pairwise']:.0%} (chance {a['chance']:.0%}; seeds picking at random agree "
+                    f"this often with p = {a['p']:.3g}); type and dimension, derived as one pair (which "
+                    f"near-uniform weights make the same for every seed): all seeds share it in "
+                    f"{a['joint_agree']} of {a['joint_total']} operations"
                 )
         if b["seconds"] == b["seconds"]:  # not NaN (a merged report has no single duration)
             lines.append(f"- {b['seconds']:.0f} s ({b['search_seconds']:.0f} s searching)")

@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from model.attention_nas import NONLOCAL, cell_cost
@@ -58,19 +59,26 @@ def test_statistics_pool_full_width_and_matched_cells_apart():
 
 
 def test_agreement_counts_seed_pairs_per_categorical_choice_against_one_over_n():
-    candidates = {"activation": ["none", "relu", "sigmoid", "softmax"], "type": ["map", "dot"]}
-    cell = lambda act, kind, inputs: {"operations": [{"inputs": inputs, "activation": act, "type": kind}]}
-    cells = [cell("relu", "map", [0]), cell("relu", "dot", [0]), cell("sigmoid", "map", [0, 1])]
+    candidates = {"activation": ["none", "relu", "sigmoid", "softmax"], "g1": ["conv1x1x1", "conv3x3x3"],
+                  "type": ["map", "dot"], "dimension": ["spatial", "temporal"]}
+    cell = lambda act, g1, inputs, pair=("map", "spatial"): {
+        "operations": [{"inputs": inputs, "activation": act, "g1": g1, "type": pair[0], "dimension": pair[1]}]}
+    cells = [cell("relu", "conv1x1x1", [0]), cell("relu", "conv3x3x3", [0]),
+             cell("sigmoid", "conv1x1x1", [0, 1], ("dot", "spatial"))]
     a = AC.agreement(cells, candidates, draws=4000)
-    assert (a["agree"], a["total"], a["differ"]) == (0, 3, ["op1.inputs", "op1.activation", "op1.type"])
-    # pairs (0,1), (0,2), (1,2): activation agrees once, type once -> 2 of 6; inputs are left out
+    assert (a["agree"], a["total"]) == (1, 5)
+    assert a["differ"] == ["op1.inputs", "op1.activation", "op1.g1", "op1.type"]
+    # pairs (0,1), (0,2), (1,2): activation agrees once, g1 once -> 2 of 6; inputs, type and dimension
+    # (one pair, derived jointly) are left out of the rate
     assert a["choices"] == 2 and a["pairwise"] == pytest.approx(2 / 6)
     assert a["chance"] == pytest.approx((1 / 4 + 1 / 2) / 2)
-    # Three random seeds: `type` (2 candidates) always has 1 agreeing pair, all 3 with P 1/4; `activation`
-    # (4) has 0 pairs with P 24/64, 3 with P 4/64. Fewer than 2 of 6 only if type has 1 and activation 0.
+    assert (a["joint_agree"], a["joint_total"]) == (0, 1)  # seed 2 took another (type, dimension) pair
+    # Three random seeds: `g1` (2 candidates) always has 1 agreeing pair, all 3 with P 1/4; `activation`
+    # (4) has 0 pairs with P 24/64, 3 with P 4/64. Fewer than 2 of 6 only if g1 has 1 and activation 0.
     assert a["p"] == pytest.approx(1 - (3 / 4) * (24 / 64), abs=0.03)
     same = AC.agreement([cells[0]] * 3, candidates, draws=4000)
     assert same["pairwise"] == 1.0 and same["p"] == pytest.approx((4 / 64) * (1 / 4), abs=0.006)
+    assert (same["joint_agree"], same["joint_total"]) == (1, 1)
     assert "pairwise" not in AC.agreement(cells)  # without the search space: the counts only
 
 
@@ -107,3 +115,20 @@ def test_planted_plot_reports_when_each_choice_settled(tmp_path):
     assert "| op1.dimension | temporal (0.700; 2) | temporal (0.700; 2) |" in table
     assert "| supernet top-1 (test split) | 0.750 | 0.750 |" in table
     assert (tmp_path / "report" / "choices_resnet.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_near_uniform_weights_derive_the_same_type_and_dimension_for_every_seed():
+    """Why agreement leaves type and dimension out of its rate: with dot-product excluded on spatial
+    maps, a spatial map takes p_spatial whole, so weights that learned nothing always derive it."""
+    from model.attention_nas.supernet import best_type_and_dimension
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        noise = 1 + 0.05 * rng.standard_normal(5)  # about uniform: ±5 %
+        dims = dict(zip(("spatial", "temporal", "spatiotemporal"), noise[:3] / noise[:3].sum(), strict=True))
+        types = dict(zip(("map", "dot"), noise[3:] / noise[3:].sum(), strict=True))
+        pair = best_type_and_dimension({"type": types, "dimension": dims}, [["dot", "spatial"]])
+        assert pair == ("map", "spatial")
+    # with nothing excluded the same weights give p_d * p_type: the largest of each
+    dims, types = {"spatial": 0.3, "temporal": 0.4, "spatiotemporal": 0.3}, {"map": 0.45, "dot": 0.55}
+    assert best_type_and_dimension({"type": types, "dimension": dims}, []) == ("dot", "temporal")
