@@ -113,8 +113,9 @@ def test_map_g2_3x3x3_is_restricted_to_the_token_axes(dimension, kernel):
     assert tuple(op.g2_conv.kernel.shape) == kernel + (1, 1)
 
 
-# Non-square frames whose sides kv_pool does not divide: H and W swapped or rounded wrongly change the shapes.
-Y = np.random.default_rng(12).normal(size=(B, T, 5, 6, C)).astype("float32")
+# Non-square frames, one side odd (kv_pool pads it), pooled to a non-square grid: H and W swapped or rounded
+# wrongly change the shapes.
+Y = np.random.default_rng(12).normal(size=(B, T, 5, 8, C)).astype("float32")
 
 
 def _pool2_same(x):
@@ -136,10 +137,10 @@ def test_dot_products_on_odd_non_square_frames(dimension):
     if dimension == "temporal":
         qs, ks, vs = q.mean(axis=(2, 3)), k.mean(axis=(2, 3)), v.reshape(B, T, -1)
     else:
-        k, v = _pool2_same(k), _pool2_same(v)  # 5 x 6 -> 3 x 3 keys and values per frame
+        k, v = _pool2_same(k), _pool2_same(v)  # 5 x 8 -> 3 x 4 keys and values per frame
         rows = B * T if dimension == "spatial" else B
         qs, ks, vs = (z.reshape(rows, -1, z.shape[-1]) for z in (q, k, v))
-        assert ks.shape[1] == (9 if dimension == "spatial" else 27)
+        assert ks.shape[1] == (12 if dimension == "spatial" else 36)
     a = _phi(qs @ ks.transpose(0, 2, 1), "softmax", None)
     np.testing.assert_allclose(_np(op(Y)), (a @ vs).reshape(Y.shape), rtol=1e-4, atol=1e-5)
 
@@ -195,7 +196,7 @@ def test_operation_errors_name_the_layer_and_the_value():
     with pytest.raises(ValueError, match=r"^op7: spatiotemporal dot-product attention"):
         AttentionOperation(C, name="op7", max_attention_size=500)(X)  # 48 x 12 scores
     with pytest.raises(ValueError, match=r"^op8: input has 4 channels, expected 8$"):
-        AttentionOperation(8, name="op8")(X)
+        AttentionOperation(8, name="op8")(Y)  # W = 8 too
     with pytest.raises(ValueError, match=r"^dimension must be one of \('spatial', 'temporal', 'spatiotemporal'\), "
                                          r"got 'depth'$"):
         AttentionOperation(C, dimension="depth")
@@ -207,6 +208,7 @@ def test_operation_config_round_trip():
     config = AttentionOperation(**kwargs).get_config()
     assert {k: config[k] for k in kwargs} == kwargs
     assert AttentionOperation.from_config(config).get_config() == config
+    assert keras.saving.get_registered_name(AttentionOperation) == "attention_nas>AttentionOperation"
 
 
 def test_conv_cost_by_hand():
