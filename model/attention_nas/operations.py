@@ -183,7 +183,7 @@ class AttentionOperation(keras.layers.Layer):
         kv_pool=2,
         max_attention_size=DEFAULT_MAX_ATTENTION_SIZE,
         **kwargs,
-    ):
+    ):  # pragma: no mutate block
         super().__init__(**kwargs)
         _check_choice("dimension", dimension, DIMENSIONS)
         _check_choice("attention_type", attention_type, TYPES)

@@ -325,3 +325,291 @@ def test_hand_designed_models_have_the_search_spaces_capacity(kind):
 def test_hand_designed_rejects_an_unknown_name():
     with pytest.raises(ValueError, match="unknown baseline 'early'"):
         evolution.hand_designed("early")
+
+
+# -- value tests of the small pieces -----------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"stem_counts": (2, 3)}, r"^SearchSpace.stem_counts: 3 stems; expected 2 or 4 \(§3.2\)$"),
+    ({"width_scale": 0}, r"^SearchSpace.width_scale=0 must be a positive divisor of the channel totals "
+                         r"\(128, 256, 512, 512\), widths \(64, 128, 256, 512\) and 64$"),
+    ({"width_scale": 128}, "width_scale=128 must be"),  # divides the totals but not 64
+    ({"repeats": (1.5, 2.0, 3.0)}, r"^SearchSpace.repeats=\(1.5, 2.0, 3.0\): expected 4 values$"),
+    ({"initial_splits": (3, 2)}, r"^SearchSpace.initial_splits=\(3, 2\): expected 0 <= low <= high$"),
+    ({"initial_splits": (-1, 2)}, "initial_splits"),
+    ({"edge_probability": 0.0}, r"^SearchSpace.edge_probability=0.0 must be in \(0, 1\]$"),
+    ({"edge_probability": 1.01}, "edge_probability"),
+    ({"dilations": ()}, r"^SearchSpace.dilations=\(\) must be positive$"),
+    ({"dilations": (1, 0)}, "dilations"),
+    ({"min_depth": 0}, r"^SearchSpace.min_depth=0 must be in 1..4$"),
+    ({"min_depth": 5}, "min_depth"),
+])
+def test_search_space_rejects(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SearchSpace(**kwargs)
+
+
+def test_search_space_edges_of_its_ranges_and_json():
+    SearchSpace(initial_splits=(0, 0), edge_probability=1.0, min_depth=1, width_scale=64)
+    SearchSpace(initial_splits=(2, 2), min_depth=4)
+    space = SearchSpace(width_scale=8, stem_counts=(4,), dilations=(1, 2))
+    assert space.level_totals == (16, 32, 64, 64) and space.level_widths == (8, 16, 32, 64)
+    assert space.stem_channels(2) == 8 and space.stem_channels(4) == 4  # A.2: 64 or 32, divided by 8
+    data = space.to_json()
+    assert data["stem_counts"] == [4] and data["dilations"] == [1, 2] and data["width_scale"] == 8
+    assert SearchSpace.from_json(data) == space
+    with pytest.raises(ValueError, match=r"^SearchSpace: unknown fields \['stems', 'width'\]; expected some of "
+                                         r"\['dilations', 'edge_probability'"):
+        SearchSpace.from_json({"width": 1, "stems": [2], "width_scale": 2})
+
+
+def _small():
+    return Structure.create("small", [(0, 0, "rgb", 8, 1, 4), (1, 0, "flow", 8, 1, 4), (2, 1, [0], 4, 1, 1),
+                                      (3, 2, [1, 2], 8, 2, 2), (4, 3, [3], 8, 1, 2), (5, 4, [4], 6, 1, 2)])
+
+
+def test_edges_levels_and_depth_by_hand():
+    s = _small()
+    assert evolution.possible_edges(s) == {(0, 2), (1, 2), (0, 3), (1, 3), (2, 3), (0, 4), (1, 4), (2, 4), (3, 4),
+                                           (0, 5), (1, 5), (2, 5), (3, 5), (4, 5)}
+    assert evolution.level_channel_sums(s) == {1: 4, 2: 8, 3: 8, 4: 6}
+    assert evolution.depth(s) == 4  # 0 -> 2 -> 3 -> 4 -> 5
+    rewired = evolution.with_edges(s, [(1, 5), (3, 4), (0, 3), (2, 3), (0, 2), (2, 5)])
+    assert rewired.node(5).inputs == (1, 2) and rewired.node(3).inputs == (0, 2)
+    assert evolution.depth(rewired) == 2  # 0 -> 2 -> 3 -> 4 no longer reaches 5; 0 -> 2 -> 5 does
+    with pytest.raises(ValueError, match=r"^edge \(0, 1\): block 1 is not a block of 'small'$"):
+        evolution.with_edges(s, [(0, 1)])
+
+
+def test_edge_weights_json_is_sorted_by_block_then_input():
+    raw = evolution.edge_weights_to_json({(4, 5): 0.5, (2, 3): 0.25, (0, 3): 1})
+    assert list(raw) == ["3", "5"] and list(raw["3"]) == ["0", "2"]
+    assert raw["3"]["0"] == 1.0 and type(raw["3"]["0"]) is float
+    assert evolution.parse_edge_weights({5: {4: 1}, "b12": {"x7": "0.5"}}) == {(4, 5): 1.0, (7, 12): 0.5}
+
+
+def test_split_appends_a_node_fed_and_consumed_like_the_old_one():
+    s = _small()
+    child = evolution.split_node(s, 3)
+    assert [n.index for n in child.nodes] == [0, 1, 2, 3, 4, 5, 6]
+    assert child.node(6) == type(s.node(3))(6, 2, (1, 2), 4, 2, 2)
+    assert child.node(3).channels == 4 and child.node(4).inputs == (3, 6)
+    with pytest.raises(ValueError, match=r"^split: node 0 is a stem; only blocks at levels 1..4 split$"):
+        evolution.split_node(s, 0)
+    with pytest.raises(ValueError, match=r"^split: block 5 has C=3; a split needs an even C >= 2$"):
+        evolution.split_node(evolution.split_node(s, 5), 5)  # 6 -> 3: odd
+    one = s.replace(nodes=tuple(n if n.index != 2 else type(n)(2, 1, (0,), 1, 1, 1) for n in s.nodes))
+    with pytest.raises(ValueError, match="C=1"):
+        evolution.split_node(one, 2)
+
+
+def test_merge_and_dilation_errors():
+    s = tiny()
+    for a, b in ((5, 5), (0, 1), (5, 7)):
+        with pytest.raises(ValueError, match=rf"^merge: blocks {a} \(level \d\) and {b} \(level \d\) must be two "
+                                             "different blocks of one level$"):
+            evolution.merge_nodes(s, a, b, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"^change_dilation: dilation must be positive, got 0$"):
+        evolution.change_dilation(s, 3, 0)
+    assert evolution.change_dilation(s, 0, 1).node(0).dilation == 1
+
+
+def test_which_nodes_each_mutation_may_touch():
+    s = tiny()  # blocks 3, 4 (C = 4), 5, 6 (8), 7, 8 (16); stems 0 rgb, 1 flow, 2 object
+    assert evolution._splittable(s, SearchSpace()) == [3, 4, 5, 6, 7, 8]
+    assert evolution._splittable(s, SearchSpace(max_blocks_per_level=2)) == [7, 8]  # levels 1, 2 are full
+    assert evolution._mergeable(s) == [(3, 4), (5, 6)]
+    assert evolution._retimable(s) == [0, 3, 4, 5, 6, 7, 8]  # the RGB stem and the blocks
+    full = SearchSpace(max_blocks_per_level=1)
+    assert evolution.random_split(s, full, np.random.default_rng(0)) == (s, "split: no block can split")
+    chain = _small()
+    merged, done = evolution.mutate(chain, SearchSpace(max_blocks_per_level=1), np.random.default_rng(0), 30)
+    assert set(done) <= {"split: no block can split", "merge: no level has two blocks"} | {
+        f"dilation {i}: {old}->{new}" for i in (0, 2, 3, 4, 5) for old in (1, 2, 4, 8) for new in (1, 2, 4, 8)}
+    assert {"merge: no level has two blocks", "split: no block can split"} <= set(done) and len(done) == 30
+
+
+def test_dilation_mutation_always_changes_r():
+    space = SearchSpace(dilations=(1, 2))
+    for seed in range(10):
+        _, done = evolution.mutate(_small(), space, np.random.default_rng(seed), 1)
+        if done[0].startswith("dilation"):
+            old, new = done[0].split(": ")[1].split("->")
+            assert old != new
+    _, done = evolution.mutate(_small(), SearchSpace(dilations=(1,)), np.random.default_rng(1), 3)
+    assert all(d.endswith("1->1") for d in done if d.startswith("dilation 0") or d.startswith("dilation 2"))
+
+
+def test_renumber_orders_by_level_then_index_and_drops_peers():
+    s = tiny()
+    split = evolution.split_node(s, 3)  # block 9 at level 1
+    peered = split.replace(nodes=tuple(n if n.index != 8 else type(n)(8, 4, n.inputs, 16, 2, 2, peer=5)
+                                       for n in split.nodes))
+    out = evolution.renumber(peered, "renamed")
+    assert out.name == "renamed" and evolution.renumber(peered).name == "tiny"
+    assert [n.level for n in out.nodes] == [0, 0, 0, 1, 1, 1, 2, 2, 3, 4]
+    assert out.node(5).inputs == (0, 1, 2) and out.node(5).channels == 2  # old block 9
+    assert out.node(6).inputs == (0, 2, 3, 4, 5)  # old block 5 took 3 and now 9 too
+    assert all(n.peer is None for n in out.nodes)
+    assert (out.repeats, out.level_widths, out.sink) == (s.repeats, s.level_widths, s.sink)
+
+
+def test_repair_gives_every_block_an_input_and_every_node_a_consumer():
+    s = _small()
+    edges = evolution._repair(s, {(4, 5)}, np.random.default_rng(0))
+    assert {i for _, i in edges} >= {2, 3, 4, 5}
+    assert {j for j, _ in edges} >= {0, 1, 2, 3, 4}
+    assert all(s.level(j) < s.level(i) for j, i in edges)
+
+
+def test_random_structure_gives_up_after_its_tries():
+    with pytest.raises(RuntimeError, match=r"^no random architecture of depth >= 3 in 0 tries$"):
+        evolution.random_structure(SearchSpace(min_depth=3), np.random.default_rng(0), max_tries=0)
+
+
+def test_tournament_and_worst_break_ties_by_id():
+    rng = np.random.default_rng(0)
+    assert evolution.tournament({"a": 1.0, "b": 1.0, "c": 0.0}, rng, 3) == "b"
+    assert evolution.worst({"a": 1.0, "b": 1.0, "c": 2.0}) == "a"
+
+
+@pytest.mark.parametrize("metrics, fitness", [
+    ({"MAP": 0.5, "top1": 0.1, "top5": 0.2}, 0.5),
+    ({"mean_ap": 0.25}, 0.25), ({"mean_average_precision": 0.125}, 0.125),
+    ({"top_1": 0.25, "top_5": 0.5}, 0.75), ({"Top1_Accuracy": 0.25, "top5_accuracy": 0.5}, 0.75),
+    ({"top_1_accuracy": 0.25, "top_5_accuracy": 0.25}, 0.5), ({"accuracy": 0.5, "top5": 0.25}, 0.75),
+])
+def test_fitness_reads_every_spelling(metrics, fitness):
+    assert evolution.fitness_from_metrics(metrics) == fitness
+
+
+def test_top_mean_of_the_best_k():
+    assert evolution.top_mean([1.0, 5.0, 3.0, 4.0], k=2) == 4.5
+    assert evolution.top_mean([2.0]) == 2.0
+    assert math.isnan(evolution.top_mean([]))
+
+
+def test_hand_designed_names_and_strides():
+    assert evolution.hand_designed("fully", SearchSpace(width_scale=16)).name == "two_stream_fully"
+    four = evolution.hand_designed("four_stream_fully", SearchSpace(width_scale=16))
+    assert four.name == "four_stream_fully"
+    assert [n.stride for n in four.nodes] == [4] * 4 + [1] * 4 + [2] * 4 + [2] * 4 + [2]
+    assert [n.channels for n in four.nodes] == [2] * 4 + [2] * 4 + [4] * 4 + [8] * 4 + [32]
+
+
+def test_skeleton_with_every_edge_and_no_split():
+    space = SearchSpace(stem_counts=(2,), initial_splits=(0, 0), edge_probability=1.0, dilations=(2,),
+                        width_scale=2, repeats=(0.5, 1.0, 1.5, 2.0))
+    s = evolution.random_structure(space, np.random.default_rng(0), name="full")
+    # Two stems (A.2: 64 channels each, /2), two blocks at levels 1..3 and one at level 4 (§3.2), the level
+    # totals split between them, strides 4 / 1 / 2 (A.4), every temporal resolution drawn from (2,).
+    assert [(n.level, n.channels, n.stride, n.dilation) for n in s.nodes] == [
+        (0, 32, 4, 2), (0, 32, 4, 1), (1, 32, 1, 2), (1, 32, 1, 2), (2, 64, 2, 2), (2, 64, 2, 2),
+        (3, 128, 2, 2), (3, 128, 2, 2), (4, 256, 2, 2)]
+    assert [n.modality for n in s.stems] == ["rgb", "flow"]  # only RGB stems draw a resolution
+    assert set(s.edges()) == evolution.possible_edges(s)  # p = 1: every edge
+    assert s.name == "full" and s.repeats == space.repeats and s.level_widths == (32, 64, 128, 256)
+    objects = evolution.random_structure(SearchSpace(stem_counts=(4,), object_stem=True, initial_splits=(0, 0)),
+                                         np.random.default_rng(0))
+    assert [n.modality for n in objects.stems] == ["rgb", "rgb", "flow", "flow", "object"]
+    assert [n.channels for n in objects.stems] == [32] * 4 + [NUM_OBJECT_CLASSES]
+    assert [n.stride for n in objects.stems] == [4] * 5 and objects.node(4).dilation == 1
+
+
+def test_random_search_and_parentless_children_are_drawn_afresh():
+    space = SearchSpace(initial_splits=(0, 0))
+    for strategy, parent in (("random-search", tiny()), ("guided", None)):
+        child, info = evolution.make_child(parent, {}, space, np.random.default_rng(0), strategy=strategy, name="c")
+        assert info == {"strategy": "random-search"}
+        assert child == evolution.random_structure(space, np.random.default_rng(0), "c")
+
+
+def test_guided_child_reports_its_edges():
+    space = SearchSpace(max_mutations=0)
+    parent = _small()
+    weights = {(0, 2): 0.9, (1, 3): 0.9, (2, 3): 0.1, (3, 4): 0.9, (4, 5): 0.9}
+    child, info = evolution.make_child(parent, weights, space, np.random.default_rng(0), keep_threshold=0.5,
+                                       name="kid")
+    assert child.name == "kid"
+    assert info["strategy"] == "guided" and info["threshold"] == 0.5
+    assert (info["kept"], info["dropped"]) == (4, 1) and info["mutations"] == []
+    child, info = evolution.make_child(parent, weights, space, np.random.default_rng(0), strategy="random-edges")
+    assert set(info) == {"strategy", "kept", "dropped", "added", "mutations"}
+    assert info["dropped"] == info["added"] == round(5 / 3) and info["kept"] == 5 - round(5 / 3)
+
+
+def test_random_edge_mutation_with_few_candidates():
+    parent = {(0, 1), (0, 2), (1, 2)}
+    out = evolution.random_edge_mutation(parent, parent | {(3, 2)}, np.random.default_rng(0), fraction=1.0)
+    assert len(out) == 3 and (3, 2) in out  # one candidate: one edge swapped, not three
+    assert evolution.random_edge_mutation(parent, parent, np.random.default_rng(0)) == parent
+
+
+def test_counts_stay_integers():
+    space = SearchSpace(width_scale=8)
+    assert type(space.stem_channels(2)) is int
+    s = _small()
+    assert type(evolution.split_node(s, 3).node(6).channels) is int
+    full = evolution.random_structure(SearchSpace(initial_splits=(0, 0)), np.random.default_rng(0))
+    assert all(type(n.channels) is int for n in full.nodes)
+    assert all(type(n.channels) is int for n in evolution.hand_designed("fully", space).nodes)
+
+
+def test_edge_weights_json_groups_by_consuming_block():
+    assert list(evolution.edge_weights_to_json({(0, 5): 0.5, (2, 3): 0.25})) == ["3", "5"]
+
+
+def test_split_and_merge_reach_every_level():
+    two = _small().replace(nodes=tuple(n if n.index != 2 else type(n)(2, 1, (0,), 2, 1, 1) for n in _small().nodes))
+    assert 2 in evolution._splittable(two, SearchSpace())  # C = 2 splits into two blocks of C = 1
+    deep = evolution.split_node(evolution.split_node(tiny(), 7), 8)
+    assert evolution._mergeable(deep) == [(3, 4), (5, 6), (7, 9), (8, 10)]
+
+
+def test_each_mutation_kind_does_what_it_says():
+    space = SearchSpace(dilations=(1, 2, 4, 8))
+    for seed in range(12):
+        before = _small()
+        after, done = evolution.mutate(before, space, np.random.default_rng(seed), 1)
+        kind = done[0].split()[0].rstrip(":")
+        assert kind == evolution.MUTATIONS[np.random.default_rng(seed).integers(3)]  # the kind drawn first
+        if kind == "split":
+            assert len(after.blocks) == len(before.blocks) + 1
+        elif kind == "dilation":
+            index = int(done[0].split()[1].rstrip(":"))
+            new = int(done[0].split("->")[1])
+            assert after.node(index).dilation == new != before.node(index).dilation
+        else:
+            assert done[0] == "merge: no level has two blocks" and after == before
+
+
+def test_random_edge_mutation_never_drops_more_than_the_parent_has():
+    parent = {(0, 2), (1, 2), (0, 3)}
+    possible = parent | {(1, 3), (2, 3), (0, 4), (1, 4), (2, 4)}
+    out = evolution.random_edge_mutation(parent, possible, np.random.default_rng(0), fraction=2.0)
+    assert len(out) == 3 and not out & parent  # all three swapped
+
+
+def test_defaults_of_names_and_tournament_size():
+    space = SearchSpace(initial_splits=(0, 0))
+    assert evolution.random_structure(space, np.random.default_rng(0)).name == "random"
+    parent = _small()
+    child, info = evolution.make_child(parent, {e: 0.9 for e in parent.edges()}, SearchSpace(max_mutations=0),
+                                       np.random.default_rng(0), keep_threshold=0.5)
+    assert child.name == "child"
+    assert (info["kept"], info["dropped"], info["added"]) == (5, 0, 0)  # nothing dropped, nothing added (Eq. 2)
+    with pytest.raises(RuntimeError, match=r"^no child of depth >= 4 from parent 'small' in 0 tries$"):
+        evolution.make_child(parent, {}, space, np.random.default_rng(0), max_tries=0)
+    fitness = {f"m{k}": float(k) for k in range(6)}
+    picks = [evolution.tournament(fitness, np.random.default_rng(seed)) for seed in range(30)]
+    assert picks == [evolution.tournament(fitness, np.random.default_rng(seed), 5) for seed in range(30)]
+    assert set(picks) == {"m4", "m5"}  # §3.2: five of six members, so the best is sometimes left out
+    with pytest.raises(ValueError, match="^tournament: the population is empty$"):
+        evolution.tournament({}, np.random.default_rng(0))
+
+
+def test_fitness_needs_both_accuracies():
+    for metrics in ({"top5": 0.5}, {"top1": 0.5}):
+        with pytest.raises(ValueError, match=r"^metrics \['top\d'\]: need 'mAP' or both top-1 and top-5 accuracy "
+                                             "for fitness$"):
+            evolution.fitness_from_metrics(metrics)
