@@ -27,10 +27,11 @@
 # SEED_GROUPS ("0,1,2 3,4": each variant's trainings in two processes, one compile each; SEEDS as one group
 # saves a compile, more groups shorten each process), SEARCH_STEPS (600), SEARCH_BATCH (32), STEPS (1000:
 # training steps of every compared model), BATCH (32), FRAMES (16), SIZE (32), TASK_SEED (0),
-# TASK_CLIPS (4096), PROBE_VARIANTS (none non-local), TRAIN_VARIANTS (searched-matched), SEARCH_DIR (OUT/search: where searches are written
-# and cells read; point it at another run's searches to train their cells on a held-out TASK_SEED with
-# held-out SEEDS: the search stage then runs nothing), STEP_TIMEOUT (570), DEADLINE (unset: epoch seconds after which no unit runs, so a
-# command with a wall-clock limit can still write its report). Wheels: where .whl/ exists they are installed into /tmp/site first.
+# TASK_CLIPS (4096), PROBE_VARIANTS (none non-local), TRAIN_VARIANTS (searched-matched), SEARCH_DIR
+# (OUT/search: where searches are written and cells read; point it at another run's searches to train
+# their cells on a held-out TASK_SEED with held-out SEEDS: the search stage then runs nothing),
+# STEP_TIMEOUT (570), DEADLINE (unset: epoch seconds after which no unit runs, so a command with a
+# wall-clock limit can still write its report). Wheels: where .whl/ exists they are installed into /tmp/site first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/attention_nas_planted}; BACKBONES=${BACKBONES:-resnet assemblenet}
