@@ -91,13 +91,16 @@ def agreement(cells: list, candidates: dict | None = None, *, draws: int = 20000
             n = len(candidates[key])
             sizes.append(n)
             same += sum(ops[a][key] == ops[b][key] for a, b in pairs)
+    joint_counts = {"joint_agree": int(sum(joint)), "joint_total": len(joint)}
+    if not sizes:  # no choice derived one by one: nothing to compare with chance
+        return {**out, **joint_counts}
     observed = same / (len(pairs) * len(sizes))
     rng = np.random.default_rng(0)
     picks = np.stack([rng.integers(0, n, size=(draws, len(cells))) for n in sizes], axis=1)  # draw, choice, seed
     random_rate = np.mean([np.mean(picks[:, :, a] == picks[:, :, b], axis=1) for a, b in pairs], axis=0)
     return {**out, "pairwise": observed, "chance": float(np.mean([1 / n for n in sizes])),
             "choices": len(sizes), "p": float((np.sum(random_rate >= observed - 1e-12) + 1) / (draws + 1)),
-            "joint_agree": int(sum(joint)), "joint_total": len(joint)}
+            **joint_counts}
 
 
 def summary(values) -> dict:
