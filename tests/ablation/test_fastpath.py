@@ -13,6 +13,7 @@ per shape.
 tests/model/test_edge_masks.py.)
 """
 
+import contextlib
 import dataclasses
 
 import keras
@@ -107,28 +108,37 @@ def test_fast_path_equals_the_plain_path(bench, trainer, monkeypatch, child, par
     assert moved > len(values) // 2  # the steps trained the weights compared
 
 
-def test_children_of_one_shape_compile_once(trainer):
+@contextlib.contextmanager
+def xla_compiles():
+    """The XLA compilations that happen inside the block, as a list of events (under JAX; under
+    TensorFlow the list stays empty)."""
     compiles = []
-    if keras.backend.backend() == "jax":
-        import jax
+    if keras.backend.backend() != "jax":
+        yield compiles
+        return
+    import jax
 
-        def listen(event, duration, **kwargs):
-            if "backend_compile" in event:
-                compiles.append(event)
+    def listen(event, duration, **kwargs):
+        if "backend_compile" in event:
+            compiles.append(event)
 
-        jax.monitoring.register_event_duration_secs_listener(listen)
-    trainer.entry(MINI)  # built and compiled here if no test before did
-    before = trainer.compiles
+    jax.monitoring.register_event_duration_secs_listener(listen)
     try:
+        yield compiles
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+
+
+def test_children_of_one_shape_compile_once(trainer):
+    with xla_compiles() as compiles:
+        trainer.entry(MINI)  # built and compiled here if no test before did
+        before = trainer.compiles
         results = []
         third = with_edges(MINI, [e for e in MINI.edges() if e != (1, 3)])
         for k, child in enumerate([MINI, SPARSE, third, SPARSE]):
             if k == 2:  # by then the model and every eager op of a child's preparation ran once
                 compiles.clear()
             results.append(trainer(child, seed=(0, 1, 2, 1)[k]))
-    finally:
-        if keras.backend.backend() == "jax":
-            jax.monitoring.unregister_event_duration_listener(listen)
     assert trainer.compiles == before and not any(r["compiled"] for r in results)
     assert [r["traces"] for r in results] == [1, 1, 1, 1]  # the train step was traced once, for every child
     if keras.backend.backend() == "jax":
@@ -142,15 +152,6 @@ def test_children_of_one_shape_compile_once(trainer):
 def test_children_differing_in_dilations_and_edges_compile_once(trainer):
     """Node mutation (1) of AssembleNet §3.2 (a new r) and rewiring: one model, traced once; under JAX no
     XLA compilation after the first child. The r matter: the same edges with other r train differently."""
-    compiles = []
-    if keras.backend.backend() == "jax":
-        import jax
-
-        def listen(event, duration, **kwargs):
-            if "backend_compile" in event:
-                compiles.append(event)
-
-        jax.monitoring.register_event_duration_secs_listener(listen)
     sparse_t = with_edges(MINI_T, SPARSE.edges())
     children = [MINI_T, REDILATED, change_dilation(change_dilation(MINI_T, 6, 1), 3, 4), sparse_t,
                 change_dilation(sparse_t, 0, 1), REDILATED, REWIDTHED]
@@ -158,15 +159,12 @@ def test_children_differing_in_dilations_and_edges_compile_once(trainer):
     assert len({tuple(n.dilation for n in c.nodes) for c in children}) == 5
     assert len({tuple(edge_masks.fused_shapes(c).items()) for c in children}) == 2
     before = trainer.compiles
-    try:
+    with xla_compiles() as compiles:
         results = []
         for k, child in enumerate(children):
             if k == 2:
                 compiles.clear()
             results.append(trainer(child, seed=3))
-    finally:
-        if keras.backend.backend() == "jax":
-            jax.monitoring.unregister_event_duration_listener(listen)
     assert trainer.compiles - before == int(results[0]["compiled"])  # MINI_T's model, if no test built it
     assert not any(r["compiled"] for r in results[1:])
     assert {r["traces"] for r in results} == {1}
