@@ -79,23 +79,33 @@ def write_video(path: Path, width: int, height: int, fps: float, seconds: float,
         writer.release()
 
 
+def _write_video(args) -> None:
+    path, width, height, fps, seconds, seed = args
+    write_video(path, width, height, fps, seconds, seed)
+
+
 def make_dataset(out: Path, videos: int, seconds: float, source_fps: float,
                  resolutions: list[tuple[int, int]]) -> tuple[Path, Path]:
     """`videos` Charades-format videos (resolutions taken in turn) and their annotation CSV."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
     from preprocessing.charades import HEADER
 
     folder = out / "videos"
     folder.mkdir(parents=True, exist_ok=True)
     csv_path = out / "Charades_v1_train.csv"
+    missing = [i for i in range(videos) if not (folder / f"S{i:04d}.mp4").exists()]
+    # One video a core, in fresh processes (a fork would copy a process that JAX may have started threads in).
+    workers = max(1, min(len(missing), os.cpu_count() or 1))
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        list(pool.map(_write_video, [(folder / f"S{i:04d}.mp4", *resolutions[i % len(resolutions)], source_fps,
+                                      seconds, i) for i in missing]))
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(HEADER)
         for i in range(videos):
             video_id = f"S{i:04d}"
-            width, height = resolutions[i % len(resolutions)]
-            path = folder / f"{video_id}.mp4"
-            if not path.exists():
-                write_video(path, width, height, source_fps, seconds, seed=i)
             writer.writerow([video_id, "", "", 7, 7, "Yes", "", "", "", f"c{i % 157:03d} 0.00 {seconds:.2f}",
                              f"{seconds:.2f}"])
     return folder, csv_path
@@ -126,14 +136,16 @@ def _timed(call, repeats: int) -> float:
 
 
 def standalone_flow(frames, batch: int, repeats: int) -> float:
-    """Pairs/s of `flow_pairs(method="tensor")` on `batch` consecutive pairs of `frames` (tiled)."""
+    """Pairs/s of `flow_pairs(method="tensor", quantized=True)` (the job's call) on `batch` consecutive pairs
+    of `frames` (tiled)."""
     import numpy as np
 
     from preprocessing.flow import flow_pairs
 
     index = np.arange(batch) % (len(frames) - 1)
     first, second = frames[index], frames[index + 1]
-    seconds = _timed(lambda: flow_pairs(first, second, method="tensor", batch_size=batch), repeats)
+    seconds = _timed(lambda: flow_pairs(first, second, method="tensor", batch_size=batch, quantized=True),
+                     repeats)
     return batch / seconds
 
 

@@ -94,14 +94,16 @@ def _opencv_pairs(first, second, params):
 
 
 @functools.cache
-def _tvl1_function(params, compiled):
-    """The tensor backend's pair function for one parameter set, compiled for the active Keras backend."""
+def _tvl1_function(params, compiled, quantized=False):
+    """The tensor backend's pair function for one parameter set, compiled for the active Keras backend;
+    `quantized`: with `quantize_flow` in the same program, so only uint8 leaves the device."""
     import keras
 
     from preprocessing.tvl1 import rgb_to_gray, tvl1_flow
 
     def flow_fn(first, second):
-        return tvl1_flow(rgb_to_gray(first), rgb_to_gray(second), **dict(params))
+        flow = tvl1_flow(rgb_to_gray(first), rgb_to_gray(second), **dict(params))
+        return _quantize_ops(flow) if quantized else flow
 
     backend = keras.backend.backend()
     if not compiled:
@@ -174,12 +176,12 @@ _COMPILE_LOCK = threading.Lock()
 _COMPILED: dict = {}  # (params, shape) -> the compiled program (JAX) or None (TensorFlow: traced and compiled)
 
 
-def _run(params, a, b, compiled, stats):
+def _run(params, a, b, compiled, stats, quantized=False):
     """Flow of the padded chunk (a, b), compiling its shape on first use in this process (timed into `stats`)."""
     from keras import ops
 
-    flow_fn = _tvl1_function(params, compiled)
-    key = (params, a.shape)
+    flow_fn = _tvl1_function(params, compiled, quantized)
+    key = (params, quantized, a.shape)
     if not compiled:
         return ops.convert_to_numpy(flow_fn(a, b))
     if key in _COMPILED:
@@ -206,9 +208,9 @@ def _run(params, a, b, compiled, stats):
     return ops.convert_to_numpy(program(a, b))
 
 
-def _tensor_pairs(first, second, params, batch_size, compiled, stats):
+def _tensor_pairs(first, second, params, batch_size, compiled, stats, quantized):
     params = tuple(sorted(params.items()))
-    out = np.empty(first.shape[:3] + (2,), np.float32)
+    out = np.empty(first.shape[:3] + (2,), np.uint8 if quantized else np.float32)
     # Pad the last chunk of a long video to the batch size, and a short video to the next power of two:
     # a handful of compiled shapes then serves videos of every length.
     padded = min(batch_size, 1 << (len(first) - 1).bit_length())
@@ -219,15 +221,17 @@ def _tensor_pairs(first, second, params, batch_size, compiled, stats):
             pad = padded - (stop - start)
             a = np.concatenate([a, np.repeat(a[-1:], pad, axis=0)])
             b = np.concatenate([b, np.repeat(b[-1:], pad, axis=0)])
-        out[start:stop] = _run(params, a, b, compiled, stats)[:stop - start]
+        out[start:stop] = _run(params, a, b, compiled, stats, quantized)[:stop - start]
         stats.calls += 1
         stats.computed += len(a)
     return out
 
 
 def flow_pairs(first, second, method="opencv", *, batch_size=DEFAULT_BATCH_SIZE, compiled=True, stats=None,
-               **params):
-    """TV-L1 flow for independent pairs: (N, H, W, 3) uint8 RGB `first` and `second` -> (N, H, W, 2) float32.
+               quantized=False, **params):
+    """TV-L1 flow for independent pairs: (N, H, W, 3) uint8 RGB `first` and `second` -> (N, H, W, 2) float32,
+    or with `quantized` the uint8 of `quantize_flow` (for `tensor`, computed in the same program: a GPU then
+    sends the host a quarter of the bytes and does the rounding itself).
 
     `params` go to the backend: for `tensor` the keywords of `preprocessing.tvl1.tvl1_flow` (tau, lambda_, theta,
     scales, warps, iterations, smoothing, median, implementation); for `opencv` the same names (scales,
@@ -244,16 +248,17 @@ def flow_pairs(first, second, method="opencv", *, batch_size=DEFAULT_BATCH_SIZE,
     if first.shape != second.shape:
         raise ValueError(f"first frames {first.shape} and second frames {second.shape} differ in shape")
     if len(first) == 0:
-        return np.zeros(first.shape[:3] + (2,), np.float32)
+        return np.zeros(first.shape[:3] + (2,), np.uint8 if quantized else np.float32)
     if method == "tensor" and batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}: expected >= 1")
     call = FlowStats(pairs=len(first))
     start = time.perf_counter()
     if method == "opencv":
         out = _opencv_pairs(first, second, params)
+        out = quantize_flow(out) if quantized else out
         call.calls, call.computed = len(first), len(first)
     else:
-        out = _tensor_pairs(first, second, params, batch_size, compiled, call)
+        out = _tensor_pairs(first, second, params, batch_size, compiled, call, quantized)
     call.seconds = time.perf_counter() - start
     if stats is not None:
         stats.add(call)
@@ -270,6 +275,14 @@ def quantize_flow(flow):
     """Float flow in pixels -> uint8, as the Charades flow release: clip to ±20 px, map linearly to 0..255."""
     flow = np.clip(np.asarray(flow, np.float32), -FLOW_CLIP, FLOW_CLIP)
     return np.round((flow + FLOW_CLIP) * (255.0 / (2 * FLOW_CLIP))).astype(np.uint8)
+
+
+def _quantize_ops(flow):
+    """`quantize_flow` in `keras.ops` (float32 arithmetic in the same order: the same bytes)."""
+    from keras import ops
+
+    flow = ops.clip(ops.cast(flow, "float32"), -FLOW_CLIP, FLOW_CLIP)
+    return ops.cast(ops.round((flow + FLOW_CLIP) * (255.0 / (2 * FLOW_CLIP))), "uint8")
 
 
 def dequantize_flow(flow_uint8):

@@ -64,14 +64,18 @@ class SegmentStats(Counters):
     compile_seconds: float = 0.0
 
 
-def scores_to_classes(scores: np.ndarray) -> np.ndarray:
-    """(B, h, w, 150 | 151) scores -> uint8 (B, h, w) values 0..150 (150 channels: ADE20K 1..150)."""
+def device_classes(scores):
+    """(B, h, w, 150 | 151) scores -> uint8 (B, h, w) values 0..150 (150 channels: ADE20K 1..150), in
+    `keras.ops` so that it runs where the scores are (inside the compiled inference); of equal scores the
+    first channel wins, as in NumPy's argmax."""
+    from keras import ops
+
     channels = scores.shape[-1]
     if channels not in (NUM_VALUES - 1, NUM_VALUES):
         raise ValueError(f"segmentation model outputs {channels} channels; expected 150 (ADE20K classes) "
                          "or 151 (with 'other')")
-    classes = np.argmax(scores, axis=-1)
-    return (classes + (1 if channels == NUM_VALUES - 1 else 0)).astype(np.uint8)
+    classes = ops.argmax(scores, axis=-1) + (1 if channels == NUM_VALUES - 1 else 0)
+    return ops.cast(classes, "uint8")
 
 
 def resize_nearest(masks: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -133,26 +137,36 @@ class KerasSegmenter:
 
     @functools.cached_property
     def _forward(self):
-        """The model's inference as one compiled program per input shape: `jax.jit` of its stateless call
-        under JAX (op-by-op dispatch would leave a GPU idle between small kernels), `tf.function` under
-        TensorFlow; the model call itself otherwise."""
+        """uint8 frames at the model's input size -> uint8 class maps, as one compiled program per input
+        shape: the float conversion, the converter's rescaling, the model and the argmax of its scores
+        (`jax.jit` of its stateless call under JAX, where op-by-op dispatch would leave a GPU idle between
+        small kernels; `tf.function` under TensorFlow; op by op otherwise). Only uint8 crosses between host
+        and device: a SegFormer's scores at 512 x 512 x 150 in float32 are 157 MB a frame, which the host
+        would otherwise copy and reduce far more slowly than a GPU runs the model."""
         import keras
+        from keras import ops
 
-        model = self.model
+        model, converter = self.model, self.converter
+
+        def classes(scores_of, x):
+            x = ops.cast(x, "float32")
+            return device_classes(scores_of(converter(x) if converter is not None else x))
+
         if keras.backend.backend() == "jax":
             import jax
 
-            def scores(trainable, non_trainable, x):
-                return model.stateless_call(trainable, non_trainable, x, training=False)[0]
+            def stateless(trainable, non_trainable, x):
+                return classes(lambda y: model.stateless_call(trainable, non_trainable, y, training=False)[0], x)
 
-            compiled = jax.jit(scores)
+            compiled = jax.jit(stateless)
             return lambda x: compiled([v.value for v in model.trainable_variables],
                                       [v.value for v in model.non_trainable_variables], x)
+        call = functools.partial(classes, lambda y: model(y, training=False))
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
-            return tf.function(lambda x: model(x, training=False), autograph=False, reduce_retracing=False)
-        return lambda x: model(x, training=False)
+            return tf.function(call, autograph=False, reduce_retracing=False)
+        return call
 
     def __call__(self, frames: np.ndarray, times: np.ndarray, video_id: str) -> np.ndarray:
         out = []
@@ -180,14 +194,11 @@ class KerasSegmenter:
         h, w = self.input_size(*sizes[0])
         batch = np.stack([frame if frame.shape[:2] == (h, w) else
                           cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR) for frame in frames])
-        x = batch.astype(np.float32)
-        if self.converter is not None:
-            x = self.converter(x)
-        key = (id(self.model), tuple(x.shape))
+        key = (id(self.model), batch.shape)
         with _SEEN_LOCK:
             new = key not in _SEEN
             _SEEN.add(key)
-        classes = scores_to_classes(ops.convert_to_numpy(self._forward(ops.convert_to_tensor(x))))
+        classes = ops.convert_to_numpy(self._forward(ops.convert_to_tensor(batch)))
         out = [resize_nearest(c[None], *size)[0] for c, size in zip(classes, sizes, strict=True)]
         if isinstance(frames, np.ndarray):
             out = np.stack(out)

@@ -151,9 +151,9 @@ class VideoBatcher:
         if self.config.flow == "tensor":  # one compiled shape: pad with the last pair, dropped below
             first, second = _pad(first, batch), _pad(second, batch)
         stats = flow_lib.FlowStats()
-        flow = flow_lib.flow_pairs(first, second, method=self.config.flow, batch_size=batch, stats=stats)
+        quantised = flow_lib.flow_pairs(first, second, method=self.config.flow, batch_size=batch, stats=stats,
+                                        quantized=True)[:n]
         stats.pairs = n  # the padding is counted in `computed`
-        quantised = flow_lib.quantize_flow(flow[:n])
         for (video, i), value in zip(items, quantised, strict=True):
             video.flow[i] = value
             video.left -= 1

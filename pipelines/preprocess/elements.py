@@ -23,7 +23,7 @@ def encode_video(task: VideoTask, config: PreprocessConfig, segmenter=None,
     video = decode_task(task, config)
     flow = None
     if config.flow != "none":
-        flow = flow_lib.quantize_flow(flow_lib.compute_flow(video.frames, method=config.flow, stats=flow_stats))
+        flow = flow_lib.compute_flow(video.frames, method=config.flow, stats=flow_stats, quantized=True)
     objects = segmenter(video.frames, video.times, task.id) if segmenter is not None else None
     return encode_decoded(task, config, video, flow, objects)
 

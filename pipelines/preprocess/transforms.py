@@ -24,12 +24,14 @@ from pipelines.preprocess.staging import list_staged, stage_dead_letter, stage_r
 
 class ProcessVideoFn(beam.DoFn):
     """Decodes each video (`config.decode_threads` at once), runs its flow and masks in batches across the
-    videos of the bundle (`batching.VideoBatcher`), encodes it; failures leave through the 'dead_letter'
-    output with their reason.
+    videos of the bundle (`batching.VideoBatcher`), encodes it (as many at once, JPEG and PNG: the host's
+    largest cost per frame); failures leave through the 'dead_letter' output with their reason.
 
-    A video is emitted once all its pairs and frames are done: from `process`, or from `finish_bundle`,
-    which runs the last (padded) batches. With `config.staging`, each outcome is also written there at once
-    (see pipelines/preprocess/__init__.py).
+    The batches run in this thread while the pools decode the next videos and encode the finished ones, so
+    an accelerator waits on the host only for what a batch itself needs. A video is emitted once all its
+    pairs and frames are done and it is encoded: from `process`, or from `finish_bundle`, which runs the
+    last (padded) batches. With `config.staging`, each outcome is also written there at once (see
+    pipelines/preprocess/__init__.py).
     """
 
     def __init__(self, config: PreprocessConfig):
@@ -40,7 +42,7 @@ class ProcessVideoFn(beam.DoFn):
         self.partial = Metrics.counter(NAMESPACE, "videos_partial")
         self.frames = Metrics.counter(NAMESPACE, "frames_written")
         self.segmenter = None
-        self.batcher = self.pool = self.decoding = None
+        self.batcher = self.pool = self.decoding = self.encoder = self.encoding = None
 
     def setup(self):
         from preprocessing.segment import make_segmenter
@@ -56,6 +58,8 @@ class ProcessVideoFn(beam.DoFn):
         self.batcher = VideoBatcher(self.config, self.segmenter)
         self.pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="decode")
         self.decoding = collections.deque()  # (task, future of its decoded video), in input order
+        self.encoder = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="encode")
+        self.encoding = collections.deque()  # (task, future of (record, info)), in the order finished
 
     def process(self, task: VideoTask):
         self.videos.inc()
@@ -75,15 +79,18 @@ class ProcessVideoFn(beam.DoFn):
                 continue
             finished = self.batcher.add(task, video)
             self._count()
-            for item in finished:
-                yield self._outcome(item)
+            yield from self._encode(finished)
+        # At most twice the threads' videos wait encoded or encoding (their frames are held until then).
+        yield from self._encoded(keep=2 * self.config.decode_threads)
 
     def finish_bundle(self):
         outcomes = list(self._decoded(keep=0))
         self.pool.shutdown()
         finished = self.batcher.flush()
         self._count()
-        outcomes += [self._outcome(item) for item in finished]
+        outcomes += list(self._encode(finished))
+        outcomes += list(self._encoded(keep=0))
+        self.encoder.shutdown()
         for out in outcomes:
             # finish_bundle has no input element to take a window from: the job's are all global.
             if isinstance(out, beam.pvalue.TaggedOutput):
@@ -96,14 +103,28 @@ class ProcessVideoFn(beam.DoFn):
         count_flow(flow_stats)
         count_segment(segment_stats)
 
-    def _outcome(self, item):
-        if item.error is not None:
-            return self._dead_letter(item.task, item.error)
-        task = item.task
-        try:
-            data, info = encode_decoded(task, self.config, item.video, item.flow, item.objects)
-        except Exception as error:  # every failure is recorded with its reason, none is silent
-            return self._dead_letter(task, error)
+    def _encode(self, finished):
+        """Starts encoding the videos the batcher finished; yields the dead letters of those that failed."""
+        for item in finished:
+            if item.error is not None:
+                yield self._dead_letter(item.task, item.error)
+            else:
+                self.encoding.append((item.task, self.encoder.submit(
+                    encode_decoded, item.task, self.config, item.video, item.flow, item.objects)))
+
+    def _encoded(self, keep: int):
+        """Yields the outcomes of the encoded videos at the head of the queue (waiting while more than
+        `keep` are queued). Counters and staging stay in this thread: Beam counts per bundle thread."""
+        while self.encoding and (len(self.encoding) > keep or self.encoding[0][1].done()):
+            task, future = self.encoding.popleft()
+            try:
+                data, info = future.result()
+            except Exception as error:  # every failure is recorded with its reason, none is silent
+                yield self._dead_letter(task, error)
+                continue
+            yield self._outcome(task, data, info)
+
+    def _outcome(self, task: VideoTask, data: bytes, info: dict):
         if self.config.staging:
             stage_record(self.config.staging, task.id, record_key(self.config, task), data,
                          dict(info, annotation=annotation_hash(task)))

@@ -45,6 +45,22 @@ def test_compiled_chunks_match_eager_call():
     np.testing.assert_allclose(chunked, eager, atol=1e-3)
 
 
+@pytest.mark.parametrize("method", ["opencv", "tensor"])
+def test_quantized_pairs_are_the_bytes_of_quantize_flow(method):
+    """`quantized=True` (for `tensor`, quantised inside the compiled program) stores what quantising the
+    float flow on the host stores, padding included; large motion reaches the ±20 px clip."""
+    first = np.stack([rgb_texture((0.0, 0.0), seed=s) for s in range(3)])
+    second = np.stack([rgb_texture((6.0 * s - 3.0, 2.5), seed=s) for s in range(3)])
+    second[2] = np.roll(first[2], 30, axis=1)  # a wrap-around jump: flow near or past the clip
+    flow = flow_pairs(first, second, method, batch_size=2, **PARAMS[method])
+    stored = flow_pairs(first, second, method, batch_size=2, quantized=True, **PARAMS[method])
+    assert stored.dtype == np.uint8 and stored.shape == (3, SIZE, SIZE, 2)
+    np.testing.assert_array_equal(stored, quantize_flow(flow))
+    assert len(np.unique(stored)) > 20
+    empty = flow_pairs(first[:0], second[:0], method, quantized=True)
+    assert empty.shape == (0, SIZE, SIZE, 2) and empty.dtype == np.uint8
+
+
 def test_bad_input_raises():
     frames = np.zeros((3, 8, 8, 3), np.uint8)
     with pytest.raises(ValueError, match="flow method 'farneback'"):

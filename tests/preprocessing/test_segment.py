@@ -5,16 +5,23 @@ import pytest
 from preprocessing import segment
 
 
-def test_scores_to_classes_maps_150_channels_to_ade20k_ids():
-    scores = np.zeros((1, 2, 2, 150), np.float32)
-    scores[0, 0, 0, 0] = scores[0, 1, 1, 149] = 1.0
-    classes = segment.scores_to_classes(scores)
-    assert classes[0, 0, 0] == 1 and classes[0, 1, 1] == 150  # ADE20K ids are 1-based; 0 is 'other'
+def test_device_classes_maps_150_channels_to_ade20k_ids_first_of_equal_scores_winning():
+    def classes(scores):
+        return keras.ops.convert_to_numpy(segment.device_classes(keras.ops.convert_to_tensor(scores)))
+
+    scores = np.zeros((1, 2, 2, 150), np.float32)  # all equal at (0, 0) and (1, 0): the first channel
+    scores[0, 1, 1, 149] = 1.0
+    scores[0, 0, 1, [5, 7]] = 2.0
+    out = classes(scores)
+    assert out.dtype == np.uint8
+    assert out[0].tolist() == [[1, 6], [1, 150]]  # ADE20K ids are 1-based; 0 is 'other'
     scores151 = np.zeros((1, 1, 1, 151), np.float32)
     scores151[..., 0] = 1.0
-    assert segment.scores_to_classes(scores151)[0, 0, 0] == 0
+    assert classes(scores151)[0, 0, 0] == 0
+    noise = np.random.default_rng(0).normal(size=(2, 3, 4, 150)).astype(np.float32)
+    np.testing.assert_array_equal(classes(noise), np.argmax(noise, -1) + 1)
     with pytest.raises(ValueError, match="outputs 10 channels"):
-        segment.scores_to_classes(np.zeros((1, 1, 1, 10)))
+        segment.device_classes(keras.ops.zeros((1, 1, 1, 10)))
 
 
 def test_oracle_reads_ground_truth_at_the_decoded_times(tmp_path):
