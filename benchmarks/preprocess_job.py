@@ -17,7 +17,8 @@ decoded frames and the segmenter's `segment_frames` on `--segment-batch` frames,
 first, timed over `--repeats` calls. One JSON line:
 
 - `job`: wall seconds, videos, frames written, `frames_per_s` (whole job, compilation included) and
-  `frames_per_s_compiled` (without the compile seconds), the job's `flow` and `segment` summaries;
+  `frames_per_s_compiled` (without the compile seconds), the job's `flow` and `segment` summaries, and
+  `host_thread_seconds`: decoding and encoding summed over their pool threads;
 - `flow`, `segment`: the stage's rate inside the job once compiled (padding counts against it) and called
   directly, their ratio (`in_job_fraction`), compiled shapes;
 - `charades`: 9,848 videos of 30.1 s on average (Charades v1 train + test) decoded at `--fps`: frames,
@@ -208,6 +209,7 @@ def main() -> None:
         segmenter = make_segmenter_file(out / "segformer_b0_random.keras", args.segmenter_size)
     shutil.rmtree(out / "records", ignore_errors=True)
     shutil.rmtree(out / "compile_cache", ignore_errors=True)
+    host = _time_host_stages() if args.workers == 1 else {}
     summary = run_preprocess(dataset="charades", videos=str(videos), annotations=str(csv_path),
                              out=str(out / "records"), fps=args.fps, size=args.size, flow="tensor",
                              segmenter=segmenter, progress=False, workers=args.workers,
@@ -220,7 +222,8 @@ def main() -> None:
     job = {"seconds": this_run["seconds"], "videos": summary["written"], "dead_lettered": summary["dead_lettered"],
            "frames": frames, "frames_per_s": round(frames / this_run["seconds"], 2),
            "frames_per_s_compiled": round(frames / max(this_run["seconds"] - compile_seconds, 1e-9), 2),
-           "flow": flow, "segment": segment}
+           "flow": flow, "segment": segment,
+           "host_thread_seconds": {name: round(seconds, 2) for name, seconds in host.items()}}
 
     decoded = decode_video(sorted(videos.glob("*.mp4"))[0], fps=args.fps, shorter_side=args.size).frames
     direct_flow = standalone_flow(decoded, args.flow_batch, args.repeats)
@@ -291,6 +294,32 @@ def identical_when_rebatched(args, videos: Path, csv_path: Path, out: Path, segm
                         "identical": bool(again) and all(whole.get(i) == d for i, d in again.items()),
                         "values_differing": differing}
     return result
+
+
+def _time_host_stages() -> dict[str, float]:
+    """Thread-seconds of decoding and of encoding the records, summed over the worker's pool threads (the
+    job runs in this process with one worker): what the host spends beside the batches, to compare with
+    the job's wall time."""
+    import threading
+
+    from pipelines.preprocess import transforms
+
+    totals = {"decode": 0.0, "encode": 0.0}
+    lock = threading.Lock()
+
+    def timed(name, function):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                with lock:
+                    totals[name] += time.perf_counter() - start
+        return call
+
+    transforms.decode_task = timed("decode", transforms.decode_task)
+    transforms.encode_decoded = timed("encode", transforms.encode_decoded)
+    return totals
 
 
 def _hours(direct_rate: float, in_job_rate: float, fps: float, pairs: bool = True) -> dict:
