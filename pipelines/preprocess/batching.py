@@ -28,6 +28,7 @@ pairs (and one of frames) per frame size waits in a worker between calls, plus t
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 import numpy as np
@@ -51,9 +52,14 @@ class Finished:
 class VideoBatcher:
     """Runs the flow and segmentation of the videos it is given on batches across videos (see the module
     docstring). `add` and `flush` return the videos they finished; `take_stats` the work done since the
-    last call (a `preprocessing.flow.FlowStats`, a `preprocessing.segment.SegmentStats`)."""
+    last call (a `preprocessing.flow.FlowStats`, a `preprocessing.segment.SegmentStats`).
 
-    def __init__(self, config: PreprocessConfig, segmenter=None):
+    `background`: the batches run in order on one thread of their own, at most `in_flight` of them waiting
+    there, while the caller decodes and encodes; their results are stored by the caller's thread, in
+    `add` and `flush`. Without it each batch runs inside `add` (or `flush`). The batches, so the records,
+    are the same either way; `close()` ends the thread."""
+
+    def __init__(self, config: PreprocessConfig, segmenter=None, *, background: bool = False, in_flight: int = 2):
         from preprocessing.flow import FlowStats
         from preprocessing.segment import SegmentStats
 
@@ -63,6 +69,13 @@ class VideoBatcher:
         self.flow_queues: dict[tuple[int, int], list] = {}
         self.segment_queues: dict[tuple[int, int], list] = {}
         self._done: list[Finished] = []
+        self.in_flight = in_flight
+        self._pool = None
+        if background:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="batches")
+        self._pending = collections.deque()  # (items, future of _compute's parts), in submission order
 
     def add(self, task: VideoTask, video) -> list[Finished]:
         """Queues a decoded video; runs every batch that is full. Returns the videos finished by now."""
@@ -81,23 +94,25 @@ class VideoBatcher:
             item.left += len(frames)
         if item.left == 0:
             self._done.append(item)
-        for queues, batch, run in self._stages():
+        for stage, queues, batch in self._stages():
             for queue in queues.values():
                 while len(queue) >= batch:
-                    self._run_batch(queue, batch, run)
+                    self._run_batch(stage, queue, batch)
+        self._collect(keep=self.in_flight)
         return self._take_done()
 
     def flush(self) -> list[Finished]:
         """Runs every queued pair and frame (the last batch of each size padded); returns the videos."""
-        for queues, batch, run in self._stages():
+        for stage, queues, batch in self._stages():
             for queue in queues.values():
                 while queue:
-                    self._run_batch(queue, batch, run)
+                    self._run_batch(stage, queue, batch)
             queues.clear()
+        self._collect(keep=0)
         return self._take_done()
 
     def take_stats(self):
-        """(FlowStats, SegmentStats) of the batches run since the last call."""
+        """(FlowStats, SegmentStats) of the batches stored since the last call."""
         from preprocessing.flow import FlowStats
         from preprocessing.segment import SegmentStats
 
@@ -105,31 +120,70 @@ class VideoBatcher:
         self.flow_stats, self.segment_stats = FlowStats(), SegmentStats()
         return stats
 
+    def close(self) -> None:
+        """Ends the background thread (after the batches it has)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+
     # -- internals ------------------------------------------------------------------------------------
 
     def _stages(self):
-        return ((self.flow_queues, self.config.flow_batch, self._flow),
-                (self.segment_queues, self.config.segment_batch, self._segment))
+        return (("flow", self.flow_queues, self.config.flow_batch),
+                ("objects", self.segment_queues, self.config.segment_batch))
 
     def _take_done(self) -> list[Finished]:
         done, self._done = self._done, []
         return done
 
-    def _run_batch(self, queue: list, batch: int, run) -> None:
-        """Runs the first `batch` items of `queue`, or each of their videos alone if that fails."""
+    def _run_batch(self, stage: str, queue: list, batch: int) -> None:
+        """Runs (or, in the background, starts) the first `batch` items of `queue` (`stage`: "flow" or
+        "objects", the field of `Finished` the results go to)."""
         items = queue[:batch]
         del queue[:batch]
+        run = self._flow if stage == "flow" else self._segment
+        if self._pool is None:
+            self._store(stage, items, self._compute(items, batch, run))
+        else:
+            self._pending.append((stage, items, self._pool.submit(self._compute, items, batch, run)))
+            self._collect(keep=self.in_flight)
+
+    def _collect(self, keep: int) -> None:
+        """Stores the background batches that are done, in order, waiting while more than `keep` are."""
+        while self._pending and (len(self._pending) > keep or self._pending[0][2].done()):
+            stage, items, future = self._pending.popleft()
+            self._store(stage, items, future.result())
+
+    @staticmethod
+    def _compute(items: list, batch: int, run) -> list:
+        """`run` on the items, or on each of their videos alone if that fails: a list of
+        (items, values, stats) for what ran and (video, error) for each video that fails alone.
+        Touches no video: the results are stored by `_store`, in the caller's thread."""
         try:
-            run(items, batch)
+            return [(items, *run(items, batch))]
         except Exception:  # noqa: BLE001 - find the video that fails: the others must not be lost
-            videos = list(dict.fromkeys(video for video, _ in items))
-            for video in videos:
-                if video.error is not None:
-                    continue
+            parts = []
+            for video in dict.fromkeys(video for video, _ in items):
+                own = [item for item in items if item[0] is video]
                 try:
-                    run([item for item in items if item[0] is video], batch)
+                    parts.append((own, *run(own, batch)))
                 except Exception as error:  # noqa: BLE001 - reported per video (the dead-letter output)
+                    parts.append((video, error))
+            return parts
+
+    def _store(self, stage: str, items: list, parts: list) -> None:
+        totals = self.flow_stats if stage == "flow" else self.segment_stats
+        for part in parts:
+            if len(part) == 2:
+                video, error = part
+                if video.error is None:
                     self._fail(video, error)
+                continue
+            own, values, stats = part
+            for (video, i), value in zip(own, values, strict=True):
+                if video.error is None:  # a video failed in another batch keeps nothing
+                    getattr(video, stage)[i] = value
+                    video.left -= 1
+            totals.add(stats)
         for video in dict.fromkeys(video for video, _ in items):
             if video.left == 0 and video.error is None:
                 self._done.append(video)
@@ -142,7 +196,8 @@ class VideoBatcher:
                 queue[:] = [item for item in queue if item[0] is not video]
         self._done.append(video)
 
-    def _flow(self, items: list, batch: int) -> None:
+    def _flow(self, items: list, batch: int):
+        """The quantised flow of the items' pairs (one compiled call, padded) and its stats."""
         from preprocessing import flow as flow_lib
 
         first = np.stack([video.video.frames[i] for video, i in items])
@@ -154,12 +209,10 @@ class VideoBatcher:
         quantised = flow_lib.flow_pairs(first, second, method=self.config.flow, batch_size=batch, stats=stats,
                                         quantized=True)[:n]
         stats.pairs = n  # the padding is counted in `computed`
-        for (video, i), value in zip(items, quantised, strict=True):
-            video.flow[i] = value
-            video.left -= 1
-        self.flow_stats.add(stats)
+        return quantised, stats
 
-    def _segment(self, items: list, batch: int) -> None:
+    def _segment(self, items: list, batch: int):
+        """The class maps of the items' frames (one call, padded where compiled) and its stats."""
         from preprocessing.segment import SegmentStats
 
         frames = [video.video.frames[i] for video, i in items]
@@ -175,10 +228,7 @@ class VideoBatcher:
         stats = SegmentStats()
         objects = self.segmenter.segment_frames(frames, times, ids, stats)
         stats.frames = n  # the padding is counted in `computed`
-        for (video, i), value in zip(items, objects[:n], strict=True):
-            video.objects[i] = value
-            video.left -= 1
-        self.segment_stats.add(stats)
+        return objects[:n], stats
 
 
 def _pad(array: np.ndarray, size: int) -> np.ndarray:

@@ -55,7 +55,7 @@ class ProcessVideoFn(beam.DoFn):
     def start_bundle(self):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.batcher = VideoBatcher(self.config, self.segmenter)
+        self.batcher = VideoBatcher(self.config, self.segmenter, background=True)
         self.pool = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="decode")
         self.decoding = collections.deque()  # (task, future of its decoded video), in input order
         self.encoder = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="encode")
@@ -87,6 +87,7 @@ class ProcessVideoFn(beam.DoFn):
         outcomes = list(self._decoded(keep=0))
         self.pool.shutdown()
         finished = self.batcher.flush()
+        self.batcher.close()
         self._count()
         outcomes += list(self._encode(finished))
         outcomes += list(self._encoded(keep=0))

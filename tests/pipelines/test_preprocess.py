@@ -715,3 +715,38 @@ def test_video_batcher_returns_each_video_once_all_its_frames_are_done(tiny_char
     _, stats = batcher.take_stats()
     assert (stats.frames, stats.calls, stats.computed) == (24, 3, 24)  # the oracle reads files: no padding
     assert np.array_equal(first.objects, segmenter(videos[0].frames, videos[0].times, tasks[0].id))
+
+
+def test_video_batcher_in_the_background_stores_what_it_stores_in_the_caller(tiny_charades, tmp_path):
+    """The same batches on a thread of their own: every video returned once, with the same class maps and
+    stats as run in the caller; a video that fails alone is returned with its error, the others intact."""
+    from preprocessing.segment import make_segmenter
+
+    masks = tmp_path / "masks"
+    shutil.copytree(tiny_charades["masks_dir"], masks)
+    config = preprocess.PreprocessConfig(dataset="charades", num_classes=10, fps=4.0, size=32, flow="none",
+                                         segmenter=f"oracle:{masks}", max_seconds=2.0, segment_batch=5)
+    segmenter = make_segmenter(f"oracle:{masks}")
+    tasks = preprocess.charades_tasks(tiny_charades["videos_dir"], tiny_charades["train_csv"], 10)
+    videos = [preprocess.decode_task(t, config) for t in tasks]
+    assert [len(v.frames) for v in videos] == [8, 8, 8]
+
+    def run(background):
+        batcher = preprocess.VideoBatcher(config, segmenter, background=background, in_flight=1)
+        done = [item for task, video in zip(tasks, videos, strict=True) for item in batcher.add(task, video)]
+        done += batcher.flush()
+        batcher.close()
+        return {item.task.id: item for item in done}, batcher.take_stats()[1]
+
+    caller, caller_stats = run(background=False)
+    behind, behind_stats = run(background=True)
+    assert sorted(behind) == sorted(caller) == sorted(t.id for t in tasks)  # each video once
+    for video_id, item in caller.items():
+        assert behind[video_id].error is None and np.array_equal(behind[video_id].objects, item.objects)
+    assert (behind_stats.frames, behind_stats.calls) == (caller_stats.frames, caller_stats.calls) == (24, 5)
+    (masks / f"{tasks[1].id}.npz").unlink()  # frames 8-15 of 24: batches shared with videos 0 and 2
+    broken, _ = run(background=True)
+    assert sorted(broken) == sorted(caller)
+    assert isinstance(broken[tasks[1].id].error, FileNotFoundError) and broken[tasks[1].id].objects is None
+    for task in (tasks[0], tasks[2]):
+        assert broken[task.id].error is None and np.array_equal(broken[task.id].objects, caller[task.id].objects)
