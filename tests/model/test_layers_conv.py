@@ -55,7 +55,11 @@ def _integer_weights(layer):
     # 9 channels (not narrow) on fewer than 8 frames and columns; 1x1x1 with a stride; temporal, H ≠ W.
     ((1, 3, 3), 1, 1, 9, (3, 6, 5)), ((1, 3, 3), 2, 1, 9, (2, 7, 6)), ((1, 1, 1), 2, 1, 4, (3, 7, 4)),
     ((1, 1, 1), 1, 1, 4, (3, 3, 5)), ((3, 1, 1), 1, 2, 4, (7, 3, 5)), ((3, 1, 1), 1, 1, 4, (5, 3, 5)),
-    ((5, 1, 1), 1, 3, 2, (8, 2, 3))])
+    ((5, 1, 1), 1, 3, 2, (8, 2, 3)),
+    # Even kernels: temporal ones, dilated too ('same' pads one frame fewer in front than behind), and
+    # the 1-tap-wide spatial ones.
+    ((2, 1, 1), 1, 1, 4, (5, 3, 5)), ((2, 1, 1), 1, 2, 4, (7, 3, 5)), ((4, 1, 1), 1, 3, 2, (8, 2, 3)),
+    ((1, 2, 1), 1, 1, 4, (3, 4, 5)), ((1, 1, 2), 2, 1, 9, (2, 6, 5))])
 def test_video_conv_is_the_numpy_convolution(kernel, stride, dilation, channels, size):
     x = RNG.integers(-3, 4, (2, *size, channels)).astype("float32")
     layer = VideoConv(4, kernel, strides=stride, dilation_rate=dilation)
