@@ -38,7 +38,7 @@ def _numpy_video_conv(x, kernel, stride=1, dilation=1):
 
 
 def _integer_weights(layer):
-    """Small integer kernels and inputs: every product and sum is exact in float32, whatever the order."""
+    """A kernel of small integers: on integer inputs every product and sum is exact in float32, in any order."""
     kernel = RNG.integers(-2, 3, tuple(layer.kernel.shape)).astype("float32")
     layer.kernel.assign(kernel)
     return kernel
@@ -89,10 +89,9 @@ def test_space_to_depth_is_chosen_and_planned_as_worked_out_by_hand():
     half before) for each odd k; the paddings are ints (JAX's pad takes no floats)."""
     for kernel in [(3, 3, 3, 5), (7, 7, 2, 5), (5, 3, 1, 5), (3, 9, 3, 5)]:
         assert _space_to_depth_applies((2, 4, 8, 12, kernel[2]), kernel), kernel
-    for shape in [(2, 4, None, 8, 3), (2, 4, 8, None, 3), (2, 4, 9, 8, 3), (2, 4, 8, 9, 3), (2, 4, 8, 8, 3)]:
-        kernel = (3, 3, 3, 5) if shape[2:4] != (8, 8) else (1, 3, 3, 5)
-        assert not _space_to_depth_applies(shape, kernel), (shape, kernel)
-    for kernel in [(3, 1, 3, 5), (4, 4, 3, 5), (3, 2, 3, 5), (5, 6, 3, 5)]:
+    for shape in [(2, 4, None, 8, 3), (2, 4, 8, None, 3), (2, 4, 9, 8, 3), (2, 4, 8, 9, 3)]:
+        assert not _space_to_depth_applies(shape, (3, 3, 3, 5)), shape
+    for kernel in [(1, 3, 3, 5), (3, 1, 3, 5), (4, 4, 3, 5), (3, 2, 3, 5), (5, 6, 3, 5)]:
         assert not _space_to_depth_applies((2, 4, 8, 8, 3), kernel), kernel
     plans = {3: (0, 1, 2, 0, 1), 5: (1, 0, 3, 1, 1), 7: (0, 1, 4, 1, 2), 9: (1, 0, 5, 2, 2), 11: (0, 1, 6, 2, 3)}
     for k, plan in plans.items():
