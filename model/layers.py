@@ -496,16 +496,19 @@ class VideoConv(keras.layers.Layer):
             return self._runtime_dilated(inputs, kernel)
         # Dilation r (AssembleNet Eq. 1) without a dilated conv kernel (a slow path in cuDNN, ~40x here):
         # frame t = q·r + p only meets frames (q ± 1)·r + p, so fold the r phases p into the space axis
-        # and run an undilated conv over q. Zero-padding T to a multiple of r keeps it exact.
+        # and run an undilated conv over q. Zero-padding T to a multiple of r keeps it exact. 'Same' pads
+        # ⌊(kt - 1)·r / 2⌋ frames in front, the conv over q r·⌊(kt - 1) / 2⌋: for an even kt, ⌊r / 2⌋ fewer,
+        # which `lead` zero frames in front make up.
         r = self.dilation_rate
         rows = ops.reshape(inputs, (b, t, h * w, c))
-        pad = (-t) % r
+        lead = (kt - 1) * r // 2 - r * ((kt - 1) // 2)
+        pad = (-(t + lead)) % r
         if r > 1:
-            rows = ops.pad(rows, [[0, 0], [0, pad], [0, 0], [0, 0]])
-            rows = ops.reshape(rows, (b, (t + pad) // r, r * h * w, c))
+            rows = ops.pad(rows, [[0, 0], [lead, pad], [0, 0], [0, 0]])
+            rows = ops.reshape(rows, (b, (t + lead + pad) // r, r * h * w, c))
         y = ops.conv(rows, kernel[:, 0], strides=1, padding="same")
         if r > 1:
-            y = ops.reshape(y, (b, t + pad, h * w, self.filters))[:, :t]
+            y = ops.reshape(y, (b, t + lead + pad, h * w, self.filters))[:, :t]
         return ops.reshape(y, (b, t, h, w, self.filters))
 
     def _runtime_dilated(self, inputs, kernel):
