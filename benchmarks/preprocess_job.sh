@@ -8,7 +8,7 @@
 #
 # Environment: WORK (default /tmp/preprocess_job), OUT (where the JSON line is copied, default $WORK),
 # DECODE_THREADS (8), and VIDEOS, SIZE, FLOW_BATCH, SEGMENT_BATCH (default: the script's, 64, 256, 256, 32).
-# Wheels: where .whl/ exists (docs/training.md lists them; keras-hub and kagglehub for the segmenter) they are
+# Wheels: where .whl/ exists (docs/training.md lists them; keras-hub, kagglehub, kagglesdk, regex for the segmenter) they are
 # installed into /tmp/site first. Without keras-hub the job runs with --segmenter none, and says so.
 set -euo pipefail
 cd "$(dirname "$0")/.."

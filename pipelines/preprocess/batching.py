@@ -22,8 +22,13 @@ Failures stay per video: when a batch raises, each of its videos is run again al
 the batch size); a video that fails alone is returned with its error and its other queued pairs and
 frames are dropped, and the other videos go on.
 
+In the job (`background=True`) the batches run in order on one thread of their own, so the worker's thread
+decodes, encodes and writes while the accelerator works; the results are stored back in the worker's
+thread, and the batches are the same as when each runs inside `add`.
+
 Memory: a video's decoded frames are held until its last batch has run, so at most about one batch of
-pairs (and one of frames) per frame size waits in a worker between calls, plus the videos they belong to.
+pairs (and one of frames) per frame size waits in a worker between calls, plus the videos they belong to
+and the batches in flight (`in_flight`, 2, waiting behind the one running).
 """
 
 from __future__ import annotations
