@@ -49,6 +49,7 @@ from pipelines.attention_search.drawing import draw_cell
 from pipelines.attention_search.driver import (
     DARTS_ARCH_LR,
     DARTS_ARCH_STEPS,
+    UNDECIDED_ENTROPY,
     architecture_learning_rate,
     cell_input_shapes,
     choice_entropies,
@@ -60,6 +61,7 @@ from pipelines.attention_search.driver import (
     search_space,
     temperature_at,
     train_and_evaluate,
+    undecided_choices,
 )
 from pipelines.attention_search.synthetic import SYNTHETIC_CLASSES, synthetic_batch
 
@@ -83,6 +85,8 @@ __all__ = [
     "search_space",
     "SearchConfig",
     "synthetic_batch",
+    "UNDECIDED_ENTROPY",
+    "undecided_choices",
     "SYNTHETIC_CLASSES",
     "temperature_at",
     "train_and_evaluate",

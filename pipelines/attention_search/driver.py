@@ -114,6 +114,18 @@ def search_space(config: SearchConfig, kv_pool: int = 2) -> tuple[dict, list, li
     return candidates, excluded, messages
 
 
+# A searched choice whose final normalised entropy is above this is reported as undecided: the derived
+# cell takes its argmax all the same, but of near-equal weights. Our choice (AttentionNAS derives the cell
+# by argmax and gives no such rule): 0.9 is where the leading candidate of two holds less than about 2/3
+# of the weight, of three less than about 0.55.
+UNDECIDED_ENTROPY = 0.9
+
+
+def undecided_choices(entropy: dict, threshold: float = UNDECIDED_ENTROPY) -> list[str]:
+    """The keys of `choice_entropies(...)` whose normalised entropy is above `threshold`, sorted."""
+    return sorted(key for key, value in entropy.items() if value > threshold)
+
+
 def choice_entropies(weights: dict) -> dict:
     """{"op{i}.{choice}": entropy / log(#candidates)} over every searched decision (one with an
     architecture weight; 1 = uniform, 0 = decided), from `architecture_weights(...)`."""
@@ -332,6 +344,9 @@ def search(*, config: SearchConfig, out_dir: str | os.PathLike, model_cache: dic
         "mean_logit_spread": float(np.mean(list(spread.values()))) if spread else 0.0,
         "final_entropy": history[-1]["entropy"],
         "final_mean_entropy": history[-1]["mean_entropy"],
+        # the choices the search did not decide (the cell takes their argmax all the same)
+        "undecided_threshold": UNDECIDED_ENTROPY,
+        "undecided_choices": undecided_choices(history[-1]["entropy"]),
         # what the supernet mixed with at the last step (= final_entropy without annealing)
         "final_temperature": history[-1]["temperature"],
         "final_mean_entropy_at_temperature": float(

@@ -68,8 +68,9 @@ class PreprocessConfig:
         type=positive(), metavar="FRAMES")
     decode_threads: int = setting(
         4, "videos each worker decodes at once, in threads (OpenCV decodes outside Python's lock), so the "
-        "batched flow and segmentation do not wait on one decoder; as many are encoded at once; 4: about a batch of 256 pairs of 30 s "
-        "videos at 6 fps in flight, while a 2-core host is not oversubscribed much", type=positive(),
+        "batched flow and segmentation do not wait on one decoder; as many are encoded at once; 4: about a "
+        "batch of 256 pairs of 30 s videos at 6 fps in flight, while a 2-core host is not oversubscribed much",
+        type=positive(),
         metavar="N")
 
     def __post_init__(self):

@@ -19,6 +19,7 @@ from pipelines.attention_search import (
     search_space,
     synthetic_batch,
     train_and_evaluate,
+    undecided_choices,
 )
 from pipelines.attention_search.backbone import _batches
 from pipelines.cli import build_parser
@@ -74,6 +75,11 @@ def test_search_writes_cell_weights_and_drawing(tmp_path):
     assert set(entropy) == {f"op{i}.{c}" for i in (1, 2) for c in ("dimension", "type", "g3", "activation",
                                                                      "reduction")} | {"op2.inputs"}
     assert all(0 < e < 1 for e in entropy.values()) and record["final_mean_entropy"] < 1
+    # The choices still above 0.9 are reported undecided (three large steps decide some, not all).
+    undecided = sorted(key for key, value in entropy.items() if value > 0.9)
+    assert record["undecided_threshold"] == 0.9 and record["undecided_choices"] == undecided
+    assert 0 < len(undecided) < len(entropy), entropy
+    assert undecided_choices({"a": 0.95, "b": 0.9, "c": 0.2, "d": 0.91}) == ["a", "d"]  # strictly above
     assert record["cell"]["normalize"] is True
     # Adam's budget: 3 steps at DARTS's 3e-4 × 19 550 / 3; each logit moves about ≤ budget.
     assert record["arch_learning_rate"] == pytest.approx(3e-4 * 19_550 / 3) and record["arch_steps"] == 3
@@ -116,7 +122,7 @@ def test_cli_parses_into_the_search_function():
         SearchConfig(backbone="vgg")
 
 
-def test_cli_flags_are_the_search_config_fields_with_their_defaults(monkeypatch):
+def test_cli_flags_are_the_search_config_fields_with_their_defaults(monkeypatch, capsys):
     import dataclasses
 
     from pipelines.attention_search.config import FLAGS_FIRST, FLAGS_REST
@@ -130,12 +136,19 @@ def test_cli_flags_are_the_search_config_fields_with_their_defaults(monkeypatch)
         assert getattr(args, name) == getattr(defaults, name), name
     assert args.num_classes is None
     seen = {}
-    record = {"supernet_accuracy": None, "final_mean_entropy": 0.5}
+    record = {"supernet_accuracy": None, "final_mean_entropy": 0.5, "undecided_threshold": 0.9,
+              "final_entropy": {"op1.type": 0.95, "op1.g3": 0.1}, "undecided_choices": ["op1.type"]}
     monkeypatch.setattr("pipelines.attention_search.search",
                         lambda *, config, out_dir: seen.update(config=config, out=out_dir) or record)
     assert run(build_parser().parse_args(["attention-search", "--out", "o", "--blocks", "1,2,2,1",
                                           "--eager", "--lr", "0.5"])) == 0
     assert seen == {"config": SearchConfig(blocks=(1, 2, 2, 1), eager=True, lr=0.5), "out": "o"}
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "derived cell: o/cell.json (mean normalised entropy 0.500)"
+    assert printed[1].startswith("undecided: 1 of 2 choices end with a normalised entropy above 0.9 (op1.type);")
+    record["undecided_choices"] = []
+    run(build_parser().parse_args(["attention-search", "--out", "o"]))
+    assert len(capsys.readouterr().out.splitlines()) == 1  # a decided search: no warning
 
 
 @pytest.mark.slow

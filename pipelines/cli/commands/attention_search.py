@@ -31,4 +31,10 @@ def run(args):
         f"derived cell: {args.out}/cell.json (mean normalised entropy {record['final_mean_entropy']:.3f}"
         + (f", supernet accuracy {accuracy:.3f})" if accuracy is not None else ")")
     )
+    undecided = record["undecided_choices"]
+    if undecided:
+        print(f"undecided: {len(undecided)} of {len(record['final_entropy'])} choices end with a normalised entropy "
+              f"above {record['undecided_threshold']} ({', '.join(undecided)}); the cell takes the lead of "
+              f"near-equal weights there. See {args.out}/entropy.png; search longer or with a larger "
+              "--arch-lr to decide them.")
     return 0
