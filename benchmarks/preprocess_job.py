@@ -10,7 +10,8 @@ AssembleNet A.6 (decode at `--fps` 6, shorter side `--size`), `--flow tensor` (T
 `--flow-batch` pairs per call across videos), and masks from a SegFormer-B0-sized keras-hub segmenter with
 random weights (AssembleNet++ §3.2's object input; the architecture of `segformer_b0_ade20k_512`, input
 `--segmenter-size`, `--segment-batch` frames per call), then the TFRecord shards. The compilation cache is an
-empty folder of the run, so the job compiles every shape it needs (counted).
+empty folder of the run, so the job compiles every shape it needs (counted), unless `--compile-cache DIR`
+names one to keep between runs.
 
 Directly, in the same process afterwards: `preprocessing.flow.flow_pairs` on `--flow-batch` pairs of the
 decoded frames and the segmenter's `segment_frames` on `--segment-batch` frames, at the same sizes, compiled
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import shutil
@@ -181,12 +183,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="the job's local worker processes")
     parser.add_argument("--decode-threads", type=int, default=4, help="videos each worker decodes at once")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls of each stage called directly")
+    parser.add_argument("--compile-cache", default=None,
+                        help="the job's persistent compilation cache, kept between runs (default: an empty folder "
+                             "of the run, so the job compiles every shape; a second run with the same folder "
+                             "shows what loading the programs costs)")
     parser.add_argument("--skip-identity-check", action="store_true",
                         help="do not run 3 videos again (same and other batch sizes) to compare their records")
     parser.add_argument("--without-tensorflow", action="store_true",
                         help="refuse every import of TensorFlow, as on a machine without it (KERAS_BACKEND=jax)")
     args = parser.parse_args()
-    if args.without_tensorflow:
+    if args.without_tensorflow and importlib.util.find_spec("tensorflow") is not None:
+        # Only where TensorFlow is installed: the hook refuses even a library's look for it, which a machine
+        # without TensorFlow answers with None (JAX's persistent cache warned and went unread under it).
         sys.meta_path.insert(0, _NoTensorFlow())
     if args.quick:
         defaults = parser.parse_args(["--out", args.out])
@@ -208,12 +216,14 @@ def main() -> None:
     if args.segmenter == "segformer":
         segmenter = make_segmenter_file(out / "segformer_b0_random.keras", args.segmenter_size)
     shutil.rmtree(out / "records", ignore_errors=True)
-    shutil.rmtree(out / "compile_cache", ignore_errors=True)
+    cache = Path(args.compile_cache) if args.compile_cache else out / "compile_cache"
+    if not args.compile_cache:
+        shutil.rmtree(cache, ignore_errors=True)
     host = _time_host_stages() if args.workers == 1 else {}
     summary = run_preprocess(dataset="charades", videos=str(videos), annotations=str(csv_path),
                              out=str(out / "records"), fps=args.fps, size=args.size, flow="tensor",
                              segmenter=segmenter, progress=False, workers=args.workers,
-                             compile_cache=str(out / "compile_cache"), flow_batch=args.flow_batch,
+                             compile_cache=str(cache), flow_batch=args.flow_batch,
                              segment_batch=args.segment_batch, decode_threads=args.decode_threads)
     this_run = summary["this_run"]
     flow, segment = this_run.get("flow", {}), this_run.get("segment", {})
@@ -280,7 +290,7 @@ def identical_when_rebatched(args, videos: Path, csv_path: Path, out: Path, segm
         shutil.rmtree(folder, ignore_errors=True)
         run_preprocess(dataset="charades", videos=str(videos), annotations=str(subset), out=str(folder),
                        fps=args.fps, size=args.size, flow="tensor", segmenter=segmenter, progress=False,
-                       compile_cache=str(out / "compile_cache"), flow_batch=flow_batch,
+                       compile_cache=args.compile_cache or str(out / "compile_cache"), flow_batch=flow_batch,
                        segment_batch=segment_batch, decode_threads=args.decode_threads)
         again = records(folder)
         differing = {}
