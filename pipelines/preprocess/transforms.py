@@ -27,7 +27,8 @@ class ProcessVideoFn(beam.DoFn):
     videos of the bundle (`batching.VideoBatcher`), encodes it (as many at once, JPEG and PNG: the host's
     largest cost per frame); failures leave through the 'dead_letter' output with their reason.
 
-    The batches run in this thread while the pools decode the next videos and encode the finished ones, so
+    The batches run on a thread of their own (`VideoBatcher(background=True)`) while the pools decode the
+    next videos and encode the finished ones and this thread hands out the work and stores what is done, so
     an accelerator waits on the host only for what a batch itself needs. A video is emitted once all its
     pairs and frames are done and it is encoded: from `process`, or from `finish_bundle`, which runs the
     last (padded) batches. With `config.staging`, each outcome is also written there at once (see
