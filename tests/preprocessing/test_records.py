@@ -455,3 +455,42 @@ def test_a_runs_preprocess_json(tmp_path):
     path.unlink()
     path.mkdir()
     assert records.read_settings(path) is None
+
+
+def test_feature_list_names_after_a_long_value_and_other_fields(tmp_path):
+    # A map entry may hold its value before its key; one over 16 KB has a three-byte length, which must be
+    # counted in the entry's end (it was not: the name "a" below was read as the next entry).
+    lists = (_len(1, _len(2, b"x" * 16400) + _len(1, b"a")) + _entry(b"rgb", b"")
+             + _key(2, 5) + b"abcd" + _len(3, b"\x0a\x03rgb") + _key(4, 1) + b"\x0a\x03flow_x"  # not map entries
+             + _len(1, _len(1, b"flow_x") + _key(3, 2) + b"\x00") + _entry(b"flow_y", b""))
+    assert len(_v(len(_len(2, b"x" * 16400) + _len(1, b"a")))) == 3
+    assert records._list_names(records._Stream(io.BytesIO(lists), len(lists), "x"), len(lists)) == {
+        "a", "rgb", "flow_x", "flow_y"}
+    data = _len(1, b"".join(_entry(k.encode(), v) for k, v in _CONTEXT.items())) + _len(2, lists)
+    path = tmp_path / "long.tfrecord"
+    path.write_bytes(_framed(data))
+    assert records.read_header(str(path)) == records.parse_header(data, str(path))
+    assert records.read_header(str(path)).modalities == ("rgb", "flow")
+
+
+def test_a_record_length_with_the_top_bit_set_is_not_negative(tmp_path):
+    # The frame's length is an unsigned 64-bit integer: 2**63 + 5 is far more than the file holds.
+    path = tmp_path / "huge.tfrecord"
+    path.write_bytes(struct.pack("<Q", 2**63 + 5) + b"\0\0\0\0" + _example(_CONTEXT, ["rgb"]) + b"\0\0\0\0")
+    with pytest.raises(RecordsError, match=rf"^{path}: truncated TFRecord file \(the first record needs "
+                                           rf"{2**63 + 5} bytes, \d+ are there\)$"):
+        records.first_record(str(path))
+    with pytest.raises(RecordsError, match=rf"^{path}: truncated TFRecord file \(the first record needs "
+                                           rf"{2**63 + 5} bytes, fewer are there\)$"):
+        records.read_header(str(path))
+
+
+def test_a_first_record_longer_than_one_read(tmp_path):
+    data = bytes(range(256)) * (1 << 16) + b"tail"  # 16 MiB and 4 bytes: read in two chunks
+    path = tmp_path / "long.tfrecord"
+    path.write_bytes(_framed(data) + _framed(b"second"))
+    assert records.first_record(str(path)) == data
+    path.write_bytes(_framed(data)[:-6])
+    with pytest.raises(RecordsError, match=rf"^{path}: truncated TFRecord file \(the first record needs "
+                                           rf"{len(data)} bytes, {len(data) - 2} are there\)$"):
+        records.first_record(str(path))
