@@ -288,7 +288,14 @@ def first_record(path: str) -> bytes | None:
         length = _frame_length(f, path)
         if length is None:
             return None
-        data = f.read(length)
+        chunks, size = [], 0
+        while size < length:  # in chunks: a corrupt length (up to 2**64 - 1) reads what is there
+            chunk = f.read(min(length - size, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
     if len(data) < length:
         raise RecordsError(f"{path}: truncated TFRecord file (the first record needs {length} bytes, "
                            f"{len(data)} are there)")
@@ -387,7 +394,8 @@ def _list_names(stream: _Stream, size: int) -> set[str]:
         if key != (1 << 3 | 2):  # not a map entry
             stream.skip_field(key & 7)
             continue
-        entry_end = stream.left - stream.varint()
+        entry_size = stream.varint()
+        entry_end = stream.left - entry_size  # counted after the entry's length is read
         while stream.left > entry_end:
             field = stream.varint()
             if field == (1 << 3 | 2):
