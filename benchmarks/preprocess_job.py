@@ -260,12 +260,13 @@ def main() -> None:
                           "whole_job_gpu_hours": round(charades_frames / job["frames_per_s_compiled"] / 3600, 2),
                           "stage_gpu_hours": hours}
     if not args.skip_identity_check:
-        result["records_identical_across_batches"] = identical_when_rebatched(args, videos, csv_path, out, segmenter)
+        result["records_identical_across_batches"] = identical_when_rebatched(args, videos, csv_path, out, segmenter,
+                                                                              cache)
     result["tensorflow_loaded"] = "tensorflow" in sys.modules
     print(json.dumps(result))
 
 
-def identical_when_rebatched(args, videos: Path, csv_path: Path, out: Path, segmenter: str) -> dict:
+def identical_when_rebatched(args, videos: Path, csv_path: Path, out: Path, segmenter: str, cache: Path) -> dict:
     """The first 3 videos again, as a job of their own: at the same batch sizes (other neighbours and splits
     in every batch: their records must be byte-identical to the whole job's, each pair and frame being
     computed on its own by the same program), and at other batch sizes (a quarter of the pairs and half the
@@ -290,7 +291,7 @@ def identical_when_rebatched(args, videos: Path, csv_path: Path, out: Path, segm
         shutil.rmtree(folder, ignore_errors=True)
         run_preprocess(dataset="charades", videos=str(videos), annotations=str(subset), out=str(folder),
                        fps=args.fps, size=args.size, flow="tensor", segmenter=segmenter, progress=False,
-                       compile_cache=args.compile_cache or str(out / "compile_cache"), flow_batch=flow_batch,
+                       compile_cache=str(cache), flow_batch=flow_batch,
                        segment_batch=segment_batch, decode_threads=args.decode_threads)
         again = records(folder)
         differing = {}

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -22,30 +23,24 @@ def main():
                         help="also time the MiT encoder alone, the SegFormer backbone (encoder + MLP decoder) "
                              "and the segmenter without its final resize, each as one jitted program")
     args = parser.parse_args()
+    import tempfile
+
     import keras
     import numpy as np
 
-    from benchmarks.preprocess_job import make_segmenter_file
+    from benchmarks.preprocess_job import make_segmenter_file, standalone_segment
     from preprocessing.segment import load_keras_file
 
-    for policy in args.policies.split(","):
-        keras.config.set_dtype_policy(policy)
-        path = f"/tmp/segformer_{policy}.keras"
-        make_segmenter_file(path, args.size)
-        for batch in [int(b) for b in args.batches.split(",")]:
-            seg = load_keras_file(path, batch_size=batch)
-            frames = np.random.default_rng(0).integers(0, 256, (batch, 256, 455, 3), np.uint8)
-            start = time.perf_counter()
-            seg.segment_frames(frames, None, [])
-            compile_s = time.perf_counter() - start
-            start = time.perf_counter()
-            for _ in range(args.repeats):
-                seg.segment_frames(frames, None, [])
-            rate = batch * args.repeats / (time.perf_counter() - start)
-            print(json.dumps({"policy": policy, "batch": batch, "frames_per_s": round(rate, 1),
-                              "first_call_s": round(compile_s, 1)}), flush=True)
-            if args.parts:
-                parts(seg.model, batch, args.size, args.repeats)
+    frames = np.random.default_rng(0).integers(0, 256, (8, 256, 455, 3), np.uint8)  # records' size, resized
+    with tempfile.TemporaryDirectory() as folder:
+        for policy in args.policies.split(","):
+            keras.config.set_dtype_policy(policy)
+            path = make_segmenter_file(Path(folder) / f"segformer_{policy}.keras", args.size)
+            for batch in [int(b) for b in args.batches.split(",")]:
+                rate = standalone_segment(path, frames, batch, args.repeats)  # the job's call, compiled first
+                print(json.dumps({"policy": policy, "batch": batch, "frames_per_s": round(rate, 1)}), flush=True)
+                if args.parts:
+                    parts(load_keras_file(path, batch_size=batch).model, batch, args.size, args.repeats)
 
 
 def parts(model, batch, size, repeats):

@@ -80,7 +80,7 @@ class VideoBatcher:
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="batches")
-        self._pending = collections.deque()  # (items, future of _compute's parts), in submission order
+        self._pending = collections.deque()  # (stage, items, future of _compute's result), in submission order
 
     def add(self, task: VideoTask, video) -> list[Finished]:
         """Queues a decoded video; runs every batch that is full. Returns the videos finished by now."""
@@ -159,31 +159,29 @@ class VideoBatcher:
             self._store(stage, items, future.result())
 
     @staticmethod
-    def _compute(items: list, batch: int, run) -> list:
-        """`run` on the items, or on each of their videos alone if that fails: a list of
-        (items, values, stats) for what ran and (video, error) for each video that fails alone.
+    def _compute(items: list, batch: int, run) -> tuple[list, list]:
+        """`run` on the items, or on each of their videos alone if that fails: (ran, failed), a list of
+        (items, values, stats) and one of (video, error) for each video that fails alone.
         Touches no video: the results are stored by `_store`, in the caller's thread."""
         try:
-            return [(items, *run(items, batch))]
+            return [(items, *run(items, batch))], []
         except Exception:  # noqa: BLE001 - find the video that fails: the others must not be lost
-            parts = []
+            ran, failed = [], []
             for video in dict.fromkeys(video for video, _ in items):
                 own = [item for item in items if item[0] is video]
                 try:
-                    parts.append((own, *run(own, batch)))
+                    ran.append((own, *run(own, batch)))
                 except Exception as error:  # noqa: BLE001 - reported per video (the dead-letter output)
-                    parts.append((video, error))
-            return parts
+                    failed.append((video, error))
+            return ran, failed
 
-    def _store(self, stage: str, items: list, parts: list) -> None:
+    def _store(self, stage: str, items: list, result: tuple[list, list]) -> None:
+        ran, failed = result
+        for video, error in failed:
+            if video.error is None:
+                self._fail(video, error)
         totals = self.flow_stats if stage == "flow" else self.segment_stats
-        for part in parts:
-            if len(part) == 2:
-                video, error = part
-                if video.error is None:
-                    self._fail(video, error)
-                continue
-            own, values, stats = part
+        for own, values, stats in ran:
             for (video, i), value in zip(own, values, strict=True):
                 if video.error is None:  # a video failed in another batch keeps nothing
                     getattr(video, stage)[i] = value
